@@ -1,0 +1,297 @@
+"""The resolved configuration of one training run and its evaluations.
+
+One frozen, typed object; every default lives here. ``train_hash`` identifies the trained model: the
+``eval`` section and purely operational fields (paths, logging and checkpoint cadence, device) are not
+part of it, so evaluating a trained model with a new sampler never retrains it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .losses import WEIGHTINGS
+from .parameterizations import PARAMETERIZATIONS
+from .samplers import SAMPLERS, SPACINGS, VARIANCES
+from .schedules import SCHEDULES
+
+DATASET_NAMES = ("mnist-5k", "mnist", "fashion-mnist", "cifar10")  # harness.data.DATASETS
+# Fields that change where or how often things happen, never what is learned.
+OPERATIONAL = {"data": {"root", "download"}, "train": {"checkpoint_every", "log_every", "device"}}
+
+
+class ConfigError(ValueError):
+    """A bad configuration or spec, reported as one line naming the file and the field."""
+
+
+def _one_of(value: str, valid, what: str) -> str:
+    if value not in valid:
+        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(sorted(valid))}")
+    return value
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Section):
+    dataset: str = "mnist-5k"
+    root: str = "~/.cache/harness/data"
+    download: bool = False
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        return _one_of(v, DATASET_NAMES, "data set")
+
+
+class ModelConfig(Section):
+    channels: int = Field(24, ge=8)
+    channel_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = Field(1, ge=1)
+    attention_resolutions: tuple[int, ...] = (7,)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    conditional: bool = False
+
+
+class DiffusionConfig(Section):
+    timesteps: int = Field(1000, ge=2)
+    schedule: str = "cosine"
+    zero_terminal_snr: bool = False
+    parameterization: str = "eps"
+    loss_weighting: str = "uniform"
+    min_snr_gamma: float = Field(5.0, gt=0)
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v: str) -> str:
+        return _one_of(v, SCHEDULES, "schedule")
+
+    @field_validator("parameterization")
+    @classmethod
+    def _param(cls, v: str) -> str:
+        return _one_of(v, PARAMETERIZATIONS, "parameterization")
+
+    @field_validator("loss_weighting")
+    @classmethod
+    def _weighting(cls, v: str) -> str:
+        return _one_of(v, WEIGHTINGS, "loss weighting")
+
+    @model_validator(mode="after")
+    def _zsnr(self):
+        if self.zero_terminal_snr and self.parameterization == "eps":
+            raise ValueError("zero_terminal_snr needs parameterization v or x0 (eps cannot recover x0 at abar_T = 0)")
+        return self
+
+
+class TrainConfig(Section):
+    steps: int = Field(1500, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    grad_clip: float = Field(1.0, ge=0)  # 0 disables clipping
+    ema_decay: float = Field(0.995, ge=0, lt=1)
+    label_dropout: float = Field(0.1, ge=0, le=1)
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
+    compile: bool = False
+    channels_last: bool = False
+    eval_every: int = Field(0, ge=0)  # 0: evaluate at the end only
+    checkpoint_every: int = Field(500, ge=1)
+    log_every: int = Field(25, ge=1)
+    seed: int = 0
+    device: str = "auto"
+
+
+class SamplerSetting(Section):
+    sampler: str = "ddim"
+    steps: int = Field(50, ge=1)
+    eta: float = Field(0.0, ge=0)
+    guidance: float = Field(0.0, ge=0)
+    spacing: str = "trailing"
+    variance: str = "fixed_small"
+
+    @field_validator("sampler")
+    @classmethod
+    def _sampler(cls, v: str) -> str:
+        return _one_of(v, SAMPLERS, "sampler")
+
+    @field_validator("spacing")
+    @classmethod
+    def _spacing(cls, v: str) -> str:
+        return _one_of(v, SPACINGS, "spacing")
+
+    @field_validator("variance")
+    @classmethod
+    def _variance(cls, v: str) -> str:
+        return _one_of(v, VARIANCES, "variance")
+
+    @model_validator(mode="after")
+    def _eta(self):
+        if self.eta != 0 and self.sampler != "ddim":
+            raise ValueError(f"eta applies to the ddim sampler only, not {self.sampler!r}")
+        return self
+
+    @property
+    def label(self) -> str:
+        """A short name such as ``ddim-50-eta0-w2``."""
+        return f"{self.sampler}-{self.steps}-eta{self.eta:g}-w{self.guidance:g}"
+
+
+class EvalConfig(Section):
+    num_samples: int = Field(1000, ge=2)
+    batch_size: int = Field(500, ge=1)
+    samplers: tuple[SamplerSetting, ...] = (SamplerSetting(),)
+    clip_x0: bool = True
+    seed: int = 1234  # fixed noise and labels, the same at every evaluation
+    recognizability_threshold: float = Field(0.9, gt=0, le=1)  # top-class probability
+    recognizable_fraction: float = Field(0.8, gt=0, le=1)  # "recognizable" once this many samples are
+    grid_size: int = Field(64, ge=1)
+    inception_weights: str | None = None  # a local InceptionV3 weights file for fid_inception
+
+
+class Config(Section):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        for i, s in enumerate(self.eval.samplers):
+            if s.steps > self.diffusion.timesteps:
+                raise ValueError(
+                    f"eval.samplers.{i}.steps: {s.steps} is above diffusion.timesteps = {self.diffusion.timesteps}"
+                )
+            if s.guidance > 0 and not self.model.conditional:
+                raise ValueError(f"eval.samplers.{i}.guidance: {s.guidance} needs model.conditional: true")
+        return self
+
+    # -- identity -----------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    def train_hash(self) -> str:
+        """12 hex digits identifying the trained model (not its evaluation)."""
+        d = self.to_dict()
+        del d["eval"]
+        for section, keys in OPERATIONAL.items():
+            for key in keys:
+                d[section].pop(key)
+        return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+
+    def flat(self) -> dict[str, Any]:
+        """Every field under its dotted key (``diffusion.schedule``), lists as JSON strings."""
+        return flatten(self.to_dict())
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, (list, tuple)) else v
+    return out
+
+
+# -- building configs from files and overrides ------------------------------------------------------
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``key.sub=value`` with the value parsed as YAML (so 1e-3, true, [1, 2] work)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value")
+    key, raw = item.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
+
+
+def set_dotted(d: dict, key: str, value: Any) -> dict:
+    """Return a copy of the nested dict ``d`` with ``key`` (dotted) set."""
+    head, _, rest = key.partition(".")
+    out = dict(d)
+    out[head] = set_dotted(dict(out.get(head) or {}), rest, value) if rest else value
+    return out
+
+
+def merge(base: dict, over: dict) -> dict:
+    """Deep merge: ``over``'s leaves replace ``base``'s."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _valid_keys(loc: tuple, model: type[BaseModel] = None) -> list[str]:
+    """The field names allowed at ``loc`` (list indices such as ``eval.samplers.0`` are skipped)."""
+    model = model or Config
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        inner = [a for a in (field.annotation, *get_args(field.annotation)) if _is_model(a)] if field else []
+        if not inner:
+            return []
+        model = inner[0]
+    return sorted(model.model_fields)
+
+
+def _is_model(a) -> bool:
+    return isinstance(a, type) and issubclass(a, BaseModel)
+
+
+def format_validation_error(err: ValidationError, source: str, prefix: str = "") -> str:
+    """The first error as one line: ``source: field: what is wrong (what is allowed)``."""
+    e = err.errors()[0]
+    loc = tuple(e["loc"])
+    field = prefix + ".".join(str(p) for p in loc)
+    if e["type"] == "extra_forbidden":
+        valid = _valid_keys(loc)
+        return f"{source}: {field}: unknown key; valid keys here: {', '.join(valid)}"
+    msg = e["msg"].removeprefix("Value error, ")
+    where = f"{field}: " if field else ""
+    return f"{source}: {where}{msg}"
+
+
+def build_config(data: dict, source: str = "<config>", prefix: str = "") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source, prefix)) from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Load YAML with the safe loader; a missing or malformed file is a one-line ConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror or err}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{path}: malformed YAML{where}: {getattr(err, 'problem', None) or err}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    data: Any = {} if path is None else read_yaml(path)
+    source = str(path) if path is not None else "--set"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections (data, model, diffusion, train, eval)")
+    for item in overrides:
+        key, value = parse_override(item)
+        data = set_dotted(data, key, value)
+    return build_config(data, source)

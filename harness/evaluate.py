@@ -1,0 +1,130 @@
+"""Evaluate a model: sample with each configured setting from fixed noise, then score the samples.
+
+The noise x_T and the labels are drawn once from ``eval.seed``, so every evaluation during training
+starts from the same points and grids over training are comparable frame by frame.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .config import Config, SamplerSetting
+from .data import ImageData
+from .features import domain_classifier
+from .metrics import class_accuracy, fidelity_metrics, inception_fid, recognizability
+from .samplers import sample
+from .schedules import make_schedule
+from .tracking import NullTracker, Tracker
+
+DEFAULT_CACHE = Path(__file__).resolve().parents[1] / "mlruns" / "cache"
+
+
+def image_grid(images: Tensor, n: int):
+    """The first ``n`` images in [-1, 1] as one uint8 (H, W, 3) array, sqrt(n) per row."""
+    from torchvision.utils import make_grid
+
+    grid = make_grid(images[:n].float().add(1).div(2).clamp(0, 1), nrow=max(1, round(math.sqrt(n))), padding=2)
+    return grid.mul(255).round().to(torch.uint8).permute(1, 2, 0).expand(-1, -1, 3).cpu().numpy()
+
+
+class Evaluator:
+    def __init__(self, config: Config, data: ImageData, *, device: torch.device | str = "cpu",
+                 cache_dir: str | Path | None = None, out_dir: str | Path | None = None):
+        self.config, self.data, self.device = config, data, torch.device(device)
+        self.cache_dir = Path(cache_dir) if cache_dir else DEFAULT_CACHE
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.classifier = domain_classifier(data, self.cache_dir / "classifiers", device=self.device)
+        ec, dc = config.eval, config.diffusion
+        g = torch.Generator().manual_seed(ec.seed)
+        self.x_T = torch.randn((ec.num_samples, data.channels, data.image_size, data.image_size), generator=g)
+        self.labels = torch.arange(ec.num_samples) % data.num_classes  # balanced classes
+        self.schedule = make_schedule(dc.schedule, dc.timesteps, zero_terminal_snr=dc.zero_terminal_snr)
+
+    @property
+    def classifier_accuracy(self) -> float:
+        return self.classifier.accuracy
+
+    def generate(self, model, setting: SamplerSetting) -> tuple[Tensor, int, float]:
+        """Samples (N, C, H, W) in [-1, 1], network evaluations per sample, and wall seconds."""
+        ec, conditional = self.config.eval, self.config.model.conditional
+        calls = 0
+
+        def counted(x, t, y):
+            nonlocal calls
+            calls += 1
+            return model(x, t, y)
+
+        out, batches = [], 0
+        start = time.perf_counter()
+        for i, lo in enumerate(range(0, ec.num_samples, ec.batch_size)):
+            hi = min(lo + ec.batch_size, ec.num_samples)
+            x = sample(
+                counted, (hi - lo, *self.x_T.shape[1:]), self.schedule, sampler=setting.sampler,
+                steps=setting.steps, parameterization=self.config.diffusion.parameterization,
+                eta=setting.eta, spacing=setting.spacing, guidance=setting.guidance,
+                labels=self.labels[lo:hi] if conditional else None,
+                null_label=self.data.num_classes if conditional else None, clip_x0=ec.clip_x0,
+                generator=torch.Generator().manual_seed(ec.seed + 1 + i), x_T=self.x_T[lo:hi],
+                variance=setting.variance, device=self.device,
+            )
+            out.append(x.clamp(-1, 1).cpu())
+            batches += 1
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - start
+        return torch.cat(out), calls // batches, seconds
+
+    @torch.no_grad()
+    def evaluate_setting(self, model, setting: SamplerSetting, *, step: int, final: bool) -> tuple[dict[str, Any], Any]:
+        ec = self.config.eval
+        images, nfe, seconds = self.generate(model, setting)
+        metrics = fidelity_metrics(images, self.data.images, self.classifier, cache_dir=self.cache_dir / "fidelity",
+                                   reference_key=f"{self.data.name}-{self.data.fingerprint}", device=self.device)
+        probs = self.classifier.probs(images)
+        result: dict[str, Any] = {
+            "step": step, "setting": setting.label, "sampler": setting.sampler, "steps": setting.steps,
+            "eta": setting.eta, "guidance": setting.guidance, "spacing": setting.spacing, **metrics,
+            "recognizability": recognizability(probs, ec.recognizability_threshold),
+            "nfe": nfe, "sample_seconds": seconds,
+        }
+        if self.config.model.conditional:
+            result["class_accuracy"] = class_accuracy(probs, self.labels)
+        if final:
+            value, reason = inception_fid(images, self.data.images, weights_path=ec.inception_weights)
+            if value is not None:
+                result["fid_inception"] = value
+            else:
+                result["fid_inception_unavailable"] = reason
+        return result, image_grid(images, ec.grid_size)
+
+    def run(self, model, *, step: int, tracker: Tracker | None = None, final: bool | None = None) -> list[dict[str, Any]]:
+        """Evaluate ``model`` with every configured sampler setting; log metrics and grids at ``step``."""
+        tracker = tracker or NullTracker()
+        final = step == self.config.train.steps if final is None else final
+        was_training = getattr(model, "training", False)
+        if hasattr(model, "eval"):
+            model.eval()
+        results = []
+        for setting in self.config.eval.samplers:
+            result, grid = self.evaluate_setting(model, setting, step=step, final=final)
+            numbers = {k: v for k, v in result.items() if isinstance(v, (int, float)) and k != "step"}
+            tracker.log_metrics({f"eval/{setting.label}/{k}": v for k, v in numbers.items()}, step=step)
+            tracker.log_image(grid, key=f"samples/{setting.label}", step=step)
+            if self.out_dir is not None:
+                save_png(grid, self.out_dir / "grids" / setting.label / f"step_{step:07d}.png")
+            results.append(result)
+        if was_training:
+            model.train()
+        return results
+
+
+def save_png(array, path: Path) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)

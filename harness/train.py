@@ -1,0 +1,249 @@
+"""Train one configuration: a flat loop that reads top to bottom (nanoGPT style).
+
+Deterministic on CPU for a given ``train.seed``: all randomness comes from one generator whose state,
+with the model, EMA, optimizer and step, is in every checkpoint, so a run killed after step k and
+resumed equals an uninterrupted run. The host synchronizes with the device only every
+``train.log_every`` steps (losses are buffered on the device), at evaluations and at checkpoints.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from . import checkpoint
+from .config import Config
+from .ema import EMA
+from .losses import diffusion_loss
+from .schedules import make_schedule
+from .tracking import NullTracker, Tracker
+from .unet import UNet
+
+NUM_BUCKETS = 10  # the loss is also logged per tenth of [0, T): where each schedule spends its difficulty
+
+
+class NonFiniteLoss(RuntimeError):
+    def __init__(self, step: int, value: float):
+        super().__init__(f"non-finite loss at step {step}: {value}")
+        self.step, self.value = step, value
+
+
+@dataclass
+class TrainResult:
+    config_hash: str
+    steps: int
+    final_loss: float  # mean training loss over the last log interval
+    images_per_second: float
+    num_parameters: int
+    checkpoint: str
+    evals: list[dict[str, Any]] = field(default_factory=list)  # every evaluation, with its step
+    classifier_accuracy: float | None = None
+    recognizable_at_step: int | None = None
+
+    def final_evals(self) -> list[dict[str, Any]]:
+        return [e for e in self.evals if e["step"] == self.steps]
+
+    def to_json(self) -> dict[str, Any]:
+        """The shape ``harness train --json`` writes."""
+        return {
+            "config_hash": self.config_hash,
+            "classifier_accuracy": self.classifier_accuracy,
+            "train": {"final_loss": self.final_loss, "images_per_second": self.images_per_second,
+                      "steps": self.steps, "num_parameters": self.num_parameters,
+                      "checkpoint": self.checkpoint},
+            "evals": self.final_evals(),
+            "recognizable_at_step": self.recognizable_at_step,
+        }
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for fp32. ``auto`` is bf16 on CUDA devices that support it."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def build_model(config: Config, channels: int, image_size: int, num_classes: int) -> UNet:
+    m = config.model
+    return UNet(in_channels=channels, image_size=image_size, channels=m.channels,
+                channel_mult=m.channel_mult, num_res_blocks=m.num_res_blocks,
+                attention_resolutions=m.attention_resolutions, dropout=m.dropout,
+                num_classes=num_classes if m.conditional else None)
+
+
+def train(
+    config: Config,
+    tracker: Tracker | None = None,
+    *,
+    run_dir: str | Path,
+    data=None,
+    evaluator=None,
+    stop_after: int | None = None,
+    progress: bool | None = None,
+) -> TrainResult:
+    """Train (or resume) ``config`` in ``run_dir``; evaluate every ``eval_every`` steps and at the end.
+
+    ``data`` (an ``ImageData``) and ``evaluator`` are built from the config when not given.
+    ``stop_after`` ends the process-equivalent of a crash after that many steps (tests of resume).
+    """
+    tracker = tracker or NullTracker()
+    tc, dc = config.train, config.diffusion
+    device = resolve_device(tc.device)
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / "checkpoint.pt"
+    if data is None:
+        from .data import load_dataset  # the edges: data sets and evaluation pull in heavy imports
+
+        data = load_dataset(config.data.dataset, config.data.root, config.data.download)
+    if evaluator is None:
+        from .evaluate import Evaluator
+
+        evaluator = Evaluator(config, data, device=device, out_dir=run_dir)
+
+    torch.manual_seed(tc.seed)  # initial weights (and dropout masks until a checkpoint restores them)
+    model = build_model(config, data.channels, data.image_size, data.num_classes).to(device)
+    memory_format = torch.channels_last if tc.channels_last else torch.preserve_format
+    model = model.to(memory_format=memory_format)
+    ema = EMA(model, tc.ema_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
+                                  fused=device.type == "cuda")
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, tc.warmup_steps)))
+    gen = torch.Generator(device=device).manual_seed(tc.seed)
+    schedule = make_schedule(dc.schedule, dc.timesteps, zero_terminal_snr=dc.zero_terminal_snr)
+    images = data.images.to(device, non_blocking=True)  # (N, C, H, W), the whole set on the device
+    labels = data.labels.to(device, non_blocking=True)
+    null_label = data.num_classes
+    step, evals, last_loss, seconds = 0, [], math.nan, 0.0
+
+    state = checkpoint.load(ckpt_path, map_location=device)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        warmup.load_state_dict(state["lr_schedule"])
+        gen.set_state(state["generator"].cpu() if device.type == "cpu" else state["generator"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if device.type == "cuda":  # dropout masks on the GPU come from its own generator
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
+        step, evals, last_loss, seconds = state["step"], state["evals"], state["last_loss"], state["seconds"]
+
+    def save() -> None:
+        checkpoint.save_atomic({
+            "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+            "lr_schedule": warmup.state_dict(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0),
+            "step": step, "evals": evals, "last_loss": last_loss, "seconds": seconds,
+            "config": config.canonical_json(),
+        }, ckpt_path)
+
+    def run_eval() -> None:
+        results = evaluator.run(ema.model, step=step, tracker=tracker)
+        evals.extend(results)
+
+    net = torch.compile(model) if tc.compile else model
+    autocast_dtype = resolve_precision(tc.precision, device)
+    amp = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype
+           else contextlib.nullcontext())
+    T, B = schedule.T, tc.batch_size
+    loss_buf = torch.zeros(tc.log_every, device=device)  # per-step losses since the last log
+    bucket_sum = torch.zeros(NUM_BUCKETS, device=device)
+    bucket_n = torch.zeros(NUM_BUCKETS, device=device)
+    buf_start, interval_start = step, time.perf_counter()
+    bar = tqdm(total=tc.steps, initial=step, disable=(None if progress is None else not progress),
+               desc=f"train {config.train_hash()}", unit="step", dynamic_ncols=True)
+    model.train()
+    while step < tc.steps:
+        idx = torch.randint(0, images.shape[0], (B,), device=device, generator=gen)
+        x0 = images[idx].contiguous(memory_format=memory_format)  # (B, C, H, W)
+        y = None
+        if config.model.conditional:
+            drop = torch.rand(B, device=device, generator=gen) < tc.label_dropout
+            y = torch.where(drop, null_label, labels[idx])  # dropped labels train p(x) for guidance
+        t = torch.randint(0, T, (B,), device=device, generator=gen)
+        noise = torch.randn(x0.shape, device=device, generator=gen)
+        with amp:
+            per_example = diffusion_loss(net, x0, t, noise, schedule, dc.parameterization,
+                                         dc.loss_weighting, y, gamma=dc.min_snr_gamma)
+        loss = per_example.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if tc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        optimizer.step()
+        warmup.step()
+        ema.update(model)
+
+        loss_buf[step - buf_start] = loss.detach()
+        bucket = (t * NUM_BUCKETS) // T
+        bucket_sum.index_add_(0, bucket, per_example.detach().float())
+        bucket_n.index_add_(0, bucket, torch.ones_like(per_example, dtype=torch.float))
+        step += 1
+        bar.update(1)
+
+        at_eval = step == tc.steps or (tc.eval_every and step % tc.eval_every == 0)
+        at_ckpt = step == tc.steps or step % tc.checkpoint_every == 0
+        if step - buf_start == tc.log_every or at_eval or at_ckpt:
+            losses = loss_buf[: step - buf_start].tolist()  # the one host sync of the interval
+            for i, value in enumerate(losses):
+                if not math.isfinite(value):
+                    bar.close()
+                    raise NonFiniteLoss(buf_start + i + 1, value)
+            now = time.perf_counter()
+            seconds += now - interval_start
+            ips = len(losses) * B / max(now - interval_start, 1e-9)
+            last_loss = sum(losses) / len(losses)
+            tracker.log_series("train/loss", losses, range(buf_start + 1, step + 1))
+            per_bucket = (bucket_sum / bucket_n.clamp(min=1)).tolist()
+            tracker.log_metrics({"train/images_per_second": ips, "train/lr": warmup.get_last_lr()[0],
+                                 **{f"train/loss_t{b}": v for b, v in enumerate(per_bucket) if bucket_n[b] > 0}},
+                                step=step)
+            bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{ips:.0f}")
+            bucket_sum.zero_(), bucket_n.zero_()
+            buf_start = step
+            if at_eval:
+                run_eval()
+            if at_ckpt:
+                save()
+            interval_start = time.perf_counter()
+        if stop_after is not None and step >= stop_after and step < tc.steps:
+            bar.close()
+            return None  # simulated crash: the checkpoint on disk is all that survives
+    bar.close()
+
+    result = TrainResult(
+        config_hash=config.train_hash(), steps=step, final_loss=last_loss,
+        images_per_second=step * B / seconds if seconds else math.nan,
+        num_parameters=model.num_parameters, checkpoint=str(ckpt_path), evals=evals,
+        classifier_accuracy=evaluator.classifier_accuracy,
+        recognizable_at_step=recognizable_at_step(evals, config.eval.recognizable_fraction),
+    )
+    tracker.log_metrics({"train/final_loss": last_loss, "train/images_per_second_mean": result.images_per_second})
+    return result
+
+
+def recognizable_at_step(evals: list[dict[str, Any]], fraction: float) -> int | None:
+    """The first evaluation step at which the first sampler setting's recognizability reaches ``fraction``."""
+    if not evals:
+        return None
+    first = evals[0]["setting"]
+    for e in sorted((e for e in evals if e["setting"] == first), key=lambda e: e["step"]):
+        if e.get("recognizability", 0.0) >= fraction:
+            return e["step"]
+    return None
+
