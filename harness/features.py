@@ -1,0 +1,245 @@
+"""The domain feature extractor for FID: a small CNN classifier trained on the data set itself.
+
+FID (Heusel et al. 2017) is the Frechet distance between Gaussians fitted to features of real and
+generated images. InceptionV3's pool3 features describe ImageNet photographs, not 28x28 digits,
+and its weights cannot be fetched offline, so the harness measures FID, KID and precision/recall
+in the penultimate layer (D = 128) of a classifier trained on the domain. The classifier is
+trained once per data set, with a deterministic held-out split to report its accuracy, and cached
+on disk under the data's fingerprint and the architecture version.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .data import ImageData, split_indices
+
+# Cached weights are keyed by this string: change it whenever the network or its training recipe
+# changes, so that old caches are not mistaken for the new classifier.
+ARCH = "domaincnn-v1"
+WIDTHS = (16, 32, 64)  # channels of the three conv blocks; each block halves H and W
+FEATURE_DIM = 128  # D, the dimension of the features FID is computed in
+HOLDOUT_FRACTION = 0.1
+BATCH_SIZE = 128
+LR = 3e-3
+TARGET_STEPS = 300  # optimizer steps the default epoch count aims at (9 epochs on mnist-5k)
+MIN_EPOCHS = 3
+MAX_SHIFT = 2  # pixels of random translation in training; digits are not always centred
+
+
+class DomainCNN(nn.Module):
+    """Three conv-BN-ReLU-maxpool blocks, a D-dimensional feature layer, and a linear head."""
+
+    def __init__(self, in_channels: int, height: int, width: int, num_classes: int):
+        super().__init__()
+        if min(height, width) < 8:
+            raise ValueError(f"DomainCNN needs images of at least 8x8 pixels, got {height}x{width}")
+        blocks, c = [], in_channels
+        for w in WIDTHS:
+            blocks += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2)]
+            c = w
+        # Flattening the last (H/8, W/8) map keeps where strokes are, which global pooling would discard.
+        self.trunk = nn.Sequential(
+            *blocks, nn.Flatten(), nn.Linear(c * (height // 8) * (width // 8), FEATURE_DIM), nn.ReLU()
+        )
+        self.head = nn.Linear(FEATURE_DIM, num_classes)
+        self.shape = {"in_channels": in_channels, "height": height, "width": width, "num_classes": num_classes}
+
+    def features(self, x: Tensor) -> Tensor:  # (N, C, H, W) in [-1, 1] -> (N, D)
+        return self.trunk(x)
+
+    def forward(self, x: Tensor) -> Tensor:  # -> logits (N, num_classes)
+        return self.head(self.trunk(x))
+
+
+def _batched(fn, x: Tensor, device: torch.device, batch_size: int = 1024) -> Tensor:
+    with torch.no_grad():
+        return torch.cat([fn(chunk.to(device)).to(x.device) for chunk in x.split(batch_size)])
+
+
+@dataclass
+class DomainClassifier:
+    """A trained DomainCNN, its held-out accuracy, and a fingerprint of its weights."""
+
+    net: DomainCNN
+    accuracy: float  # top-1 on the held-out split of the data it was trained on
+    fingerprint: str  # short sha256 of the weights: names the feature space in metric caches
+    from_cache: bool  # True when the weights were loaded rather than trained in this call
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def features(self, x: Tensor) -> Tensor:
+        """Penultimate-layer features phi(x): (N, C, H, W) in [-1, 1] -> (N, D), on x's device."""
+        return _batched(self.net.features, x, self.device)
+
+    def probs(self, x: Tensor) -> Tensor:
+        """p(y | x): (N, C, H, W) in [-1, 1] -> (N, num_classes) softmax, on x's device."""
+        return _batched(self.net, x, self.device).softmax(dim=1)
+
+
+def _random_shift(x: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
+    """Translate each image by a random whole number of pixels in [-max_shift, max_shift]; fill with -1."""
+    n, _, h, w = x.shape
+    shift = torch.randint(-max_shift, max_shift + 1, (n, 2), generator=generator).to(x)  # (N, 2) as (dx, dy)
+    theta = torch.zeros(n, 2, 3, dtype=x.dtype, device=x.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    theta[:, 0, 2] = -2.0 * shift[:, 0] / w  # one pixel is 2 / W in grid_sample's [-1, 1] coordinates
+    theta[:, 1, 2] = -2.0 * shift[:, 1] / h
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    # Sampling x + 1 with zero padding fills the uncovered border with -1 (black), the background.
+    return F.grid_sample(x + 1.0, grid, mode="nearest", align_corners=False) - 1.0
+
+
+def default_epochs(n_train: int) -> int:
+    """Enough epochs for about TARGET_STEPS optimizer steps, and never fewer than MIN_EPOCHS."""
+    return max(MIN_EPOCHS, math.ceil(TARGET_STEPS / math.ceil(n_train / BATCH_SIZE)))
+
+
+def train_classifier(data: ImageData, *, seed: int = 0, epochs: int | None = None,
+                     device: str | torch.device = "cpu") -> tuple[DomainCNN, float]:
+    """Train a DomainCNN on all but a held-out 10% of ``data``; return it (eval mode) and its held-out accuracy.
+
+    AdamW with a one-cycle learning rate (Smith & Topin 2019) and random translations. Every
+    random choice comes from ``seed``: initialisation runs under a forked, seeded global RNG and
+    the batch order and shifts use their own generator, so CPU runs repeat bit for bit.
+    """
+    train_idx, held_idx = split_indices(len(data), HOLDOUT_FRACTION, seed)
+    x, y = data.images[train_idx].to(device), data.labels[train_idx].to(device)  # (N, C, H, W), (N,)
+    epochs = default_epochs(len(x)) if epochs is None else epochs
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = DomainCNN(data.channels, data.images.shape[2], data.images.shape[3], data.num_classes).to(device)
+    generator = torch.Generator().manual_seed(seed)
+    steps = epochs * math.ceil(len(x) / BATCH_SIZE)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=LR, total_steps=steps)
+    net.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator).to(device)
+        for batch in order.split(BATCH_SIZE):
+            x_b = _random_shift(x[batch], MAX_SHIFT, generator)
+            loss = F.cross_entropy(net(x_b), y[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    net.eval().requires_grad_(False)
+    logits = _batched(net, data.images[held_idx], torch.device(device))
+    accuracy = (logits.argmax(dim=1) == data.labels[held_idx]).float().mean().item()
+    return net, accuracy
+
+
+def weights_fingerprint(net: nn.Module) -> str:
+    """Short sha256 of a module's state (names, shapes, dtypes and bytes)."""
+    h = hashlib.sha256()
+    for name, t in sorted(net.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _atomic_save(obj: dict, path: Path) -> None:
+    # A crash or a concurrent reader never sees a half-written file: write aside, then rename.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def cache_path(data: ImageData, cache_dir: str | Path, *, seed: int = 0, epochs: int | None = None) -> Path:
+    """Where ``domain_classifier`` keeps the weights for this data, seed and epoch count."""
+    n_train = len(data) - len(split_indices(len(data), HOLDOUT_FRACTION, seed)[1])
+    epochs = default_epochs(n_train) if epochs is None else epochs
+    return Path(cache_dir).expanduser() / f"{ARCH}-{data.fingerprint}-seed{seed}-epochs{epochs}.pt"
+
+
+def domain_classifier(data: ImageData, cache_dir: str | Path, *, device: str | torch.device = "cpu",
+                      seed: int = 0, epochs: int | None = None) -> DomainClassifier:
+    """The domain classifier for ``data``: loaded from ``cache_dir`` if trained before, else trained and saved."""
+    path = cache_path(data, cache_dir, seed=seed, epochs=epochs)
+    net, from_cache = None, False
+    if path.is_file():
+        try:
+            saved = torch.load(path, map_location=device, weights_only=True)
+            net = DomainCNN(**saved["shape"]).to(device)
+            net.load_state_dict(saved["state_dict"])
+            accuracy, from_cache = float(saved["accuracy"]), True
+        except Exception as e:  # a cache is only a cache: an unreadable one is rebuilt
+            warnings.warn(f"retraining the domain classifier: cannot read {path} ({e})")
+            net = None
+    if net is None:
+        net, accuracy = train_classifier(data, seed=seed, epochs=epochs, device=device)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.cpu() for k, v in net.state_dict().items()}
+        _atomic_save({"arch": ARCH, "shape": net.shape, "state_dict": state, "accuracy": accuracy}, path)
+    net.eval().requires_grad_(False)
+    return DomainClassifier(net=net, accuracy=accuracy, fingerprint=weights_fingerprint(net), from_cache=from_cache)
+
+
+def fidelity_extractor_name(clf: DomainClassifier) -> str:
+    """Register ``clf`` with torch-fidelity as a feature extractor (once per process) and return its name.
+
+    torch-fidelity builds extractors itself, from a class looked up by name in its process-wide
+    registry, so the classifier travels as a class attribute of a subclass made for it. The name
+    carries the weights' fingerprint, which also makes torch-fidelity's cache files (named after
+    the extractor) specific to this feature space. Inputs arrive as uint8 (N, C, H, W), torch-
+    fidelity's convention; features are "features" (N, D) for FID/KID/PRC and "logits" for ISC.
+    """
+    from torch_fidelity import FeatureExtractorBase, register_feature_extractor
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    name = f"harness-domain-{clf.fingerprint}"
+    if name in FEATURE_EXTRACTORS_REGISTRY:
+        return name
+
+    class DomainFeatures(FeatureExtractorBase):
+        template = copy.deepcopy(clf.net).cpu()
+
+        def __init__(self, name: str, features_list: list[str], **kwargs):
+            super().__init__(name, features_list)
+            # torch-fidelity moves and freezes the extractor it builds; a copy keeps clf.net untouched.
+            self.net = copy.deepcopy(self.template)
+
+        @staticmethod
+        def get_provided_features_list():
+            return ("features", "logits")
+
+        @staticmethod
+        def get_default_feature_layer_for_metric(metric):
+            return {"isc": "logits"}.get(metric, "features")
+
+        @staticmethod
+        def can_be_compiled():
+            return False
+
+        @classmethod
+        def get_dummy_input_for_compile(cls):
+            shape = cls.template.shape
+            return torch.zeros(1, shape["in_channels"], shape["height"], shape["width"], dtype=torch.uint8)
+
+        def forward(self, x: Tensor) -> tuple[Tensor, ...]:  # x uint8 (N, C, H, W)
+            if x.dtype != torch.uint8 or x.dim() != 4:
+                raise ValueError(f"expected uint8 images (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
+            h = self.net.features(x.float() / 127.5 - 1.0)  # (N, D)
+            out = {"features": h, "logits": self.net.head(h)}
+            return tuple(out[k] for k in self.features_list)
+
+    register_feature_extractor(name, DomainFeatures)
+    return name

@@ -1,0 +1,180 @@
+"""Sample-quality metrics: FID, KID and precision/recall in the domain classifier's feature space,
+the standard InceptionV3 FID when its weights are at hand, and classifier-based scores.
+
+All image tensors are (N, C, H, W) in [-1, 1]. They are quantized to uint8 before any feature
+extraction, as torch-fidelity expects, so numbers match those of the same samples saved as PNGs.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import urllib.request
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from .features import DomainClassifier, fidelity_extractor_name
+
+KID_SUBSET_SIZE = 1000  # torch-fidelity's default, lowered to the sample count when there are fewer
+PRC_NEIGHBORHOOD = 3  # k of the k-NN balls in precision/recall (Kynkaanniemi et al. 2019)
+BATCH_SIZE = 500
+DOWNLOAD_PROBE_TIMEOUT = 5.0  # seconds; offline, name resolution fails at once, a blackholed route waits this long
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """[-1, 1] float -> uint8 in [0, 255]: u = round((x + 1) * 127.5), the inverse of data.from_uint8."""
+    return ((x.detach().cpu().float().clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
+
+
+class _Images(Dataset):
+    """A uint8 tensor (N, C, H, W) as the map-style Dataset torch-fidelity reads inputs from."""
+
+    def __init__(self, images: Tensor):
+        self.images = images
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> Tensor:
+        return self.images[i]
+
+
+def _check_images(name: str, x: Tensor, min_count: int) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"{name} must be (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.shape[0] < min_count:
+        raise ValueError(f"{name} needs at least {min_count} images, got {x.shape[0]}")
+
+
+def _content_key(u8: Tensor) -> str:
+    return hashlib.sha256(u8.contiguous().numpy().tobytes()).hexdigest()[:12]
+
+
+def _torch_fidelity_device(device: str | torch.device):
+    # torch-fidelity only knows cuda=True/False and calls .cuda(); choose the index by context.
+    device = torch.device(device)
+    if device.type == "cuda":
+        return True, torch.cuda.device(device)
+    return False, contextlib.nullcontext()
+
+
+def fidelity_metrics(generated: Tensor, reference: Tensor, clf: DomainClassifier, *, cache_dir: str | Path,
+                     reference_key: str, device: str | torch.device = "cpu",
+                     kid_subset_size: int | None = None) -> dict:
+    """FID (Heusel et al. 2017), KID (Binkowski et al. 2018) and precision/recall (Kynkaanniemi et
+    al. 2019) of ``generated`` against ``reference``, in the feature space of ``clf``.
+
+    Computed by torch_fidelity.calculate_metrics. The reference's features and FID statistics are
+    cached by torch-fidelity in ``cache_dir`` under a name made of ``reference_key``, a hash of the
+    reference images and the classifier's fingerprint, so they are computed once and reused, and a
+    changed reference set or classifier can never be served stale numbers. ``kid_subset_size``
+    defaults to min(1000, N_gen, N_ref).
+    """
+    import torch_fidelity
+
+    _check_images("generated", generated, PRC_NEIGHBORHOOD + 1)  # k-NN radii need k other samples
+    _check_images("reference", reference, PRC_NEIGHBORHOOD + 1)
+    if generated.shape[1:] != reference.shape[1:]:
+        raise ValueError(f"generated {tuple(generated.shape[1:])} and reference {tuple(reference.shape[1:])} differ")
+    if not reference_key or os.sep in reference_key or "/" in reference_key:
+        raise ValueError(f"reference_key must be a non-empty file-name part without '/', got {reference_key!r}")
+    n_gen, n_ref = generated.shape[0], reference.shape[0]
+    largest = min(n_gen, n_ref)
+    subset = min(KID_SUBSET_SIZE, largest) if kid_subset_size is None else kid_subset_size
+    if not 2 <= subset <= largest:  # the unbiased MMD estimate needs pairs within each subset
+        raise ValueError(f"kid_subset_size must be in [2, min(N_gen, N_ref) = {largest}], got {subset}")
+
+    gen_u8, ref_u8 = to_uint8(generated), to_uint8(reference)
+    cuda, on_device = _torch_fidelity_device(device)
+    with on_device:
+        m = torch_fidelity.calculate_metrics(
+            input1=_Images(gen_u8),
+            input2=_Images(ref_u8),
+            input2_cache_name=f"{reference_key}-{_content_key(ref_u8)}",
+            cache_root=str(Path(cache_dir).expanduser()),
+            feature_extractor=fidelity_extractor_name(clf),
+            fid=True, kid=True, prc=True,  # prc's convention: input1 generated, input2 real
+            kid_subset_size=subset,
+            prc_neighborhood=PRC_NEIGHBORHOOD,
+            batch_size=BATCH_SIZE,
+            cuda=cuda,
+            save_cpu_ram=True,  # DataLoader workers would fork the process to index an in-memory tensor
+            verbose=False,
+        )
+    return {
+        "fid": m["frechet_inception_distance"],
+        "kid": m["kernel_inception_distance_mean"],
+        "kid_std": m["kernel_inception_distance_std"],
+        "precision": m["precision"],
+        "recall": m["recall"],
+        "num_generated": n_gen,
+        "num_reference": n_ref,
+    }
+
+
+def _inception_weights_problem(weights_path: str | None) -> str | None:
+    """Why torch-fidelity's InceptionV3 weights cannot be had quickly, or None if they can."""
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+    if weights_path is not None:
+        return None if Path(weights_path).is_file() else f"InceptionV3 weights not found at {weights_path}"
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(URL_INCEPTION_V3)
+    if cached.is_file():
+        return None
+    # torch-fidelity downloads with torch.hub, which has no timeout; probe first so offline fails fast.
+    try:
+        with urllib.request.urlopen(urllib.request.Request(URL_INCEPTION_V3, method="HEAD"),
+                                    timeout=DOWNLOAD_PROBE_TIMEOUT):
+            return None
+    except Exception as e:
+        return (f"InceptionV3 weights are not in {cached.parent} and cannot be downloaded ({e}); "
+                f"pass weights_path= the file {os.path.basename(URL_INCEPTION_V3)}")
+
+
+def inception_fid(generated: Tensor, reference: Tensor, *, weights_path: str | None = None,
+                  device: str | torch.device = "cpu") -> tuple[float | None, str | None]:
+    """Standard FID (Heusel et al. 2017) in torch-fidelity's InceptionV3 pool3 space (2048-D).
+
+    Images become 3-channel uint8; torch-fidelity resizes them to 299x299 itself, with its
+    TensorFlow-compatible bilinear interpolation. Returns (fid, None), or (None, reason) when the
+    weights are unavailable or anything else fails: this never raises, so a run without the
+    weights still reports every other metric.
+    """
+    try:
+        problem = _inception_weights_problem(weights_path)
+        if problem is not None:
+            return None, problem
+        import torch_fidelity
+
+        def rgb(x: Tensor) -> Tensor:
+            u8 = to_uint8(x)
+            return u8.expand(-1, 3, -1, -1).contiguous() if u8.shape[1] == 1 else u8
+
+        cuda, on_device = _torch_fidelity_device(device)
+        with on_device:
+            m = torch_fidelity.calculate_metrics(
+                input1=_Images(rgb(generated)), input2=_Images(rgb(reference)), fid=True,
+                feature_extractor="inception-v3-compat", feature_extractor_weights_path=weights_path,
+                cuda=cuda, cache=False, save_cpu_ram=True, verbose=False,
+            )
+        return float(m["frechet_inception_distance"]), None
+    except Exception as e:  # the caller logs the reason and carries on
+        return None, f"InceptionV3 FID failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
+
+
+def recognizability(probs: Tensor, threshold: float = 0.9) -> float:
+    """Fraction of samples the domain classifier assigns some class with p(y | x) >= threshold."""
+    if probs.dim() != 2 or probs.shape[0] == 0:
+        raise ValueError(f"probs must be (N, num_classes) with N > 0, got shape {tuple(probs.shape)}")
+    return (probs.max(dim=1).values >= threshold).float().mean().item()
+
+
+def class_accuracy(probs: Tensor, labels: Tensor) -> float:
+    """Fraction of samples whose most probable class is the label (e.g. the class a sample was conditioned on)."""
+    if probs.dim() != 2 or probs.shape[0] == 0 or labels.shape != probs.shape[:1]:
+        raise ValueError(f"need probs (N, K) with N > 0 and labels (N,), got {tuple(probs.shape)} and "
+                         f"{tuple(labels.shape)}")
+    return (probs.argmax(dim=1) == labels.to(probs.device)).float().mean().item()
