@@ -47,6 +47,74 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _overrides(items: list[str]) -> dict:
+    from .config import parse_override
+
+    return dict(parse_override(i) for i in items)
+
+
+def cmd_validate(args) -> int:
+    from .spec import load_spec, make_plan
+
+    for path in args.specs:
+        spec = load_spec(path)
+        for profile in [None, *spec.profiles]:
+            plan = make_plan(spec, path, profile)
+        print(f"{path}: ok ({len(plan.jobs)} jobs x {len(plan.settings)} evaluation settings in profile "
+              f"{plan.profile}; profiles: {', '.join(spec.profiles) or 'none'})")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .data import DataUnavailable
+    from .spec import load_spec, make_plan
+
+    spec = load_spec(args.spec)
+    plan = make_plan(spec, args.spec, args.profile, _overrides(args.set))
+    if args.dry_run:
+        return _print_plan(plan, args.tracking_uri)
+    from .runner import run_plan
+    from .tracking import MlflowStore
+
+    store = MlflowStore(args.tracking_uri)
+    print(f"{spec.name} [{plan.profile}]: {len(plan.jobs)} training jobs x {len(plan.settings)} evaluation "
+          f"settings; tracking {store.uri}")
+    try:
+        outcomes, parent = run_plan(plan, store, spec_path=args.spec, executor=args.executor, force=args.force)
+    except DataUnavailable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    failed = [o for o in outcomes if o.status == "failed"]
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("trained", "evaluated", "skipped", "failed")}
+    print("summary: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + f"; parent run {parent}")
+    for o in failed:
+        print(f"  failed {o.config_hash} seed={o.seed}: {o.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _print_plan(plan, uri) -> int:
+    from .runner import describe
+    from .tracking import MlflowStore
+
+    store = None
+    if uri or _default_store_exists():
+        store = MlflowStore(uri)
+    rows = describe(plan, store)
+    print(f"{plan.spec.name} [{plan.profile}]: {plan.spec.question}")
+    for r in rows:
+        print(f"  {r['config_hash']}  {r['state']:>8}  seed={r['seed']}  {r['arm']}")
+    print("evaluation settings: " + "; ".join(
+        f"{s['sampler']}-{s['steps']} eta={s['eta']:g} w={s['guidance']:g} {s['spacing']}" for s in plan.settings))
+    return 0
+
+
+def _default_store_exists() -> bool:
+    from .tracking import default_tracking_uri
+
+    uri = default_tracking_uri()
+    return not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).exists()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description="Ablation studies of DDPM-family diffusion models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -56,6 +124,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", metavar="PATH", help="write the metrics as JSON")
     t.add_argument("--run-dir", metavar="DIR", help="checkpoints and grids (default: runs/<config hash>)")
     t.set_defaults(func=cmd_train)
+
+    v = sub.add_parser("validate", help="check specs without running anything")
+    v.add_argument("specs", nargs="+")
+    v.set_defaults(func=cmd_validate)
+
+    r = sub.add_parser("run", help="run an ablation spec: train every arm and seed, evaluate, track")
+    r.add_argument("spec")
+    r.add_argument("--profile", help="a profile of the spec (smoke, quick, full, ...)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a base field")
+    r.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlruns/mlflow.db)")
+    r.add_argument("--executor", choices=["local", "slurm"], default="local")
+    r.add_argument("--force", action="store_true", help="retrain jobs that already finished")
+    r.add_argument("--dry-run", action="store_true", help="print the plan and what is already done, run nothing")
+    r.set_defaults(func=cmd_run)
     return p
 
 

@@ -231,42 +231,53 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _valid_keys(loc: tuple, model: type[BaseModel] = None) -> list[str]:
-    """The field names allowed at ``loc`` (list indices such as ``eval.samplers.0`` are skipped)."""
-    model = model or Config
+def _valid_keys(loc: tuple, model: type[BaseModel] | None = None) -> list[str]:
+    """The field names allowed at ``loc``; list indices and dict keys on the way are stepped over."""
+    model, in_container = model or Config, False
     for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
         field = model.model_fields.get(str(part))
-        inner = [a for a in (field.annotation, *get_args(field.annotation)) if _is_model(a)] if field else []
+        if field is None:
+            if in_container:  # ``eval.samplers.0`` or ``profiles.quick``
+                in_container = False
+                continue
+            return []
+        inner = [a for a in (field.annotation, *_nested_args(field.annotation)) if _is_model(a)]
         if not inner:
             return []
+        in_container = inner[0] is not field.annotation
         model = inner[0]
     return sorted(model.model_fields)
+
+
+def _nested_args(annotation) -> list:
+    out = []
+    for a in get_args(annotation):
+        out += [a, *_nested_args(a)]
+    return out
 
 
 def _is_model(a) -> bool:
     return isinstance(a, type) and issubclass(a, BaseModel)
 
 
-def format_validation_error(err: ValidationError, source: str, prefix: str = "") -> str:
+def format_validation_error(err: ValidationError, source: str, root: type[BaseModel] | None = None) -> str:
     """The first error as one line: ``source: field: what is wrong (what is allowed)``."""
     e = err.errors()[0]
     loc = tuple(e["loc"])
-    field = prefix + ".".join(str(p) for p in loc)
+    field = ".".join(str(p) for p in loc)
     if e["type"] == "extra_forbidden":
-        valid = _valid_keys(loc)
+        valid = _valid_keys(loc, root)
         return f"{source}: {field}: unknown key; valid keys here: {', '.join(valid)}"
     msg = e["msg"].removeprefix("Value error, ")
     where = f"{field}: " if field else ""
     return f"{source}: {where}{msg}"
 
 
-def build_config(data: dict, source: str = "<config>", prefix: str = "") -> Config:
+def build_config(data: dict, source: str = "<config>") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source, prefix)) from None
+        raise ConfigError(format_validation_error(err, source)) from None
 
 
 def read_yaml(path: str | Path) -> Any:

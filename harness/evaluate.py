@@ -6,6 +6,7 @@ starts from the same points and grids over training are comparable frame by fram
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,11 @@ from .samplers import sample
 from .schedules import make_schedule
 from .tracking import NullTracker, Tracker
 
-DEFAULT_CACHE = Path(__file__).resolve().parents[1] / "mlruns" / "cache"
+
+
+def default_cache_dir() -> Path:
+    """Domain classifiers and reference statistics, keyed by content: safe to share between stores."""
+    return Path(os.environ.get("HARNESS_CACHE_DIR") or Path(__file__).resolve().parents[1] / "mlruns" / "cache")
 
 
 def image_grid(images: Tensor, n: int):
@@ -36,7 +41,7 @@ class Evaluator:
     def __init__(self, config: Config, data: ImageData, *, device: torch.device | str = "cpu",
                  cache_dir: str | Path | None = None, out_dir: str | Path | None = None):
         self.config, self.data, self.device = config, data, torch.device(device)
-        self.cache_dir = Path(cache_dir) if cache_dir else DEFAULT_CACHE
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.out_dir = Path(out_dir) if out_dir else None
         self.classifier = domain_classifier(data, self.cache_dir / "classifiers", device=self.device)
         ec, dc = config.eval, config.diffusion

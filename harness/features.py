@@ -12,8 +12,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checkpoint import save_atomic
 from .data import ImageData, split_indices
 
 # Cached weights are keyed by this string: change it whenever the network or its training recipe
@@ -151,18 +150,6 @@ def weights_fingerprint(net: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def _atomic_save(obj: dict, path: Path) -> None:
-    # A crash or a concurrent reader never sees a half-written file: write aside, then rename.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def cache_path(data: ImageData, cache_dir: str | Path, *, seed: int = 0, epochs: int | None = None) -> Path:
     """Where ``domain_classifier`` keeps the weights for this data, seed and epoch count."""
     n_train = len(data) - len(split_indices(len(data), HOLDOUT_FRACTION, seed)[1])
@@ -188,7 +175,7 @@ def domain_classifier(data: ImageData, cache_dir: str | Path, *, device: str | t
         net, accuracy = train_classifier(data, seed=seed, epochs=epochs, device=device)
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.cpu() for k, v in net.state_dict().items()}
-        _atomic_save({"arch": ARCH, "shape": net.shape, "state_dict": state, "accuracy": accuracy}, path)
+        save_atomic({"arch": ARCH, "shape": net.shape, "state_dict": state, "accuracy": accuracy}, path)
     net.eval().requires_grad_(False)
     return DomainClassifier(net=net, accuracy=accuracy, fingerprint=weights_fingerprint(net), from_cache=from_cache)
 

@@ -2,7 +2,12 @@
 mlflow (the MLflow tracker lives in ``harness/mlflow_tracker.py``)."""
 from __future__ import annotations
 
+import math
+import os
+import subprocess
+import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 import numpy as np
@@ -19,11 +24,11 @@ class Tracker(Protocol):
 class NullTracker:
     """Logs nothing: for tests and for scripts that only want the returned result."""
 
-    def log_params(self, params): pass
-    def log_metrics(self, metrics, step=None): pass
-    def log_series(self, key, values, steps): pass
-    def log_image(self, image, key, step): pass
-    def log_artifact(self, path): pass
+    def log_params(self, params): return None
+    def log_metrics(self, metrics, step=None): return None
+    def log_series(self, key, values, steps): return None
+    def log_image(self, image, key, step): return None
+    def log_artifact(self, path): return None
 
 
 class MemoryTracker:
@@ -50,3 +55,116 @@ class MemoryTracker:
 
     def log_artifact(self, path):
         self.artifacts.append(path)
+
+
+# -- MLflow: the only place that imports mlflow -----------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+ROLE, HASH, SPEC, COMMIT = "harness.role", "harness.config_hash", "harness.spec", "git.commit"
+MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch call
+
+
+def default_tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else the SQLite store in this repository (absolute path)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO / 'mlruns' / 'mlflow.db'}"
+
+
+def git_state() -> tuple[str, bool]:
+    """(commit, dirty) of the repository, or ("unknown", False) outside git."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+        return commit or "unknown", dirty
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", False
+
+
+class MlflowTracker:
+    """Logs to one MLflow run through ``MlflowClient`` with its explicit run id (safe in parallel jobs)."""
+
+    def __init__(self, client, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    def _metrics(self, items) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, int(s or 0)) for k, v, s in items if math.isfinite(float(v))]
+        for i in range(0, len(metrics), MAX_BATCH):
+            self.client.log_batch(self.run_id, metrics=metrics[i:i + MAX_BATCH], synchronous=True)
+
+    def log_params(self, params):
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i:i + 100], synchronous=True)
+
+    def log_metrics(self, metrics, step=None):
+        self._metrics((k, v, step) for k, v in metrics.items())
+
+    def log_series(self, key, values, steps):
+        self._metrics((key, v, s) for v, s in zip(values, steps))
+
+    def log_image(self, image, key, step):
+        self.client.log_image(self.run_id, image, key=key, step=step, synchronous=True)
+
+    def log_artifact(self, path):
+        self.client.log_artifact(self.run_id, str(path))
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def log_dict(self, d: dict, artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, d, artifact_file)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+
+class MlflowStore:
+    """An MLflow tracking store: experiments, runs, and finding runs by config hash."""
+
+    def __init__(self, uri: str | None = None):
+        from mlflow import MlflowClient
+
+        self.uri = uri or default_tracking_uri()
+        if self.uri.startswith("sqlite:///"):
+            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(tracking_uri=self.uri)
+
+    def experiment_id(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        if self.uri.startswith("sqlite:///"):  # artifacts beside the database, whatever the working directory
+            location = (REPO / "mlruns" / "artifacts" / name).as_uri() if self.uri == default_tracking_uri() \
+                else (Path(self.uri.removeprefix("sqlite:///")).parent / "artifacts" / name).as_uri()
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except Exception:  # another process created it between our two calls
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def start_run(self, experiment_id: str, name: str, tags: dict[str, Any], parent: str | None = None) -> MlflowTracker:
+        tags = {k: str(v) for k, v in tags.items()}
+        if parent:
+            tags["mlflow.parentRunId"] = parent
+        run = self.client.create_run(experiment_id, tags=tags, run_name=name)
+        return MlflowTracker(self.client, run.info.run_id)
+
+    def resume_run(self, run_id: str) -> MlflowTracker:
+        self.client.update_run(run_id, status="RUNNING")
+        return MlflowTracker(self.client, run_id)
+
+    def runs(self, experiment_id: str, tags: dict[str, str]) -> list:
+        """Runs of the experiment whose tags equal ``tags``, newest first."""
+        clauses = [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
+        return list(self.client.search_runs([experiment_id], " and ".join(clauses), max_results=5000,
+                                            order_by=["attributes.start_time DESC"]))

@@ -19,7 +19,7 @@ def mnist_5k():
 @pytest.fixture(scope="module")
 def clf(mnist_5k, tmp_path_factory) -> DomainClassifier:
     # One cache directory for the whole session: test_metrics.py loads what this trains, and vice versa.
-    return domain_classifier(mnist_5k, tmp_path_factory.getbasetemp() / "domain-classifier-cache")
+    return domain_classifier(mnist_5k, tmp_path_factory.getbasetemp() / "harness-cache" / "classifiers")
 
 
 @pytest.fixture(scope="module")

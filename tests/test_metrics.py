@@ -18,7 +18,7 @@ def mnist_5k():
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
     # Shared with test_features.py, so the classifier is trained once per session.
-    return tmp_path_factory.getbasetemp() / "domain-classifier-cache"
+    return tmp_path_factory.getbasetemp() / "harness-cache" / "classifiers"
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,365 @@
+"""Run a plan: every job trained once, evaluated with every setting, tracked in MLflow.
+
+A job is identified by its training config hash. Before anything runs, each job is classified:
+``done`` (a finished training run with every evaluation setting), ``evaluate`` (finished, some
+settings missing: they run on the saved checkpoint), ``resume`` (an unfinished run: it continues from
+its checkpoint, in the same MLflow run) or ``new``. A file lock per hash makes two launches of the
+same spec train each configuration once.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import Config, SamplerSetting
+from .spec import Plan
+from .tracking import COMMIT, HASH, ROLE, SPEC, MlflowStore, git_state
+
+EVAL_PARAMS = ("sampler", "steps", "eta", "guidance", "spacing")
+EVAL_METRICS = ("fid", "kid", "kid_std", "precision", "recall", "recognizability", "class_accuracy", "nfe",
+                "sample_seconds", "fid_inception", "num_generated", "num_reference")
+
+
+def store_root(uri: str) -> Path:
+    """Local directory for checkpoints, caches and locks: beside a SQLite store, else ``mlruns/``."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).parent
+    return Path(__file__).resolve().parents[1] / "mlruns"
+
+
+@dataclass
+class Task:
+    """Everything a worker needs, picklable (configs travel as canonical JSON)."""
+
+    config_json: str
+    arm: dict[str, Any]
+    seed: int
+    spec_name: str
+    experiment_id: str
+    parent_run_id: str
+    uri: str
+    force: bool = False
+    threads: int = 1
+
+
+@dataclass
+class Outcome:
+    config_hash: str
+    arm: dict[str, Any]
+    seed: int
+    status: str  # trained | evaluated | skipped | failed
+    run_id: str | None = None
+    error: str | None = None
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@contextmanager
+def job_lock(root: Path, config_hash: str):
+    """Exclusive, blocking lock on one config hash; the OS releases it if the holder dies."""
+    path = root / "locks" / f"{config_hash}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def setting_key(d: dict[str, Any]) -> tuple:
+    return tuple(str(float(d[k])) if k in ("eta", "guidance") else str(d[k]) for k in EVAL_PARAMS)
+
+
+def job_state(store: MlflowStore, experiment_id: str, config: Config) -> tuple[str, Any, set]:
+    """("done" | "evaluate" | "resume" | "new", the training run or None, the settings evaluated)."""
+    runs = store.runs(experiment_id, {ROLE: "train", HASH: config.train_hash()})
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    if finished:
+        run = finished[0]
+        evals = store.runs(experiment_id, {ROLE: "eval", "mlflow.parentRunId": run.info.run_id})
+        done = {setting_key(e.data.params) for e in evals if e.info.status == "FINISHED"}
+        wanted = {setting_key(s.model_dump()) for s in config.eval.samplers}
+        return ("done" if wanted <= done else "evaluate"), run, done
+    return ("resume" if runs else "new"), (runs[0] if runs else None), set()
+
+
+def run_task(task: Task) -> Outcome:
+    """Train (or resume) one job and evaluate its missing settings. Runs in a worker process."""
+    import torch
+
+    torch.set_num_threads(task.threads)
+    config = Config.model_validate_json(task.config_json)
+    store = MlflowStore(task.uri)
+    root = store_root(task.uri)
+    h = config.train_hash()
+    out = Outcome(h, task.arm, task.seed, "skipped")
+    start = time.perf_counter()
+    with job_lock(root, h):  # a second launch waits here, then finds the run finished
+        state, run, done = job_state(store, task.experiment_id, config)
+        if task.force and state != "new":
+            state, run, done = "new", None, set()
+            shutil.rmtree(root / "checkpoints" / h, ignore_errors=True)
+        tracker = None
+        try:
+            from .data import load_dataset
+            from .evaluate import Evaluator
+            from .train import train
+
+            run_dir = root / "checkpoints" / h
+            missing = [s for s in config.eval.samplers if setting_key(s.model_dump()) not in done]
+            if state == "done":
+                out.run_id = run.info.run_id
+                return out
+            data = load_dataset(config.data.dataset, config.data.root, config.data.download)
+            device = _device(config)
+            evaluator = Evaluator(config, data, device=device, out_dir=run_dir)
+            if state in ("new", "resume"):
+                commit, _ = git_state()
+                if state == "resume":
+                    tracker = store.resume_run(run.info.run_id)
+                else:
+                    tracker = store.start_run(task.experiment_id, f"train-{h}", parent=task.parent_run_id, tags={
+                        ROLE: "train", HASH: h, SPEC: task.spec_name, COMMIT: commit,
+                        "harness.arm": ", ".join(f"{k}={v}" for k, v in task.arm.items()) or "base",
+                        "harness.seed": task.seed, "harness.checkpoint": str(run_dir / "checkpoint.pt")})
+                    tracker.log_params(config.flat())
+                    tracker.log_dict(config.to_dict(), "config.json")
+                result = train(config, tracker, run_dir=run_dir, data=data, evaluator=evaluator, progress=False)
+                tracker.log_metrics({"classifier_accuracy": evaluator.classifier_accuracy})
+                tracker.finish("FINISHED")
+                out.status, out.run_id = "trained", tracker.run_id
+                finals = {setting_key(e): e for e in result.final_evals()}
+            else:
+                out.status, out.run_id, finals = "evaluated", run.info.run_id, {}
+            model = _load_ema(config, data, run_dir, device) if any(setting_key(s.model_dump()) not in finals for s in missing) else None
+            for setting in missing:
+                result = finals.get(setting_key(setting.model_dump()))
+                if result is None:
+                    result, _ = evaluator.evaluate_setting(model, setting, step=config.train.steps, final=True)
+                _log_eval(store, task, out.run_id, h, setting, result)
+                out.evals.append(result)
+        except BaseException as err:  # noqa: BLE001 - a failed job must not take the others down
+            if tracker is not None:
+                tracker.set_tags({"harness.error": str(err)[:5000]})
+                tracker.finish("FAILED")
+            out.status, out.error = "failed", f"{type(err).__name__}: {err}"
+            if not isinstance(err, Exception):
+                raise
+            if os.environ.get("HARNESS_DEBUG"):
+                traceback.print_exc()
+        finally:
+            out.seconds = time.perf_counter() - start
+    return out
+
+
+def _device(config: Config):
+    from .train import resolve_device
+
+    return resolve_device(os.environ.get("HARNESS_DEVICE") or config.train.device)
+
+
+def _load_ema(config: Config, data, run_dir: Path, device):
+    from . import checkpoint
+    from .train import build_model
+
+    model = build_model(config, data.channels, data.image_size, data.num_classes).to(device)
+    model.load_state_dict(checkpoint.load(run_dir / "checkpoint.pt", map_location=device)["ema"]["model"])
+    return model.eval()
+
+
+def _log_eval(store: MlflowStore, task: Task, train_run_id: str, h: str, setting: SamplerSetting, result: dict) -> None:
+    commit, _ = git_state()
+    child = store.start_run(task.experiment_id, f"eval-{h}-{setting.label}", parent=train_run_id, tags={
+        ROLE: "eval", HASH: h, SPEC: task.spec_name, COMMIT: commit,
+        "harness.arm": ", ".join(f"{k}={v}" for k, v in task.arm.items()) or "base", "harness.seed": task.seed})
+    child.log_params({k: getattr(setting, k) for k in EVAL_PARAMS})
+    child.log_metrics({k: result[k] for k in EVAL_METRICS if k in result}, step=result.get("step", 0))
+    if "fid_inception_unavailable" in result:
+        child.set_tags({"harness.fid_inception_unavailable": result["fid_inception_unavailable"]})
+    child.finish("FINISHED")
+
+
+# -- executors --------------------------------------------------------------------------------------
+
+def _slots(spec_cpu_jobs: int) -> tuple[int, int]:
+    """(parallel jobs, torch threads per job) on this machine."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.device_count() * 2, max(1, (os.cpu_count() or 1) // (torch.cuda.device_count() * 2))
+    jobs = max(1, spec_cpu_jobs)
+    return jobs, max(1, (os.cpu_count() or 1) // jobs)
+
+
+def _worker_init(devices) -> None:
+    # Each worker pins itself to one device slot taken from the shared queue, for its whole life.
+    if devices is not None:
+        os.environ["HARNESS_DEVICE"] = devices.get()
+
+
+def run_local(tasks: list[Task], jobs: int, *, gpus: int = 0, jobs_per_gpu: int = 1, on_event=print) -> list[Outcome]:
+    import multiprocessing as mp
+
+    if jobs <= 1 and gpus == 0:
+        outcomes = []
+        for task in tasks:
+            on_event("start", task)
+            outcomes.append(run_task(task))
+            on_event("end", outcomes[-1])
+        return outcomes
+    ctx = mp.get_context("spawn")
+    devices = None
+    if gpus:
+        devices = ctx.Manager().Queue()
+        for slot in range(gpus * jobs_per_gpu):
+            devices.put(f"cuda:{slot % gpus}")
+        jobs = gpus * jobs_per_gpu
+    outcomes: list[Outcome] = []
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(devices,)) as pool:
+        pending = {}
+        for task in tasks:
+            pending[pool.submit(run_task, task)] = task
+            on_event("start", task)
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                task = pending.pop(fut)
+                try:
+                    outcome = fut.result()
+                except Exception as err:  # the worker process died (OOM, signal)
+                    config = Config.model_validate_json(task.config_json)
+                    outcome = Outcome(config.train_hash(), task.arm, task.seed, "failed", error=f"worker died: {err}")
+                outcomes.append(outcome)
+                on_event("end", outcome)
+    return outcomes
+
+
+class SlurmJob:
+    """A submitit-callable job that requeues itself on preemption or timeout; it resumes from its checkpoint."""
+
+    def __init__(self, task: Task):
+        self.task = task
+
+    def __call__(self) -> Outcome:
+        return run_task(self.task)
+
+    def checkpoint(self):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(SlurmJob(self.task))
+
+
+def run_slurm(tasks: list[Task], params: dict[str, Any], folder: Path, cluster: str | None = None, on_event=print) -> list[Outcome]:
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    executor.update_parameters(**params)
+    with executor.batch():
+        jobs = [executor.submit(SlurmJob(t)) for t in tasks]
+    for t in tasks:
+        on_event("start", t)
+    outcomes = []
+    for task, job in zip(tasks, jobs):
+        try:
+            outcome = job.result()
+        except Exception as err:  # noqa: BLE001
+            config = Config.model_validate_json(task.config_json)
+            outcome = Outcome(config.train_hash(), task.arm, task.seed, "failed", error=str(err).splitlines()[-1][:500])
+        outcomes.append(outcome)
+        on_event("end", outcome)
+    return outcomes
+
+
+# -- the whole plan ---------------------------------------------------------------------------------
+
+def describe(plan: Plan, store: MlflowStore | None) -> list[dict[str, Any]]:
+    """The plan as rows: hash, arm, seed and what is already done (needs the store)."""
+    exp_id = None
+    if store is not None:
+        exp = store.client.get_experiment_by_name(plan.spec.name)
+        exp_id = exp.experiment_id if exp else None
+    rows = []
+    for job in plan.jobs:
+        state = job_state(store, exp_id, job.config)[0] if exp_id else "new"
+        rows.append({"config_hash": job.config_hash, "arm": job.arm_label, "seed": job.seed, "state": state})
+    return rows
+
+
+def run_plan(plan: Plan, store: MlflowStore, *, spec_path: str, executor: str = "local", force: bool = False,
+             cluster: str | None = None, quiet: bool = False) -> tuple[list[Outcome], str]:
+    """Run every job of ``plan``; returns the outcomes and the parent run id."""
+    from tqdm.auto import tqdm
+
+    from .evaluate import default_cache_dir
+    from .features import domain_classifier
+
+    exp_id = store.experiment_id(plan.spec.name)
+    commit, dirty = git_state()
+    parent = store.start_run(exp_id, f"{plan.spec.name}-{plan.profile}", tags={
+        ROLE: "ablation", HASH: "-", SPEC: plan.spec.name, COMMIT: commit, "git.dirty": dirty,
+        "harness.profile": plan.profile, "harness.question": plan.spec.question})
+    parent.log_artifact(spec_path)
+    rows = describe(plan, store)
+    parent.log_dict({"profile": plan.profile, "jobs": rows, "settings": plan.settings}, "plan.json")
+    parent.log_params({"profile": plan.profile, "jobs": len(plan.jobs), "settings": len(plan.settings)})
+
+    # Build the domain classifier once, before workers start, instead of once per worker.
+    root = store_root(store.uri)
+    first = plan.jobs[0].config
+    from .data import load_dataset
+
+    domain_classifier(load_dataset(first.data.dataset, first.data.root, first.data.download),
+                      default_cache_dir() / "classifiers")
+
+    import torch
+
+    jobs, threads = _slots(plan.spec.cpu_jobs)
+    tasks = [Task(job.config.model_dump_json(), job.arm, job.seed, plan.spec.name, exp_id, parent.run_id,
+                  store.uri, force, threads) for job in plan.jobs]
+    bar = tqdm(total=len(tasks), desc=plan.spec.name, unit="job", disable=quiet or None)
+    counts = {"running": 0, "done": 0, "failed": 0}
+
+    def on_event(kind: str, obj) -> None:
+        if kind == "start":
+            counts["running"] += 1
+            return
+        counts["running"] -= 1
+        counts["failed" if obj.status == "failed" else "done"] += 1
+        line = f"{obj.status:>9} {obj.config_hash} {', '.join(f'{k}={v}' for k, v in obj.arm.items()) or 'base'} seed={obj.seed}"
+        if obj.error:
+            line += f": {obj.error}"
+        elif obj.evals:
+            line += "  " + "  ".join(f"{e['setting']} fid={e['fid']:.3g} rec={e['recognizability']:.2f}" for e in obj.evals[:3])
+        line += f"  ({obj.seconds:.0f}s)"
+        bar.write(line) if not quiet else None
+        bar.set_postfix(counts)
+        bar.update(1)
+
+    try:
+        if executor == "slurm":
+            outcomes = run_slurm(tasks, plan.spec.slurm, root / "slurm", cluster=cluster, on_event=on_event)
+        else:
+            gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            outcomes = run_local(tasks, jobs, gpus=gpus, jobs_per_gpu=plan.spec.jobs_per_gpu, on_event=on_event)
+    except BaseException:
+        parent.finish("KILLED")
+        raise
+    finally:
+        bar.close()
+    failed = [o for o in outcomes if o.status == "failed"]
+    parent.log_dict({"outcomes": [o.__dict__ for o in outcomes]}, "outcomes.json")
+    parent.finish("FAILED" if failed else "FINISHED")
+    return outcomes, parent.run_id
+
+
+
