@@ -97,7 +97,7 @@ class TrainConfig(Section):
     grad_clip: float = Field(1.0, ge=0)  # 0 disables clipping
     ema_decay: float = Field(0.995, ge=0, lt=1)
     label_dropout: float = Field(0.1, ge=0, le=1)
-    precision: Literal["auto", "fp32", "bf16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where native (train.resolve_precision)
     compile: bool = False
     channels_last: bool = False
     eval_every: int = Field(0, ge=0)  # 0: evaluate at the end only
@@ -144,7 +144,7 @@ class SamplerSetting(Section):
 
 class EvalConfig(Section):
     num_samples: int = Field(1000, ge=2)
-    batch_size: int = Field(500, ge=1)
+    batch_size: int = Field(128, ge=1)
     samplers: tuple[SamplerSetting, ...] = (SamplerSetting(),)
     clip_x0: bool = True
     seed: int = 1234  # fixed noise and labels, the same at every evaluation

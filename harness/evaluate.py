@@ -21,6 +21,7 @@ from .metrics import class_accuracy, fidelity_metrics, inception_fid, recognizab
 from .samplers import sample
 from .schedules import make_schedule
 from .tracking import NullTracker, Tracker
+from .train import autocast, resolve_precision
 
 
 
@@ -49,6 +50,8 @@ class Evaluator:
         self.x_T = torch.randn((ec.num_samples, data.channels, data.image_size, data.image_size), generator=g)
         self.labels = torch.arange(ec.num_samples) % data.num_classes  # balanced classes
         self.schedule = make_schedule(dc.schedule, dc.timesteps, zero_terminal_snr=dc.zero_terminal_snr)
+        # Sampling runs the network in the training precision; the sampler's own updates stay fp32.
+        self.amp_dtype = resolve_precision(config.train.precision, self.device)
 
     @property
     def classifier_accuracy(self) -> float:
@@ -62,7 +65,8 @@ class Evaluator:
         def counted(x, t, y):
             nonlocal calls
             calls += 1
-            return model(x, t, y)
+            with autocast(self.device, self.amp_dtype):
+                return model(x, t, y).float()
 
         out, batches = [], 0
         start = time.perf_counter()

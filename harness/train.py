@@ -69,14 +69,23 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for fp32. ``auto`` is bf16 on CUDA devices that support it."""
+    """The autocast dtype, or None for fp32.
+
+    ``auto`` is bf16 where the hardware computes it natively: CUDA devices with bf16 support, and CPUs
+    with AVX512-BF16 or AMX (oneDNN's check). Elsewhere bf16 is emulated and slower than fp32.
+    """
     if precision == "fp32":
         return None
     if precision == "bf16":
         return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Mixed precision for the network's forward pass; a no-op for fp32."""
+    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
 def build_model(config: Config, channels: int, image_size: int, num_classes: int) -> UNet:
@@ -157,9 +166,7 @@ def train(
         evals.extend(results)
 
     net = torch.compile(model) if tc.compile else model
-    autocast_dtype = resolve_precision(tc.precision, device)
-    amp = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype
-           else contextlib.nullcontext())
+    amp_dtype = resolve_precision(tc.precision, device)
     T, B = schedule.T, tc.batch_size
     loss_buf = torch.zeros(tc.log_every, device=device)  # per-step losses since the last log
     bucket_sum = torch.zeros(NUM_BUCKETS, device=device)
@@ -177,7 +184,7 @@ def train(
             y = torch.where(drop, null_label, labels[idx])  # dropped labels train p(x) for guidance
         t = torch.randint(0, T, (B,), device=device, generator=gen)
         noise = torch.randn(x0.shape, device=device, generator=gen)
-        with amp:
+        with autocast(device, amp_dtype):
             per_example = diffusion_loss(net, x0, t, noise, schedule, dc.parameterization,
                                          dc.loss_weighting, y, gamma=dc.min_snr_gamma)
         loss = per_example.mean()

@@ -1,0 +1,97 @@
+"""Specs -> plans -> jobs -> MLflow: the runner on tiny jobs and a throwaway SQLite store."""
+import pytest
+import yaml
+
+from harness.config import ConfigError
+from harness.runner import run_plan
+from harness.spec import expand_arms, load_spec, make_plan, Axes
+from harness.tracking import HASH, ROLE, MlflowStore
+
+TINY = {"train.steps": 4, "train.batch_size": 8, "train.warmup_steps": 1, "train.eval_every": 2,
+        "model.channels": 8, "model.channel_mult": [1, 2], "model.attention_resolutions": [],
+        "eval.num_samples": 16, "eval.batch_size": 16, "train.device": "cpu"}
+
+
+def _spec(tmp_path, **changes):
+    spec = {"name": "tiny", "question": "Does it run?", "base": {"data": {"dataset": "mnist-5k"}},
+            "axes": {"grid": {"diffusion.schedule": ["linear", "cosine"]}}, "seeds": [0],
+            "evaluate": {"sampler": ["ddim"], "steps": [3]}, "profiles": {"smoke": {"set": TINY}}}
+    spec.update(changes)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _run(path, store, **kw):
+    plan = make_plan(load_spec(path), str(path), "smoke", kw.pop("overrides", None))
+    return run_plan(plan, store, spec_path=str(path), quiet=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return MlflowStore(f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}")
+
+
+def test_axes_grid_zip_include_exclude():
+    axes = Axes(grid={"a": [1, 2]}, zip=[{"b": [3, 4], "c": [5, 6]}], exclude=[{"a": 2, "b": 4}],
+                include=[{"a": 9, "b": 9, "c": 9}])
+    assert expand_arms(axes) == [{"a": 1, "b": 3, "c": 5}, {"a": 1, "b": 4, "c": 6}, {"a": 2, "b": 3, "c": 5},
+                                 {"a": 9, "b": 9, "c": 9}]
+
+
+def test_plan_resolves_every_job(tmp_path):
+    plan = make_plan(load_spec(_spec(tmp_path, seeds=[0, 1])), "tiny.yaml", "smoke")
+    assert [(j.arm["diffusion.schedule"], j.seed) for j in plan.jobs] == [("linear", 0), ("linear", 1), ("cosine", 0), ("cosine", 1)]
+    assert len({j.config_hash for j in plan.jobs}) == 4 and plan.jobs[0].config.train.steps == 4
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"axes": {"grid": {"diffusion.schedule": ["linear", "quadratic"]}}}, "unknown schedule 'quadratic'"),
+    ({"evaluate": {"sampler": ["ddim"], "steps": [5000]}}, "5000 is above diffusion.timesteps"),
+    ({"evaluate": {"guidance": [1.0]}}, "needs model.conditional: true"),
+    ({"axes": {"grid": {"diffusion.schedule": ["linear", "linear"]}}}, "two arms resolve to the same configuration"),
+])
+def test_invalid_plans_name_the_field(tmp_path, changes, message):
+    with pytest.raises(ConfigError, match=message):
+        make_plan(load_spec(_spec(tmp_path, **changes)), "tiny.yaml", "smoke")
+
+
+def test_run_tracks_parent_train_and_eval_runs_and_never_retrains(tmp_path, store):
+    path = _spec(tmp_path)
+    outcomes, parent = _run(path, store)
+    assert [o.status for o in outcomes] == ["trained", "trained"]
+    exp = store.experiment_id("tiny")
+    train_runs = store.runs(exp, {ROLE: "train"})
+    assert len(train_runs) == 2 and all(r.info.status == "FINISHED" for r in train_runs)
+    assert all(r.data.tags["mlflow.parentRunId"] == parent for r in train_runs)
+    run = train_runs[0]
+    assert run.data.params["diffusion.schedule"] in ("linear", "cosine") and run.data.params["train.steps"] == "4"
+    assert {"harness.role", "harness.config_hash", "harness.spec", "git.commit"} <= set(run.data.tags)
+    assert "train/loss" in run.data.metrics and "eval/ddim-3-eta0-w0/fid" in run.data.metrics
+    history = store.client.get_metric_history(run.info.run_id, "eval/ddim-3-eta0-w0/recognizability")
+    assert sorted(m.step for m in history) == [2, 4]
+    evals = store.runs(exp, {ROLE: "eval"})
+    assert len(evals) == 2 and {e.data.tags["mlflow.parentRunId"] for e in evals} == {r.info.run_id for r in train_runs}
+    assert evals[0].data.params["sampler"] == "ddim" and "fid" in evals[0].data.metrics
+
+    again, _ = _run(path, store)  # everything is done: nothing trains
+    assert [o.status for o in again] == ["skipped", "skipped"]
+    more, _ = _run(_spec(tmp_path, evaluate={"sampler": ["ddim", "heun"], "steps": [3]}), store)
+    assert [o.status for o in more] == ["evaluated", "evaluated"]  # only the new setting, on the checkpoint
+    assert len(store.runs(exp, {ROLE: "train"})) == 2 and len(store.runs(exp, {ROLE: "eval"})) == 4
+
+
+def test_failed_job_does_not_stop_the_others(tmp_path, store):
+    path = _spec(tmp_path, name="tiny-fail", axes={"grid": {"train.lr": [1.0e-3, 1.0e+30]}})
+    outcomes, _ = _run(path, store)
+    status = {o.arm["train.lr"]: o for o in outcomes}
+    assert status[1.0e-3].status == "trained"
+    assert status[1.0e30].status == "failed" and "non-finite loss at step" in status[1.0e30].error
+    runs = store.runs(store.experiment_id("tiny-fail"), {ROLE: "train", HASH: status[1.0e30].config_hash})
+    assert runs[0].info.status == "FAILED" and "non-finite" in runs[0].data.tags["harness.error"]
+
+
+def test_slurm_executor_through_submitit(tmp_path, store):
+    path = _spec(tmp_path, name="tiny-slurm", axes={"grid": {"diffusion.schedule": ["linear"]}})
+    outcomes, _ = _run(path, store, executor="slurm", cluster="debug")
+    assert [o.status for o in outcomes] == ["trained"]
