@@ -23,3 +23,18 @@ test-full: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# -- ablations: `make ablation-schedules PROFILE=smoke|quick|full` ------------------------------------
+ABLATIONS := ablation-schedules ablation-parameterization ablation-samplers ablation-guidance recognizability
+.PHONY: $(ABLATIONS) ui validate
+
+$(ABLATIONS): $(STAMP)
+	$(BIN)/harness run experiments/$@.yaml --profile $(PROFILE)
+
+validate: $(STAMP)
+	$(BIN)/harness validate experiments/*.yaml
+
+# The MLflow UI on the default store, bound to this machine only.
+ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
+		--default-artifact-root $(CURDIR)/mlruns/artifacts --host 127.0.0.1 --port 5000

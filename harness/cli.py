@@ -58,10 +58,11 @@ def cmd_validate(args) -> int:
 
     for path in args.specs:
         spec = load_spec(path)
+        sizes = []
         for profile in [None, *spec.profiles]:
             plan = make_plan(spec, path, profile)
-        print(f"{path}: ok ({len(plan.jobs)} jobs x {len(plan.settings)} evaluation settings in profile "
-              f"{plan.profile}; profiles: {', '.join(spec.profiles) or 'none'})")
+            sizes.append(f"{plan.profile} {len(plan.jobs)} jobs x {len(plan.settings)} settings")
+        print(f"{path}: ok ({'; '.join(sizes)})")
     return 0
 
 

@@ -23,7 +23,11 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Ten
 
 
 def _norm(c: int) -> nn.GroupNorm:
-    return nn.GroupNorm(math.gcd(32, c), c)
+    # DDPM's GroupNorm(32) has 4+ channels per group at its widths. Narrow models keep at least 4 per
+    # group: a group of one channel is instance norm, which erases each image's brightness and makes
+    # samples with grey or white backgrounds.
+    groups = max(g for g in range(1, 33) if c % g == 0 and c // g >= 4) if c >= 4 else 1
+    return nn.GroupNorm(groups, c)
 
 
 def _zero(module: nn.Module) -> nn.Module:

@@ -56,3 +56,12 @@ def test_shapes_and_parameter_count(channels, size, mult):
     x = torch.randn(3, channels, size, size)
     assert model(x, torch.tensor([0, 1, 2])).shape == x.shape
     assert model.num_parameters == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("channels", [8, 16, 24, 32, 128])
+def test_group_norm_never_degenerates_to_instance_norm(channels):
+    """A GroupNorm with one channel per group erases each image's brightness (grey-background samples)."""
+    norms = [m for m in UNet(channels=channels).modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(m.num_channels // m.num_groups >= 4 for m in norms)
+    if channels == 128:
+        assert {m.num_groups for m in norms} == {32}  # DDPM's GroupNorm(32) at its own widths

@@ -1,0 +1,38 @@
+"""Every shipped spec validates in every profile and runs its smoke profile end to end."""
+from pathlib import Path
+
+import pytest
+
+from harness.runner import run_plan
+from harness.spec import load_spec, make_plan
+from harness.tracking import ROLE, MlflowStore
+
+SPECS = sorted((Path(__file__).parents[1] / "experiments").glob("*.yaml"))
+
+
+def test_there_are_shipped_specs():
+    names = {p.stem for p in SPECS}
+    assert {"ablation-schedules", "ablation-parameterization", "ablation-samplers", "ablation-guidance",
+            "recognizability"} <= names
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
+def test_spec_validates_in_every_profile(path):
+    spec = load_spec(path)
+    assert {"smoke", "quick", "full"} <= set(spec.profiles)
+    for profile in spec.profiles:
+        assert make_plan(spec, str(path), profile).jobs
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return MlflowStore(f"sqlite:///{tmp_path_factory.mktemp('specs') / 'mlflow.db'}")
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
+def test_smoke_profile_runs(path, store):
+    plan = make_plan(load_spec(path), str(path), "smoke", {"train.device": "cpu"})
+    outcomes, parent = run_plan(plan, store, spec_path=str(path), quiet=True)
+    assert [o.status for o in outcomes] == ["trained"] * len(plan.jobs), [o.error for o in outcomes]
+    exp = store.experiment_id(plan.spec.name)
+    assert len(store.runs(exp, {ROLE: "eval"})) == len(plan.jobs) * len(plan.settings)
