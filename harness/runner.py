@@ -304,17 +304,19 @@ def run_plan(plan: Plan, store: MlflowStore, *, spec_path: str, executor: str = 
     from .features import domain_classifier
 
     exp_id = store.experiment_id(plan.spec.name)
+    root = store_root(store.uri)
+    close_orphaned_parents(store, exp_id, root)
     commit, dirty = git_state()
     parent = store.start_run(exp_id, f"{plan.spec.name}-{plan.profile}", tags={
         ROLE: "ablation", HASH: "-", SPEC: plan.spec.name, COMMIT: commit, "git.dirty": dirty,
         "harness.profile": plan.profile, "harness.question": plan.spec.question})
+    parent_lock = hold_lock(root, f"parent-{parent.run_id}")  # held while this process lives
     parent.log_artifact(spec_path)
     rows = describe(plan, store)
     parent.log_dict({"profile": plan.profile, "jobs": rows, "settings": plan.settings}, "plan.json")
     parent.log_params({"profile": plan.profile, "jobs": len(plan.jobs), "settings": len(plan.settings)})
 
     # Build the domain classifier once, before workers start, instead of once per worker.
-    root = store_root(store.uri)
     first = plan.jobs[0].config
     from .data import load_dataset
 
@@ -353,13 +355,39 @@ def run_plan(plan: Plan, store: MlflowStore, *, spec_path: str, executor: str = 
             outcomes = run_local(tasks, jobs, gpus=gpus, jobs_per_gpu=plan.spec.jobs_per_gpu, on_event=on_event)
     except BaseException:
         parent.finish("KILLED")
+        parent_lock.close()
         raise
     finally:
         bar.close()
     failed = [o for o in outcomes if o.status == "failed"]
     parent.log_dict({"outcomes": [o.__dict__ for o in outcomes]}, "outcomes.json")
     parent.finish("FAILED" if failed else "FINISHED")
+    parent_lock.close()
     return outcomes, parent.run_id
+
+
+def hold_lock(root: Path, name: str):
+    """An exclusive lock held until the returned file is closed or the process dies."""
+    path = root / "locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "w")
+    fcntl.flock(f, fcntl.LOCK_EX)
+    return f
+
+
+def close_orphaned_parents(store: MlflowStore, experiment_id: str, root: Path) -> None:
+    """Mark KILLED the ablation runs left RUNNING by a process that died (its lock is free)."""
+    for run in store.runs(experiment_id, {ROLE: "ablation"}):
+        if run.info.status != "RUNNING":
+            continue
+        path = root / "locks" / f"parent-{run.info.run_id}.lock"
+        with open(path, "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its process is alive
+            store.client.set_terminated(run.info.run_id, status="KILLED")
+        path.unlink(missing_ok=True)
 
 
 
