@@ -116,6 +116,12 @@ def _default_store_exists() -> bool:
     return not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).exists()
 
 
+def cmd_bench(args) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(args.quick, args.json, args.device)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description="Ablation studies of DDPM-family diffusion models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -139,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="retrain jobs that already finished")
     r.add_argument("--dry-run", action="store_true", help="print the plan and what is already done, run nothing")
     r.set_defaults(func=cmd_run)
+
+    b = sub.add_parser("bench", help="measure training, sampling and evaluation speed on this machine")
+    b.add_argument("--quick", action="store_true", help="fewer steps and samples (about a minute on 2 CPU cores)")
+    b.add_argument("--json", metavar="PATH", help="write the figures as JSON")
+    b.add_argument("--device", default="auto")
+    b.set_defaults(func=cmd_bench)
     return p
 
 

@@ -215,11 +215,17 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw)
 
 
-def set_dotted(d: dict, key: str, value: Any) -> dict:
+def set_dotted(d: dict, key: str, value: Any, _path: str = "") -> dict:
     """Return a copy of the nested dict ``d`` with ``key`` (dotted) set."""
-    head, _, rest = key.partition(".")
+    head, _, rest = str(key).partition(".")
     out = dict(d)
-    out[head] = set_dotted(dict(out.get(head) or {}), rest, value) if rest else value
+    if rest:
+        inner = out.get(head)
+        if inner is not None and not isinstance(inner, dict):
+            raise ConfigError(f"{_path}{head}: expected a mapping, got {type(inner).__name__}")
+        out[head] = set_dotted(inner or {}, rest, value, f"{_path}{head}.")
+    else:
+        out[head] = value
     return out
 
 

@@ -157,7 +157,7 @@ def make_plan(spec: Spec, source: str, profile: str | None = None, overrides: di
         prof = spec.profiles[profile]
     base = dict(spec.base)
     for key, value in {**prof.set, **(overrides or {})}.items():
-        base = set_dotted(base, key, value)
+        base = _set(base, key, value, source)
     evaluate = prof.evaluate or spec.evaluate
     seeds = prof.seeds or spec.seeds
     arms = expand_arms(spec.axes)
@@ -167,7 +167,7 @@ def make_plan(spec: Spec, source: str, profile: str | None = None, overrides: di
     for arm in arms:
         cfg = base
         for key, value in arm.items():
-            cfg = set_dotted(cfg, key, value)
+            cfg = _set(cfg, key, value, source)
         for seed in seeds:
             full = merge(set_dotted(cfg, "train.seed", seed), {"eval": {"samplers": evaluate.expand()}})
             where = f"{source} (arm {', '.join(f'{k}={v}' for k, v in arm.items()) or 'base'})"
@@ -177,3 +177,10 @@ def make_plan(spec: Spec, source: str, profile: str | None = None, overrides: di
             seen.add(job.config_hash)
             jobs.append(job)
     return Plan(spec=spec, source=source, profile=profile or "default", jobs=jobs)
+
+
+def _set(config: dict, key: str, value: Any, source: str) -> dict:
+    try:
+        return set_dotted(config, key, value)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: base.{err}") from None

@@ -1,0 +1,248 @@
+"""``harness bench``: what the harness costs and what its speed-ups buy, measured side by side.
+
+Every figure is measured in one process on this machine, so the ratios compare like with like:
+the harness's real training step (EMA, label dropout, loss buckets, MLflow tracking) against a bare
+DDPM-tutorial loop of the same model and batch, each speed-up against fp32 eager, the achieved
+GFLOP/s against this machine's own matmul peak, and sampling and evaluation costs.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .config import Config, build_config
+from .samplers import sample
+from .schedules import make_schedule
+from .train import autocast, build_model, resolve_device, train
+
+MODEL = {"channels": 24, "channel_mult": [1, 2, 2], "attention_resolutions": [7], "conditional": True}
+
+
+@dataclass
+class Timing:
+    images_per_second: float
+    seconds_per_step: float
+
+
+def _config(batch: int, steps: int, device: str, **train) -> Config:
+    return build_config({"model": MODEL, "train": {"steps": steps, "batch_size": batch, "device": device,
+                                                   "log_every": 10, "checkpoint_every": 10**6, **train}})
+
+
+def bare_loop(data, config: Config, steps: int, warmup: int = 3) -> Timing:
+    """The loop DDPM tutorials write: sample t, q_sample, MSE against eps, step. fp32, eager."""
+    device = resolve_device(config.train.device)
+    torch.manual_seed(0)
+    model = build_model(config, data.channels, data.image_size, data.num_classes).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.train.lr)
+    abar = make_schedule(config.diffusion.schedule).alphas_cumprod.float().to(device)
+    images, labels, B = data.images.to(device), data.labels.to(device), config.train.batch_size
+    for i in range(warmup + steps):
+        if i == warmup:
+            _sync(device)
+            start = time.perf_counter()
+        idx = torch.randint(0, images.shape[0], (B,), device=device)
+        x0, y = images[idx], labels[idx]
+        t = torch.randint(0, abar.shape[0], (B,), device=device)
+        noise = torch.randn_like(x0)
+        a = abar[t].view(-1, 1, 1, 1)
+        loss = F.mse_loss(model(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, y), noise)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    _sync(device)
+    dt = (time.perf_counter() - start) / steps
+    return Timing(B / dt, dt)
+
+
+class _NoEvaluation:
+    classifier_accuracy = None
+
+    def run(self, model, *, step, tracker):
+        return []
+
+
+def harness_loop(data, config: Config, tracker, run_dir: Path) -> Timing:
+    """The real ``train()``: its own images/s per log interval, the first interval (warm-up) dropped."""
+    from .tracking import MemoryTracker
+
+    recorder = _Tee(tracker, MemoryTracker())
+    train(config, recorder, run_dir=run_dir, data=data, evaluator=_NoEvaluation(), progress=False)
+    rates = [v for _, v in recorder.memory.metrics["train/images_per_second"]][1:]
+    ips = sorted(rates)[len(rates) // 2]  # the median interval
+    return Timing(ips, config.train.batch_size / ips)
+
+
+class _Tee:
+    """Logs to the real tracker and keeps a copy to read the rates back."""
+
+    def __init__(self, tracker, memory):
+        self.tracker, self.memory = tracker, memory
+
+    def __getattr__(self, name):
+        def both(*args, **kwargs):
+            getattr(self.tracker, name)(*args, **kwargs)
+            return getattr(self.memory, name)(*args, **kwargs)
+
+        return both
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
+    """GFLOP/s of an n x n matmul in ``dtype``: this machine's practical peak."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    a @ b
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def step_flops(data, config: Config) -> float:
+    """FLOPs of one training step (forward and backward) from torch's flop counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .losses import diffusion_loss
+
+    model = build_model(config, data.channels, data.image_size, data.num_classes)
+    B = config.train.batch_size
+    x0, t = data.images[:B], torch.randint(0, 1000, (B,))
+    with FlopCounterMode(display=False) as counter:
+        diffusion_loss(model, x0, t, torch.randn_like(x0), make_schedule("cosine"), y=data.labels[:B]).mean().backward()
+    return counter.get_total_flops()
+
+
+def sampling_rates(data, config: Config, n: int, device: torch.device, dtype) -> dict[str, float]:
+    """Samples/s of DDPM-1000, DDIM-50, DPM-Solver++(2M)-20, and DDIM-50 with guidance (w = 2)."""
+    model = build_model(config, data.channels, data.image_size, data.num_classes).to(device).eval()
+    sched = make_schedule(config.diffusion.schedule)
+    labels = torch.arange(n) % data.num_classes
+
+    def net(x, t, y):
+        with autocast(device, dtype):
+            return model(x, t, y).float()
+
+    def rate(sampler: str, steps: int, guidance: float = 0.0) -> float:
+        start = time.perf_counter()
+        sample(net, (n, data.channels, data.image_size, data.image_size), sched, sampler=sampler, steps=steps,
+               labels=labels, null_label=data.num_classes, guidance=guidance, device=device,
+               generator=torch.Generator().manual_seed(0))
+        _sync(device)
+        return n / (time.perf_counter() - start)
+
+    return {"ddpm1000": rate("ddpm", 1000), "ddim50": rate("ddim", 50), "dpmpp20": rate("dpmpp_2m", 20),
+            "ddim50_guided": rate("ddim", 50, guidance=2.0)}
+
+
+def fid_eval_seconds(data, n: int, device: torch.device) -> float:
+    """Seconds for FID, KID, precision and recall of ``n`` samples, the reference statistics cached."""
+    from .evaluate import default_cache_dir
+    from .features import domain_classifier
+    from .metrics import fidelity_metrics
+
+    clf = domain_classifier(data, default_cache_dir() / "classifiers", device=device)
+    fake = data.images[torch.randperm(data.images.shape[0], generator=torch.Generator().manual_seed(0))[:n]]
+    kwargs = dict(cache_dir=default_cache_dir() / "fidelity", reference_key=f"{data.name}-{data.fingerprint}", device=device)
+    fidelity_metrics(fake[:64], data.images, clf, **kwargs)  # fills the reference cache
+    start = time.perf_counter()
+    fidelity_metrics(fake, data.images, clf, **kwargs)
+    return time.perf_counter() - start
+
+
+def run_bench(*, quick: bool = False, device: str = "auto") -> dict[str, Any]:
+    from .data import load_dataset
+    from .tracking import MlflowStore
+
+    dev = resolve_device(device)
+    data = load_dataset("mnist-5k")
+    batch, steps = 128, (30 if quick else 80)
+    out: dict[str, Any] = {"device": str(dev), "batch_size": batch, "timed_steps": steps,
+                           "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+    variants = {"fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16"},
+                "fp32+channels_last": {"precision": "fp32", "channels_last": True},
+                "bf16+channels_last": {"precision": "bf16", "channels_last": True}}
+    if not quick:
+        variants["bf16+compile"] = {"precision": "bf16", "compile": True}
+    base = _config(batch, steps + 10, str(dev), precision="fp32")
+    with tempfile.TemporaryDirectory() as tmp:
+        store = MlflowStore(f"sqlite:///{tmp}/mlflow.db")
+        exp = store.experiment_id("bench")
+        bare = bare_loop(data, base, steps)
+        harness: dict[str, Timing] = {}
+        for name, options in variants.items():
+            config = _config(batch, steps + 10, str(dev), **options)
+            tracker = store.start_run(exp, f"bench-{name}", tags={"harness.role": "bench"})
+            try:
+                harness[name] = harness_loop(data, config, tracker, Path(tmp) / name)
+            except Exception as err:  # noqa: BLE001 - e.g. torch.compile without a compiler
+                out[f"{name}_error"] = f"{type(err).__name__}: {err}"[:300]
+            tracker.finish()
+    out["bare_images_per_second"] = bare.images_per_second
+    out["train_images_per_second"] = harness["fp32"].images_per_second
+    out["overhead_ratio"] = harness["fp32"].images_per_second / bare.images_per_second
+    out["variants"] = {k: v.images_per_second for k, v in harness.items()}
+    best = max(harness, key=lambda k: harness[k].images_per_second)
+    out["best_config"], out["best_speedup"] = best, harness[best].images_per_second / bare.images_per_second
+
+    flops = step_flops(data, base)
+    out["gflop_per_image"] = flops / batch / 1e9
+    peaks = {"fp32": matmul_peak(dev, torch.float32), "bf16": matmul_peak(dev, torch.bfloat16)}
+    out["matmul_peak_gflops"] = peaks
+    best_dtype = "bf16" if "bf16" in best else "fp32"
+    achieved = flops / harness[best].seconds_per_step / 1e9
+    out["achieved_gflops"] = achieved
+    out["flop_utilization"] = achieved / peaks[best_dtype]
+    out["fp32_flop_utilization"] = flops / harness["fp32"].seconds_per_step / 1e9 / peaks["fp32"]
+
+    amp = torch.bfloat16 if "bf16" in best else None
+    rates = sampling_rates(data, base, 32 if quick else 128, dev, amp)
+    out["samples_per_second"] = rates
+    out["ddim50_vs_ddpm1000_speedup"] = rates["ddim50"] / rates["ddpm1000"]
+    out["guidance_cost_ratio"] = rates["ddim50"] / rates["ddim50_guided"]
+    out["fid_eval_seconds"] = fid_eval_seconds(data, 500 if quick else 2000, dev)
+    out["fid_eval_samples"] = 500 if quick else 2000
+    return out
+
+
+def format_table(r: dict[str, Any]) -> str:
+    rows = [("device", r["device"]), ("bare loop, fp32 eager", f"{r['bare_images_per_second']:.0f} img/s")]
+    rows += [(f"harness, {k}", f"{v:.0f} img/s ({v / r['bare_images_per_second']:.2f}x bare)") for k, v in r["variants"].items()]
+    rows += [
+        ("overhead ratio (harness fp32 / bare)", f"{r['overhead_ratio']:.3f}"),
+        ("best configuration", f"{r['best_config']}: {r['best_speedup']:.2f}x bare"),
+        ("training step", f"{r['gflop_per_image']:.3f} GFLOP per image"),
+        ("matmul peak fp32 / bf16", f"{r['matmul_peak_gflops']['fp32']:.0f} / {r['matmul_peak_gflops']['bf16']:.0f} GFLOP/s"),
+        ("achieved (best) / utilization", f"{r['achieved_gflops']:.0f} GFLOP/s, {100 * r['flop_utilization']:.0f}% of peak"),
+        ("fp32 utilization", f"{100 * r['fp32_flop_utilization']:.0f}% of fp32 peak"),
+    ]
+    rows += [(f"sampling {k}", f"{v:.1f} samples/s") for k, v in r["samples_per_second"].items()]
+    rows += [("DDIM-50 vs DDPM-1000", f"{r['ddim50_vs_ddpm1000_speedup']:.1f}x faster"),
+             ("guidance cost (guided / unguided)", f"{r['guidance_cost_ratio']:.2f}x"),
+             (f"FID+KID+PR of {r['fid_eval_samples']} samples", f"{r['fid_eval_seconds']:.1f} s")]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def main(quick: bool, json_path: str | None, device: str) -> int:
+    result = run_bench(quick=quick, device=device)
+    print(format_table(result))
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+
