@@ -191,14 +191,13 @@ def _log_eval(store: MlflowStore, task: Task, train_run_id: str, h: str, setting
 
 # -- executors --------------------------------------------------------------------------------------
 
-def _slots(spec_cpu_jobs: int) -> tuple[int, int]:
-    """(parallel jobs, torch threads per job) on this machine."""
+def _slots(cpu_jobs: int, jobs_per_gpu: int) -> tuple[int, int, int]:
+    """(visible GPUs, parallel jobs, torch threads per job) on this machine."""
     import torch
 
-    if torch.cuda.is_available():
-        return torch.cuda.device_count() * 2, max(1, (os.cpu_count() or 1) // (torch.cuda.device_count() * 2))
-    jobs = max(1, spec_cpu_jobs)
-    return jobs, max(1, (os.cpu_count() or 1) // jobs)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    jobs = gpus * jobs_per_gpu if gpus else max(1, cpu_jobs)
+    return gpus, jobs, max(1, (os.cpu_count() or 1) // jobs)
 
 
 def _worker_init(devices) -> None:
@@ -219,11 +218,10 @@ def run_local(tasks: list[Task], jobs: int, *, gpus: int = 0, jobs_per_gpu: int 
         return outcomes
     ctx = mp.get_context("spawn")
     devices = None
-    if gpus:
+    if gpus:  # jobs_per_gpu slots on each device, handed to the workers once
         devices = ctx.Manager().Queue()
-        for slot in range(gpus * jobs_per_gpu):
+        for slot in range(jobs):
             devices.put(f"cuda:{slot % gpus}")
-        jobs = gpus * jobs_per_gpu
     outcomes: list[Outcome] = []
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(devices,)) as pool:
         pending = {}
@@ -323,9 +321,7 @@ def run_plan(plan: Plan, store: MlflowStore, *, spec_path: str, executor: str = 
     domain_classifier(load_dataset(first.data.dataset, first.data.root, first.data.download),
                       default_cache_dir() / "classifiers")
 
-    import torch
-
-    jobs, threads = _slots(plan.spec.cpu_jobs)
+    gpus, jobs, threads = _slots(plan.spec.cpu_jobs, plan.spec.jobs_per_gpu)
     tasks = [Task(job.config.model_dump_json(), job.arm, job.seed, plan.spec.name, exp_id, parent.run_id,
                   store.uri, force, threads) for job in plan.jobs]
     bar = tqdm(total=len(tasks), desc=plan.spec.name, unit="job", disable=quiet or None)
@@ -351,7 +347,6 @@ def run_plan(plan: Plan, store: MlflowStore, *, spec_path: str, executor: str = 
         if executor == "slurm":
             outcomes = run_slurm(tasks, plan.spec.slurm, root / "slurm", cluster=cluster, on_event=on_event)
         else:
-            gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
             outcomes = run_local(tasks, jobs, gpus=gpus, jobs_per_gpu=plan.spec.jobs_per_gpu, on_event=on_event)
     except BaseException:
         parent.finish("KILLED")

@@ -35,4 +35,6 @@ def test_smoke_profile_runs(path, store):
     outcomes, parent = run_plan(plan, store, spec_path=str(path), quiet=True)
     assert [o.status for o in outcomes] == ["trained"] * len(plan.jobs), [o.error for o in outcomes]
     exp = store.experiment_id(plan.spec.name)
+    # S arms x seeds train exactly S models; K settings are K evaluations of each, no retraining.
+    assert len(store.runs(exp, {ROLE: "train"})) == len(plan.jobs)
     assert len(store.runs(exp, {ROLE: "eval"})) == len(plan.jobs) * len(plan.settings)

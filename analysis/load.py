@@ -1,0 +1,289 @@
+"""MLflow -> tidy DataFrames: everything a report needs about one experiment (one spec).
+
+Training runs are loaded by experiment, not by parent run: a job done in an earlier ``harness run``
+is not re-run and its training run stays a child of that earlier parent. By default only the jobs of
+the newest ``harness run`` (its ``plan.json``) are kept, so a smoke run and a full run of the same spec
+are never pooled into one comparison. All MLflow access goes through the ``MlflowStore`` passed in.
+"""
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.config import SamplerSetting
+from harness.tracking import HASH, ROLE, MlflowStore
+
+# Metrics of one evaluation (eval runs, and ``eval/<setting>/<metric>`` in training runs).
+EVAL_METRICS = ("fid", "kid", "kid_std", "precision", "recall", "recognizability", "class_accuracy", "nfe",
+                "sample_seconds", "fid_inception", "num_generated", "num_reference")
+# The subset worth a history by step (the rest are constant over training).
+CURVE_METRICS = ("fid", "kid", "precision", "recall", "recognizability", "class_accuracy")
+NUM_BUCKETS = 10  # train/loss_t0 .. train/loss_t9: tenths of [0, T)
+SETTING_PARAMS = ("sampler", "steps", "eta", "guidance", "spacing")
+
+# Column order of each table (also the schema an empty table gets).
+RUN_COLUMNS = ["run_id", "config_hash", "arm", "arm_label", "seed", "status", "start", "end", "seconds", "steps",
+               "batch_size", "images_seen", "num_samples", "dataset", "device", "conditional",
+               "recognizability_threshold", "recognizable_fraction", "classifier_accuracy", "final_loss", "images_per_second", "has_history",
+               "checkpoint", "commit", "parent_run_id"]
+EVAL_COLUMNS = ["run_id", "eval_run_id", "config_hash", "arm", "arm_label", "seed", "setting", *SETTING_PARAMS,
+                "step", "seconds", *EVAL_METRICS, "fid_inception_unavailable"]
+CURVE_COLUMNS = ["run_id", "arm", "arm_label", "seed", "step", "setting", "metric", "value"]
+LOSS_COLUMNS = ["run_id", "arm", "arm_label", "seed", "step", "loss"]
+BUCKET_COLUMNS = ["run_id", "arm", "arm_label", "seed", "step", "bucket", "loss"]
+GRID_COLUMNS = ["run_id", "arm", "arm_label", "seed", "setting", "step", "path"]
+
+
+@dataclass
+class AblationData:
+    """One experiment as tables. Axis columns (dotted keys, e.g. ``diffusion.schedule``) are added to
+    ``runs``, ``evals`` and ``curves``; ``arms`` and ``settings`` give the plan's order."""
+
+    experiment: str
+    question: str
+    profile: str
+    axes: list[str]  # dotted keys that vary between arms, in the spec's order
+    arms: list[str]  # arm labels in plan order
+    settings: list[str]  # evaluation setting labels in plan order; the first one is "the" setting
+    runs: pd.DataFrame  # one row per training run
+    evals: pd.DataFrame  # one row per (training run, evaluation setting): the final evaluation
+    curves: pd.DataFrame  # periodic evaluations, long: one row per (run, step, setting, metric)
+    loss: pd.DataFrame  # training loss per step, long
+    buckets: pd.DataFrame  # loss per tenth of the timestep range at log intervals, long
+    grids: pd.DataFrame  # sample grid PNGs on disk, one row per (run, setting, step)
+    parent_run_id: str | None = None
+    parent_status: str | None = None
+    missing: list[dict[str, Any]] = field(default_factory=list)  # planned jobs with no finished training run
+
+
+def load_experiment(store: MlflowStore, experiment: str, *, latest_plan: bool = True) -> AblationData:
+    """Load every finished training run of ``experiment`` (newest per config hash) and its evaluations.
+
+    ``latest_plan``: keep only the jobs and settings of the newest ``harness run`` (its plan.json);
+    False keeps every finished training run and every evaluation in the experiment.
+    """
+    exp = store.client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise LookupError(f"no MLflow experiment named {experiment!r} in {store.uri}")
+    exp_id = exp.experiment_id
+    parents = store.runs(exp_id, {ROLE: "ablation"})
+    parent = parents[0] if parents else None
+    plan = _plan(store, parent.info.run_id) if parent is not None and latest_plan else None
+
+    train_runs = _newest_per_hash([r for r in store.runs(exp_id, {ROLE: "train"}) if r.info.status == "FINISHED"])
+    if plan is not None:
+        wanted = {job["config_hash"] for job in plan["jobs"]}
+        train_runs = [r for r in train_runs if r.data.tags[HASH] in wanted]
+    eval_runs = [r for r in store.runs(exp_id, {ROLE: "eval"}) if r.info.status == "FINISHED"]
+
+    axes = _axes(train_runs, plan)
+    runs = _runs_table(train_runs, axes)
+    settings = _setting_labels(plan, eval_runs, runs)
+    evals = _evals_table(eval_runs, runs, settings if plan is not None else None)
+    if plan is None:  # every setting evaluated anywhere in the experiment, in order of first appearance
+        settings = list(dict.fromkeys(settings + list(evals["setting"])))
+    curves, loss, buckets = _histories(store, train_runs, runs, settings)
+    arms = _arm_order(plan, runs)
+    done = set(runs["config_hash"])
+    missing = [job for job in (plan["jobs"] if plan else []) if job["config_hash"] not in done]
+    return AblationData(
+        experiment=experiment,
+        question=parent.data.tags.get("harness.question", "") if parent is not None else "",
+        profile=parent.data.tags.get("harness.profile", "unknown") if parent is not None else "unknown",
+        axes=axes, arms=arms, settings=settings,
+        runs=_with_axes(runs, runs, axes), evals=_with_axes(evals, runs, axes), curves=_with_axes(curves, runs, axes),
+        loss=loss, buckets=buckets, grids=_grids_table(runs, settings),
+        parent_run_id=parent.info.run_id if parent is not None else None,
+        parent_status=parent.info.status if parent is not None else None, missing=missing)
+
+
+# -- runs -------------------------------------------------------------------------------------------
+
+def _plan(store: MlflowStore, run_id: str) -> dict | None:
+    """The parent run's plan.json ({profile, jobs: [{config_hash, arm, seed, state}], settings}), if logged."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = store.client.download_artifacts(run_id, "plan.json", tmp)
+        except Exception:  # noqa: BLE001 - a parent killed before logging its plan: use every run
+            return None
+        return json.loads(Path(path).read_text())
+
+
+def _newest_per_hash(runs: list) -> list:
+    """``runs`` come newest first (MlflowStore.runs); keep the first of each config hash."""
+    seen, out = set(), []
+    for r in runs:
+        h = r.data.tags.get(HASH)
+        if h not in seen:
+            seen.add(h)
+            out.append(r)
+    return out
+
+
+ARM_KEY = re.compile(r"(?:^|, )([A-Za-z_]\w*(?:\.\w+)+)=")  # a dotted key opening each "key=value" of harness.arm
+
+
+def arm_keys(arm: str) -> list[str]:
+    """The dotted keys of an arm tag such as ``diffusion.parameterization=v, diffusion.loss_weighting=uniform``.
+
+    Values are not split on ", " because a list value (``model.channel_mult=[1, 2]``) contains one;
+    they are read from the run's params instead.
+    """
+    return [] if arm == "base" else ARM_KEY.findall(arm)
+
+
+def arm_label(arm: str) -> str:
+    """A short name for plots and prose: the axis values in key order, ``v / min_snr`` for two axes."""
+    if not arm_keys(arm):
+        return arm
+    return " / ".join(re.split(r"(?:^|, )[A-Za-z_]\w*(?:\.\w+)+=", arm)[1:])  # the values, in key order
+
+
+def _axes(train_runs: list, plan: dict | None) -> list[str]:
+    arms = [job["arm"] for job in plan["jobs"]] if plan else [r.data.tags.get("harness.arm", "base") for r in train_runs]
+    return list(dict.fromkeys(k for a in arms for k in arm_keys(a)))
+
+
+def _runs_table(train_runs: list, axes: list[str]) -> pd.DataFrame:
+    rows = []
+    for r in train_runs:
+        p, m, t = r.data.params, r.data.metrics, r.data.tags
+        steps, batch = int(p.get("train.steps", 0)), int(p.get("train.batch_size", 0))
+        arm = t.get("harness.arm", "base")
+        rows.append({
+            "run_id": r.info.run_id, "config_hash": t[HASH], "arm": arm, "arm_label": arm_label(arm),
+            "seed": int(t.get("harness.seed", p.get("train.seed", 0))), "status": r.info.status,
+            "start": _time(r.info.start_time), "end": _time(r.info.end_time),
+            "seconds": (r.info.end_time - r.info.start_time) / 1000 if r.info.end_time else float("nan"),
+            "steps": steps, "batch_size": batch, "images_seen": steps * batch,
+            "num_samples": int(p.get("eval.num_samples", 0)), "dataset": p.get("data.dataset", "unknown"),
+            "device": p.get("train.device", "unknown"), "conditional": p.get("model.conditional") == "True",
+            "recognizability_threshold": float(p.get("eval.recognizability_threshold", 0.9)),
+            "recognizable_fraction": float(p.get("eval.recognizable_fraction", 0.8)),
+            "classifier_accuracy": m.get("classifier_accuracy", float("nan")),
+            "final_loss": m.get("train/final_loss", float("nan")),
+            "images_per_second": m.get("train/images_per_second_mean", float("nan")),
+            # A run whose checkpoint was finished by another experiment (same config hash, same store
+            # root) resumes at its last step: it logs no loss or periodic evaluations of its own.
+            "has_history": "train/loss" in m,
+            "checkpoint": t.get("harness.checkpoint", ""), "commit": t.get("git.commit", "unknown"),
+            "parent_run_id": t.get("mlflow.parentRunId"),
+        })
+        for key in axes:
+            rows[-1][key] = p.get(key)
+    return pd.DataFrame(rows, columns=RUN_COLUMNS + axes)
+
+
+def _time(ms: int | None):
+    return pd.to_datetime(ms, unit="ms", utc=True) if ms else pd.NaT
+
+
+def _arm_order(plan: dict | None, runs: pd.DataFrame) -> list[str]:
+    arms = [job["arm"] for job in plan["jobs"]] if plan else list(runs.sort_values("start")["arm"])
+    return list(dict.fromkeys(arm_label(a) for a in arms))
+
+
+def _with_axes(df: pd.DataFrame, runs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    """Add the arm's axis values to a table keyed by run_id (the runs table already has them)."""
+    if df is runs or not axes:
+        return df
+    return df.merge(runs[["run_id", *axes]], on="run_id", how="left")
+
+
+# -- evaluations ------------------------------------------------------------------------------------
+
+def setting_label(params: dict[str, Any]) -> str:
+    """``ddim-50-eta0-w0``: the label the evaluator logs under (harness.config.SamplerSetting.label)."""
+    return SamplerSetting(**{k: params[k] for k in SETTING_PARAMS if k in params}).label
+
+
+def _setting_labels(plan: dict | None, eval_runs: list, runs: pd.DataFrame) -> list[str]:
+    if plan is not None and plan.get("settings"):
+        return list(dict.fromkeys(setting_label(s) for s in plan["settings"]))
+    ids = set(runs["run_id"])
+    ordered = sorted((r for r in eval_runs if r.data.tags.get("mlflow.parentRunId") in ids), key=lambda r: r.info.start_time)
+    return list(dict.fromkeys(setting_label(r.data.params) for r in ordered))
+
+
+def _evals_table(eval_runs: list, runs: pd.DataFrame, settings: list[str] | None) -> pd.DataFrame:
+    by_run = runs.set_index("run_id")
+    rows, seen = [], set()
+    for r in eval_runs:  # newest first: the first of each (training run, setting) wins
+        train_id = r.data.tags.get("mlflow.parentRunId")
+        if train_id not in by_run.index:
+            continue
+        p = r.data.params
+        label = setting_label(p)
+        if (settings is not None and label not in settings) or (train_id, label) in seen:
+            continue
+        seen.add((train_id, label))
+        run = by_run.loc[train_id]
+        rows.append({
+            "run_id": train_id, "eval_run_id": r.info.run_id, "config_hash": run["config_hash"], "arm": run["arm"],
+            "arm_label": run["arm_label"], "seed": run["seed"], "setting": label, "sampler": p.get("sampler"),
+            "steps": int(p.get("steps", 0)), "eta": float(p.get("eta", 0)), "guidance": float(p.get("guidance", 0)),
+            "spacing": p.get("spacing"), "step": run["steps"],
+            "seconds": (r.info.end_time - r.info.start_time) / 1000 if r.info.end_time else float("nan"),
+            **{k: r.data.metrics.get(k, float("nan")) for k in EVAL_METRICS},
+            "fid_inception_unavailable": r.data.tags.get("harness.fid_inception_unavailable"),
+        })
+    df = pd.DataFrame(rows, columns=EVAL_COLUMNS)
+    if settings:  # plan order, then arm and seed
+        df["setting"] = pd.Categorical(df["setting"], categories=list(dict.fromkeys(settings + list(df["setting"]))),
+                                       ordered=True)
+        df = df.sort_values(["setting", "arm", "seed"]).reset_index(drop=True)
+        df["setting"] = df["setting"].astype(str)
+    return df
+
+
+# -- histories --------------------------------------------------------------------------------------
+
+def _histories(store: MlflowStore, train_runs: list, runs: pd.DataFrame, settings: list[str]):
+    """(curves, loss, buckets) from the metric histories of the training runs."""
+    curves, loss, buckets = [], [], []
+    by_run = runs.set_index("run_id")
+    for r in train_runs:
+        rid = r.info.run_id
+        ident = {"run_id": rid, "arm": by_run.at[rid, "arm"], "arm_label": by_run.at[rid, "arm_label"],
+                 "seed": by_run.at[rid, "seed"]}
+        keys = set(r.data.metrics)
+        for label in settings:
+            for metric in CURVE_METRICS:
+                key = f"eval/{label}/{metric}"
+                if key in keys:
+                    curves += [{**ident, "step": m.step, "setting": label, "metric": metric, "value": m.value}
+                               for m in store.client.get_metric_history(rid, key)]
+        if "train/loss" in keys:
+            loss += [{**ident, "step": m.step, "loss": m.value} for m in store.client.get_metric_history(rid, "train/loss")]
+        for b in range(NUM_BUCKETS):
+            if f"train/loss_t{b}" in keys:
+                buckets += [{**ident, "step": m.step, "bucket": b, "loss": m.value}
+                            for m in store.client.get_metric_history(rid, f"train/loss_t{b}")]
+    curves = pd.DataFrame(curves, columns=CURVE_COLUMNS).sort_values(["run_id", "setting", "metric", "step"])
+    loss = pd.DataFrame(loss, columns=LOSS_COLUMNS).sort_values(["run_id", "step"])
+    buckets = pd.DataFrame(buckets, columns=BUCKET_COLUMNS).sort_values(["run_id", "bucket", "step"])
+    return (curves.reset_index(drop=True), loss.reset_index(drop=True), buckets.reset_index(drop=True))
+
+
+STEP_PNG = re.compile(r"step_(\d+)\.png$")
+
+
+def _grids_table(runs: pd.DataFrame, settings: list[str]) -> pd.DataFrame:
+    """Sample grids the evaluator saved beside the checkpoint: ``<run dir>/grids/<setting>/step_NNNNNNN.png``."""
+    rows = []
+    for run in runs.itertuples():
+        if not run.checkpoint:
+            continue
+        root = Path(run.checkpoint).parent / "grids"
+        for label in settings:
+            for png in sorted((root / label).glob("step_*.png")):
+                if m := STEP_PNG.search(png.name):
+                    rows.append({"run_id": run.run_id, "arm": run.arm, "arm_label": run.arm_label, "seed": run.seed,
+                                 "setting": label, "step": int(m.group(1)), "path": str(png)})
+    return pd.DataFrame(rows, columns=GRID_COLUMNS)

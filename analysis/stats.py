@@ -1,0 +1,206 @@
+"""Statistics over seeds: means with 95% intervals, paired or Welch comparisons, Pareto fronts.
+
+Seeds are the unit of replication: a trained model is one observation. With one seed there is no
+interval and no test (``Estimate.method == "single seed"``, ``Comparison.test == "none"``); a
+comparison names a winner only when its test is significant *and* the interval of the difference
+excludes zero, so a tie is never reported as a win.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+CONFIDENCE = 0.95
+ALPHA = 0.05
+BOOTSTRAP_FROM = 5  # seeds; below this a bootstrap interval is too coarse to trust, so t-intervals
+BOOTSTRAP_DRAWS = 10_000
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Mean of ``n`` values with its interval (nan bounds when n < 2)."""
+
+    n: int
+    mean: float
+    low: float
+    high: float
+    method: str  # "t" | "bootstrap" | "single seed" | "none" (no values)
+
+    @property
+    def has_interval(self) -> bool:
+        return self.n >= 2 and math.isfinite(self.low)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``a`` against ``b`` on one metric; ``diff`` estimates mean(a) - mean(b) (paired: mean of a_s - b_s)."""
+
+    metric: str
+    a: str
+    b: str
+    a_est: Estimate
+    b_est: Estimate
+    diff: Estimate
+    test: str  # "paired t" | "Welch t" | "none"
+    p: float  # nan without a test; Holm-adjusted when part of a family (see compare_to_reference)
+    lower_is_better: bool
+    alpha: float = ALPHA
+
+    @property
+    def significant(self) -> bool:
+        excludes_zero = self.diff.has_interval and (self.diff.low > 0 or self.diff.high < 0)
+        return self.test != "none" and self.p < self.alpha and excludes_zero
+
+    @property
+    def winner(self) -> str | None:
+        """The better arm when the difference is significant, else None (a tie or too few seeds)."""
+        if not self.significant:
+            return None
+        a_lower = self.diff.mean < 0
+        return self.a if a_lower == self.lower_is_better else self.b
+
+    @property
+    def margin(self) -> float:
+        """How much better the winner is, in the metric's units (positive), nan without a winner."""
+        return abs(self.diff.mean) if self.winner else float("nan")
+
+
+def estimate(values, *, confidence: float = CONFIDENCE, rng: np.random.Generator | None = None,
+             bootstrap_from: int = BOOTSTRAP_FROM) -> Estimate:
+    """Mean and interval of ``values`` (one per seed): Student t below ``bootstrap_from`` values, else a
+    percentile bootstrap of the mean (no normality assumption once there are enough seeds)."""
+    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    n = len(x)
+    if n == 0:
+        return Estimate(0, float("nan"), float("nan"), float("nan"), "none")
+    mean = float(x.mean())
+    if n == 1:
+        return Estimate(1, mean, float("nan"), float("nan"), "single seed")
+    if n >= bootstrap_from:
+        rng = rng or np.random.default_rng(0)  # a fixed default: the same data give the same report
+        means = x[rng.integers(0, n, (BOOTSTRAP_DRAWS, n))].mean(axis=1)
+        tail = (1 - confidence) / 2
+        return Estimate(n, mean, float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail)), "bootstrap")
+    half = sps.t.ppf(0.5 + confidence / 2, n - 1) * x.std(ddof=1) / math.sqrt(n)
+    return Estimate(n, mean, mean - half, mean + half, "t")
+
+
+def compare(df: pd.DataFrame, metric: str, a: str, b: str, *, by: str = "arm_label", lower_is_better: bool,
+            alpha: float = ALPHA, rng: np.random.Generator | None = None) -> Comparison:
+    """Compare groups ``a`` and ``b`` of column ``by`` on ``metric``; ``df`` has one row per (group, seed).
+
+    Same seeds in both groups (at least 2): a paired t-test on the per-seed differences, which removes
+    the seed's share of the variance. Otherwise, with at least 2 seeds each: Welch's t-test. Fewer: no test.
+    """
+    xa = _by_seed(df, metric, by, a)
+    xb = _by_seed(df, metric, by, b)
+    ea, eb = estimate(xa, rng=rng), estimate(xb, rng=rng)
+    if set(xa.index) == set(xb.index) and len(xa) >= 2:
+        d = xa - xb.reindex(xa.index)
+        diff, p, test = estimate(d, rng=rng), _p_one_sample(d.to_numpy()), "paired t"
+    elif len(xa) >= 2 and len(xb) >= 2:
+        diff, p, test = _welch(xa.to_numpy(), xb.to_numpy(), rng), _p_welch(xa.to_numpy(), xb.to_numpy()), "Welch t"
+    else:
+        diff = Estimate(min(len(xa), len(xb)), ea.mean - eb.mean, float("nan"), float("nan"), "single seed")
+        p, test = float("nan"), "none"
+    return Comparison(metric, a, b, ea, eb, diff, test, p, lower_is_better, alpha)
+
+
+def compare_to_reference(df: pd.DataFrame, metric: str, reference: str, others: list[str], *,
+                         by: str = "arm_label", lower_is_better: bool, alpha: float = ALPHA) -> list[Comparison]:
+    """Each of ``others`` against ``reference``, p-values Holm-adjusted over the family (k comparisons
+    at alpha would otherwise find a false winner with probability up to k * alpha)."""
+    comps = [compare(df, metric, o, reference, by=by, lower_is_better=lower_is_better, alpha=alpha) for o in others]
+    adjusted = holm([c.p for c in comps])
+    return [Comparison(c.metric, c.a, c.b, c.a_est, c.b_est, c.diff, c.test, p, c.lower_is_better, c.alpha)
+            for c, p in zip(comps, adjusted)]
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (nan stays nan and does not count towards the family)."""
+    idx = [i for i, p in enumerate(p_values) if math.isfinite(p)]
+    out = [float("nan")] * len(p_values)
+    running = 0.0
+    for rank, i in enumerate(sorted(idx, key=lambda i: p_values[i])):
+        running = max(running, min(1.0, (len(idx) - rank) * p_values[i]))
+        out[i] = running
+    return out
+
+
+def _by_seed(df: pd.DataFrame, metric: str, by: str, group: str) -> pd.Series:
+    rows = df[(df[by] == group) & df[metric].notna()]
+    return rows.groupby("seed")[metric].mean().sort_index()  # one value per seed
+
+
+def _p_one_sample(d: np.ndarray) -> float:
+    if np.ptp(d) == 0:  # identical differences: t is 0/0 or +-inf; decide without scipy's warning
+        return 1.0 if d[0] == 0 else 0.0
+    return float(sps.ttest_1samp(d, 0.0).pvalue)
+
+
+def _p_welch(xa: np.ndarray, xb: np.ndarray) -> float:
+    if np.ptp(xa) == 0 and np.ptp(xb) == 0:
+        return 1.0 if xa[0] == xb[0] else 0.0
+    return float(sps.ttest_ind(xa, xb, equal_var=False).pvalue)
+
+
+def _welch(xa: np.ndarray, xb: np.ndarray, rng: np.random.Generator | None) -> Estimate:
+    """Interval of mean(a) - mean(b) for independent groups: Welch-Satterthwaite t, or a bootstrap."""
+    na, nb, mean = len(xa), len(xb), float(xa.mean() - xb.mean())
+    if min(na, nb) >= BOOTSTRAP_FROM:
+        rng = rng or np.random.default_rng(0)
+        draws = (xa[rng.integers(0, na, (BOOTSTRAP_DRAWS, na))].mean(axis=1)
+                 - xb[rng.integers(0, nb, (BOOTSTRAP_DRAWS, nb))].mean(axis=1))
+        tail = (1 - CONFIDENCE) / 2
+        return Estimate(min(na, nb), mean, float(np.quantile(draws, tail)), float(np.quantile(draws, 1 - tail)), "bootstrap")
+    va, vb = xa.var(ddof=1) / na, xb.var(ddof=1) / nb
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return Estimate(min(na, nb), mean, mean, mean, "t")
+    dof = (va + vb) ** 2 / (va ** 2 / (na - 1) + vb ** 2 / (nb - 1))
+    half = sps.t.ppf(0.5 + CONFIDENCE / 2, dof) * se
+    return Estimate(min(na, nb), mean, mean - half, mean + half, "t")
+
+
+def summarize(df: pd.DataFrame, metric: str, by: list[str]) -> pd.DataFrame:
+    """One row per group: n, mean, low, high, method of ``metric`` over seeds (first averaging within a seed)."""
+    rows = []
+    per_seed = df[df[metric].notna()].groupby([*by, "seed"], sort=False)[metric].mean().reset_index()
+    for key, group in per_seed.groupby(by, sort=False):
+        e = estimate(group[metric])
+        key = key if isinstance(key, tuple) else (key,)
+        rows.append({**dict(zip(by, key)), "n": e.n, "mean": e.mean, "low": e.low, "high": e.high, "method": e.method})
+    return pd.DataFrame(rows, columns=[*by, "n", "mean", "low", "high", "method"])
+
+
+def band(df: pd.DataFrame, x: str, y: str, by: str) -> pd.DataFrame:
+    """Mean and 95% t-interval of ``y`` over seeds at each (``by``, ``x``), vectorized for long curves.
+
+    Columns: by, x, n, mean, low, high (low = high = mean with one seed, so a band is simply not drawn).
+    """
+    g = df.groupby([by, x], sort=False)[y]
+    out = g.agg(n="count", mean="mean", sd="std").reset_index()
+    tq = sps.t.ppf(0.5 + CONFIDENCE / 2, np.maximum(out["n"] - 1, 1))
+    half = np.where(out["n"] >= 2, tq * out["sd"].fillna(0) / np.sqrt(out["n"]), 0.0)
+    out["low"], out["high"] = out["mean"] - half, out["mean"] + half
+    return out.drop(columns="sd")
+
+
+def pareto_front(df: pd.DataFrame, *, minimize: tuple[str, ...] = (), maximize: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Rows of ``df`` not dominated by another row (at least as good everywhere, better somewhere)."""
+    cols = list(minimize) + list(maximize)
+    v = np.column_stack([df[c].to_numpy(float) for c in minimize] + [-df[c].to_numpy(float) for c in maximize]) \
+        if cols else np.empty((len(df), 0))
+    keep = [not any(np.all(v[j] <= v[i]) and np.any(v[j] < v[i]) for j in range(len(v)) if j != i)
+            for i in range(len(v))]
+    return df[np.asarray(keep, dtype=bool)] if len(df) else df
+
+
+def first_step_reaching(curve: pd.DataFrame, threshold: float, *, step: str = "step", value: str = "value") -> int | None:
+    """The first step at which ``value`` >= ``threshold``, or None if it never does."""
+    hit = curve[curve[value] >= threshold].sort_values(step)
+    return int(hit[step].iloc[0]) if len(hit) else None

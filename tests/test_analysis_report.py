@@ -1,0 +1,147 @@
+"""The report's words and pages from fixture tables (no MLflow): each kind of spec, with known answers."""
+import base64
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from analysis.answers import NO_DIFFERENCE
+from analysis.load import (BUCKET_COLUMNS, CURVE_COLUMNS, EVAL_COLUMNS, GRID_COLUMNS, LOSS_COLUMNS, RUN_COLUMNS,
+                           AblationData)
+from analysis.render import to_html, to_markdown
+from analysis.report import build_document
+
+LABEL = re.compile(r"(\w+)-(\d+)-eta([\d.]+)-w([\d.]+)")
+STEPS = (500, 1000, 1500, 2000)
+
+
+def fixture_data(tmp_path, final: dict, *, axis="diffusion.schedule", rec_at=None, conditional=False,
+                 question="Does cosine beat linear?") -> AblationData:
+    """``final[(arm, setting)] = {"fid": [per seed], ...}``; ``rec_at[arm]``: step where recognizability hits 0.8."""
+    arms = list(dict.fromkeys(a for a, _ in final))
+    settings = list(dict.fromkeys(s for _, s in final))
+    n_seeds = len(next(iter(final.values()))["fid"])
+    runs, evals, curves, loss, buckets, grids = [], [], [], [], [], []
+    rng = np.random.default_rng(0)
+    for arm in arms:
+        tag = f"{axis}={arm}" if arm != "base" else "base"
+        for seed in range(n_seeds):
+            rid = f"{arm}-{seed}"
+            runs.append({"run_id": rid, "config_hash": f"h{rid}", "arm": tag, "arm_label": arm, "seed": seed,
+                         "status": "FINISHED", "seconds": 600.0, "steps": 2000, "batch_size": 64,
+                         "images_seen": 128000, "num_samples": 500, "dataset": "mnist-5k", "device": "cpu",
+                         "conditional": conditional, "recognizability_threshold": 0.9, "recognizable_fraction": 0.8,
+                         "classifier_accuracy": 0.988, "final_loss": 0.03 + 0.001 * seed, "images_per_second": 200.0,
+                         "has_history": True, "checkpoint": str(tmp_path / rid / "checkpoint.pt"), "commit": "abc123",
+                         "parent_run_id": "parent", axis: arm})
+            for setting in settings:
+                m = {k: v[seed] for k, v in final[(arm, setting)].items()}
+                sampler, steps, eta, w = LABEL.match(setting).groups()
+                evals.append({"run_id": rid, "eval_run_id": f"e{rid}{setting}", "config_hash": f"h{rid}", "arm": tag,
+                              "arm_label": arm, "seed": seed, "setting": setting, "sampler": sampler,
+                              "steps": int(steps), "eta": float(eta), "guidance": float(w), "spacing": "trailing",
+                              "step": 2000, "seconds": 5.0, "kid": 0.01, "precision": 0.7, "recall": 0.6,
+                              "recognizability": 0.9, "nfe": float(steps), "sample_seconds": 1.0,
+                              "num_generated": 500.0, "num_reference": 5000.0,
+                              "fid_inception_unavailable": "no weights offline", axis: arm, **m})
+                for step in STEPS:
+                    rec = 0.9 if rec_at and rec_at.get(arm) is not None and step >= rec_at[arm] else 0.3
+                    for metric, value in (("fid", 100.0 / step * 50), ("recognizability", rec)):
+                        curves.append({"run_id": rid, "arm": tag, "arm_label": arm, "seed": seed, "step": step,
+                                       "setting": setting, "metric": metric, "value": value, axis: arm})
+                    path = tmp_path / rid / "grids" / setting / f"step_{step:07d}.png"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(rng.integers(0, 255, (62, 122, 3), dtype=np.uint8)).save(path)
+                    grids.append({"run_id": rid, "arm": tag, "arm_label": arm, "seed": seed, "setting": setting,
+                                  "step": step, "path": str(path)})
+            for step in range(1, 2001):
+                loss.append({"run_id": rid, "arm": tag, "arm_label": arm, "seed": seed, "step": step,
+                             "loss": 1.0 / np.sqrt(step) + 0.01 * rng.standard_normal()})
+            for step in range(100, 2001, 100):
+                for b in range(10):
+                    buckets.append({"run_id": rid, "arm": tag, "arm_label": arm, "seed": seed, "step": step,
+                                    "bucket": b, "loss": 0.5 / (b + 1)})
+    axes = [axis] if arms != ["base"] else []
+    frame = lambda rows, cols: pd.DataFrame(rows, columns=cols + axes)  # noqa: E731
+    return AblationData(
+        experiment="fixture", question=question, profile="quick", axes=axes, arms=arms, settings=settings,
+        runs=frame(runs, RUN_COLUMNS), evals=frame(evals, EVAL_COLUMNS), curves=frame(curves, CURVE_COLUMNS),
+        loss=pd.DataFrame(loss, columns=LOSS_COLUMNS), buckets=pd.DataFrame(buckets, columns=BUCKET_COLUMNS),
+        grids=pd.DataFrame(grids, columns=GRID_COLUMNS), parent_run_id="parent", parent_status="FINISHED")
+
+
+S = "ddim-50-eta0-w0"
+
+
+def test_clear_winner_answer_and_recognizable_steps(tmp_path):
+    data = fixture_data(tmp_path, {("linear", S): {"fid": [55.0, 56.5, 54.8]}, ("cosine", S): {"fid": [50.0, 52.0, 51.0]}},
+                        rec_at={"linear": 1500, "cosine": 1000})
+    doc = build_document(data)
+    assert doc.question == "Does cosine beat linear?"
+    assert "cosine beats linear by 4.43 FID (95% CI 2.94 to 5.93, 3 seeds, paired t-test p = 0.0061)" in doc.answer
+    assert ("at step 1,000 (all 3 seeds) with cosine; at step 1,500 (all 3 seeds) with linear; cosine is sooner in "
+            "every seed") in doc.answer
+    assert "2,000 training steps x 64 images = 128,000 images seen per run" in doc.answer
+    assert "500 generated against 5,000 real images" in doc.answer and "not InceptionV3" in doc.answer
+    assert "smoke" not in doc.answer
+    titles = [s.title for s in doc.sections]
+    assert titles[0] == "Setup and budget" and any(t.startswith("Arms compared") for t in titles)
+    names = {p.name for s in doc.sections for p in s.pictures}
+    assert {"loss", "loss_by_timestep", "quality_over_training", "samples_over_training"} <= names
+    setup = " ".join(doc.sections[0].paragraphs)
+    assert "held-out accuracy 98.8%" in setup and "not comparable with published InceptionV3" in setup
+
+
+def test_tie_and_never_recognizable(tmp_path):
+    data = fixture_data(tmp_path, {("linear", S): {"fid": [51.0, 50.5, 52.2]}, ("cosine", S): {"fid": [50.0, 52.0, 51.0]}},
+                        rec_at={"linear": None, "cosine": 2000})
+    answer = build_document(data).answer
+    assert f"{NO_DIFFERENCE} between" in answer and "beats" not in answer
+    assert "not within this budget with linear" in answer and "at step 2,000 (all 3 seeds) with cosine" in answer
+
+
+def test_one_seed_says_so(tmp_path):
+    data = fixture_data(tmp_path, {("linear", S): {"fid": [55.0]}, ("cosine", S): {"fid": [50.0]}},
+                        rec_at={"linear": 1000, "cosine": 1000})
+    answer = build_document(data).answer
+    assert "with one seed per arm there is no interval and no test" in answer and "beats" not in answer
+    assert "both reach it at the same evaluation (one seed: an observation, not a test)" in answer
+
+
+def test_guidance_tradeoff_answer(tmp_path):
+    acc = {0: [0.60, 0.62, 0.61], 1: [0.80, 0.82, 0.81], 2: [0.90, 0.93, 0.91], 4: [0.91, 0.92, 0.93]}
+    fid = {0: [10.0, 10.5, 10.2], 1: [11.0, 11.2, 11.4], 2: [14.0, 14.5, 14.1], 4: [20.0, 21.0, 20.4]}
+    final = {("base", f"ddim-50-eta0-w{w}"): {"fid": fid[w], "class_accuracy": acc[w]} for w in acc}
+    doc = build_document(fixture_data(tmp_path, final, conditional=True, question="Which w?"))
+    assert "Class accuracy is highest at w = 4 (0.92 (95% CI" in doc.answer
+    assert "FID is lowest at w = 0" in doc.answer
+    assert f"Weights with {NO_DIFFERENCE} in class accuracy from w = 4: w = 2" in doc.answer
+    assert "The smallest such weight, w = 2, gives up no significant class accuracy" in doc.answer
+    assert "w = 4 beats w = 2 by" not in doc.answer and "w = 2 beats w = 4 by 6.27 FID" in doc.answer
+    assert "Pareto-optimal (FID against class accuracy): w = 0, w = 1, w = 2, w = 4" in doc.answer
+    assert "guidance" in {p.name for s in doc.sections for p in s.pictures}
+
+
+def test_sampler_settings_answer(tmp_path):
+    final = {("base", "ddpm-1000-eta0-w0"): {"fid": [10.0, 11.0, 10.5]},
+             ("base", "ddim-50-eta0-w0"): {"fid": [10.2, 10.9, 10.8]},
+             ("base", "ddim-10-eta0-w0"): {"fid": [20.0, 22.0, 21.0]}}
+    doc = build_document(fixture_data(tmp_path, final, question="How much does each sampler lose?"))
+    assert doc.answer.startswith("Against the most expensive setting, ddpm-1000-eta0-w0 (1,000 NFE; FID 10.5, 95% CI")
+    assert "ddim eta=0: no significant loss down to 50 NFE; worse at 10 NFE by 10.5 FID (95% CI" in doc.answer
+    assert "fid_vs_nfe" in {p.name for s in doc.sections for p in s.pictures}
+
+
+def test_pages_are_self_contained(tmp_path):
+    data = fixture_data(tmp_path, {("linear", S): {"fid": [55.0, 56.5, 54.8]}, ("cosine", S): {"fid": [50.0, 52.0, 51.0]}},
+                        rec_at={"linear": 1500, "cosine": 1000})
+    doc = build_document(data)
+    html, md = to_html(doc), to_markdown(doc)
+    links = re.findall(r"""(?:src|href)\s*=\s*["']?([^"' >]*)""", html)
+    assert links and all(link.startswith("data:image/png;base64,") for link in links) and "url(" not in html
+    sources = re.findall(r'<img [^>]*src="data:image/png;base64,([^"]+)"', html)
+    assert len(sources) == sum(len(s.pictures) for s in doc.sections) >= 4
+    assert all(base64.b64decode(s).startswith(b"\x89PNG\r\n\x1a\n") for s in sources)
+    assert md.splitlines()[2].startswith("**Does cosine beat linear?** ") and "](loss.png)" in md

@@ -1,0 +1,120 @@
+"""The loader and the report on a real smoke run of ablation-schedules (a throwaway SQLite store, ~15 s)."""
+import base64
+import io
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from analysis.load import BUCKET_COLUMNS, CURVE_COLUMNS, EVAL_COLUMNS, GRID_COLUMNS, LOSS_COLUMNS, RUN_COLUMNS, load_experiment
+from analysis.report import log_report, write_report
+from harness.runner import run_plan
+from harness.spec import load_spec, make_plan
+from harness.tracking import ROLE, MlflowStore
+
+SPEC = Path(__file__).parents[1] / "experiments" / "ablation-schedules.yaml"
+NAME = "ablation-schedules"
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    store = MlflowStore(f"sqlite:///{tmp_path_factory.mktemp('analysis') / 'mlflow.db'}")
+    plan = make_plan(load_spec(SPEC), str(SPEC), "smoke", {"train.device": "cpu"})
+    outcomes, _ = run_plan(plan, store, spec_path=str(SPEC), quiet=True)
+    assert [o.status for o in outcomes] == ["trained", "trained"], [o.error for o in outcomes]
+    # A second launch trains nothing: its parent has no training children, so loading by parent would find nothing.
+    again, _ = run_plan(plan, store, spec_path=str(SPEC), quiet=True)
+    assert [o.status for o in again] == ["skipped", "skipped"]
+    return store
+
+
+@pytest.fixture(scope="module")
+def report(store, tmp_path_factory):
+    return write_report(store, NAME, tmp_path_factory.mktemp("reports") / NAME, spec_path=str(SPEC))
+
+
+def test_loader_reads_every_table_of_a_smoke_run(store):
+    data = load_experiment(store, NAME)
+    assert data.question == load_spec(SPEC).question and data.profile == "smoke"
+    assert data.axes == ["diffusion.schedule"] and data.arms == ["linear", "cosine"]
+    assert data.settings == ["ddim-3-eta0-w0"] and data.missing == []
+    parents = store.runs(store.experiment_id(NAME), {ROLE: "ablation"})
+    assert data.parent_run_id == parents[0].info.run_id and data.parent_status == "FINISHED"
+
+    r = data.runs.set_index("arm_label")
+    assert list(data.runs.columns) == RUN_COLUMNS + ["diffusion.schedule"]
+    assert r.loc["cosine", "diffusion.schedule"] == "cosine" and r.loc["linear", "arm"] == "diffusion.schedule=linear"
+    assert r["parent_run_id"].eq(parents[1].info.run_id).all()  # trained by the first launch, loaded anyway
+    assert (r["steps"] == 4).all() and (r["images_seen"] == 32).all() and (r["seed"] == 0).all()
+    assert r["has_history"].all() and (r["seconds"] > 0).all() and (r["classifier_accuracy"] > 0.9).all()
+
+    e = data.evals
+    assert list(e.columns) == EVAL_COLUMNS + ["diffusion.schedule"] and len(e) == 2
+    assert set(e["setting"]) == {"ddim-3-eta0-w0"} and (e["nfe"] == 3).all() and (e["step"] == 4).all()
+    assert (e["num_generated"] == 16).all() and (e["num_reference"] > 1000).all() and np.isfinite(e["fid"]).all()
+
+    c = data.curves
+    assert list(c.columns) == CURVE_COLUMNS + ["diffusion.schedule"]
+    for metric in ("fid", "recognizability", "precision"):
+        assert sorted(c[(c["metric"] == metric) & (c["arm_label"] == "linear")]["step"]) == [2, 4]
+    assert list(data.loss.columns) == LOSS_COLUMNS
+    assert data.loss.groupby("run_id")["step"].apply(list).tolist() == [[1, 2, 3, 4]] * 2
+    assert list(data.buckets.columns) == BUCKET_COLUMNS
+    assert set(data.buckets["step"]) == {2, 4} and set(data.buckets["bucket"]) <= set(range(10))
+    assert list(data.grids.columns) == GRID_COLUMNS and len(data.grids) == 4
+    assert all(Path(p).exists() for p in data.grids["path"]) and set(data.grids["step"]) == {2, 4}
+
+
+def _pngs(html: str) -> list[bytes]:
+    return [base64.b64decode(s) for s in re.findall(r'<img [^>]*src="data:image/png;base64,([^"]+)"', html)]
+
+
+def test_report_files_are_self_contained_and_answer_the_question(report):
+    html, md = report.html.read_text(), report.md.read_text()
+    assert report.html.name == "index.html" and report.md.name == "report.md"
+    links = re.findall(r"""(?:src|href)\s*=\s*["']?([^"' >]*)""", html)
+    assert links and all(link.startswith("data:image/png;base64,") for link in links)
+    assert "url(" not in html and "@import" not in html and "<script" not in html
+    assert len(_pngs(html)) == len(links) >= 4
+    for png in _pngs(html):
+        assert Image.open(io.BytesIO(png)).format == "PNG"
+    question = load_spec(SPEC).question
+    assert f"**{question}**" in md and question in html
+    assert "one seed per arm there is no interval and no test" in md and "smoke profile" in md
+    for name in re.findall(r"\]\(([^)]+\.png)\)", md):
+        assert (report.md.parent / name).stat().st_size > 1000
+
+
+def test_report_is_logged_to_the_newest_parent_run(store, report):
+    run_id = log_report(store, NAME, report)
+    assert run_id == store.runs(store.experiment_id(NAME), {ROLE: "ablation"})[0].info.run_id
+    logged = {Path(a.path).name for a in store.client.list_artifacts(run_id, "report")}
+    assert {"index.html", "report.md", "loss.png", "samples_over_training.png"} <= logged
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+def test_report_renders_in_headless_chromium(report, tmp_path_factory):
+    out = tmp_path_factory.mktemp("chromium")
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={out / 'profile'}"]
+    url = report.html.resolve().as_uri()
+    shot = out / "report.png"
+    subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1200,3000", url], capture_output=True, timeout=120)
+    print(f"\nscreenshot of the report: {shot}")
+    assert shot.exists() and shot.stat().st_size > 20_000
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.shape == (3000, 1200) and pixels.std() > 10 and (pixels < 200).mean() > 0.02  # text and figures
+
+    dom = subprocess.run(flags + ["--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    images = re.findall(r"<img\b[^>]*>", dom)
+    assert len(images) >= 4
+    for tag in images:  # an image that is not an embedded, decodable PNG would render broken
+        src = re.search(r'src="data:image/png;base64,([^"]+)"', tag)
+        assert src, tag[:200]
+        Image.open(io.BytesIO(base64.b64decode(src.group(1)))).verify()

@@ -1,0 +1,107 @@
+"""Statistics over seeds on fixture tables with known answers: a clear winner, a tie, one seed."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.answers import NO_DIFFERENCE, arms_answer, comparison_sentence
+from analysis.stats import (band, compare, compare_to_reference, estimate, first_step_reaching, holm,
+                            pareto_front)
+
+
+def table(values: dict[str, list[float]], seeds: dict[str, list[int]] | None = None) -> pd.DataFrame:
+    """One row per (arm, seed), like the evals table at one setting."""
+    rows = [{"arm_label": arm, "seed": (seeds or {}).get(arm, range(len(v)))[i], "fid": x}
+            for arm, v in values.items() for i, x in enumerate(v)]
+    return pd.DataFrame(rows)
+
+
+# a - b per seed: -5, -4.5, -3.8 -> mean -4.4333, sd 0.60277; t(0.975, 2) = 4.3027
+CLEAR = {"cosine": [50.0, 52.0, 51.0], "linear": [55.0, 56.5, 54.8]}
+TIE = {"cosine": [50.0, 52.0, 51.0], "linear": [51.0, 50.5, 52.2]}
+
+
+def test_clear_winner_paired_t_golden_numbers():
+    c = compare(table(CLEAR), "fid", "cosine", "linear", lower_is_better=True)
+    assert c.test == "paired t" and c.diff.n == 3
+    assert c.diff.mean == pytest.approx(-4.433333, abs=1e-6)
+    assert (c.diff.low, c.diff.high) == pytest.approx((-5.930700, -2.935966), abs=1e-5)
+    assert c.p == pytest.approx(0.0061056, abs=1e-6)  # scipy.stats.ttest_rel, t = -12.74 on 2 df
+    assert c.significant and c.winner == "cosine" and c.margin == pytest.approx(4.433333, abs=1e-6)
+    words = comparison_sentence(c, "FID")
+    assert words.startswith("cosine beats linear by 4.43 FID (95% CI 2.94 to 5.93, 3 seeds, paired t-test p = 0.0061")
+    assert arms_answer(table(CLEAR), ["linear", "cosine"]) == words
+
+
+def test_winner_is_the_better_side_whatever_the_argument_order():
+    c = compare(table(CLEAR), "fid", "linear", "cosine", lower_is_better=True)
+    assert c.winner == "cosine" and comparison_sentence(c, "FID").startswith("cosine beats linear by 4.43 FID")
+    higher = compare(table(CLEAR).rename(columns={"fid": "recall"}), "recall", "cosine", "linear", lower_is_better=False)
+    assert higher.winner == "linear"
+
+
+def test_tie_is_no_significant_difference_never_a_winner():
+    c = compare(table(TIE), "fid", "cosine", "linear", lower_is_better=True)
+    assert c.test == "paired t" and c.p == pytest.approx(0.81338, abs=1e-4)
+    assert c.diff.low < 0 < c.diff.high
+    assert not c.significant and c.winner is None and math.isnan(c.margin)
+    assert comparison_sentence(c, "FID").startswith(NO_DIFFERENCE)
+    assert "beats" not in arms_answer(table(TIE), ["linear", "cosine"])
+
+
+def test_one_seed_gives_values_and_no_test():
+    df = table({"cosine": [50.0], "linear": [55.0]})
+    c = compare(df, "fid", "cosine", "linear", lower_is_better=True)
+    assert c.test == "none" and math.isnan(c.p) and c.winner is None
+    assert c.a_est.method == "single seed" and math.isnan(c.a_est.low)
+    words = arms_answer(df, ["linear", "cosine"])
+    assert "one seed" in words and "no test" in words and "cosine 50" in words and "linear 55" in words
+    assert "beats" not in words
+
+
+def test_different_seeds_use_welch():
+    df = table(CLEAR, seeds={"cosine": [0, 1, 2], "linear": [3, 4, 5]})
+    c = compare(df, "fid", "cosine", "linear", lower_is_better=True)
+    assert c.test == "Welch t" and c.p == pytest.approx(0.0049906, abs=1e-6) and c.winner == "cosine"
+    assert c.diff.low < -4.433 < c.diff.high < 0
+
+
+def test_estimate_t_interval_and_bootstrap_from_five_seeds():
+    e = estimate([1.0, 2.0, 3.0])
+    assert e.method == "t" and e.mean == 2.0 and (e.low, e.high) == pytest.approx((2 - 2.484138, 2 + 2.484138), abs=1e-5)
+    x = [10.0, 11.0, 12.0, 13.0, 14.0, 15.0]
+    b = estimate(x)
+    assert b.method == "bootstrap" and b.low < 12.5 < b.high and estimate(x) == b  # deterministic by default
+    assert b.high - b.low < estimate(x, bootstrap_from=99).high - estimate(x, bootstrap_from=99).low
+    assert estimate([]).method == "none" and estimate([3.0]).method == "single seed"
+
+
+def test_identical_differences_do_not_break_the_test():
+    same = compare(table({"a": [1.0, 2.0], "b": [1.0, 2.0]}), "fid", "a", "b", lower_is_better=True)
+    assert same.p == 1.0 and same.winner is None
+
+
+def test_holm_and_family_of_comparisons():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert math.isnan(holm([float("nan"), 0.02])[0]) and holm([float("nan"), 0.02])[1] == 0.02
+    df = table({**CLEAR, "sigmoid": [50.5, 51.5, 51.2]})
+    comps = compare_to_reference(df, "fid", "cosine", ["linear", "sigmoid"], lower_is_better=True)
+    assert [c.winner for c in comps] == ["cosine", None]
+    words = arms_answer(df, ["linear", "cosine", "sigmoid"])
+    assert words.startswith("cosine has the lowest mean FID") and "it beats linear by" in words
+    assert f"against sigmoid there is {NO_DIFFERENCE}" in words
+
+
+def test_band_pareto_and_first_crossing():
+    df = pd.DataFrame({"arm": ["a"] * 4, "step": [1, 1, 2, 2], "loss": [1.0, 3.0, 2.0, 2.0]})
+    b = band(df, "step", "loss", "arm").set_index("step")
+    assert b.at[1, "mean"] == 2.0 and b.at[1, "high"] - 2.0 == pytest.approx(12.7062047, abs=1e-5)
+    assert b.at[2, "low"] == b.at[2, "high"] == 2.0
+    pts = pd.DataFrame({"nfe": [10, 20, 20, 100, 1000], "fid": [50, 40, 45, 41, 30]})
+    assert pareto_front(pts, minimize=("nfe", "fid")).index.tolist() == [0, 1, 4]
+    guid = pd.DataFrame({"fid": [10, 12, 15, 16], "acc": [0.5, 0.8, 0.9, 0.85]})
+    assert pareto_front(guid, minimize=("fid",), maximize=("acc",)).index.tolist() == [0, 1, 2]
+    curve = pd.DataFrame({"step": [500, 1000, 1500], "value": [0.2, 0.85, 0.9]})
+    assert first_step_reaching(curve, 0.8) == 1000 and first_step_reaching(curve, 0.95) is None
+    assert np.isfinite(b["mean"]).all()

@@ -1,0 +1,312 @@
+"""Sweeps: search sections, samplers and pruners, and Optuna studies run on tiny models.
+
+Each sweep gets its own throwaway SQLite MLflow store; its journal file, checkpoints and locks sit
+beside it. Trials train 4 steps of an 8-channel UNet and score 16 samples of 3 DDIM steps.
+"""
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from harness.config import ConfigError, TrainConfig
+from harness.runner import store_root
+from harness.sweep import PRUNERS, SAMPLERS, add_arguments, journal_path, load_sweep, open_storage, run_sweep, \
+    sweep_main, validate_sweep
+from harness.tracking import HASH, ROLE, MlflowStore
+
+SWEEPS = sorted((Path(__file__).parents[1] / "experiments").glob("sweep-*.yaml"))
+TINY = {"train.steps": 4, "train.batch_size": 8, "train.warmup_steps": 1, "train.eval_every": 2,
+        "model.channels": 8, "model.channel_mult": [1, 2], "model.attention_resolutions": [],
+        "eval.num_samples": 16, "eval.batch_size": 16, "train.device": "cpu"}
+SEARCH = {"params": {"train.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
+                     "train.ema_decay": {"type": "float", "low": 0.9, "high": 0.99}},
+          "objective": {"metric": "fid", "direction": "minimize"}, "n_trials": 2, "sampler": "random",
+          "pruner": "none", "seed": 0}
+
+
+def _write(tmp_path, search=None, name="tiny-sweep", profile_set=None, **changes):
+    spec = {"name": name, "question": "Which learning rate?", "base": {"data": {"dataset": "mnist-5k"}},
+            "seeds": [0], "evaluate": {"sampler": ["ddim"], "steps": [3]},
+            "profiles": {"smoke": {"set": {**TINY, **(profile_set or {})}}}, "search": search or SEARCH}
+    spec.update(changes)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _uri(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def _trial_runs(uri, spec_name, study):
+    store = MlflowStore(uri)
+    return store, store.runs(store.experiment_id(spec_name), {ROLE: "trial", "harness.study": study})
+
+
+def _study(uri, spec_name, study_name):
+    storage = open_storage(None, store_root(uri), spec_name)
+    return optuna.load_study(study_name=study_name, storage=storage)
+
+
+# -- the search section ---------------------------------------------------------------------------------
+
+def _with(**changes):
+    return {**SEARCH, **changes}
+
+
+def _param(key, dist):
+    return _with(params={**SEARCH["params"], key: dist})
+
+
+BAD = [
+    (None, "search: a sweep spec needs a search section"),
+    (_with(budget=3), "search.budget: unknown key; valid keys here: n_trials, objective, params, pruner, sampler, seed"),
+    (_with(n_trials=0), "search.n_trials: Input should be greater than or equal to 1"),
+    (_with(params={}), "search.params: Dictionary should have at least 1 item"),
+    (_param("train.lr", {"type": "uniform", "low": 1, "high": 2}),
+     "search.params.train.lr.type: unknown type 'uniform'; valid: float, int, categorical"),
+    (_param("train.lr", {"low": 1, "high": 2}), "search.params.train.lr.type: missing; valid: float, int, categorical"),
+    (_param("train.lr", {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "logscale": True}),
+     "search.params.train.lr.logscale: unknown key; valid keys for type float: type, low, high, log, step"),
+    (_param("train.lr", {"type": "float", "low": 1.0e-2, "high": 1.0e-4}), "search.params.train.lr: "),
+    (_param("train.lr", {"type": "float", "low": 0.0, "high": 1.0e-2, "log": True}), "search.params.train.lr: "),
+    (_param("model.chanels", {"type": "categorical", "choices": [8, 16]}),
+     "search.params.model.chanels: the value 8 is invalid: model.chanels: unknown key; valid keys here:"),
+    (_param("train.ema_decay", {"type": "float", "low": 0.9, "high": 1.0}),
+     "search.params.train.ema_decay: the value 1.0 is invalid: train.ema_decay: Input should be less than 1"),
+    (_param("model.channel_mult", {"type": "categorical", "choices": [[1, 2], [1, 2, 2]]}),
+     "search.params.model.channel_mult.choices: choices are numbers, strings, booleans or null; [1, 2] is not"),
+    (_param("eval.num_samples", {"type": "int", "low": 8, "high": 16}),
+     "search.params.eval.num_samples: eval.* keys set a field of the evaluation setting; valid: eval.eta"),
+    (_param("eval.guidance", {"type": "float", "low": 0.0, "high": 2.0}),
+     "search.params.eval.guidance: the value 2.0 is invalid: eval.samplers.0.guidance: 2.0 needs model.conditional"),
+    (_with(objective={"metric": "fdi"}), "search.objective.0.metric: unknown metric 'fdi'; valid: class_accuracy, fid,"),
+    (_with(objective={"metric": "fid", "direction": "down"}), "search.objective.0.direction: Input should be"),
+    (_with(objective=[{"metric": "fid"}, {"metric": "fid"}]), "search.objective: each metric once"),
+    (_with(objective={"metric": "class_accuracy"}), "search.objective: class_accuracy needs model.conditional: true"),
+    (_with(sampler="annealing"), "search.sampler: unknown sampler 'annealing'; valid: bruteforce, cmaes, gp, random, tpe"),
+    (_with(pruner="patient"), "search.pruner: unknown pruner 'patient'; valid: hyperband, median, none, threshold"),
+    (_with(pruner={"name": "median", "patience": 3}),
+     "search.pruner: unknown option 'patience' for pruner median; valid: n_startup_trials, n_warmup_steps"),
+    (_with(pruner={"name": "threshold"}), "search.pruner: Either lower or upper must be specified"),
+    (_with(sampler="cmaes", objective=[{"metric": "fid"}, {"metric": "nfe"}]),
+     "search.sampler: cmaes optimizes one objective; for several use bruteforce, gp, random, tpe"),
+    (_with(sampler="bruteforce"), ": bruteforce needs finite values: give the float a step, or use int or categorical"),
+    (_with(sampler="bruteforce", n_trials=5, params={"model.channels": {"type": "categorical", "choices": [8, 16]}}),
+     "search.n_trials: 5 is more than the 2 points bruteforce can visit"),
+]
+
+
+@pytest.mark.parametrize("search,message", BAD, ids=range(len(BAD)))
+def test_bad_search_sections_are_one_line_errors(tmp_path, search, message):
+    path = _write(tmp_path)
+    spec = yaml.safe_load(path.read_text())
+    if search is None:
+        del spec["search"]
+    else:
+        spec["search"] = search
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError) as err:
+        load_sweep(path, "smoke")
+    text = str(err.value)
+    assert "\n" not in text and text.startswith(f"{path}: ") and message in text, text
+
+
+def test_other_bad_sweep_specs(tmp_path):
+    with pytest.raises(ConfigError, match="axes: a sweep has no axes"):
+        load_sweep(_write(tmp_path, axes={"grid": {"diffusion.schedule": ["linear"]}}), "smoke")
+    with pytest.raises(ConfigError, match="pruner: median prunes on periodic evaluations; set train.eval_every"):
+        load_sweep(_write(tmp_path, _with(pruner="median"), profile_set={"train.eval_every": 0}), "smoke")
+    with pytest.raises(ConfigError, match="profiles: unknown profile 'huge'; valid: smoke"):
+        load_sweep(_write(tmp_path), "huge")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    bad = _write(tmp_path, _with(sampler="annealing"))
+    assert sweep_main(parser.parse_args([str(bad), "--profile", "smoke"])) == 2
+
+
+def test_profiles_and_overrides_reach_the_search_and_the_config(tmp_path):
+    path = _write(tmp_path, profiles={"smoke": {"set": TINY, "search": {"n_trials": 5, "params": {
+        "train.lr": {"high": 1.0e-3}}}}})
+    sweep = load_sweep(path, "smoke", {"search.sampler": "tpe", "train.steps": 6})
+    assert sweep.study_name == "tiny-sweep-smoke" and sweep.search.n_trials == 5 and sweep.search.sampler == "tpe"
+    assert sweep.params["train.lr"].high == 1.0e-3 and sweep.params["train.lr"].log
+    config = sweep.resolve({"train.lr": 5.0e-4, "train.ema_decay": 0.95})
+    assert (config.train.lr, config.train.ema_decay, config.train.steps, config.train.seed) == (5.0e-4, 0.95, 6, 0)
+    assert [s.steps for s in config.eval.samplers] == [3]  # the spec's first evaluation setting
+    assert load_sweep(path, "smoke").fingerprint() != sweep.fingerprint()  # another budget, another study
+
+
+def test_eval_keys_set_the_evaluation_setting_not_the_training_config(tmp_path):
+    path = _write(tmp_path, _param("eval.steps", {"type": "int", "low": 2, "high": 5}))
+    sweep = load_sweep(path, "smoke")
+    a, b = sweep.resolve({"eval.steps": 2}), sweep.resolve({"eval.steps": 5})
+    assert [s.steps for s in a.eval.samplers] == [2] and [s.steps for s in b.eval.samplers] == [5]
+    assert a.train_hash() == b.train_hash()  # one trained model serves both
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
+def test_shipped_sweep_validates_in_every_profile(path):
+    sweeps = validate_sweep(path)
+    assert {"smoke", "quick", "full"} <= {s.profile for s in sweeps}
+    smoke = next(s for s in sweeps if s.profile == "smoke")
+    assert 2 <= smoke.search.n_trials <= 3 and smoke.base["train"]["steps"] <= 10
+
+
+# -- samplers and pruners: one row each -----------------------------------------------------------------
+
+def _toy(trial):
+    x = trial.suggest_float("x", -2, 2, step=0.5)
+    n = trial.suggest_int("n", 1, 3)
+    c = trial.suggest_categorical("c", ["a", "b"])
+    return (x - 0.5) ** 2 + n + (c == "b")
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_every_sampler_runs_a_study(name):
+    study = optuna.create_study(sampler=SAMPLERS[name](0, 6))
+    study.optimize(_toy, n_trials=6)
+    assert len(study.trials) == 6 and study.best_value >= 1
+    if name != "cmaes":
+        multi = optuna.create_study(directions=["minimize", "minimize"], sampler=SAMPLERS[name](0, 4))
+        multi.optimize(lambda t: (_toy(t), t.params["n"]), n_trials=4)
+        assert multi.best_trials
+
+
+@pytest.mark.parametrize("name", sorted(PRUNERS))
+def test_every_pruner_builds_and_judges(name):
+    options = {"threshold": {"upper": 1.0}}.get(name, {})
+    study = optuna.create_study(pruner=PRUNERS[name](TrainConfig(steps=4, eval_every=2), **options))
+    for value in [0.5] * 5 + [2.0]:  # five good trials, then one far worse at the first evaluation
+        trial = study.ask()
+        trial.report(value, 2)
+        if trial.should_prune():
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, value)
+    states = [t.state.name for t in study.trials]
+    if name in ("median", "threshold"):
+        assert states == ["COMPLETE"] * 5 + ["PRUNED"]
+    elif name == "none":
+        assert states == ["COMPLETE"] * 6
+
+
+# -- sweeps end to end ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
+def test_smoke_sweep_tracks_one_parent_and_continues_where_it_stopped(tmp_path, path):
+    uri, sweep = _uri(tmp_path), load_sweep(path, "smoke")
+    first = run_sweep(path, profile="smoke", tracking_uri=uri, overrides={"train.device": "cpu"})
+    n = first.n_trials
+    assert first.ok and [t.state for t in first.trials] == ["COMPLETE"] * n, first.worker_errors
+    assert journal_path(store_root(uri), sweep.spec.name).exists()
+    store, runs = _trial_runs(uri, sweep.spec.name, first.study_name)
+    assert len(runs) == n and {r.data.tags["mlflow.parentRunId"] for r in runs} == {first.parent_run_id}
+    run = runs[0]
+    assert {"trial", *sweep.params} == set(run.data.params)
+    assert run.data.tags[HASH] != "-" and run.data.tags["harness.trial_state"] == "COMPLETE"
+    metric = first.objective[0][0]
+    label = sweep.resolve({}).eval.samplers[0].label
+    assert metric in run.data.metrics and f"eval/{label}/{metric}" in run.data.metrics
+    first_runs = {r.info.run_id for r in runs}
+
+    again = run_sweep(path, profile="smoke", tracking_uri=uri, overrides={"train.device": "cpu", "search.n_trials": n + 1})
+    assert again.parent_run_id == first.parent_run_id  # one parent run per study
+    assert [t.number for t in again.trials] == list(range(n + 1)) and again.finished == n + 1
+    _, runs = _trial_runs(uri, sweep.spec.name, first.study_name)
+    assert len(runs) == n + 1 and first_runs < {r.info.run_id for r in runs}  # nothing ran twice
+    assert len({tuple(sorted(t.params.items())) for t in again.trials}) == n + 1  # no point sampled twice
+    best = [r for r in runs if r.data.tags.get("harness.best_trial") == "true"]
+    assert len(best) == 1 and int(best[0].data.tags["harness.trial"]) == again.best[0].number
+    parent = store.client.get_run(again.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["harness.role"] == "sweep"
+    assert parent.data.tags["harness.config_hash"] == "-" and "git.commit" in parent.data.tags
+    artifacts = {a.path for a in store.client.list_artifacts(again.parent_run_id)}
+    assert {"optimization_history.png", "param_importances.png", "trials.csv"} <= artifacts
+
+    done = run_sweep(path, profile="smoke", tracking_uri=uri, overrides={"train.device": "cpu", "search.n_trials": n + 1})
+    assert len(done.trials) == n + 1 and done.workers[0].trials == []  # finished: nothing more runs
+
+
+def test_pruned_trials_are_recorded_as_pruned(tmp_path):
+    # FID is always above 0: the threshold pruner stops every trial at its first evaluation (step 2 of 4).
+    path = _write(tmp_path, _with(pruner={"name": "threshold", "upper": 0.0}))
+    result = run_sweep(path, profile="smoke", tracking_uri=_uri(tmp_path))
+    assert [t.state for t in result.trials] == ["PRUNED", "PRUNED"] and result.ok and result.best == []
+    _, runs = _trial_runs(_uri(tmp_path), "tiny-sweep", "tiny-sweep-smoke")
+    assert {r.data.tags["harness.trial_state"] for r in runs} == {"PRUNED"}
+    assert all(r.info.status == "FINISHED" and "at step 2" in r.data.tags["harness.stopped"] for r in runs)
+    study = _study(_uri(tmp_path), "tiny-sweep", "tiny-sweep-smoke")
+    assert [list(t.intermediate_values) for t in study.trials] == [[2], [2]]
+
+
+def test_multi_objective_sweep_shares_one_model_between_eval_settings(tmp_path):
+    # Only the sampler's step count varies: one training, two evaluations; FID against NFE.
+    search = _with(params={"eval.steps": {"type": "categorical", "choices": [2, 3]}}, sampler="bruteforce",
+                   objective=[{"metric": "fid"}, {"metric": "nfe"}], pruner="median")  # no pruning with 2 objectives
+    result = run_sweep(_write(tmp_path, search), profile="smoke", tracking_uri=_uri(tmp_path))
+    assert [t.state for t in result.trials] == ["COMPLETE", "COMPLETE"] and result.ok
+    assert sorted((t.params["eval.steps"], t.values[1]) for t in result.trials) == [(2, 2.0), (3, 3.0)]
+    assert len({t.config_hash for t in result.trials}) == 1
+    assert len(list((store_root(_uri(tmp_path)) / "checkpoints").iterdir())) == 1
+    assert result.best  # the Pareto front
+    store = MlflowStore(_uri(tmp_path))
+    artifacts = {a.path for a in store.client.list_artifacts(result.parent_run_id)}
+    assert {"optimization_history_fid.png", "optimization_history_nfe.png", "pareto_front.png"} <= artifacts
+
+
+def test_two_workers_never_run_the_same_trial(tmp_path):
+    path = _write(tmp_path, _with(n_trials=3))
+    result = run_sweep(path, profile="smoke", workers=2, tracking_uri=_uri(tmp_path))
+    assert result.ok and [t.state for t in result.trials] == ["COMPLETE"] * 3  # exactly n_trials, none extra
+    ran = [w.trials for w in result.workers]
+    assert sorted(ran[0] + ran[1]) == [0, 1, 2] and not set(ran[0]) & set(ran[1])
+    _, runs = _trial_runs(_uri(tmp_path), "tiny-sweep", "tiny-sweep-smoke")
+    assert sorted(int(r.data.tags["harness.trial"]) for r in runs) == [0, 1, 2]
+    assert len({r.data.tags["harness.worker"] for r in runs}) == 2
+
+
+def test_killed_worker_does_not_leave_the_study_stuck(tmp_path):
+    slow = {"train.steps": 300, "train.eval_every": 0, "train.checkpoint_every": 20, "train.log_every": 5}
+    path = _write(tmp_path, _with(n_trials=1), profile_set=slow)
+    uri = _uri(tmp_path)
+    code = f"from harness.sweep import run_sweep; run_sweep({str(path)!r}, profile='smoke', tracking_uri={uri!r})"
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    checkpoints, deadline, killed = store_root(uri) / "checkpoints", time.time() + 240, False
+    while time.time() < deadline and proc.poll() is None:
+        if list(checkpoints.glob("*/checkpoint.pt")):
+            proc.send_signal(signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=30)
+    assert killed, proc.stderr.read().decode()[-2000:]
+    study = _study(uri, "tiny-sweep", "tiny-sweep-smoke")
+    assert [t.state.name for t in study.trials] == ["RUNNING"]  # what SIGKILL leaves
+
+    result = run_sweep(path, profile="smoke", tracking_uri=uri)
+    assert [t.state for t in result.trials] == ["FAIL", "COMPLETE"] and result.ok
+    dead, retry = result.trials
+    assert retry.params == dead.params and retry.config_hash == dead.config_hash  # resumed from its checkpoint
+    _, runs = _trial_runs(uri, "tiny-sweep", "tiny-sweep-smoke")
+    by_trial = {int(r.data.tags["harness.trial"]): r for r in runs}
+    assert by_trial[0].info.status == "FAILED" and by_trial[0].data.tags["harness.trial_state"] == "FAIL"
+    assert by_trial[1].data.tags["harness.retry_of"] == "0"
+
+
+def test_rdb_storage_with_heartbeats_and_the_slurm_executor(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", tmp_path, "tiny-sweep")
+    assert isinstance(storage, optuna.storages.RDBStorage) and storage.heartbeat_interval > 0
+    assert isinstance(storage.heartbeat_stale_trial_callback, optuna.storages.RetryHeartbeatStaleTrialCallback)
+    path = _write(tmp_path, _with(n_trials=1, pruner={"name": "threshold", "upper": 0.0}))
+    result = run_sweep(path, profile="smoke", tracking_uri=_uri(tmp_path), storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+                       executor="slurm", cluster="debug")
+    assert [t.state for t in result.trials] == ["PRUNED"] and result.storage.endswith("optuna.db")
