@@ -74,15 +74,17 @@ def cmd_run(args) -> int:
     plan = make_plan(spec, args.spec, args.profile, _overrides(args.set))
     if args.dry_run:
         return _print_plan(plan, args.tracking_uri)
-    from .runner import run_plan
-    from .tracking import MlflowStore
+    from .runner import preflight, run_plan
+    from .tracking import MlflowStore, StoreUnavailable
 
-    store = MlflowStore(args.tracking_uri)
-    print(f"{spec.name} [{plan.profile}]: {len(plan.jobs)} training jobs x {len(plan.settings)} evaluation "
-          f"settings; tracking {store.uri}")
     try:
+        preflight(plan)
+        store = MlflowStore(args.tracking_uri)
+        store.check()
+        print(f"{spec.name} [{plan.profile}]: {len(plan.jobs)} training jobs x {len(plan.settings)} "
+              f"evaluation settings; tracking {store.uri}")
         outcomes, parent = run_plan(plan, store, spec_path=args.spec, executor=args.executor, force=args.force)
-    except DataUnavailable as err:
+    except (DataUnavailable, StoreUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     failed = [o for o in outcomes if o.status == "failed"]

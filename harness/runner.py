@@ -298,9 +298,7 @@ def run_plan(plan: Plan, store: MlflowStore, *, spec_path: str, executor: str = 
     """Run every job of ``plan``; returns the outcomes and the parent run id."""
     from tqdm.auto import tqdm
 
-    from .evaluate import default_cache_dir
-    from .features import domain_classifier
-
+    preflight(plan)  # data and domain classifiers first: a missing file fails before any run exists
     exp_id = store.experiment_id(plan.spec.name)
     root = store_root(store.uri)
     close_orphaned_parents(store, exp_id, root)
@@ -313,13 +311,6 @@ def run_plan(plan: Plan, store: MlflowStore, *, spec_path: str, executor: str = 
     rows = describe(plan, store)
     parent.log_dict({"profile": plan.profile, "jobs": rows, "settings": plan.settings}, "plan.json")
     parent.log_params({"profile": plan.profile, "jobs": len(plan.jobs), "settings": len(plan.settings)})
-
-    # Build the domain classifier once, before workers start, instead of once per worker.
-    first = plan.jobs[0].config
-    from .data import load_dataset
-
-    domain_classifier(load_dataset(first.data.dataset, first.data.root, first.data.download),
-                      default_cache_dir() / "classifiers")
 
     gpus, jobs, threads = _slots(plan.spec.cpu_jobs, plan.spec.jobs_per_gpu)
     tasks = [Task(job.config.model_dump_json(), job.arm, job.seed, plan.spec.name, exp_id, parent.run_id,
@@ -359,6 +350,19 @@ def run_plan(plan: Plan, store: MlflowStore, *, spec_path: str, executor: str = 
     parent.finish("FAILED" if failed else "FINISHED")
     parent_lock.close()
     return outcomes, parent.run_id
+
+
+def preflight(plan: Plan) -> None:
+    """Load every data set the plan uses and build its domain classifier, once, before workers start.
+
+    Raises ``DataUnavailable`` (one line: which files to put where) before anything is tracked.
+    """
+    from .data import load_dataset
+    from .evaluate import default_cache_dir
+    from .features import domain_classifier
+
+    for key in {(j.config.data.dataset, j.config.data.root, j.config.data.download) for j in plan.jobs}:
+        domain_classifier(load_dataset(*key), default_cache_dir() / "classifiers")
 
 
 def hold_lock(root: Path, name: str):

@@ -125,6 +125,10 @@ class MlflowTracker:
         self.client.set_terminated(self.run_id, status=status)
 
 
+class StoreUnavailable(RuntimeError):
+    """The tracking store cannot be opened, reached or written."""
+
+
 class MlflowStore:
     """An MLflow tracking store: experiments, runs, and finding runs by config hash."""
 
@@ -132,9 +136,26 @@ class MlflowStore:
         from mlflow import MlflowClient
 
         self.uri = uri or default_tracking_uri()
+        # An unreachable server should fail in seconds, not after MLflow's minutes of retries.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         if self.uri.startswith("sqlite:///"):
-            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(self.uri.removeprefix("sqlite:///")).parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise StoreUnavailable(f"tracking store {self.uri}: cannot create {folder}: {err.strerror}") from None
+            if not os.access(folder, os.W_OK):
+                raise StoreUnavailable(f"tracking store {self.uri}: {folder} is not writable")
         self.client = MlflowClient(tracking_uri=self.uri)
+
+    def check(self) -> None:
+        """Fail fast, with one line, when the store cannot be reached or written."""
+        try:
+            self.client.search_experiments(max_results=1)
+        except Exception as err:  # noqa: BLE001 - sqlalchemy, HTTP and OS errors alike
+            reason = str(err).strip().splitlines()[-1][:300] if str(err).strip() else type(err).__name__
+            raise StoreUnavailable(f"tracking store {self.uri} is not usable: {reason}") from None
 
     def experiment_id(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
