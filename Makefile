@@ -28,8 +28,11 @@ clean-venv:
 ABLATIONS := ablation-schedules ablation-parameterization ablation-samplers ablation-guidance recognizability
 .PHONY: $(ABLATIONS) ui validate
 
+# Run the spec, then write reports/<spec>/index.html and report.md (also when some jobs failed).
 $(ABLATIONS): $(STAMP)
-	$(BIN)/harness run experiments/$@.yaml --profile $(PROFILE)
+	$(BIN)/harness run experiments/$@.yaml --profile $(PROFILE); status=$$?; \
+		[ $$status -eq 2 ] && exit 2; \
+		$(BIN)/harness report experiments/$@.yaml && exit $$status
 
 validate: $(STAMP)
 	$(BIN)/harness validate experiments/*.yaml

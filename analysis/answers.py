@@ -132,7 +132,8 @@ def arms_answer(evals: pd.DataFrame, arms: list[str], metric: str = "fid", unit:
     if beaten:
         text += "; it beats " + "; ".join(f"{c.a} by {margin_of_b(c, unit, len(comps))}" for c in beaten)
     if tied:
-        text += f"; against {', '.join(c.a for c in tied)} there is {NO_DIFFERENCE} (Holm-adjusted over {len(comps)} comparisons)"
+        text += (f"; against {', '.join(c.a for c in tied)} there is {NO_DIFFERENCE} "
+                 f"(Holm-adjusted over {len(comps)} comparisons)")
     return text
 
 
@@ -268,8 +269,11 @@ def guidance_answer(evals: pd.DataFrame) -> str:
     fid_best = estimate(e.loc[e["w"] == by_fid[0], "fid"])
     per = e.groupby("w", as_index=False, sort=False)[["fid", "class_accuracy"]].mean()
     front = ", ".join(pareto_front(per, minimize=("fid",), maximize=("class_accuracy",))["w"])
-    text = (f"class accuracy is highest at {best} ({with_ci(acc.mean, acc.low, acc.high)}); FID is lowest at "
-            f"{by_fid[0]} ({with_ci(fid_best.mean, fid_best.low, fid_best.high)})")
+    if per["class_accuracy"].nunique() == 1:  # "highest at w = 0" would crown the first of equals
+        text = f"class accuracy is {num(acc.mean)} at every w"
+    else:
+        text = f"class accuracy is highest at {best} ({with_ci(acc.mean, acc.low, acc.high)})"
+    text += f"; FID is lowest at {by_fid[0]} ({with_ci(fid_best.mean, fid_best.low, fid_best.high)})"
     if e.groupby("w")["seed"].nunique().min() < 2:
         values = "; ".join(f"{r.w}: class accuracy {num(r.class_accuracy)}, FID {num(r.fid)}" for r in per.itertuples())
         return (f"{text}. One seed only, so no tests: {values}. Pareto-optimal (FID against class accuracy): {front}")
@@ -280,6 +284,6 @@ def guidance_answer(evals: pd.DataFrame) -> str:
              f"(paired over seeds, Holm-adjusted over {len(comps)} comparisons)")
     if pick != best:
         c = compare(e, "fid", pick, best, by="w", lower_is_better=True)
-        text += (f". The smallest such weight, {pick}, gives up no significant class accuracy, and on FID "
+        text += (f". The smallest such weight, {pick}, is not significantly below {best} in class accuracy; on FID "
                  f"{comparison_sentence(c, 'FID')}")
     return f"{text}. Pareto-optimal (FID against class accuracy): {front}"

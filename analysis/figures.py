@@ -47,15 +47,17 @@ def _palette(order: list[str]) -> dict[str, tuple]:
 
 def _mean_band(ax, df: pd.DataFrame, x: str, y: str, hue: str, order: list[str], *, marker: str | None = None) -> None:
     """Mean line per ``hue`` with its 95% band over seeds (no band with one seed)."""
-    b = band(df, x, y, hue)
+    b = band(df, x, y, hue)  # the same t-intervals as the text, not seaborn's bootstrap
+    order = [o for o in order if o in set(b[hue])]
     colors = _palette(order)
+    sns.lineplot(b, x=x, y="mean", hue=hue, hue_order=order, palette=colors, marker=marker, errorbar=None,
+                 linewidth=1.6, markeredgewidth=0, ax=ax)
+    floor = b["mean"][b["mean"] > 0].min() / 2 if ax.get_yscale() == "log" else -np.inf  # a band below 0 on a log axis
     for name in order:
         part = b[b[hue] == name].sort_values(x)
-        if part.empty:
-            continue
-        ax.plot(part[x], part["mean"], label=name, color=colors[name], marker=marker, lw=1.6)
         if (part["n"] >= 2).any():
-            ax.fill_between(part[x], part["low"], part["high"], color=colors[name], alpha=0.2, lw=0)
+            ax.fill_between(part[x], part["low"].clip(lower=floor), part["high"], color=colors[name], alpha=0.2, lw=0)
+    ax.set_ylabel(y)
 
 
 def _integer_x(ax) -> None:
@@ -85,15 +87,17 @@ def loss_curves(loss: pd.DataFrame, order: list[str], *, hue: str = "arm_label")
     if loss.empty:
         return None
     fig, ax = new_figure()
-    _mean_band(ax, smooth_loss(loss), "step", "loss", hue, [o for o in order if o in set(loss[hue])])
-    _log_if_wide(ax, loss["loss"])
+    smooth = smooth_loss(loss)
+    _log_if_wide(ax, smooth["loss"])
+    _mean_band(ax, smooth, "step", "loss", hue, order)
     ax.set(xlabel="training step", ylabel="training loss (running mean)")
     _integer_x(ax)
     ax.legend(title=None, fontsize="small")
     return fig
 
 
-def bucket_losses(buckets: pd.DataFrame, order: list[str], *, hue: str = "arm_label", last: float = 0.25) -> Figure | None:
+def bucket_losses(buckets: pd.DataFrame, order: list[str], *, hue: str = "arm_label",
+                  last: float = 0.25) -> Figure | None:
     """Loss per tenth of the timestep range over the last ``last`` fraction of training, one line per arm:
     where in t each arm's remaining difficulty lies."""
     if buckets.empty:
@@ -101,8 +105,8 @@ def bucket_losses(buckets: pd.DataFrame, order: list[str], *, hue: str = "arm_la
     cutoff = buckets.groupby("run_id")["step"].transform("max") * (1 - last)
     late = buckets[buckets["step"] >= cutoff].groupby(["run_id", hue, "seed", "bucket"], as_index=False)["loss"].mean()
     fig, ax = new_figure()
-    _mean_band(ax, late, "bucket", "loss", hue, [o for o in order if o in set(late[hue])], marker="o")
     _log_if_wide(ax, late["loss"])
+    _mean_band(ax, late, "bucket", "loss", hue, order, marker="o")
     ax.set_xticks(range(10), [f"{b / 10:.1f}-{(b + 1) / 10:.1f}" for b in range(10)], fontsize="small")
     ax.set(xlabel="timestep t / T", ylabel=f"loss (mean of the last {last:.0%} of training)")
     ax.legend(title=None, fontsize="small")
@@ -120,9 +124,9 @@ def metric_curves(curves: pd.DataFrame, setting: str, metrics: tuple[str, ...], 
     axes = np.atleast_1d(axes)
     for ax, metric in zip(axes, metrics):
         m = part[part["metric"] == metric]
-        _mean_band(ax, m, "step", "value", hue, [o for o in order if o in set(m[hue])], marker="o")
         if metric in ("fid", "kid"):
             _log_if_wide(ax, m["value"])
+        _mean_band(ax, m, "step", "value", hue, order, marker="o")
         if thresholds and metric in thresholds:
             ax.axhline(thresholds[metric], color="0.4", ls="--", lw=1)
         ax.set(xlabel="training step", ylabel=metric, title=f"{metric} ({setting})")
@@ -214,11 +218,11 @@ def guidance_tradeoff(evals: pd.DataFrame, order: list[str], *, hue: str = "arm_
         return None
     arms = [o for o in order if o in set(e[hue])]
     fig, axes = new_figure(3, height=3.6)
+    _log_if_wide(axes[0], e["fid"])
     for ax, metric in zip(axes[:2], ("fid", "class_accuracy")):
         _mean_band(ax, e, "guidance", metric, hue, arms, marker="o")
         ax.set(xlabel="guidance weight w (0 = none)", ylabel=metric)
         ax.legend(title=None, fontsize="small")
-    _log_if_wide(axes[0], e["fid"])
     colors = _palette(arms)
     ax = axes[2]
     for name in arms:

@@ -30,8 +30,8 @@ SETTING_PARAMS = ("sampler", "steps", "eta", "guidance", "spacing")
 # Column order of each table (also the schema an empty table gets).
 RUN_COLUMNS = ["run_id", "config_hash", "arm", "arm_label", "seed", "status", "start", "end", "seconds", "steps",
                "batch_size", "images_seen", "num_samples", "dataset", "device", "conditional",
-               "recognizability_threshold", "recognizable_fraction", "classifier_accuracy", "final_loss", "images_per_second", "has_history",
-               "checkpoint", "commit", "parent_run_id"]
+               "recognizability_threshold", "recognizable_fraction", "classifier_accuracy", "final_loss",
+               "images_per_second", "has_history", "checkpoint", "commit", "parent_run_id"]
 EVAL_COLUMNS = ["run_id", "eval_run_id", "config_hash", "arm", "arm_label", "seed", "setting", *SETTING_PARAMS,
                 "step", "seconds", *EVAL_METRICS, "fid_inception_unavailable"]
 CURVE_COLUMNS = ["run_id", "arm", "arm_label", "seed", "step", "setting", "metric", "value"]
@@ -97,7 +97,7 @@ def load_experiment(store: MlflowStore, experiment: str, *, latest_plan: bool = 
         question=parent.data.tags.get("harness.question", "") if parent is not None else "",
         profile=parent.data.tags.get("harness.profile", "unknown") if parent is not None else "unknown",
         axes=axes, arms=arms, settings=settings,
-        runs=_with_axes(runs, runs, axes), evals=_with_axes(evals, runs, axes), curves=_with_axes(curves, runs, axes),
+        runs=runs, evals=_with_axes(evals, runs, axes), curves=_with_axes(curves, runs, axes),
         loss=loss, buckets=buckets, grids=_grids_table(runs, settings),
         parent_run_id=parent.info.run_id if parent is not None else None,
         parent_status=parent.info.status if parent is not None else None, missing=missing)
@@ -190,8 +190,8 @@ def _arm_order(plan: dict | None, runs: pd.DataFrame) -> list[str]:
 
 
 def _with_axes(df: pd.DataFrame, runs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
-    """Add the arm's axis values to a table keyed by run_id (the runs table already has them)."""
-    if df is runs or not axes:
+    """Add the arm's axis values (columns of ``runs``) to a table keyed by run_id."""
+    if not axes:
         return df
     return df.merge(runs[["run_id", *axes]], on="run_id", how="left")
 
@@ -207,7 +207,8 @@ def _setting_labels(plan: dict | None, eval_runs: list, runs: pd.DataFrame) -> l
     if plan is not None and plan.get("settings"):
         return list(dict.fromkeys(setting_label(s) for s in plan["settings"]))
     ids = set(runs["run_id"])
-    ordered = sorted((r for r in eval_runs if r.data.tags.get("mlflow.parentRunId") in ids), key=lambda r: r.info.start_time)
+    ordered = sorted((r for r in eval_runs if r.data.tags.get("mlflow.parentRunId") in ids),
+                     key=lambda r: r.info.start_time)
     return list(dict.fromkeys(setting_label(r.data.params) for r in ordered))
 
 
@@ -260,7 +261,8 @@ def _histories(store: MlflowStore, train_runs: list, runs: pd.DataFrame, setting
                     curves += [{**ident, "step": m.step, "setting": label, "metric": metric, "value": m.value}
                                for m in store.client.get_metric_history(rid, key)]
         if "train/loss" in keys:
-            loss += [{**ident, "step": m.step, "loss": m.value} for m in store.client.get_metric_history(rid, "train/loss")]
+            loss += [{**ident, "step": m.step, "loss": m.value}
+                     for m in store.client.get_metric_history(rid, "train/loss")]
         for b in range(NUM_BUCKETS):
             if f"train/loss_t{b}" in keys:
                 buckets += [{**ident, "step": m.step, "bucket": b, "loss": m.value}

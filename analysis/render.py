@@ -91,5 +91,5 @@ def to_html(doc: Document) -> str:
         body.append("</section>")
     if doc.footer:
         body.append(f"<footer><p>{e(doc.footer)}</p></footer>")
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{e(doc.title)}</title><style>{CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
+    head = f'<head><meta charset="utf-8"><title>{e(doc.title)}</title><style>{CSS}</style></head>'
+    return f'<!DOCTYPE html>\n<html lang="en">{head}\n<body>\n' + "\n".join(body) + "\n</body></html>\n"

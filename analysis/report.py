@@ -76,22 +76,22 @@ def answer(data: AblationData) -> str:
     if data.runs.empty or data.evals.empty:
         return "No finished training run with evaluations in this experiment yet, so there is no answer."
     setting = first_setting(data)
+    recognizable = _cap(recognizable_answer(recognizable_steps(data, setting), data.arms, setting)) + "."
     sentences = []
     if len(data.arms) > 1:
         at = data.evals[data.evals["setting"] == setting]
-        sentences.append(f"On FID with {setting} at the end of training, {arms_answer(at, data.arms)}.")
-        sentences.append(_cap(recognizable_answer(recognizable_steps(data, setting), data.arms, setting)) + ".")
+        sentences += [f"On FID with {setting} at the end of training, {arms_answer(at, data.arms)}.", recognizable]
     if varies_guidance(data):
         fam = guidance_family(data)
         for arm in [a for a in data.arms if a in set(fam["arm_label"])]:
-            prefix = f"For {arm}, c" if len(data.arms) > 1 else "C"
-            sentences.append(prefix + guidance_answer(fam[fam["arm_label"] == arm])[1:] + ".")
+            words = guidance_answer(fam[fam["arm_label"] == arm])
+            sentences.append((f"For {arm}: {words}" if len(data.arms) > 1 else _cap(words)) + ".")
     if varies_sampler(data) and len(data.arms) == 1:
         sentences.append(_cap(settings_answer(sampler_family(data))) + ".")
     if len(data.arms) == 1 and not varies_guidance(data) and not varies_sampler(data):
         e = estimate(data.evals.loc[data.evals["setting"] == setting, "fid"])
-        sentences.append(f"There is one arm and one setting, so nothing is compared: FID {with_ci(e.mean, e.low, e.high)} "
-                         f"with {setting}. " + _cap(recognizable_answer(recognizable_steps(data, setting), data.arms, setting)) + ".")
+        sentences += [f"There is one arm and one setting, so nothing is compared: FID "
+                      f"{with_ci(e.mean, e.low, e.high)} with {setting}.", recognizable]
     sentences.append(budget_sentence(data))
     if data.profile == "smoke":
         sentences.append("This is the smoke profile: its numbers check that the pipeline runs end to end and say "
@@ -103,6 +103,10 @@ def _cap(s: str) -> str:
     return s[:1].upper() + s[1:]
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def budget_sentence(data: AblationData) -> str:
     r, e = data.runs, data.evals
     seeds = sorted(set(r["seed"]))
@@ -110,8 +114,8 @@ def budget_sentence(data: AblationData) -> str:
     samples = (f"FID from {int(gen.iloc[0]):,} generated against {int(ref.iloc[0]):,} real images"
                if len(gen) and len(ref) else "FID sample counts not logged")
     return (f"Budget: the {data.profile} profile, {_steps(r)} training steps x {_one(r['batch_size'])} images = "
-            f"{_one(r['images_seen'])} images seen per run, {len(r)} training run{'s' if len(r) != 1 else ''} ({len(data.arms)} arm"
-            f"{'s' if len(data.arms) != 1 else ''} x seed{'s' if len(seeds) != 1 else ''} {', '.join(map(str, seeds))}, "
+            f"{_one(r['images_seen'])} images seen per run, {_plural(len(r), 'training run')} "
+            f"({_plural(len(data.arms), 'arm')} x seed{'s' if len(seeds) != 1 else ''} {', '.join(map(str, seeds))}, "
             f"{duration(r['seconds'].sum())} of training-run wall time); {samples}, in the feature space of a domain "
             f"classifier, not InceptionV3.")
 
@@ -135,6 +139,14 @@ def _steps(runs: pd.DataFrame) -> str:
 
 
 # -- evidence -----------------------------------------------------------------------------------------
+
+CELL_CAPTION = "Mean over seeds [95% CI] where there are 2+ seeds."
+
+
+def cell(mean: float, low: float, high: float) -> str:
+    """A table cell: '51.0 [48.5, 53.5]', or the bare mean without an interval."""
+    return f"{num(mean)} [{num(low)}, {num(high)}]" if math.isfinite(low) else num(mean)
+
 
 def setup_section(data: AblationData) -> Section:
     r, e = data.runs, data.evals
@@ -205,13 +217,13 @@ def comparison_section(data: AblationData) -> Section | None:
         for c in compare_to_reference(at, metric, best, [a for a in data.arms if a != best and a in means.index],
                                       lower_is_better=lower):
             verdict = ("one seed: no test" if c.test == "none" else f"{c.winner} better" if c.winner else NO_DIFFERENCE)
-            rows.append([metric, f"{c.a} - {c.b}", with_ci(c.diff.mean, c.diff.low, c.diff.high), c.test,
+            rows.append([metric, f"{c.a} - {c.b}", cell(c.diff.mean, c.diff.low, c.diff.high), c.test,
                          "" if math.isnan(c.p) else f"{c.p:.3g}", verdict])
     s.paragraphs.append("Each row compares the arm with the best mean on that metric (second) with another arm (first): "
                         "the difference of means over seeds with its 95% interval, a paired t-test where both arms "
                         "have the same seeds (else Welch's), p Holm-adjusted per metric. A winner is named only when "
                         "p < 0.05 and the interval excludes zero. Lower is better for FID and KID, higher for the rest.")
-    s.tables.append(Table(["metric", "difference", "value (95% CI)", "test", "p", "verdict"], rows))
+    s.tables.append(Table(["metric", "arms", "difference [95% CI]", "test", "p", "verdict"], rows))
     return s
 
 
@@ -222,15 +234,18 @@ def settings_section(data: AblationData) -> Section | None:
     s = Section("Sampler settings: quality against network evaluations")
     front = settings_front(fam)
     s.paragraphs.append("Pareto front (no setting is both cheaper and better): "
-                        + "; ".join(f"{r.setting} ({num(r.nfe)} NFE, FID {num(r.fid)})" for r in front.itertuples()) + ".")
+                        + "; ".join(f"{r.setting} ({num(r.nfe)} NFE, FID {num(r.fid)})" for r in front.itertuples())
+                        + ".")
     summary = summarize(fam, "fid", ["setting", "arm_label"])
     nfe = fam.groupby("setting")["nfe"].mean()
-    rows = [[r.setting, r.arm_label, num(nfe[r.setting]), with_ci(r.mean, r.low, r.high), r.n] for r in summary.itertuples()]
-    s.tables.append(Table(["setting", "arm", "NFE", "FID (95% CI)", "seeds"], rows))
+    rows = [[r.setting, r.arm_label, num(nfe[r.setting]), cell(r.mean, r.low, r.high), r.n]
+            for r in summary.itertuples()]
+    s.tables.append(Table(["setting", "arm", "NFE", "FID", "seeds"], rows, CELL_CAPTION))
     fig = figures.fid_vs_nfe(fam)
     if fig is not None:
         s.pictures.append(Picture("fid_vs_nfe", "FID against network evaluations per sample (log scale), one line per "
-                                  "sampler; error bars: 95% CI over seeds; dashed: the Pareto front.", figures.to_png(fig)))
+                                  "sampler; error bars: 95% CI over seeds; dashed: the Pareto front.",
+                                  figures.to_png(fig)))
     return s
 
 
@@ -242,11 +257,10 @@ def guidance_section(data: AblationData) -> Section | None:
     metrics = ("class_accuracy", "fid", "recognizability")
     tables = [summarize(fam, m, ["arm_label", "guidance"]).set_index(["arm_label", "guidance"]) for m in metrics]
     rows = [[arm, f"{w:g}", int(tables[0].at[(arm, w), "n"])]
-            + [with_ci(*t.loc[(arm, w), ["mean", "low", "high"]]) if (arm, w) in t.index else "" for t in tables]
+            + [cell(*t.loc[(arm, w), ["mean", "low", "high"]]) if (arm, w) in t.index else "" for t in tables]
             for arm, w in tables[0].index]
     s.paragraphs.append("w = 0 is no guidance; the guided output is (1 + w) cond - w uncond.")
-    s.tables.append(Table(["arm", "w", "seeds", *metrics], rows, "Mean over seeds, 95% CI in parentheses where there "
-                                                                  "are 2+ seeds."))
+    s.tables.append(Table(["arm", "w", "seeds", *metrics], rows, CELL_CAPTION))
     fig = figures.guidance_tradeoff(fam, data.arms)
     if fig is not None:
         s.pictures.append(Picture("guidance", "FID and class accuracy against the guidance weight w (bands: 95% CI over "
@@ -262,10 +276,9 @@ def final_metrics_section(data: AblationData) -> Section | None:
     tables = {m: summarize(data.evals, m, ["setting", "arm_label"]).set_index(["setting", "arm_label"]) for m in metrics}
     keys = tables[metrics[0]].index
     rows = [[setting, arm, int(tables[metrics[0]].at[(setting, arm), "n"])]
-            + [with_ci(*tables[m].loc[(setting, arm), ["mean", "low", "high"]]) if (setting, arm) in tables[m].index else ""
-               for m in metrics] for setting, arm in keys]
-    s.tables.append(Table(["setting", "arm", "seeds", *metrics], rows,
-                          "Mean over seeds at the last training step, 95% CI in parentheses where there are 2+ seeds."))
+            + [cell(*tables[m].loc[(setting, arm), ["mean", "low", "high"]])
+               if (setting, arm) in tables[m].index else "" for m in metrics] for setting, arm in keys]
+    s.tables.append(Table(["setting", "arm", "seeds", *metrics], rows, "At the last training step. " + CELL_CAPTION))
     return s
 
 
@@ -299,10 +312,9 @@ def progress_section(data: AblationData) -> Section | None:
     s = Section(f"Quality over training ({setting})")
     steps = recognizable_steps(data, setting)
     s.paragraphs.append(_cap(recognizable_answer(steps, data.arms, setting)) + ".")
-    hue = "arm_label"
-    metrics = ("fid", "recognizability", "class_accuracy") if data.runs["conditional"].any() else ("fid", "recognizability")
+    metrics = ("fid", "recognizability") + (("class_accuracy",) if data.runs["conditional"].any() else ())
     threshold = float(data.runs["recognizable_fraction"].iloc[0])
-    fig = figures.metric_curves(data.curves, setting, metrics, data.arms, hue=hue, thresholds={"recognizability": threshold})
+    fig = figures.metric_curves(data.curves, setting, metrics, data.arms, thresholds={"recognizability": threshold})
     if fig is not None:
         s.pictures.append(Picture("quality_over_training", f"Metrics of the periodic evaluations with {setting}; bands: "
                                   f"95% CI over seeds; dashed: the recognizability threshold {threshold:g}.",
@@ -321,7 +333,8 @@ def samples_section(data: AblationData) -> Section | None:
     fig = figures.sample_strip(data.grids, setting, data.arms)
     if fig is not None:
         s.pictures.append(Picture("samples_over_training", f"Samples with {setting} at evaluation steps over training, "
-                                  "one row per arm (lowest seed); the same noise x_T in every frame.", figures.to_png(fig)))
+                                  "one row per arm (lowest seed); the same noise x_T in every frame.",
+                                  figures.to_png(fig)))
     if len(data.settings) > 1:
         fig = figures.final_samples(data.grids, data.settings, data.arms)
         if fig is not None:

@@ -156,7 +156,8 @@ def _welch(xa: np.ndarray, xb: np.ndarray, rng: np.random.Generator | None) -> E
         draws = (xa[rng.integers(0, na, (BOOTSTRAP_DRAWS, na))].mean(axis=1)
                  - xb[rng.integers(0, nb, (BOOTSTRAP_DRAWS, nb))].mean(axis=1))
         tail = (1 - CONFIDENCE) / 2
-        return Estimate(min(na, nb), mean, float(np.quantile(draws, tail)), float(np.quantile(draws, 1 - tail)), "bootstrap")
+        low, high = np.quantile(draws, [tail, 1 - tail])
+        return Estimate(min(na, nb), mean, float(low), float(high), "bootstrap")
     va, vb = xa.var(ddof=1) / na, xb.var(ddof=1) / nb
     se = math.sqrt(va + vb)
     if se == 0:

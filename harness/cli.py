@@ -118,6 +118,34 @@ def _default_store_exists() -> bool:
     return not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).exists()
 
 
+def cmd_report(args) -> int:
+    from .tracking import MlflowStore, StoreUnavailable
+
+    if not args.spec and not args.experiment:
+        raise ConfigError("report: give a SPEC file or --experiment NAME")
+    name = args.experiment
+    if args.spec:
+        from .spec import load_spec
+
+        name = load_spec(args.spec).name
+    try:
+        store = MlflowStore(args.tracking_uri)
+        store.check()
+    except StoreUnavailable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if store.client.get_experiment_by_name(name) is None:
+        print(f"error: no experiment {name!r} in {store.uri}; run the spec first", file=sys.stderr)
+        return 2
+    from analysis.report import log_report, write_report
+
+    out = Path(args.out) if args.out else REPO / "reports" / name
+    paths = write_report(store, name, out, spec_path=args.spec)
+    run_id = log_report(store, name, paths)
+    print(f"report: {paths.html}\n        {paths.md}\n(also logged to run {run_id})")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import main as bench_main
 
@@ -147,6 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="retrain jobs that already finished")
     r.add_argument("--dry-run", action="store_true", help="print the plan and what is already done, run nothing")
     r.set_defaults(func=cmd_run)
+
+    rep = sub.add_parser("report", help="write the report that answers a spec's question from MLflow")
+    rep.add_argument("spec", nargs="?", help="the spec file (its name is the experiment)")
+    rep.add_argument("--experiment", help="an experiment name instead of a spec file")
+    rep.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlruns/mlflow.db)")
+    rep.add_argument("--out", metavar="DIR", help="output directory (default: reports/<experiment>)")
+    rep.set_defaults(func=cmd_report)
 
     b = sub.add_parser("bench", help="measure training, sampling and evaluation speed on this machine")
     b.add_argument("--quick", action="store_true", help="fewer steps and samples (about a minute on 2 CPU cores)")

@@ -138,8 +138,13 @@ class SamplerSetting(Section):
 
     @property
     def label(self) -> str:
-        """A short name such as ``ddim-50-eta0-w2``."""
-        return f"{self.sampler}-{self.steps}-eta{self.eta:g}-w{self.guidance:g}"
+        """A short unique name such as ``ddim-50-eta0-w2`` (spacing and variance only when not default)."""
+        label = f"{self.sampler}-{self.steps}-eta{self.eta:g}-w{self.guidance:g}"
+        if self.spacing != "trailing":
+            label += f"-{self.spacing}"
+        if self.variance != "fixed_small":
+            label += f"-{self.variance}"
+        return label
 
 
 class EvalConfig(Section):

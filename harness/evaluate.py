@@ -121,7 +121,8 @@ class Evaluator:
         results = []
         for setting in self.config.eval.samplers:
             result, grid = self.evaluate_setting(model, setting, step=step, final=final)
-            numbers = {k: v for k, v in result.items() if isinstance(v, (int, float)) and k != "step"}
+            numbers = {k: v for k, v in result.items()
+                       if isinstance(v, (int, float)) and k not in ("step", "steps", "eta", "guidance")}
             tracker.log_metrics({f"eval/{setting.label}/{k}": v for k, v in numbers.items()}, step=step)
             tracker.log_image(grid, key=f"samples/{setting.label}", step=step)
             if self.out_dir is not None:

@@ -108,14 +108,14 @@ def run_task(task: Task) -> Outcome:
         state, run, done = job_state(store, task.experiment_id, config)
         if task.force and state != "new":
             state, run, done = "new", None, set()
-            shutil.rmtree(root / "checkpoints" / h, ignore_errors=True)
+            shutil.rmtree(root / "checkpoints" / task.spec_name / h, ignore_errors=True)
         tracker = None
         try:
             from .data import load_dataset
-            from .evaluate import Evaluator
+            from .evaluate import Evaluator, save_png
             from .train import train
 
-            run_dir = root / "checkpoints" / h
+            run_dir = root / "checkpoints" / task.spec_name / h  # "never twice" holds per experiment
             missing = [s for s in config.eval.samplers if setting_key(s.model_dump()) not in done]
             if state == "done":
                 out.run_id = run.info.run_id
@@ -131,11 +131,15 @@ def run_task(task: Task) -> Outcome:
                     tracker = store.start_run(task.experiment_id, f"train-{h}", parent=task.parent_run_id, tags={
                         ROLE: "train", HASH: h, SPEC: task.spec_name, COMMIT: commit,
                         "harness.arm": ", ".join(f"{k}={v}" for k, v in task.arm.items()) or "base",
-                        "harness.seed": task.seed, "harness.checkpoint": str(run_dir / "checkpoint.pt")})
+                        "harness.seed": task.seed, "harness.checkpoint": str(run_dir / "checkpoint.pt"),
+                        "harness.device": str(device)})
                     tracker.log_params(config.flat())
                     tracker.log_dict(config.to_dict(), "config.json")
                 result = train(config, tracker, run_dir=run_dir, data=data, evaluator=evaluator, progress=False)
-                tracker.log_metrics({"classifier_accuracy": evaluator.classifier_accuracy})
+                summary = {"classifier_accuracy": evaluator.classifier_accuracy}
+                if result.recognizable_at_step is not None:
+                    summary["recognizable_at_step"] = result.recognizable_at_step
+                tracker.log_metrics(summary)
                 tracker.finish("FINISHED")
                 out.status, out.run_id = "trained", tracker.run_id
                 finals = {setting_key(e): e for e in result.final_evals()}
@@ -145,7 +149,8 @@ def run_task(task: Task) -> Outcome:
             for setting in missing:
                 result = finals.get(setting_key(setting.model_dump()))
                 if result is None:
-                    result, _ = evaluator.evaluate_setting(model, setting, step=config.train.steps, final=True)
+                    result, grid = evaluator.evaluate_setting(model, setting, step=config.train.steps, final=True)
+                    save_png(grid, run_dir / "grids" / setting.label / f"step_{config.train.steps:07d}.png")
                 _log_eval(store, task, out.run_id, h, setting, result)
                 out.evals.append(result)
         except BaseException as err:  # noqa: BLE001 - a failed job must not take the others down

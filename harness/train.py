@@ -240,7 +240,8 @@ def train(
         classifier_accuracy=evaluator.classifier_accuracy,
         recognizable_at_step=recognizable_at_step(evals, config.eval.recognizable_fraction),
     )
-    tracker.log_metrics({"train/final_loss": last_loss, "train/images_per_second_mean": result.images_per_second})
+    tracker.log_metrics({"train/final_loss": last_loss, "train/images_per_second_mean": result.images_per_second,
+                         "train/seconds": seconds})  # training alone, without evaluations and checkpoints
     return result
 
 

@@ -10,10 +10,16 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 import pytest  # noqa: E402
 
 
+CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "tests")
+
+
 @pytest.fixture(scope="session", autouse=True)
-def harness_cache(tmp_path_factory):
-    """One cache of domain classifiers and reference statistics for the session, outside the repo."""
-    path = tmp_path_factory.getbasetemp() / "harness-cache"
-    os.environ["HARNESS_CACHE_DIR"] = str(path)
-    yield path
+def harness_cache():
+    """Domain classifiers and reference statistics, kept between sessions in .cache/tests (git-ignored).
+
+    The cache is keyed by content (data fingerprint, classifier weights), so sharing it is safe; tests
+    that must see a cold cache use their own tmp directory.
+    """
+    os.environ["HARNESS_CACHE_DIR"] = CACHE
+    yield CACHE
     os.environ.pop("HARNESS_CACHE_DIR", None)

@@ -11,7 +11,7 @@ from analysis.answers import NO_DIFFERENCE
 from analysis.load import (BUCKET_COLUMNS, CURVE_COLUMNS, EVAL_COLUMNS, GRID_COLUMNS, LOSS_COLUMNS, RUN_COLUMNS,
                            AblationData)
 from analysis.render import to_html, to_markdown
-from analysis.report import build_document
+from analysis.report import answer, build_document, guidance_section, settings_section
 
 LABEL = re.compile(r"(\w+)-(\d+)-eta([\d.]+)-w([\d.]+)")
 STEPS = (500, 1000, 1500, 2000)
@@ -56,7 +56,7 @@ def fixture_data(tmp_path, final: dict, *, axis="diffusion.schedule", rec_at=Non
                     Image.fromarray(rng.integers(0, 255, (62, 122, 3), dtype=np.uint8)).save(path)
                     grids.append({"run_id": rid, "arm": tag, "arm_label": arm, "seed": seed, "setting": setting,
                                   "step": step, "path": str(path)})
-            for step in range(1, 2001):
+            for step in range(5, 2001, 5):
                 loss.append({"run_id": rid, "arm": tag, "arm_label": arm, "seed": seed, "step": step,
                              "loss": 1.0 / np.sqrt(step) + 0.01 * rng.standard_normal()})
             for step in range(100, 2001, 100):
@@ -75,10 +75,17 @@ def fixture_data(tmp_path, final: dict, *, axis="diffusion.schedule", rec_at=Non
 S = "ddim-50-eta0-w0"
 
 
-def test_clear_winner_answer_and_recognizable_steps(tmp_path):
-    data = fixture_data(tmp_path, {("linear", S): {"fid": [55.0, 56.5, 54.8]}, ("cosine", S): {"fid": [50.0, 52.0, 51.0]}},
+@pytest.fixture(scope="module")
+def clear(tmp_path_factory):
+    """Two arms, three seeds, cosine clearly better; the whole document, figures included (built once)."""
+    data = fixture_data(tmp_path_factory.mktemp("clear"), {("linear", S): {"fid": [55.0, 56.5, 54.8]},
+                                                           ("cosine", S): {"fid": [50.0, 52.0, 51.0]}},
                         rec_at={"linear": 1500, "cosine": 1000})
-    doc = build_document(data)
+    return build_document(data)
+
+
+def test_clear_winner_answer_and_recognizable_steps(clear):
+    doc = clear
     assert doc.question == "Does cosine beat linear?"
     assert "cosine beats linear by 4.43 FID (95% CI 2.94 to 5.93, 3 seeds, paired t-test p = 0.0061)" in doc.answer
     assert ("at step 1,000 (all 3 seeds) with cosine; at step 1,500 (all 3 seeds) with linear; cosine is sooner in "
@@ -95,49 +102,50 @@ def test_clear_winner_answer_and_recognizable_steps(tmp_path):
 
 
 def test_tie_and_never_recognizable(tmp_path):
-    data = fixture_data(tmp_path, {("linear", S): {"fid": [51.0, 50.5, 52.2]}, ("cosine", S): {"fid": [50.0, 52.0, 51.0]}},
+    data = fixture_data(tmp_path, {("linear", S): {"fid": [51.0, 50.5, 52.2]},
+                                   ("cosine", S): {"fid": [50.0, 52.0, 51.0]}},
                         rec_at={"linear": None, "cosine": 2000})
-    answer = build_document(data).answer
-    assert f"{NO_DIFFERENCE} between" in answer and "beats" not in answer
-    assert "not within this budget with linear" in answer and "at step 2,000 (all 3 seeds) with cosine" in answer
+    words = answer(data)
+    assert f"{NO_DIFFERENCE} between" in words and "beats" not in words
+    assert "not within this budget with linear" in words and "at step 2,000 (all 3 seeds) with cosine" in words
 
 
 def test_one_seed_says_so(tmp_path):
     data = fixture_data(tmp_path, {("linear", S): {"fid": [55.0]}, ("cosine", S): {"fid": [50.0]}},
                         rec_at={"linear": 1000, "cosine": 1000})
-    answer = build_document(data).answer
-    assert "with one seed per arm there is no interval and no test" in answer and "beats" not in answer
-    assert "both reach it at the same evaluation (one seed: an observation, not a test)" in answer
+    words = answer(data)
+    assert "with one seed per arm there is no interval and no test" in words and "beats" not in words
+    assert "both reach it at the same evaluation (one seed: an observation, not a test)" in words
 
 
 def test_guidance_tradeoff_answer(tmp_path):
     acc = {0: [0.60, 0.62, 0.61], 1: [0.80, 0.82, 0.81], 2: [0.90, 0.93, 0.91], 4: [0.91, 0.92, 0.93]}
     fid = {0: [10.0, 10.5, 10.2], 1: [11.0, 11.2, 11.4], 2: [14.0, 14.5, 14.1], 4: [20.0, 21.0, 20.4]}
     final = {("base", f"ddim-50-eta0-w{w}"): {"fid": fid[w], "class_accuracy": acc[w]} for w in acc}
-    doc = build_document(fixture_data(tmp_path, final, conditional=True, question="Which w?"))
-    assert "Class accuracy is highest at w = 4 (0.92 (95% CI" in doc.answer
-    assert "FID is lowest at w = 0" in doc.answer
-    assert f"Weights with {NO_DIFFERENCE} in class accuracy from w = 4: w = 2" in doc.answer
-    assert "The smallest such weight, w = 2, gives up no significant class accuracy" in doc.answer
-    assert "w = 4 beats w = 2 by" not in doc.answer and "w = 2 beats w = 4 by 6.27 FID" in doc.answer
-    assert "Pareto-optimal (FID against class accuracy): w = 0, w = 1, w = 2, w = 4" in doc.answer
-    assert "guidance" in {p.name for s in doc.sections for p in s.pictures}
+    data = fixture_data(tmp_path, final, conditional=True, question="Which w?")
+    words = answer(data)
+    assert "Class accuracy is highest at w = 4 (0.92 (95% CI" in words
+    assert "FID is lowest at w = 0" in words
+    assert f"Weights with {NO_DIFFERENCE} in class accuracy from w = 4: w = 2" in words
+    assert "The smallest such weight, w = 2, is not significantly below w = 4 in class accuracy; on FID" in words
+    assert "w = 4 beats w = 2 by" not in words and "w = 2 beats w = 4 by 6.27 FID" in words
+    assert "Pareto-optimal (FID against class accuracy): w = 0, w = 1, w = 2, w = 4" in words
+    assert [p.name for p in guidance_section(data).pictures] == ["guidance"]
 
 
 def test_sampler_settings_answer(tmp_path):
     final = {("base", "ddpm-1000-eta0-w0"): {"fid": [10.0, 11.0, 10.5]},
              ("base", "ddim-50-eta0-w0"): {"fid": [10.2, 10.9, 10.8]},
              ("base", "ddim-10-eta0-w0"): {"fid": [20.0, 22.0, 21.0]}}
-    doc = build_document(fixture_data(tmp_path, final, question="How much does each sampler lose?"))
-    assert doc.answer.startswith("Against the most expensive setting, ddpm-1000-eta0-w0 (1,000 NFE; FID 10.5, 95% CI")
-    assert "ddim eta=0: no significant loss down to 50 NFE; worse at 10 NFE by 10.5 FID (95% CI" in doc.answer
-    assert "fid_vs_nfe" in {p.name for s in doc.sections for p in s.pictures}
+    data = fixture_data(tmp_path, final, question="How much does each sampler lose?")
+    words = answer(data)
+    assert words.startswith("Against the most expensive setting, ddpm-1000-eta0-w0 (1,000 NFE; FID 10.5, 95% CI")
+    assert "ddim eta=0: no significant loss down to 50 NFE; worse at 10 NFE by 10.5 FID (95% CI" in words
+    assert [p.name for p in settings_section(data).pictures] == ["fid_vs_nfe"]
 
 
-def test_pages_are_self_contained(tmp_path):
-    data = fixture_data(tmp_path, {("linear", S): {"fid": [55.0, 56.5, 54.8]}, ("cosine", S): {"fid": [50.0, 52.0, 51.0]}},
-                        rec_at={"linear": 1500, "cosine": 1000})
-    doc = build_document(data)
+def test_pages_are_self_contained(clear):
+    doc = clear
     html, md = to_html(doc), to_markdown(doc)
     links = re.findall(r"""(?:src|href)\s*=\s*["']?([^"' >]*)""", html)
     assert links and all(link.startswith("data:image/png;base64,") for link in links) and "url(" not in html

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from analysis.load import BUCKET_COLUMNS, CURVE_COLUMNS, EVAL_COLUMNS, GRID_COLUMNS, LOSS_COLUMNS, RUN_COLUMNS, load_experiment
+from analysis.load import (BUCKET_COLUMNS, CURVE_COLUMNS, EVAL_COLUMNS, GRID_COLUMNS, LOSS_COLUMNS, RUN_COLUMNS,
+                           load_experiment)
 from analysis.report import log_report, write_report
 from harness.runner import run_plan
 from harness.spec import load_spec, make_plan
@@ -24,7 +25,8 @@ CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/ch
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     store = MlflowStore(f"sqlite:///{tmp_path_factory.mktemp('analysis') / 'mlflow.db'}")
-    plan = make_plan(load_spec(SPEC), str(SPEC), "smoke", {"train.device": "cpu"})
+    spec = load_spec(SPEC).model_copy(update={"cpu_jobs": 1})  # in this process: no worker start-up to pay for
+    plan = make_plan(spec, str(SPEC), "smoke", {"train.device": "cpu"})
     outcomes, _ = run_plan(plan, store, spec_path=str(SPEC), quiet=True)
     assert [o.status for o in outcomes] == ["trained", "trained"], [o.error for o in outcomes]
     # A second launch trains nothing: its parent has no training children, so loading by parent would find nothing.
@@ -105,11 +107,12 @@ def test_report_renders_in_headless_chromium(report, tmp_path_factory):
              f"--user-data-dir={out / 'profile'}"]
     url = report.html.resolve().as_uri()
     shot = out / "report.png"
-    subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1200,3000", url], capture_output=True, timeout=120)
+    run = subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1200,3000", url], capture_output=True,
+                         text=True, timeout=120)
     print(f"\nscreenshot of the report: {shot}")
-    assert shot.exists() and shot.stat().st_size > 20_000
+    assert shot.exists() and shot.stat().st_size > 20_000, run.stderr[-2000:]
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
-    assert pixels.shape == (3000, 1200) and pixels.std() > 10 and (pixels < 200).mean() > 0.02  # text and figures
+    assert pixels.shape[1] >= 1200 and pixels.std() > 10 and (pixels < 200).mean() > 0.02  # text and figures
 
     dom = subprocess.run(flags + ["--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
     images = re.findall(r"<img\b[^>]*>", dom)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 import yaml
 
@@ -26,6 +27,7 @@ def _harness(*args):
     return [sys.executable, "-m", "harness.cli", *args]
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_finishes_one_run_per_hash(tmp_path):
     spec_path = tmp_path / "crash.yaml"
     spec_path.write_text(yaml.safe_dump(SPEC))

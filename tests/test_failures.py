@@ -95,6 +95,7 @@ def test_training_resumes_from_the_checkpoint_that_survived(tmp_path, monkeypatc
     assert result.steps == 12
 
 
+@pytest.mark.slow
 def test_two_launches_train_each_config_once(tmp_path):
     path = _spec(tmp_path, name="twice")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

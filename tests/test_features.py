@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 import warnings
 
 import pytest
@@ -19,7 +20,7 @@ def mnist_5k():
 @pytest.fixture(scope="module")
 def clf(mnist_5k, tmp_path_factory) -> DomainClassifier:
     # One cache directory for the whole session: test_metrics.py loads what this trains, and vice versa.
-    return domain_classifier(mnist_5k, tmp_path_factory.getbasetemp() / "harness-cache" / "classifiers")
+    return domain_classifier(mnist_5k, Path(os.environ["HARNESS_CACHE_DIR"]) / "classifiers")
 
 
 @pytest.fixture(scope="module")

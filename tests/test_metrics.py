@@ -1,4 +1,6 @@
+import os
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +20,7 @@ def mnist_5k():
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
     # Shared with test_features.py, so the classifier is trained once per session.
-    return tmp_path_factory.getbasetemp() / "harness-cache" / "classifiers"
+    return Path(os.environ["HARNESS_CACHE_DIR"]) / "classifiers"
 
 
 @pytest.fixture(scope="module")
