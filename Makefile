@@ -34,6 +34,17 @@ $(ABLATIONS): $(STAMP)
 		[ $$status -eq 2 ] && exit 2; \
 		$(BIN)/harness report experiments/$@.yaml && exit $$status
 
+# An Optuna sweep: `make sweep PROFILE=smoke WORKERS=2`; run it again to continue the same study.
+WORKERS ?= 1
+.PHONY: sweep dashboard
+sweep: $(STAMP)
+	$(BIN)/harness sweep experiments/sweep-lr-ema.yaml --profile $(PROFILE) --workers $(WORKERS)
+
+# optuna-dashboard on the sweep's journal storage, if installed (pip install optuna-dashboard).
+dashboard: $(STAMP)
+	@test -x $(BIN)/optuna-dashboard || { echo "optuna-dashboard is not installed: $(BIN)/pip install optuna-dashboard"; exit 2; }
+	$(BIN)/optuna-dashboard --host 127.0.0.1 --port 8080 mlruns/optuna/sweep-lr-ema.log
+
 validate: $(STAMP)
 	$(BIN)/harness validate experiments/*.yaml
 

@@ -56,7 +56,13 @@ def _overrides(items: list[str]) -> dict:
 def cmd_validate(args) -> int:
     from .spec import load_spec, make_plan
 
+    from .sweep import is_sweep_spec, validate_sweep
+
     for path in args.specs:
+        if is_sweep_spec(path):
+            validate_sweep(path)
+            print(f"{path}: ok (sweep)")
+            continue
         spec = load_spec(path)
         sizes = []
         for profile in [None, *spec.profiles]:
@@ -146,6 +152,12 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from .sweep import sweep_main
+
+    return sweep_main(args)
+
+
 def cmd_bench(args) -> int:
     from .bench import main as bench_main
 
@@ -182,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlruns/mlflow.db)")
     rep.add_argument("--out", metavar="DIR", help="output directory (default: reports/<experiment>)")
     rep.set_defaults(func=cmd_report)
+
+    sw = sub.add_parser("sweep", help="an Optuna sweep over a spec's search section, trials tracked in MLflow")
+    from .sweep import add_arguments
+
+    add_arguments(sw)
+    sw.set_defaults(func=cmd_sweep)
 
     b = sub.add_parser("bench", help="measure training, sampling and evaluation speed on this machine")
     b.add_argument("--quick", action="store_true", help="fewer steps and samples (about a minute on 2 CPU cores)")

@@ -9,7 +9,8 @@ evaluation. This is the only module that imports optuna.
 
 Keys under ``eval.`` (``eval.guidance``, ``eval.steps``, ...) set a field of that evaluation setting,
 not of the training configuration: they leave the config hash unchanged, so trials that differ only
-in them share one trained model (``<store root>/checkpoints/<config hash>``) and only sample anew.
+in them share one trained model (``<store root>/checkpoints/<spec name>/<config hash>``) and only
+sample anew.
 
 Workers (local processes or a Slurm job array) all pull trials from one Optuna storage: by default a
 journal file ``<store root>/optuna/<spec name>.log`` (processes on one machine), or any RDB URL
@@ -24,12 +25,10 @@ import hashlib
 import importlib.util
 import inspect
 import json
-import math
 import os
 import socket
 import sys
 import tempfile
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,13 +39,13 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import FrozenTrial, TrialState
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .config import Config, ConfigError, SamplerSetting, TrainConfig, build_config, format_validation_error, merge, \
     parse_override, read_yaml, set_dotted
 from .runner import hold_lock, job_lock, store_root
 from .spec import Axes, Spec, make_plan
-from .tracking import COMMIT, HASH, ROLE, SPEC, MlflowStore, MlflowTracker, git_state
+from .tracking import COMMIT, HASH, ROLE, SPEC, MlflowStore, MlflowTracker, StoreUnavailable, git_state
 
 STUDY, TRIAL, STATE, BEST = "harness.study", "harness.trial", "harness.trial_state", "harness.best_trial"
 HEARTBEAT_SECONDS, GRACE_SECONDS = 60, 180  # RDB storage: a trial silent for 3 minutes is stale
@@ -290,7 +289,7 @@ class Sweep:
         # Optuna's pruners compare one reported value; multi-objective studies do not prune.
         return not self.multi_objective and self.search.pruner_name != "none"
 
-    def resolve(self, params: dict[str, Any], device: str | None = None) -> Config:
+    def resolve(self, params: dict[str, Any], device: str | None = None, where: str | None = None) -> Config:
         """The training configuration of one trial: base, then the sampled values by dotted key."""
         cfg, setting = self.base, dict(self.setting)
         for key, value in params.items():
@@ -300,7 +299,7 @@ class Sweep:
                 cfg = set_dotted(cfg, key, value)
         if device is not None:
             cfg = set_dotted(cfg, "train.device", device)  # operational: the config hash stays the same
-        where = f"{self.source} ({', '.join(f'{k}={v}' for k, v in params.items())})"
+        where = where or f"{self.source} ({', '.join(f'{k}={v}' for k, v in params.items())})"
         return build_config(merge(cfg, {"eval": {"samplers": [setting]}}), where)
 
     def fingerprint(self) -> str:
@@ -409,11 +408,7 @@ def _check_space(sweep: Sweep) -> None:
             raise ConfigError(f"{src}: search.params.{key}: eval.* keys set a field of the evaluation setting; "
                               f"valid: {', '.join('eval.' + k for k in eval_keys)}")
         for value in param.probes():
-            try:
-                sweep.resolve({key: value})
-            except ConfigError as err:
-                detail = str(err).split("): ", 1)[-1]
-                raise ConfigError(f"{src}: search.params.{key}: the value {value!r} is invalid: {detail}") from None
+            sweep.resolve({key: value}, where=f"{src}: search.params.{key}: the value {value!r} is invalid")
     for o in search.objective:
         if o.metric == "class_accuracy" and not sweep.base["model"]["conditional"]:
             raise ConfigError(f"{src}: search.objective: class_accuracy needs model.conditional: true")
@@ -489,7 +484,6 @@ def storage_label(storage: str | None, root: Path, spec_name: str) -> str:
 
 def create_study(sweep: Sweep, storage) -> optuna.Study:
     """Create the study, or check that an existing one was made for the same base, budget and scoring."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=storage, study_name=sweep.study_name, directions=sweep.directions,
                                 load_if_exists=True)
     have = [d.name.lower() for d in study.directions]
@@ -601,6 +595,11 @@ class WorkerReport:
     worker: int
     trials: list[int] = field(default_factory=list)  # numbers of the trials this worker ran
     error: str | None = None
+    name: str = ""  # host:pid, as in the trials' harness.worker tag
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class TrialObjective:
@@ -626,13 +625,24 @@ class TrialObjective:
             self.trial_lock = None
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
-        sweep = self.sweep
-        name = trial_lock_name(sweep.study_name, trial.number)
+        name = trial_lock_name(self.sweep.study_name, trial.number)
         self.trial_lock, self.trial_lock_path = hold_lock(self.root, name), self.root / "locks" / f"{name}.lock"
         self.claim.close()  # only now: until here a dead-worker check could mistake this trial for orphaned
         self.claim = None
-        self.last_error = None
         self.ran.append(trial.number)
+        self.last_error = None
+        try:
+            return self._run(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as err:
+            self.last_error = f"{type(err).__name__}: {err}"
+            raise
+
+    def _run(self, trial: optuna.Trial) -> float | list[float]:
+        from .train import NonFiniteLoss
+
+        sweep = self.sweep
         params = {key: self._suggest(trial, key, p) for key, p in sweep.params.items()}
         config = sweep.resolve(params, device=self.task.device)
         h = config.train_hash()
@@ -643,13 +653,11 @@ class TrialObjective:
                                    parent=self.task.parent_run_id, tags={
                                        ROLE: "trial", HASH: h, SPEC: sweep.spec.name, COMMIT: commit,
                                        STUDY: sweep.study_name, TRIAL: trial.number, STATE: "RUNNING",
-                                       "harness.worker": f"{socket.gethostname()}:{os.getpid()}",
+                                       "harness.worker": worker_name(),
                                        "harness.retry_of": "-" if retried is None else retried})
         trial.set_user_attr("mlflow_run_id", run.run_id)
         run.log_params({**params, "trial": trial.number})
         run.log_dict(config.to_dict(), "config.json")
-        from .train import NonFiniteLoss
-
         try:
             values = self._train_and_score(trial, config, run)
         except optuna.TrialPruned as err:
@@ -661,8 +669,7 @@ class TrialObjective:
             self._end(run, "PRUNED", str(err))
             raise optuna.TrialPruned(str(err)) from None
         except Exception as err:
-            self.last_error = f"{type(err).__name__}: {err}"
-            self._end(run, "FAIL", self.last_error)
+            self._end(run, "FAIL", f"{type(err).__name__}: {err}")
             raise
         run.log_metrics({o.metric: v for o, v in zip(sweep.search.objective, values)}, step=config.train.steps)
         self._end(run, "COMPLETE")
@@ -697,7 +704,7 @@ class TrialObjective:
 
         data = self._dataset(config)
         h = config.train_hash()
-        run_dir = self.root / "checkpoints" / h
+        run_dir = self.root / "checkpoints" / self.sweep.spec.name / h  # per experiment, as the runner's
         device = resolve_device(config.train.device)
         evaluator = Evaluator(config, data, device=device, out_dir=run_dir)
         metric = self.sweep.search.objective[0].metric if self.sweep.pruning else None
@@ -725,7 +732,7 @@ def _load_ema(config: Config, data, run_dir: Path, device):
     return model.eval()
 
 
-def _recover(study: optuna.Study, storage, root: Path) -> None:
+def recover_dead_trials(study: optuna.Study, storage, root: Path) -> None:
     """Fail (and enqueue again) trials whose worker died: by heartbeat (RDB) or by trial lock (journal)."""
     if isinstance(storage, JournalStorage):
         retry_dead_trials(study, root)
@@ -741,7 +748,6 @@ def run_worker(task: WorkerTask) -> WorkerReport:
         import torch
 
         torch.set_num_threads(task.threads)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     sweep = load_sweep(task.spec_path, task.profile, task.overrides)
     store = MlflowStore(task.tracking_uri)
     root = store_root(store.uri)
@@ -750,14 +756,14 @@ def run_worker(task: WorkerTask) -> WorkerReport:
     study = optuna.load_study(study_name=sweep.study_name, storage=storage,
                               sampler=sweep.sampler(task.worker, n_existing), pruner=sweep.pruner())
     objective = TrialObjective(sweep, task, store, root)
-    report, failures = WorkerReport(task.worker), 0
+    report, failures = WorkerReport(task.worker, name=worker_name()), 0
     while True:
         # The claim serializes, among this machine's workers, the dead-trial check, the count and the
         # ask, so the study never holds more than n_trials finished or running trials.
         objective.claim = hold_lock(root, f"sweep-{sweep.study_name}")
         ran_before = len(objective.ran)
         try:
-            _recover(study, storage, root)
+            recover_dead_trials(study, storage, root)
             c = counts(study)
             if c["COMPLETE"] + c["PRUNED"] + c["RUNNING"] >= sweep.search.n_trials:
                 break
@@ -765,10 +771,12 @@ def run_worker(task: WorkerTask) -> WorkerReport:
                            gc_after_trial=True)
         finally:
             objective.release()
-        if len(objective.ran) == ran_before:
-            continue  # Optuna did not get as far as the objective (nothing to report)
+        if len(objective.ran) == ran_before:  # Optuna stopped before the objective (a sampler's study.stop())
+            report.error = "the sampler stopped the study"
+            break
         trial = study.get_trials(deepcopy=False)[objective.ran[-1]]
-        print(_trial_line(sweep, trial), flush=True)
+        print(_trial_line(sweep, trial) + (f"  ({objective.last_error})" if trial.state == TrialState.FAIL else ""),
+              flush=True)
         failures = failures + 1 if trial.state == TrialState.FAIL else 0
         if failures >= MAX_FAILURES_IN_A_ROW:
             report.error = f"{failures} trials in a row failed; the last: {objective.last_error}"
@@ -790,7 +798,7 @@ class SlurmWorker:
         self.task = task
 
     def __call__(self) -> WorkerReport:
-        return run_worker(self.task)
+        return _process_worker(self.task)
 
     def checkpoint(self):
         import submitit
@@ -798,21 +806,37 @@ class SlurmWorker:
         return submitit.helpers.DelayedSubmission(SlurmWorker(self.task))
 
 
+def _process_worker(task: WorkerTask) -> WorkerReport:
+    """A worker in a process of its own: Optuna's per-trial log lines would repeat ours."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return run_worker(task)
+
+
+def _spawned_worker(task: WorkerTask, out: str) -> None:
+    try:
+        report = _process_worker(task)
+    except Exception as err:  # noqa: BLE001 - reported by the parent, the other workers go on
+        report = WorkerReport(task.worker, error=f"{type(err).__name__}: {err}")
+    Path(out).write_text(json.dumps(report.__dict__))
+
+
 def _run_local(tasks: list[WorkerTask]) -> list[WorkerReport]:
     if len(tasks) == 1:
         return [run_worker(tasks[0])]
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(max_workers=len(tasks), mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(run_worker, t) for t in tasks]
-        reports = []
-        for task, fut in zip(tasks, futures):
-            try:
-                reports.append(fut.result())
-            except Exception as err:  # the worker process died (OOM, signal): its trial is retried later
-                reports.append(WorkerReport(task.worker, error=f"worker died: {type(err).__name__}: {err}"))
-    return reports
+    # Plain processes, not a pool: a pool that loses one worker (OOM, kill) ends all the others.
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory() as tmp:
+        outs = [str(Path(tmp) / f"worker-{t.worker}.json") for t in tasks]
+        procs = [ctx.Process(target=_spawned_worker, args=(t, o)) for t, o in zip(tasks, outs)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        return [WorkerReport(**json.loads(Path(o).read_text())) if Path(o).exists()
+                else WorkerReport(t.worker, error=f"worker died (exit code {p.exitcode}); its trial is retried "
+                                                  f"by the next run") for t, o, p in zip(tasks, outs, procs)]
 
 
 def _run_slurm(tasks: list[WorkerTask], params: dict[str, Any], folder: Path, cluster: str | None) -> list[WorkerReport]:
@@ -985,6 +1009,16 @@ def log_figures(study: optuna.Study, sweep: Sweep, out: Path) -> list[tuple[Path
     return results
 
 
+def preflight(sweep: Sweep) -> None:
+    """Load the data set and build its domain classifier once, before the workers (not once per worker)."""
+    from .data import load_dataset
+    from .evaluate import default_cache_dir
+    from .features import domain_classifier
+
+    data = sweep.base["data"]
+    domain_classifier(load_dataset(data["dataset"], data["root"], data["download"]), default_cache_dir() / "classifiers")
+
+
 def run_sweep(spec_path: str | Path, *, profile: str | None = None, workers: int = 1, storage: str | None = None,
               executor: str = "local", tracking_uri: str | None = None, overrides: dict[str, Any] | None = None,
               cluster: str | None = None) -> SweepResult:
@@ -1001,22 +1035,19 @@ def run_sweep(spec_path: str | Path, *, profile: str | None = None, workers: int
     spec_path = str(spec_path)
     overrides = dict(overrides or {})
     sweep = load_sweep(spec_path, profile, overrides)
+    preflight(sweep)  # before anything is tracked: a missing data set fails here, in one line
     store = MlflowStore(tracking_uri)
+    store.check()
     root = store_root(store.uri)
-    experiment_id = store.experiment_id(sweep.spec.name)
-    optuna_storage = open_storage(storage, root, sweep.spec.name)
-    study = create_study(sweep, optuna_storage)
     where = storage_label(storage, root, sweep.spec.name)
+    try:
+        optuna_storage = open_storage(storage, root, sweep.spec.name)
+    except Exception as err:  # noqa: BLE001 - sqlalchemy and OS errors alike
+        raise StoreUnavailable(f"optuna storage {where} is not usable: {str(err).strip().splitlines()[-1][:300]}") \
+            from None
+    study = create_study(sweep, optuna_storage)
+    experiment_id = store.experiment_id(sweep.spec.name)
     parent = open_parent(store, experiment_id, sweep, root, spec_path, where)
-
-    # Build the domain classifier once, before the workers, instead of once per worker.
-    from .data import load_dataset
-    from .evaluate import default_cache_dir
-    from .features import domain_classifier
-
-    base = build_config(sweep.base, sweep.source)
-    domain_classifier(load_dataset(base.data.dataset, base.data.root, base.data.download),
-                      default_cache_dir() / "classifiers")
 
     devices: list[str | None] = [None] * workers
     threads = 0
@@ -1066,12 +1097,13 @@ def sweep_main(args) -> int:
     """``harness sweep``: 0 when the study holds n_trials finished trials, 1 otherwise, 2 for bad input."""
     from .data import DataUnavailable
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the command prints its own line per trial
     try:
         overrides = dict(parse_override(s) for s in (getattr(args, "set", None) or []))
         result = run_sweep(args.spec, profile=args.profile, workers=getattr(args, "workers", None) or 1,
                            storage=getattr(args, "storage", None), executor=getattr(args, "executor", None) or "local",
                            tracking_uri=getattr(args, "tracking_uri", None), overrides=overrides)
-    except (ConfigError, DataUnavailable) as err:
+    except (ConfigError, DataUnavailable, StoreUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     c = result.counts
