@@ -247,19 +247,23 @@ def run_local(tasks: list[Task], jobs: int, *, gpus: int = 0, jobs_per_gpu: int 
     return outcomes
 
 
-class SlurmJob:
-    """A submitit-callable job that requeues itself on preemption or timeout; it resumes from its checkpoint."""
+class Requeueable:
+    """A submitit-callable ``fn(task)`` that requeues itself on preemption or timeout.
 
-    def __init__(self, task: Task):
-        self.task = task
+    Requeued work resumes from its own checkpoints (training jobs) or storage (sweep workers).
+    ``fn`` is a module-level function so the object pickles.
+    """
 
-    def __call__(self) -> Outcome:
-        return run_task(self.task)
+    def __init__(self, fn, task):
+        self.fn, self.task = fn, task
+
+    def __call__(self):
+        return self.fn(self.task)
 
     def checkpoint(self):
         import submitit
 
-        return submitit.helpers.DelayedSubmission(SlurmJob(self.task))
+        return submitit.helpers.DelayedSubmission(Requeueable(self.fn, self.task))
 
 
 def run_slurm(tasks: list[Task], params: dict[str, Any], folder: Path, cluster: str | None = None, on_event=print) -> list[Outcome]:
@@ -268,7 +272,7 @@ def run_slurm(tasks: list[Task], params: dict[str, Any], folder: Path, cluster: 
     executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
     executor.update_parameters(**params)
     with executor.batch():
-        jobs = [executor.submit(SlurmJob(t)) for t in tasks]
+        jobs = [executor.submit(Requeueable(run_task, t)) for t in tasks]
     for t in tasks:
         on_event("start", t)
     outcomes = []

@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .config import Config, ConfigError, SamplerSetting, TrainConfig, build_config, format_validation_error, merge, \
     parse_override, read_yaml, set_dotted
-from .runner import hold_lock, job_lock, store_root
+from .runner import Requeueable, hold_lock, job_lock, store_root
 from .spec import Axes, Spec, make_plan
 from .tracking import COMMIT, HASH, ROLE, SPEC, MlflowStore, MlflowTracker, StoreUnavailable, git_state
 
@@ -791,21 +791,6 @@ def _trial_line(sweep: Sweep, t: FrozenTrial) -> str:
     return f"[{sweep.study_name}] trial {t.number:>3} {t.state.name:>8}  {values}  {params}"
 
 
-class SlurmWorker:
-    """A submitit-callable worker; on preemption or timeout it requeues, and its trial is retried."""
-
-    def __init__(self, task: WorkerTask):
-        self.task = task
-
-    def __call__(self) -> WorkerReport:
-        return _process_worker(self.task)
-
-    def checkpoint(self):
-        import submitit
-
-        return submitit.helpers.DelayedSubmission(SlurmWorker(self.task))
-
-
 def _process_worker(task: WorkerTask) -> WorkerReport:
     """A worker in a process of its own: Optuna's per-trial log lines would repeat ours."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -845,7 +830,7 @@ def _run_slurm(tasks: list[WorkerTask], params: dict[str, Any], folder: Path, cl
     executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
     executor.update_parameters(**params)
     with executor.batch():  # one job array
-        jobs = [executor.submit(SlurmWorker(t)) for t in tasks]
+        jobs = [executor.submit(Requeueable(_process_worker, t)) for t in tasks]
     reports = []
     for task, job in zip(tasks, jobs):
         try:
