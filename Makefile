@@ -25,7 +25,8 @@ clean-venv:
 	rm -rf $(VENV)
 
 # -- ablations: `make ablation-schedules PROFILE=smoke|quick|full` ------------------------------------
-ABLATIONS := ablation-schedules ablation-parameterization ablation-samplers ablation-guidance recognizability
+ABLATIONS := ablation-schedules ablation-parameterization ablation-samplers ablation-guidance recognizability \
+             ablation-precision
 .PHONY: $(ABLATIONS) ui validate
 
 # Run the spec, then write reports/<spec>/index.html and report.md (also when some jobs failed).

@@ -16,7 +16,7 @@ from .stats import Comparison, compare, compare_to_reference, estimate, first_st
 
 NO_DIFFERENCE = "no significant difference at this budget"
 LOWER_IS_BETTER = {"fid": True, "kid": True, "precision": False, "recall": False, "recognizability": False,
-                   "class_accuracy": False}
+                   "class_accuracy": False, "final_loss": True}
 
 
 # -- numbers ----------------------------------------------------------------------------------------

@@ -80,7 +80,10 @@ def answer(data: AblationData) -> str:
     sentences = []
     if len(data.arms) > 1:
         at = data.evals[data.evals["setting"] == setting]
-        sentences += [f"On FID with {setting} at the end of training, {arms_answer(at, data.arms)}.", recognizable]
+        sentences.append(f"On FID with {setting} at the end of training, {arms_answer(at, data.arms)}.")
+        if losses_comparable(data):
+            sentences.append(f"On final training loss, {arms_answer(data.runs, data.arms, 'final_loss', 'loss')}.")
+        sentences.append(recognizable)
     if varies_guidance(data):
         fam = guidance_family(data)
         for arm in [a for a in data.arms if a in set(fam["arm_label"])]:
@@ -97,6 +100,12 @@ def answer(data: AblationData) -> str:
         sentences.append("This is the smoke profile: its numbers check that the pipeline runs end to end and say "
                          "nothing about the question.")
     return " ".join(sentences)
+
+
+def losses_comparable(data: AblationData) -> bool:
+    """Whether the arms minimize the same objective, so that a lower loss means a better fit: not when an
+    axis changes the schedule, the prediction target or the weighting (each rescales the loss per t)."""
+    return not any(axis.startswith("diffusion.") for axis in data.axes)
 
 
 def _cap(s: str) -> str:
@@ -289,9 +298,10 @@ def training_section(data: AblationData) -> Section | None:
     final = summarize(data.runs, "final_loss", ["arm_label"]).set_index("arm_label")
     s.paragraphs.append("Final training loss (mean of the last log interval): " + "; ".join(
         f"{a} {with_ci(*final.loc[a, ['mean', 'low', 'high']])}" for a in data.arms if a in final.index) + ".")
-    if {"diffusion.parameterization", "diffusion.loss_weighting"} & set(data.axes):
-        s.paragraphs.append("The arms differ in prediction target or loss weighting, so their losses are on different "
-                            "scales: compare the shapes of the curves, not their levels.")
+    if not losses_comparable(data):
+        s.paragraphs.append("The arms differ in the diffusion objective (schedule, prediction target or loss "
+                            "weighting), so their losses are on different scales: compare the shapes of the curves, "
+                            "not their levels.")
     fig = figures.loss_curves(data.loss, data.arms)
     if fig is not None:
         s.pictures.append(Picture("loss", "Training loss against step (running mean over ~1% of training); band: 95% "

@@ -18,8 +18,9 @@ STEPS = (500, 1000, 1500, 2000)
 
 
 def fixture_data(tmp_path, final: dict, *, axis="diffusion.schedule", rec_at=None, conditional=False,
-                 question="Does cosine beat linear?") -> AblationData:
-    """``final[(arm, setting)] = {"fid": [per seed], ...}``; ``rec_at[arm]``: step where recognizability hits 0.8."""
+                 question="Does cosine beat linear?", final_loss=None) -> AblationData:
+    """``final[(arm, setting)] = {"fid": [per seed], ...}``; ``rec_at[arm]``: step where recognizability hits 0.8;
+    ``final_loss[arm]``: per seed (default 0.03 + 0.001 * seed in every arm)."""
     arms = list(dict.fromkeys(a for a, _ in final))
     settings = list(dict.fromkeys(s for _, s in final))
     n_seeds = len(next(iter(final.values()))["fid"])
@@ -33,7 +34,8 @@ def fixture_data(tmp_path, final: dict, *, axis="diffusion.schedule", rec_at=Non
                          "status": "FINISHED", "seconds": 600.0, "steps": 2000, "batch_size": 64,
                          "images_seen": 128000, "num_samples": 500, "dataset": "mnist-5k", "device": "cpu",
                          "conditional": conditional, "recognizability_threshold": 0.9, "recognizable_fraction": 0.8,
-                         "classifier_accuracy": 0.988, "final_loss": 0.03 + 0.001 * seed, "images_per_second": 200.0,
+                         "classifier_accuracy": 0.988,
+                         "final_loss": final_loss[arm][seed] if final_loss else 0.03 + 0.001 * seed, "images_per_second": 200.0,
                          "has_history": True, "checkpoint": str(tmp_path / rid / "checkpoint.pt"), "commit": "abc123",
                          "parent_run_id": "parent", axis: arm})
             for setting in settings:
@@ -108,6 +110,20 @@ def test_tie_and_never_recognizable(tmp_path):
     words = answer(data)
     assert f"{NO_DIFFERENCE} between" in words and "beats" not in words
     assert "not within this budget with linear" in words and "at step 2,000 (all 3 seeds) with cosine" in words
+
+
+def test_final_loss_is_compared_only_when_arms_share_the_objective(tmp_path, clear):
+    fids = {("fp32", S): {"fid": [51.0, 50.5, 52.2]}, ("bf16", S): {"fid": [50.0, 52.0, 51.0]}}
+    tie = fixture_data(tmp_path / "tie", fids, axis="train.precision",
+                       final_loss={"fp32": [0.0300, 0.0310, 0.0305], "bf16": [0.0302, 0.0309, 0.0308]})
+    words = answer(tie)
+    assert f"On final training loss, {NO_DIFFERENCE} between" in words and "beats" not in words
+    worse = fixture_data(tmp_path / "worse", fids, axis="train.precision",
+                         final_loss={"fp32": [0.0300, 0.0310, 0.0305], "bf16": [0.0400, 0.0412, 0.0404]})
+    assert "On final training loss, fp32 beats bf16 by 0.01 loss (95% CI 0.00965 to 0.0104" in answer(worse)
+    # A schedule rescales the loss at every t, so a lower loss would not mean a better model.
+    assert "final training loss" not in clear.answer
+    assert any("different scales" in p for s in clear.sections for p in s.paragraphs)
 
 
 def test_one_seed_says_so(tmp_path):
