@@ -70,13 +70,14 @@ class _NoEvaluation:
 
 
 def harness_loop(data, config: Config, tracker, run_dir: Path) -> Timing:
-    """The real ``train()``: its own images/s per log interval, the first interval (warm-up) dropped."""
+    """The real ``train()``, timed by its own images/s per log interval with the first interval (warm-up) dropped."""
     from .tracking import MemoryTracker
 
     recorder = _Tee(tracker, MemoryTracker())
     train(config, recorder, run_dir=run_dir, data=data, evaluator=_NoEvaluation(), progress=False)
     rates = [v for _, v in recorder.memory.metrics["train/images_per_second"]][1:]
-    ips = sorted(rates)[len(rates) // 2]  # the median interval
+    # Equal-length intervals: their harmonic mean is images over wall time, as the bare loop measures it.
+    ips = len(rates) / sum(1 / r for r in rates)
     return Timing(ips, config.train.batch_size / ips)
 
 
@@ -144,8 +145,13 @@ def sampling_rates(data, config: Config, n: int, device: torch.device, dtype) ->
         _sync(device)
         return n / (time.perf_counter() - start)
 
-    return {"ddpm1000": rate("ddpm", 1000), "ddim50": rate("ddim", 50), "dpmpp20": rate("dpmpp_2m", 20),
-            "ddim50_guided": rate("ddim", 50, guidance=2.0)}
+    # The short samplers run before and after the long DDPM-1000 run, so its ratio to DDIM-50 (and guided
+    # to unguided, measured back to back) compares like with like if the load changes meanwhile.
+    short = {"ddim50": ("ddim", 50, 0.0), "ddim50_guided": ("ddim", 50, 2.0), "dpmpp20": ("dpmpp_2m", 20, 0.0)}
+    before = {k: rate(*v) for k, v in short.items()}
+    ddpm = rate("ddpm", 1000)
+    after = {k: rate(*v) for k, v in short.items()}
+    return {"ddpm1000": ddpm, **{k: (before[k] + after[k]) / 2 for k in short}}
 
 
 def fid_eval_seconds(data, n: int, device: torch.device) -> float:
@@ -163,14 +169,30 @@ def fid_eval_seconds(data, n: int, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+BARE = "bare"
+
+
+def rotated(names: list[str], r: int) -> list[str]:
+    """Round ``r``'s measurement order: each variant takes each position once per len(names) rounds, so a
+    slow stretch of background load is spread over all of them instead of landing on one."""
+    k = r % len(names)
+    return names[k:] + names[:k]
+
+
+def median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
 def run_bench(*, quick: bool = False, device: str = "auto") -> dict[str, Any]:
     from .data import load_dataset
     from .tracking import MlflowStore
 
     dev = resolve_device(device)
     data = load_dataset("mnist-5k")
-    batch, steps = 128, (30 if quick else 80)
-    out: dict[str, Any] = {"device": str(dev), "batch_size": batch, "timed_steps": steps,
+    batch, steps, rounds = 128, (20 if quick else 40), (3 if quick else 5)
+    out: dict[str, Any] = {"device": str(dev), "batch_size": batch, "timed_steps": steps, "rounds": rounds,
                            "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
     variants = {"fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16"},
                 "fp32+channels_last": {"precision": "fp32", "channels_last": True},
@@ -178,35 +200,51 @@ def run_bench(*, quick: bool = False, device: str = "auto") -> dict[str, Any]:
     if not quick:
         variants["bf16+compile"] = {"precision": "bf16", "compile": True}
     base = _config(batch, steps + 10, str(dev), precision="fp32")
+    # Every round measures the bare loop and each variant back to back, and every ratio is taken within a
+    # round: on a shared machine the load changes over minutes, and a ratio of two measurements taken
+    # minutes apart measures the load, not the harness. The reported figures are medians over rounds.
+    timings: dict[str, list[Timing]] = {name: [] for name in [BARE, *variants]}
     with tempfile.TemporaryDirectory() as tmp:
         store = MlflowStore(f"sqlite:///{tmp}/mlflow.db")
         exp = store.experiment_id("bench")
-        bare = bare_loop(data, base, steps)
-        harness: dict[str, Timing] = {}
-        for name, options in variants.items():
-            config = _config(batch, steps + 10, str(dev), **options)
-            tracker = store.start_run(exp, f"bench-{name}", tags={"harness.role": "bench"})
-            try:
-                harness[name] = harness_loop(data, config, tracker, Path(tmp) / name)
-            except Exception as err:  # noqa: BLE001 - e.g. torch.compile without a compiler
-                out[f"{name}_error"] = f"{type(err).__name__}: {err}"[:300]
-            tracker.finish()
-    out["bare_images_per_second"] = bare.images_per_second
-    out["train_images_per_second"] = harness["fp32"].images_per_second
-    out["overhead_ratio"] = harness["fp32"].images_per_second / bare.images_per_second
-    out["variants"] = {k: v.images_per_second for k, v in harness.items()}
-    best = max(harness, key=lambda k: harness[k].images_per_second)
-    out["best_config"], out["best_speedup"] = best, harness[best].images_per_second / bare.images_per_second
+        for r in range(rounds):
+            for name in rotated(list(timings), r):
+                if name == BARE:
+                    timings[name].append(bare_loop(data, base, steps))
+                    continue
+                if f"{name}_error" in out:
+                    continue
+                config = _config(batch, steps + 10, str(dev), **variants[name])
+                tracker = store.start_run(exp, f"bench-{name}-{r}", tags={"harness.role": "bench"})
+                try:
+                    timings[name].append(harness_loop(data, config, tracker, Path(tmp) / f"{name}-{r}"))
+                except Exception as err:  # noqa: BLE001 - e.g. torch.compile without a compiler
+                    out[f"{name}_error"] = f"{type(err).__name__}: {err}"[:300]
+                tracker.finish()
+    harness = {k: v for k, v in timings.items() if k != BARE and len(v) == rounds}
+    ratios = {k: [h.images_per_second / b.images_per_second for h, b in zip(v, timings[BARE])]
+              for k, v in harness.items()}
+    ips = {k: median([t.images_per_second for t in v]) for k, v in timings.items() if len(v) == rounds}
+    out["bare_images_per_second"] = ips[BARE]
+    out["train_images_per_second"] = ips["fp32"]
+    out["overhead_ratio"] = median(ratios["fp32"])
+    out["overhead_ratio_range"] = [min(ratios["fp32"]), max(ratios["fp32"])]
+    out["variants"] = {k: ips[k] for k in harness}
+    out["speedups"] = {k: median(v) for k, v in ratios.items()}
+    out["speedup_ranges"] = {k: [min(v), max(v)] for k, v in ratios.items()}
+    best = max(out["speedups"], key=out["speedups"].get)
+    out["best_config"], out["best_speedup"] = best, out["speedups"][best]
+    seconds = {k: batch / v for k, v in out["variants"].items()}
 
     flops = step_flops(data, base)
     out["gflop_per_image"] = flops / batch / 1e9
     peaks = {"fp32": matmul_peak(dev, torch.float32), "bf16": matmul_peak(dev, torch.bfloat16)}
     out["matmul_peak_gflops"] = peaks
     best_dtype = "bf16" if "bf16" in best else "fp32"
-    achieved = flops / harness[best].seconds_per_step / 1e9
+    achieved = flops / seconds[best] / 1e9
     out["achieved_gflops"] = achieved
     out["flop_utilization"] = achieved / peaks[best_dtype]
-    out["fp32_flop_utilization"] = flops / harness["fp32"].seconds_per_step / 1e9 / peaks["fp32"]
+    out["fp32_flop_utilization"] = flops / seconds["fp32"] / 1e9 / peaks["fp32"]
 
     amp = torch.bfloat16 if "bf16" in best else None
     rates = sampling_rates(data, base, 32 if quick else 128, dev, amp)
@@ -219,8 +257,11 @@ def run_bench(*, quick: bool = False, device: str = "auto") -> dict[str, Any]:
 
 
 def format_table(r: dict[str, Any]) -> str:
-    rows = [("device", r["device"]), ("bare loop, fp32 eager", f"{r['bare_images_per_second']:.0f} img/s")]
-    rows += [(f"harness, {k}", f"{v:.0f} img/s ({v / r['bare_images_per_second']:.2f}x bare)") for k, v in r["variants"].items()]
+    rows = [("device", r["device"]), ("rounds (figures are medians)", str(r["rounds"])),
+            ("bare loop, fp32 eager", f"{r['bare_images_per_second']:.0f} img/s")]
+    rows += [(f"harness, {k}", f"{v:.0f} img/s ({r['speedups'][k]:.2f}x bare, rounds "
+              f"{r['speedup_ranges'][k][0]:.2f}-{r['speedup_ranges'][k][1]:.2f})") for k, v in r["variants"].items()]
+    rows += [(f"harness, {k[:-len('_error')]}", f"failed: {v}") for k, v in r.items() if k.endswith("_error")]
     rows += [
         ("overhead ratio (harness fp32 / bare)", f"{r['overhead_ratio']:.3f}"),
         ("best configuration", f"{r['best_config']}: {r['best_speedup']:.2f}x bare"),

@@ -1,12 +1,23 @@
-"""`harness bench --quick` runs and reports every figure the README table needs (slow: ~2 minutes)."""
+"""`harness bench`: its measurement order, and that `--quick` reports every figure the README table needs
+(slow: about 6 minutes)."""
 import json
 
 import pytest
 
+from harness.bench import median, rotated
 from harness.cli import main
 
 KEYS = {"train_images_per_second", "bare_images_per_second", "overhead_ratio", "best_speedup", "best_config",
         "flop_utilization", "guidance_cost_ratio", "ddim50_vs_ddpm1000_speedup", "fid_eval_seconds", "device"}
+
+
+def test_rounds_rotate_so_every_variant_takes_every_position():
+    names = ["bare", "fp32", "bf16", "fp32+channels_last", "bf16+channels_last"]
+    orders = [rotated(names, r) for r in range(len(names))]
+    assert all(sorted(o) == sorted(names) for o in orders)
+    for i in range(len(names)):
+        assert sorted(o[i] for o in orders) == sorted(names)  # position i is taken by each variant once
+    assert median([3.0, 1.0, 2.0]) == 2.0 and median([4.0, 1.0, 2.0, 3.0]) == 2.5
 
 
 @pytest.mark.slow
@@ -16,3 +27,6 @@ def test_bench_quick_writes_all_keys(tmp_path):
     result = json.loads(out.read_text())
     assert KEYS <= set(result)
     assert result["bare_images_per_second"] > 0 and 0 < result["flop_utilization"] < 1.5
+    assert result["rounds"] == 3 and set(result["speedups"]) == set(result["variants"])
+    low, high = result["overhead_ratio_range"]
+    assert low <= result["overhead_ratio"] <= high
