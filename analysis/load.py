@@ -163,7 +163,8 @@ def _runs_table(train_runs: list, axes: list[str]) -> pd.DataFrame:
             "seconds": (r.info.end_time - r.info.start_time) / 1000 if r.info.end_time else float("nan"),
             "steps": steps, "batch_size": batch, "images_seen": steps * batch,
             "num_samples": int(p.get("eval.num_samples", 0)), "dataset": p.get("data.dataset", "unknown"),
-            "device": p.get("train.device", "unknown"), "conditional": p.get("model.conditional") == "True",
+            # The device the run resolved to (the runner's tag); runs tracked without it give the setting.
+            "device": t.get("harness.device", p.get("train.device", "unknown")), "conditional": p.get("model.conditional") == "True",
             "recognizability_threshold": float(p.get("eval.recognizability_threshold", 0.9)),
             "recognizable_fraction": float(p.get("eval.recognizable_fraction", 0.8)),
             "classifier_accuracy": m.get("classifier_accuracy", float("nan")),

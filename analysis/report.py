@@ -157,6 +157,15 @@ def cell(mean: float, low: float, high: float) -> str:
     return f"{num(mean)} [{num(low)}, {num(high)}]" if math.isfinite(low) else num(mean)
 
 
+def device_sentence(devices: set[str]) -> str:
+    kinds = {d.split(":")[0] for d in devices}
+    if kinds <= {"cpu", "cuda", "mps"}:
+        names = {"cpu": "CPU", "cuda": "GPU", "mps": "Apple GPU"}
+        return f"Devices: {', '.join(sorted(devices))}, so these are {' and '.join(names[k] for k in sorted(kinds))}-hours."
+    return (f"train.device = {', '.join(sorted(devices))}; the device a run resolved to is not logged, so whether "
+            f"these are CPU- or GPU-hours is not recorded.")
+
+
 def setup_section(data: AblationData) -> Section:
     r, e = data.runs, data.evals
     s = Section("Setup and budget")
@@ -165,7 +174,6 @@ def setup_section(data: AblationData) -> Section:
         return s
     train_s = r["seconds"].sum()
     eval_s = e["seconds"].sum() if len(e) else 0.0
-    devices = ", ".join(sorted(set(r["device"])))
     s.paragraphs.append(
         f"Experiment {data.experiment}, profile {data.profile}, data set {', '.join(sorted(set(r['dataset'])))}. "
         f"Axes: {' / '.join(data.axes) or 'none (one configuration)'}; arms: {'; '.join(data.arms)}; "
@@ -175,8 +183,7 @@ def setup_section(data: AblationData) -> Section:
     s.paragraphs.append(
         f"Compute: {(train_s + eval_s) / 3600:.3g} device-hours: {duration(train_s)} in training runs (including their "
         f"periodic evaluations) and {duration(eval_s)} in final evaluation runs, wall time summed over runs, so "
-        f"parallel jobs add up. train.device = {devices}; the device a run resolved to is not logged, so whether these "
-        f"are CPU- or GPU-hours is not recorded.")
+        f"parallel jobs add up. {device_sentence(set(r['device']))}")
     gen, ref = e["num_generated"].dropna(), e["num_reference"].dropna()
     acc = r["classifier_accuracy"].dropna()
     held_out = f"held-out accuracy {acc.iloc[0]:.1%}" if len(acc) else "held-out accuracy not logged"

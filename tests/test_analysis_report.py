@@ -101,6 +101,7 @@ def test_clear_winner_answer_and_recognizable_steps(clear):
     assert {"loss", "loss_by_timestep", "quality_over_training", "samples_over_training"} <= names
     setup = " ".join(doc.sections[0].paragraphs)
     assert "held-out accuracy 98.8%" in setup and "not comparable with published InceptionV3" in setup
+    assert "Devices: cpu, so these are CPU-hours." in setup
 
 
 def test_tie_and_never_recognizable(tmp_path):

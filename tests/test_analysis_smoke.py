@@ -54,6 +54,7 @@ def test_loader_reads_every_table_of_a_smoke_run(store):
     assert r["parent_run_id"].eq(parents[1].info.run_id).all()  # trained by the first launch, loaded anyway
     assert (r["steps"] == 4).all() and (r["images_seen"] == 32).all() and (r["seed"] == 0).all()
     assert r["has_history"].all() and (r["seconds"] > 0).all() and (r["classifier_accuracy"] > 0.9).all()
+    assert (r["device"] == "cpu").all()  # the runner's harness.device tag: the device the run resolved to
 
     e = data.evals
     assert list(e.columns) == EVAL_COLUMNS + ["diffusion.schedule"] and len(e) == 2
