@@ -8,6 +8,7 @@ GFLOP/s against this machine's own matmul peak, and sampling and evaluation cost
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -93,6 +94,10 @@ class _Tee:
             return getattr(self.memory, name)(*args, **kwargs)
 
         return both
+
+
+def _progress(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
 def _sync(device: torch.device) -> None:
@@ -211,6 +216,7 @@ def run_bench(*, quick: bool = False, device: str = "auto") -> dict[str, Any]:
             for name in rotated(list(timings), r):
                 if name == BARE:
                     timings[name].append(bare_loop(data, base, steps))
+                    _progress(f"round {r + 1}/{rounds}: bare loop {timings[name][-1].images_per_second:.0f} img/s")
                     continue
                 if f"{name}_error" in out:
                     continue
@@ -218,6 +224,7 @@ def run_bench(*, quick: bool = False, device: str = "auto") -> dict[str, Any]:
                 tracker = store.start_run(exp, f"bench-{name}-{r}", tags={"harness.role": "bench"})
                 try:
                     timings[name].append(harness_loop(data, config, tracker, Path(tmp) / f"{name}-{r}"))
+                    _progress(f"round {r + 1}/{rounds}: harness {name} {timings[name][-1].images_per_second:.0f} img/s")
                 except Exception as err:  # noqa: BLE001 - e.g. torch.compile without a compiler
                     out[f"{name}_error"] = f"{type(err).__name__}: {err}"[:300]
                 tracker.finish()
@@ -247,10 +254,12 @@ def run_bench(*, quick: bool = False, device: str = "auto") -> dict[str, Any]:
     out["fp32_flop_utilization"] = flops / seconds["fp32"] / 1e9 / peaks["fp32"]
 
     amp = torch.bfloat16 if "bf16" in best else None
+    _progress("sampling rates (DDPM-1000 takes longest)")
     rates = sampling_rates(data, base, 32 if quick else 128, dev, amp)
     out["samples_per_second"] = rates
     out["ddim50_vs_ddpm1000_speedup"] = rates["ddim50"] / rates["ddpm1000"]
     out["guidance_cost_ratio"] = rates["ddim50"] / rates["ddim50_guided"]
+    _progress("FID/KID/precision/recall timing")
     out["fid_eval_seconds"] = fid_eval_seconds(data, 500 if quick else 2000, dev)
     out["fid_eval_samples"] = 500 if quick else 2000
     return out
