@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.set_defaults(func=cmd_sweep)
 
     b = sub.add_parser("bench", help="measure training, sampling and evaluation speed on this machine")
-    b.add_argument("--quick", action="store_true", help="fewer rounds, steps and samples (about 6 minutes on 2 CPU cores)")
+    b.add_argument("--quick", action="store_true", help="fewer rounds, steps and samples (about 7 minutes on 2 CPU cores)")
     b.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     b.add_argument("--device", default="auto")
     b.set_defaults(func=cmd_bench)

@@ -1,5 +1,5 @@
 """`harness bench`: its measurement order, and that `--quick` reports every figure the README table needs
-(slow: about 6 minutes)."""
+(slow: about 7 minutes)."""
 import json
 
 import pytest
