@@ -13,6 +13,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import torch
@@ -182,12 +183,6 @@ def rotated(names: list[str], r: int) -> list[str]:
     slow stretch of background load is spread over all of them instead of landing on one."""
     k = r % len(names)
     return names[k:] + names[:k]
-
-
-def median(xs: list[float]) -> float:
-    xs = sorted(xs)
-    n = len(xs)
-    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
 
 
 def run_bench(*, quick: bool = False, device: str = "auto") -> dict[str, Any]:

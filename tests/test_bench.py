@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from harness.bench import median, rotated
+from harness.bench import rotated
 from harness.cli import main
 
 KEYS = {"train_images_per_second", "bare_images_per_second", "overhead_ratio", "best_speedup", "best_config",
@@ -17,7 +17,6 @@ def test_rounds_rotate_so_every_variant_takes_every_position():
     assert all(sorted(o) == sorted(names) for o in orders)
     for i in range(len(names)):
         assert sorted(o[i] for o in orders) == sorted(names)  # position i is taken by each variant once
-    assert median([3.0, 1.0, 2.0]) == 2.0 and median([4.0, 1.0, 2.0, 3.0]) == 2.5
 
 
 @pytest.mark.slow
