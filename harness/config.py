@@ -28,7 +28,7 @@ class ConfigError(ValueError):
     """A bad configuration or spec, reported as one line naming the file and the field."""
 
 
-def _one_of(value: str, valid, what: str) -> str:
+def one_of(value: str, valid, what: str) -> str:
     if value not in valid:
         raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(sorted(valid))}")
     return value
@@ -46,7 +46,7 @@ class DataConfig(Section):
     @field_validator("dataset")
     @classmethod
     def _dataset(cls, v: str) -> str:
-        return _one_of(v, DATASET_NAMES, "data set")
+        return one_of(v, DATASET_NAMES, "data set")
 
 
 class ModelConfig(Section):
@@ -69,17 +69,17 @@ class DiffusionConfig(Section):
     @field_validator("schedule")
     @classmethod
     def _schedule(cls, v: str) -> str:
-        return _one_of(v, SCHEDULES, "schedule")
+        return one_of(v, SCHEDULES, "schedule")
 
     @field_validator("parameterization")
     @classmethod
     def _param(cls, v: str) -> str:
-        return _one_of(v, PARAMETERIZATIONS, "parameterization")
+        return one_of(v, PARAMETERIZATIONS, "parameterization")
 
     @field_validator("loss_weighting")
     @classmethod
     def _weighting(cls, v: str) -> str:
-        return _one_of(v, WEIGHTINGS, "loss weighting")
+        return one_of(v, WEIGHTINGS, "loss weighting")
 
     @model_validator(mode="after")
     def _zsnr(self):
@@ -118,17 +118,17 @@ class SamplerSetting(Section):
     @field_validator("sampler")
     @classmethod
     def _sampler(cls, v: str) -> str:
-        return _one_of(v, SAMPLERS, "sampler")
+        return one_of(v, SAMPLERS, "sampler")
 
     @field_validator("spacing")
     @classmethod
     def _spacing(cls, v: str) -> str:
-        return _one_of(v, SPACINGS, "spacing")
+        return one_of(v, SPACINGS, "spacing")
 
     @field_validator("variance")
     @classmethod
     def _variance(cls, v: str) -> str:
-        return _one_of(v, VARIANCES, "variance")
+        return one_of(v, VARIANCES, "variance")
 
     @model_validator(mode="after")
     def _eta(self):

@@ -42,7 +42,7 @@ from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .config import Config, ConfigError, SamplerSetting, TrainConfig, build_config, format_validation_error, merge, \
-    parse_override, read_yaml, set_dotted
+    one_of, parse_override, read_yaml, set_dotted
 from .runner import Requeueable, hold_lock, job_lock, store_root
 from .spec import Axes, Spec, make_plan
 from .tracking import COMMIT, HASH, ROLE, SPEC, MlflowStore, MlflowTracker, StoreUnavailable, git_state
@@ -197,9 +197,7 @@ class Objective(_Strict):
     @field_validator("metric")
     @classmethod
     def _metric(cls, v: str) -> str:
-        if v not in METRICS:
-            raise ValueError(f"unknown metric {v!r}; valid: {', '.join(sorted(METRICS))}")
-        return v
+        return one_of(v, METRICS, "metric")
 
     @property
     def resolved_direction(self) -> str:
@@ -230,17 +228,14 @@ class Search(_Strict):
     @field_validator("sampler")
     @classmethod
     def _sampler(cls, v: str) -> str:
-        if v not in SAMPLERS:
-            raise ValueError(f"unknown sampler {v!r}; valid: {', '.join(sorted(SAMPLERS))}")
-        return v
+        return one_of(v, SAMPLERS, "sampler")
 
     @field_validator("pruner")
     @classmethod
     def _pruner(cls, v):
         options = dict(v) if isinstance(v, dict) else {"name": v}
         name = options.pop("name", None)
-        if name not in PRUNERS:
-            raise ValueError(f"unknown pruner {name!r}; valid: {', '.join(sorted(PRUNERS))}")
+        one_of(name, PRUNERS, "pruner")
         unknown = sorted(set(options) - set(_pruner_options(name)))
         if unknown:
             valid = ", ".join(_pruner_options(name)) or "none"
