@@ -17,15 +17,11 @@ from typing import Any
 import pandas as pd
 
 from harness.config import SamplerSetting
-from harness.tracking import HASH, ROLE, MlflowStore
+from harness.schema import CURVE_METRICS, EVAL_METRICS, HASH, ROLE
+from harness.tracking import MlflowStore
 
-# Metrics of one evaluation (eval runs, and ``eval/<setting>/<metric>`` in training runs).
-EVAL_METRICS = ("fid", "kid", "kid_std", "precision", "recall", "recognizability", "class_accuracy", "nfe",
-                "sample_seconds", "fid_inception", "num_generated", "num_reference")
-# The subset worth a history by step (the rest are constant over training).
-CURVE_METRICS = ("fid", "kid", "precision", "recall", "recognizability", "class_accuracy")
 NUM_BUCKETS = 10  # train/loss_t0 .. train/loss_t9: tenths of [0, T)
-SETTING_PARAMS = ("sampler", "steps", "eta", "guidance", "spacing")
+SETTING_PARAMS = tuple(SamplerSetting.model_fields)  # the one schema of a sampler setting
 
 # Column order of each table (also the schema an empty table gets).
 RUN_COLUMNS = ["run_id", "config_hash", "arm", "arm_label", "seed", "status", "start", "end", "seconds", "steps",
@@ -201,7 +197,7 @@ def _with_axes(df: pd.DataFrame, runs: pd.DataFrame, axes: list[str]) -> pd.Data
 
 def setting_label(params: dict[str, Any]) -> str:
     """``ddim-50-eta0-w0``: the label the evaluator logs under (harness.config.SamplerSetting.label)."""
-    return SamplerSetting(**{k: params[k] for k in SETTING_PARAMS if k in params}).label
+    return SamplerSetting.from_params(params).label
 
 
 def _setting_labels(plan: dict | None, eval_runs: list, runs: pd.DataFrame) -> list[str]:
@@ -228,9 +224,8 @@ def _evals_table(eval_runs: list, runs: pd.DataFrame, settings: list[str] | None
         run = by_run.loc[train_id]
         rows.append({
             "run_id": train_id, "eval_run_id": r.info.run_id, "config_hash": run["config_hash"], "arm": run["arm"],
-            "arm_label": run["arm_label"], "seed": run["seed"], "setting": label, "sampler": p.get("sampler"),
-            "steps": int(p.get("steps", 0)), "eta": float(p.get("eta", 0)), "guidance": float(p.get("guidance", 0)),
-            "spacing": p.get("spacing"), "step": run["steps"],
+            "arm_label": run["arm_label"], "seed": run["seed"], "setting": label,
+            **SamplerSetting.from_params(p).model_dump(), "step": run["steps"],
             "seconds": (r.info.end_time - r.info.start_time) / 1000 if r.info.end_time else float("nan"),
             **{k: r.data.metrics.get(k, float("nan")) for k in EVAL_METRICS},
             "fid_inception_unavailable": r.data.tags.get("harness.fid_inception_unavailable"),

@@ -18,7 +18,8 @@ from typing import Callable
 
 import pandas as pd
 
-from harness.tracking import ROLE, MlflowStore
+from harness.schema import ROLE
+from harness.tracking import MlflowStore
 
 from . import figures
 from .answers import (LOWER_IS_BETTER, NO_DIFFERENCE, arms_answer, guidance_answer, num, recognizable_answer,

@@ -102,6 +102,7 @@ def cmd_run(args) -> int:
 
 
 def _print_plan(plan, uri) -> int:
+    from .config import SamplerSetting
     from .runner import describe
     from .tracking import MlflowStore
 
@@ -112,8 +113,7 @@ def _print_plan(plan, uri) -> int:
     print(f"{plan.spec.name} [{plan.profile}]: {plan.spec.question}")
     for r in rows:
         print(f"  {r['config_hash']}  {r['state']:>8}  seed={r['seed']}  {r['arm']}")
-    print("evaluation settings: " + "; ".join(
-        f"{s['sampler']}-{s['steps']} eta={s['eta']:g} w={s['guidance']:g} {s['spacing']}" for s in plan.settings))
+    print("evaluation settings: " + "; ".join(SamplerSetting(**s).label for s in plan.settings))
     return 0
 
 

@@ -136,14 +136,27 @@ class SamplerSetting(Section):
             raise ValueError(f"eta applies to the ddim sampler only, not {self.sampler!r}")
         return self
 
+    # This model is the one schema of a sampler setting: the spec's ``evaluate`` grid, the setting key,
+    # the MLflow params of an evaluation run, the loader's columns and the labels all derive from its
+    # fields, so a field added here is carried everywhere (a hand-kept list once dropped ``variance``).
+
+    @property
+    def key(self) -> tuple:
+        """The identity of a setting: every field, so settings that differ in any field are two evaluations."""
+        return tuple(sorted(self.model_dump().items()))
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> "SamplerSetting":
+        """Rebuild from logged params (strings are coerced); a field a run did not log takes its default."""
+        return cls.model_validate({k: params[k] for k in cls.model_fields if k in params})
+
     @property
     def label(self) -> str:
-        """A short unique name such as ``ddim-50-eta0-w2`` (spacing and variance only when not default)."""
+        """A short unique name such as ``ddim-50-eta0-w2``; other fields are appended when not default."""
         label = f"{self.sampler}-{self.steps}-eta{self.eta:g}-w{self.guidance:g}"
-        if self.spacing != "trailing":
-            label += f"-{self.spacing}"
-        if self.variance != "fixed_small":
-            label += f"-{self.variance}"
+        for name, field in type(self).model_fields.items():
+            if name not in ("sampler", "steps", "eta", "guidance") and getattr(self, name) != field.default:
+                label += f"-{getattr(self, name)}"
         return label
 
 

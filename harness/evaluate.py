@@ -96,8 +96,7 @@ class Evaluator:
                                    reference_key=f"{self.data.name}-{self.data.fingerprint}", device=self.device)
         probs = self.classifier.probs(images)
         result: dict[str, Any] = {
-            "step": step, "setting": setting.label, "sampler": setting.sampler, "steps": setting.steps,
-            "eta": setting.eta, "guidance": setting.guidance, "spacing": setting.spacing, **metrics,
+            "step": step, "setting": setting.label, **setting.model_dump(), **metrics,
             "recognizability": recognizability(probs, ec.recognizability_threshold),
             "nfe": nfe, "sample_seconds": seconds,
         }
@@ -122,7 +121,7 @@ class Evaluator:
         for setting in self.config.eval.samplers:
             result, grid = self.evaluate_setting(model, setting, step=step, final=final)
             numbers = {k: v for k, v in result.items()
-                       if isinstance(v, (int, float)) and k not in ("step", "steps", "eta", "guidance")}
+                       if isinstance(v, (int, float)) and k != "step" and k not in SamplerSetting.model_fields}
             tracker.log_metrics({f"eval/{setting.label}/{k}": v for k, v in numbers.items()}, step=step)
             tracker.log_image(grid, key=f"samples/{setting.label}", step=step)
             if self.out_dir is not None:

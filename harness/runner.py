@@ -22,11 +22,9 @@ from typing import Any
 
 from .config import Config, SamplerSetting
 from .spec import Plan
-from .tracking import COMMIT, HASH, ROLE, SPEC, MlflowStore, git_state
+from .schema import COMMIT, EVAL_METRICS, HASH, ROLE, SPEC
+from .tracking import MlflowStore, git_state
 
-EVAL_PARAMS = ("sampler", "steps", "eta", "guidance", "spacing")
-EVAL_METRICS = ("fid", "kid", "kid_std", "precision", "recall", "recognizability", "class_accuracy", "nfe",
-                "sample_seconds", "fid_inception", "num_generated", "num_reference")
 
 
 def store_root(uri: str) -> Path:
@@ -76,10 +74,6 @@ def job_lock(root: Path, config_hash: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def setting_key(d: dict[str, Any]) -> tuple:
-    return tuple(str(float(d[k])) if k in ("eta", "guidance") else str(d[k]) for k in EVAL_PARAMS)
-
-
 def job_state(store: MlflowStore, experiment_id: str, config: Config) -> tuple[str, Any, set]:
     """("done" | "evaluate" | "resume" | "new", the training run or None, the settings evaluated)."""
     runs = store.runs(experiment_id, {ROLE: "train", HASH: config.train_hash()})
@@ -87,8 +81,8 @@ def job_state(store: MlflowStore, experiment_id: str, config: Config) -> tuple[s
     if finished:
         run = finished[0]
         evals = store.runs(experiment_id, {ROLE: "eval", "mlflow.parentRunId": run.info.run_id})
-        done = {setting_key(e.data.params) for e in evals if e.info.status == "FINISHED"}
-        wanted = {setting_key(s.model_dump()) for s in config.eval.samplers}
+        done = {SamplerSetting.from_params(e.data.params).key for e in evals if e.info.status == "FINISHED"}
+        wanted = {s.key for s in config.eval.samplers}
         return ("done" if wanted <= done else "evaluate"), run, done
     return ("resume" if runs else "new"), (runs[0] if runs else None), set()
 
@@ -116,7 +110,7 @@ def run_task(task: Task) -> Outcome:
             from .train import train
 
             run_dir = root / "checkpoints" / task.spec_name / h  # "never twice" holds per experiment
-            missing = [s for s in config.eval.samplers if setting_key(s.model_dump()) not in done]
+            missing = [s for s in config.eval.samplers if s.key not in done]
             if state == "done":
                 out.run_id = run.info.run_id
                 return out
@@ -142,12 +136,12 @@ def run_task(task: Task) -> Outcome:
                 tracker.log_metrics(summary)
                 tracker.finish("FINISHED")
                 out.status, out.run_id = "trained", tracker.run_id
-                finals = {setting_key(e): e for e in result.final_evals()}
+                finals = {SamplerSetting.from_params(e).key: e for e in result.final_evals()}
             else:
                 out.status, out.run_id, finals = "evaluated", run.info.run_id, {}
-            model = _load_ema(config, data, run_dir, device) if any(setting_key(s.model_dump()) not in finals for s in missing) else None
+            model = _load_ema(config, data, run_dir, device) if any(s.key not in finals for s in missing) else None
             for setting in missing:
-                result = finals.get(setting_key(setting.model_dump()))
+                result = finals.get(setting.key)
                 if result is None:
                     result, grid = evaluator.evaluate_setting(model, setting, step=config.train.steps, final=True)
                     save_png(grid, run_dir / "grids" / setting.label / f"step_{config.train.steps:07d}.png")
@@ -187,7 +181,7 @@ def _log_eval(store: MlflowStore, task: Task, train_run_id: str, h: str, setting
     child = store.start_run(task.experiment_id, f"eval-{h}-{setting.label}", parent=train_run_id, tags={
         ROLE: "eval", HASH: h, SPEC: task.spec_name, COMMIT: commit,
         "harness.arm": ", ".join(f"{k}={v}" for k, v in task.arm.items()) or "base", "harness.seed": task.seed})
-    child.log_params({k: getattr(setting, k) for k in EVAL_PARAMS})
+    child.log_params(setting.model_dump())
     child.log_metrics({k: result[k] for k in EVAL_METRICS if k in result}, step=result.get("step", 0))
     if "fid_inception_unavailable" in result:
         child.set_tags({"harness.fid_inception_unavailable": result["fid_inception_unavailable"]})

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
-from .config import Config, ConfigError, build_config, format_validation_error, merge, read_yaml, set_dotted
+from .config import Config, ConfigError, SamplerSetting, build_config, format_validation_error, merge, read_yaml, set_dotted
 
 
 class _Strict(BaseModel):
@@ -48,25 +48,28 @@ class Axes(_Strict):
         return v
 
 
-class Evaluate(_Strict):
-    """A grid over sampler settings (each list is one dimension), or explicit ``settings``."""
-
-    sampler: list[str] = ["ddim"]
-    steps: list[int] = [50]
-    eta: list[float] = [0.0]
-    guidance: list[float] = [0.0]
-    spacing: list[str] = ["trailing"]
+class _EvaluateBase(_Strict):
     settings: list[dict[str, Any]] = []  # extra explicit settings, e.g. {sampler: ddpm, steps: 1000}
 
     def expand(self) -> list[dict[str, Any]]:
-        grid = [dict(sampler=s, steps=n, eta=e, guidance=w, spacing=sp)
-                for s, n, e, w, sp in itertools.product(self.sampler, self.steps, self.eta, self.guidance, self.spacing)
-                if not (e != 0 and s != "ddim")]  # eta only means something for DDIM
+        names = list(SamplerSetting.model_fields)
+        defaults = {n: f.default for n, f in SamplerSetting.model_fields.items()}
+        grid = [dict(zip(names, combo)) for combo in itertools.product(*(getattr(self, n) for n in names))]
+        grid = [s for s in grid if not (s["eta"] != 0 and s["sampler"] != "ddim")]  # eta only means something for DDIM
         out: list[dict[str, Any]] = []
-        for s in grid + list(self.settings):
+        for s in grid + [{**defaults, **s} for s in self.settings]:
             if s not in out:
                 out.append(s)
         return out
+
+
+# A grid over sampler settings: one list per field of ``SamplerSetting`` (each list is one dimension,
+# defaulting to that field's default), plus explicit ``settings``. Derived, so a new setting field is
+# a new evaluation axis without touching this file.
+Evaluate = create_model(
+    "Evaluate", __base__=_EvaluateBase,
+    **{n: (list[f.annotation], [f.default]) for n, f in SamplerSetting.model_fields.items()},
+)
 
 
 class Profile(_Strict):

@@ -45,7 +45,8 @@ from .config import Config, ConfigError, SamplerSetting, TrainConfig, build_conf
     one_of, parse_override, read_yaml, set_dotted
 from .runner import Requeueable, hold_lock, job_lock, store_root
 from .spec import Axes, Spec, make_plan
-from .tracking import COMMIT, HASH, ROLE, SPEC, MlflowStore, MlflowTracker, StoreUnavailable, git_state
+from .schema import COMMIT, HASH, ROLE, SPEC
+from .tracking import MlflowStore, MlflowTracker, StoreUnavailable, git_state
 
 STUDY, TRIAL, STATE, BEST = "harness.study", "harness.trial", "harness.trial_state", "harness.best_trial"
 HEARTBEAT_SECONDS, GRACE_SECONDS = 60, 180  # RDB storage: a trial silent for 3 minutes is stale

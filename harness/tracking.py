@@ -60,7 +60,7 @@ class MemoryTracker:
 # -- MLflow: the only place that imports mlflow -----------------------------------------------------
 
 REPO = Path(__file__).resolve().parents[1]
-ROLE, HASH, SPEC, COMMIT = "harness.role", "harness.config_hash", "harness.spec", "git.commit"
+from .schema import COMMIT, HASH, ROLE, SPEC  # noqa: F401,E402 - re-exported for older imports
 MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch call
 
 

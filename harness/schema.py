@@ -1,0 +1,63 @@
+"""Names defined once: MLflow tag names and the evaluation metrics (with their direction).
+
+Everything that writes or reads a tag or a metric (runner, tracking, sweep, analysis) imports it
+from here, so a name cannot drift between the writer and the reader. The fields of a sampler setting
+are the other such schema; they come from ``harness.config.SamplerSetting`` itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# -- MLflow tags ------------------------------------------------------------------------------------
+ROLE = "harness.role"  # ablation | train | eval | report | bench | sweep ...
+HASH = "harness.config_hash"  # Config.train_hash() of the trained model
+SPEC = "harness.spec"
+COMMIT = "git.commit"
+DIRTY = "git.dirty"
+CODE_VERSION = "harness.code_version"  # hash of the installed harness + analysis sources (provenance.py)
+ARM = "harness.arm"
+SEED = "harness.seed"
+DEVICE = "harness.device"
+CHECKPOINT = "harness.checkpoint"
+ERROR = "harness.error"
+PROFILE = "harness.profile"
+QUESTION = "harness.question"
+PARENT = "mlflow.parentRunId"
+
+
+# -- evaluation metrics -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    lower_is_better: bool | None  # None: not a quality (counts, seconds)
+    curve: bool  # worth a history over training (the rest are constant or bookkeeping)
+    text: str  # how a report names it
+
+
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("fid", True, True, "FID"),
+    Metric("kid", True, True, "KID"),
+    Metric("kid_std", None, False, "KID std"),
+    Metric("precision", False, True, "precision"),
+    Metric("recall", False, True, "recall"),
+    Metric("recognizability", False, True, "recognizability"),
+    Metric("class_accuracy", False, True, "class accuracy"),
+    Metric("recognized_class_accuracy", False, True, "class accuracy among recognizable samples"),
+    Metric("nfe", None, False, "NFE"),
+    Metric("sample_seconds", None, False, "sampling seconds"),
+    Metric("fid_inception", True, False, "FID (InceptionV3)"),
+    Metric("num_generated", None, False, "samples"),
+    Metric("num_reference", None, False, "reference images"),
+)}
+EVAL_METRICS = tuple(METRICS)
+CURVE_METRICS = tuple(m.name for m in METRICS.values() if m.curve)
+# Training-run metrics that reports compare across arms.
+RUN_METRICS: dict[str, Metric] = {"final_loss": Metric("final_loss", True, False, "final training loss")}
+
+
+def lower_is_better(metric: str) -> bool:
+    m = METRICS.get(metric) or RUN_METRICS.get(metric)
+    if m is None or m.lower_is_better is None:
+        raise KeyError(f"{metric!r} is not a quality metric")
+    return m.lower_is_better
