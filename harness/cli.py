@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, load_config
+from .provenance import REUSE_POLICIES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,7 +80,7 @@ def cmd_run(args) -> int:
     spec = load_spec(args.spec)
     plan = make_plan(spec, args.spec, args.profile, _overrides(args.set))
     if args.dry_run:
-        return _print_plan(plan, args.tracking_uri)
+        return _print_plan(plan, args.tracking_uri, args.reuse)
     from .runner import preflight, run_plan
     from .tracking import MlflowStore, StoreUnavailable
 
@@ -89,7 +90,8 @@ def cmd_run(args) -> int:
         store.check()
         print(f"{spec.name} [{plan.profile}]: {len(plan.jobs)} training jobs x {len(plan.settings)} "
               f"evaluation settings; tracking {store.uri}")
-        outcomes, parent = run_plan(plan, store, spec_path=args.spec, executor=args.executor, force=args.force)
+        outcomes, parent = run_plan(plan, store, spec_path=args.spec, executor=args.executor, force=args.force,
+                                    reuse=args.reuse)
     except (DataUnavailable, StoreUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -101,7 +103,7 @@ def cmd_run(args) -> int:
     return 1 if failed else 0
 
 
-def _print_plan(plan, uri) -> int:
+def _print_plan(plan, uri, reuse: str) -> int:
     from .config import SamplerSetting
     from .runner import describe
     from .tracking import MlflowStore
@@ -109,7 +111,7 @@ def _print_plan(plan, uri) -> int:
     store = None
     if uri or _default_store_exists():
         store = MlflowStore(uri)
-    rows = describe(plan, store)
+    rows = describe(plan, store, reuse)
     print(f"{plan.spec.name} [{plan.profile}]: {plan.spec.question}")
     for r in rows:
         print(f"  {r['config_hash']}  {r['state']:>8}  seed={r['seed']}  {r['arm']}")
@@ -186,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--executor", choices=["local", "slurm"], default="local")
     r.add_argument("--force", action="store_true", help="retrain jobs that already finished")
     r.add_argument("--dry-run", action="store_true", help="print the plan and what is already done, run nothing")
+    r.add_argument("--reuse", choices=REUSE_POLICIES, default="same-code",
+                   help="same-code (default): finished runs made by other harness code are retrained and re-evaluated; "
+                        "any: reuse them")
     r.set_defaults(func=cmd_run)
 
     rep = sub.add_parser("report", help="write the report that answers a spec's question from MLflow")

@@ -22,7 +22,8 @@ from typing import Any
 
 from .config import Config, SamplerSetting
 from .spec import Plan
-from .schema import COMMIT, EVAL_METRICS, HASH, ROLE, SPEC
+from .provenance import code_version, stale_reason
+from .schema import CODE_VERSION, COMMIT, EVAL_METRICS, HASH, PARENT, ROLE, SPEC
 from .tracking import MlflowStore, git_state
 
 
@@ -47,6 +48,8 @@ class Task:
     uri: str
     force: bool = False
     threads: int = 1
+    code_version: str = field(default_factory=code_version)  # of the launching process
+    reuse: str = "same-code"  # or "any": accept finished runs made by other harness code
 
 
 @dataclass
@@ -57,6 +60,7 @@ class Outcome:
     status: str  # trained | evaluated | skipped | failed
     run_id: str | None = None
     error: str | None = None
+    note: str | None = None  # why a finished run was not reused (stale code)
     evals: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -74,17 +78,35 @@ def job_lock(root: Path, config_hash: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def job_state(store: MlflowStore, experiment_id: str, config: Config) -> tuple[str, Any, set]:
-    """("done" | "evaluate" | "resume" | "new", the training run or None, the settings evaluated)."""
+@dataclass
+class JobState:
+    state: str  # done | evaluate | resume | new
+    run: Any = None  # the training run to continue or evaluate, or None
+    done: set = field(default_factory=set)  # keys of the settings already evaluated
+    stale: Any = None  # a run that matches the config but was made by other code (not reused)
+    why: str | None = None  # why ``stale`` is not reused
+
+
+def job_state(store: MlflowStore, experiment_id: str, config: Config, code: str = "",
+              reuse: str = "same-code") -> JobState:
+    """What is left to do for ``config``. With ``reuse="same-code"`` only runs (and evaluations) made by
+    this ``code`` version count; a finished or unfinished run of other code is retrained from scratch."""
     runs = store.runs(experiment_id, {ROLE: "train", HASH: config.train_hash()})
+    current = (lambda r: True) if reuse == "any" else (lambda r: stale_reason(r.data.tags, code) is None)
+    stale = next((r for r in runs if not current(r) and r.info.status in ("FINISHED", "RUNNING", "FAILED")), None)
+    runs = [r for r in runs if current(r)]
     finished = [r for r in runs if r.info.status == "FINISHED"]
     if finished:
         run = finished[0]
-        evals = store.runs(experiment_id, {ROLE: "eval", "mlflow.parentRunId": run.info.run_id})
-        done = {SamplerSetting.from_params(e.data.params).key for e in evals if e.info.status == "FINISHED"}
+        evals = store.runs(experiment_id, {ROLE: "eval", PARENT: run.info.run_id})
+        done = {SamplerSetting.from_params(e.data.params).key for e in evals
+                if e.info.status == "FINISHED" and current(e)}
         wanted = {s.key for s in config.eval.samplers}
-        return ("done" if wanted <= done else "evaluate"), run, done
-    return ("resume" if runs else "new"), (runs[0] if runs else None), set()
+        return JobState("done" if wanted <= done else "evaluate", run, done)
+    if runs:
+        return JobState("resume", runs[0])
+    why = stale_reason(stale.data.tags, code) if stale is not None else None
+    return JobState("new", stale=stale, why=why)
 
 
 def run_task(task: Task) -> Outcome:
@@ -99,8 +121,14 @@ def run_task(task: Task) -> Outcome:
     out = Outcome(h, task.arm, task.seed, "skipped")
     start = time.perf_counter()
     with job_lock(root, h):  # a second launch waits here, then finds the run finished
-        state, run, done = job_state(store, task.experiment_id, config)
-        if task.force and state != "new":
+        js = job_state(store, task.experiment_id, config, task.code_version, task.reuse)
+        state, run, done = js.state, js.run, js.done
+        if (task.force and state != "new") or js.stale is not None and state == "new":
+            # Retrain from scratch: the checkpoint belongs to the reused-no-more run.
+            if js.stale is not None and state == "new":
+                out.note = f"retrained: run {js.stale.info.run_id[:8]} was {js.why} (--reuse any keeps it)"
+                if js.stale.info.status == "RUNNING":  # its process is gone: we hold the job lock
+                    store.client.set_terminated(js.stale.info.run_id, status="KILLED")
             state, run, done = "new", None, set()
             shutil.rmtree(root / "checkpoints" / task.spec_name / h, ignore_errors=True)
         tracker = None
@@ -123,7 +151,7 @@ def run_task(task: Task) -> Outcome:
                     tracker = store.resume_run(run.info.run_id)
                 else:
                     tracker = store.start_run(task.experiment_id, f"train-{h}", parent=task.parent_run_id, tags={
-                        ROLE: "train", HASH: h, SPEC: task.spec_name, COMMIT: commit,
+                        ROLE: "train", HASH: h, SPEC: task.spec_name, COMMIT: commit, CODE_VERSION: task.code_version,
                         "harness.arm": ", ".join(f"{k}={v}" for k, v in task.arm.items()) or "base",
                         "harness.seed": task.seed, "harness.checkpoint": str(run_dir / "checkpoint.pt"),
                         "harness.device": str(device)})
@@ -179,7 +207,7 @@ def _load_ema(config: Config, data, run_dir: Path, device):
 def _log_eval(store: MlflowStore, task: Task, train_run_id: str, h: str, setting: SamplerSetting, result: dict) -> None:
     commit, _ = git_state()
     child = store.start_run(task.experiment_id, f"eval-{h}-{setting.label}", parent=train_run_id, tags={
-        ROLE: "eval", HASH: h, SPEC: task.spec_name, COMMIT: commit,
+        ROLE: "eval", HASH: h, SPEC: task.spec_name, COMMIT: commit, CODE_VERSION: task.code_version,
         "harness.arm": ", ".join(f"{k}={v}" for k, v in task.arm.items()) or "base", "harness.seed": task.seed})
     child.log_params(setting.model_dump())
     child.log_metrics({k: result[k] for k in EVAL_METRICS if k in result}, step=result.get("step", 0))
@@ -283,7 +311,7 @@ def run_slurm(tasks: list[Task], params: dict[str, Any], folder: Path, cluster: 
 
 # -- the whole plan ---------------------------------------------------------------------------------
 
-def describe(plan: Plan, store: MlflowStore | None) -> list[dict[str, Any]]:
+def describe(plan: Plan, store: MlflowStore | None, reuse: str = "same-code") -> list[dict[str, Any]]:
     """The plan as rows: hash, arm, seed and what is already done (needs the store)."""
     exp_id = None
     if store is not None:
@@ -291,13 +319,14 @@ def describe(plan: Plan, store: MlflowStore | None) -> list[dict[str, Any]]:
         exp_id = exp.experiment_id if exp else None
     rows = []
     for job in plan.jobs:
-        state = job_state(store, exp_id, job.config)[0] if exp_id else "new"
+        js = job_state(store, exp_id, job.config, code_version(), reuse) if exp_id else JobState("new")
+        state = "stale" if js.stale is not None and js.state == "new" else js.state
         rows.append({"config_hash": job.config_hash, "arm": job.arm_label, "seed": job.seed, "state": state})
     return rows
 
 
 def run_plan(plan: Plan, store: MlflowStore, *, spec_path: str, executor: str = "local", force: bool = False,
-             cluster: str | None = None, quiet: bool = False) -> tuple[list[Outcome], str]:
+             cluster: str | None = None, quiet: bool = False, reuse: str = "same-code") -> tuple[list[Outcome], str]:
     """Run every job of ``plan``; returns the outcomes and the parent run id."""
     from tqdm.auto import tqdm
 
@@ -308,16 +337,17 @@ def run_plan(plan: Plan, store: MlflowStore, *, spec_path: str, executor: str = 
     commit, dirty = git_state()
     parent = store.start_run(exp_id, f"{plan.spec.name}-{plan.profile}", tags={
         ROLE: "ablation", HASH: "-", SPEC: plan.spec.name, COMMIT: commit, "git.dirty": dirty,
+        CODE_VERSION: code_version(), "harness.reuse": reuse,
         "harness.profile": plan.profile, "harness.question": plan.spec.question})
     parent_lock = hold_lock(root, f"parent-{parent.run_id}")  # held while this process lives
     parent.log_artifact(spec_path)
-    rows = describe(plan, store)
+    rows = describe(plan, store, reuse)
     parent.log_dict({"profile": plan.profile, "jobs": rows, "settings": plan.settings}, "plan.json")
     parent.log_params({"profile": plan.profile, "jobs": len(plan.jobs), "settings": len(plan.settings)})
 
     gpus, jobs, threads = _slots(plan.spec.cpu_jobs, plan.spec.jobs_per_gpu)
     tasks = [Task(job.config.model_dump_json(), job.arm, job.seed, plan.spec.name, exp_id, parent.run_id,
-                  store.uri, force, threads) for job in plan.jobs]
+                  store.uri, force, threads, code_version(), reuse) for job in plan.jobs]
     bar = tqdm(total=len(tasks), desc=plan.spec.name, unit="job", disable=quiet or None)
     counts = {"running": 0, "done": 0, "failed": 0}
 
@@ -328,6 +358,8 @@ def run_plan(plan: Plan, store: MlflowStore, *, spec_path: str, executor: str = 
         counts["running"] -= 1
         counts["failed" if obj.status == "failed" else "done"] += 1
         line = f"{obj.status:>9} {obj.config_hash} {', '.join(f'{k}={v}' for k, v in obj.arm.items()) or 'base'} seed={obj.seed}"
+        if obj.note:
+            line += f" ({obj.note})"
         if obj.error:
             line += f": {obj.error}"
         elif obj.evals:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -60,25 +59,14 @@ class MemoryTracker:
 # -- MLflow: the only place that imports mlflow -----------------------------------------------------
 
 REPO = Path(__file__).resolve().parents[1]
-from .schema import COMMIT, HASH, ROLE, SPEC  # noqa: F401,E402 - re-exported for older imports
+from .provenance import git_state  # noqa: E402,F401 - re-exported: sweep and bench import it from here
+from .schema import COMMIT, HASH, ROLE, SPEC  # noqa: E402,F401 - re-exported for older imports
 MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch call
 
 
 def default_tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` if set, else the SQLite store in this repository (absolute path)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO / 'mlruns' / 'mlflow.db'}"
-
-
-def git_state() -> tuple[str, bool]:
-    """(commit, dirty) of the repository, or ("unknown", False) outside git."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
-        return commit or "unknown", dirty
-    except (OSError, subprocess.SubprocessError):
-        return "unknown", False
 
 
 class MlflowTracker:
