@@ -83,6 +83,10 @@ def test_runs_made_by_other_code_are_retrained_unless_reuse_any(tmp_path, monkey
     assert {e.data.tags[CODE_VERSION] for e in store.runs(exp, {ROLE: "eval"})} == {"aaaaaaaaaaaa", "bbbbbbbbbbbb"}
     [done], _ = _run(path, store)
     assert done.status == "skipped"
+    spec = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**spec, "question": "A reworded question?"}))
+    [reworded], _ = _run(path, store)  # the question is not code: nothing re-runs
+    assert reworded.status == "skipped"
 
 
 def test_two_settings_that_differ_only_in_variance_are_two_evaluations(tmp_path):
