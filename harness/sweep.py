@@ -45,7 +45,8 @@ from .config import Config, ConfigError, SamplerSetting, TrainConfig, build_conf
     one_of, parse_override, read_yaml, set_dotted
 from .runner import Requeueable, hold_lock, job_lock, store_root
 from .spec import Axes, Spec, make_plan
-from .schema import COMMIT, HASH, ROLE, SPEC
+from .provenance import code_version
+from .schema import CODE_VERSION, COMMIT, HASH, ROLE, SPEC
 from .tracking import MlflowStore, MlflowTracker, StoreUnavailable, git_state
 
 STUDY, TRIAL, STATE, BEST = "harness.study", "harness.trial", "harness.trial_state", "harness.best_trial"
@@ -648,6 +649,7 @@ class TrialObjective:
         run = self.store.start_run(self.task.experiment_id, f"{sweep.study_name}-trial-{trial.number}",
                                    parent=self.task.parent_run_id, tags={
                                        ROLE: "trial", HASH: h, SPEC: sweep.spec.name, COMMIT: commit,
+                                       CODE_VERSION: code_version(),
                                        STUDY: sweep.study_name, TRIAL: trial.number, STATE: "RUNNING",
                                        "harness.worker": worker_name(),
                                        "harness.retry_of": "-" if retried is None else retried})
