@@ -37,13 +37,14 @@ def fixture_data(tmp_path, final: dict, *, axis="diffusion.schedule", rec_at=Non
                          "classifier_accuracy": 0.988,
                          "final_loss": final_loss[arm][seed] if final_loss else 0.03 + 0.001 * seed, "images_per_second": 200.0,
                          "has_history": True, "checkpoint": str(tmp_path / rid / "checkpoint.pt"), "commit": "abc123",
-                         "parent_run_id": "parent", axis: arm})
+                         "code_version": "v1", "parent_run_id": "parent", axis: arm})
             for setting in settings:
                 m = {k: v[seed] for k, v in final[(arm, setting)].items()}
                 sampler, steps, eta, w = LABEL.match(setting).groups()
                 evals.append({"run_id": rid, "eval_run_id": f"e{rid}{setting}", "config_hash": f"h{rid}", "arm": tag,
                               "arm_label": arm, "seed": seed, "setting": setting, "sampler": sampler,
                               "steps": int(steps), "eta": float(eta), "guidance": float(w), "spacing": "trailing",
+                              "variance": "fixed_small", "commit": "abc123", "code_version": "v1",
                               "step": 2000, "seconds": 5.0, "kid": 0.01, "precision": 0.7, "recall": 0.6,
                               "recognizability": 0.9, "nfe": float(steps), "sample_seconds": 1.0,
                               "num_generated": 500.0, "num_reference": 5000.0,
@@ -131,7 +132,7 @@ def test_one_seed_says_so(tmp_path):
     data = fixture_data(tmp_path, {("linear", S): {"fid": [55.0]}, ("cosine", S): {"fid": [50.0]}},
                         rec_at={"linear": 1000, "cosine": 1000})
     words = answer(data)
-    assert "with one seed per arm there is no interval and no test" in words and "beats" not in words
+    assert "not tested (1 seed per arm), only the values" in words and "beats" not in words
     assert "both reach it at the same evaluation (one seed: an observation, not a test)" in words
 
 
@@ -156,7 +157,7 @@ def test_sampler_settings_answer(tmp_path):
              ("base", "ddim-10-eta0-w0"): {"fid": [20.0, 22.0, 21.0]}}
     data = fixture_data(tmp_path, final, question="How much does each sampler lose?")
     words = answer(data)
-    assert words.startswith("Against the most expensive setting, ddpm-1000-eta0-w0 (1,000 NFE; FID 10.5, 95% CI")
+    assert words.startswith("Against the most expensive setting with a FID, ddpm-1000-eta0-w0 (1,000 NFE; FID 10.5, 95% CI")
     assert "ddim eta=0: no significant loss down to 50 NFE; worse at 10 NFE by 10.5 FID (95% CI" in words
     assert [p.name for p in settings_section(data).pictures] == ["fid_vs_nfe"]
 
