@@ -115,8 +115,8 @@ def test_words(c: Comparison, family: int = 1) -> str:
 def untested_words(c: Comparison, unit: str) -> str:
     """Why ``c`` has no test: 'not tested (1 seed)', or the constant difference that leaves no uncertainty to estimate."""
     if c.untested == ZERO_VARIANCE:
-        return (f"not tested: the difference is {num(c.diff.mean)} {unit} in each of {seeds(c.diff.n)}, so its "
-                f"uncertainty cannot be estimated")
+        return (f"not tested: the difference {c.a} - {c.b} is {num(c.diff.mean)} {unit} in each of {seeds(c.diff.n)}, "
+                f"so its uncertainty cannot be estimated")
     return f"not tested ({c.untested})"
 
 
