@@ -383,5 +383,5 @@ def recognized_words(e: pd.DataFrame, ws: list[str]) -> str:
     if col not in e or e[col].isna().all():
         return ""
     means = e.groupby("w", sort=False)[col].mean()
-    return (f"; among recognizable samples only, class accuracy is "
+    return ("; among recognizable samples only, class accuracy is "
             + ", ".join(f"{num(means.get(w, math.nan))} at {w}" for w in ws))

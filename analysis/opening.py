@@ -53,8 +53,8 @@ def answer(data: AblationData) -> str:
     """The answer to the spec's question; on a plan with failures the first sentence says so."""
     sentences = [s for s in (failure_sentence(data),) if s]
     if data.runs.empty or data.evals.empty:
-        return " ".join(sentences + ["No finished training run with evaluations in this experiment yet, so there "
-                                     "is no answer."])
+        nothing = "No finished training run with evaluations in this experiment yet, so there is no answer."
+        return " ".join([*sentences, nothing])
     setting = first_setting(data)
     reasons = failed_arms(data)
     at = data.evals[data.evals["setting"] == setting]
