@@ -63,6 +63,8 @@ def answer(data: AblationData) -> str:
         sentences.append(fid_sentence(data, at, setting, reasons))
         sentences += loss_sentences(data, reasons)
         sentences.append(recognizable)
+        if others := [x for x in data.settings if x != setting and not varies_guidance(data)]:
+            sentences.append(f"The other evaluation settings ({', '.join(others)}) are in the tables below.")
     if varies_guidance(data):
         fam = guidance_family(data)
         for arm in [a for a in data.arms if a in set(fam["arm_label"])]:

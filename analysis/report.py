@@ -25,7 +25,7 @@ from harness.tracking import MlflowStore
 from . import figures
 from .answers import (LOWER_IS_BETTER, NO_DIFFERENCE, metric_label, num, recognizable_answer, recognizable_steps,
                       scaled, settings_front, untested_words, with_ci)
-from .caveats import fid_bases, fid_refusal, heun_sentence, missing_evaluations, objective_groups
+from .caveats import failed_arms, fid_bases, fid_refusal, heun_sentence, missing_evaluations, objective_groups
 from .load import AblationData, arm_label, load_experiment
 from .opening import (_cap, _one, _steps, answer, duration, first_setting, guidance_family, sampler_family, varies_guidance,
                       varies_sampler)
@@ -65,7 +65,8 @@ def setup_section(data: AblationData) -> Section:
     r, e = data.runs, data.evals
     s = Section("Setup and budget")
     if r.empty:
-        s.paragraphs.append("No finished training run.")
+        s.paragraphs.append("No finished training run." + "".join(
+            f" {arm_label(j['arm'])} seed {j['seed']}: {j['reason']}." for j in data.missing))
         return s
     train_s = r["seconds"].sum()
     eval_s = e["seconds"].sum() if len(e) else 0.0
@@ -125,12 +126,12 @@ def comparison_section(data: AblationData) -> Section | None:
     setting = first_setting(data)
     at = scaled(data.evals[data.evals["setting"] == setting])
     s = Section(f"Arms compared ({setting}, end of training)")
-    rows = []
+    rows, failed = [], failed_arms(data)
     for metric in [m for m in METRICS if at[m].notna().any()]:
         lower = LOWER_IS_BETTER[metric]
         means = at.groupby("arm_label")[metric].mean().dropna()
         unrecorded = [a for a in data.arms if a not in means.index]
-        rows += [[metric_label(metric), a, "", "none", "", f"no {metric} recorded"] for a in unrecorded]
+        rows += [[metric_label(metric), a, "", "none", "", failed.get(a, f"no {metric} recorded")] for a in unrecorded]
         if len(means) < 2:
             continue
         best = means.idxmin() if lower else means.idxmax()

@@ -101,10 +101,9 @@ def compare(df: pd.DataFrame, metric: str, a: str, b: str, *, by: str = "arm_lab
     ea, eb = estimate(xa), estimate(xb)
     if set(xa.index) == set(xb.index) and len(xa) >= 2:
         d = (xa - xb.reindex(xa.index)).to_numpy()
-        diff, test, p = estimate(d), "paired t", float(sps.ttest_1samp(d, 0.0).pvalue) if np.ptp(d) else math.nan
+        (diff, p), test = _paired(d), "paired t"
     elif len(xa) >= 2 and len(xb) >= 2:
-        diff, test = _welch(xa.to_numpy(), xb.to_numpy()), "Welch t"
-        p = float(sps.ttest_ind(xa, xb, equal_var=False).pvalue) if diff.method == "t" else math.nan
+        (diff, p), test = _welch(xa.to_numpy(), xb.to_numpy()), "Welch t"
     else:
         n = min(len(xa), len(xb))
         diff = Estimate(n, ea.mean - eb.mean, math.nan, math.nan, "single seed" if n else "none")
@@ -143,15 +142,31 @@ def _by_seed(df: pd.DataFrame, metric: str, by: str, group: str) -> pd.Series:
     return rows.groupby("seed")[metric].mean().sort_index()  # one value per seed
 
 
-def _welch(xa: np.ndarray, xb: np.ndarray) -> Estimate:
-    """Welch-Satterthwaite t-interval of mean(a) - mean(b) for independent groups (the Welch test's own)."""
-    na, nb, mean = len(xa), len(xb), float(xa.mean() - xb.mean())
-    va, vb = xa.var(ddof=1) / na, xb.var(ddof=1) / nb
-    if va + vb == 0:
-        return Estimate(min(na, nb), mean, math.nan, math.nan, ZERO_VARIANCE)
-    dof = (va + vb) ** 2 / ((va ** 2 / (na - 1) if va else 0.0) + (vb ** 2 / (nb - 1) if vb else 0.0))
-    half = sps.t.ppf(0.5 + CONFIDENCE / 2, dof) * math.sqrt(va + vb)
-    return Estimate(min(na, nb), mean, mean - half, mean + half, "t")
+def _t(mean: float, se: float, dof: float, n: int) -> tuple[Estimate, float]:
+    """The 95% t-interval of ``mean`` and the two-sided p of t = mean / se on ``dof`` degrees of freedom:
+    one t, so "p < 0.05" and "the interval excludes 0" cannot disagree. se = 0: neither exists."""
+    if se == 0:
+        return Estimate(n, mean, math.nan, math.nan, ZERO_VARIANCE), math.nan
+    half = sps.t.ppf(0.5 + CONFIDENCE / 2, dof) * se
+    return Estimate(n, mean, mean - half, mean + half, "t"), float(2 * sps.t.sf(abs(mean) / se, dof))
+
+
+def _sd(x: np.ndarray) -> float:
+    return 0.0 if np.ptp(x) == 0 else float(x.std(ddof=1))  # identical values: exactly 0, not rounding noise
+
+
+def _paired(d: np.ndarray) -> tuple[Estimate, float]:
+    """One-sample t on the per-seed differences d_s = a_s - b_s (scipy.stats.ttest_rel)."""
+    return _t(float(d.mean()), _sd(d) / math.sqrt(len(d)), len(d) - 1, len(d))
+
+
+def _welch(xa: np.ndarray, xb: np.ndarray) -> tuple[Estimate, float]:
+    """Welch's t for independent groups, Welch-Satterthwaite degrees of freedom (scipy.stats.ttest_ind,
+    equal_var=False)."""
+    na, nb = len(xa), len(xb)
+    va, vb = _sd(xa) ** 2 / na, _sd(xb) ** 2 / nb
+    dof = (va + vb) ** 2 / ((va ** 2 / (na - 1)) + (vb ** 2 / (nb - 1))) if va + vb else 1.0
+    return _t(float(xa.mean() - xb.mean()), math.sqrt(va + vb), dof, min(na, nb))
 
 
 def summarize(df: pd.DataFrame, metric: str, by: list[str]) -> pd.DataFrame:

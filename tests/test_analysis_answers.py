@@ -148,6 +148,12 @@ def test_a_failed_arm_is_named_with_its_reason_in_the_first_sentence(tmp_path):
     assert "sigmoid: failed: non-finite loss at step 3" in words.split("This plan has failures")[1].split("Budget")[0] \
         .split("On FID")[1]
     assert any("sigmoid seed 0 (failed: non-finite loss at step 3)" in p for p in setup_section(d).paragraphs)
+    assert ["FID", "sigmoid", "", "none", "", "failed: non-finite loss at step 3"] in comparison_section(d).tables[0].rows
+    d.runs, d.evals = d.runs.iloc[:0], d.evals.iloc[:0]  # every job failed: the reasons are the whole answer
+    d.missing = [{"arm": "base", "seed": 0, "reason": "failed: out of memory"}]
+    assert answer(d).startswith("This plan has failures: 1 of 1 planned training runs did not finish (base seed 0: "
+                                "failed: out of memory)")
+    assert setup_section(d).paragraphs == ["No finished training run. base seed 0: failed: out of memory."]
 
 
 def test_failure_reason_reads_the_error_tag():

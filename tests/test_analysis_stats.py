@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as sps
 
 from analysis.answers import NO_DIFFERENCE, arms_answer, comparison_sentence
 from analysis.stats import (band, compare, compare_to_reference, estimate, first_step_reaching, holm,
@@ -82,9 +83,14 @@ def test_paired_interval_agrees_with_its_test():
     """The interval is the paired t-test's own: it excludes 0 exactly when p < 0.05."""
     rng = np.random.default_rng(1)
     for _ in range(200):
-        df = table({"a": list(rng.normal(0, 1, 4)), "b": list(rng.normal(0.8, 1, 4))})
-        c = compare(df, "fid", "a", "b", lower_is_better=True)
+        a, b = rng.normal(0, 1, 4), rng.normal(0.8, 1, 4)
+        c = compare(table({"a": list(a), "b": list(b)}), "fid", "a", "b", lower_is_better=True)
         assert (c.diff.low > 0 or c.diff.high < 0) == (c.p < 0.05)
+        assert c.p == pytest.approx(sps.ttest_rel(a, b).pvalue, rel=1e-9)
+        w = compare(table({"a": list(a), "b": list(b[:3])}, seeds={"b": [7, 8, 9]}), "fid", "a", "b",
+                    lower_is_better=True)
+        assert w.test == "Welch t" and w.p == pytest.approx(sps.ttest_ind(a, b[:3], equal_var=False).pvalue, rel=1e-9)
+        assert (w.diff.low > 0 or w.diff.high < 0) == (w.p < 0.05)
     welch = compare(table(CLEAR, seeds={"cosine": [0, 1, 2], "linear": [3, 4, 5]}), "fid", "cosine", "linear",
                     lower_is_better=True)
     assert (welch.diff.high < 0) == (welch.p < 0.05)
