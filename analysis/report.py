@@ -212,7 +212,7 @@ def final_metrics_section(data: AblationData) -> Section | None:
     rows = [[setting, arm, int(e.loc[(e["setting"] == setting) & (e["arm_label"] == arm), "seed"].nunique())]
             + [cell(*tables[m].loc[(setting, arm), ["mean", "low", "high"]])
                if (setting, arm) in tables[m].index else "not recorded" for m in metrics] for setting, arm in keys]
-    s.tables.append(Table(["setting", "arm", "seeds", *(metric_label(m) for m in metrics)], rows,
+    s.tables.append(Table(["setting", "arm", "seeds evaluated", *(metric_label(m) for m in metrics)], rows,
                           "At the last training step; a cell's interval uses only the seeds with a value. "
                           + CELL_CAPTION))
     return s
