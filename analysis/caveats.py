@@ -38,6 +38,8 @@ def failed_arms(data: AblationData) -> dict[str, str]:
 
 def missing_evaluations(data: AblationData) -> list[str]:
     """'cosine seed 1 with ddim-10-eta0-w0' for each planned (finished run, setting) with no evaluation."""
+    if not data.planned:  # without a plan, a run never asked for a setting evaluated on another one
+        return []
     have = set(zip(data.evals["run_id"], data.evals["setting"]))
     return [f"{run.arm_label} seed {run.seed} with {s}" for s in data.settings for run in data.runs.itertuples()
             if (run.run_id, s) not in have]

@@ -58,6 +58,7 @@ class AblationData:
     # Planned jobs with no finished training run: the plan's {config_hash, arm, seed, ...} plus ``reason``,
     # e.g. "failed: non-finite loss at step 3" (the newest training run's harness.error tag).
     missing: list[dict[str, Any]] = field(default_factory=list)
+    planned: bool = True  # jobs and settings come from a plan.json (False: whatever the experiment holds)
 
 
 def load_experiment(store: MlflowStore, experiment: str, *, latest_plan: bool = True) -> AblationData:
@@ -101,7 +102,8 @@ def load_experiment(store: MlflowStore, experiment: str, *, latest_plan: bool = 
         runs=runs, evals=_with_axes(evals, runs, axes), curves=_with_axes(curves, runs, axes),
         loss=loss, buckets=buckets, grids=_grids_table(runs, settings),
         parent_run_id=parent.info.run_id if parent is not None else None,
-        parent_status=parent.info.status if parent is not None else None, missing=missing)
+        parent_status=parent.info.status if parent is not None else None, missing=missing,
+        planned=plan is not None)
 
 
 # -- runs -------------------------------------------------------------------------------------------

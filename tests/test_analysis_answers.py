@@ -156,6 +156,15 @@ def test_a_failed_arm_is_named_with_its_reason_in_the_first_sentence(tmp_path):
     assert setup_section(d).paragraphs == ["No finished training run. base seed 0: failed: out of memory."]
 
 
+def test_without_a_plan_an_unevaluated_setting_is_no_failure(tmp_path):
+    d = data(tmp_path, {("linear", S): GOOD, ("cosine", S): BETTER, ("linear", "ddim-10-eta0-w0"): GOOD,
+                        ("cosine", "ddim-10-eta0-w0"): BETTER})
+    d.evals = d.evals[~((d.evals["arm_label"] == "linear") & (d.evals["setting"] == "ddim-10-eta0-w0"))]
+    assert answer(d).startswith("This plan has failures: 3 planned evaluation(s) are missing")
+    d.planned = False  # loaded with latest_plan=False: settings are whatever any run was evaluated with
+    assert not answer(d).startswith("This plan has failures")
+
+
 def test_failure_reason_reads_the_error_tag():
     def run(status, **tags):
         return SimpleNamespace(info=SimpleNamespace(status=status), data=SimpleNamespace(tags=tags))
