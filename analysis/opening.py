@@ -91,7 +91,9 @@ def fid_sentence(data: AblationData, at: pd.DataFrame, setting: str, reasons: di
     """The arms on FID at ``setting``, or a refusal to rank FIDs computed on different bases."""
     refusal = fid_refusal(at, data.runs)
     if refusal is not None:
-        return f"On FID with {setting} at the end of training: {refusal}."
+        absent = [f"; {a}: {reasons.get(a, 'no fid recorded')}" for a in data.arms
+                  if not at.loc[at["arm_label"] == a, "fid"].notna().any()]
+        return f"On FID with {setting} at the end of training: {refusal}{''.join(absent)}."
     basis = fid_bases(at, data.runs)
     return (f"On FID with {setting} at the end of training{f' ({basis[0]})' if basis else ''}, "
             f"{arms_answer(at, data.arms, reasons=reasons)}.")

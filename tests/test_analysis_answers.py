@@ -112,7 +112,10 @@ def test_recognized_class_accuracy_is_reported_with_guidance(tmp_path):
 def test_fids_at_different_sample_counts_are_not_ranked(tmp_path):
     d = data(tmp_path, {("linear", S): GOOD, ("cosine", S): BETTER})
     d.evals.loc[d.evals["arm_label"] == "cosine", "num_generated"] = 1000.0
+    d.arms.append("sigmoid")  # planned, never trained: still named beside the refusal
+    d.missing = [{"arm": "diffusion.schedule=sigmoid", "seed": 0, "reason": "failed: out of memory"}]
     words = answer(d)
+    assert "are not comparable; sigmoid: failed: out of memory." in words
     assert "FIDs are not ranked: they were computed on different bases (N = 500 samples against 5,000 mnist-5k " \
            "images for linear ddim-50-eta0-w0; N = 1,000 samples" in words
     assert "beats" not in words.split("Final training")[0]
