@@ -66,24 +66,26 @@ def failure_sentence(data: AblationData) -> str | None:
 
 def code_sentence(data: AblationData) -> str | None:
     """Names the code versions (and git commits) a report mixes, and flags arms made by different code."""
-    rows = pd.concat([data.runs[["arm_label", "seed", "code_version", "commit"]],
-                      data.evals[["arm_label", "seed", "code_version", "commit"]]])
+    kinds = {"trained": data.runs, "evaluated": data.evals}
+    cols = ["arm_label", "seed", "code_version", "commit"]
+    rows = pd.concat([df[cols].assign(kind=kind) for kind, df in kinds.items()])
     rows = rows.fillna({"code_version": "unknown", "commit": "unknown"})
     versions = list(dict.fromkeys(rows["code_version"]))
     if len(versions) < 2:
         return None
     who = []
     for v in versions:
-        mine = rows[rows["code_version"] == v]
-        arms = [f"{a} seed{'s' if len(g) > 1 else ''} {', '.join(map(str, sorted(g)))}"
-                for a, g in mine.groupby("arm_label", sort=False)["seed"].unique().items()]
-        who.append(f"{v} ({'; '.join(arms)})")
+        parts = []
+        for kind, mine in rows[rows["code_version"] == v].groupby("kind", sort=False):
+            arms = [f"{a} seed{'s' if len(g) > 1 else ''} {', '.join(map(str, sorted(g)))}"
+                    for a, g in mine.groupby("arm_label", sort=False)["seed"].unique().items()]
+            parts.append(f"{kind}: {'; '.join(arms)}")
+        who.append(f"{v} ({'; '.join(parts)})")
     commits = sorted(set(rows["commit"]))
     per_arm = rows.groupby("arm_label", sort=False)["code_version"].agg(frozenset)
-    across = len(set(per_arm)) > 1 or any(len(v) > 1 for v in per_arm)
     text = (f"These results mix {len(versions)} versions of the harness code: {', '.join(who)}; git "
             f"commit{'s' if len(commits) > 1 else ''} {', '.join(commits)}.")
-    if across:
+    if len(set(per_arm)) > 1 or any(len(v) > 1 for v in per_arm):
         text += (" Comparisons between runs made by different code may show the change of code rather than the "
                  "arm: re-run the stale jobs before trusting them.")
     return text

@@ -183,8 +183,9 @@ def test_mixed_code_versions_are_named_and_flagged(tmp_path):
     d.runs.loc[d.runs["arm_label"] == "cosine", ["code_version", "commit"]] = ["v2", "def456"]
     d.evals.loc[d.evals["arm_label"] == "cosine", ["code_version", "commit"]] = ["v2", "def456"]
     doc = build_document(d)
-    assert ("These results mix 2 versions of the harness code: v1 (linear seeds 0, 1, 2), v2 (cosine seeds 0, 1, 2); "
-            "git commits abc123, def456. Comparisons between runs made by different code") in doc.answer
+    assert ("These results mix 2 versions of the harness code: v1 (trained: linear seeds 0, 1, 2; evaluated: linear "
+            "seeds 0, 1, 2), v2 (trained: cosine seeds 0, 1, 2; evaluated: cosine seeds 0, 1, 2); git commits abc123, "
+            "def456. Comparisons between runs made by different code") in doc.answer
     assert "code version v1, v2; git commit abc123, def456" in doc.footer
     same = data(tmp_path / "same", {("linear", S): GOOD, ("cosine", S): BETTER})
     assert "versions of the harness code" not in answer(same)
