@@ -146,4 +146,4 @@ def heun_sentence(evals: pd.DataFrame) -> str | None:
     return (f"The heun setting is Heun's 2nd-order solver (Karras et al. 2022, Algorithm 1) only below "
             f"sigma_max = {HEUN_SIGMA_MAX:g}: steps from noise levels above it, and the last step, are Euler steps, "
             f"so it is not Karras' full Heun, and its NFE is the counted number of network evaluations"
-            + (f" ({counts})" if counts else "") + ", not 2 x steps - 1.")
+            + (f" ({counts})" if counts else "") + "; Karras' Heun with the same steps would use 2 x steps - 1.")
