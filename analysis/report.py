@@ -194,6 +194,10 @@ def guidance_section(data: AblationData) -> Section | None:
     s.paragraphs.append("w = 0 is no guidance; the guided output is (1 + w) cond - w uncond. "
                         "recognized_class_accuracy is the class accuracy among recognizable samples only.")
     s.tables.append(Table(["arm", "w", "seeds with class accuracy", *metrics], rows, CELL_CAPTION))
+    blind = sorted(set(fam["guidance"]) - set(fam.loc[fam["class_accuracy"].notna(), "guidance"]))
+    if blind:
+        s.paragraphs.append(f"No class accuracy is recorded at w = {', '.join(f'{w:g}' for w in blind)}: those weights "
+                            "are in the table but cannot be drawn in the figure.")
     fig = figures.guidance_tradeoff(fam, data.arms)
     if fig is not None:
         s.pictures.append(Picture("guidance", "FID and class accuracy against the guidance weight w (bands: 95% CI over "
