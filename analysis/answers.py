@@ -1,8 +1,10 @@
 """The answer in words, computed from the tables: which arm wins, by how much, with what certainty.
 
-Every sentence that names a winner comes from ``Comparison.winner`` (a significant test whose 95%
-interval of the difference excludes zero); otherwise it says "no significant difference at this
-budget", and with one seed it says so and gives the values without a test.
+Every sentence that names a winner comes from ``Comparison.winner`` (a test, p < 0.05 after Holm and a
+95% interval of the difference that excludes zero). A tested tie says "no significant difference at
+this budget"; a comparison without a test says "not tested" and why (1 seed, zero variance), never
+"no significant difference". Every arm, setting and guidance weight asked about is named: one with
+no usable value reads "no <metric> recorded" (or the reason its job failed), never silently dropped.
 """
 from __future__ import annotations
 
@@ -11,12 +13,29 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from harness.config import SamplerSetting
+from harness.schema import METRICS, RUN_METRICS, lower_is_better
+
 from .load import AblationData
-from .stats import Comparison, compare, compare_to_reference, estimate, first_step_reaching, pareto_front
+from .stats import ZERO_VARIANCE, Comparison, compare, compare_to_reference, estimate, first_step_reaching, pareto_front
 
 NO_DIFFERENCE = "no significant difference at this budget"
-LOWER_IS_BETTER = {"fid": True, "kid": True, "precision": False, "recall": False, "recognizability": False,
-                   "class_accuracy": False, "final_loss": True}
+LOWER_IS_BETTER = {m: lower_is_better(m) for m in (*METRICS, *RUN_METRICS)
+                   if (METRICS.get(m) or RUN_METRICS[m]).lower_is_better is not None}
+# KID is a squared MMD of order 1e-3 here: reported x 10^3, as is usual, so its digits are readable.
+SCALE = {"kid": 1e3}
+
+
+def metric_label(metric: str) -> str:
+    """How a column or sentence names ``metric``: 'FID', 'KID x 10^3', 'final training loss'."""
+    m = METRICS.get(metric) or RUN_METRICS.get(metric)
+    text = m.text if m else metric
+    return f"{text} x 10^{round(math.log10(SCALE[metric]))}" if metric in SCALE else text
+
+
+def scaled(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with every scaled metric (SCALE) in its reported unit."""
+    return df.assign(**{m: df[m] * f for m, f in SCALE.items() if m in df})
 
 
 # -- numbers ----------------------------------------------------------------------------------------
@@ -53,6 +72,11 @@ def step(s: int) -> str:
     return f"step {s:,}"
 
 
+def usable_seeds(df: pd.DataFrame, metric: str, by: str, group) -> int:
+    """Seeds of ``group`` with a finite ``metric``: a NaN row is no observation."""
+    return int(df.loc[(df[by] == group) & df[metric].notna(), "seed"].nunique())
+
+
 # -- comparisons in words ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -80,7 +104,7 @@ def swap(c: Comparison) -> Comparison:
     """The same comparison with a and b exchanged."""
     d = c.diff
     return Comparison(c.metric, c.b, c.a, c.b_est, c.a_est, type(d)(d.n, -d.mean, -d.high, -d.low, d.method), c.test,
-                      c.p, c.lower_is_better, c.alpha)
+                      c.p, c.lower_is_better, c.alpha, c.untested)
 
 
 def test_words(c: Comparison, family: int = 1) -> str:
@@ -88,11 +112,18 @@ def test_words(c: Comparison, family: int = 1) -> str:
     return f"{seeds(c.diff.n)}, {c.test}-test {pval(c.p)}{holm}"
 
 
+def untested_words(c: Comparison, unit: str) -> str:
+    """Why ``c`` has no test: 'not tested (1 seed)', or the constant difference that leaves no uncertainty to estimate."""
+    if c.untested == ZERO_VARIANCE:
+        return (f"not tested: the difference {c.a} - {c.b} is {num(c.diff.mean)} {unit} in each of {seeds(c.diff.n)}, "
+                f"so its uncertainty cannot be estimated")
+    return f"not tested ({c.untested})"
+
+
 def comparison_sentence(c: Comparison, unit: str, family: int = 1) -> str:
-    """One comparison: a winner with its margin, a tie, or the values of a single seed."""
+    """One comparison: a winner with its margin, a tested tie, or the values without a test and why."""
     if c.test == "none":
-        return (f"{c.a} {num(c.a_est.mean)} and {c.b} {num(c.b_est.mean)} {unit}: one seed only, so no interval "
-                f"and no test")
+        return f"{c.a} {num(c.a_est.mean)} and {c.b} {num(c.b_est.mean)} {unit}: {untested_words(c, unit)}"
     if c.winner == c.a:
         return f"{c.a} beats {c.b} by {margin_of_b(swap(c), unit, family)}"
     if c.winner == c.b:
@@ -103,38 +134,54 @@ def comparison_sentence(c: Comparison, unit: str, family: int = 1) -> str:
 
 
 def ranked(df: pd.DataFrame, metric: str, by: str, groups: list[str]) -> list[str]:
-    """Groups from best to worst mean (ties keep the plan order)."""
+    """Groups with a finite mean, from best to worst (ties keep the given order)."""
     means = {g: estimate(df.loc[df[by] == g, metric]).mean for g in groups}
     means = {g: m for g, m in means.items() if math.isfinite(m)}
     sign = 1 if LOWER_IS_BETTER.get(metric, True) else -1
     return sorted(means, key=lambda g: sign * means[g])
 
 
-def arms_answer(evals: pd.DataFrame, arms: list[str], metric: str = "fid", unit: str = "FID") -> str:
-    """The arms compared on ``metric`` (one row per arm and seed in ``evals``, one setting)."""
-    order = ranked(evals, metric, "arm_label", arms)
-    if len(order) < 2:
-        return f"only {len(order)} arm has a finished evaluation, so there is nothing to compare"
+def arms_answer(evals: pd.DataFrame, arms: list[str], metric: str = "fid", unit: str = "FID",
+                reasons: dict[str, str] | None = None) -> str:
+    """Every arm of ``arms`` on ``metric`` (``evals``: one row per arm and seed, one setting). An arm without
+    a usable value is named with ``reasons[arm]`` (default 'no <metric> recorded')."""
     lower = LOWER_IS_BETTER.get(metric, True)
-    n_min = evals.groupby("arm_label")["seed"].nunique().reindex(order).min()
-    if n_min < 2:
-        values = "; ".join(f"{a} {num(estimate(evals.loc[evals['arm_label'] == a, metric]).mean)}" for a in order)
-        return (f"with one seed per arm there is no interval and no test, only the values: {unit} {values} "
-                f"({'lower' if lower else 'higher'} is better); a difference from one seed is not evidence of a winner")
-    best, others = order[0], order[1:]
-    if len(others) == 1:
-        return comparison_sentence(compare(evals, metric, best, others[0], lower_is_better=lower), unit)
+    n = {a: usable_seeds(evals, metric, "arm_label", a) for a in arms}
+    absent = "; ".join(f"{a}: {(reasons or {}).get(a, f'no {metric} recorded')}" for a in arms if not n[a])
+    absent = f"; {absent}" if absent else ""
+    order = ranked(evals, metric, "arm_label", [a for a in arms if n[a]])
+    mean = {a: estimate(evals.loc[evals["arm_label"] == a, metric]).mean for a in order}
+    if len(order) < 2:
+        has = f"only {order[0]} has a {unit} ({num(mean[order[0]])})" if order else f"no arm has a {unit}"
+        return f"{has}, so there is nothing to compare{absent}"
+    testable = [a for a in order if n[a] >= 2]  # a winner needs >= 2 usable seeds in each arm
+    few = [a for a in order if n[a] < 2]
+    few_words = "; ".join(f"{a} {num(mean[a])}, not tested ({seeds(n[a])})" for a in few)
+    if len(testable) < 2:
+        values = "; ".join(f"{a} {num(mean[a])} ({seeds(n[a])})" for a in order)
+        why = "1 seed per arm" if max(n.values()) == 1 else f"fewer than 2 seeds with a {unit} in all but one arm"
+        return (f"not tested ({why}), only the values: {unit} {values} ({'lower' if lower else 'higher'} is better); "
+                f"a difference without a test is not evidence of a winner{absent}")
+    best, others = testable[0], testable[1:]
     comps = compare_to_reference(evals, metric, best, others, lower_is_better=lower)
-    beaten = [c for c in comps if c.winner == best]
-    tied = [c for c in comps if c.winner is None]
+    if len(comps) == 1 and not few:
+        return comparison_sentence(comps[0], unit) + absent
     e = estimate(evals.loc[evals["arm_label"] == best, metric])
-    text = f"{best} has the {'lowest' if lower else 'highest'} mean {unit}, {with_ci(e.mean, e.low, e.high)}"
+    text = (f"{best} has the {'lowest' if lower else 'highest'} mean {unit} of the arms with 2 or more seeds, "
+            f"{with_ci(e.mean, e.low, e.high)}")
+    beaten = [c for c in comps if c.winner == best]
+    tied = [c for c in comps if c.test != "none" and c.winner is None]
+    untested = [c for c in comps if c.test == "none"]
     if beaten:
         text += "; it beats " + "; ".join(f"{c.a} by {margin_of_b(c, unit, len(comps))}" for c in beaten)
     if tied:
         text += (f"; against {', '.join(c.a for c in tied)} there is {NO_DIFFERENCE} "
                  f"(Holm-adjusted over {len(comps)} comparisons)")
-    return text
+    if untested:
+        text += "; against " + "; ".join(f"{c.a} ({num(c.a_est.mean)}) {untested_words(c, unit)}" for c in untested)
+    if few:
+        text += f"; {few_words}"
+    return text + absent
 
 
 # -- recognizability --------------------------------------------------------------------------------
@@ -164,7 +211,7 @@ def recognizable_answer(steps: pd.DataFrame, arms: list[str], setting: str) -> s
     threshold = steps["threshold"].iloc[0]
     phrases: dict[str, list[str]] = {}  # phrase -> arms, so arms that agree share one phrase
     first_hit: dict[str, int] = {}  # phrase -> its step, to list the soonest first
-    suspicious, reached = [], {}
+    at_first, reached = [], {}
     for arm in [a for a in arms if a in set(steps["arm_label"])]:
         mine = steps[(steps["arm_label"] == arm) & steps["logged"]]
         if mine.empty:
@@ -184,9 +231,9 @@ def recognizable_answer(steps: pd.DataFrame, arms: list[str], setting: str) -> s
         phrases.setdefault(where + " with {arms}", []).append(arm)
         first_hit[where + " with {arms}"] = int(hit.median())
         if (mine["step"] == mine["first_eval"]).all():
-            suspicious.append(arm)
+            at_first.append(arm)
     text = (f"digits become recognizable (recognizability >= {threshold:g} with {setting}) "
-            + "; ".join(p.format(arms=_and(a)) for p, a in sorted(phrases.items(), key=lambda pa: (
+            + "; ".join(p.format(arms=and_list(a)) for p, a in sorted(phrases.items(), key=lambda pa: (
                 0 if pa[0] in first_hit else 1 if pa[0].startswith("not") else 2, first_hit.get(pa[0], 0)))))
     if len(reached) == 2 and all(v is not None for v in reached.values()):
         (a, sa), (b, sb) = reached.items()
@@ -197,93 +244,144 @@ def recognizable_answer(steps: pd.DataFrame, arms: list[str], setting: str) -> s
             text += f"; both reach it at the same evaluation{one}"
         else:
             text += "; neither is sooner in every seed"
-    if suspicious:
-        text += (f". For {_and(suspicious)} that is already the first evaluation, where the domain classifier can be "
-                 f"confident on noise: read it next to FID and the sample grids")
+    if at_first:
+        text += (f". For {and_list(at_first)} that is already the first evaluation, so it happened at or before that "
+                 f"step; evaluating earlier would place it more precisely")
     return text
 
 
-def _and(items: list[str]) -> str:
+def and_list(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1] if items else ""
 
 
 # -- sampler settings -------------------------------------------------------------------------------
 
-def series_name(sampler: str, eta: float) -> str:
-    return f"{sampler} eta={eta:g}" if sampler == "ddim" else sampler
+SERIES_FIELDS = tuple(f for f in SamplerSetting.model_fields if f not in ("steps", "guidance"))  # one line of a plot
 
 
-def settings_answer(evals: pd.DataFrame) -> str:
-    """Each setting against the most expensive one (largest NFE) on FID, paired over seeds."""
+def series_name(row) -> str:
+    """The sampler of a setting without its step count: 'ddim eta=0', 'ddpm fixed_large'."""
+    setting = SamplerSetting.model_validate({f: getattr(row, f) for f in SERIES_FIELDS})
+    name = f"{setting.sampler} eta={setting.eta:g}" if setting.sampler == "ddim" else setting.sampler
+    extras = [str(getattr(setting, f)) for f, info in SamplerSetting.model_fields.items()
+              if f in SERIES_FIELDS and f not in ("sampler", "eta") and getattr(setting, f) != info.default]
+    return " ".join([name, *extras])
+
+
+def settings_answer(evals: pd.DataFrame, settings: list[str] | None = None) -> str:
+    """Each setting against the most expensive one with a testable FID (largest counted NFE), paired over
+    seeds; ``settings`` (plan order) names those with no evaluation at all. A setting without a usable FID
+    is named, never counted as 'no significant loss'."""
+    settings = list(dict.fromkeys([*(settings or []), *evals["setting"]]))
     nfe = evals.groupby("setting", sort=False)["nfe"].mean()
-    reference = nfe.idxmax()
-    ref = estimate(evals.loc[evals["setting"] == reference, "fid"])
-    others = [s for s in nfe.index if s != reference]
-    head = (f"against the most expensive setting, {reference} ({num(nfe[reference])} NFE; FID {num(ref.mean)}"
-            + (f", 95% CI {num(ref.low)} to {num(ref.high)})" if ref.has_interval else ")"))
-    if evals.groupby("setting")["seed"].nunique().min() < 2:
-        values = "; ".join(f"{s} ({num(nfe[s])} NFE) {num(estimate(evals.loc[evals['setting'] == s, 'fid']).mean)}"
-                           for s in sorted(others, key=lambda s: nfe[s]))
-        return f"{head}, one seed only, so no tests; FID per setting: {values}"
-    comps = {c.a: c for c in compare_to_reference(evals, "fid", reference, others, by="setting", lower_is_better=True)}
-    sentences = []
+    n = {s: usable_seeds(evals, "fid", "setting", s) for s in settings}
+    fid = {s: estimate(evals.loc[evals["setting"] == s, "fid"]) for s in settings}
+    nothing = [f"no evaluation recorded with {s}" for s in settings if s not in nfe.index]
+    nothing += [f"no FID recorded with {s} ({num(nfe[s])} NFE)" for s in settings if s in nfe.index and not n[s]]
+    tail = ("; " + "; ".join(nothing)) if nothing else ""
+    have = sorted((s for s in settings if n[s]), key=lambda s: -nfe[s])
+    testable = [s for s in have if n[s] >= 2]
+    if not have:
+        return "no setting has a FID" + tail
+    reference = testable[0] if len(testable) >= 2 else have[0]
+    ref = fid[reference]
+    head = f"against the most expensive setting with a FID, {reference} ({num(nfe[reference])} NFE; FID " + (
+        f"{num(ref.mean)}, 95% CI {num(ref.low)} to {num(ref.high)})" if ref.has_interval else f"{num(ref.mean)})")
+    if len(testable) < 2:
+        values = "; ".join(f"{s} ({num(nfe[s])} NFE) {num(fid[s].mean)} ({seeds(n[s])})" for s in have[1:])
+        return f"{head}, no setting pair has 2 or more seeds with a FID each, so no tests; FID per setting: {values}{tail}"
+    comps = {c.a: c for c in compare_to_reference(evals, "fid", reference, testable[1:], by="setting",
+                                                  lower_is_better=True)}
     meta = evals.drop_duplicates("setting").set_index("setting")
-    for name, group in meta.loc[others].groupby(["sampler", "eta"], sort=False):
-        ordered = sorted(group.index, key=lambda s: -nfe[s])  # most to fewest NFE
-        worse = [s for s in ordered if comps[s].winner == reference]
-        ok = [s for s in ordered if comps[s].winner != reference]
-        label = series_name(*name)
-        lowest_ok = [s for s in ok if all(nfe[w] < nfe[s] for w in worse)]
-        part = f"{label}: "
-        if lowest_ok:
-            part += f"no significant loss down to {num(nfe[lowest_ok[-1]])} NFE"
+    sentences = []
+    for name, group in meta.loc[[s for s in have if s != reference]].groupby(
+            meta.loc[[s for s in have if s != reference]].apply(series_name, axis=1), sort=False):
+        ordered = list(group.index)  # most to fewest NFE
+        worse = [s for s in ordered if s in comps and comps[s].winner == reference]
+        better = [s for s in ordered if s in comps and comps[s].winner == s]
+        tied = [s for s in ordered if s in comps and comps[s].test != "none" and comps[s].winner is None]
+        untested = [s for s in ordered if s not in comps or comps[s].test == "none"]
+        lowest_ok = [s for s in tied if all(nfe[w] < nfe[s] for w in worse)]
+        parts = [f"no significant loss down to {num(nfe[lowest_ok[-1]])} NFE"] if lowest_ok else []
         if worse:
-            part += ("; " if lowest_ok else "") + "worse " + ", ".join(
-                f"at {num(nfe[s])} NFE by {margin_of_b(comps[s], 'FID', len(comps))}"
-                for s in worse)
-        better = [s for s in ordered if comps[s].winner == s]
+            parts.append("worse " + ", ".join(f"at {num(nfe[s])} NFE by {margin_of_b(comps[s], 'FID', len(comps))}"
+                                              for s in worse))
         if better:
-            part += "; better at " + ", ".join(f"{num(nfe[s])} NFE" for s in better)
-        sentences.append(part)
-    return f"{head}, paired over seeds and Holm-adjusted over {len(comps)} comparisons: " + "; ".join(sentences)
+            parts.append("better at " + ", ".join(f"{num(nfe[s])} NFE" for s in better))
+        parts += [f"at {num(nfe[s])} NFE FID {num(fid[s].mean)}, "
+                  + (untested_words(comps[s], "FID") if s in comps else f"not tested ({seeds(n[s])})")
+                  for s in untested]
+        sentences.append(f"{name}: " + "; ".join(parts))
+    return (f"{head}, paired over seeds and Holm-adjusted over {len(comps)} comparisons: " + "; ".join(sentences)
+            + tail)
 
 
 def settings_front(evals: pd.DataFrame) -> pd.DataFrame:
-    """The Pareto front of mean NFE against mean FID over settings (columns setting, nfe, fid)."""
-    per = evals.groupby("setting", as_index=False, sort=False)[["nfe", "fid"]].mean()
+    """The Pareto front of mean NFE against mean FID over settings with a FID (columns setting, nfe, fid)."""
+    per = evals.groupby("setting", as_index=False, sort=False)[["nfe", "fid"]].mean().dropna(subset=["fid"])
     return pareto_front(per, minimize=("nfe", "fid")).sort_values("nfe")
 
 
 # -- guidance ---------------------------------------------------------------------------------------
 
 def guidance_answer(evals: pd.DataFrame) -> str:
-    """Best w by class accuracy, the smallest w not significantly below it, and what FID does."""
-    e = evals[evals["class_accuracy"].notna()].assign(w=lambda d: d["guidance"].map("w = {:g}".format))
+    """Best w by class accuracy, the smallest w not significantly below it, and what FID does. A weight
+    without class accuracy is named and kept in the Pareto front, marked: it cannot be ruled out."""
+    e = evals.assign(w=evals["guidance"].map("w = {:g}".format))
     ws = list(dict.fromkeys(e.sort_values("guidance")["w"]))
     if len(ws) < 2:
         return "guidance does not vary"
-    by_acc = ranked(e, "class_accuracy", "w", ws)
+    n = {w: usable_seeds(e, "class_accuracy", "w", w) for w in ws}
+    blind = [w for w in ws if not n[w]]
+    measured = [w for w in ws if n[w]]
+    blind_words = f"; no class accuracy recorded at {', '.join(blind)}" if blind else ""
+    per = e.groupby("w", as_index=False, sort=False)[["fid", "class_accuracy"]].mean()
+    placed = per.dropna(subset=["fid", "class_accuracy"])
+    front = list(pareto_front(placed, minimize=("fid",), maximize=("class_accuracy",))["w"])
+    unplaced = [w for w in ws if w not in set(placed["w"])]
+    front_words = (f"Pareto-optimal (FID against class accuracy): {', '.join(front) or 'none'}"
+                   + (f"; {', '.join(unplaced)} cannot be placed or ruled out (a metric is missing)" if unplaced else ""))
+    if not measured:
+        return f"class accuracy is not recorded at any w{blind_words}. {front_words}"
+    by_acc = ranked(e, "class_accuracy", "w", measured)
     best = by_acc[0]
     acc = estimate(e.loc[e["w"] == best, "class_accuracy"])
-    by_fid = ranked(e, "fid", "w", ws)
-    fid_best = estimate(e.loc[e["w"] == by_fid[0], "fid"])
-    per = e.groupby("w", as_index=False, sort=False)[["fid", "class_accuracy"]].mean()
-    front = ", ".join(pareto_front(per, minimize=("fid",), maximize=("class_accuracy",))["w"])
-    if per["class_accuracy"].nunique() == 1:  # "highest at w = 0" would crown the first of equals
-        text = f"class accuracy is {num(acc.mean)} at every w"
+    if placed["class_accuracy"].nunique() == 1 and len(measured) > 1:  # "highest at w = 0" would crown the first of equals
+        text = f"class accuracy is {num(acc.mean)} at every w where it is recorded"
     else:
         text = f"class accuracy is highest at {best} ({with_ci(acc.mean, acc.low, acc.high)})"
-    text += f"; FID is lowest at {by_fid[0]} ({with_ci(fid_best.mean, fid_best.low, fid_best.high)})"
-    if e.groupby("w")["seed"].nunique().min() < 2:
-        values = "; ".join(f"{r.w}: class accuracy {num(r.class_accuracy)}, FID {num(r.fid)}" for r in per.itertuples())
-        return (f"{text}. One seed only, so no tests: {values}. Pareto-optimal (FID against class accuracy): {front}")
-    comps = compare_to_reference(e, "class_accuracy", best, [w for w in ws if w != best], by="w", lower_is_better=False)
-    tied = [c.a for c in comps if c.winner is None]
+    text += blind_words + recognized_words(e, measured)
+    by_fid = ranked(e, "fid", "w", ws)
+    if by_fid:
+        fid_best = estimate(e.loc[e["w"] == by_fid[0], "fid"])
+        text += f"; FID is lowest at {by_fid[0]} ({with_ci(fid_best.mean, fid_best.low, fid_best.high)})"
+    testable = [w for w in measured if n[w] >= 2]
+    if best not in testable or len(testable) < 2:
+        values = "; ".join(f"{r.w}: class accuracy {num(r.class_accuracy)}, FID {num(r.fid)} ({seeds(n[r.w])})"
+                           for r in per.itertuples())
+        return f"{text}. Too few seeds with class accuracy for tests: {values}. {front_words}"
+    comps = compare_to_reference(e, "class_accuracy", best, [w for w in testable if w != best], by="w",
+                                 lower_is_better=False)
+    tied = [c.a for c in comps if c.test != "none" and c.winner is None]
+    untested = [c for c in comps if c.test == "none"]
     pick = next(w for w in ws if w == best or w in tied)  # ws are in increasing w
     text += (f". Weights with {NO_DIFFERENCE} in class accuracy from {best}: {', '.join(tied) if tied else 'none'} "
              f"(paired over seeds, Holm-adjusted over {len(comps)} comparisons)")
+    if untested or len(testable) < len(measured):
+        text += "; " + "; ".join([f"{c.a} {untested_words(c, 'class accuracy')}" for c in untested]
+                                 + [f"{w} not tested ({seeds(n[w])})" for w in measured if w not in testable])
     if pick != best:
         c = compare(e, "fid", pick, best, by="w", lower_is_better=True)
         text += (f". The smallest such weight, {pick}, is not significantly below {best} in class accuracy; on FID "
                  f"{comparison_sentence(c, 'FID')}")
-    return f"{text}. Pareto-optimal (FID against class accuracy): {front}"
+    return f"{text}. {front_words}"
+
+
+def recognized_words(e: pd.DataFrame, ws: list[str]) -> str:
+    """Class accuracy among recognizable samples per w, when the evaluator logged it."""
+    col = "recognized_class_accuracy"
+    if col not in e or e[col].isna().all():
+        return ""
+    means = e.groupby("w", sort=False)[col].mean()
+    return ("; among recognizable samples only, class accuracy is "
+            + ", ".join(f"{num(means.get(w, math.nan))} at {w}" for w in ws))

@@ -148,42 +148,61 @@ def sample_strip(grids: pd.DataFrame, setting: str, order: list[str], *, hue: st
                           title=lambda s: f"step {s:,}")
 
 
+SETTINGS_PER_ROW = 6  # columns of the samples-by-setting figure; more settings wrap into further blocks
+
+
 def final_samples(grids: pd.DataFrame, settings: list[str], order: list[str], *, hue: str = "arm_label",
-                  max_settings: int = 8) -> Figure | None:
-    """The last saved grid of each setting (columns), one row per arm (its lowest seed)."""
+                  per_row: int = SETTINGS_PER_ROW) -> Figure | None:
+    """The last saved grid of every setting (columns, wrapped into blocks of ``per_row``), one row per arm
+    (its lowest seed) in each block."""
     part = grids[grids["seed"] == grids.groupby(hue)["seed"].transform("min")]
     part = part[part["step"] == part.groupby("run_id")["step"].transform("max")]
-    cols = [s for s in settings if s in set(part["setting"])][:max_settings]
-    return picture_matrix(part, hue, "setting", [o for o in order if o in set(part[hue])], cols, title=str)
+    cols = [s for s in settings if s in set(part["setting"])]
+    return picture_matrix(part, hue, "setting", [o for o in order if o in set(part[hue])], cols, title=str,
+                          wrap=per_row)
 
 
-def picture_matrix(cells: pd.DataFrame, row: str, col: str, rows: list, cols: list, *, title) -> Figure | None:
-    """PNG files (column ``path``) laid out by ``row`` x ``col`` values; missing cells stay blank."""
+def picture_matrix(cells: pd.DataFrame, row: str, col: str, rows: list, cols: list, *, title,
+                   wrap: int | None = None) -> Figure | None:
+    """PNG files (column ``path``) laid out by ``row`` x ``col`` values; missing cells stay blank. With
+    ``wrap``, columns beyond ``wrap`` continue in another block of ``rows`` below, each cell titled."""
     if not rows or not cols:
         return None
     paths = {(r, c): p for r, c, p in zip(cells[row], cells[col], cells["path"])}
     images = {key: mpimg.imread(path) for key, path in paths.items() if key[0] in rows and key[1] in cols}
     if not images:
         return None
+    wrap = wrap or len(cols)
+    blocks = [cols[k:k + wrap] for k in range(0, len(cols), wrap)]
+    width = len(blocks[0])
     h, w = next(iter(images.values())).shape[:2]  # grids are as wide as grid_size allows: keep their aspect
-    cell_w = min(2.4 * max(1.0, w / h), (WIDTH - 1.2) / len(cols))
+    cell_w = min(2.4 * max(1.0, w / h), (WIDTH - 1.2) / width)
     cell_h = cell_w * h / w
-    fig = Figure(figsize=(cell_w * len(cols) + 1.2, (cell_h + 0.35) * len(rows) + 0.3), layout="constrained")
+    n_rows = len(rows) * len(blocks)
+    fig = Figure(figsize=(cell_w * width + 1.2, (cell_h + 0.35) * n_rows + 0.3), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(len(rows), len(cols), squeeze=False)
-    for i, r in enumerate(rows):
-        for j, c in enumerate(cols):
-            ax = axes[i, j]
-            ax.set_xticks([]), ax.set_yticks([])
-            for side in ax.spines.values():
-                side.set_visible(False)
-            if (r, c) in images:
-                ax.imshow(images[(r, c)], interpolation="nearest")
-            if i == 0:
-                ax.set_title(title(c), fontsize="small")
-            if j == 0:
-                ax.set_ylabel(str(r), fontsize="small")
+    axes = fig.subplots(n_rows, width, squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()  # a short last block leaves cells empty
+    for b, block in enumerate(blocks):
+        for i, r in enumerate(rows):
+            for j, c in enumerate(block):
+                _picture_cell(axes[b * len(rows) + i, j], images.get((r, c)), title(c) if i == 0 else None,
+                              str(r) if j == 0 else None)
     return fig
+
+
+def _picture_cell(ax, image, title: str | None, ylabel: str | None) -> None:
+    ax.set_axis_on()
+    ax.set_xticks([]), ax.set_yticks([])
+    for side in ax.spines.values():
+        side.set_visible(False)
+    if image is not None:
+        ax.imshow(image, interpolation="nearest")
+    if title:
+        ax.set_title(title, fontsize="small")
+    if ylabel:
+        ax.set_ylabel(ylabel, fontsize="small")
 
 
 def fid_vs_nfe(evals: pd.DataFrame) -> Figure | None:

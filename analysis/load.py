@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from harness.config import SamplerSetting
-from harness.schema import CURVE_METRICS, EVAL_METRICS, HASH, ROLE
+from harness.schema import CODE_VERSION, COMMIT, CURVE_METRICS, ERROR, EVAL_METRICS, HASH, ROLE
 from harness.tracking import MlflowStore
 
 NUM_BUCKETS = 10  # train/loss_t0 .. train/loss_t9: tenths of [0, T)
@@ -27,9 +27,9 @@ SETTING_PARAMS = tuple(SamplerSetting.model_fields)  # the one schema of a sampl
 RUN_COLUMNS = ["run_id", "config_hash", "arm", "arm_label", "seed", "status", "start", "end", "seconds", "steps",
                "batch_size", "images_seen", "num_samples", "dataset", "device", "conditional",
                "recognizability_threshold", "recognizable_fraction", "classifier_accuracy", "final_loss",
-               "images_per_second", "has_history", "checkpoint", "commit", "parent_run_id"]
+               "images_per_second", "has_history", "checkpoint", "commit", "code_version", "parent_run_id"]
 EVAL_COLUMNS = ["run_id", "eval_run_id", "config_hash", "arm", "arm_label", "seed", "setting", *SETTING_PARAMS,
-                "step", "seconds", *EVAL_METRICS, "fid_inception_unavailable"]
+                "step", "seconds", *EVAL_METRICS, "fid_inception_unavailable", "commit", "code_version"]
 CURVE_COLUMNS = ["run_id", "arm", "arm_label", "seed", "step", "setting", "metric", "value"]
 LOSS_COLUMNS = ["run_id", "arm", "arm_label", "seed", "step", "loss"]
 BUCKET_COLUMNS = ["run_id", "arm", "arm_label", "seed", "step", "bucket", "loss"]
@@ -55,7 +55,10 @@ class AblationData:
     grids: pd.DataFrame  # sample grid PNGs on disk, one row per (run, setting, step)
     parent_run_id: str | None = None
     parent_status: str | None = None
-    missing: list[dict[str, Any]] = field(default_factory=list)  # planned jobs with no finished training run
+    # Planned jobs with no finished training run: the plan's {config_hash, arm, seed, ...} plus ``reason``,
+    # e.g. "failed: non-finite loss at step 3" (the newest training run's harness.error tag).
+    missing: list[dict[str, Any]] = field(default_factory=list)
+    planned: bool = True  # jobs and settings come from a plan.json (False: whatever the experiment holds)
 
 
 def load_experiment(store: MlflowStore, experiment: str, *, latest_plan: bool = True) -> AblationData:
@@ -72,7 +75,8 @@ def load_experiment(store: MlflowStore, experiment: str, *, latest_plan: bool = 
     parent = parents[0] if parents else None
     plan = _plan(store, parent.info.run_id) if parent is not None and latest_plan else None
 
-    train_runs = _newest_per_hash([r for r in store.runs(exp_id, {ROLE: "train"}) if r.info.status == "FINISHED"])
+    all_train = store.runs(exp_id, {ROLE: "train"})
+    train_runs = _newest_per_hash([r for r in all_train if r.info.status == "FINISHED"])
     if plan is not None:
         wanted = {job["config_hash"] for job in plan["jobs"]}
         train_runs = [r for r in train_runs if r.data.tags[HASH] in wanted]
@@ -87,7 +91,9 @@ def load_experiment(store: MlflowStore, experiment: str, *, latest_plan: bool = 
     curves, loss, buckets = _histories(store, train_runs, runs, settings)
     arms = _arm_order(plan, runs)
     done = set(runs["config_hash"])
-    missing = [job for job in (plan["jobs"] if plan else []) if job["config_hash"] not in done]
+    unfinished = {r.data.tags.get(HASH): r for r in reversed(all_train) if r.info.status != "FINISHED"}  # newest wins
+    missing = [{**job, "reason": failure_reason(unfinished.get(job["config_hash"]))}
+               for job in (plan["jobs"] if plan else []) if job["config_hash"] not in done]
     return AblationData(
         experiment=experiment,
         question=parent.data.tags.get("harness.question", "") if parent is not None else "",
@@ -96,7 +102,8 @@ def load_experiment(store: MlflowStore, experiment: str, *, latest_plan: bool = 
         runs=runs, evals=_with_axes(evals, runs, axes), curves=_with_axes(curves, runs, axes),
         loss=loss, buckets=buckets, grids=_grids_table(runs, settings),
         parent_run_id=parent.info.run_id if parent is not None else None,
-        parent_status=parent.info.status if parent is not None else None, missing=missing)
+        parent_status=parent.info.status if parent is not None else None, missing=missing,
+        planned=plan is not None)
 
 
 # -- runs -------------------------------------------------------------------------------------------
@@ -109,6 +116,16 @@ def _plan(store: MlflowStore, run_id: str) -> dict | None:
         except Exception:  # noqa: BLE001 - a parent killed before logging its plan: use every run
             return None
         return json.loads(Path(path).read_text())
+
+
+def failure_reason(run) -> str:
+    """Why a planned job has no finished training run, from its newest unfinished one (None: never started)."""
+    if run is None:
+        return "not trained: no training run recorded"
+    error = run.data.tags.get(ERROR)
+    if run.info.status == "RUNNING":
+        return "still running, or its process died" + (f" ({error})" if error else "")
+    return f"{run.info.status.lower()}: {error}" if error else f"{run.info.status.lower()} (no error recorded)"
 
 
 def _newest_per_hash(runs: list) -> list:
@@ -169,7 +186,8 @@ def _runs_table(train_runs: list, axes: list[str]) -> pd.DataFrame:
             # A run whose checkpoint was finished by another experiment (same config hash, same store
             # root) resumes at its last step: it logs no loss or periodic evaluations of its own.
             "has_history": "train/loss" in m,
-            "checkpoint": t.get("harness.checkpoint", ""), "commit": t.get("git.commit", "unknown"),
+            "checkpoint": t.get("harness.checkpoint", ""), "commit": t.get(COMMIT, "unknown"),
+            "code_version": t.get(CODE_VERSION, "unknown"),
             "parent_run_id": t.get("mlflow.parentRunId"),
         })
         for key in axes:
@@ -229,6 +247,7 @@ def _evals_table(eval_runs: list, runs: pd.DataFrame, settings: list[str] | None
             "seconds": (r.info.end_time - r.info.start_time) / 1000 if r.info.end_time else float("nan"),
             **{k: r.data.metrics.get(k, float("nan")) for k in EVAL_METRICS},
             "fid_inception_unavailable": r.data.tags.get("harness.fid_inception_unavailable"),
+            "commit": r.data.tags.get(COMMIT, "unknown"), "code_version": r.data.tags.get(CODE_VERSION, "unknown"),
         })
     df = pd.DataFrame(rows, columns=EVAL_COLUMNS)
     if settings:  # plan order, then arm and seed

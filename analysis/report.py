@@ -18,134 +18,28 @@ from typing import Callable
 
 import pandas as pd
 
+from harness import schema
 from harness.schema import ROLE
 from harness.tracking import MlflowStore
 
 from . import figures
-from .answers import (LOWER_IS_BETTER, NO_DIFFERENCE, arms_answer, guidance_answer, num, recognizable_answer,
-                      recognizable_steps, settings_answer, settings_front, with_ci)
-from .load import AblationData, load_experiment
+from .answers import (LOWER_IS_BETTER, NO_DIFFERENCE, metric_label, num, recognizable_answer, recognizable_steps,
+                      scaled, settings_front, untested_words, with_ci)
+from .caveats import failed_arms, fid_bases, fid_refusal, heun_sentence, missing_evaluations, objective_groups
+from .load import AblationData, arm_label, load_experiment
+from .opening import (_cap, _one, _steps, answer, duration, first_setting, guidance_family, sampler_family, varies_guidance,
+                      varies_sampler)
 from .render import Document, Picture, Section, Table, to_html, to_markdown
-from .stats import compare_to_reference, estimate, summarize
+from .stats import compare_to_reference, summarize
 
-METRICS = ("fid", "kid", "precision", "recall", "recognizability", "class_accuracy")
+# The quality metrics a report compares across arms, in the registry's order.
+METRICS = tuple(m for m in LOWER_IS_BETTER if m in schema.METRICS)
 
 
 @dataclass(frozen=True)
 class ReportPaths:
     html: Path
     md: Path
-
-
-# -- which comparison the spec asks for ---------------------------------------------------------------
-
-def first_setting(data: AblationData) -> str | None:
-    return data.settings[0] if data.settings else None
-
-
-def guidance_family(data: AblationData) -> pd.DataFrame:
-    """Final evaluations that differ from the first setting only in the guidance weight."""
-    e = data.evals
-    if e.empty:
-        return e
-    ref = e[e["setting"] == first_setting(data)].iloc[0] if (e["setting"] == first_setting(data)).any() else e.iloc[0]
-    same = (e["sampler"] == ref["sampler"]) & (e["steps"] == ref["steps"]) & (e["eta"] == ref["eta"])
-    return e[same & e["class_accuracy"].notna()]
-
-
-def sampler_family(data: AblationData) -> pd.DataFrame:
-    """Final evaluations at the first setting's guidance weight (the sampler / step-count comparison)."""
-    e = data.evals
-    if e.empty:
-        return e
-    w = e.loc[e["setting"] == first_setting(data), "guidance"]
-    return e[e["guidance"] == (w.iloc[0] if len(w) else 0.0)]
-
-
-def varies_guidance(data: AblationData) -> bool:
-    return guidance_family(data)["guidance"].nunique() > 1
-
-
-def varies_sampler(data: AblationData) -> bool:
-    return sampler_family(data)["setting"].nunique() > 1
-
-
-# -- the opening paragraph ----------------------------------------------------------------------------
-
-def answer(data: AblationData) -> str:
-    """The answer to the spec's question, computed from the tables, then the budget it holds for."""
-    if data.runs.empty or data.evals.empty:
-        return "No finished training run with evaluations in this experiment yet, so there is no answer."
-    setting = first_setting(data)
-    recognizable = _cap(recognizable_answer(recognizable_steps(data, setting), data.arms, setting)) + "."
-    sentences = []
-    if len(data.arms) > 1:
-        at = data.evals[data.evals["setting"] == setting]
-        sentences.append(f"On FID with {setting} at the end of training, {arms_answer(at, data.arms)}.")
-        if losses_comparable(data):
-            sentences.append(f"On final training loss, {arms_answer(data.runs, data.arms, 'final_loss', 'loss')}.")
-        sentences.append(recognizable)
-    if varies_guidance(data):
-        fam = guidance_family(data)
-        for arm in [a for a in data.arms if a in set(fam["arm_label"])]:
-            words = guidance_answer(fam[fam["arm_label"] == arm])
-            sentences.append((f"For {arm}: {words}" if len(data.arms) > 1 else _cap(words)) + ".")
-    if varies_sampler(data) and len(data.arms) == 1:
-        sentences.append(_cap(settings_answer(sampler_family(data))) + ".")
-    if len(data.arms) == 1 and not varies_guidance(data) and not varies_sampler(data):
-        e = estimate(data.evals.loc[data.evals["setting"] == setting, "fid"])
-        sentences += [f"There is one arm and one setting, so nothing is compared: FID "
-                      f"{with_ci(e.mean, e.low, e.high)} with {setting}.", recognizable]
-    sentences.append(budget_sentence(data))
-    if data.profile == "smoke":
-        sentences.append("This is the smoke profile: its numbers check that the pipeline runs end to end and say "
-                         "nothing about the question.")
-    return " ".join(sentences)
-
-
-def losses_comparable(data: AblationData) -> bool:
-    """Whether the arms minimize the same objective, so that a lower loss means a better fit: not when an
-    axis changes the schedule, the prediction target or the weighting (each rescales the loss per t)."""
-    return not any(axis.startswith("diffusion.") for axis in data.axes)
-
-
-def _cap(s: str) -> str:
-    return s[:1].upper() + s[1:]
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
-
-
-def budget_sentence(data: AblationData) -> str:
-    r, e = data.runs, data.evals
-    seeds = sorted(set(r["seed"]))
-    gen, ref = e["num_generated"].dropna(), e["num_reference"].dropna()
-    samples = (f"FID from {int(gen.iloc[0]):,} generated against {int(ref.iloc[0]):,} real images"
-               if len(gen) and len(ref) else "FID sample counts not logged")
-    return (f"Budget: the {data.profile} profile, {_steps(r)} training steps x {_one(r['batch_size'])} images = "
-            f"{_one(r['images_seen'])} images seen per run, {_plural(len(r), 'training run')} "
-            f"({_plural(len(data.arms), 'arm')} x seed{'s' if len(seeds) != 1 else ''} {', '.join(map(str, seeds))}, "
-            f"{duration(r['seconds'].sum())} of training-run wall time); {samples}, in the feature space of a domain "
-            f"classifier, not InceptionV3.")
-
-
-def duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "unknown"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
-
-
-def _one(values: pd.Series) -> str:
-    """The value shared by every run, or the range when runs differ."""
-    v = sorted(set(values))
-    return f"{v[0]:,}" if len(v) == 1 else f"{v[0]:,} to {v[-1]:,} (runs differ)"
-
-
-def _steps(runs: pd.DataFrame) -> str:
-    return _one(runs["steps"])
 
 
 # -- evidence -----------------------------------------------------------------------------------------
@@ -171,7 +65,8 @@ def setup_section(data: AblationData) -> Section:
     r, e = data.runs, data.evals
     s = Section("Setup and budget")
     if r.empty:
-        s.paragraphs.append("No finished training run.")
+        s.paragraphs.append("No finished training run." + "".join(
+            f" {arm_label(j['arm'])} seed {j['seed']}: {j['reason']}." for j in data.missing))
         return s
     train_s = r["seconds"].sum()
     eval_s = e["seconds"].sum() if len(e) else 0.0
@@ -181,27 +76,32 @@ def setup_section(data: AblationData) -> Section:
         f"seeds: {', '.join(map(str, sorted(set(r['seed']))))}. Each run trains {_steps(r)} steps of "
         f"{_one(r['batch_size'])} images ({_one(r['images_seen'])} images seen; {int(r['images_seen'].sum()):,} over all "
         f"{len(r)} runs) at {num(r['images_per_second'].mean())} images/s on average.")
+    sampling = e["sample_seconds"].sum() if len(e) else 0.0
     s.paragraphs.append(
-        f"Compute: {(train_s + eval_s) / 3600:.3g} device-hours: {duration(train_s)} in training runs (including their "
-        f"periodic evaluations) and {duration(eval_s)} in final evaluation runs, wall time summed over runs, so "
-        f"parallel jobs add up. {device_sentence(set(r['device']))}")
-    gen, ref = e["num_generated"].dropna(), e["num_reference"].dropna()
+        f"Compute: {(train_s + eval_s) / 3600:.3g} device-hours of wall time summed over runs, so parallel jobs add "
+        f"up: {duration(train_s)} in training runs (with their periodic evaluations, and the final evaluations that "
+        f"ran at the end of training) and {duration(eval_s)} in separate evaluation runs. Sampling the final "
+        f"evaluations took {duration(sampling)} (the sum of their own sample_seconds, part of the above). "
+        f"{device_sentence(set(r['device']))}")
     acc = r["classifier_accuracy"].dropna()
     held_out = f"held-out accuracy {acc.iloc[0]:.1%}" if len(acc) else "held-out accuracy not logged"
     inception = e["fid_inception"].notna().any()
     why = e["fid_inception_unavailable"].dropna()
+    bases = fid_bases(e, r)
     s.paragraphs.append(
-        f"Evaluation settings: {', '.join(data.settings)}. Each evaluation generates "
-        f"{_one(gen.astype(int)) if len(gen) else 'an unlogged number of'} samples from fixed noise and compares them "
-        f"with {_one(ref.astype(int)) if len(ref) else 'an unlogged number of'} real images. FID, KID, precision and "
-        f"recall are computed in the feature space of the harness's domain classifier (a small CNN trained on the data "
-        f"set; {held_out}), so these FIDs are on that "
-        f"classifier's scale and are not comparable with published InceptionV3 FIDs. "
+        f"Evaluation settings: {', '.join(data.settings)}. Each evaluation generates samples from fixed noise and "
+        f"compares them with real images: {'; '.join(bases) if bases else 'sample counts not logged'}"
+        + (" (FIDs on different bases are not ranked against each other)" if len(bases) > 1 else "") + ". "
+        f"FID, KID, precision and recall are computed in the feature space of the harness's domain classifier (a "
+        f"small CNN trained on the data set; {held_out}), so these FIDs are on that classifier's scale and are not "
+        f"comparable with published InceptionV3 FIDs. KID is reported x 10^3. "
         + ("InceptionV3 FID is logged as fid_inception. " if inception else
            f"InceptionV3 FID is unavailable ({why.iloc[0]}). " if len(why) else "")
-        + f"Recognizability is the fraction of samples the classifier gives a top-class probability of at least "
-          f"{_one(r['recognizability_threshold'])}; the classifier is confident on some noise too, so read it next to "
-          f"FID and the sample grids.")
+        + f"Recognizability is the fraction of samples that the classifier assigns a top-class probability of at "
+          f"least {_one(r['recognizability_threshold'])} and that lie on the data manifold of its feature space (see "
+          f"the README for the definition and its calibration).")
+    if heun := heun_sentence(e):
+        s.paragraphs.append(heun)
     notes = []
     if (~r["has_history"]).any():
         reused = r.loc[~r["has_history"], "arm_label"] + " seed " + r.loc[~r["has_history"], "seed"].astype(str)
@@ -210,7 +110,9 @@ def setup_section(data: AblationData) -> Section:
                      f"no periodic evaluations here, and their wall time does not include the training.")
     if data.missing:
         notes.append(f"{len(data.missing)} planned job(s) have no finished training run: "
-                     + "; ".join(f"{j['arm']} seed {j['seed']}" for j in data.missing) + ".")
+                     + "; ".join(f"{arm_label(j['arm'])} seed {j['seed']} ({j['reason']})" for j in data.missing) + ".")
+    if lost := missing_evaluations(data):
+        notes.append(f"{len(lost)} planned evaluation(s) are missing: {'; '.join(lost)}.")
     if data.parent_status and data.parent_status != "FINISHED":
         notes.append(f"The newest harness run of this experiment is {data.parent_status}.")
     s.paragraphs += notes
@@ -222,24 +124,31 @@ def comparison_section(data: AblationData) -> Section | None:
     if len(data.arms) < 2 or data.evals.empty:
         return None
     setting = first_setting(data)
-    at = data.evals[data.evals["setting"] == setting]
+    at = scaled(data.evals[data.evals["setting"] == setting])
     s = Section(f"Arms compared ({setting}, end of training)")
-    rows = []
+    rows, failed = [], failed_arms(data)
     for metric in [m for m in METRICS if at[m].notna().any()]:
         lower = LOWER_IS_BETTER[metric]
         means = at.groupby("arm_label")[metric].mean().dropna()
+        unrecorded = [a for a in data.arms if a not in means.index]
+        rows += [[metric_label(metric), a, "", "none", "", failed.get(a, f"no {metric} recorded")] for a in unrecorded]
         if len(means) < 2:
             continue
         best = means.idxmin() if lower else means.idxmax()
         for c in compare_to_reference(at, metric, best, [a for a in data.arms if a != best and a in means.index],
                                       lower_is_better=lower):
-            verdict = ("one seed: no test" if c.test == "none" else f"{c.winner} better" if c.winner else NO_DIFFERENCE)
-            rows.append([metric, f"{c.a} - {c.b}", cell(c.diff.mean, c.diff.low, c.diff.high), c.test,
+            verdict = (untested_words(c, metric_label(metric)) if c.test == "none" else f"{c.winner} better"
+                       if c.winner else NO_DIFFERENCE)
+            rows.append([metric_label(metric), f"{c.a} - {c.b}", cell(c.diff.mean, c.diff.low, c.diff.high), c.test,
                          "" if math.isnan(c.p) else f"{c.p:.3g}", verdict])
     s.paragraphs.append("Each row compares the arm with the best mean on that metric (second) with another arm (first): "
-                        "the difference of means over seeds with its 95% interval, a paired t-test where both arms "
-                        "have the same seeds (else Welch's), p Holm-adjusted per metric. A winner is named only when "
-                        "p < 0.05 and the interval excludes zero. Lower is better for FID and KID, higher for the rest.")
+                        "the difference of means over seeds with its 95% t-interval, a paired t-test where both arms "
+                        "have the same seeds with a value (else Welch's), p Holm-adjusted per metric. A winner is named "
+                        "only when p < 0.05 and the interval excludes zero; with fewer than 2 seeds, or a difference "
+                        "that is the same in every seed, there is no test. Lower is better for FID and KID, higher for "
+                        "the rest.")
+    if refusal := fid_refusal(at, data.runs):
+        s.paragraphs.append(_cap(refusal) + ": read the FID rows with that in mind.")
     s.tables.append(Table(["metric", "arms", "difference [95% CI]", "test", "p", "verdict"], rows))
     return s
 
@@ -252,11 +161,15 @@ def settings_section(data: AblationData) -> Section | None:
     front = settings_front(fam)
     s.paragraphs.append("Pareto front (no setting is both cheaper and better): "
                         + "; ".join(f"{r.setting} ({num(r.nfe)} NFE, FID {num(r.fid)})" for r in front.itertuples())
-                        + ".")
-    summary = summarize(fam, "fid", ["setting", "arm_label"])
+                        + ". NFE is the counted number of network evaluations per sample.")
+    if refusal := fid_refusal(fam, data.runs):
+        s.paragraphs.append(_cap(refusal) + ".")
+    summary = summarize(fam, "fid", ["setting", "arm_label"]).set_index(["setting", "arm_label"])
     nfe = fam.groupby("setting")["nfe"].mean()
-    rows = [[r.setting, r.arm_label, num(nfe[r.setting]), cell(r.mean, r.low, r.high), r.n]
-            for r in summary.itertuples()]
+    rows = [[setting, arm, num(nfe[setting])]
+            + ([cell(*summary.loc[(setting, arm), ["mean", "low", "high"]]), int(summary.at[(setting, arm), "n"])]
+               if (setting, arm) in summary.index else ["no FID recorded", 0])
+            for setting, arm in fam[["setting", "arm_label"]].drop_duplicates().itertuples(index=False)]
     s.tables.append(Table(["setting", "arm", "NFE", "FID", "seeds"], rows, CELL_CAPTION))
     fig = figures.fid_vs_nfe(fam)
     if fig is not None:
@@ -271,13 +184,20 @@ def guidance_section(data: AblationData) -> Section | None:
         return None
     fam = guidance_family(data)
     s = Section("Guidance trade-off")
-    metrics = ("class_accuracy", "fid", "recognizability")
+    metrics = [m for m in ("class_accuracy", "recognized_class_accuracy", "fid", "recognizability")
+               if m == "class_accuracy" or fam[m].notna().any()]
     tables = [summarize(fam, m, ["arm_label", "guidance"]).set_index(["arm_label", "guidance"]) for m in metrics]
-    rows = [[arm, f"{w:g}", int(tables[0].at[(arm, w), "n"])]
-            + [cell(*t.loc[(arm, w), ["mean", "low", "high"]]) if (arm, w) in t.index else "" for t in tables]
-            for arm, w in tables[0].index]
-    s.paragraphs.append("w = 0 is no guidance; the guided output is (1 + w) cond - w uncond.")
-    s.tables.append(Table(["arm", "w", "seeds", *metrics], rows, CELL_CAPTION))
+    keys = fam[["arm_label", "guidance"]].drop_duplicates().sort_values("guidance", kind="stable")
+    rows = [[arm, f"{w:g}", int(tables[0].at[(arm, w), "n"]) if (arm, w) in tables[0].index else 0]
+            + [cell(*t.loc[(arm, w), ["mean", "low", "high"]]) if (arm, w) in t.index else "not recorded"
+               for t in tables] for arm, w in keys.itertuples(index=False)]
+    s.paragraphs.append("w = 0 is no guidance; the guided output is (1 + w) cond - w uncond. "
+                        "recognized_class_accuracy is the class accuracy among recognizable samples only.")
+    s.tables.append(Table(["arm", "w", "seeds with class accuracy", *metrics], rows, CELL_CAPTION))
+    blind = sorted(set(fam["guidance"]) - set(fam.loc[fam["class_accuracy"].notna(), "guidance"]))
+    if blind:
+        s.paragraphs.append(f"No class accuracy is recorded at w = {', '.join(f'{w:g}' for w in blind)}: those weights "
+                            "are in the table but cannot be drawn in the figure.")
     fig = figures.guidance_tradeoff(fam, data.arms)
     if fig is not None:
         s.pictures.append(Picture("guidance", "FID and class accuracy against the guidance weight w (bands: 95% CI over "
@@ -289,13 +209,16 @@ def final_metrics_section(data: AblationData) -> Section | None:
     if data.evals.empty:
         return None
     s = Section("Final metrics")
-    metrics = [m for m in (*METRICS, "nfe", "sample_seconds") if data.evals[m].notna().any()]
-    tables = {m: summarize(data.evals, m, ["setting", "arm_label"]).set_index(["setting", "arm_label"]) for m in metrics}
-    keys = tables[metrics[0]].index
-    rows = [[setting, arm, int(tables[metrics[0]].at[(setting, arm), "n"])]
+    e = scaled(data.evals)
+    metrics = [m for m in (*METRICS, "nfe", "sample_seconds", "num_generated") if e[m].notna().any()]
+    tables = {m: summarize(e, m, ["setting", "arm_label"]).set_index(["setting", "arm_label"]) for m in metrics}
+    keys = e[["setting", "arm_label"]].drop_duplicates().itertuples(index=False)
+    rows = [[setting, arm, int(e.loc[(e["setting"] == setting) & (e["arm_label"] == arm), "seed"].nunique())]
             + [cell(*tables[m].loc[(setting, arm), ["mean", "low", "high"]])
-               if (setting, arm) in tables[m].index else "" for m in metrics] for setting, arm in keys]
-    s.tables.append(Table(["setting", "arm", "seeds", *metrics], rows, "At the last training step. " + CELL_CAPTION))
+               if (setting, arm) in tables[m].index else "not recorded" for m in metrics] for setting, arm in keys]
+    s.tables.append(Table(["setting", "arm", "seeds evaluated", *(metric_label(m) for m in metrics)], rows,
+                          "At the last training step; a cell's interval uses only the seeds with a value. "
+                          + CELL_CAPTION))
     return s
 
 
@@ -306,10 +229,10 @@ def training_section(data: AblationData) -> Section | None:
     final = summarize(data.runs, "final_loss", ["arm_label"]).set_index("arm_label")
     s.paragraphs.append("Final training loss (mean of the last log interval): " + "; ".join(
         f"{a} {with_ci(*final.loc[a, ['mean', 'low', 'high']])}" for a in data.arms if a in final.index) + ".")
-    if not losses_comparable(data):
-        s.paragraphs.append("The arms differ in the diffusion objective (schedule, prediction target or loss "
-                            "weighting), so their losses are on different scales: compare the shapes of the curves, "
-                            "not their levels.")
+    if len(groups := objective_groups(data)) > 1:
+        s.paragraphs.append("The arms differ in the diffusion objective (schedule, prediction target, loss weighting "
+                            "or timesteps), so their losses are on different scales: compare the shapes of the curves, "
+                            "not their levels, between " + " and ".join("{" + ", ".join(g) + "}" for g in groups) + ".")
     fig = figures.loss_curves(data.loss, data.arms)
     if fig is not None:
         s.pictures.append(Picture("loss", "Training loss against step (running mean over ~1% of training); band: 95% "
@@ -356,8 +279,12 @@ def samples_section(data: AblationData) -> Section | None:
     if len(data.settings) > 1:
         fig = figures.final_samples(data.grids, data.settings, data.arms)
         if fig is not None:
+            shown = set(data.grids["setting"])
+            absent = [x for x in data.settings if x not in shown]
             s.pictures.append(Picture("samples_by_setting", "The last saved sample grid of each evaluation setting "
-                                      "(same noise), one row per arm (lowest seed).", figures.to_png(fig)))
+                                      f"(same noise), {figures.SETTINGS_PER_ROW} settings per block of rows, one row "
+                                      "per arm (lowest seed)" + (f"; no grid saved for {', '.join(absent)}" if absent
+                                                                  else "") + ".", figures.to_png(fig)))
     if not s.pictures:
         dirs = sorted({str(Path(c).parent / "grids") for c in data.runs["checkpoint"] if c})
         s.paragraphs.append("No sample grids found on disk" + (f" (looked in {', '.join(dirs)})." if dirs else "."))
@@ -375,8 +302,16 @@ def build_document(data: AblationData, *, question: str | None = None) -> Docume
     return Document(title=f"{data.experiment}: ablation report ({data.profile} profile)",
                     question=question or data.question or "(no question recorded)", answer=answer(data),
                     sections=sections,
-                    footer=f"Built from MLflow experiment {data.experiment}, newest harness run {data.parent_run_id}, "
-                           f"code {', '.join(sorted(set(data.runs['commit'])))[:200] if len(data.runs) else 'n/a'}.")
+                    footer=f"Built from MLflow experiment {data.experiment}, newest harness run {data.parent_run_id}; "
+                           f"{provenance(data)}.")
+
+
+def provenance(data: AblationData) -> str:
+    """The code versions (harness.code_version) and git commits of every run the report uses."""
+    def names(col: str) -> str:
+        values = sorted(set(data.runs[col].fillna("unknown")) | set(data.evals[col].fillna("unknown")))
+        return ", ".join(values) or "n/a"
+    return f"code version {names('code_version')}; git commit {names('commit')}"
 
 
 # -- files and MLflow ---------------------------------------------------------------------------------

@@ -1,14 +1,18 @@
 """Statistics over seeds: means with 95% intervals, paired or Welch comparisons, Pareto fronts.
 
-Seeds are the unit of replication: a trained model is one observation. With one seed there is no
-interval and no test (``Estimate.method == "single seed"``, ``Comparison.test == "none"``); a
-comparison names a winner only when its test is significant *and* the interval of the difference
-excludes zero, so a tie is never reported as a win.
+Seeds are the unit of replication: a trained model is one observation, and only a seed with a finite
+value counts (a NaN FID is no observation). Every interval is the t-interval that belongs to the test
+it is reported with (paired: the one-sample t-interval of the per-seed differences; independent:
+Welch's), so "the interval excludes 0" and "p < 0.05" agree by construction. Without a test
+(``Comparison.test == "none"``) ``Comparison.untested`` says why: fewer than 2 usable seeds, or
+differences identical in every seed (zero variance), where the uncertainty cannot be estimated and
+a p-value of 0 would be a fiction. A winner needs a test, p < alpha after Holm and an interval
+that excludes zero, so a tie or an untested comparison is never reported as a win.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -16,8 +20,7 @@ from scipy import stats as sps
 
 CONFIDENCE = 0.95
 ALPHA = 0.05
-BOOTSTRAP_FROM = 5  # seeds; below this a bootstrap interval is too coarse to trust, so t-intervals
-BOOTSTRAP_DRAWS = 10_000
+ZERO_VARIANCE = "zero variance"
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,7 @@ class Estimate:
     mean: float
     low: float
     high: float
-    method: str  # "t" | "bootstrap" | "single seed" | "none" (no values)
+    method: str  # "t" | "zero variance" (all values equal) | "single seed" | "none" (no values)
 
     @property
     def has_interval(self) -> bool:
@@ -49,6 +52,7 @@ class Comparison:
     p: float  # nan without a test; Holm-adjusted when part of a family (see compare_to_reference)
     lower_is_better: bool
     alpha: float = ALPHA
+    untested: str = ""  # why there is no test: "1 seed", "0 seeds", ZERO_VARIANCE; "" with a test
 
     @property
     def significant(self) -> bool:
@@ -69,10 +73,8 @@ class Comparison:
         return abs(self.diff.mean) if self.winner else float("nan")
 
 
-def estimate(values, *, confidence: float = CONFIDENCE, rng: np.random.Generator | None = None,
-             bootstrap_from: int = BOOTSTRAP_FROM) -> Estimate:
-    """Mean and interval of ``values`` (one per seed): Student t below ``bootstrap_from`` values, else a
-    percentile bootstrap of the mean (no normality assumption once there are enough seeds)."""
+def estimate(values, *, confidence: float = CONFIDENCE) -> Estimate:
+    """Mean of the finite ``values`` (one per seed) and its Student t-interval."""
     x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
     n = len(x)
     if n == 0:
@@ -80,34 +82,39 @@ def estimate(values, *, confidence: float = CONFIDENCE, rng: np.random.Generator
     mean = float(x.mean())
     if n == 1:
         return Estimate(1, mean, float("nan"), float("nan"), "single seed")
-    if n >= bootstrap_from:
-        rng = rng or np.random.default_rng(0)  # a fixed default: the same data give the same report
-        means = x[rng.integers(0, n, (BOOTSTRAP_DRAWS, n))].mean(axis=1)
-        tail = (1 - confidence) / 2
-        return Estimate(n, mean, float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail)), "bootstrap")
+    if np.ptp(x) == 0:  # s = 0: a zero-width interval would claim certainty that n seeds cannot give
+        return Estimate(n, mean, float("nan"), float("nan"), ZERO_VARIANCE)
     half = sps.t.ppf(0.5 + confidence / 2, n - 1) * x.std(ddof=1) / math.sqrt(n)
     return Estimate(n, mean, mean - half, mean + half, "t")
 
 
 def compare(df: pd.DataFrame, metric: str, a: str, b: str, *, by: str = "arm_label", lower_is_better: bool,
-            alpha: float = ALPHA, rng: np.random.Generator | None = None) -> Comparison:
+            alpha: float = ALPHA) -> Comparison:
     """Compare groups ``a`` and ``b`` of column ``by`` on ``metric``; ``df`` has one row per (group, seed).
 
-    Same seeds in both groups (at least 2): a paired t-test on the per-seed differences, which removes
-    the seed's share of the variance. Otherwise, with at least 2 seeds each: Welch's t-test. Fewer: no test.
+    Same usable seeds in both groups (at least 2): a paired t-test on the per-seed differences, which
+    removes the seed's share of the variance. Otherwise, with at least 2 usable seeds each: Welch's
+    t-test. Fewer, or no variance at all: no test, and ``untested`` says why.
     """
     xa = _by_seed(df, metric, by, a)
     xb = _by_seed(df, metric, by, b)
-    ea, eb = estimate(xa, rng=rng), estimate(xb, rng=rng)
+    ea, eb = estimate(xa), estimate(xb)
     if set(xa.index) == set(xb.index) and len(xa) >= 2:
-        d = xa - xb.reindex(xa.index)
-        diff, p, test = estimate(d, rng=rng), _p_one_sample(d.to_numpy()), "paired t"
+        d = (xa - xb.reindex(xa.index)).to_numpy()
+        (diff, p), test = _paired(d), "paired t"
     elif len(xa) >= 2 and len(xb) >= 2:
-        diff, p, test = _welch(xa.to_numpy(), xb.to_numpy(), rng), _p_welch(xa.to_numpy(), xb.to_numpy()), "Welch t"
+        (diff, p), test = _welch(xa.to_numpy(), xb.to_numpy()), "Welch t"
     else:
-        diff = Estimate(min(len(xa), len(xb)), ea.mean - eb.mean, float("nan"), float("nan"), "single seed")
-        p, test = float("nan"), "none"
+        n = min(len(xa), len(xb))
+        diff = Estimate(n, ea.mean - eb.mean, math.nan, math.nan, "single seed" if n else "none")
+        return Comparison(metric, a, b, ea, eb, diff, "none", math.nan, lower_is_better, alpha, seeds_word(n))
+    if diff.method == ZERO_VARIANCE:
+        return Comparison(metric, a, b, ea, eb, diff, "none", math.nan, lower_is_better, alpha, ZERO_VARIANCE)
     return Comparison(metric, a, b, ea, eb, diff, test, p, lower_is_better, alpha)
+
+
+def seeds_word(n: int) -> str:
+    return f"{n} seed" + ("" if n == 1 else "s")
 
 
 def compare_to_reference(df: pd.DataFrame, metric: str, reference: str, others: list[str], *,
@@ -116,8 +123,7 @@ def compare_to_reference(df: pd.DataFrame, metric: str, reference: str, others: 
     at alpha would otherwise find a false winner with probability up to k * alpha)."""
     comps = [compare(df, metric, o, reference, by=by, lower_is_better=lower_is_better, alpha=alpha) for o in others]
     adjusted = holm([c.p for c in comps])
-    return [Comparison(c.metric, c.a, c.b, c.a_est, c.b_est, c.diff, c.test, p, c.lower_is_better, c.alpha)
-            for c, p in zip(comps, adjusted)]
+    return [replace(c, p=p) for c, p in zip(comps, adjusted)]
 
 
 def holm(p_values: list[float]) -> list[float]:
@@ -136,35 +142,31 @@ def _by_seed(df: pd.DataFrame, metric: str, by: str, group: str) -> pd.Series:
     return rows.groupby("seed")[metric].mean().sort_index()  # one value per seed
 
 
-def _p_one_sample(d: np.ndarray) -> float:
-    if np.ptp(d) == 0:  # identical differences: t is 0/0 or +-inf; decide without scipy's warning
-        return 1.0 if d[0] == 0 else 0.0
-    return float(sps.ttest_1samp(d, 0.0).pvalue)
-
-
-def _p_welch(xa: np.ndarray, xb: np.ndarray) -> float:
-    if np.ptp(xa) == 0 and np.ptp(xb) == 0:
-        return 1.0 if xa[0] == xb[0] else 0.0
-    return float(sps.ttest_ind(xa, xb, equal_var=False).pvalue)
-
-
-def _welch(xa: np.ndarray, xb: np.ndarray, rng: np.random.Generator | None) -> Estimate:
-    """Interval of mean(a) - mean(b) for independent groups: Welch-Satterthwaite t, or a bootstrap."""
-    na, nb, mean = len(xa), len(xb), float(xa.mean() - xb.mean())
-    if min(na, nb) >= BOOTSTRAP_FROM:
-        rng = rng or np.random.default_rng(0)
-        draws = (xa[rng.integers(0, na, (BOOTSTRAP_DRAWS, na))].mean(axis=1)
-                 - xb[rng.integers(0, nb, (BOOTSTRAP_DRAWS, nb))].mean(axis=1))
-        tail = (1 - CONFIDENCE) / 2
-        low, high = np.quantile(draws, [tail, 1 - tail])
-        return Estimate(min(na, nb), mean, float(low), float(high), "bootstrap")
-    va, vb = xa.var(ddof=1) / na, xb.var(ddof=1) / nb
-    se = math.sqrt(va + vb)
+def _t(mean: float, se: float, dof: float, n: int) -> tuple[Estimate, float]:
+    """The 95% t-interval of ``mean`` and the two-sided p of t = mean / se on ``dof`` degrees of freedom:
+    one t, so "p < 0.05" and "the interval excludes 0" cannot disagree. se = 0: neither exists."""
     if se == 0:
-        return Estimate(min(na, nb), mean, mean, mean, "t")
-    dof = (va + vb) ** 2 / (va ** 2 / (na - 1) + vb ** 2 / (nb - 1))
+        return Estimate(n, mean, math.nan, math.nan, ZERO_VARIANCE), math.nan
     half = sps.t.ppf(0.5 + CONFIDENCE / 2, dof) * se
-    return Estimate(min(na, nb), mean, mean - half, mean + half, "t")
+    return Estimate(n, mean, mean - half, mean + half, "t"), float(2 * sps.t.sf(abs(mean) / se, dof))
+
+
+def _sd(x: np.ndarray) -> float:
+    return 0.0 if np.ptp(x) == 0 else float(x.std(ddof=1))  # identical values: exactly 0, not rounding noise
+
+
+def _paired(d: np.ndarray) -> tuple[Estimate, float]:
+    """One-sample t on the per-seed differences d_s = a_s - b_s (scipy.stats.ttest_rel)."""
+    return _t(float(d.mean()), _sd(d) / math.sqrt(len(d)), len(d) - 1, len(d))
+
+
+def _welch(xa: np.ndarray, xb: np.ndarray) -> tuple[Estimate, float]:
+    """Welch's t for independent groups, Welch-Satterthwaite degrees of freedom (scipy.stats.ttest_ind,
+    equal_var=False)."""
+    na, nb = len(xa), len(xb)
+    va, vb = _sd(xa) ** 2 / na, _sd(xb) ** 2 / nb
+    dof = (va + vb) ** 2 / ((va ** 2 / (na - 1)) + (vb ** 2 / (nb - 1))) if va + vb else 1.0
+    return _t(float(xa.mean() - xb.mean()), math.sqrt(va + vb), dof, min(na, nb))
 
 
 def summarize(df: pd.DataFrame, metric: str, by: list[str]) -> pd.DataFrame:

@@ -2,79 +2,14 @@
 import base64
 import re
 
-import numpy as np
-import pandas as pd
 import pytest
-from PIL import Image
+
+from analysis_fixtures import S, fixture_data
 
 from analysis.answers import NO_DIFFERENCE
-from analysis.load import (BUCKET_COLUMNS, CURVE_COLUMNS, EVAL_COLUMNS, GRID_COLUMNS, LOSS_COLUMNS, RUN_COLUMNS,
-                           AblationData)
 from analysis.render import to_html, to_markdown
 from analysis.report import answer, build_document, guidance_section, settings_section
 
-LABEL = re.compile(r"(\w+)-(\d+)-eta([\d.]+)-w([\d.]+)")
-STEPS = (500, 1000, 1500, 2000)
-
-
-def fixture_data(tmp_path, final: dict, *, axis="diffusion.schedule", rec_at=None, conditional=False,
-                 question="Does cosine beat linear?", final_loss=None) -> AblationData:
-    """``final[(arm, setting)] = {"fid": [per seed], ...}``; ``rec_at[arm]``: step where recognizability hits 0.8;
-    ``final_loss[arm]``: per seed (default 0.03 + 0.001 * seed in every arm)."""
-    arms = list(dict.fromkeys(a for a, _ in final))
-    settings = list(dict.fromkeys(s for _, s in final))
-    n_seeds = len(next(iter(final.values()))["fid"])
-    runs, evals, curves, loss, buckets, grids = [], [], [], [], [], []
-    rng = np.random.default_rng(0)
-    for arm in arms:
-        tag = f"{axis}={arm}" if arm != "base" else "base"
-        for seed in range(n_seeds):
-            rid = f"{arm}-{seed}"
-            runs.append({"run_id": rid, "config_hash": f"h{rid}", "arm": tag, "arm_label": arm, "seed": seed,
-                         "status": "FINISHED", "seconds": 600.0, "steps": 2000, "batch_size": 64,
-                         "images_seen": 128000, "num_samples": 500, "dataset": "mnist-5k", "device": "cpu",
-                         "conditional": conditional, "recognizability_threshold": 0.9, "recognizable_fraction": 0.8,
-                         "classifier_accuracy": 0.988,
-                         "final_loss": final_loss[arm][seed] if final_loss else 0.03 + 0.001 * seed, "images_per_second": 200.0,
-                         "has_history": True, "checkpoint": str(tmp_path / rid / "checkpoint.pt"), "commit": "abc123",
-                         "parent_run_id": "parent", axis: arm})
-            for setting in settings:
-                m = {k: v[seed] for k, v in final[(arm, setting)].items()}
-                sampler, steps, eta, w = LABEL.match(setting).groups()
-                evals.append({"run_id": rid, "eval_run_id": f"e{rid}{setting}", "config_hash": f"h{rid}", "arm": tag,
-                              "arm_label": arm, "seed": seed, "setting": setting, "sampler": sampler,
-                              "steps": int(steps), "eta": float(eta), "guidance": float(w), "spacing": "trailing",
-                              "step": 2000, "seconds": 5.0, "kid": 0.01, "precision": 0.7, "recall": 0.6,
-                              "recognizability": 0.9, "nfe": float(steps), "sample_seconds": 1.0,
-                              "num_generated": 500.0, "num_reference": 5000.0,
-                              "fid_inception_unavailable": "no weights offline", axis: arm, **m})
-                for step in STEPS:
-                    rec = 0.9 if rec_at and rec_at.get(arm) is not None and step >= rec_at[arm] else 0.3
-                    for metric, value in (("fid", 100.0 / step * 50), ("recognizability", rec)):
-                        curves.append({"run_id": rid, "arm": tag, "arm_label": arm, "seed": seed, "step": step,
-                                       "setting": setting, "metric": metric, "value": value, axis: arm})
-                    path = tmp_path / rid / "grids" / setting / f"step_{step:07d}.png"
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(rng.integers(0, 255, (62, 122, 3), dtype=np.uint8)).save(path)
-                    grids.append({"run_id": rid, "arm": tag, "arm_label": arm, "seed": seed, "setting": setting,
-                                  "step": step, "path": str(path)})
-            for step in range(5, 2001, 5):
-                loss.append({"run_id": rid, "arm": tag, "arm_label": arm, "seed": seed, "step": step,
-                             "loss": 1.0 / np.sqrt(step) + 0.01 * rng.standard_normal()})
-            for step in range(100, 2001, 100):
-                for b in range(10):
-                    buckets.append({"run_id": rid, "arm": tag, "arm_label": arm, "seed": seed, "step": step,
-                                    "bucket": b, "loss": 0.5 / (b + 1)})
-    axes = [axis] if arms != ["base"] else []
-    frame = lambda rows, cols: pd.DataFrame(rows, columns=cols + axes)  # noqa: E731
-    return AblationData(
-        experiment="fixture", question=question, profile="quick", axes=axes, arms=arms, settings=settings,
-        runs=frame(runs, RUN_COLUMNS), evals=frame(evals, EVAL_COLUMNS), curves=frame(curves, CURVE_COLUMNS),
-        loss=pd.DataFrame(loss, columns=LOSS_COLUMNS), buckets=pd.DataFrame(buckets, columns=BUCKET_COLUMNS),
-        grids=pd.DataFrame(grids, columns=GRID_COLUMNS), parent_run_id="parent", parent_status="FINISHED")
-
-
-S = "ddim-50-eta0-w0"
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +66,7 @@ def test_one_seed_says_so(tmp_path):
     data = fixture_data(tmp_path, {("linear", S): {"fid": [55.0]}, ("cosine", S): {"fid": [50.0]}},
                         rec_at={"linear": 1000, "cosine": 1000})
     words = answer(data)
-    assert "with one seed per arm there is no interval and no test" in words and "beats" not in words
+    assert "not tested (1 seed per arm), only the values" in words and "beats" not in words
     assert "both reach it at the same evaluation (one seed: an observation, not a test)" in words
 
 
@@ -156,7 +91,7 @@ def test_sampler_settings_answer(tmp_path):
              ("base", "ddim-10-eta0-w0"): {"fid": [20.0, 22.0, 21.0]}}
     data = fixture_data(tmp_path, final, question="How much does each sampler lose?")
     words = answer(data)
-    assert words.startswith("Against the most expensive setting, ddpm-1000-eta0-w0 (1,000 NFE; FID 10.5, 95% CI")
+    assert words.startswith("Against the most expensive setting with a FID, ddpm-1000-eta0-w0 (1,000 NFE; FID 10.5, 95% CI")
     assert "ddim eta=0: no significant loss down to 50 NFE; worse at 10 NFE by 10.5 FID (95% CI" in words
     assert [p.name for p in settings_section(data).pictures] == ["fid_vs_nfe"]
 

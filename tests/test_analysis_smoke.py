@@ -1,4 +1,5 @@
-"""The loader and the report on a real smoke run of ablation-schedules (a throwaway SQLite store, ~15 s)."""
+"""The loader and the report on a real smoke run of ablation-schedules (a throwaway SQLite store, ~15 s), and on
+a hand-made experiment in the same store (provenance columns and why a planned job is missing)."""
 import base64
 import io
 import re
@@ -12,8 +13,9 @@ from PIL import Image
 
 from analysis.load import (BUCKET_COLUMNS, CURVE_COLUMNS, EVAL_COLUMNS, GRID_COLUMNS, LOSS_COLUMNS, RUN_COLUMNS,
                            load_experiment)
-from analysis.report import log_report, write_report
+from analysis.report import build_document, log_report, write_report
 from harness.runner import run_plan
+from harness.schema import CODE_VERSION, COMMIT, ERROR, HASH
 from harness.spec import load_spec, make_plan
 from harness.tracking import ROLE, MlflowStore
 
@@ -88,7 +90,7 @@ def test_report_files_are_self_contained_and_answer_the_question(report):
         assert Image.open(io.BytesIO(png)).format == "PNG"
     question = load_spec(SPEC).question
     assert f"**{question}**" in md and question in html
-    assert "one seed per arm there is no interval and no test" in md and "smoke profile" in md
+    assert "not tested (1 seed per arm)" in md and "smoke profile" in md
     for name in re.findall(r"\]\(([^)]+\.png)\)", md):
         assert (report.md.parent / name).stat().st_size > 1000
 
@@ -122,3 +124,49 @@ def test_report_renders_in_headless_chromium(report, tmp_path_factory):
         src = re.search(r'src="data:image/png;base64,([^"]+)"', tag)
         assert src, tag[:200]
         Image.open(io.BytesIO(base64.b64decode(src.group(1)))).verify()
+
+
+SETTING = {"sampler": "ddim", "steps": 10, "eta": 0.0, "guidance": 0.0, "spacing": "trailing", "variance": "fixed_small"}
+
+
+@pytest.fixture(scope="module")
+def hand(store):
+    """A hand-made experiment in the smoke run's store (its migrations are already paid for): two finished
+    jobs made by different code, one failed job."""
+    exp = store.experiment_id("hand")
+    jobs = [{"config_hash": f"h{i}", "arm": f"diffusion.schedule={arm}", "seed": 0, "state": "new"}
+            for i, arm in enumerate(("linear", "cosine", "sigmoid"))]
+    parent = store.start_run(exp, "parent", {ROLE: "ablation", "harness.profile": "quick"})
+    parent.log_dict({"profile": "quick", "jobs": jobs, "settings": [SETTING]}, "plan.json")
+    for job, version in zip(jobs[:2], ("v1", "v2")):  # two finished jobs, made by different code
+        tags = {ROLE: "train", HASH: job["config_hash"], "harness.arm": job["arm"], "harness.seed": 0,
+                CODE_VERSION: version, COMMIT: f"c-{version}"}
+        run = store.start_run(exp, job["config_hash"], tags, parent=parent.run_id)
+        run.log_params({"train.steps": 10, "train.batch_size": 4, "diffusion.schedule": job["arm"].split("=")[1]})
+        run.log_metrics({"train/final_loss": 0.1})
+        run.finish("FINISHED")
+        ev = store.start_run(exp, "eval", {ROLE: "eval", HASH: job["config_hash"], CODE_VERSION: version,
+                                           COMMIT: f"c-{version}"}, parent=run.run_id)
+        ev.log_params(SETTING)
+        ev.log_metrics({"fid": 50.0, "nfe": 10.0, "num_generated": 16.0, "num_reference": 100.0})
+        ev.finish("FINISHED")
+    failed = store.start_run(exp, "h2", {ROLE: "train", HASH: "h2", "harness.arm": jobs[2]["arm"], "harness.seed": 0,
+                                         ERROR: "non-finite loss at step 3"}, parent=parent.run_id)
+    failed.finish("FAILED")
+    parent.finish("FAILED")
+    return store
+
+
+def test_loader_carries_code_versions_and_failure_reasons(hand):
+    data = load_experiment(hand, "hand")
+    assert dict(zip(data.runs["arm_label"], data.runs["code_version"])) == {"linear": "v1", "cosine": "v2"}
+    assert dict(zip(data.evals["arm_label"], data.evals["code_version"])) == {"linear": "v1", "cosine": "v2"}
+    assert set(data.evals["commit"]) == {"c-v1", "c-v2"}
+    assert data.arms == ["linear", "cosine", "sigmoid"]
+    assert [(j["arm"], j["reason"]) for j in data.missing] == [("diffusion.schedule=sigmoid",
+                                                               "failed: non-finite loss at step 3")]
+    doc = build_document(data)
+    assert doc.answer.startswith("This plan has failures: 1 of 3 planned training runs did not finish (sigmoid seed 0: "
+                                 "failed: non-finite loss at step 3)")
+    assert "sigmoid: failed: non-finite loss at step 3" in doc.answer
+    assert "These results mix 2 versions of the harness code" in doc.answer

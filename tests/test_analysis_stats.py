@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as sps
 
 from analysis.answers import NO_DIFFERENCE, arms_answer, comparison_sentence
 from analysis.stats import (band, compare, compare_to_reference, estimate, first_step_reaching, holm,
@@ -56,8 +57,8 @@ def test_one_seed_gives_values_and_no_test():
     assert c.test == "none" and math.isnan(c.p) and c.winner is None
     assert c.a_est.method == "single seed" and math.isnan(c.a_est.low)
     words = arms_answer(df, ["linear", "cosine"])
-    assert "one seed" in words and "no test" in words and "cosine 50" in words and "linear 55" in words
-    assert "beats" not in words
+    assert words.startswith("not tested (1 seed per arm), only the values: FID cosine 50 (1 seed); linear 55 (1 seed)")
+    assert "beats" not in words and NO_DIFFERENCE not in words
 
 
 def test_different_seeds_use_welch():
@@ -67,19 +68,32 @@ def test_different_seeds_use_welch():
     assert c.diff.low < -4.433 < c.diff.high < 0
 
 
-def test_estimate_t_interval_and_bootstrap_from_five_seeds():
+def test_estimate_is_the_t_interval_at_any_number_of_seeds():
     e = estimate([1.0, 2.0, 3.0])
     assert e.method == "t" and e.mean == 2.0 and (e.low, e.high) == pytest.approx((2 - 2.484138, 2 + 2.484138), abs=1e-5)
-    x = [10.0, 11.0, 12.0, 13.0, 14.0, 15.0]
-    b = estimate(x)
-    assert b.method == "bootstrap" and b.low < 12.5 < b.high and estimate(x) == b  # deterministic by default
-    assert b.high - b.low < estimate(x, bootstrap_from=99).high - estimate(x, bootstrap_from=99).low
+    x = [10.0, 11.0, 12.0, 13.0, 14.0, 15.0]  # scipy.stats.t.interval(0.95, 5, 12.5, sem) = 10.5367 .. 14.4633
+    assert (estimate(x).low, estimate(x).high) == pytest.approx((10.536686, 14.463314), abs=1e-5)
     assert estimate([]).method == "none" and estimate([3.0]).method == "single seed"
+    assert estimate([3.0, float("nan"), None]).n == 1  # NaN is no observation
+    flat = estimate([2.0, 2.0, 2.0])
+    assert flat.method == "zero variance" and not flat.has_interval  # no zero-width "certainty"
 
 
-def test_identical_differences_do_not_break_the_test():
-    same = compare(table({"a": [1.0, 2.0], "b": [1.0, 2.0]}), "fid", "a", "b", lower_is_better=True)
-    assert same.p == 1.0 and same.winner is None
+def test_paired_interval_agrees_with_its_test():
+    """The interval is the paired t-test's own: it excludes 0 exactly when p < 0.05."""
+    rng = np.random.default_rng(1)
+    for _ in range(60):
+        a, b = rng.normal(0, 1, 4), rng.normal(0.8, 1, 4)
+        c = compare(table({"a": list(a), "b": list(b)}), "fid", "a", "b", lower_is_better=True)
+        assert (c.diff.low > 0 or c.diff.high < 0) == (c.p < 0.05)
+        assert c.p == pytest.approx(sps.ttest_rel(a, b).pvalue, rel=1e-9)
+        w = compare(table({"a": list(a), "b": list(b[:3])}, seeds={"b": [7, 8, 9]}), "fid", "a", "b",
+                    lower_is_better=True)
+        assert w.test == "Welch t" and w.p == pytest.approx(sps.ttest_ind(a, b[:3], equal_var=False).pvalue, rel=1e-9)
+        assert (w.diff.low > 0 or w.diff.high < 0) == (w.p < 0.05)
+    welch = compare(table(CLEAR, seeds={"cosine": [0, 1, 2], "linear": [3, 4, 5]}), "fid", "cosine", "linear",
+                    lower_is_better=True)
+    assert (welch.diff.high < 0) == (welch.p < 0.05)
 
 
 def test_holm_and_family_of_comparisons():
