@@ -17,7 +17,7 @@ from torch import Tensor
 from .config import Config, SamplerSetting
 from .data import ImageData
 from .features import domain_classifier
-from .metrics import class_accuracy, fidelity_metrics, inception_fid, recognizability
+from .metrics import class_accuracy, fidelity_metrics, inception_fid, recognizability, recognized_class_accuracy
 from .samplers import sample
 from .schedules import make_schedule
 from .tracking import NullTracker, Tracker
@@ -45,6 +45,7 @@ class Evaluator:
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.out_dir = Path(out_dir) if out_dir else None
         self.classifier = domain_classifier(data, self.cache_dir / "classifiers", device=self.device)
+        self.recognizer = domain_classifier(data, self.cache_dir / "classifiers", device=self.device, reject=True)
         ec, dc = config.eval, config.diffusion
         g = torch.Generator().manual_seed(ec.seed)
         self.x_T = torch.randn((ec.num_samples, data.channels, data.image_size, data.image_size), generator=g)
@@ -94,14 +95,17 @@ class Evaluator:
         images, nfe, seconds = self.generate(model, setting)
         metrics = fidelity_metrics(images, self.data.images, self.classifier, cache_dir=self.cache_dir / "fidelity",
                                    reference_key=f"{self.data.name}-{self.data.fingerprint}", device=self.device)
-        probs = self.classifier.probs(images)
+        probs = self.classifier.probs(images)  # (N, K)
+        recognized = self.recognizer.probs(images)  # (N, K + 1), the last column the reject class
+        threshold = ec.recognizability_threshold
         result: dict[str, Any] = {
             "step": step, "setting": setting.label, **setting.model_dump(), **metrics,
-            "recognizability": recognizability(probs, ec.recognizability_threshold),
+            "recognizability": recognizability(recognized, threshold),
             "nfe": nfe, "sample_seconds": seconds,
         }
         if self.config.model.conditional:
             result["class_accuracy"] = class_accuracy(probs, self.labels)
+            result["recognized_class_accuracy"] = recognized_class_accuracy(recognized, self.labels, threshold)
         if final:
             value, reason = inception_fid(images, self.data.images, weights_path=ec.inception_weights)
             if value is not None:

@@ -23,9 +23,10 @@ from torch import Tensor, nn
 from .checkpoint import save_atomic
 from .data import ImageData, split_indices
 
-# Cached weights are keyed by this string: change it whenever the network or its training recipe
+# Cached weights are keyed by these strings: change one whenever its network or training recipe
 # changes, so that old caches are not mistaken for the new classifier.
 ARCH = "domaincnn-v1"
+RECOGNIZER_ARCH = "recognizer-v1"
 WIDTHS = (16, 32, 64)  # channels of the three conv blocks; each block halves H and W
 FEATURE_DIM = 128  # D, the dimension of the features FID is computed in
 HOLDOUT_FRACTION = 0.1
@@ -34,6 +35,9 @@ LR = 3e-3
 TARGET_STEPS = 300  # optimizer steps the default epoch count aims at (9 epochs on mnist-5k)
 MIN_EPOCHS = 3
 MAX_SHIFT = 2  # pixels of random translation in training; digits are not always centred
+MAX_ROTATION = 12.0  # degrees of random rotation for the recognizer: a reader still reads a tilted digit
+NON_DIGITS_PER_BATCH = 32  # synthetic non-digits added to each batch of BATCH_SIZE digits (recognizer only)
+BLOB_CELLS = (3, 4, 5, 6, 8, 10)  # side of the random grid that smooth blobs are upsampled from
 
 
 class DomainCNN(nn.Module):
@@ -101,25 +105,64 @@ def _random_shift(x: Tensor, max_shift: int, generator: torch.Generator) -> Tens
     return F.grid_sample(x + 1.0, grid, mode="nearest", align_corners=False) - 1.0
 
 
+def _random_rotation(x: Tensor, max_degrees: float, generator: torch.Generator) -> Tensor:
+    """Rotate each image about its centre by a uniform angle in [-max_degrees, max_degrees]; fill with -1."""
+    n = x.shape[0]
+    a = (torch.rand(n, generator=generator) * 2 - 1).mul(math.radians(max_degrees)).to(x)  # (N,)
+    theta = torch.zeros(n, 2, 3, dtype=x.dtype, device=x.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = a.cos()
+    theta[:, 0, 1], theta[:, 1, 0] = -a.sin(), a.sin()
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x + 1.0, grid, mode="bilinear", align_corners=False) - 1.0
+
+
+def non_digits(digits: Tensor, generator: torch.Generator) -> Tensor:
+    """As many images as ``digits`` (N, C, H, W) that no reader would call a digit, in [-1, 1].
+
+    The recognizer's reject class is trained on these: uniform noise, Gaussian noise of random
+    scale, smooth random blobs (a coarse Gaussian grid upsampled, soft or thresholded) and the
+    given digits with their pixels shuffled, which keeps each digit's ink histogram but no stroke.
+    Constant images are left out on purpose, so the calibration shows the reject class
+    generalizing to a kind of non-digit it never saw (and to an untrained model's samples).
+    """
+    n, c, h, w = digits.shape
+    kind = torch.randint(0, 4, (n,), generator=generator)
+    uniform = torch.rand(n, c, h, w, generator=generator) * 2 - 1
+    gauss = torch.randn(n, c, h, w, generator=generator) * (0.3 + 1.2 * torch.rand(n, 1, 1, 1, generator=generator))
+    cells = BLOB_CELLS[int(torch.randint(len(BLOB_CELLS), (), generator=generator))]
+    coarse = torch.randn(n, c, cells, cells, generator=generator)
+    smooth = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+    level = torch.rand(n, 1, 1, 1, generator=generator) - 0.5  # binarize at a random level, or keep soft
+    hard = torch.rand(n, 1, 1, 1, generator=generator) < 0.5
+    blobs = torch.where(hard, torch.where(smooth > level, 1.0, -1.0), smooth * 2)
+    order = torch.rand(n, h * w, generator=generator).argsort(dim=1)  # one permutation per image
+    shuffled = digits.cpu().flatten(2).gather(2, order[:, None].expand(-1, c, -1)).view(n, c, h, w)
+    out = torch.stack([uniform, gauss, blobs, shuffled])[kind, torch.arange(n)]  # (N, C, H, W)
+    return out.clamp(-1, 1).to(digits.device)
+
+
 def default_epochs(n_train: int) -> int:
     """Enough epochs for about TARGET_STEPS optimizer steps, and never fewer than MIN_EPOCHS."""
     return max(MIN_EPOCHS, math.ceil(TARGET_STEPS / math.ceil(n_train / BATCH_SIZE)))
 
 
 def train_classifier(data: ImageData, *, seed: int = 0, epochs: int | None = None,
-                     device: str | torch.device = "cpu") -> tuple[DomainCNN, float]:
+                     device: str | torch.device = "cpu", reject: bool = False) -> tuple[DomainCNN, float]:
     """Train a DomainCNN on all but a held-out 10% of ``data``; return it (eval mode) and its held-out accuracy.
 
     AdamW with a one-cycle learning rate (Smith & Topin 2019) and random translations. Every
     random choice comes from ``seed``: initialisation runs under a forked, seeded global RNG and
     the batch order and shifts use their own generator, so CPU runs repeat bit for bit.
+    With ``reject`` the network gets one more class, K = data.num_classes, the reject class:
+    every batch adds NON_DIGITS_PER_BATCH ``non_digits`` labelled K, and digits are also rotated.
     """
     train_idx, held_idx = split_indices(len(data), HOLDOUT_FRACTION, seed)
     x, y = data.images[train_idx].to(device), data.labels[train_idx].to(device)  # (N, C, H, W), (N,)
     epochs = default_epochs(len(x)) if epochs is None else epochs
+    num_outputs = data.num_classes + int(reject)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = DomainCNN(data.channels, data.images.shape[2], data.images.shape[3], data.num_classes).to(device)
+        net = DomainCNN(data.channels, data.images.shape[2], data.images.shape[3], num_outputs).to(device)
     generator = torch.Generator().manual_seed(seed)
     steps = epochs * math.ceil(len(x) / BATCH_SIZE)
     optimizer = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=1e-4)
@@ -128,8 +171,13 @@ def train_classifier(data: ImageData, *, seed: int = 0, epochs: int | None = Non
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=generator).to(device)
         for batch in order.split(BATCH_SIZE):
-            x_b = _random_shift(x[batch], MAX_SHIFT, generator)
-            loss = F.cross_entropy(net(x_b), y[batch])
+            x_b, y_b = _random_shift(x[batch], MAX_SHIFT, generator), y[batch]
+            if reject:
+                x_b = _random_rotation(x_b, MAX_ROTATION, generator)
+                junk = non_digits(x_b[:NON_DIGITS_PER_BATCH], generator)
+                x_b = torch.cat([x_b, junk])
+                y_b = torch.cat([y_b, torch.full((len(junk),), data.num_classes, device=y_b.device)])
+            loss = F.cross_entropy(net(x_b), y_b)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -150,17 +198,23 @@ def weights_fingerprint(net: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def cache_path(data: ImageData, cache_dir: str | Path, *, seed: int = 0, epochs: int | None = None) -> Path:
-    """Where ``domain_classifier`` keeps the weights for this data, seed and epoch count."""
+def cache_path(data: ImageData, cache_dir: str | Path, *, seed: int = 0, epochs: int | None = None,
+               reject: bool = False) -> Path:
+    """Where ``domain_classifier`` keeps the weights for this data, seed, epoch count and kind."""
     n_train = len(data) - len(split_indices(len(data), HOLDOUT_FRACTION, seed)[1])
     epochs = default_epochs(n_train) if epochs is None else epochs
-    return Path(cache_dir).expanduser() / f"{ARCH}-{data.fingerprint}-seed{seed}-epochs{epochs}.pt"
+    arch = RECOGNIZER_ARCH if reject else ARCH
+    return Path(cache_dir).expanduser() / f"{arch}-{data.fingerprint}-seed{seed}-epochs{epochs}.pt"
 
 
 def domain_classifier(data: ImageData, cache_dir: str | Path, *, device: str | torch.device = "cpu",
-                      seed: int = 0, epochs: int | None = None) -> DomainClassifier:
-    """The domain classifier for ``data``: loaded from ``cache_dir`` if trained before, else trained and saved."""
-    path = cache_path(data, cache_dir, seed=seed, epochs=epochs)
+                      seed: int = 0, epochs: int | None = None, reject: bool = False) -> DomainClassifier:
+    """The domain classifier for ``data``: loaded from ``cache_dir`` if trained before, else trained and saved.
+
+    ``reject=True`` gives the recognizer instead: the same network with a reject class (see
+    ``train_classifier``), which decides recognizability; the plain classifier defines the FID space.
+    """
+    path = cache_path(data, cache_dir, seed=seed, epochs=epochs, reject=reject)
     net, from_cache = None, False
     if path.is_file():
         try:
@@ -172,10 +226,10 @@ def domain_classifier(data: ImageData, cache_dir: str | Path, *, device: str | t
             warnings.warn(f"retraining the domain classifier: cannot read {path} ({e})")
             net = None
     if net is None:
-        net, accuracy = train_classifier(data, seed=seed, epochs=epochs, device=device)
+        net, accuracy = train_classifier(data, seed=seed, epochs=epochs, device=device, reject=reject)
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.cpu() for k, v in net.state_dict().items()}
-        save_atomic({"arch": ARCH, "shape": net.shape, "state_dict": state, "accuracy": accuracy}, path)
+        save_atomic({"arch": RECOGNIZER_ARCH if reject else ARCH, "shape": net.shape, "state_dict": state, "accuracy": accuracy}, path)
     net.eval().requires_grad_(False)
     return DomainClassifier(net=net, accuracy=accuracy, fingerprint=weights_fingerprint(net), from_cache=from_cache)
 

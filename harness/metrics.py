@@ -1,5 +1,6 @@
 """Sample-quality metrics: FID, KID and precision/recall in the domain classifier's feature space,
-the standard InceptionV3 FID when its weights are at hand, and classifier-based scores.
+the standard InceptionV3 FID when its weights are at hand, and classifier-based scores
+(recognizability comes from the recognizer, the domain classifier with a reject class).
 
 All image tensors are (N, C, H, W) in [-1, 1]. They are quantized to uint8 before any feature
 extraction, as torch-fidelity expects, so numbers match those of the same samples saved as PNGs.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import urllib.request
 from pathlib import Path
@@ -165,11 +167,36 @@ def inception_fid(generated: Tensor, reference: Tensor, *, weights_path: str | N
         return None, f"InceptionV3 FID failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
 
 
+def recognizable(probs: Tensor, threshold: float = 0.9) -> Tensor:
+    """(N,) bool: the recognizer names a class, not its reject class, with p(y | x) >= threshold.
+
+    ``probs`` (N, K + 1) come from the recognizer (``domain_classifier(..., reject=True)``), whose
+    last column is the reject class of synthetic non-digits. A plain softmax classifier is confident
+    on noise; its reject class is what keeps noise, blobs and shuffled pixels out.
+    """
+    if probs.dim() != 2 or probs.shape[0] == 0 or probs.shape[1] < 2:
+        raise ValueError(f"probs must be (N, K + 1) with N > 0 and a reject column, got shape {tuple(probs.shape)}")
+    top = probs.max(dim=1)
+    return (top.indices < probs.shape[1] - 1) & (top.values >= threshold)
+
+
 def recognizability(probs: Tensor, threshold: float = 0.9) -> float:
-    """Fraction of samples the domain classifier assigns some class with p(y | x) >= threshold."""
-    if probs.dim() != 2 or probs.shape[0] == 0:
-        raise ValueError(f"probs must be (N, num_classes) with N > 0, got shape {tuple(probs.shape)}")
-    return (probs.max(dim=1).values >= threshold).float().mean().item()
+    """Fraction of samples that are ``recognizable``: a fraction of the set, never a switch on it."""
+    return recognizable(probs, threshold).float().mean().item()
+
+
+def recognized_class_accuracy(probs: Tensor, labels: Tensor, threshold: float = 0.9) -> float:
+    """Among recognizable samples, the fraction whose recognized class is the label; NaN if none is recognizable.
+
+    A conditional model that draws a clear 3 when asked for a 7 is wrong here, while one that draws
+    noise is not counted at all: its failure shows in recognizability instead.
+    """
+    if labels.shape != probs.shape[:1]:
+        raise ValueError(f"need labels (N,) for probs {tuple(probs.shape)}, got {tuple(labels.shape)}")
+    mask = recognizable(probs, threshold)
+    if not mask.any():
+        return math.nan
+    return (probs[mask].argmax(dim=1) == labels.to(probs.device)[mask]).float().mean().item()
 
 
 def class_accuracy(probs: Tensor, labels: Tensor) -> float:

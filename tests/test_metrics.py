@@ -7,7 +7,7 @@ import torch
 
 from harness.data import load_dataset, split_indices
 from harness.features import HOLDOUT_FRACTION, DomainClassifier, domain_classifier
-from harness.metrics import class_accuracy, fidelity_metrics, inception_fid, recognizability, to_uint8
+from harness.metrics import class_accuracy, fidelity_metrics, inception_fid, to_uint8
 
 KEYS = {"fid", "kid", "kid_std", "precision", "recall", "num_generated", "num_reference"}
 
@@ -104,30 +104,25 @@ def test_to_uint8_inverts_the_data_scaling(mnist_5k):
     assert to_uint8(torch.tensor([-3.0, 3.0])).tolist() == [0, 255]
 
 
-def test_recognizability_and_class_accuracy_on_hand_made_probs():
+def test_class_accuracy_on_hand_made_probs():
     probs = torch.tensor([
-        [0.95, 0.05, 0.00],  # confident, class 0
-        [0.90, 0.10, 0.00],  # exactly at the threshold counts
-        [0.40, 0.35, 0.25],  # unsure
-        [0.00, 0.01, 0.99],  # confident, class 2
+        [0.95, 0.05, 0.00],
+        [0.40, 0.35, 0.25],  # unsure, but its most probable class still counts
+        [0.00, 0.01, 0.99],
     ])
-    assert recognizability(probs) == pytest.approx(0.75)
-    assert recognizability(probs, threshold=0.96) == pytest.approx(0.25)
-    assert class_accuracy(probs, torch.tensor([0, 0, 1, 2])) == pytest.approx(0.75)
-    assert class_accuracy(probs, torch.tensor([1, 1, 1, 1])) == 0.0
-    with pytest.raises(ValueError):
-        recognizability(torch.empty(0, 3))
+    assert class_accuracy(probs, torch.tensor([0, 0, 2])) == pytest.approx(1.0)
+    assert class_accuracy(probs, torch.tensor([0, 1, 1])) == pytest.approx(1 / 3)
     with pytest.raises(ValueError):
         class_accuracy(probs, torch.tensor([0, 1]))
+    with pytest.raises(ValueError):
+        class_accuracy(torch.empty(0, 3), torch.empty(0))
 
 
-def test_classifier_scores_real_digits_as_recognizable(clf, split, mnist_5k):
+def test_class_accuracy_of_real_digits_is_the_classifier_accuracy(clf, split, mnist_5k):
     _, held_idx = split_indices(len(mnist_5k), HOLDOUT_FRACTION, seed=0)
     probs = clf.probs(mnist_5k.images[held_idx])
     assert class_accuracy(probs, mnist_5k.labels[held_idx]) == pytest.approx(clf.accuracy)
-    assert recognizability(probs) > 0.9
-    # No claim about noise: a softmax classifier can be confident on it (this one is), which is why
-    # recognizability is reported next to FID and never instead of it.
+    # Recognizability is not this classifier's call (it is confident on noise): see test_recognizability.py.
 
 
 def test_inception_fid_without_weights_file_returns_reason(split, tmp_path):
