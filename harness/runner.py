@@ -365,7 +365,9 @@ def preflight(plan: Plan) -> None:
     from .features import domain_classifier
 
     for key in {(j.config.data.dataset, j.config.data.root, j.config.data.download) for j in plan.jobs}:
-        domain_classifier(load_dataset(*key), default_cache_dir() / "classifiers")
+        data = load_dataset(*key)
+        for reject in (False, True):  # the FID classifier and the recognizer
+            domain_classifier(data, default_cache_dir() / "classifiers", reject=reject)
 
 
 def hold_lock(root: Path, name: str):

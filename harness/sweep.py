@@ -997,7 +997,9 @@ def preflight(sweep: Sweep) -> None:
     from .features import domain_classifier
 
     data = sweep.base["data"]
-    domain_classifier(load_dataset(data["dataset"], data["root"], data["download"]), default_cache_dir() / "classifiers")
+    images = load_dataset(data["dataset"], data["root"], data["download"])
+    for reject in (False, True):  # the FID classifier and the recognizer
+        domain_classifier(images, default_cache_dir() / "classifiers", reject=reject)
 
 
 def run_sweep(spec_path: str | Path, *, profile: str | None = None, workers: int = 1, storage: str | None = None,
