@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from harness.config import ConfigError
 from harness.data import load_dataset, split_indices
 from harness.features import HOLDOUT_FRACTION, DomainClassifier, domain_classifier
-from harness.config import ConfigError
 from harness.metrics import class_accuracy, fidelity_metrics, inception_fid, private_dir, to_uint8
 
 KEYS = {"fid", "kid", "kid_std", "precision", "recall", "num_generated", "num_reference"}
