@@ -166,6 +166,12 @@ def cmd_bench(args) -> int:
     return bench_main(args.quick, args.json, args.device)
 
 
+def cmd_score(args) -> int:
+    from .score import main as score_main
+
+    return score_main(args.images, args.dataset, args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description="Ablation studies of DDPM-family diffusion models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -211,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     b.add_argument("--device", default="auto")
     b.set_defaults(func=cmd_bench)
+
+    sc = sub.add_parser("score", help="score an image set (.npy, .npz, .pt or a folder of PNGs) against a data set")
+    sc.add_argument("images", help="(N, H, W) or (N, C, H, W) images, uint8 in [0, 255] or float in [0, 1]")
+    sc.add_argument("--dataset", default="mnist-5k", help="the reference data set (default: mnist-5k)")
+    sc.add_argument("--json", metavar="PATH", help="write the scores as JSON")
+    sc.set_defaults(func=cmd_score)
     return p
 
 

@@ -6,6 +6,11 @@ and its weights cannot be fetched offline, so the harness measures FID, KID and 
 in the penultimate layer (D = 128) of a classifier trained on the domain. The classifier is
 trained once per data set, with a deterministic held-out split to report its accuracy, and cached
 on disk under the data's fingerprint and the architecture version.
+
+The recognizer, which decides recognizability, is the same network with one more class, a reject
+class trained on synthetic non-digits (``non_digits``): a plain softmax classifier is confident on
+noise, and its feature space puts blobs and shuffled ink next to digits, so neither its top
+probability nor a k-NN manifold test in its features can tell a digit from garbage.
 """
 from __future__ import annotations
 
@@ -203,8 +208,11 @@ def cache_path(data: ImageData, cache_dir: str | Path, *, seed: int = 0, epochs:
     """Where ``domain_classifier`` keeps the weights for this data, seed, epoch count and kind."""
     n_train = len(data) - len(split_indices(len(data), HOLDOUT_FRACTION, seed)[1])
     epochs = default_epochs(n_train) if epochs is None else epochs
-    arch = RECOGNIZER_ARCH if reject else ARCH
-    return Path(cache_dir).expanduser() / f"{arch}-{data.fingerprint}-seed{seed}-epochs{epochs}.pt"
+    return Path(cache_dir).expanduser() / f"{_arch(reject)}-{data.fingerprint}-seed{seed}-epochs{epochs}.pt"
+
+
+def _arch(reject: bool) -> str:
+    return RECOGNIZER_ARCH if reject else ARCH
 
 
 def domain_classifier(data: ImageData, cache_dir: str | Path, *, device: str | torch.device = "cpu",
@@ -229,7 +237,7 @@ def domain_classifier(data: ImageData, cache_dir: str | Path, *, device: str | t
         net, accuracy = train_classifier(data, seed=seed, epochs=epochs, device=device, reject=reject)
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.cpu() for k, v in net.state_dict().items()}
-        save_atomic({"arch": RECOGNIZER_ARCH if reject else ARCH, "shape": net.shape, "state_dict": state, "accuracy": accuracy}, path)
+        save_atomic({"arch": _arch(reject), "shape": net.shape, "state_dict": state, "accuracy": accuracy}, path)
     net.eval().requires_grad_(False)
     return DomainClassifier(net=net, accuracy=accuracy, fingerprint=weights_fingerprint(net), from_cache=from_cache)
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import math
 import os
+import stat
 import urllib.request
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .config import ConfigError
 from .features import DomainClassifier, fidelity_extractor_name
 
 KID_SUBSET_SIZE = 1000  # torch-fidelity's default, lowered to the sample count when there are fewer
@@ -42,6 +45,33 @@ class _Images(Dataset):
 
     def __getitem__(self, i: int) -> Tensor:
         return self.images[i]
+
+
+def private_dir(path: str | Path) -> Path:
+    """``path`` as a directory that only this user can write: created with mode 0700, or refused.
+
+    torch-fidelity reads its feature caches back with pickle (``weights_only=False``), so whoever can
+    write a file into the cache directory, or swap the directory, could run code in the harness.
+    A directory of ours that others may write is fixed to 0700; one owned by another user, or below
+    a directory that others may write (without the sticky bit of /tmp), is refused.
+    """
+    path = Path(path).expanduser()
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = path.resolve()  # the checks apply to the directory actually used, not to a symlink
+    uid, st = os.getuid(), path.stat()
+    if st.st_uid != uid:
+        raise ConfigError(f"{path}: cache directory belongs to uid {st.st_uid}, not to this user (uid {uid}); "
+                          f"torch-fidelity unpickles the files in it, so it is not used (set HARNESS_CACHE_DIR)")
+    if st.st_mode & 0o077:
+        path.chmod(0o700)
+    for parent in path.parents:
+        pst = parent.stat()
+        shared = pst.st_mode & 0o022 and not pst.st_mode & stat.S_ISVTX
+        if pst.st_uid not in (uid, 0) or shared:
+            raise ConfigError(f"{path}: cache directory lies below {parent}, which another user can write or "
+                              f"rename entries in; torch-fidelity unpickles its caches, so it is not used "
+                              f"(set HARNESS_CACHE_DIR)")
+    return path
 
 
 def _check_images(name: str, x: Tensor, min_count: int) -> None:
@@ -70,10 +100,10 @@ def fidelity_metrics(generated: Tensor, reference: Tensor, clf: DomainClassifier
     al. 2019) of ``generated`` against ``reference``, in the feature space of ``clf``.
 
     Computed by torch_fidelity.calculate_metrics. The reference's features and FID statistics are
-    cached by torch-fidelity in ``cache_dir`` under a name made of ``reference_key``, a hash of the
-    reference images and the classifier's fingerprint, so they are computed once and reused, and a
-    changed reference set or classifier can never be served stale numbers. ``kid_subset_size``
-    defaults to min(1000, N_gen, N_ref).
+    cached by torch-fidelity in ``cache_dir`` (a ``private_dir``: those caches are pickles) under a
+    name made of ``reference_key``, a hash of the reference images and the classifier's fingerprint,
+    so they are computed once and reused, and a changed reference set or classifier can never be
+    served stale numbers. ``kid_subset_size`` defaults to min(1000, N_gen, N_ref).
     """
     import torch_fidelity
 
@@ -96,7 +126,7 @@ def fidelity_metrics(generated: Tensor, reference: Tensor, clf: DomainClassifier
             input1=_Images(gen_u8),
             input2=_Images(ref_u8),
             input2_cache_name=f"{reference_key}-{_content_key(ref_u8)}",
-            cache_root=str(Path(cache_dir).expanduser()),
+            cache_root=str(private_dir(cache_dir)),
             feature_extractor=fidelity_extractor_name(clf),
             fid=True, kid=True, prc=True,  # prc's convention: input1 generated, input2 real
             kid_subset_size=subset,
@@ -117,23 +147,46 @@ def fidelity_metrics(generated: Tensor, reference: Tensor, clf: DomainClassifier
     }
 
 
-def _inception_weights_problem(weights_path: str | None) -> str | None:
-    """Why torch-fidelity's InceptionV3 weights cannot be had quickly, or None if they can."""
+class WeightsUnavailable(Exception):
+    """InceptionV3 weights cannot be had, or a file is not a plain state dict; the message says which."""
+
+
+def inception_weights(weights_path: str | None) -> dict[str, Tensor]:
+    """torch-fidelity's InceptionV3 weights as a state dict, read with ``weights_only=True`` only.
+
+    ``weights_path`` names a file a user (or a spec) chose; without it the published file is read
+    from (or downloaded, hash-checked, into) the torch.hub cache. torch-fidelity itself unpickles
+    either with ``weights_only=False``, so a pickle in them would run code: it never gets to read them.
+    """
     from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 
-    if weights_path is not None:
-        return None if Path(weights_path).is_file() else f"InceptionV3 weights not found at {weights_path}"
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(URL_INCEPTION_V3)
-    if cached.is_file():
-        return None
-    # torch-fidelity downloads with torch.hub, which has no timeout; probe first so offline fails fast.
-    try:
-        with urllib.request.urlopen(urllib.request.Request(URL_INCEPTION_V3, method="HEAD"),
-                                    timeout=DOWNLOAD_PROBE_TIMEOUT):
-            return None
-    except Exception as e:
-        return (f"InceptionV3 weights are not in {cached.parent} and cannot be downloaded ({e}); "
-                f"pass weights_path= the file {os.path.basename(URL_INCEPTION_V3)}")
+    if weights_path is None:
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(URL_INCEPTION_V3)
+        if not cached.is_file():
+            # torch.hub downloads without a timeout; probe first so that offline fails fast.
+            try:
+                with urllib.request.urlopen(urllib.request.Request(URL_INCEPTION_V3, method="HEAD"),
+                                            timeout=DOWNLOAD_PROBE_TIMEOUT):
+                    pass
+            except Exception as e:
+                raise WeightsUnavailable(
+                    f"InceptionV3 weights are not in {cached.parent} and cannot be downloaded ({e}); "
+                    f"pass weights_path= the file {os.path.basename(URL_INCEPTION_V3)}") from None
+        state = torch.hub.load_state_dict_from_url(URL_INCEPTION_V3, map_location="cpu", progress=False,
+                                                   check_hash=True, weights_only=True)
+        source = str(cached)
+    else:
+        if not Path(weights_path).is_file():
+            raise WeightsUnavailable(f"InceptionV3 weights not found at {weights_path}")
+        try:
+            state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise WeightsUnavailable(f"{weights_path} is not a plain tensor state dict, so it was not loaded "
+                                     f"(only weights_only loads are allowed): {' '.join(str(e).split())[:200]}") from None
+        source = weights_path
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
+        raise WeightsUnavailable(f"{source} holds a {type(state).__name__}, not a state dict of tensors")
+    return state
 
 
 def inception_fid(generated: Tensor, reference: Tensor, *, weights_path: str | None = None,
@@ -146,10 +199,14 @@ def inception_fid(generated: Tensor, reference: Tensor, *, weights_path: str | N
     weights still reports every other metric.
     """
     try:
-        problem = _inception_weights_problem(weights_path)
-        if problem is not None:
-            return None, problem
+        state = inception_weights(weights_path)
         import torch_fidelity
+
+        # torch-fidelity torch.load()s whatever it is handed with weights_only=False; what it is handed
+        # here is our own serialization of tensors that were loaded safely, so only tensors come out.
+        weights = io.BytesIO()
+        torch.save(state, weights)
+        weights.seek(0)
 
         def rgb(x: Tensor) -> Tensor:
             u8 = to_uint8(x)
@@ -159,10 +216,12 @@ def inception_fid(generated: Tensor, reference: Tensor, *, weights_path: str | N
         with on_device:
             m = torch_fidelity.calculate_metrics(
                 input1=_Images(rgb(generated)), input2=_Images(rgb(reference)), fid=True,
-                feature_extractor="inception-v3-compat", feature_extractor_weights_path=weights_path,
+                feature_extractor="inception-v3-compat", feature_extractor_weights_path=weights,
                 cuda=cuda, cache=False, save_cpu_ram=True, verbose=False,
             )
         return float(m["frechet_inception_distance"]), None
+    except WeightsUnavailable as e:
+        return None, str(e)
     except Exception as e:  # the caller logs the reason and carries on
         return None, f"InceptionV3 FID failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
 

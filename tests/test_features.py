@@ -9,6 +9,7 @@ from harness import features
 from harness.data import load_dataset, split_indices
 from harness.features import (
     FEATURE_DIM, HOLDOUT_FRACTION, DomainClassifier, cache_path, domain_classifier, fidelity_extractor_name,
+    non_digits,
 )
 
 
@@ -108,3 +109,23 @@ def test_fidelity_extractor_is_registered_once_and_matches_clf(clf, mnist_5k):
     assert next(clf.net.parameters()).requires_grad is False  # untouched by torch-fidelity's setup
     with pytest.raises(ValueError, match="uint8"):
         extractor(x)
+
+
+def test_non_digits_are_seeded_images_in_range(small):
+    x = small.images[:64]
+    a = non_digits(x, torch.Generator().manual_seed(0))
+    b = non_digits(x, torch.Generator().manual_seed(0))
+    assert a.shape == x.shape and torch.equal(a, b)
+    assert a.min() >= -1 and a.max() <= 1
+    assert not torch.equal(a, non_digits(x, torch.Generator().manual_seed(1)))
+    assert not any(torch.equal(a[i], x[i]) for i in range(len(x)))
+
+
+def test_recognizer_has_a_reject_class_and_its_own_cache(small, tmp_path):
+    recognizer = domain_classifier(small, tmp_path, epochs=1, reject=True)
+    assert recognizer.net.head.out_features == small.num_classes + 1
+    path = cache_path(small, tmp_path, epochs=1, reject=True)
+    assert path.name.startswith("recognizer-") and path != cache_path(small, tmp_path, epochs=1)
+    assert os.listdir(tmp_path) == [path.name]
+    again = domain_classifier(small, tmp_path, epochs=1, reject=True)
+    assert again.from_cache and again.fingerprint == recognizer.fingerprint

@@ -1,13 +1,16 @@
+import io
 import os
+import stat
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from harness.config import ConfigError
 from harness.data import load_dataset, split_indices
 from harness.features import HOLDOUT_FRACTION, DomainClassifier, domain_classifier
-from harness.metrics import class_accuracy, fidelity_metrics, inception_fid, to_uint8
+from harness.metrics import class_accuracy, fidelity_metrics, inception_fid, private_dir, to_uint8
 
 KEYS = {"fid", "kid", "kid_std", "precision", "recall", "num_generated", "num_reference"}
 
@@ -132,7 +135,102 @@ def test_inception_fid_without_weights_file_returns_reason(split, tmp_path):
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"not a checkpoint")
     value, reason = inception_fid(x, x, weights_path=str(corrupt))  # must not raise
-    assert value is None and reason.startswith("InceptionV3 FID failed")
+    assert value is None and reason.startswith(f"{corrupt} is not a plain tensor state dict")
+    not_a_dict = tmp_path / "list.pth"
+    torch.save([torch.zeros(1)], not_a_dict)
+    value, reason = inception_fid(x, x, weights_path=str(not_a_dict))
+    assert value is None and "not a state dict of tensors" in reason
+
+
+class MakesMarker:
+    """Unpickling this calls open(marker, "w"): what a hostile weights file would do instead."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_pickled_code_in_inception_weights_never_runs(split, tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"Conv2d_1a_3x3.conv.weight": MakesMarker(marker)}, evil)
+    value, reason = inception_fid(split[1][:8], split[1][:8], weights_path=str(evil))
+    assert value is None and "not a plain tensor state dict" in reason
+    assert not marker.exists()
+    torch.load(evil, weights_only=False)  # the file is armed: the check above is not vacuous
+    assert marker.exists()
+
+
+@pytest.mark.slow  # about 12 s: a whole evaluation against the 5,000 reference images
+def test_an_evaluation_with_hostile_inception_weights_reports_them_unavailable(mnist_5k, split, tmp_path):
+    from harness.config import SamplerSetting, build_config
+    from harness.evaluate import Evaluator
+
+    marker, evil = tmp_path / "pwned", tmp_path / "evil.pt"
+    torch.save({"w": MakesMarker(marker)}, evil)
+    config = build_config({"eval": {"num_samples": 16, "batch_size": 16, "inception_weights": str(evil)}})
+    evaluator = Evaluator(config, mnist_5k, cache_dir=Path(os.environ["HARNESS_CACHE_DIR"]))
+    result, _ = evaluator.evaluate_setting(lambda x, t, y: torch.zeros_like(x), SamplerSetting(steps=2),
+                                           step=1, final=True)
+    assert "fid_inception" not in result and "not a plain tensor state dict" in result["fid_inception_unavailable"]
+    assert not marker.exists()
+
+
+@pytest.mark.slow  # about 25 s: InceptionV3 at 299x299 on the CPU
+def test_safe_inception_weights_are_handed_to_torch_fidelity(split, tmp_path):
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    class Unloaded(FeatureExtractorInceptionV3):  # the architecture with its random initial weights
+        def load_state_dict(self, state_dict, strict=True):
+            return None
+
+    empty = io.BytesIO()
+    torch.save({}, empty)
+    empty.seek(0)
+    torch.manual_seed(0)
+    weights = tmp_path / "inception.pth"
+    torch.save(Unloaded("x", ["2048"], feature_extractor_weights_path=empty).state_dict(), weights)
+    x = split[1][:4]
+    value, reason = inception_fid(x, x, weights_path=str(weights))
+    assert reason is None and abs(value) < 1e-2
+
+
+def test_private_dir_is_created_0700_and_fixed_when_open(tmp_path):
+    made = private_dir(tmp_path / "a" / "fidelity")
+    assert stat.S_IMODE(made.stat().st_mode) == 0o700
+    opened = tmp_path / "open"
+    opened.mkdir()
+    opened.chmod(0o777)
+    assert stat.S_IMODE(private_dir(opened).stat().st_mode) == 0o700
+
+
+def test_private_dir_refuses_a_shared_parent_but_not_sticky_tmp(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # anyone may rename our cache directory away and put theirs in its place
+    with pytest.raises(ConfigError, match="another user can write"):
+        private_dir(shared / "fidelity")
+    shared.chmod(0o777 | stat.S_ISVTX)  # like /tmp: others cannot rename what is ours
+    assert private_dir(shared / "fidelity").is_dir()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="giving a directory to another user needs root")
+def test_private_dir_refuses_a_directory_of_another_user(tmp_path):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, 12345, 12345)
+    with pytest.raises(ConfigError, match="belongs to uid 12345"):
+        private_dir(theirs)
+
+
+def test_fidelity_caches_live_in_a_private_dir(split, clf, tmp_path):
+    cache = tmp_path / "fidelity"
+    cache.mkdir(mode=0o777)
+    cache.chmod(0o777)
+    fidelity_metrics(split[1][:50], split[1][:50], clf, cache_dir=cache, reference_key="held")
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o700 and any(cache.iterdir())
 
 
 def test_inception_fid_offline_fails_fast(split, tmp_path, monkeypatch):
