@@ -60,7 +60,7 @@ CASES = [  # (id, spec document or raw text, words the error line must contain)
     ("duplicate arms", _with("axes/grid", {"diffusion.schedule": ["cosine", "cosine"]}), "two arms resolve to the same configuration"),
     ("zip of unequal lengths", _with("axes/zip", [{"diffusion.schedule": ["linear"], "train.lr": [1e-3, 2e-3]}]), "zip group"),
     ("unknown key on an axis", _with("axes/grid", {"train.stepz": [1, 2]}), "train.stepz: unknown key"),
-    ("axis into a scalar", _with("axes/grid", {"train.steps.x": [1, 2]}), "train.steps: expected a mapping"),
+    ("axis into a scalar", _with("axes/grid", {"data.dataset.x": [1, 2]}), "data.dataset: expected a mapping"),
     ("missing question", _with("question", None), "question: Field required"),
     ("missing name", _with("name", None), "name: Field required"),
     ("name with a slash", _with("name", "a/b"), "name: String should match pattern"),

@@ -48,7 +48,8 @@ def test_bad_configs_are_one_line_errors(data, message):
 def test_load_config_with_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  steps: 10\nmodel:\n  conditional: true\n")
-    c = load_config(path, ["train.lr=3e-4", "eval.samplers=[{sampler: heun, steps: 5}]", "model.channel_mult=[1, 2]"])
+    c = load_config(path, ["train.lr=3e-4", "eval.samplers=[{sampler: heun, steps: 5}]", "model.channel_mult=[1, 2]",
+                                 "model.attention_resolutions=[14]"])
     assert c.train.steps == 10 and c.train.lr == 3e-4 and c.model.channel_mult == (1, 2)
     assert c.eval.samplers[0].sampler == "heun" and c.model.conditional
 
