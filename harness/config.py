@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, get_args
 
-from annotated_types import Ge, Lt
+from annotated_types import Ge, Le
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .losses import WEIGHTINGS
@@ -56,7 +56,7 @@ def _not_bool(v):
     return v
 
 
-Int = Annotated[int, BeforeValidator(_not_bool), Lt(2**63)]  # every count and seed fits in an int64
+Int = Annotated[int, BeforeValidator(_not_bool), Le(2**63 - 1)]  # every count and seed fits in an int64
 Float = Annotated[float, BeforeValidator(_not_bool)]  # finite: Section forbids inf and nan
 Seed = Annotated[Int, Ge(0)]
 
