@@ -137,7 +137,8 @@ def _existing_store(uri: str | None):
     try:
         store = MlflowStore(uri)
     except Exception as err:  # noqa: BLE001 - MLflow opens the store here: sqlalchemy and OS errors alike
-        raise StoreUnavailable(f"tracking store {uri} is not usable: {str(err).strip().splitlines()[0][:300]}") from None
+        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise StoreUnavailable(f"tracking store {uri} is not usable: {reason}") from None
     store.check()
     return store
 

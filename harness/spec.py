@@ -70,7 +70,8 @@ class _EvaluateBase(_Strict):
         for i, s in enumerate(v):
             unknown = sorted(map(str, set(s) - set(SamplerSetting.model_fields)))
             if unknown:
-                raise ValueError(f"{i}: unknown key {unknown[0]!r}; valid keys here: {', '.join(SamplerSetting.model_fields)}")
+                valid = ", ".join(SamplerSetting.model_fields)
+                raise ValueError(f"{i}: unknown key {unknown[0]!r}; valid keys here: {valid}")
         return v
 
     def size(self) -> int:
@@ -204,7 +205,9 @@ def make_plan(spec: Spec, source: str, profile: str | None = None, overrides: di
             raise ConfigError(f"{source}: profiles: unknown profile {profile!r}; valid: {valid}")
         prof = spec.profiles[profile]
     overrides = overrides or {}
-    evaluate, eval_path = (prof.evaluate, f"profiles.{profile}.evaluate") if prof.evaluate else (spec.evaluate, "evaluate")
+    evaluate, eval_path = (spec.evaluate, "evaluate")
+    if prof.evaluate:
+        evaluate, eval_path = prof.evaluate, f"profiles.{profile}.evaluate"
     seeds, seeds_path = (prof.seeds, f"profiles.{profile}.seeds") if prof.seeds else (spec.seeds, "seeds")
     owners = _owners(spec.axes, seeds_path, eval_path)
     sets = [(f"{source}: profiles.{profile}.set.{k}", k, v) for k, v in prof.set.items()]
@@ -212,7 +215,8 @@ def make_plan(spec: Spec, source: str, profile: str | None = None, overrides: di
         _check_not_owned(label, key, value, owners)
     runs = spec.axes.size() * len(seeds) * evaluate.size()
     if runs > MAX_RUNS:
-        raise ConfigError(f"{source}: axes x seeds x evaluate: {runs:,} evaluation runs; a plan has at most {MAX_RUNS:,}")
+        raise ConfigError(f"{source}: axes x seeds x evaluate: {runs:,} evaluation runs; "
+                          f"a plan has at most {MAX_RUNS:,}")
 
     base = dict(spec.base)
     for label, key, value in sets:
@@ -232,9 +236,9 @@ def make_plan(spec: Spec, source: str, profile: str | None = None, overrides: di
             return source, path + (f".{m[2]}" if m[2] else "")
         if any(related(k, field) for k in arm):
             return f"{source} (arm {_label(arm)})", field
-        key = next((k for k in prof.set if related(k, field)), None)
-        if key is not None:
-            return source, f"profiles.{profile}.set.{max(key, field, key=len)}"
+        set_key = next((k for k in prof.set if related(k, field)), None)
+        if set_key is not None:  # the longer of the two paths: the set key, or the field inside its value
+            return source, f"profiles.{profile}.set.{max(set_key, field, key=len)}"
         return source, f"base.{field}" if _has(spec.base, field) else field
 
     jobs, seen = [], set()

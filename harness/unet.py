@@ -49,7 +49,8 @@ def check_shape(image_size: int, channels: int, channel_mult: Sequence[int], att
             raise ValueError(f"attention_resolutions: {r} is never reached; with {image_size}x{image_size} images and "
                              f"{len(channel_mult)} levels the model works at {', '.join(map(str, res))}")
     # The middle block always attends, at the last level's width.
-    widths = [channels * m for m, r in zip(channel_mult, res) if r in attention_resolutions] + [channels * channel_mult[-1]]
+    widths = [channels * m for m, r in zip(channel_mult, res) if r in attention_resolutions]
+    widths.append(channels * channel_mult[-1])
     for c in widths:
         if c % num_heads(c):
             raise ValueError(f"channels: attention at width {c} uses {num_heads(c)} heads, which do not divide it; "

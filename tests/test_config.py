@@ -110,7 +110,8 @@ def test_numbers_still_accept_strings_from_logged_params():
     ({"model": {"channels": 9}}, "model.channels: 9 is odd"),
     ({"model": {"channel_mult": [1, 0]}}, "model.channel_mult: [1, 0] needs at least one level"),
     ({"model": {"attention_resolutions": [14, 3]}}, "model.attention_resolutions: 3 is never reached"),
-    ({"data": {"dataset": "cifar10"}, "model": {"attention_resolutions": [7]}}, "model.attention_resolutions: 7 is never reached; with 32x32 images and 3 levels the model works at 32, 16, 8"),
+    ({"data": {"dataset": "cifar10"}, "model": {"attention_resolutions": [7]}},
+     "model.attention_resolutions: 7 is never reached; with 32x32 images and 3 levels the model works at 32, 16, 8"),
 ])
 def test_limits_and_shapes(data, message):
     with pytest.raises(ConfigError) as err:
