@@ -16,7 +16,7 @@ from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 MAX_BYTES = 1_000_000  # a spec is a page of text; anything near this is not one
 MAX_DEPTH = 32  # nesting levels after aliases are expanded (specs use about 5)
-MAX_VALUES = 100_000  # scalars, lists and mappings after aliases are expanded
+MAX_VALUES = 10_000  # scalars, lists and mappings after aliases are expanded (specs have a few hundred)
 
 
 class YamlError(ValueError):
@@ -29,6 +29,7 @@ class _Loader(yaml.SafeLoader):
     def __init__(self, text: str):
         super().__init__(text)
         self._path: list[str] = []  # keys and indices from the root to the node being composed
+        self._values = 0  # values composed so far, an alias counting as everything it stands for
 
     def compose_node(self, parent, index):
         event = self.peek_event()
@@ -36,26 +37,32 @@ class _Loader(yaml.SafeLoader):
             node = self.anchors.get(event.anchor)
             if node is not None and not hasattr(node, "size"):  # the alias sits inside its own anchor
                 raise self._error(f"alias *{event.anchor} refers to a value that contains it", event)
-            return super().compose_node(parent, index)
+            node = super().compose_node(parent, index)
+            self._count(node.size, event)
+            return node
         if event.tag is not None:  # the safe loader refuses python/* tags; we refuse every tag
             tag = event.tag.replace("tag:yaml.org,2002:", "!!")
             raise self._error(f"YAML tags such as {tag!r} are not allowed", event)
         self._path.append(index.value if isinstance(index, ScalarNode) else "" if index is None else str(index))
         if len(self._path) > MAX_DEPTH:
             raise self._error(f"nested more than {MAX_DEPTH} levels deep", event)
+        self._count(1, event)  # counted on the way in: pure-Python PyYAML reads about 15,000 values/s
         node = super().compose_node(parent, index)
         children = [n for pair in node.value for n in pair] if isinstance(node, MappingNode) else \
             node.value if isinstance(node, SequenceNode) else []
         node.size = 1 + sum(c.size for c in children)
         node.depth = 1 + max((c.depth for c in children), default=0)
-        if node.size > MAX_VALUES:
-            raise self._error(f"more than {MAX_VALUES:,} values (aliases expanded)", event)
         if node.depth > MAX_DEPTH:
             raise self._error(f"nested more than {MAX_DEPTH} levels deep once aliases are expanded", event)
         if isinstance(node, MappingNode):
             self._check_keys(node)
         self._path.pop()
         return node
+
+    def _count(self, n: int, event) -> None:
+        self._values += n
+        if self._values > MAX_VALUES:
+            raise self._error(f"more than {MAX_VALUES:,} values (aliases expanded)", event)
 
     def _check_keys(self, node: MappingNode) -> None:
         # PyYAML keeps the last of two equal keys; a second ``train:`` would silently replace the first.

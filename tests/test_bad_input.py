@@ -191,7 +191,7 @@ NESTED = st.one_of(
     st.integers(1, 300).map(lambda n: ("name: x\nquestion: q\nbase:\n" + "".join(
         " " * (2 * i + 2) + f"k{i}:\n" for i in range(n)) + " " * (2 * n + 2) + "1\n").encode()),
 )
-BOUNDED = settings(max_examples=50, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+BOUNDED = settings(max_examples=50, deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def _only_config_errors(path):
@@ -238,7 +238,7 @@ RAW = [  # (id, file bytes, words the error line must contain)
     ("nested 50,000 deep", ("name: x\nquestion: q\nbase: " + "[" * 50_000 + "]" * 50_000).encode(),
      "line 3, column 38: nested more than 32 levels deep"),
     ("billion laughs in axes.include", ("name: x\nquestion: q\naxes:\n  include:\n" + _laughs()).encode(),
-     "more than 100,000 values (aliases expanded)"),
+     "more than 10,000 values (aliases expanded)"),
     ("billion laughs in base", ("name: x\nquestion: q\nbase:\n  lol:\n" + _laughs()).encode(), "(aliases expanded)"),
     ("alias inside its own anchor", b"name: x\nquestion: q\nbase: &b {train: *b}\n", "alias *b refers to a value that contains it"),
     ("duplicate top-level key", (GOOD_TEXT + "name: other\n").encode(), "duplicate key 'name' at line"),
