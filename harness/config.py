@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from annotated_types import Ge, Le
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -50,9 +51,10 @@ def one_of(value: str, valid, what: str) -> str:
 
 
 def _not_bool(v):
-    # Pydantic reads true as 1; "steps: true" is a mistake, not one step.
+    # Pydantic reads true as 1; "steps: true" is a mistake, not one step. (ValueError, not TypeError:
+    # pydantic turns only ValueError into a validation error.)
     if isinstance(v, bool):
-        raise ValueError(f"expected a number, not the boolean {str(v).lower()}")
+        raise ValueError(f"expected a number, not the boolean {str(v).lower()}")  # noqa: TRY004
     return v
 
 
@@ -340,7 +342,7 @@ def _is_model(a) -> bool:
 
 # Where a bad field came from, as (source, field) for the error line: an override or a spec section
 # rather than the file as written. Given the field's dotted path; returns None to keep the default.
-Origin = Callable[[str], "tuple[str, str] | None"]
+Origin = Callable[[str], tuple[str, str] | None]
 
 
 def format_validation_error(err: ValidationError, source: str, root: type[BaseModel] | None = None,

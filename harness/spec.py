@@ -15,8 +15,20 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
-from .config import Config, ConfigError, Int, SamplerSetting, Seed, build_config, format_validation_error, merge, \
-    override_origin, read_yaml, related, set_dotted
+from .config import (
+    Config,
+    ConfigError,
+    Int,
+    SamplerSetting,
+    Seed,
+    build_config,
+    format_validation_error,
+    merge,
+    override_origin,
+    read_yaml,
+    related,
+    set_dotted,
+)
 
 MAX_RUNS = 10_000  # evaluation runs in one plan (arms x seeds x settings), counted before any is built
 MAX_EXCLUDES = 100  # each arm is checked against every exclude
