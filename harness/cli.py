@@ -49,9 +49,9 @@ def cmd_train(args) -> int:
 
 
 def _overrides(items: list[str]) -> dict:
-    from .config import parse_override
+    from .config import parse_overrides
 
-    return dict(parse_override(i) for i in items)
+    return parse_overrides(items)
 
 
 def cmd_validate(args) -> int:
@@ -106,11 +106,13 @@ def cmd_run(args) -> int:
 def _print_plan(plan, uri, reuse: str) -> int:
     from .config import SamplerSetting
     from .runner import describe
-    from .tracking import MlflowStore
+    from .tracking import StoreUnavailable
 
-    store = None
-    if uri or _default_store_exists():
-        store = MlflowStore(uri)
+    try:
+        store = _existing_store(uri)
+    except StoreUnavailable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     rows = describe(plan, store, reuse)
     print(f"{plan.spec.name} [{plan.profile}]: {plan.spec.question}")
     for r in rows:
@@ -119,11 +121,28 @@ def _print_plan(plan, uri, reuse: str) -> int:
     return 0
 
 
-def _default_store_exists() -> bool:
-    from .tracking import default_tracking_uri
+def _existing_store(uri: str | None):
+    """The store at ``uri`` if it exists already, else None: a dry run reads a store but never creates one."""
+    from urllib.parse import urlparse
 
-    uri = default_tracking_uri()
-    return not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).exists()
+    from .tracking import MlflowStore, StoreUnavailable, default_tracking_uri
+
+    uri = uri or default_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        exists = Path(uri.removeprefix("sqlite:///")).is_file()
+    elif uri.startswith("file:") or "://" not in uri:  # MLflow's file store: a folder
+        exists = Path(urlparse(uri).path if uri.startswith("file:") else uri).is_dir()
+    else:  # a tracking server (http, databases): reading it creates nothing
+        exists = True
+    if not exists:
+        return None
+    try:
+        store = MlflowStore(uri)
+    except Exception as err:  # noqa: BLE001 - MLflow opens the store here: sqlalchemy and OS errors alike
+        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise StoreUnavailable(f"tracking store {uri} is not usable: {reason}") from None
+    store.check()
+    return store
 
 
 def cmd_report(args) -> int:

@@ -8,24 +8,40 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from annotated_types import Ge, Le
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .losses import WEIGHTINGS
 from .parameterizations import PARAMETERIZATIONS
 from .samplers import SAMPLERS, SPACINGS, VARIANCES
 from .schedules import SCHEDULES
+from .unet import check_shape
+from .yamlio import YamlError, load_text, read_bytes
 
-DATASET_NAMES = ("mnist-5k", "mnist", "fashion-mnist", "cifar10")  # harness.data.DATASETS
+# The side of each data set's square images, which the model's shape is checked against before
+# anything runs; the names are harness.data.DATASETS (tests/test_config.py checks that they agree).
+IMAGE_SIZES = {"mnist-5k": 28, "mnist": 28, "fashion-mnist": 28, "cifar10": 32}
+MAX_EVAL_SAMPLES = 50_000  # the usual FID sample count; more only costs time
 # Fields that change where or how often things happen, never what is learned.
 OPERATIONAL = {"data": {"root", "download"}, "train": {"checkpoint_every", "log_every", "device"}}
 
 
 class ConfigError(ValueError):
-    """A bad configuration or spec, reported as one line naming the file and the field."""
+    """A bad configuration or spec, reported as one line naming the file and the field.
+
+    The line is printed as is: control characters that a hostile key or value could carry (a newline,
+    a terminal escape) are shown escaped, and a very long line is cut, so one error is one line.
+    """
+
+    MAX_CHARS = 1000
+
+    def __init__(self, message: str):
+        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(message))
+        super().__init__(text if len(text) <= self.MAX_CHARS else text[: self.MAX_CHARS - 3] + "...")
 
 
 def one_of(value: str, valid, what: str) -> str:
@@ -34,8 +50,22 @@ def one_of(value: str, valid, what: str) -> str:
     return value
 
 
+def _not_bool(v):
+    # Pydantic reads true as 1; "steps: true" is a mistake, not one step. (ValueError, not TypeError:
+    # pydantic turns only ValueError into a validation error.)
+    if isinstance(v, bool):
+        raise ValueError(f"expected a number, not the boolean {str(v).lower()}")  # noqa: TRY004
+    return v
+
+
+Int = Annotated[int, BeforeValidator(_not_bool), Le(2**63 - 1)]  # every count and seed fits in an int64
+Float = Annotated[float, BeforeValidator(_not_bool)]  # finite: Section forbids inf and nan
+Seed = Annotated[Int, Ge(0)]
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Non-finite floats are refused: ``lr: .inf`` would pass ``gt=0`` and then serialize as null.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataConfig(Section):
@@ -46,25 +76,25 @@ class DataConfig(Section):
     @field_validator("dataset")
     @classmethod
     def _dataset(cls, v: str) -> str:
-        return one_of(v, DATASET_NAMES, "data set")
+        return one_of(v, IMAGE_SIZES, "data set")
 
 
 class ModelConfig(Section):
-    channels: int = Field(24, ge=8)
-    channel_mult: tuple[int, ...] = (1, 2, 2)
-    num_res_blocks: int = Field(1, ge=1)
-    attention_resolutions: tuple[int, ...] = (7,)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    channels: Int = Field(24, ge=8)
+    channel_mult: tuple[Int, ...] = (1, 2, 2)
+    num_res_blocks: Int = Field(1, ge=1)
+    attention_resolutions: tuple[Int, ...] = (7,)
+    dropout: Float = Field(0.0, ge=0.0, lt=1.0)
     conditional: bool = False
 
 
 class DiffusionConfig(Section):
-    timesteps: int = Field(1000, ge=2)
+    timesteps: Int = Field(1000, ge=2)
     schedule: str = "cosine"
     zero_terminal_snr: bool = False
     parameterization: str = "eps"
     loss_weighting: str = "uniform"
-    min_snr_gamma: float = Field(5.0, gt=0)
+    min_snr_gamma: Float = Field(5.0, gt=0)
 
     @field_validator("schedule")
     @classmethod
@@ -89,29 +119,29 @@ class DiffusionConfig(Section):
 
 
 class TrainConfig(Section):
-    steps: int = Field(1500, ge=1)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(100, ge=0)
-    grad_clip: float = Field(1.0, ge=0)  # 0 disables clipping
-    ema_decay: float = Field(0.995, ge=0, lt=1)
-    label_dropout: float = Field(0.1, ge=0, le=1)
+    steps: Int = Field(1500, ge=1)
+    batch_size: Int = Field(128, ge=1)
+    lr: Float = Field(1e-3, gt=0)
+    weight_decay: Float = Field(0.0, ge=0)
+    warmup_steps: Int = Field(100, ge=0)
+    grad_clip: Float = Field(1.0, ge=0)  # 0 disables clipping
+    ema_decay: Float = Field(0.995, ge=0, lt=1)
+    label_dropout: Float = Field(0.1, ge=0, le=1)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where native (train.resolve_precision)
     compile: bool = False
     channels_last: bool = False
-    eval_every: int = Field(0, ge=0)  # 0: evaluate at the end only
-    checkpoint_every: int = Field(500, ge=1)
-    log_every: int = Field(25, ge=1)
-    seed: int = 0
+    eval_every: Int = Field(0, ge=0)  # 0: evaluate at the end only
+    checkpoint_every: Int = Field(500, ge=1)
+    log_every: Int = Field(25, ge=1)
+    seed: Seed = 0
     device: str = "auto"
 
 
 class SamplerSetting(Section):
     sampler: str = "ddim"
-    steps: int = Field(50, ge=1)
-    eta: float = Field(0.0, ge=0)
-    guidance: float = Field(0.0, ge=0)
+    steps: Int = Field(50, ge=1)
+    eta: Float = Field(0.0, ge=0)
+    guidance: Float = Field(0.0, ge=0)
     spacing: str = "trailing"
     variance: str = "fixed_small"
 
@@ -161,14 +191,14 @@ class SamplerSetting(Section):
 
 
 class EvalConfig(Section):
-    num_samples: int = Field(1000, ge=2)
-    batch_size: int = Field(128, ge=1)
+    num_samples: Int = Field(1000, ge=2, le=MAX_EVAL_SAMPLES)
+    batch_size: Int = Field(128, ge=1)
     samplers: tuple[SamplerSetting, ...] = (SamplerSetting(),)
     clip_x0: bool = True
-    seed: int = 1234  # fixed noise and labels, the same at every evaluation
-    recognizability_threshold: float = Field(0.9, gt=0, le=1)  # top-class probability
-    recognizable_fraction: float = Field(0.8, gt=0, le=1)  # "recognizable" once this many samples are
-    grid_size: int = Field(64, ge=1)
+    seed: Seed = 1234  # fixed noise and labels, the same at every evaluation
+    recognizability_threshold: Float = Field(0.9, gt=0, le=1)  # top-class probability
+    recognizable_fraction: Float = Field(0.8, gt=0, le=1)  # "recognizable" once this many samples are
+    grid_size: Int = Field(64, ge=1)
     inception_weights: str | None = None  # a local InceptionV3 weights file for fid_inception
 
 
@@ -179,8 +209,14 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
 
+    # Errors of these checks start with the field's dotted path, which format_validation_error reads.
     @model_validator(mode="after")
     def _cross_checks(self):
+        m = self.model
+        try:
+            check_shape(IMAGE_SIZES[self.data.dataset], m.channels, m.channel_mult, m.attention_resolutions)
+        except ValueError as err:
+            raise ValueError(f"model.{err}") from None
         for i, s in enumerate(self.eval.samplers):
             if s.steps > self.diffusion.timesteps:
                 raise ValueError(
@@ -226,11 +262,31 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 # -- building configs from files and overrides ------------------------------------------------------
 
 def parse_override(item: str) -> tuple[str, Any]:
-    """``key.sub=value`` with the value parsed as YAML (so 1e-3, true, [1, 2] work)."""
-    if "=" not in item:
-        raise ConfigError(f"--set {item!r}: expected key=value")
-    key, raw = item.split("=", 1)
-    return key.strip(), yaml.safe_load(raw)
+    """``key.sub=value`` with the value read as YAML (so 1e-3, true, [1, 2] work), within yamlio's limits."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not all(part.strip() for part in key.split(".")):
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.steps=200")
+    try:
+        return key, load_text(raw)
+    except YamlError as err:
+        raise ConfigError(f"--set {key}: {err}") from None
+
+
+def parse_overrides(items) -> dict[str, Any]:
+    """Every ``--set``, in order; a key given twice is an error rather than a silent last-wins."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, value = parse_override(item)
+        if key in out:
+            raise ConfigError(f"--set {key}: given twice; keep one")
+        out[key] = value
+    return out
+
+
+def related(a: str, b: str) -> bool:
+    """Whether setting dotted key ``a`` touches dotted key ``b`` (equal, or one inside the other)."""
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
 
 
 def set_dotted(d: dict, key: str, value: Any, _path: str = "") -> dict:
@@ -284,39 +340,54 @@ def _is_model(a) -> bool:
     return isinstance(a, type) and issubclass(a, BaseModel)
 
 
-def format_validation_error(err: ValidationError, source: str, root: type[BaseModel] | None = None) -> str:
+# Where a bad field came from, as (source, field) for the error line: an override or a spec section
+# rather than the file as written. Given the field's dotted path; returns None to keep the default.
+Origin = Callable[[str], tuple[str, str] | None]
+
+
+def format_validation_error(err: ValidationError, source: str, root: type[BaseModel] | None = None,
+                            origin: Origin | None = None) -> str:
     """The first error as one line: ``source: field: what is wrong (what is allowed)``."""
     e = err.errors()[0]
     loc = tuple(e["loc"])
     field = ".".join(str(p) for p in loc)
-    if e["type"] == "extra_forbidden":
-        valid = _valid_keys(loc, root)
-        return f"{source}: {field}: unknown key; valid keys here: {', '.join(valid)}"
     msg = e["msg"].removeprefix("Value error, ")
-    where = f"{field}: " if field else ""
-    return f"{source}: {where}{msg}"
+    if not field:  # a check across sections; by convention its message starts with the field's path
+        head, sep, rest = msg.partition(": ")
+        if sep and all(part.isidentifier() or part.isdigit() for part in head.split(".")):
+            field, msg = head, rest
+    if e["type"] == "extra_forbidden":
+        msg = f"unknown key; valid keys here: {', '.join(_valid_keys(loc, root))}"
+    source, field = (origin and origin(field)) or (source, field)
+    return f"{source}: {field}: {msg}" if field else f"{source}: {msg}"
 
 
-def build_config(data: dict, source: str = "<config>") -> Config:
+def build_config(data: dict, source: str = "<config>", origin: Origin | None = None) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source)) from None
+        raise ConfigError(format_validation_error(err, source, origin=origin)) from None
+
+
+def override_origin(keys, fallback: Origin | None = None) -> Origin:
+    """Name ``--set KEY`` for a field that an override touches; other fields go to ``fallback``."""
+    def origin(field: str):
+        key = next((k for k in keys if related(k, field)), None)
+        if key is None:
+            return fallback(field) if fallback else None
+        return f"--set {key}", "" if key == field else field
+    return origin
 
 
 def read_yaml(path: str | Path) -> Any:
-    """Load YAML with the safe loader; a missing or malformed file is a one-line ConfigError."""
+    """Load a YAML file within yamlio's limits; a missing, non-UTF-8 or malformed file is a one-line ConfigError."""
     path = Path(path)
     try:
-        text = path.read_text()
+        return load_text(read_bytes(path))
     except OSError as err:
         raise ConfigError(f"{path}: cannot read: {err.strerror or err}") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError(f"{path}: malformed YAML{where}: {getattr(err, 'problem', None) or err}") from None
+    except YamlError as err:
+        raise ConfigError(f"{path}: {err}") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
@@ -326,7 +397,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of sections (data, model, diffusion, train, eval)")
-    for item in overrides:
-        key, value = parse_override(item)
-        data = set_dotted(data, key, value)
-    return build_config(data, source)
+    parsed = parse_overrides(overrides)
+    for key, value in parsed.items():
+        try:
+            data = set_dotted(data, key, value)
+        except ConfigError as err:
+            raise ConfigError(f"--set {key}: {err}") from None
+    return build_config(data, source, override_origin(parsed))

@@ -7,17 +7,37 @@ test to a GPU run.
 from __future__ import annotations
 
 import itertools
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
-from .config import Config, ConfigError, SamplerSetting, build_config, format_validation_error, merge, read_yaml, set_dotted
+from .config import (
+    Config,
+    ConfigError,
+    Int,
+    SamplerSetting,
+    Seed,
+    build_config,
+    format_validation_error,
+    merge,
+    override_origin,
+    read_yaml,
+    related,
+    set_dotted,
+)
+
+MAX_RUNS = 10_000  # evaluation runs in one plan (arms x seeds x settings), counted before any is built
+MAX_EXCLUDES = 100  # each arm is checked against every exclude
+# A spec's name and profile names become directory and run names: a short, plain file name.
+NAME = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Axes(_Strict):
@@ -27,8 +47,8 @@ class Axes(_Strict):
 
     grid: dict[str, list[Any]] = {}
     zip: list[dict[str, list[Any]]] = []
-    include: list[dict[str, Any]] = []
-    exclude: list[dict[str, Any]] = []
+    include: list[dict[str, Any]] = Field([], max_length=MAX_RUNS)
+    exclude: list[dict[str, Any]] = Field([], max_length=MAX_EXCLUDES)
 
     @field_validator("grid")
     @classmethod
@@ -47,48 +67,75 @@ class Axes(_Strict):
                 raise ValueError(f"zip group {sorted(group)} needs lists of one common, non-zero length")
         return v
 
+    def size(self) -> int:
+        """How many arms the axes define at most (before excludes), computed without building them."""
+        zips = [len(next(iter(group.values()), [])) for group in self.zip]
+        return math.prod(len(v) for v in self.grid.values()) * math.prod(zips) + len(self.include)
+
 
 class _EvaluateBase(_Strict):
-    settings: list[dict[str, Any]] = []  # extra explicit settings, e.g. {sampler: ddpm, steps: 1000}
+    settings: list[dict[str, Any]] = Field([], max_length=MAX_RUNS)  # extra settings, e.g. {sampler: ddpm, steps: 1000}
 
-    def expand(self) -> list[dict[str, Any]]:
+    @field_validator("settings")
+    @classmethod
+    def _setting_keys(cls, v):
+        for i, s in enumerate(v):
+            unknown = sorted(map(str, set(s) - set(SamplerSetting.model_fields)))
+            if unknown:
+                valid = ", ".join(SamplerSetting.model_fields)
+                raise ValueError(f"{i}: unknown key {unknown[0]!r}; valid keys here: {valid}")
+        return v
+
+    def size(self) -> int:
+        """How many settings at most, computed without building them."""
+        return math.prod(len(getattr(self, n)) for n in SamplerSetting.model_fields) + len(self.settings)
+
+    def expand(self, path: str = "evaluate") -> list[tuple[str, dict[str, Any]]]:
+        """Every distinct setting, each with the spec field it came from (``evaluate`` or ``evaluate.settings.2``)."""
         names = list(SamplerSetting.model_fields)
         defaults = {n: f.default for n, f in SamplerSetting.model_fields.items()}
-        grid = [dict(zip(names, combo)) for combo in itertools.product(*(getattr(self, n) for n in names))]
-        grid = [s for s in grid if not (s["eta"] != 0 and s["sampler"] != "ddim")]  # eta only means something for DDIM
-        out: list[dict[str, Any]] = []
-        for s in grid + [{**defaults, **s} for s in self.settings]:
-            if s not in out:
-                out.append(s)
+        grid = [(path, dict(zip(names, combo))) for combo in itertools.product(*(getattr(self, n) for n in names))]
+        grid = [(p, s) for p, s in grid if not (s["eta"] != 0 and s["sampler"] != "ddim")]  # eta is DDIM's only
+        extra = [(f"{path}.settings.{i}", {**defaults, **s}) for i, s in enumerate(self.settings)]
+        out, seen = [], set()
+        for p, s in grid + extra:
+            key = repr(sorted(s.items()))
+            if key not in seen:
+                seen.add(key)
+                out.append((p, s))
         return out
 
 
 # A grid over sampler settings: one list per field of ``SamplerSetting`` (each list is one dimension,
-# defaulting to that field's default), plus explicit ``settings``. Derived, so a new setting field is
-# a new evaluation axis without touching this file.
+# defaulting to that field's default), plus explicit ``settings``. Derived, with each field's type and
+# bounds, so a new setting field is a new evaluation axis without touching this file.
+def _checked(f) -> Any:
+    return Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation  # the type with its bounds
+
+
 Evaluate = create_model(
     "Evaluate", __base__=_EvaluateBase,
-    **{n: (list[f.annotation], [f.default]) for n, f in SamplerSetting.model_fields.items()},
+    **{n: (list[_checked(f)], [f.default]) for n, f in SamplerSetting.model_fields.items()},
 )
 
 
 class Profile(_Strict):
     set: dict[str, Any] = {}  # dotted overrides of the base configuration
-    seeds: list[int] | None = None
+    seeds: list[Seed] | None = Field(None, min_length=1)
     evaluate: Evaluate | None = None
-    cpu_jobs: int | None = Field(None, ge=1)
+    cpu_jobs: Int | None = Field(None, ge=1)
 
 
 class Spec(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    question: str
+    name: NAME
+    question: str = Field(max_length=2000)  # logged as an MLflow tag
     base: dict[str, Any] = {}
     axes: Axes = Axes()
-    seeds: list[int] = Field([0], min_length=1)
+    seeds: list[Seed] = Field([0], min_length=1)
     evaluate: Evaluate = Evaluate()
-    profiles: dict[str, Profile] = {}
-    cpu_jobs: int = Field(1, ge=1)  # jobs in parallel on the CPU (torch threads are divided)
-    jobs_per_gpu: int = Field(2, ge=1)  # small MNIST models need several per GPU to fill it
+    profiles: dict[NAME, Profile] = {}
+    cpu_jobs: Int = Field(1, ge=1)  # jobs in parallel on the CPU (torch threads are divided)
+    jobs_per_gpu: Int = Field(2, ge=1)  # small MNIST models need several per GPU to fill it
     slurm: dict[str, Any] = {}  # submitit parameters: partition, gpus_per_node, timeout_min, ...
 
 
@@ -126,10 +173,16 @@ def expand_arms(axes: Axes) -> list[dict[str, Any]]:
     dims += [[dict(zip(group, vals)) for vals in zip(*group.values())] for group in axes.zip]
     arms = [merge_flat(combo) for combo in itertools.product(*dims)] if dims else [{}]
     arms = [a for a in arms if not any(all(a.get(k) == v for k, v in ex.items()) for ex in axes.exclude)]
+    seen = {_arm_key(a) for a in arms}
     for extra in axes.include:
-        if extra not in arms:
+        if _arm_key(extra) not in seen:
+            seen.add(_arm_key(extra))
             arms.append(dict(extra))
     return arms
+
+
+def _arm_key(arm: dict[str, Any]) -> frozenset:
+    return frozenset((str(k), repr(v)) for k, v in arm.items())
 
 
 def merge_flat(parts) -> dict[str, Any]:
@@ -151,30 +204,64 @@ def load_spec(path: str | Path) -> Spec:
 
 
 def make_plan(spec: Spec, source: str, profile: str | None = None, overrides: dict[str, Any] | None = None) -> Plan:
-    """Resolve every job's configuration; any invalid combination is a ConfigError naming the field."""
+    """Resolve every job's configuration; any invalid combination is a ConfigError naming the field.
+
+    Fields are applied in order: ``base``, the profile's ``set``, ``overrides`` (``--set``), the arm's
+    axis values, the seed, the evaluation settings. A later layer may not silently replace an earlier
+    one's choice: setting a key that an axis, ``seeds`` or ``evaluate`` decides is an error.
+    """
     prof = Profile()
     if profile is not None:
         if profile not in spec.profiles:
             valid = ", ".join(sorted(spec.profiles)) or "none defined"
             raise ConfigError(f"{source}: profiles: unknown profile {profile!r}; valid: {valid}")
         prof = spec.profiles[profile]
+    overrides = overrides or {}
+    evaluate, eval_path = (spec.evaluate, "evaluate")
+    if prof.evaluate:
+        evaluate, eval_path = prof.evaluate, f"profiles.{profile}.evaluate"
+    seeds, seeds_path = (prof.seeds, f"profiles.{profile}.seeds") if prof.seeds else (spec.seeds, "seeds")
+    owners = _owners(spec.axes, seeds_path, eval_path)
+    sets = [(f"{source}: profiles.{profile}.set.{k}", k, v) for k, v in prof.set.items()]
+    for label, key, value in sets + [(f"--set {k}", k, v) for k, v in overrides.items()]:
+        _check_not_owned(label, key, value, owners)
+    runs = spec.axes.size() * len(seeds) * evaluate.size()
+    if runs > MAX_RUNS:
+        raise ConfigError(f"{source}: axes x seeds x evaluate: {runs:,} evaluation runs; "
+                          f"a plan has at most {MAX_RUNS:,}")
+
     base = dict(spec.base)
-    for key, value in {**prof.set, **(overrides or {})}.items():
-        base = _set(base, key, value, source)
-    evaluate = prof.evaluate or spec.evaluate
-    seeds = prof.seeds or spec.seeds
+    for label, key, value in sets:
+        base = _set(base, key, value, label)
+    for key, value in overrides.items():
+        base = _set(base, key, value, f"--set {key}")
+    settings = evaluate.expand(eval_path)
+    samplers = [s for _, s in settings]
     arms = expand_arms(spec.axes)
     if not arms:
         raise ConfigError(f"{source}: axes: every arm is excluded")
+
+    def origin_in_spec(field: str, arm: dict[str, Any]):
+        m = re.fullmatch(r"eval\.samplers(?:\.(\d+))?(?:\.(.+))?", field)
+        if m:  # name the spec's own field (evaluate.steps), not the internal config path
+            path = settings[int(m[1])][0] if m[1] else eval_path
+            return source, path + (f".{m[2]}" if m[2] else "")
+        if any(related(k, field) for k in arm):
+            return f"{source} (arm {_label(arm)})", field
+        set_key = next((k for k in prof.set if related(k, field)), None)
+        if set_key is not None:  # the longer of the two paths: the set key, or the field inside its value
+            return source, f"profiles.{profile}.set.{max(set_key, field, key=len)}"
+        return source, f"base.{field}" if _has(spec.base, field) else field
+
     jobs, seen = [], set()
     for arm in arms:
         cfg = base
         for key, value in arm.items():
-            cfg = _set(cfg, key, value, source)
+            cfg = _set(cfg, key, value, f"{source} (arm {_label(arm)})")
+        origin = override_origin(overrides, lambda f, arm=arm: origin_in_spec(f, arm))
         for seed in seeds:
-            full = merge(set_dotted(cfg, "train.seed", seed), {"eval": {"samplers": evaluate.expand()}})
-            where = f"{source} (arm {', '.join(f'{k}={v}' for k, v in arm.items()) or 'base'})"
-            job = Job(arm=arm, seed=seed, config=build_config(full, where))
+            full = merge(set_dotted(cfg, "train.seed", seed), {"eval": {"samplers": samplers}})
+            job = Job(arm=arm, seed=seed, config=build_config(full, source, origin))
             if job.config_hash in seen:
                 raise ConfigError(f"{source}: axes: two arms resolve to the same configuration ({job.arm_label})")
             seen.add(job.config_hash)
@@ -182,8 +269,54 @@ def make_plan(spec: Spec, source: str, profile: str | None = None, overrides: di
     return Plan(spec=spec, source=source, profile=profile or "default", jobs=jobs)
 
 
-def _set(config: dict, key: str, value: Any, source: str) -> dict:
+def _owners(axes: Axes, seeds_path: str, eval_path: str) -> dict[str, str]:
+    """Every dotted key the spec itself decides, with the section that decides it."""
+    owners = {key: "axes.grid" for key in axes.grid}
+    owners.update({key: "axes.zip" for group in axes.zip for key in group})
+    owners.update({str(key): "axes.include" for arm in axes.include for key in arm if str(key) not in owners})
+    owners["train.seed"] = seeds_path
+    owners["eval.samplers"] = eval_path
+    return owners
+
+
+def _check_not_owned(label: str, key: str, value: Any, owners: dict[str, str]) -> None:
+    for leaf in _leaves(key, value):
+        owned = next((k for k in owners if related(leaf, k)), None)
+        if owned is None:
+            continue
+        section = owners[owned]
+        if owned == "eval.samplers":
+            fields = ", ".join([*SamplerSetting.model_fields, "settings"])
+            reason = f"the spec's {section} section decides the sampler settings; change its fields ({fields}) instead"
+        elif owned == "train.seed":
+            reason = f"the spec's {section} decide train.seed; change {section} instead"
+        else:
+            arms = "some arms" if section == "axes.include" else "every arm"
+            reason = (f"{owned} is an axis of this spec: {section} sets it in {arms}, so this value would be ignored; "
+                      f"change {section} instead")
+        raise ConfigError(f"{label}: {reason}")
+
+
+def _leaves(key: str, value: Any) -> list[str]:
+    """The dotted keys that setting ``key`` to ``value`` writes (a mapping value writes each of its leaves)."""
+    if isinstance(value, dict) and value:
+        return [leaf for k, v in value.items() for leaf in _leaves(f"{key}.{k}", v)]
+    return [key]
+
+
+def _has(d: Any, dotted: str) -> bool:
+    head, _, rest = dotted.partition(".")
+    if not isinstance(d, dict) or head not in d:
+        return False
+    return not rest or not isinstance(d[head], dict) or _has(d[head], rest)
+
+
+def _label(arm: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in arm.items()) or "base"
+
+
+def _set(config: dict, key: str, value: Any, where: str) -> dict:
     try:
         return set_dotted(config, key, value)
     except ConfigError as err:
-        raise ConfigError(f"{source}: base.{err}") from None
+        raise ConfigError(f"{where}: {err}") from None

@@ -42,7 +42,7 @@ from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .config import Config, ConfigError, SamplerSetting, TrainConfig, build_config, format_validation_error, merge, \
-    one_of, parse_override, read_yaml, set_dotted
+    one_of, parse_overrides, read_yaml, set_dotted
 from .runner import Requeueable, hold_lock, job_lock, store_root
 from .spec import Axes, Spec, make_plan
 from .provenance import code_version
@@ -1084,7 +1084,7 @@ def sweep_main(args) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the command prints its own line per trial
     try:
-        overrides = dict(parse_override(s) for s in (getattr(args, "set", None) or []))
+        overrides = parse_overrides(getattr(args, "set", None) or [])  # a key given twice is an error
         result = run_sweep(args.spec, profile=args.profile, workers=getattr(args, "workers", None) or 1,
                            storage=getattr(args, "storage", None), executor=getattr(args, "executor", None) or "local",
                            tracking_uri=getattr(args, "tracking_uri", None), overrides=overrides)

@@ -22,6 +22,41 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Ten
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
 
 
+HEAD_CHANNELS = 32  # attention heads have at least this many channels
+
+
+def num_heads(c: int) -> int:
+    return max(1, c // HEAD_CHANNELS)
+
+
+def resolutions(image_size: int, levels: int) -> list[int]:
+    """The feature-map side at each level: halved, rounded up, after every level but the last."""
+    out = [image_size]
+    for _ in range(levels - 1):
+        out.append((out[-1] + 1) // 2)
+    return out
+
+
+def check_shape(image_size: int, channels: int, channel_mult: Sequence[int], attention_resolutions: Sequence[int]):
+    """Raise ValueError, naming the argument, for a U-Net that cannot be built or run (or attention it never uses)."""
+    if not channel_mult or min(channel_mult) < 1:
+        raise ValueError(f"channel_mult: {list(channel_mult)} needs at least one level, each a multiple >= 1")
+    if channels % 2:
+        raise ValueError(f"channels: {channels} is odd; the sinusoidal time embedding needs an even width")
+    res = resolutions(image_size, len(channel_mult))
+    for r in attention_resolutions:
+        if r not in res:
+            raise ValueError(f"attention_resolutions: {r} is never reached; with {image_size}x{image_size} images and "
+                             f"{len(channel_mult)} levels the model works at {', '.join(map(str, res))}")
+    # The middle block always attends, at the last level's width.
+    widths = [channels * m for m, r in zip(channel_mult, res) if r in attention_resolutions]
+    widths.append(channels * channel_mult[-1])
+    for c in widths:
+        if c % num_heads(c):
+            raise ValueError(f"channels: attention at width {c} uses {num_heads(c)} heads, which do not divide it; "
+                             f"choose channels so that every attention width divides into heads of >= {HEAD_CHANNELS}")
+
+
 def _norm(c: int) -> nn.GroupNorm:
     # DDPM's GroupNorm(32) has 4+ channels per group at its widths. Narrow models keep at least 4 per
     # group: a group of one channel is instance norm, which erases each image's brightness and makes
@@ -56,9 +91,9 @@ class ResBlock(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention over the H*W positions, residual."""
 
-    def __init__(self, c: int, head_channels: int = 32):
+    def __init__(self, c: int):
         super().__init__()
-        self.heads = max(1, c // head_channels)
+        self.heads = num_heads(c)
         self.norm, self.qkv = _norm(c), nn.Conv2d(c, 3 * c, 1)
         self.proj = _zero(nn.Conv2d(c, c, 1))
 

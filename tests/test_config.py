@@ -1,6 +1,9 @@
 import pytest
+import torch
 
-from harness.config import Config, ConfigError, build_config, load_config
+from harness.config import IMAGE_SIZES, MAX_EVAL_SAMPLES, Config, ConfigError, SamplerSetting, build_config, load_config
+from harness.unet import UNet, check_shape, resolutions
+from harness.yamlio import YamlError, load_text
 
 
 def test_defaults_and_hash_ignores_eval_and_operational_fields():
@@ -48,7 +51,8 @@ def test_bad_configs_are_one_line_errors(data, message):
 def test_load_config_with_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  steps: 10\nmodel:\n  conditional: true\n")
-    c = load_config(path, ["train.lr=3e-4", "eval.samplers=[{sampler: heun, steps: 5}]", "model.channel_mult=[1, 2]"])
+    c = load_config(path, ["train.lr=3e-4", "eval.samplers=[{sampler: heun, steps: 5}]", "model.channel_mult=[1, 2]",
+                           "model.attention_resolutions=[14]"])
     assert c.train.steps == 10 and c.train.lr == 3e-4 and c.model.channel_mult == (1, 2)
     assert c.eval.samplers[0].sampler == "heun" and c.model.conditional
 
@@ -64,3 +68,121 @@ def test_bad_files(tmp_path, text, message):
         load_config(path)
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.yaml")
+
+
+# -- bad values are refused where they are defined ---------------------------------------------------
+
+SECTIONS = {name: f.annotation for name, f in Config.model_fields.items()}
+FLOATS = [(s, n) for s, model in SECTIONS.items() for n, f in model.model_fields.items() if f.annotation is float]
+NUMBERS = [(s, n) for s, model in SECTIONS.items() for n, f in model.model_fields.items() if f.annotation in (int, float)]
+
+
+@pytest.mark.parametrize("section,name", FLOATS, ids=[f"{s}.{n}" for s, n in FLOATS])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_every_float_field_refuses_non_finite_values(section, name, value):
+    data = {section: {name: value}} if section != "eval" or name != "samplers" else {}
+    with pytest.raises(ConfigError, match=f"{section}.{name}: Input should be a finite number"):
+        build_config(data, "x.yaml")
+    setting = [n for n, f in SamplerSetting.model_fields.items() if f.annotation is float]
+    for n in setting:  # and so does every float of a sampler setting
+        with pytest.raises(ConfigError, match=f"eval.samplers.0.{n}: Input should be a finite number"):
+            build_config({"eval": {"samplers": [{n: value}]}})
+
+
+@pytest.mark.parametrize("section,name", NUMBERS, ids=[f"{s}.{n}" for s, n in NUMBERS])
+def test_every_number_field_refuses_a_boolean(section, name):
+    with pytest.raises(ConfigError, match=f"{section}.{name}: expected a number, not the boolean true"):
+        build_config({section: {name: True}}, "x.yaml")
+
+
+def test_numbers_still_accept_strings_from_logged_params():
+    """MLflow params come back as strings: rebuilding a setting from them must keep working."""
+    s = SamplerSetting.from_params({"sampler": "ddim", "steps": "20", "eta": "0.5", "guidance": "0"})
+    assert (s.steps, s.eta) == (20, 0.5)
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"train": {"seed": -1}}, "train.seed: Input should be greater than or equal to 0"),
+    ({"train": {"seed": 2**63}}, "train.seed: Input should be less than or equal to 9223372036854775807"),
+    ({"eval": {"seed": 2**63}}, "eval.seed: Input should be less than"),
+    ({"train": {"batch_size": 2**64}}, "train.batch_size: Input should be less than"),
+    ({"eval": {"num_samples": MAX_EVAL_SAMPLES + 1}}, "eval.num_samples: Input should be less than or equal to 50000"),
+    ({"model": {"channels": 9}}, "model.channels: 9 is odd"),
+    ({"model": {"channel_mult": [1, 0]}}, "model.channel_mult: [1, 0] needs at least one level"),
+    ({"model": {"attention_resolutions": [14, 3]}}, "model.attention_resolutions: 3 is never reached"),
+    ({"data": {"dataset": "cifar10"}, "model": {"attention_resolutions": [7]}},
+     "model.attention_resolutions: 7 is never reached; with 32x32 images and 3 levels the model works at 32, 16, 8"),
+])
+def test_limits_and_shapes(data, message):
+    with pytest.raises(ConfigError) as err:
+        build_config(data, "x.yaml")
+    assert f"x.yaml: {message}" in str(err.value)
+    assert build_config({"train": {"seed": 2**63 - 1}, "eval": {"num_samples": MAX_EVAL_SAMPLES}})
+
+
+SHAPES = [  # (image size, channels, channel_mult, attention_resolutions)
+    (28, 8, (1, 2), ()), (28, 16, (1, 2, 2), (7,)), (28, 24, (1, 2, 2), (14, 7)), (32, 16, (1, 2, 2, 2), (16, 4)),
+    (28, 96, (1, 3), (14,)), (28, 16, (1,), ()), (28, 16, (1, 1, 1, 1, 1, 1), (1,)),
+    (28, 9, (1, 2), ()), (28, 50, (1, 2, 2), (7,)), (28, 16, (0,), ()), (28, 16, (1, -2), ()), (28, 16, (), ()),
+    (28, 40, (1, 2, 2), (7,)), (28, 48, (1, 3, 5), (14,)), (28, 80, (1, 2), (28,)),
+]
+
+
+@pytest.mark.parametrize("size,channels,mult,attention", SHAPES)
+def test_check_shape_passes_exactly_the_shapes_the_unet_can_run(size, channels, mult, attention):
+    """check_shape and the real U-Net agree. Two shapes that build are refused by design: attention at a
+    resolution never reached (it does nothing) and no levels at all (no U, only the middle block)."""
+    try:
+        check_shape(size, channels, mult, attention)
+        accepted = True
+    except ValueError:
+        accepted = False
+    try:
+        model = UNet(image_size=size, channels=channels, channel_mult=mult, attention_resolutions=attention)
+        with torch.no_grad():
+            model(torch.randn(1, 1, size, size), torch.tensor([3]))
+        runs = bool(mult) and all(r in resolutions(size, len(mult)) for r in attention)
+    except (RuntimeError, ValueError, IndexError):
+        runs = False
+    assert accepted == runs
+
+
+def test_image_sizes_name_every_data_set():
+    from harness.data import DATASETS, load_dataset
+
+    assert set(IMAGE_SIZES) == set(DATASETS)
+    assert load_dataset("mnist-5k").image_size == IMAGE_SIZES["mnist-5k"]
+
+
+# -- YAML within limits ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,message", [
+    ("a: 1\na: 2\n", "duplicate key 'a' at line 2 (first at line 1)"),
+    ("a:\n  - {x: 1, y: 2, x: 3}\n", "a.0: duplicate key 'x'"),
+    ("a: !!str 1\n", "YAML tags such as '!!str' are not allowed"),
+    ("a: ! 1\n", "YAML tags such as '!' are not allowed"),
+    ("[" * 33 + "]" * 33, "nested more than 32 levels deep"),
+    ("a: &a [[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]\nb: [[[[[[[[[[[[[[[[[*a]]]]]]]]]]]]]]]]]\n", "levels deep once aliases are expanded"),
+    ("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n"
+                                                           for p, c in zip("abcd", "bcde")), "more than 10,000 values"),
+    ("a: &a [1, *a]", "alias *a refers to a value that contains it"),
+    ("a: 1\n---\nb: 2\n", "malformed YAML: but found another document"),
+    ("a: \x07", "line 1, column 4: character U+0007 is not allowed in YAML"),
+])
+def test_yaml_refusals_are_one_line(text, message):
+    with pytest.raises(YamlError) as err:
+        load_text(text)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_yaml_keeps_what_specs_use():
+    """Anchors, aliases and merge keys below the limits still work; a merge key may be overridden."""
+    text = "base: &b {x: 1, y: [1, 2]}\nother:\n  <<: *b\n  y: 3\nlist: [*b, *b]\n"
+    assert load_text(text) == {"base": {"x": 1, "y": [1, 2]}, "other": {"x": 1, "y": 3},
+                               "list": [{"x": 1, "y": [1, 2]}] * 2}
+
+
+def test_config_errors_are_one_printable_line():
+    err = ConfigError("x.yaml: a\nb: unknown key \x1b[31m" + "z" * 5000)
+    assert "\n" not in str(err) and "\x1b" not in str(err) and "a\\nb" in str(err) and "\\x1b[31m" in str(err)
+    assert len(str(err)) == ConfigError.MAX_CHARS and str(err).endswith("...")

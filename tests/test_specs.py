@@ -2,9 +2,11 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
+from harness.config import ConfigError, SamplerSetting
 from harness.runner import run_plan
-from harness.spec import load_spec, make_plan
+from harness.spec import Evaluate, load_spec, make_plan
 from harness.tracking import ROLE, MlflowStore
 
 # Ablation specs; sweep-*.yaml are validated and smoke-run by tests/test_sweep.py.
@@ -39,3 +41,14 @@ def test_smoke_profile_runs(path, store):
     # S arms x seeds train exactly S models; K settings are K evaluations of each, no retraining.
     assert len(store.runs(exp, {ROLE: "train"})) == len(plan.jobs)
     assert len(store.runs(exp, {ROLE: "eval"})) == len(plan.jobs) * len(plan.settings)
+
+
+def test_evaluate_is_derived_from_the_sampler_setting_with_its_bounds(tmp_path):
+    """One schema: every SamplerSetting field is an evaluate list, checked with the field's own bounds."""
+    assert set(Evaluate.model_fields) == set(SamplerSetting.model_fields) | {"settings"}
+    for field, bad in [("steps", 0), ("eta", -1.0), ("guidance", float("inf")), ("steps", True)]:
+        path = tmp_path / "spec.yaml"
+        path.write_text(yaml.safe_dump({"name": "x", "question": "q", "evaluate": {field: [bad]}}))
+        with pytest.raises(ConfigError, match=rf"spec.yaml: evaluate\.{field}\.0: "):
+            load_spec(path)
+
