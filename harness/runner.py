@@ -8,10 +8,13 @@ same spec train each configuration once.
 """
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 import shutil
-
+import signal
+import sys
+import threading
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -23,7 +26,7 @@ from typing import Any
 from .config import Config, SamplerSetting
 from .spec import Plan
 from .schema import COMMIT, EVAL_METRICS, HASH, ROLE, SPEC
-from .tracking import MlflowStore, git_state
+from .tracking import MlflowStore, StoreUnavailable, git_state
 
 
 
@@ -59,6 +62,7 @@ class Outcome:
     error: str | None = None
     evals: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    store_unavailable: bool = False  # stopped because the tracking store could not be reached
 
 
 @contextmanager
@@ -91,20 +95,23 @@ def run_task(task: Task) -> Outcome:
     """Train (or resume) one job and evaluate its missing settings. Runs in a worker process."""
     import torch
 
+    from .checkpoint import CheckpointError
+
     torch.set_num_threads(task.threads)
     config = Config.model_validate_json(task.config_json)
-    store = MlflowStore(task.uri)
     root = store_root(task.uri)
     h = config.train_hash()
     out = Outcome(h, task.arm, task.seed, "skipped")
     start = time.perf_counter()
     with job_lock(root, h):  # a second launch waits here, then finds the run finished
-        state, run, done = job_state(store, task.experiment_id, config)
-        if task.force and state != "new":
-            state, run, done = "new", None, set()
-            shutil.rmtree(root / "checkpoints" / task.spec_name / h, ignore_errors=True)
         tracker = None
         try:
+            store = MlflowStore(task.uri)
+            close_stale_evals(store, task.experiment_id, h)
+            state, run, done = job_state(store, task.experiment_id, config)
+            if task.force and state != "new":
+                state, run, done = "new", None, set()
+                shutil.rmtree(root / "checkpoints" / task.spec_name / h, ignore_errors=True)
             from .data import load_dataset
             from .evaluate import Evaluator, save_png
             from .train import train
@@ -147,11 +154,13 @@ def run_task(task: Task) -> Outcome:
                     save_png(grid, run_dir / "grids" / setting.label / f"step_{config.train.steps:07d}.png")
                 _log_eval(store, task, out.run_id, h, setting, result)
                 out.evals.append(result)
+        except StoreUnavailable as err:  # nothing more can be tracked: the run stays RUNNING and resumes later
+            out.status, out.error, out.store_unavailable = "failed", str(err), True
         except BaseException as err:  # noqa: BLE001 - a failed job must not take the others down
             if tracker is not None:
                 tracker.set_tags({"harness.error": str(err)[:5000]})
                 tracker.finish("FAILED")
-            out.status, out.error = "failed", f"{type(err).__name__}: {err}"
+            out.status, out.error = "failed", str(err) if isinstance(err, CheckpointError) else f"{type(err).__name__}: {err}"
             if not isinstance(err, Exception):
                 raise
             if os.environ.get("HARNESS_DEBUG"):
@@ -171,8 +180,11 @@ def _load_ema(config: Config, data, run_dir: Path, device):
     from . import checkpoint
     from .train import build_model
 
+    state = checkpoint.load(run_dir / "checkpoint.pt", map_location=device)
+    if state is None or state["step"] != config.train.steps:  # gone, or only an earlier one is readable
+        raise checkpoint.CheckpointError(f"checkpoint missing: retrain with --force (no final checkpoint in {run_dir})")
     model = build_model(config, data.channels, data.image_size, data.num_classes).to(device)
-    model.load_state_dict(checkpoint.load(run_dir / "checkpoint.pt", map_location=device)["ema"]["model"])
+    model.load_state_dict(state["ema"]["model"])
     return model.eval()
 
 
@@ -199,15 +211,48 @@ def _slots(cpu_jobs: int, jobs_per_gpu: int) -> tuple[int, int, int]:
     return gpus, jobs, max(1, (os.cpu_count() or 1) // jobs)
 
 
-def _worker_init(devices) -> None:
+def _worker_init(parent: int, devices) -> None:
+    die_with_parent(parent)
     # Each worker pins itself to one device slot taken from the shared queue, for its whole life.
     if devices is not None:
         os.environ["HARNESS_DEVICE"] = devices.get()
 
 
-def run_local(tasks: list[Task], jobs: int, *, gpus: int = 0, jobs_per_gpu: int = 1, on_event=print) -> list[Outcome]:
+def die_with_parent(parent: int) -> None:
+    """End this process when ``parent`` dies, even by SIGKILL: an orphaned worker would train on unseen.
+
+    Linux delivers SIGKILL to us when the parent exits (``PR_SET_PDEATHSIG``); a parent that died before
+    that took effect is seen at once, and elsewhere a thread notices that we were handed to another parent.
+    What the worker had not checkpointed is lost; the next launch resumes from the checkpoint.
+    """
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
+def worker_pool(jobs: int, devices: list[str] | None = None) -> ProcessPoolExecutor:
+    """``jobs`` spawned workers that die with this process; each takes one of ``devices`` for its life."""
     import multiprocessing as mp
 
+    ctx = mp.get_context("spawn")
+    queue = None
+    if devices:
+        queue = ctx.Queue()
+        for d in devices:
+            queue.put(d)
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
+                               initargs=(os.getpid(), queue))
+
+
+def run_local(tasks: list[Task], jobs: int, *, gpus: int = 0, jobs_per_gpu: int = 1, on_event=print) -> list[Outcome]:
     if jobs <= 1 and gpus == 0:
         outcomes = []
         for task in tasks:
@@ -215,14 +260,9 @@ def run_local(tasks: list[Task], jobs: int, *, gpus: int = 0, jobs_per_gpu: int 
             outcomes.append(run_task(task))
             on_event("end", outcomes[-1])
         return outcomes
-    ctx = mp.get_context("spawn")
-    devices = None
-    if gpus:  # jobs_per_gpu slots on each device, handed to the workers once
-        devices = ctx.Manager().Queue()
-        for slot in range(jobs):
-            devices.put(f"cuda:{slot % gpus}")
+    devices = [f"cuda:{slot % gpus}" for slot in range(jobs)] if gpus else None  # jobs_per_gpu slots per device
     outcomes: list[Outcome] = []
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(devices,)) as pool:
+    with worker_pool(jobs, devices) as pool:
         pending = {}
         for task in tasks:
             pending[pool.submit(run_task, task)] = task
@@ -348,6 +388,11 @@ def run_plan(plan: Plan, store: MlflowStore, *, spec_path: str, executor: str = 
         raise
     finally:
         bar.close()
+    lost = [o for o in outcomes if o.store_unavailable]
+    if lost:  # nothing more can be logged; the next launch marks the parent KILLED and resumes the jobs
+        parent_lock.close()
+        raise StoreUnavailable(f"{lost[0].error}; {len(lost)} job(s) stopped after checkpointing: "
+                               "run the same command again when the store is back")
     failed = [o for o in outcomes if o.status == "failed"]
     parent.log_dict({"outcomes": [o.__dict__ for o in outcomes]}, "outcomes.json")
     parent.finish("FAILED" if failed else "FINISHED")
@@ -375,6 +420,16 @@ def hold_lock(root: Path, name: str):
     f = open(path, "w")
     fcntl.flock(f, fcntl.LOCK_EX)
     return f
+
+
+def close_stale_evals(store: MlflowStore, experiment_id: str, config_hash: str) -> None:
+    """Mark KILLED the evaluation runs of ``config_hash`` left RUNNING by a job that died or lost its store.
+
+    Called under the job's lock: no live process is evaluating this hash.
+    """
+    for run in store.runs(experiment_id, {ROLE: "eval", HASH: config_hash}):
+        if run.info.status == "RUNNING":
+            store.client.set_terminated(run.info.run_id, status="KILLED")
 
 
 def close_orphaned_parents(store: MlflowStore, experiment_id: str, root: Path) -> None:
