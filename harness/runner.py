@@ -8,16 +8,12 @@ same spec train each configuration once.
 """
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import os
 import shutil
-import signal
-import sys
-import threading
 import time
 import traceback
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +23,7 @@ from .config import Config, SamplerSetting
 from .spec import Plan
 from .schema import COMMIT, EVAL_METRICS, HASH, ROLE, SPEC
 from .tracking import MlflowStore, StoreUnavailable, git_state
+from .workers import worker_pool
 
 
 
@@ -209,47 +206,6 @@ def _slots(cpu_jobs: int, jobs_per_gpu: int) -> tuple[int, int, int]:
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     jobs = gpus * jobs_per_gpu if gpus else max(1, cpu_jobs)
     return gpus, jobs, max(1, (os.cpu_count() or 1) // jobs)
-
-
-def _worker_init(parent: int, devices) -> None:
-    die_with_parent(parent)
-    # Each worker pins itself to one device slot taken from the shared queue, for its whole life.
-    if devices is not None:
-        os.environ["HARNESS_DEVICE"] = devices.get()
-
-
-def die_with_parent(parent: int) -> None:
-    """End this process when ``parent`` dies, even by SIGKILL: an orphaned worker would train on unseen.
-
-    Linux delivers SIGKILL to us when the parent exits (``PR_SET_PDEATHSIG``); a parent that died before
-    that took effect is seen at once, and elsewhere a thread notices that we were handed to another parent.
-    What the worker had not checkpointed is lost; the next launch resumes from the checkpoint.
-    """
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
-    if os.getppid() != parent:
-        os._exit(1)
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
-
-
-def worker_pool(jobs: int, devices: list[str] | None = None) -> ProcessPoolExecutor:
-    """``jobs`` spawned workers that die with this process; each takes one of ``devices`` for its life."""
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    queue = None
-    if devices:
-        queue = ctx.Queue()
-        for d in devices:
-            queue.put(d)
-    return ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
-                               initargs=(os.getpid(), queue))
 
 
 def run_local(tasks: list[Task], jobs: int, *, gpus: int = 0, jobs_per_gpu: int = 1, on_event=print) -> list[Outcome]:

@@ -169,3 +169,5 @@ def test_tracking_server_dies_mid_run_then_the_rerun_resumes(tmp_path):
     finally:
         _stop(server)
         shutil.rmtree(ckpts[0].parents[1], ignore_errors=True)
+        for job in jobs:
+            (store_root(uri) / "locks" / f"{job.config_hash}.lock").unlink(missing_ok=True)

@@ -185,11 +185,14 @@ def test_two_launches_train_each_config_once(tmp_path):
 
 
 POOL = """
-import sys, time
-from harness.runner import worker_pool
+import os, time
+from harness.workers import worker_pool
 pool = worker_pool(2)
+seen = set()
+while len(seen) < 2:  # until both workers have started (and run their initializer)
+    seen |= {f.result() for f in [pool.submit(os.getpid) for _ in range(2)]}
 futures = [pool.submit(time.sleep, 600) for _ in range(2)]
-print("submitted", flush=True)
+print(*sorted(seen), flush=True)
 time.sleep(600)
 """
 
@@ -198,13 +201,9 @@ def test_workers_die_with_the_launching_process():
     parent = subprocess.Popen([sys.executable, "-c", POOL], stdout=subprocess.PIPE, text=True)
     workers = []
     try:
-        assert parent.stdout.readline() == "submitted\n"
-        deadline = time.time() + 60
-        while len(workers) < 2 and time.time() < deadline:
-            workers = proc.spawned_workers(parent.pid)
-            time.sleep(0.1)
-        assert len(workers) == 2
-        time.sleep(2)  # let them start their tasks
+        workers = [int(pid) for pid in parent.stdout.readline().split()]
+        assert len(workers) == 2 and all(map(proc.alive, workers))
+        time.sleep(0.5)  # let them start their tasks
         parent.send_signal(signal.SIGKILL)
         parent.wait()
         deadline = time.time() + 10
