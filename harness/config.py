@@ -131,7 +131,7 @@ class TrainConfig(Section):
     compile: bool = False
     channels_last: bool = False
     eval_every: Int = Field(0, ge=0)  # 0: evaluate at the end only
-    checkpoint_every: Int = Field(500, ge=1)
+    checkpoint_every: Int = Field(0, ge=0)  # 0: every tenth of the run (train.train), so a kill loses at most 10%
     log_every: Int = Field(25, ge=1)
     seed: Seed = 0
     device: str = "auto"

@@ -11,10 +11,9 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-
 import time
 import traceback
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,8 @@ from .config import Config, SamplerSetting
 from .spec import Plan
 from .provenance import code_version, stale_reason
 from .schema import CODE_VERSION, COMMIT, EVAL_METRICS, HASH, PARENT, ROLE, SPEC
-from .tracking import MlflowStore, git_state
+from .tracking import MlflowStore, StoreUnavailable, git_state
+from .workers import worker_pool
 
 
 
@@ -63,6 +63,7 @@ class Outcome:
     note: str | None = None  # why a finished run was not reused (stale code)
     evals: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    store_unavailable: bool = False  # stopped because the tracking store could not be reached
 
 
 @contextmanager
@@ -87,10 +88,11 @@ class JobState:
     why: str | None = None  # why ``stale`` is not reused
 
 
-def job_state(store: MlflowStore, experiment_id: str, config: Config, code: str = "",
+def job_state(store: MlflowStore, experiment_id: str, config: Config, code: str | None = None,
               reuse: str = "same-code") -> JobState:
     """What is left to do for ``config``. With ``reuse="same-code"`` only runs (and evaluations) made by
     this ``code`` version count; a finished or unfinished run of other code is retrained from scratch."""
+    code = code or code_version()
     runs = store.runs(experiment_id, {ROLE: "train", HASH: config.train_hash()})
     current = (lambda r: True) if reuse == "any" else (lambda r: stale_reason(r.data.tags, code) is None)
     stale = next((r for r in runs if not current(r) and r.info.status in ("FINISHED", "RUNNING", "FAILED")), None)
@@ -113,26 +115,29 @@ def run_task(task: Task) -> Outcome:
     """Train (or resume) one job and evaluate its missing settings. Runs in a worker process."""
     import torch
 
+    from .checkpoint import CheckpointError
+
     torch.set_num_threads(task.threads)
     config = Config.model_validate_json(task.config_json)
-    store = MlflowStore(task.uri)
     root = store_root(task.uri)
     h = config.train_hash()
     out = Outcome(h, task.arm, task.seed, "skipped")
     start = time.perf_counter()
     with job_lock(root, h):  # a second launch waits here, then finds the run finished
-        js = job_state(store, task.experiment_id, config, task.code_version, task.reuse)
-        state, run, done = js.state, js.run, js.done
-        if (task.force and state != "new") or js.stale is not None and state == "new":
-            # Retrain from scratch: the checkpoint belongs to the reused-no-more run.
-            if js.stale is not None and state == "new":
-                out.note = f"retrained: run {js.stale.info.run_id[:8]} was {js.why} (--reuse any keeps it)"
-                if js.stale.info.status == "RUNNING":  # its process is gone: we hold the job lock
-                    store.client.set_terminated(js.stale.info.run_id, status="KILLED")
-            state, run, done = "new", None, set()
-            shutil.rmtree(root / "checkpoints" / task.spec_name / h, ignore_errors=True)
         tracker = None
         try:
+            store = MlflowStore(task.uri)
+            close_stale_evals(store, task.experiment_id, h)
+            js = job_state(store, task.experiment_id, config, task.code_version, task.reuse)
+            state, run, done = js.state, js.run, js.done
+            if (task.force and state != "new") or js.stale is not None and state == "new":
+                # Retrain from scratch: the checkpoint belongs to the run that is no longer reused.
+                if js.stale is not None and state == "new":
+                    out.note = f"retrained: run {js.stale.info.run_id[:8]} was {js.why} (--reuse any keeps it)"
+                    if js.stale.info.status == "RUNNING":  # its process is gone: we hold the job lock
+                        store.client.set_terminated(js.stale.info.run_id, status="KILLED")
+                state, run, done = "new", None, set()
+                shutil.rmtree(root / "checkpoints" / task.spec_name / h, ignore_errors=True)
             from .data import load_dataset
             from .evaluate import Evaluator, save_png
             from .train import train
@@ -175,11 +180,13 @@ def run_task(task: Task) -> Outcome:
                     save_png(grid, run_dir / "grids" / setting.label / f"step_{config.train.steps:07d}.png")
                 _log_eval(store, task, out.run_id, h, setting, result)
                 out.evals.append(result)
+        except StoreUnavailable as err:  # nothing more can be tracked: the run stays RUNNING and resumes later
+            out.status, out.error, out.store_unavailable = "failed", str(err), True
         except BaseException as err:  # noqa: BLE001 - a failed job must not take the others down
             if tracker is not None:
                 tracker.set_tags({"harness.error": str(err)[:5000]})
                 tracker.finish("FAILED")
-            out.status, out.error = "failed", f"{type(err).__name__}: {err}"
+            out.status, out.error = "failed", str(err) if isinstance(err, CheckpointError) else f"{type(err).__name__}: {err}"
             if not isinstance(err, Exception):
                 raise
             if os.environ.get("HARNESS_DEBUG"):
@@ -199,8 +206,11 @@ def _load_ema(config: Config, data, run_dir: Path, device):
     from . import checkpoint
     from .train import build_model
 
+    state = checkpoint.load(run_dir / "checkpoint.pt", map_location=device)
+    if state is None or state["step"] != config.train.steps:  # gone, or only an earlier one is readable
+        raise checkpoint.CheckpointError(f"checkpoint missing: retrain with --force (no final checkpoint in {run_dir})")
     model = build_model(config, data.channels, data.image_size, data.num_classes).to(device)
-    model.load_state_dict(checkpoint.load(run_dir / "checkpoint.pt", map_location=device)["ema"]["model"])
+    model.load_state_dict(state["ema"]["model"])
     return model.eval()
 
 
@@ -227,15 +237,7 @@ def _slots(cpu_jobs: int, jobs_per_gpu: int) -> tuple[int, int, int]:
     return gpus, jobs, max(1, (os.cpu_count() or 1) // jobs)
 
 
-def _worker_init(devices) -> None:
-    # Each worker pins itself to one device slot taken from the shared queue, for its whole life.
-    if devices is not None:
-        os.environ["HARNESS_DEVICE"] = devices.get()
-
-
 def run_local(tasks: list[Task], jobs: int, *, gpus: int = 0, jobs_per_gpu: int = 1, on_event=print) -> list[Outcome]:
-    import multiprocessing as mp
-
     if jobs <= 1 and gpus == 0:
         outcomes = []
         for task in tasks:
@@ -243,14 +245,9 @@ def run_local(tasks: list[Task], jobs: int, *, gpus: int = 0, jobs_per_gpu: int 
             outcomes.append(run_task(task))
             on_event("end", outcomes[-1])
         return outcomes
-    ctx = mp.get_context("spawn")
-    devices = None
-    if gpus:  # jobs_per_gpu slots on each device, handed to the workers once
-        devices = ctx.Manager().Queue()
-        for slot in range(jobs):
-            devices.put(f"cuda:{slot % gpus}")
+    devices = [f"cuda:{slot % gpus}" for slot in range(jobs)] if gpus else None  # jobs_per_gpu slots per device
     outcomes: list[Outcome] = []
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(devices,)) as pool:
+    with worker_pool(jobs, devices) as pool:
         pending = {}
         for task in tasks:
             pending[pool.submit(run_task, task)] = task
@@ -380,6 +377,11 @@ def run_plan(plan: Plan, store: MlflowStore, *, spec_path: str, executor: str = 
         raise
     finally:
         bar.close()
+    lost = [o for o in outcomes if o.store_unavailable]
+    if lost:  # nothing more can be logged; the next launch marks the parent KILLED and resumes the jobs
+        parent_lock.close()
+        raise StoreUnavailable(f"{lost[0].error}; {len(lost)} job(s) stopped after checkpointing: "
+                               "run the same command again when the store is back")
     failed = [o for o in outcomes if o.status == "failed"]
     parent.log_dict({"outcomes": [o.__dict__ for o in outcomes]}, "outcomes.json")
     parent.finish("FAILED" if failed else "FINISHED")
@@ -409,6 +411,16 @@ def hold_lock(root: Path, name: str):
     f = open(path, "w")
     fcntl.flock(f, fcntl.LOCK_EX)
     return f
+
+
+def close_stale_evals(store: MlflowStore, experiment_id: str, config_hash: str) -> None:
+    """Mark KILLED the evaluation runs of ``config_hash`` left RUNNING by a job that died or lost its store.
+
+    Called under the job's lock: no live process is evaluating this hash.
+    """
+    for run in store.runs(experiment_id, {ROLE: "eval", HASH: config_hash}):
+        if run.info.status == "RUNNING":
+            store.client.set_terminated(run.info.run_id, status="KILLED")
 
 
 def close_orphaned_parents(store: MlflowStore, experiment_id: str, root: Path) -> None:

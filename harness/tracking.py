@@ -1,9 +1,10 @@
 """Where metrics go. Training and evaluation talk to a tracker object passed in; they never import
-mlflow (the MLflow tracker lives in ``harness/mlflow_tracker.py``)."""
+mlflow (only the MLflow section at the end of this module does)."""
 from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -18,6 +19,7 @@ class Tracker(Protocol):
     def log_series(self, key: str, values: Sequence[float], steps: Sequence[int]) -> None: ...
     def log_image(self, image: np.ndarray, key: str, step: int) -> None: ...
     def log_artifact(self, path: str) -> None: ...
+    def last_step(self, key: str) -> int: ...
 
 
 class NullTracker:
@@ -28,6 +30,7 @@ class NullTracker:
     def log_series(self, key, values, steps): return None
     def log_image(self, image, key, step): return None
     def log_artifact(self, path): return None
+    def last_step(self, key): return 0
 
 
 class MemoryTracker:
@@ -54,6 +57,42 @@ class MemoryTracker:
 
     def log_artifact(self, path):
         self.artifacts.append(path)
+
+    def last_step(self, key):
+        return max((s or 0 for s, _ in self.metrics.get(key, [])), default=0)
+
+
+class LoggedAfter:
+    """Passes on only what is logged after ``step``: a resumed run does not log again what its tracker has.
+
+    Training is deterministic, so the values it would log again equal those already there; logging them
+    twice would only put two points at each of those steps. Values without a step always pass.
+    """
+
+    def __init__(self, tracker: Tracker, step: int):
+        self.tracker, self.step = tracker, step
+
+    def log_params(self, params):
+        self.tracker.log_params(params)
+
+    def log_metrics(self, metrics, step=None):
+        if step is None or step > self.step:
+            self.tracker.log_metrics(metrics, step=step)
+
+    def log_series(self, key, values, steps):
+        new = [(v, s) for v, s in zip(values, steps) if s > self.step]
+        if new:
+            self.tracker.log_series(key, [v for v, _ in new], [s for _, s in new])
+
+    def log_image(self, image, key, step):
+        if step > self.step:
+            self.tracker.log_image(image, key, step)
+
+    def log_artifact(self, path):
+        self.tracker.log_artifact(path)
+
+    def last_step(self, key):
+        return self.tracker.last_step(key)
 
 
 # -- MLflow: the only place that imports mlflow -----------------------------------------------------
@@ -102,6 +141,9 @@ class MlflowTracker:
     def log_artifact(self, path):
         self.client.log_artifact(self.run_id, str(path))
 
+    def last_step(self, key):
+        return max((m.step for m in self.client.get_metric_history(self.run_id, key)), default=0)
+
     def set_tags(self, tags: dict[str, Any]) -> None:
         for k, v in tags.items():
             self.client.set_tag(self.run_id, k, str(v))
@@ -117,6 +159,53 @@ class StoreUnavailable(RuntimeError):
     """The tracking store cannot be opened, reached or written."""
 
 
+def _last_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[-1][:300] if text else type(err).__name__
+
+
+def _unreachable(err: BaseException) -> str | None:
+    """Why ``err`` means the store cannot be reached (refused, timed out, locked), or None for other errors."""
+    import requests
+    import sqlalchemy.exc
+
+    seen = err
+    while seen is not None:  # MLflow wraps the transport error: look down the chain
+        if isinstance(seen, (requests.ConnectionError, requests.Timeout, sqlalchemy.exc.OperationalError)):
+            text = str(seen)
+            errno = re.search(r"\[Errno -?\d+\] ([^\"')(]+)", text)
+            return errno.group(1).strip() if errno else (text.strip().splitlines() or [type(seen).__name__])[0][:200]
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+class GuardedClient:
+    """An ``MlflowClient`` whose calls fail with one line, ``StoreUnavailable``, when the store is gone.
+
+    A server that dies mid-run then stops the jobs cleanly (they checkpoint and exit) instead of ending
+    them with MLflow's traceback; any other error passes through unchanged.
+    """
+
+    def __init__(self, client, uri: str):
+        self._client, self._uri = client, uri
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            try:
+                return attr(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 - classified just below
+                reason = _unreachable(err)
+                if reason is None:
+                    raise
+                what = "tracking server unreachable" if self._uri.startswith("http") else "tracking store unusable"
+                raise StoreUnavailable(f"{what}: {self._uri} ({name}: {reason})") from None
+        return call
+
+
 class MlflowStore:
     """An MLflow tracking store: experiments, runs, and finding runs by config hash."""
 
@@ -127,23 +216,37 @@ class MlflowStore:
         # An unreachable server should fail in seconds, not after MLflow's minutes of retries.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-        if self.uri.startswith("sqlite:///"):
-            folder = Path(self.uri.removeprefix("sqlite:///")).parent
+        if not self.uri.startswith("sqlite:///"):
+            self._open(MlflowClient)
+            return
+        db = Path(self.uri.removeprefix("sqlite:///"))
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreUnavailable(f"tracking store {self.uri}: cannot create {db.parent}: {err.strerror}") from None
+        if not os.access(db.parent, os.W_OK):
+            raise StoreUnavailable(f"tracking store {self.uri}: {db.parent} is not writable")
+        # MLflow creates and migrates a new database when a client first opens it; two processes doing
+        # that at once collide in the migration, so opening is one process at a time.
+        from filelock import FileLock
+
+        with FileLock(db.with_name(db.name + ".lock")):
             try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise StoreUnavailable(f"tracking store {self.uri}: cannot create {folder}: {err.strerror}") from None
-            if not os.access(folder, os.W_OK):
-                raise StoreUnavailable(f"tracking store {self.uri}: {folder} is not writable")
-        self.client = MlflowClient(tracking_uri=self.uri)
+                self._open(MlflowClient)
+            except Exception as err:  # noqa: BLE001 - not a database, a newer schema, a full disk
+                raise StoreUnavailable(f"tracking store {self.uri} is not usable: {_last_line(err)}") from None
+            self.check()
+
+    def _open(self, client_class) -> None:
+        self._raw = client_class(tracking_uri=self.uri)  # for sqlite this opens (and creates) the database
+        self.client = GuardedClient(self._raw, self.uri)
 
     def check(self) -> None:
         """Fail fast, with one line, when the store cannot be reached or written."""
         try:
-            self.client.search_experiments(max_results=1)
+            self._raw.search_experiments(max_results=1)
         except Exception as err:  # noqa: BLE001 - sqlalchemy, HTTP and OS errors alike
-            reason = str(err).strip().splitlines()[-1][:300] if str(err).strip() else type(err).__name__
-            raise StoreUnavailable(f"tracking store {self.uri} is not usable: {reason}") from None
+            raise StoreUnavailable(f"tracking store {self.uri} is not usable: {_last_line(err)}") from None
 
     def experiment_id(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)

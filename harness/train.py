@@ -2,8 +2,10 @@
 
 Deterministic on CPU for a given ``train.seed``: all randomness comes from one generator whose state,
 with the model, EMA, optimizer and step, is in every checkpoint, so a run killed after step k and
-resumed equals an uninterrupted run. The host synchronizes with the device only every
-``train.log_every`` steps (losses are buffered on the device), at evaluations and at checkpoints.
+resumed equals an uninterrupted run. A checkpoint is written every ``train.checkpoint_every`` steps
+(0: a tenth of the run) and at every evaluation. A resumed run logs only the steps its tracker does not
+have yet. The host synchronizes with the device only every ``train.log_every`` steps (losses are
+buffered on the device), at evaluations and at checkpoints.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from .config import Config
 from .ema import EMA
 from .losses import diffusion_loss
 from .schedules import make_schedule
-from .tracking import NullTracker, Tracker
+from .tracking import LoggedAfter, NullTracker, StoreUnavailable, Tracker
 from .unet import UNet
 
 NUM_BUCKETS = 10  # the loss is also logged per tenth of [0, T): where each schedule spends its difficulty
@@ -110,6 +112,8 @@ def train(
 
     ``data`` (an ``ImageData``) and ``evaluator`` are built from the config when not given.
     ``stop_after`` ends the process-equivalent of a crash after that many steps (tests of resume).
+    When the tracker's store becomes unreachable (``StoreUnavailable``), the state is checkpointed with
+    what the store did not take, to be logged on resume, and the error is raised.
     """
     tracker = tracker or NullTracker()
     tc, dc = config.train, config.diffusion
@@ -139,6 +143,7 @@ def train(
     labels = data.labels.to(device, non_blocking=True)
     null_label = data.num_classes
     step, evals, last_loss, seconds = 0, [], math.nan, 0.0
+    checkpoint_every = tc.checkpoint_every or max(1, tc.steps // 10)  # 0: a kill loses at most a tenth
 
     state = checkpoint.load(ckpt_path, map_location=device)
     if state is not None:
@@ -151,19 +156,28 @@ def train(
         if device.type == "cuda":  # dropout masks on the GPU come from its own generator
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
         step, evals, last_loss, seconds = state["step"], state["evals"], state["last_loss"], state["seconds"]
+        # A killed run logged past its checkpoint: the steps up to there are in the tracker already.
+        tracker = LoggedAfter(tracker, tracker.last_step("train/loss"))
 
-    def save() -> None:
+    def save(unlogged: dict | None = None) -> None:
         checkpoint.save_atomic({
             "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
             "lr_schedule": warmup.state_dict(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0),
             "step": step, "evals": evals, "last_loss": last_loss, "seconds": seconds,
-            "config": config.canonical_json(),
+            "config": config.canonical_json(), "unlogged": unlogged or {},
         }, ckpt_path)
 
     def run_eval() -> None:
         results = evaluator.run(ema.model, step=step, tracker=tracker)
         evals.extend(results)
+
+    unlogged = (state or {}).get("unlogged")
+    if unlogged:  # the store went away at the step of this checkpoint: log now what it missed then
+        if unlogged["eval"]:
+            run_eval()
+        losses = unlogged["losses"]
+        tracker.log_series("train/loss", losses, range(unlogged["start"] + 1, unlogged["start"] + 1 + len(losses)))
 
     net = torch.compile(model) if tc.compile else model
     amp_dtype = resolve_precision(tc.precision, device)
@@ -204,8 +218,8 @@ def train(
         bar.update(1)
 
         at_eval = step == tc.steps or (tc.eval_every and step % tc.eval_every == 0)
-        at_ckpt = step == tc.steps or step % tc.checkpoint_every == 0
-        if step - buf_start == tc.log_every or at_eval or at_ckpt:
+        at_ckpt = at_eval or step % checkpoint_every == 0  # an evaluated model is worth keeping
+        if step - buf_start == tc.log_every or at_ckpt:
             losses = loss_buf[: step - buf_start].tolist()  # the one host sync of the interval
             for i, value in enumerate(losses):
                 if not math.isfinite(value):
@@ -215,16 +229,23 @@ def train(
             seconds += now - interval_start
             ips = len(losses) * B / max(now - interval_start, 1e-9)
             last_loss = sum(losses) / len(losses)
-            tracker.log_series("train/loss", losses, range(buf_start + 1, step + 1))
             per_bucket = (bucket_sum / bucket_n.clamp(min=1)).tolist()
-            tracker.log_metrics({"train/images_per_second": ips, "train/lr": warmup.get_last_lr()[0],
-                                 **{f"train/loss_t{b}": v for b, v in enumerate(per_bucket) if bucket_n[b] > 0}},
-                                step=step)
+            interval = {"train/images_per_second": ips, "train/lr": warmup.get_last_lr()[0],
+                        **{f"train/loss_t{b}": v for b, v in enumerate(per_bucket) if bucket_n[b] > 0}}
             bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{ips:.0f}")
             bucket_sum.zero_(), bucket_n.zero_()
+            evaluated = False
+            try:  # evaluations before losses: a logged loss at step s means everything up to s is logged
+                if at_eval:
+                    run_eval()
+                    evaluated = True
+                tracker.log_series("train/loss", losses, range(buf_start + 1, step + 1))
+                tracker.log_metrics(interval, step=step)
+            except StoreUnavailable:
+                bar.close()
+                save(unlogged={"start": buf_start, "losses": losses, "eval": at_eval and not evaluated})
+                raise
             buf_start = step
-            if at_eval:
-                run_eval()
             if at_ckpt:
                 save()
             interval_start = time.perf_counter()

@@ -1,67 +1,173 @@
-"""A `harness run` killed with SIGKILL mid-training, then started again, loses nothing."""
+"""A `harness run` whose process or tracking server dies mid-training loses nothing when started again:
+its workers stop with it, the rerun resumes from the checkpoints in the same MLflow runs, logs every
+step once, and leaves no run RUNNING."""
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 import torch
 import yaml
 
+import proc
 from harness.runner import store_root
 from harness.spec import load_spec, make_plan
 from harness.tracking import HASH, ROLE, MlflowStore
 
+STEPS = 300
 SPEC = {
     "name": "crash", "question": "Does a killed run resume?", "base": {"data": {"dataset": "mnist-5k"}},
-    "seeds": [0], "evaluate": {"sampler": ["ddim"], "steps": [3]},
+    "seeds": [0, 1], "evaluate": {"sampler": ["ddim"], "steps": [3]}, "cpu_jobs": 2,
     "profiles": {"smoke": {"set": {
-        "train.steps": 300, "train.batch_size": 8, "train.warmup_steps": 1, "train.checkpoint_every": 20,
+        "train.steps": STEPS, "train.batch_size": 8, "train.warmup_steps": 1, "train.checkpoint_every": 20,
         "train.log_every": 5, "train.device": "cpu", "model.channels": 8, "model.channel_mult": [1, 2],
         "model.attention_resolutions": [], "eval.num_samples": 16, "eval.batch_size": 16}}},
 }
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _harness(*args):
     return [sys.executable, "-m", "harness.cli", *args]
 
 
-@pytest.mark.slow
-def test_sigkill_then_rerun_finishes_one_run_per_hash(tmp_path):
-    spec_path = tmp_path / "crash.yaml"
-    spec_path.write_text(yaml.safe_dump(SPEC))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    job = make_plan(load_spec(spec_path), str(spec_path), "smoke").jobs[0]
-    ckpt = store_root(uri) / "checkpoints" / job.config_hash / "checkpoint.pt"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(_harness("run", str(spec_path), "--profile", "smoke", "--tracking-uri", uri),
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline, killed_at = time.time() + 180, None
-    while time.time() < deadline and proc.poll() is None:
-        if ckpt.exists():
-            try:
-                step = torch.load(ckpt, weights_only=True)["step"]
-            except Exception:  # noqa: BLE001 - caught mid-rename; try again
-                step = 0
-            if 40 <= step < 300:
-                proc.send_signal(signal.SIGKILL)
-                killed_at = step
-                break
+def _setup(tmp_path, uri, name="crash"):
+    spec_path = tmp_path / f"{name}.yaml"
+    spec_path.write_text(yaml.safe_dump({**SPEC, "name": name}))
+    jobs = make_plan(load_spec(spec_path), str(spec_path), "smoke").jobs
+    ckpts = [store_root(uri) / "checkpoints" / name / j.config_hash / "checkpoint.pt" for j in jobs]
+    return spec_path, jobs, ckpts
+
+
+def _step(ckpt) -> int:
+    try:
+        return torch.load(ckpt, weights_only=True)["step"]
+    except Exception:  # noqa: BLE001 - not there yet, or caught mid-rename
+        return 0
+
+
+def _wait_for_training(proc_, ckpts, deadline_s=300) -> None:
+    """Until every job has a checkpoint at step 40 or later (and the run is not finished)."""
+    deadline = time.time() + deadline_s
+    while time.time() < deadline and proc_.poll() is None:
+        if all(40 <= _step(c) < STEPS for c in ckpts):
+            return
         time.sleep(0.05)
-    proc.wait(timeout=30)
-    assert killed_at is not None, "the run finished before it could be killed"
+    pytest.fail(f"the run did not reach step 40 while running (exit {proc_.poll()}): "
+                f"{proc_.stderr.read()[-2000:] if proc_.poll() is not None else ''}")
+
+
+def _assert_resumed_once(store, exp, jobs, run_ids=None) -> None:
+    for job in jobs:
+        train_runs = store.runs(exp, {ROLE: "train", HASH: job.config_hash})
+        assert [r.info.status for r in train_runs] == ["FINISHED"]  # the same run, resumed
+        if run_ids:
+            assert train_runs[0].info.run_id == run_ids[job.config_hash]
+        steps = [m.step for m in store.client.get_metric_history(train_runs[0].info.run_id, "train/loss")]
+        assert sorted(steps) == list(range(1, STEPS + 1))  # each step once: nothing lost, nothing logged twice
+    assert not [r for r in store.client.search_runs([exp], max_results=1000) if r.info.status == "RUNNING"]
+
+
+@pytest.mark.slow
+def test_sigkill_stops_the_workers_and_the_rerun_resumes(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec_path, jobs, ckpts = _setup(tmp_path, uri)
+    run = subprocess.Popen(_harness("run", str(spec_path), "--profile", "smoke", "--tracking-uri", uri),
+                           env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    workers = []
+    try:
+        _wait_for_training(run, ckpts)
+        workers = proc.spawned_workers(run.pid)
+        assert len(workers) == 2
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=30)
+        deadline = time.time() + 10
+        while any(map(proc.alive, workers)) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not any(map(proc.alive, workers)), "workers live on after their parent was killed"
+    finally:
+        run.kill()
+        proc.kill_all(workers)
 
     store = MlflowStore(uri)
     exp = store.experiment_id("crash")
-    assert [r.info.status for r in store.runs(exp, {ROLE: "train"})] == ["RUNNING"]  # what SIGKILL leaves
-
+    assert [r.info.status for r in store.runs(exp, {ROLE: "train"})] == ["RUNNING", "RUNNING"]  # what SIGKILL leaves
     again = subprocess.run(_harness("run", str(spec_path), "--profile", "smoke", "--tracking-uri", uri),
-                           env=env, capture_output=True, text=True, timeout=300)
+                           env=ENV, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
-    train_runs = store.runs(exp, {ROLE: "train", HASH: job.config_hash})
-    assert [r.info.status for r in train_runs] == ["FINISHED"]  # the same run, resumed
-    all_runs = store.client.search_runs([exp], max_results=1000)
-    assert not [r for r in all_runs if r.info.status == "RUNNING"]
-    steps = {m.step for m in store.client.get_metric_history(train_runs[0].info.run_id, "train/loss")}
-    assert steps == set(range(1, 301))
+    _assert_resumed_once(store, exp, jobs)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _server(tmp_path, port):
+    """An MLflow tracking server on 127.0.0.1:port, in its own process group (it starts helpers)."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--default-artifact-root", str(tmp_path / "server-artifacts"), "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        env={**ENV, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return server
+        except OSError:
+            time.sleep(0.5)
+    _stop(server)
+    pytest.fail("the MLflow server did not start within 180 s")
+
+
+def _stop(server) -> None:
+    try:
+        os.killpg(server.pid, signal.SIGKILL)  # the server and the helpers it started
+    except ProcessLookupError:  # stopped already
+        pass
+    server.wait()
+
+
+@pytest.mark.slow
+def test_tracking_server_dies_mid_run_then_the_rerun_resumes(tmp_path):
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    # With a server, checkpoints live under the repository's mlruns/: a name of its own keeps this test's
+    # apart from real runs, and the test removes them.
+    name = f"crash-server-{port}"
+    spec_path, jobs, ckpts = _setup(tmp_path, uri, name)
+    server = _server(tmp_path, port)
+    cmd = _harness("run", str(spec_path), "--profile", "smoke", "--tracking-uri", uri)
+    try:
+        run = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            _wait_for_training(run, ckpts)
+            store = MlflowStore(uri)
+            exp = store.experiment_id(name)
+            run_ids = {r.data.tags[HASH]: r.info.run_id for r in store.runs(exp, {ROLE: "train"})}
+            _stop(server)
+            out, err = run.communicate(timeout=300)
+        finally:
+            run.kill()
+        assert run.returncode != 0
+        assert err.count("\n") == 1 and err.startswith(f"error: tracking server unreachable: {uri}"), err
+        assert "Traceback" not in out + err and "worker died" not in out
+        assert out.count("tracking server unreachable") == 2  # each job says why it stopped
+        assert all(_step(c) >= 40 for c in ckpts)
+
+        server = _server(tmp_path, port)
+        again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, again.stderr
+        _assert_resumed_once(store, exp, jobs, run_ids)
+    finally:
+        _stop(server)
+        shutil.rmtree(ckpts[0].parents[1], ignore_errors=True)
+        for job in jobs:
+            (store_root(uri) / "locks" / f"{job.config_hash}.lock").unlink(missing_ok=True)

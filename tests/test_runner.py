@@ -1,9 +1,11 @@
 """Specs -> plans -> jobs -> MLflow: the runner on tiny jobs and a throwaway SQLite store."""
+import shutil
+
 import pytest
 import yaml
 
 from harness.config import ConfigError
-from harness.runner import run_plan
+from harness.runner import run_plan, store_root
 from harness.spec import expand_arms, load_spec, make_plan, Axes
 from harness.tracking import HASH, ROLE, MlflowStore
 
@@ -95,3 +97,14 @@ def test_slurm_executor_through_submitit(tmp_path, store):
     path = _spec(tmp_path, name="tiny-slurm", axes={"grid": {"diffusion.schedule": ["linear"]}})
     outcomes, _ = _run(path, store, executor="slurm", cluster="debug")
     assert [o.status for o in outcomes] == ["trained"]
+
+
+def test_finished_run_whose_checkpoint_is_gone_says_retrain_with_force(tmp_path, store):
+    one = {"grid": {"diffusion.schedule": ["linear"]}}
+    outcomes, _ = _run(_spec(tmp_path, name="tiny-gone", axes=one), store)
+    assert [o.status for o in outcomes] == ["trained"]
+    shutil.rmtree(store_root(store.uri) / "checkpoints" / "tiny-gone")
+    more, _ = _run(_spec(tmp_path, name="tiny-gone", axes=one, evaluate={"sampler": ["ddim", "heun"], "steps": [3]}),
+                   store)
+    assert [o.status for o in more] == ["failed"]
+    assert more[0].error.startswith("checkpoint missing: retrain with --force") and "\n" not in more[0].error

@@ -47,10 +47,21 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
         flat_b = sb[key]["model"] if key == "ema" else sb[key]
         for name in flat_a:
             assert torch.equal(flat_a[name], flat_b[name]), (key, name)
-    losses_a = dict(a.metrics["train/loss"])
-    losses_b = dict(b.metrics["train/loss"])  # steps 21-23 were logged twice; the resumed values win
-    assert len(losses_a) == 40 and losses_a == losses_b
+    # Steps 21-23 were logged before the kill; the resumed run logs them not again, and the same values.
+    assert [s for s, _ in b.metrics["train/loss"]] == list(range(1, 41))
+    assert a.metrics["train/loss"] == b.metrics["train/loss"]
     assert resumed.final_loss == full.final_loss and resumed.steps == 40
+
+
+def test_checkpoint_every_defaults_to_a_tenth_and_every_evaluation_checkpoints(tmp_path):
+    auto = {**TINY, "train": {**TINY["train"], "checkpoint_every": 0, "eval_every": 15}}
+    config = build_config(auto)
+    assert train(config, None, run_dir=tmp_path, data=_data(), evaluator=NoEvaluation(), stop_after=31,
+                 progress=False) is None
+    assert _state(tmp_path)["step"] == 30  # the evaluation at 30, after the tenths 4, 8, ..., 28
+    assert train(config, None, run_dir=tmp_path / "b", data=_data(), evaluator=NoEvaluation(), stop_after=7,
+                 progress=False) is None
+    assert _state(tmp_path / "b")["step"] == 4
 
 
 def test_finished_run_is_not_retrained(tmp_path):
