@@ -12,7 +12,6 @@ import hashlib
 import io
 import math
 import os
-import stat
 import urllib.request
 from pathlib import Path
 
@@ -20,8 +19,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .config import ConfigError
 from .features import DomainClassifier, fidelity_extractor_name
+from .private import private_dir
 
 KID_SUBSET_SIZE = 1000  # torch-fidelity's default, lowered to the sample count when there are fewer
 PRC_NEIGHBORHOOD = 3  # k of the k-NN balls in precision/recall (Kynkaanniemi et al. 2019)
@@ -45,33 +44,6 @@ class _Images(Dataset):
 
     def __getitem__(self, i: int) -> Tensor:
         return self.images[i]
-
-
-def private_dir(path: str | Path) -> Path:
-    """``path`` as a directory that only this user can write: created with mode 0700, or refused.
-
-    torch-fidelity reads its feature caches back with pickle (``weights_only=False``), so whoever can
-    write a file into the cache directory, or swap the directory, could run code in the harness.
-    A directory of ours that others may write is fixed to 0700; one owned by another user, or below
-    a directory that others may write (without the sticky bit of /tmp), is refused.
-    """
-    path = Path(path).expanduser()
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = path.resolve()  # the checks apply to the directory actually used, not to a symlink
-    uid, st = os.getuid(), path.stat()
-    if st.st_uid != uid:
-        raise ConfigError(f"{path}: cache directory belongs to uid {st.st_uid}, not to this user (uid {uid}); "
-                          f"torch-fidelity unpickles the files in it, so it is not used (set HARNESS_CACHE_DIR)")
-    if st.st_mode & 0o077:
-        path.chmod(0o700)
-    for parent in path.parents:
-        pst = parent.stat()
-        shared = pst.st_mode & 0o022 and not pst.st_mode & stat.S_ISVTX
-        if pst.st_uid not in (uid, 0) or shared:
-            raise ConfigError(f"{path}: cache directory lies below {parent}, which another user can write or "
-                              f"rename entries in; torch-fidelity unpickles its caches, so it is not used "
-                              f"(set HARNESS_CACHE_DIR)")
-    return path
 
 
 def _check_images(name: str, x: Tensor, min_count: int) -> None:

@@ -43,8 +43,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .config import Config, ConfigError, SamplerSetting, TrainConfig, build_config, format_validation_error, merge, \
     one_of, parse_overrides, read_yaml, set_dotted
-from .runner import Requeueable, hold_lock, job_lock, store_root
+from .jobs import hold_lock, job_lock, load_ema, store_root
+from .runner import Requeueable
+from .workers import die_with_parent
 from .spec import Axes, Spec, make_plan
+from .private import SUBMITIT_READS, private_dir
 from .provenance import code_version
 from .schema import CODE_VERSION, COMMIT, HASH, ROLE, SPEC
 from .tracking import MlflowStore, MlflowTracker, StoreUnavailable, git_state
@@ -710,7 +713,7 @@ class TrialObjective:
         with job_lock(self.root, h):  # one trainer per config hash; a twin trial waits, then reuses the model
             train(config, run, run_dir=run_dir, data=data, evaluator=scorer, progress=False)
             if scorer.final is None:  # trained to the end by an earlier trial: only this evaluation runs
-                scorer.final = evaluator.run(_load_ema(config, data, run_dir, device), step=config.train.steps,
+                scorer.final = evaluator.run(load_ema(config, data, run_dir, device), step=config.train.steps,
                                              tracker=run, final=True)[0]
         values = []
         for o in self.sweep.search.objective:
@@ -719,15 +722,6 @@ class TrialObjective:
                 raise RuntimeError(f"objective metric {o.metric} is missing: {reason}")
             values.append(float(scorer.final[o.metric]))
         return values
-
-
-def _load_ema(config: Config, data, run_dir: Path, device):
-    from . import checkpoint
-    from .train import build_model
-
-    model = build_model(config, data.channels, data.image_size, data.num_classes).to(device)
-    model.load_state_dict(checkpoint.load(run_dir / "checkpoint.pt", map_location=device)["ema"]["model"])
-    return model.eval()
 
 
 def recover_dead_trials(study: optuna.Study, storage, root: Path) -> None:
@@ -795,7 +789,8 @@ def _process_worker(task: WorkerTask) -> WorkerReport:
     return run_worker(task)
 
 
-def _spawned_worker(task: WorkerTask, out: str) -> None:
+def _spawned_worker(task: WorkerTask, out: str, parent: int) -> None:
+    die_with_parent(parent)  # a sweep launcher killed by SIGKILL leaves no worker training on
     try:
         report = _process_worker(task)
     except Exception as err:  # noqa: BLE001 - reported by the parent, the other workers go on
@@ -812,7 +807,7 @@ def _run_local(tasks: list[WorkerTask]) -> list[WorkerReport]:
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
         outs = [str(Path(tmp) / f"worker-{t.worker}.json") for t in tasks]
-        procs = [ctx.Process(target=_spawned_worker, args=(t, o)) for t, o in zip(tasks, outs)]
+        procs = [ctx.Process(target=_spawned_worker, args=(t, o, os.getpid())) for t, o in zip(tasks, outs)]
         for p in procs:
             p.start()
         for p in procs:
@@ -1049,7 +1044,7 @@ def run_sweep(spec_path: str | Path, *, profile: str | None = None, workers: int
           f"{counts(study)['COMPLETE'] + counts(study)['PRUNED']} finished so far", flush=True)
     try:
         if executor == "slurm":
-            reports = _run_slurm(tasks, sweep.spec.slurm, root / "slurm" / sweep.study_name, cluster)
+            reports = _run_slurm(tasks, sweep.spec.slurm, private_dir(root / "slurm" / sweep.study_name, SUBMITIT_READS), cluster)
         else:
             reports = _run_local(tasks)
     except BaseException:

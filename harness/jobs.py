@@ -1,0 +1,242 @@
+"""One job: train (or resume) a configuration and evaluate its missing settings, in a worker process.
+
+Before anything runs, the job is classified (``job_state``): ``done`` (a finished training run with
+every evaluation setting), ``evaluate`` (finished, some settings missing: they run on the saved
+checkpoint), ``resume`` (an unfinished run: it continues from its checkpoint, in the same MLflow run)
+or ``new``. Only runs made by the current code count unless ``reuse="any"``. A file lock per config
+hash makes two launches of the same spec train each configuration once. Also here: the store's
+local layout (checkpoints, caches and locks beside a SQLite store), which the runner and sweeps share.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import Config, SamplerSetting
+from .provenance import code_version, stale_reason
+from .schema import CODE_VERSION, COMMIT, EVAL_METRICS, HASH, PARENT, ROLE, SPEC
+from .tracking import MlflowStore, StoreUnavailable, git_state
+
+
+def store_root(uri: str) -> Path:
+    """Local directory for checkpoints, caches and locks: beside a SQLite store, else ``mlruns/``."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).parent
+    return Path(__file__).resolve().parents[1] / "mlruns"
+
+
+@dataclass
+class Task:
+    """Everything a worker needs, picklable (configs travel as canonical JSON)."""
+
+    config_json: str
+    arm: dict[str, Any]
+    seed: int
+    spec_name: str
+    experiment_id: str
+    parent_run_id: str
+    uri: str
+    force: bool = False
+    threads: int = 1
+    code_version: str = field(default_factory=code_version)  # of the launching process
+    reuse: str = "same-code"  # or "any": accept finished runs made by other harness code
+
+
+@dataclass
+class Outcome:
+    config_hash: str
+    arm: dict[str, Any]
+    seed: int
+    status: str  # trained | evaluated | skipped | failed
+    run_id: str | None = None
+    error: str | None = None
+    note: str | None = None  # why a finished run was not reused (stale code)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    store_unavailable: bool = False  # stopped because the tracking store could not be reached
+
+
+@contextmanager
+def job_lock(root: Path, config_hash: str):
+    """Exclusive, blocking lock on one config hash; the OS releases it if the holder dies."""
+    path = root / "locks" / f"{config_hash}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@dataclass
+class JobState:
+    state: str  # done | evaluate | resume | new
+    run: Any = None  # the training run to continue or evaluate, or None
+    done: set = field(default_factory=set)  # keys of the settings already evaluated
+    stale: Any = None  # a run that matches the config but was made by other code (not reused)
+    why: str | None = None  # why ``stale`` is not reused
+
+
+def job_state(store: MlflowStore, experiment_id: str, config: Config, code: str | None = None,
+              reuse: str = "same-code") -> JobState:
+    """What is left to do for ``config``. With ``reuse="same-code"`` only runs (and evaluations) made by
+    this ``code`` version count; a finished or unfinished run of other code is retrained from scratch."""
+    code = code or code_version()
+    runs = store.runs(experiment_id, {ROLE: "train", HASH: config.train_hash()})
+    current = (lambda r: True) if reuse == "any" else (lambda r: stale_reason(r.data.tags, code) is None)
+    stale = next((r for r in runs if not current(r) and r.info.status in ("FINISHED", "RUNNING", "FAILED")), None)
+    runs = [r for r in runs if current(r)]
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    if finished:
+        run = finished[0]
+        evals = store.runs(experiment_id, {ROLE: "eval", PARENT: run.info.run_id})
+        done = {SamplerSetting.from_params(e.data.params).key for e in evals
+                if e.info.status == "FINISHED" and current(e)}
+        wanted = {s.key for s in config.eval.samplers}
+        return JobState("done" if wanted <= done else "evaluate", run, done)
+    if runs:
+        return JobState("resume", runs[0])
+    why = stale_reason(stale.data.tags, code) if stale is not None else None
+    return JobState("new", stale=stale, why=why)
+
+
+def run_task(task: Task) -> Outcome:
+    """Train (or resume) one job and evaluate its missing settings. Runs in a worker process."""
+    import torch
+
+    from .checkpoint import CheckpointError
+
+    torch.set_num_threads(task.threads)
+    config = Config.model_validate_json(task.config_json)
+    root = store_root(task.uri)
+    h = config.train_hash()
+    out = Outcome(h, task.arm, task.seed, "skipped")
+    start = time.perf_counter()
+    with job_lock(root, h):  # a second launch waits here, then finds the run finished
+        tracker = None
+        try:
+            store = MlflowStore(task.uri)
+            close_stale_evals(store, task.experiment_id, h)
+            js = job_state(store, task.experiment_id, config, task.code_version, task.reuse)
+            state, run, done = js.state, js.run, js.done
+            if (task.force and state != "new") or js.stale is not None and state == "new":
+                # Retrain from scratch: the checkpoint belongs to the run that is no longer reused.
+                if js.stale is not None and state == "new":
+                    out.note = f"retrained: run {js.stale.info.run_id[:8]} was {js.why} (--reuse any keeps it)"
+                    if js.stale.info.status == "RUNNING":  # its process is gone: we hold the job lock
+                        store.client.set_terminated(js.stale.info.run_id, status="KILLED")
+                state, run, done = "new", None, set()
+                shutil.rmtree(root / "checkpoints" / task.spec_name / h, ignore_errors=True)
+            from .data import load_dataset
+            from .evaluate import Evaluator, save_png
+            from .train import train
+
+            run_dir = root / "checkpoints" / task.spec_name / h  # "never twice" holds per experiment
+            missing = [s for s in config.eval.samplers if s.key not in done]
+            if state == "done":
+                out.run_id = run.info.run_id
+                return out
+            data = load_dataset(config.data.dataset, config.data.root, config.data.download)
+            device = _device(config)
+            evaluator = Evaluator(config, data, device=device, out_dir=run_dir)
+            if state in ("new", "resume"):
+                commit, _ = git_state()
+                if state == "resume":
+                    tracker = store.resume_run(run.info.run_id)
+                else:
+                    tracker = store.start_run(task.experiment_id, f"train-{h}", parent=task.parent_run_id, tags={
+                        ROLE: "train", HASH: h, SPEC: task.spec_name, COMMIT: commit, CODE_VERSION: task.code_version,
+                        "harness.arm": ", ".join(f"{k}={v}" for k, v in task.arm.items()) or "base",
+                        "harness.seed": task.seed, "harness.checkpoint": str(run_dir / "checkpoint.pt"),
+                        "harness.device": str(device)})
+                    tracker.log_params(config.flat())
+                    tracker.log_dict(config.to_dict(), "config.json")
+                result = train(config, tracker, run_dir=run_dir, data=data, evaluator=evaluator, progress=False)
+                summary = {"classifier_accuracy": evaluator.classifier_accuracy}
+                if result.recognizable_at_step is not None:
+                    summary["recognizable_at_step"] = result.recognizable_at_step
+                tracker.log_metrics(summary)
+                tracker.finish("FINISHED")
+                out.status, out.run_id = "trained", tracker.run_id
+                finals = {SamplerSetting.from_params(e).key: e for e in result.final_evals()}
+            else:
+                out.status, out.run_id, finals = "evaluated", run.info.run_id, {}
+            model = load_ema(config, data, run_dir, device) if any(s.key not in finals for s in missing) else None
+            for setting in missing:
+                result = finals.get(setting.key)
+                if result is None:
+                    result, grid = evaluator.evaluate_setting(model, setting, step=config.train.steps, final=True)
+                    save_png(grid, run_dir / "grids" / setting.label / f"step_{config.train.steps:07d}.png")
+                _log_eval(store, task, out.run_id, h, setting, result)
+                out.evals.append(result)
+        except StoreUnavailable as err:  # nothing more can be tracked: the run stays RUNNING and resumes later
+            out.status, out.error, out.store_unavailable = "failed", str(err), True
+        except BaseException as err:  # noqa: BLE001 - a failed job must not take the others down
+            if tracker is not None:
+                tracker.set_tags({"harness.error": str(err)[:5000]})
+                tracker.finish("FAILED")
+            out.status, out.error = "failed", str(err) if isinstance(err, CheckpointError) else f"{type(err).__name__}: {err}"
+            if not isinstance(err, Exception):
+                raise
+            if os.environ.get("HARNESS_DEBUG"):
+                traceback.print_exc()
+        finally:
+            out.seconds = time.perf_counter() - start
+    return out
+
+
+def _device(config: Config):
+    from .train import resolve_device
+
+    return resolve_device(os.environ.get("HARNESS_DEVICE") or config.train.device)
+
+
+def load_ema(config: Config, data, run_dir: Path, device):
+    from . import checkpoint
+    from .train import build_model
+
+    state = checkpoint.load(run_dir / "checkpoint.pt", map_location=device)
+    if state is None or state["step"] != config.train.steps:  # gone, or only an earlier one is readable
+        raise checkpoint.CheckpointError(f"checkpoint missing: retrain with --force (no final checkpoint in {run_dir})")
+    model = build_model(config, data.channels, data.image_size, data.num_classes).to(device)
+    model.load_state_dict(state["ema"]["model"])
+    return model.eval()
+
+
+def _log_eval(store: MlflowStore, task: Task, train_run_id: str, h: str, setting: SamplerSetting, result: dict) -> None:
+    commit, _ = git_state()
+    child = store.start_run(task.experiment_id, f"eval-{h}-{setting.label}", parent=train_run_id, tags={
+        ROLE: "eval", HASH: h, SPEC: task.spec_name, COMMIT: commit, CODE_VERSION: task.code_version,
+        "harness.arm": ", ".join(f"{k}={v}" for k, v in task.arm.items()) or "base", "harness.seed": task.seed})
+    child.log_params(setting.model_dump())
+    child.log_metrics({k: result[k] for k in EVAL_METRICS if k in result}, step=result.get("step", 0))
+    if "fid_inception_unavailable" in result:
+        child.set_tags({"harness.fid_inception_unavailable": result["fid_inception_unavailable"]})
+    child.finish("FINISHED")
+
+
+def hold_lock(root: Path, name: str):
+    """An exclusive lock held until the returned file is closed or the process dies."""
+    path = root / "locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "w")
+    fcntl.flock(f, fcntl.LOCK_EX)
+    return f
+
+
+def close_stale_evals(store: MlflowStore, experiment_id: str, config_hash: str) -> None:
+    """Mark KILLED the evaluation runs of ``config_hash`` left RUNNING by a job that died or lost its store.
+
+    Called under the job's lock: no live process is evaluating this hash.
+    """
+    for run in store.runs(experiment_id, {ROLE: "eval", HASH: config_hash}):
+        if run.info.status == "RUNNING":
+            store.client.set_terminated(run.info.run_id, status="KILLED")
