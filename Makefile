@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROFILE ?= quick
 
-.PHONY: test test-slow test-full clean-venv
+.PHONY: test test-slow test-full lint format clean-venv
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -17,8 +17,17 @@ $(STAMP): pyproject.toml
 
 # `make test` (under 10 minutes on 2 cores) skips the tests marked slow; CI runs it, then `make test-slow`,
 # so every test runs once there. `make test-full` is both in one pytest run.
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# ruff's rules and line length are in pyproject.toml; `make format` rewrites what `lint` refuses.
+lint: $(STAMP)
+	$(BIN)/ruff check harness analysis tests
+	$(BIN)/ruff format --check harness analysis tests
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix harness analysis tests
+	$(BIN)/ruff format harness analysis tests
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow --durations=0

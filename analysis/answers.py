@@ -6,6 +6,7 @@ this budget"; a comparison without a test says "not tested" and why (1 seed, zer
 "no significant difference". Every arm, setting and guidance weight asked about is named: one with
 no usable value reads "no <metric> recorded" (or the reason its job failed), never silently dropped.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,11 @@ from .load import AblationData
 from .stats import ZERO_VARIANCE, Comparison, compare, compare_to_reference, estimate, first_step_reaching, pareto_front
 
 NO_DIFFERENCE = "no significant difference at this budget"
-LOWER_IS_BETTER = {m: lower_is_better(m) for m in (*METRICS, *RUN_METRICS)
-                   if (METRICS.get(m) or RUN_METRICS[m]).lower_is_better is not None}
+LOWER_IS_BETTER = {
+    m: lower_is_better(m)
+    for m in (*METRICS, *RUN_METRICS)
+    if (METRICS.get(m) or RUN_METRICS[m]).lower_is_better is not None
+}
 # KID is a squared MMD of order 1e-3 here: reported x 10^3, as is usual, so its digits are readable.
 SCALE = {"kid": 1e3}
 
@@ -39,6 +43,7 @@ def scaled(df: pd.DataFrame) -> pd.DataFrame:
 
 
 # -- numbers ----------------------------------------------------------------------------------------
+
 
 def num(x: float) -> str:
     """A number as a reader wants it: 7,426 / 51.3 / 3.14 / 0.988."""
@@ -79,6 +84,7 @@ def usable_seeds(df: pd.DataFrame, metric: str, by: str, group) -> int:
 
 # -- comparisons in words ---------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Gain:
     """How much better ``a`` is than ``b`` (positive: a is better), with its interval."""
@@ -103,8 +109,19 @@ def margin_of_b(c: Comparison, unit: str, family: int = 1) -> str:
 def swap(c: Comparison) -> Comparison:
     """The same comparison with a and b exchanged."""
     d = c.diff
-    return Comparison(c.metric, c.b, c.a, c.b_est, c.a_est, type(d)(d.n, -d.mean, -d.high, -d.low, d.method), c.test,
-                      c.p, c.lower_is_better, c.alpha, c.untested)
+    return Comparison(
+        c.metric,
+        c.b,
+        c.a,
+        c.b_est,
+        c.a_est,
+        type(d)(d.n, -d.mean, -d.high, -d.low, d.method),
+        c.test,
+        c.p,
+        c.lower_is_better,
+        c.alpha,
+        c.untested,
+    )
 
 
 def test_words(c: Comparison, family: int = 1) -> str:
@@ -113,10 +130,12 @@ def test_words(c: Comparison, family: int = 1) -> str:
 
 
 def untested_words(c: Comparison, unit: str) -> str:
-    """Why ``c`` has no test: 'not tested (1 seed)', or the constant difference that leaves no uncertainty to estimate."""
+    """Why ``c`` has no test: 'not tested (1 seed)', or a constant difference (no uncertainty to estimate)."""
     if c.untested == ZERO_VARIANCE:
-        return (f"not tested: the difference {c.a} - {c.b} is {num(c.diff.mean)} {unit} in each of {seeds(c.diff.n)}, "
-                f"so its uncertainty cannot be estimated")
+        return (
+            f"not tested: the difference {c.a} - {c.b} is {num(c.diff.mean)} {unit} in each of {seeds(c.diff.n)}, "
+            f"so its uncertainty cannot be estimated"
+        )
     return f"not tested ({c.untested})"
 
 
@@ -128,9 +147,11 @@ def comparison_sentence(c: Comparison, unit: str, family: int = 1) -> str:
         return f"{c.a} beats {c.b} by {margin_of_b(swap(c), unit, family)}"
     if c.winner == c.b:
         return f"{c.b} beats {c.a} by {margin_of_b(c, unit, family)}"
-    return (f"{NO_DIFFERENCE} between {c.a} ({unit} {with_ci(c.a_est.mean, c.a_est.low, c.a_est.high)}) and {c.b} "
-            f"({with_ci(c.b_est.mean, c.b_est.low, c.b_est.high)}); difference "
-            f"{with_ci(c.diff.mean, c.diff.low, c.diff.high)} ({test_words(c, family)})")
+    return (
+        f"{NO_DIFFERENCE} between {c.a} ({unit} {with_ci(c.a_est.mean, c.a_est.low, c.a_est.high)}) and {c.b} "
+        f"({with_ci(c.b_est.mean, c.b_est.low, c.b_est.high)}); difference "
+        f"{with_ci(c.diff.mean, c.diff.low, c.diff.high)} ({test_words(c, family)})"
+    )
 
 
 def ranked(df: pd.DataFrame, metric: str, by: str, groups: list[str]) -> list[str]:
@@ -141,8 +162,9 @@ def ranked(df: pd.DataFrame, metric: str, by: str, groups: list[str]) -> list[st
     return sorted(means, key=lambda g: sign * means[g])
 
 
-def arms_answer(evals: pd.DataFrame, arms: list[str], metric: str = "fid", unit: str = "FID",
-                reasons: dict[str, str] | None = None) -> str:
+def arms_answer(
+    evals: pd.DataFrame, arms: list[str], metric: str = "fid", unit: str = "FID", reasons: dict[str, str] | None = None
+) -> str:
     """Every arm of ``arms`` on ``metric`` (``evals``: one row per arm and seed, one setting). An arm without
     a usable value is named with ``reasons[arm]`` (default 'no <metric> recorded')."""
     lower = LOWER_IS_BETTER.get(metric, True)
@@ -160,23 +182,29 @@ def arms_answer(evals: pd.DataFrame, arms: list[str], metric: str = "fid", unit:
     if len(testable) < 2:
         values = "; ".join(f"{a} {num(mean[a])} ({seeds(n[a])})" for a in order)
         why = "1 seed per arm" if max(n.values()) == 1 else f"fewer than 2 seeds with a {unit} in all but one arm"
-        return (f"not tested ({why}), only the values: {unit} {values} ({'lower' if lower else 'higher'} is better); "
-                f"a difference without a test is not evidence of a winner{absent}")
+        return (
+            f"not tested ({why}), only the values: {unit} {values} ({'lower' if lower else 'higher'} is better); "
+            f"a difference without a test is not evidence of a winner{absent}"
+        )
     best, others = testable[0], testable[1:]
     comps = compare_to_reference(evals, metric, best, others, lower_is_better=lower)
     if len(comps) == 1 and not few:
         return comparison_sentence(comps[0], unit) + absent
     e = estimate(evals.loc[evals["arm_label"] == best, metric])
-    text = (f"{best} has the {'lowest' if lower else 'highest'} mean {unit} of the arms with 2 or more seeds, "
-            f"{with_ci(e.mean, e.low, e.high)}")
+    text = (
+        f"{best} has the {'lowest' if lower else 'highest'} mean {unit} of the arms with 2 or more seeds, "
+        f"{with_ci(e.mean, e.low, e.high)}"
+    )
     beaten = [c for c in comps if c.winner == best]
     tied = [c for c in comps if c.test != "none" and c.winner is None]
     untested = [c for c in comps if c.test == "none"]
     if beaten:
         text += "; it beats " + "; ".join(f"{c.a} by {margin_of_b(c, unit, len(comps))}" for c in beaten)
     if tied:
-        text += (f"; against {', '.join(c.a for c in tied)} there is {NO_DIFFERENCE} "
-                 f"(Holm-adjusted over {len(comps)} comparisons)")
+        text += (
+            f"; against {', '.join(c.a for c in tied)} there is {NO_DIFFERENCE} "
+            f"(Holm-adjusted over {len(comps)} comparisons)"
+        )
     if untested:
         text += "; against " + "; ".join(f"{c.a} ({num(c.a_est.mean)}) {untested_words(c, unit)}" for c in untested)
     if few:
@@ -186,6 +214,7 @@ def arms_answer(evals: pd.DataFrame, arms: list[str], metric: str = "fid", unit:
 
 # -- recognizability --------------------------------------------------------------------------------
 
+
 def recognizable_steps(data: AblationData, setting: str) -> pd.DataFrame:
     """Per training run: the first evaluation step at which recognizability reaches the run's
     ``eval.recognizable_fraction`` with ``setting`` (None: not within this budget), the first evaluation
@@ -194,19 +223,31 @@ def recognizable_steps(data: AblationData, setting: str) -> pd.DataFrame:
     curve = data.curves[(data.curves["setting"] == setting) & (data.curves["metric"] == "recognizability")]
     for run in data.runs.itertuples():
         mine = curve[curve["run_id"] == run.run_id]
-        rows.append({"run_id": run.run_id, "arm_label": run.arm_label, "seed": run.seed,
-                     "step": first_step_reaching(mine, run.recognizable_fraction) if len(mine) else None,
-                     "first_eval": int(mine["step"].min()) if len(mine) else None, "logged": len(mine) > 0,
-                     "reused": not run.has_history, "threshold": run.recognizable_fraction})
-    return pd.DataFrame(rows, columns=["run_id", "arm_label", "seed", "step", "first_eval", "logged", "reused",
-                                       "threshold"])
+        rows.append(
+            {
+                "run_id": run.run_id,
+                "arm_label": run.arm_label,
+                "seed": run.seed,
+                "step": first_step_reaching(mine, run.recognizable_fraction) if len(mine) else None,
+                "first_eval": int(mine["step"].min()) if len(mine) else None,
+                "logged": len(mine) > 0,
+                "reused": not run.has_history,
+                "threshold": run.recognizable_fraction,
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["run_id", "arm_label", "seed", "step", "first_eval", "logged", "reused", "threshold"]
+    )
 
 
 def recognizable_answer(steps: pd.DataFrame, arms: list[str], setting: str) -> str:
     """'digits become recognizable at step 1,250 with cosine; at step 2,000 with linear' (medians over seeds)."""
     if steps.empty or not steps["logged"].any():
-        why = (": its training runs resumed checkpoints that another experiment had already finished"
-               if steps["reused"].any() else "")
+        why = (
+            ": its training runs resumed checkpoints that another experiment had already finished"
+            if steps["reused"].any()
+            else ""
+        )
         return f"recognizability over training was not logged in this experiment{why}"
     threshold = steps["threshold"].iloc[0]
     phrases: dict[str, list[str]] = {}  # phrase -> arms, so arms that agree share one phrase
@@ -226,15 +267,22 @@ def recognizable_answer(steps: pd.DataFrame, arms: list[str], setting: str) -> s
         if len(hit) < len(mine):
             where += f" in {len(hit)} of {len(mine)} seeds (median), not within this budget in the others,"
         elif len(mine) > 1:
-            where += (f" (all {len(hit)} seeds)" if hit.nunique() == 1
-                      else f" (median of {len(hit)} seeds, {hit.min():,} to {hit.max():,})")
+            where += (
+                f" (all {len(hit)} seeds)"
+                if hit.nunique() == 1
+                else f" (median of {len(hit)} seeds, {hit.min():,} to {hit.max():,})"
+            )
         phrases.setdefault(where + " with {arms}", []).append(arm)
         first_hit[where + " with {arms}"] = int(hit.median())
         if (mine["step"] == mine["first_eval"]).all():
             at_first.append(arm)
-    text = (f"digits become recognizable (recognizability >= {threshold:g} with {setting}) "
-            + "; ".join(p.format(arms=and_list(a)) for p, a in sorted(phrases.items(), key=lambda pa: (
-                0 if pa[0] in first_hit else 1 if pa[0].startswith("not") else 2, first_hit.get(pa[0], 0)))))
+    text = f"digits become recognizable (recognizability >= {threshold:g} with {setting}) " + "; ".join(
+        p.format(arms=and_list(a))
+        for p, a in sorted(
+            phrases.items(),
+            key=lambda pa: (0 if pa[0] in first_hit else 1 if pa[0].startswith("not") else 2, first_hit.get(pa[0], 0)),
+        )
+    )
     if len(reached) == 2 and all(v is not None for v in reached.values()):
         (a, sa), (b, sb) = reached.items()
         one = " (one seed: an observation, not a test)" if min(len(sa), len(sb)) == 1 else ""
@@ -245,8 +293,10 @@ def recognizable_answer(steps: pd.DataFrame, arms: list[str], setting: str) -> s
         else:
             text += "; neither is sooner in every seed"
     if at_first:
-        text += (f". For {and_list(at_first)} that is already the first evaluation, so it happened at or before that "
-                 f"step; evaluating earlier would place it more precisely")
+        text += (
+            f". For {and_list(at_first)} that is already the first evaluation, so it happened at or before that "
+            f"step; evaluating earlier would place it more precisely"
+        )
     return text
 
 
@@ -263,8 +313,11 @@ def series_name(row) -> str:
     """The sampler of a setting without its step count: 'ddim eta=0', 'ddpm fixed_large'."""
     setting = SamplerSetting.model_validate({f: getattr(row, f) for f in SERIES_FIELDS})
     name = f"{setting.sampler} eta={setting.eta:g}" if setting.sampler == "ddim" else setting.sampler
-    extras = [str(getattr(setting, f)) for f, info in SamplerSetting.model_fields.items()
-              if f in SERIES_FIELDS and f not in ("sampler", "eta") and getattr(setting, f) != info.default]
+    extras = [
+        str(getattr(setting, f))
+        for f, info in SamplerSetting.model_fields.items()
+        if f in SERIES_FIELDS and f not in ("sampler", "eta") and getattr(setting, f) != info.default
+    ]
     return " ".join([name, *extras])
 
 
@@ -286,16 +339,21 @@ def settings_answer(evals: pd.DataFrame, settings: list[str] | None = None) -> s
     reference = testable[0] if len(testable) >= 2 else have[0]
     ref = fid[reference]
     head = f"against the most expensive setting with a FID, {reference} ({num(nfe[reference])} NFE; FID " + (
-        f"{num(ref.mean)}, 95% CI {num(ref.low)} to {num(ref.high)})" if ref.has_interval else f"{num(ref.mean)})")
+        f"{num(ref.mean)}, 95% CI {num(ref.low)} to {num(ref.high)})" if ref.has_interval else f"{num(ref.mean)})"
+    )
     if len(testable) < 2:
         values = "; ".join(f"{s} ({num(nfe[s])} NFE) {num(fid[s].mean)} ({seeds(n[s])})" for s in have[1:])
-        return f"{head}, no setting pair has 2 or more seeds with a FID each, so no tests; FID per setting: {values}{tail}"
-    comps = {c.a: c for c in compare_to_reference(evals, "fid", reference, testable[1:], by="setting",
-                                                  lower_is_better=True)}
+        return (
+            f"{head}, no setting pair has 2 or more seeds with a FID each, so no tests; FID per setting: {values}{tail}"
+        )
+    comps = {
+        c.a: c for c in compare_to_reference(evals, "fid", reference, testable[1:], by="setting", lower_is_better=True)
+    }
     meta = evals.drop_duplicates("setting").set_index("setting")
     sentences = []
     for name, group in meta.loc[[s for s in have if s != reference]].groupby(
-            meta.loc[[s for s in have if s != reference]].apply(series_name, axis=1), sort=False):
+        meta.loc[[s for s in have if s != reference]].apply(series_name, axis=1), sort=False
+    ):
         ordered = list(group.index)  # most to fewest NFE
         worse = [s for s in ordered if s in comps and comps[s].winner == reference]
         better = [s for s in ordered if s in comps and comps[s].winner == s]
@@ -304,16 +362,19 @@ def settings_answer(evals: pd.DataFrame, settings: list[str] | None = None) -> s
         lowest_ok = [s for s in tied if all(nfe[w] < nfe[s] for w in worse)]
         parts = [f"no significant loss down to {num(nfe[lowest_ok[-1]])} NFE"] if lowest_ok else []
         if worse:
-            parts.append("worse " + ", ".join(f"at {num(nfe[s])} NFE by {margin_of_b(comps[s], 'FID', len(comps))}"
-                                              for s in worse))
+            parts.append(
+                "worse "
+                + ", ".join(f"at {num(nfe[s])} NFE by {margin_of_b(comps[s], 'FID', len(comps))}" for s in worse)
+            )
         if better:
             parts.append("better at " + ", ".join(f"{num(nfe[s])} NFE" for s in better))
-        parts += [f"at {num(nfe[s])} NFE FID {num(fid[s].mean)}, "
-                  + (untested_words(comps[s], "FID") if s in comps else f"not tested ({seeds(n[s])})")
-                  for s in untested]
+        parts += [
+            f"at {num(nfe[s])} NFE FID {num(fid[s].mean)}, "
+            + (untested_words(comps[s], "FID") if s in comps else f"not tested ({seeds(n[s])})")
+            for s in untested
+        ]
         sentences.append(f"{name}: " + "; ".join(parts))
-    return (f"{head}, paired over seeds and Holm-adjusted over {len(comps)} comparisons: " + "; ".join(sentences)
-            + tail)
+    return f"{head}, paired over seeds and Holm-adjusted over {len(comps)} comparisons: " + "; ".join(sentences) + tail
 
 
 def settings_front(evals: pd.DataFrame) -> pd.DataFrame:
@@ -323,6 +384,7 @@ def settings_front(evals: pd.DataFrame) -> pd.DataFrame:
 
 
 # -- guidance ---------------------------------------------------------------------------------------
+
 
 def guidance_answer(evals: pd.DataFrame) -> str:
     """Best w by class accuracy, the smallest w not significantly below it, and what FID does. A weight
@@ -339,14 +401,17 @@ def guidance_answer(evals: pd.DataFrame) -> str:
     placed = per.dropna(subset=["fid", "class_accuracy"])
     front = list(pareto_front(placed, minimize=("fid",), maximize=("class_accuracy",))["w"])
     unplaced = [w for w in ws if w not in set(placed["w"])]
-    front_words = (f"Pareto-optimal (FID against class accuracy): {', '.join(front) or 'none'}"
-                   + (f"; {', '.join(unplaced)} cannot be placed or ruled out (a metric is missing)" if unplaced else ""))
+    front_words = f"Pareto-optimal (FID against class accuracy): {', '.join(front) or 'none'}" + (
+        f"; {', '.join(unplaced)} cannot be placed or ruled out (a metric is missing)" if unplaced else ""
+    )
     if not measured:
         return f"class accuracy is not recorded at any w{blind_words}. {front_words}"
     by_acc = ranked(e, "class_accuracy", "w", measured)
     best = by_acc[0]
     acc = estimate(e.loc[e["w"] == best, "class_accuracy"])
-    if placed["class_accuracy"].nunique() == 1 and len(measured) > 1:  # "highest at w = 0" would crown the first of equals
+    if (
+        placed["class_accuracy"].nunique() == 1 and len(measured) > 1
+    ):  # "highest at w = 0" would crown the first of equals
         text = f"class accuracy is {num(acc.mean)} at every w where it is recorded"
     else:
         text = f"class accuracy is highest at {best} ({with_ci(acc.mean, acc.low, acc.high)})"
@@ -357,23 +422,32 @@ def guidance_answer(evals: pd.DataFrame) -> str:
         text += f"; FID is lowest at {by_fid[0]} ({with_ci(fid_best.mean, fid_best.low, fid_best.high)})"
     testable = [w for w in measured if n[w] >= 2]
     if best not in testable or len(testable) < 2:
-        values = "; ".join(f"{r.w}: class accuracy {num(r.class_accuracy)}, FID {num(r.fid)} ({seeds(n[r.w])})"
-                           for r in per.itertuples())
+        values = "; ".join(
+            f"{r.w}: class accuracy {num(r.class_accuracy)}, FID {num(r.fid)} ({seeds(n[r.w])})"
+            for r in per.itertuples()
+        )
         return f"{text}. Too few seeds with class accuracy for tests: {values}. {front_words}"
-    comps = compare_to_reference(e, "class_accuracy", best, [w for w in testable if w != best], by="w",
-                                 lower_is_better=False)
+    comps = compare_to_reference(
+        e, "class_accuracy", best, [w for w in testable if w != best], by="w", lower_is_better=False
+    )
     tied = [c.a for c in comps if c.test != "none" and c.winner is None]
     untested = [c for c in comps if c.test == "none"]
     pick = next(w for w in ws if w == best or w in tied)  # ws are in increasing w
-    text += (f". Weights with {NO_DIFFERENCE} in class accuracy from {best}: {', '.join(tied) if tied else 'none'} "
-             f"(paired over seeds, Holm-adjusted over {len(comps)} comparisons)")
+    text += (
+        f". Weights with {NO_DIFFERENCE} in class accuracy from {best}: {', '.join(tied) if tied else 'none'} "
+        f"(paired over seeds, Holm-adjusted over {len(comps)} comparisons)"
+    )
     if untested or len(testable) < len(measured):
-        text += "; " + "; ".join([f"{c.a} {untested_words(c, 'class accuracy')}" for c in untested]
-                                 + [f"{w} not tested ({seeds(n[w])})" for w in measured if w not in testable])
+        text += "; " + "; ".join(
+            [f"{c.a} {untested_words(c, 'class accuracy')}" for c in untested]
+            + [f"{w} not tested ({seeds(n[w])})" for w in measured if w not in testable]
+        )
     if pick != best:
         c = compare(e, "fid", pick, best, by="w", lower_is_better=True)
-        text += (f". The smallest such weight, {pick}, is not significantly below {best} in class accuracy; on FID "
-                 f"{comparison_sentence(c, 'FID')}")
+        text += (
+            f". The smallest such weight, {pick}, is not significantly below {best} in class accuracy; on FID "
+            f"{comparison_sentence(c, 'FID')}"
+        )
     return f"{text}. {front_words}"
 
 
@@ -383,5 +457,6 @@ def recognized_words(e: pd.DataFrame, ws: list[str]) -> str:
     if col not in e or e[col].isna().all():
         return ""
     means = e.groupby("w", sort=False)[col].mean()
-    return ("; among recognizable samples only, class accuracy is "
-            + ", ".join(f"{num(means.get(w, math.nan))} at {w}" for w in ws))
+    return "; among recognizable samples only, class accuracy is " + ", ".join(
+        f"{num(means.get(w, math.nan))} at {w}" for w in ws
+    )

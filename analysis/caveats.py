@@ -4,6 +4,7 @@ losses on different scales, and what the "heun" sampler really is.
 Each check reads ``AblationData`` (or one of its tables) and returns a sentence, or None when there is
 nothing to say; the opening paragraph and the sections place them.
 """
+
 from __future__ import annotations
 
 import pandas as pd
@@ -25,6 +26,7 @@ FID_BASIS = ("num_generated", "num_reference", "dataset")
 
 # -- failures ---------------------------------------------------------------------------------------
 
+
 def failed_arms(data: AblationData) -> dict[str, str]:
     """Arms of the plan with no finished training run at all -> why (the failure of their first seed)."""
     done = set(data.runs["arm_label"])
@@ -41,8 +43,12 @@ def missing_evaluations(data: AblationData) -> list[str]:
     if not data.planned:  # without a plan, a run never asked for a setting evaluated on another one
         return []
     have = set(zip(data.evals["run_id"], data.evals["setting"]))
-    return [f"{run.arm_label} seed {run.seed} with {s}" for s in data.settings for run in data.runs.itertuples()
-            if (run.run_id, s) not in have]
+    return [
+        f"{run.arm_label} seed {run.seed} with {s}"
+        for s in data.settings
+        for run in data.runs.itertuples()
+        if (run.run_id, s) not in have
+    ]
 
 
 def failure_sentence(data: AblationData) -> str | None:
@@ -50,11 +56,17 @@ def failure_sentence(data: AblationData) -> str | None:
     parts = []
     if data.missing:
         planned = len(data.missing) + len(data.runs)
-        parts.append(f"{len(data.missing)} of {planned} planned training runs did not finish ("
-                     + "; ".join(f"{arm_label(j['arm'])} seed {j['seed']}: {j['reason']}" for j in data.missing) + ")")
+        parts.append(
+            f"{len(data.missing)} of {planned} planned training runs did not finish ("
+            + "; ".join(f"{arm_label(j['arm'])} seed {j['seed']}: {j['reason']}" for j in data.missing)
+            + ")"
+        )
     if lost := missing_evaluations(data):
-        parts.append(f"{len(lost)} planned evaluation(s) are missing ({'; '.join(lost[:10])}"
-                     + (f"; and {len(lost) - 10} more" if len(lost) > 10 else "") + ")")
+        parts.append(
+            f"{len(lost)} planned evaluation(s) are missing ({'; '.join(lost[:10])}"
+            + (f"; and {len(lost) - 10} more" if len(lost) > 10 else "")
+            + ")"
+        )
     if data.parent_status and data.parent_status not in ("FINISHED", "RUNNING"):
         parts.append(f"the newest harness run of this experiment is {data.parent_status}")
     if not parts:
@@ -63,6 +75,7 @@ def failure_sentence(data: AblationData) -> str | None:
 
 
 # -- provenance -------------------------------------------------------------------------------------
+
 
 def code_sentence(data: AblationData) -> str | None:
     """Names the code versions (and git commits) a report mixes, and flags arms made by different code."""
@@ -77,21 +90,28 @@ def code_sentence(data: AblationData) -> str | None:
     for v in versions:
         parts = []
         for kind, mine in rows[rows["code_version"] == v].groupby("kind", sort=False):
-            arms = [f"{a} seed{'s' if len(g) > 1 else ''} {', '.join(map(str, sorted(g)))}"
-                    for a, g in mine.groupby("arm_label", sort=False)["seed"].unique().items()]
+            arms = [
+                f"{a} seed{'s' if len(g) > 1 else ''} {', '.join(map(str, sorted(g)))}"
+                for a, g in mine.groupby("arm_label", sort=False)["seed"].unique().items()
+            ]
             parts.append(f"{kind}: {'; '.join(arms)}")
         who.append(f"{v} ({'; '.join(parts)})")
     commits = sorted(set(rows["commit"]))
     per_arm = rows.groupby("arm_label", sort=False)["code_version"].agg(frozenset)
-    text = (f"These results mix {len(versions)} versions of the harness code: {', '.join(who)}; git "
-            f"commit{'s' if len(commits) > 1 else ''} {', '.join(commits)}.")
+    text = (
+        f"These results mix {len(versions)} versions of the harness code: {', '.join(who)}; git "
+        f"commit{'s' if len(commits) > 1 else ''} {', '.join(commits)}."
+    )
     if len(set(per_arm)) > 1 or any(len(v) > 1 for v in per_arm):
-        text += (" Comparisons between runs made by different code may show the change of code rather than the "
-                 "arm: re-run the stale jobs before trusting them.")
+        text += (
+            " Comparisons between runs made by different code may show the change of code rather than the "
+            "arm: re-run the stale jobs before trusting them."
+        )
     return text
 
 
 # -- comparability ----------------------------------------------------------------------------------
+
 
 def fid_basis(evals: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """Per evaluation with a FID: arm_label, setting and the FID_BASIS it was computed on."""
@@ -102,8 +122,10 @@ def fid_basis(evals: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
 def fid_bases(evals: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
     """Each distinct FID basis in words: 'N = 500 samples against 5,000 mnist-5k images'."""
     basis = fid_basis(evals, runs).drop_duplicates(FID_BASIS)
-    return [f"N = {_count(b.num_generated)} samples against {_count(b.num_reference)} {b.dataset} images"
-            for b in basis.itertuples()]
+    return [
+        f"N = {_count(b.num_generated)} samples against {_count(b.num_reference)} {b.dataset} images"
+        for b in basis.itertuples()
+    ]
 
 
 def fid_refusal(evals: pd.DataFrame, runs: pd.DataFrame) -> str | None:
@@ -112,10 +134,15 @@ def fid_refusal(evals: pd.DataFrame, runs: pd.DataFrame) -> str | None:
     groups = basis.groupby(list(FID_BASIS), sort=False)
     if groups.ngroups < 2:
         return None
-    parts = [f"N = {_count(g)} samples against {_count(r)} {d} images for "
-             + and_list(list(dict.fromkeys(rows["arm_label"] + " " + rows["setting"]))) for (g, r, d), rows in groups]
-    return ("FIDs are not ranked: they were computed on different bases (" + "; ".join(parts) + "), and FID depends "
-            "on the number of samples and on the reference set, so they are not comparable")
+    parts = [
+        f"N = {_count(g)} samples against {_count(r)} {d} images for "
+        + and_list(list(dict.fromkeys(rows["arm_label"] + " " + rows["setting"])))
+        for (g, r, d), rows in groups
+    ]
+    return (
+        "FIDs are not ranked: they were computed on different bases (" + "; ".join(parts) + "), and FID depends "
+        "on the number of samples and on the reference set, so they are not comparable"
+    )
 
 
 def _count(x) -> str:
@@ -137,13 +164,17 @@ def objective_groups(data: AblationData) -> list[list[str]]:
 
 # -- samplers ---------------------------------------------------------------------------------------
 
+
 def heun_sentence(evals: pd.DataFrame) -> str | None:
     """What the 'heun' sampler is (harness.samplers.heun), so it is not read as Karras' full Heun."""
     if not (evals["sampler"] == "heun").any():
         return None
     nfe = evals.loc[evals["sampler"] == "heun"].groupby("setting", sort=False)["nfe"].mean()
     counts = ", ".join(f"{s}: {int(n):,} NFE" for s, n in nfe.items() if pd.notna(n))
-    return (f"The heun setting is Heun's 2nd-order solver (Karras et al. 2022, Algorithm 1) only below "
-            f"sigma_max = {HEUN_SIGMA_MAX:g}: steps from noise levels above it, and the last step, are Euler steps, "
-            f"so it is not Karras' full Heun, and its NFE is the counted number of network evaluations"
-            + (f" ({counts})" if counts else "") + "; Karras' Heun with the same steps would use 2 x steps - 1.")
+    return (
+        f"The heun setting is Heun's 2nd-order solver (Karras et al. 2022, Algorithm 1) only below "
+        f"sigma_max = {HEUN_SIGMA_MAX:g}: steps from noise levels above it, and the last step, are Euler steps, "
+        f"so it is not Karras' full Heun, and its NFE is the counted number of network evaluations"
+        + (f" ({counts})" if counts else "")
+        + "; Karras' Heun with the same steps would use 2 x steps - 1."
+    )

@@ -6,6 +6,7 @@ None when the data for it are absent. Figures are built with the object API (``F
 registry to leak. Bands and error bars are 95% t-intervals over seeds (analysis.stats.band), the same
 intervals the text reports.
 """
+
 from __future__ import annotations
 
 import io
@@ -50,8 +51,19 @@ def _mean_band(ax, df: pd.DataFrame, x: str, y: str, hue: str, order: list[str],
     b = band(df, x, y, hue)  # the same t-intervals as the text, not seaborn's bootstrap
     order = [o for o in order if o in set(b[hue])]
     colors = _palette(order)
-    sns.lineplot(b, x=x, y="mean", hue=hue, hue_order=order, palette=colors, marker=marker, errorbar=None,
-                 linewidth=1.6, markeredgewidth=0, ax=ax)
+    sns.lineplot(
+        b,
+        x=x,
+        y="mean",
+        hue=hue,
+        hue_order=order,
+        palette=colors,
+        marker=marker,
+        errorbar=None,
+        linewidth=1.6,
+        markeredgewidth=0,
+        ax=ax,
+    )
     floor = b["mean"][b["mean"] > 0].min() / 2 if ax.get_yscale() == "log" else -np.inf  # a band below 0 on a log axis
     for name in order:
         part = b[b[hue] == name].sort_values(x)
@@ -96,8 +108,9 @@ def loss_curves(loss: pd.DataFrame, order: list[str], *, hue: str = "arm_label")
     return fig
 
 
-def bucket_losses(buckets: pd.DataFrame, order: list[str], *, hue: str = "arm_label",
-                  last: float = 0.25) -> Figure | None:
+def bucket_losses(
+    buckets: pd.DataFrame, order: list[str], *, hue: str = "arm_label", last: float = 0.25
+) -> Figure | None:
     """Loss per tenth of the timestep range over the last ``last`` fraction of training, one line per arm:
     where in t each arm's remaining difficulty lies."""
     if buckets.empty:
@@ -113,8 +126,15 @@ def bucket_losses(buckets: pd.DataFrame, order: list[str], *, hue: str = "arm_la
     return fig
 
 
-def metric_curves(curves: pd.DataFrame, setting: str, metrics: tuple[str, ...], order: list[str], *,
-                  hue: str = "arm_label", thresholds: dict[str, float] | None = None) -> Figure | None:
+def metric_curves(
+    curves: pd.DataFrame,
+    setting: str,
+    metrics: tuple[str, ...],
+    order: list[str],
+    *,
+    hue: str = "arm_label",
+    thresholds: dict[str, float] | None = None,
+) -> Figure | None:
     """Periodic evaluation metrics of one sampler setting against training step, one panel per metric."""
     part = curves[(curves["setting"] == setting) & curves["metric"].isin(metrics)]
     metrics = tuple(m for m in metrics if m in set(part["metric"]))
@@ -135,8 +155,9 @@ def metric_curves(curves: pd.DataFrame, setting: str, metrics: tuple[str, ...], 
     return fig
 
 
-def sample_strip(grids: pd.DataFrame, setting: str, order: list[str], *, hue: str = "arm_label",
-                 max_frames: int = 6) -> Figure | None:
+def sample_strip(
+    grids: pd.DataFrame, setting: str, order: list[str], *, hue: str = "arm_label", max_frames: int = 6
+) -> Figure | None:
     """Sample grids of one setting over training, one row per arm (its lowest seed): the same noise x_T
     in every frame, so a reader sees digits appear."""
     part = grids[grids["setting"] == setting]
@@ -144,26 +165,35 @@ def sample_strip(grids: pd.DataFrame, setting: str, order: list[str], *, hue: st
     steps = sorted(set(part["step"]))
     if len(steps) > max_frames:  # evenly spaced frames, always the first and the last
         steps = [steps[round(i * (len(steps) - 1) / (max_frames - 1))] for i in range(max_frames)]
-    return picture_matrix(part, hue, "step", [o for o in order if o in set(part[hue])], steps,
-                          title=lambda s: f"step {s:,}")
+    return picture_matrix(
+        part, hue, "step", [o for o in order if o in set(part[hue])], steps, title=lambda s: f"step {s:,}"
+    )
 
 
 SETTINGS_PER_ROW = 6  # columns of the samples-by-setting figure; more settings wrap into further blocks
 
 
-def final_samples(grids: pd.DataFrame, settings: list[str], order: list[str], *, hue: str = "arm_label",
-                  per_row: int = SETTINGS_PER_ROW) -> Figure | None:
+def final_samples(
+    grids: pd.DataFrame,
+    settings: list[str],
+    order: list[str],
+    *,
+    hue: str = "arm_label",
+    per_row: int = SETTINGS_PER_ROW,
+) -> Figure | None:
     """The last saved grid of every setting (columns, wrapped into blocks of ``per_row``), one row per arm
     (its lowest seed) in each block."""
     part = grids[grids["seed"] == grids.groupby(hue)["seed"].transform("min")]
     part = part[part["step"] == part.groupby("run_id")["step"].transform("max")]
     cols = [s for s in settings if s in set(part["setting"])]
-    return picture_matrix(part, hue, "setting", [o for o in order if o in set(part[hue])], cols, title=str,
-                          wrap=per_row)
+    return picture_matrix(
+        part, hue, "setting", [o for o in order if o in set(part[hue])], cols, title=str, wrap=per_row
+    )
 
 
-def picture_matrix(cells: pd.DataFrame, row: str, col: str, rows: list, cols: list, *, title,
-                   wrap: int | None = None) -> Figure | None:
+def picture_matrix(
+    cells: pd.DataFrame, row: str, col: str, rows: list, cols: list, *, title, wrap: int | None = None
+) -> Figure | None:
     """PNG files (column ``path``) laid out by ``row`` x ``col`` values; missing cells stay blank. With
     ``wrap``, columns beyond ``wrap`` continue in another block of ``rows`` below, each cell titled."""
     if not rows or not cols:
@@ -173,7 +203,7 @@ def picture_matrix(cells: pd.DataFrame, row: str, col: str, rows: list, cols: li
     if not images:
         return None
     wrap = wrap or len(cols)
-    blocks = [cols[k:k + wrap] for k in range(0, len(cols), wrap)]
+    blocks = [cols[k : k + wrap] for k in range(0, len(cols), wrap)]
     width = len(blocks[0])
     h, w = next(iter(images.values())).shape[:2]  # grids are as wide as grid_size allows: keep their aspect
     cell_w = min(2.4 * max(1.0, w / h), (WIDTH - 1.2) / width)
@@ -187,8 +217,12 @@ def picture_matrix(cells: pd.DataFrame, row: str, col: str, rows: list, cols: li
     for b, block in enumerate(blocks):
         for i, r in enumerate(rows):
             for j, c in enumerate(block):
-                _picture_cell(axes[b * len(rows) + i, j], images.get((r, c)), title(c) if i == 0 else None,
-                              str(r) if j == 0 else None)
+                _picture_cell(
+                    axes[b * len(rows) + i, j],
+                    images.get((r, c)),
+                    title(c) if i == 0 else None,
+                    str(r) if j == 0 else None,
+                )
     return fig
 
 
@@ -217,8 +251,16 @@ def fid_vs_nfe(evals: pd.DataFrame) -> Figure | None:
     colors = _palette(series)
     for name in series:
         s = per[per["series"] == name].sort_values("nfe")
-        ax.errorbar(s["nfe"], s["mean"], yerr=[s["mean"] - s["low"], s["high"] - s["mean"]], color=colors[name],
-                    marker="o", capsize=3, lw=1.2, label=name)
+        ax.errorbar(
+            s["nfe"],
+            s["mean"],
+            yerr=[s["mean"] - s["low"], s["high"] - s["mean"]],
+            color=colors[name],
+            marker="o",
+            capsize=3,
+            lw=1.2,
+            label=name,
+        )
     front = pareto_front(per, minimize=("nfe", "mean")).sort_values("nfe")
     ax.step(front["nfe"], front["mean"], where="post", color="0.2", ls="--", lw=1, label="Pareto front")
     for row in front.itertuples():
@@ -248,8 +290,13 @@ def guidance_tradeoff(evals: pd.DataFrame, order: list[str], *, hue: str = "arm_
         per = e[e[hue] == name].groupby("guidance", as_index=False)[["fid", "class_accuracy"]].mean()
         ax.plot(per["fid"], per["class_accuracy"], marker="o", color=colors[name], label=name)
         for row in per.itertuples():
-            ax.annotate(f"w={row.guidance:g}", (row.fid, row.class_accuracy), textcoords="offset points",
-                        xytext=(4, 4), fontsize="x-small")
+            ax.annotate(
+                f"w={row.guidance:g}",
+                (row.fid, row.class_accuracy),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize="x-small",
+            )
     ax.set(xlabel="FID (lower is better)", ylabel="class accuracy (higher is better)", title="trade-off")
     ax.legend(title=None, fontsize="small")
     return fig

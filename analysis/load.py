@@ -5,6 +5,7 @@ is not re-run and its training run stays a child of that earlier parent. By defa
 the newest ``harness run`` (its ``plan.json``) are kept, so a smoke run and a full run of the same spec
 are never pooled into one comparison. All MLflow access goes through the ``MlflowStore`` passed in.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,12 +25,50 @@ NUM_BUCKETS = 10  # train/loss_t0 .. train/loss_t9: tenths of [0, T)
 SETTING_PARAMS = tuple(SamplerSetting.model_fields)  # the one schema of a sampler setting
 
 # Column order of each table (also the schema an empty table gets).
-RUN_COLUMNS = ["run_id", "config_hash", "arm", "arm_label", "seed", "status", "start", "end", "seconds", "steps",
-               "batch_size", "images_seen", "num_samples", "dataset", "device", "conditional",
-               "recognizability_threshold", "recognizable_fraction", "classifier_accuracy", "final_loss",
-               "images_per_second", "has_history", "checkpoint", "commit", "code_version", "parent_run_id"]
-EVAL_COLUMNS = ["run_id", "eval_run_id", "config_hash", "arm", "arm_label", "seed", "setting", *SETTING_PARAMS,
-                "step", "seconds", *EVAL_METRICS, "fid_inception_unavailable", "commit", "code_version"]
+RUN_COLUMNS = [
+    "run_id",
+    "config_hash",
+    "arm",
+    "arm_label",
+    "seed",
+    "status",
+    "start",
+    "end",
+    "seconds",
+    "steps",
+    "batch_size",
+    "images_seen",
+    "num_samples",
+    "dataset",
+    "device",
+    "conditional",
+    "recognizability_threshold",
+    "recognizable_fraction",
+    "classifier_accuracy",
+    "final_loss",
+    "images_per_second",
+    "has_history",
+    "checkpoint",
+    "commit",
+    "code_version",
+    "parent_run_id",
+]
+EVAL_COLUMNS = [
+    "run_id",
+    "eval_run_id",
+    "config_hash",
+    "arm",
+    "arm_label",
+    "seed",
+    "setting",
+    *SETTING_PARAMS,
+    "step",
+    "seconds",
+    *EVAL_METRICS,
+    "fid_inception_unavailable",
+    "commit",
+    "code_version",
+]
 CURVE_COLUMNS = ["run_id", "arm", "arm_label", "seed", "step", "setting", "metric", "value"]
 LOSS_COLUMNS = ["run_id", "arm", "arm_label", "seed", "step", "loss"]
 BUCKET_COLUMNS = ["run_id", "arm", "arm_label", "seed", "step", "bucket", "loss"]
@@ -92,21 +131,33 @@ def load_experiment(store: MlflowStore, experiment: str, *, latest_plan: bool = 
     arms = _arm_order(plan, runs)
     done = set(runs["config_hash"])
     unfinished = {r.data.tags.get(HASH): r for r in reversed(all_train) if r.info.status != "FINISHED"}  # newest wins
-    missing = [{**job, "reason": failure_reason(unfinished.get(job["config_hash"]))}
-               for job in (plan["jobs"] if plan else []) if job["config_hash"] not in done]
+    missing = [
+        {**job, "reason": failure_reason(unfinished.get(job["config_hash"]))}
+        for job in (plan["jobs"] if plan else [])
+        if job["config_hash"] not in done
+    ]
     return AblationData(
         experiment=experiment,
         question=parent.data.tags.get("harness.question", "") if parent is not None else "",
         profile=parent.data.tags.get("harness.profile", "unknown") if parent is not None else "unknown",
-        axes=axes, arms=arms, settings=settings,
-        runs=runs, evals=_with_axes(evals, runs, axes), curves=_with_axes(curves, runs, axes),
-        loss=loss, buckets=buckets, grids=_grids_table(runs, settings),
+        axes=axes,
+        arms=arms,
+        settings=settings,
+        runs=runs,
+        evals=_with_axes(evals, runs, axes),
+        curves=_with_axes(curves, runs, axes),
+        loss=loss,
+        buckets=buckets,
+        grids=_grids_table(runs, settings),
         parent_run_id=parent.info.run_id if parent is not None else None,
-        parent_status=parent.info.status if parent is not None else None, missing=missing,
-        planned=plan is not None)
+        parent_status=parent.info.status if parent is not None else None,
+        missing=missing,
+        planned=plan is not None,
+    )
 
 
 # -- runs -------------------------------------------------------------------------------------------
+
 
 def _plan(store: MlflowStore, run_id: str) -> dict | None:
     """The parent run's plan.json ({profile, jobs: [{config_hash, arm, seed, state}], settings}), if logged."""
@@ -159,7 +210,9 @@ def arm_label(arm: str) -> str:
 
 
 def _axes(train_runs: list, plan: dict | None) -> list[str]:
-    arms = [job["arm"] for job in plan["jobs"]] if plan else [r.data.tags.get("harness.arm", "base") for r in train_runs]
+    arms = (
+        [job["arm"] for job in plan["jobs"]] if plan else [r.data.tags.get("harness.arm", "base") for r in train_runs]
+    )
     return list(dict.fromkeys(k for a in arms for k in arm_keys(a)))
 
 
@@ -169,27 +222,39 @@ def _runs_table(train_runs: list, axes: list[str]) -> pd.DataFrame:
         p, m, t = r.data.params, r.data.metrics, r.data.tags
         steps, batch = int(p.get("train.steps", 0)), int(p.get("train.batch_size", 0))
         arm = t.get("harness.arm", "base")
-        rows.append({
-            "run_id": r.info.run_id, "config_hash": t[HASH], "arm": arm, "arm_label": arm_label(arm),
-            "seed": int(t.get("harness.seed", p.get("train.seed", 0))), "status": r.info.status,
-            "start": _time(r.info.start_time), "end": _time(r.info.end_time),
-            "seconds": (r.info.end_time - r.info.start_time) / 1000 if r.info.end_time else float("nan"),
-            "steps": steps, "batch_size": batch, "images_seen": steps * batch,
-            "num_samples": int(p.get("eval.num_samples", 0)), "dataset": p.get("data.dataset", "unknown"),
-            # The device the run resolved to (the runner's tag); runs tracked without it give the setting.
-            "device": t.get("harness.device", p.get("train.device", "unknown")), "conditional": p.get("model.conditional") == "True",
-            "recognizability_threshold": float(p.get("eval.recognizability_threshold", 0.9)),
-            "recognizable_fraction": float(p.get("eval.recognizable_fraction", 0.8)),
-            "classifier_accuracy": m.get("classifier_accuracy", float("nan")),
-            "final_loss": m.get("train/final_loss", float("nan")),
-            "images_per_second": m.get("train/images_per_second_mean", float("nan")),
-            # A run whose checkpoint was finished by another experiment (same config hash, same store
-            # root) resumes at its last step: it logs no loss or periodic evaluations of its own.
-            "has_history": "train/loss" in m,
-            "checkpoint": t.get("harness.checkpoint", ""), "commit": t.get(COMMIT, "unknown"),
-            "code_version": t.get(CODE_VERSION, "unknown"),
-            "parent_run_id": t.get("mlflow.parentRunId"),
-        })
+        rows.append(
+            {
+                "run_id": r.info.run_id,
+                "config_hash": t[HASH],
+                "arm": arm,
+                "arm_label": arm_label(arm),
+                "seed": int(t.get("harness.seed", p.get("train.seed", 0))),
+                "status": r.info.status,
+                "start": _time(r.info.start_time),
+                "end": _time(r.info.end_time),
+                "seconds": (r.info.end_time - r.info.start_time) / 1000 if r.info.end_time else float("nan"),
+                "steps": steps,
+                "batch_size": batch,
+                "images_seen": steps * batch,
+                "num_samples": int(p.get("eval.num_samples", 0)),
+                "dataset": p.get("data.dataset", "unknown"),
+                # The device the run resolved to (the runner's tag); runs tracked without it give the setting.
+                "device": t.get("harness.device", p.get("train.device", "unknown")),
+                "conditional": p.get("model.conditional") == "True",
+                "recognizability_threshold": float(p.get("eval.recognizability_threshold", 0.9)),
+                "recognizable_fraction": float(p.get("eval.recognizable_fraction", 0.8)),
+                "classifier_accuracy": m.get("classifier_accuracy", float("nan")),
+                "final_loss": m.get("train/final_loss", float("nan")),
+                "images_per_second": m.get("train/images_per_second_mean", float("nan")),
+                # A run whose checkpoint was finished by another experiment (same config hash, same store
+                # root) resumes at its last step: it logs no loss or periodic evaluations of its own.
+                "has_history": "train/loss" in m,
+                "checkpoint": t.get("harness.checkpoint", ""),
+                "commit": t.get(COMMIT, "unknown"),
+                "code_version": t.get(CODE_VERSION, "unknown"),
+                "parent_run_id": t.get("mlflow.parentRunId"),
+            }
+        )
         for key in axes:
             rows[-1][key] = p.get(key)
     return pd.DataFrame(rows, columns=RUN_COLUMNS + axes)
@@ -213,6 +278,7 @@ def _with_axes(df: pd.DataFrame, runs: pd.DataFrame, axes: list[str]) -> pd.Data
 
 # -- evaluations ------------------------------------------------------------------------------------
 
+
 def setting_label(params: dict[str, Any]) -> str:
     """``ddim-50-eta0-w0``: the label the evaluator logs under (harness.config.SamplerSetting.label)."""
     return SamplerSetting.from_params(params).label
@@ -222,8 +288,9 @@ def _setting_labels(plan: dict | None, eval_runs: list, runs: pd.DataFrame) -> l
     if plan is not None and plan.get("settings"):
         return list(dict.fromkeys(setting_label(s) for s in plan["settings"]))
     ids = set(runs["run_id"])
-    ordered = sorted((r for r in eval_runs if r.data.tags.get("mlflow.parentRunId") in ids),
-                     key=lambda r: r.info.start_time)
+    ordered = sorted(
+        (r for r in eval_runs if r.data.tags.get("mlflow.parentRunId") in ids), key=lambda r: r.info.start_time
+    )
     return list(dict.fromkeys(setting_label(r.data.params) for r in ordered))
 
 
@@ -240,19 +307,29 @@ def _evals_table(eval_runs: list, runs: pd.DataFrame, settings: list[str] | None
             continue
         seen.add((train_id, label))
         run = by_run.loc[train_id]
-        rows.append({
-            "run_id": train_id, "eval_run_id": r.info.run_id, "config_hash": run["config_hash"], "arm": run["arm"],
-            "arm_label": run["arm_label"], "seed": run["seed"], "setting": label,
-            **SamplerSetting.from_params(p).model_dump(), "step": run["steps"],
-            "seconds": (r.info.end_time - r.info.start_time) / 1000 if r.info.end_time else float("nan"),
-            **{k: r.data.metrics.get(k, float("nan")) for k in EVAL_METRICS},
-            "fid_inception_unavailable": r.data.tags.get("harness.fid_inception_unavailable"),
-            "commit": r.data.tags.get(COMMIT, "unknown"), "code_version": r.data.tags.get(CODE_VERSION, "unknown"),
-        })
+        rows.append(
+            {
+                "run_id": train_id,
+                "eval_run_id": r.info.run_id,
+                "config_hash": run["config_hash"],
+                "arm": run["arm"],
+                "arm_label": run["arm_label"],
+                "seed": run["seed"],
+                "setting": label,
+                **SamplerSetting.from_params(p).model_dump(),
+                "step": run["steps"],
+                "seconds": (r.info.end_time - r.info.start_time) / 1000 if r.info.end_time else float("nan"),
+                **{k: r.data.metrics.get(k, float("nan")) for k in EVAL_METRICS},
+                "fid_inception_unavailable": r.data.tags.get("harness.fid_inception_unavailable"),
+                "commit": r.data.tags.get(COMMIT, "unknown"),
+                "code_version": r.data.tags.get(CODE_VERSION, "unknown"),
+            }
+        )
     df = pd.DataFrame(rows, columns=EVAL_COLUMNS)
     if settings:  # plan order, then arm and seed
-        df["setting"] = pd.Categorical(df["setting"], categories=list(dict.fromkeys(settings + list(df["setting"]))),
-                                       ordered=True)
+        df["setting"] = pd.Categorical(
+            df["setting"], categories=list(dict.fromkeys(settings + list(df["setting"]))), ordered=True
+        )
         df = df.sort_values(["setting", "arm", "seed"]).reset_index(drop=True)
         df["setting"] = df["setting"].astype(str)
     return df
@@ -260,28 +337,38 @@ def _evals_table(eval_runs: list, runs: pd.DataFrame, settings: list[str] | None
 
 # -- histories --------------------------------------------------------------------------------------
 
+
 def _histories(store: MlflowStore, train_runs: list, runs: pd.DataFrame, settings: list[str]):
     """(curves, loss, buckets) from the metric histories of the training runs."""
     curves, loss, buckets = [], [], []
     by_run = runs.set_index("run_id")
     for r in train_runs:
         rid = r.info.run_id
-        ident = {"run_id": rid, "arm": by_run.at[rid, "arm"], "arm_label": by_run.at[rid, "arm_label"],
-                 "seed": by_run.at[rid, "seed"]}
+        ident = {
+            "run_id": rid,
+            "arm": by_run.at[rid, "arm"],
+            "arm_label": by_run.at[rid, "arm_label"],
+            "seed": by_run.at[rid, "seed"],
+        }
         keys = set(r.data.metrics)
         for label in settings:
             for metric in CURVE_METRICS:
                 key = f"eval/{label}/{metric}"
                 if key in keys:
-                    curves += [{**ident, "step": m.step, "setting": label, "metric": metric, "value": m.value}
-                               for m in store.client.get_metric_history(rid, key)]
+                    curves += [
+                        {**ident, "step": m.step, "setting": label, "metric": metric, "value": m.value}
+                        for m in store.client.get_metric_history(rid, key)
+                    ]
         if "train/loss" in keys:
-            loss += [{**ident, "step": m.step, "loss": m.value}
-                     for m in store.client.get_metric_history(rid, "train/loss")]
+            loss += [
+                {**ident, "step": m.step, "loss": m.value} for m in store.client.get_metric_history(rid, "train/loss")
+            ]
         for b in range(NUM_BUCKETS):
             if f"train/loss_t{b}" in keys:
-                buckets += [{**ident, "step": m.step, "bucket": b, "loss": m.value}
-                            for m in store.client.get_metric_history(rid, f"train/loss_t{b}")]
+                buckets += [
+                    {**ident, "step": m.step, "bucket": b, "loss": m.value}
+                    for m in store.client.get_metric_history(rid, f"train/loss_t{b}")
+                ]
     curves = pd.DataFrame(curves, columns=CURVE_COLUMNS).sort_values(["run_id", "setting", "metric", "step"])
     loss = pd.DataFrame(loss, columns=LOSS_COLUMNS).sort_values(["run_id", "step"])
     buckets = pd.DataFrame(buckets, columns=BUCKET_COLUMNS).sort_values(["run_id", "bucket", "step"])
@@ -301,6 +388,15 @@ def _grids_table(runs: pd.DataFrame, settings: list[str]) -> pd.DataFrame:
         for label in settings:
             for png in sorted((root / label).glob("step_*.png")):
                 if m := STEP_PNG.search(png.name):
-                    rows.append({"run_id": run.run_id, "arm": run.arm, "arm_label": run.arm_label, "seed": run.seed,
-                                 "setting": label, "step": int(m.group(1)), "path": str(png)})
+                    rows.append(
+                        {
+                            "run_id": run.run_id,
+                            "arm": run.arm,
+                            "arm_label": run.arm_label,
+                            "seed": run.seed,
+                            "setting": label,
+                            "step": int(m.group(1)),
+                            "path": str(png),
+                        }
+                    )
     return pd.DataFrame(rows, columns=GRID_COLUMNS)

@@ -1,18 +1,35 @@
 """The opening paragraph: the answer to the spec's question, computed from the tables, with every caveat
 a reader needs first (failures lead, then the answer, then what it rests on)."""
+
 from __future__ import annotations
 
 import math
 
 import pandas as pd
 
-from .answers import and_list, arms_answer, guidance_answer, num, recognizable_answer, recognizable_steps, settings_answer
-from .caveats import code_sentence, failed_arms, failure_sentence, fid_bases, fid_refusal, heun_sentence, objective_groups
+from .answers import (
+    and_list,
+    arms_answer,
+    guidance_answer,
+    num,
+    recognizable_answer,
+    recognizable_steps,
+    settings_answer,
+)
+from .caveats import (
+    code_sentence,
+    failed_arms,
+    failure_sentence,
+    fid_bases,
+    fid_refusal,
+    heun_sentence,
+    objective_groups,
+)
 from .load import AblationData
 from .stats import estimate
 
-
 # -- which comparison the spec asks for ---------------------------------------------------------------
+
 
 def first_setting(data: AblationData) -> str | None:
     return data.settings[0] if data.settings else None
@@ -49,6 +66,7 @@ def varies_sampler(data: AblationData) -> bool:
 
 # -- the paragraph ------------------------------------------------------------------------------------
 
+
 def answer(data: AblationData) -> str:
     """The answer to the spec's question; on a plan with failures the first sentence says so."""
     sentences = [s for s in (failure_sentence(data),) if s]
@@ -76,14 +94,17 @@ def answer(data: AblationData) -> str:
         sentences.append(_cap(refusal or settings_answer(fam)) + ".")
     if len(data.arms) == 1 and not varies_guidance(data) and not varies_sampler(data):
         e = estimate(at["fid"])
-        fid = f"FID {num(e.mean) if e.n else 'not recorded'}" + (f" (95% CI {num(e.low)} to {num(e.high)})"
-                                                                  if e.has_interval else "")
+        fid = f"FID {num(e.mean) if e.n else 'not recorded'}" + (
+            f" (95% CI {num(e.low)} to {num(e.high)})" if e.has_interval else ""
+        )
         sentences += [f"There is one arm and one setting, so nothing is compared: {fid} with {setting}.", recognizable]
     sentences += [s for s in (heun_sentence(data.evals), code_sentence(data)) if s]
     sentences.append(budget_sentence(data))
     if data.profile == "smoke":
-        sentences.append("This is the smoke profile: its numbers check that the pipeline runs end to end and say "
-                         "nothing about the question.")
+        sentences.append(
+            "This is the smoke profile: its numbers check that the pipeline runs end to end and say "
+            "nothing about the question."
+        )
     return " ".join(sentences)
 
 
@@ -91,22 +112,34 @@ def fid_sentence(data: AblationData, at: pd.DataFrame, setting: str, reasons: di
     """The arms on FID at ``setting``, or a refusal to rank FIDs computed on different bases."""
     refusal = fid_refusal(at, data.runs)
     if refusal is not None:
-        absent = [f"; {a}: {reasons.get(a, 'no fid recorded')}" for a in data.arms
-                  if not at.loc[at["arm_label"] == a, "fid"].notna().any()]
+        absent = [
+            f"; {a}: {reasons.get(a, 'no fid recorded')}"
+            for a in data.arms
+            if not at.loc[at["arm_label"] == a, "fid"].notna().any()
+        ]
         return f"On FID with {setting} at the end of training: {refusal}{''.join(absent)}."
     basis = fid_bases(at, data.runs)
-    return (f"On FID with {setting} at the end of training{f' ({basis[0]})' if basis else ''}, "
-            f"{arms_answer(at, data.arms, reasons=reasons)}.")
+    return (
+        f"On FID with {setting} at the end of training{f' ({basis[0]})' if basis else ''}, "
+        f"{arms_answer(at, data.arms, reasons=reasons)}."
+    )
 
 
 def loss_sentences(data: AblationData, reasons: dict[str, str]) -> list[str]:
     """Final losses compared within each group of arms that share the training objective only."""
     groups = objective_groups(data)
-    out = [f"On final training loss{f' among {and_list(g)} (same objective)' if len(groups) > 1 else ''}, "
-           f"{arms_answer(data.runs, g, 'final_loss', 'loss', reasons)}." for g in groups if len(g) > 1]
+    out = [
+        f"On final training loss{f' among {and_list(g)} (same objective)' if len(groups) > 1 else ''}, "
+        f"{arms_answer(data.runs, g, 'final_loss', 'loss', reasons)}."
+        for g in groups
+        if len(g) > 1
+    ]
     if len(groups) > 1:
-        out.append("Final training losses of arms with different training objectives (" + " vs ".join(
-            and_list(g) for g in groups) + ") are on different scales and are not compared.")
+        out.append(
+            "Final training losses of arms with different training objectives ("
+            + " vs ".join(and_list(g) for g in groups)
+            + ") are on different scales and are not compared."
+        )
     return out
 
 
@@ -122,13 +155,22 @@ def budget_sentence(data: AblationData) -> str:
     r, e = data.runs, data.evals
     seeds = sorted(set(r["seed"]))
     basis = e.dropna(subset=["num_generated", "num_reference"]).drop_duplicates(["num_generated", "num_reference"])
-    samples = ("FID sample counts not logged" if basis.empty else "FID from " + "; ".join(
-        f"{int(b.num_generated):,} generated against {int(b.num_reference):,} real images" for b in basis.itertuples()))
-    return (f"Budget: the {data.profile} profile, {_steps(r)} training steps x {_one(r['batch_size'])} images = "
-            f"{_one(r['images_seen'])} images seen per run, {_plural(len(r), 'training run')} "
-            f"({_plural(len(data.arms), 'arm')} x seed{'s' if len(seeds) != 1 else ''} {', '.join(map(str, seeds))}, "
-            f"{duration(r['seconds'].sum())} of training-run wall time); {samples}, in the feature space of a domain "
-            f"classifier, not InceptionV3.")
+    samples = (
+        "FID sample counts not logged"
+        if basis.empty
+        else "FID from "
+        + "; ".join(
+            f"{int(b.num_generated):,} generated against {int(b.num_reference):,} real images"
+            for b in basis.itertuples()
+        )
+    )
+    return (
+        f"Budget: the {data.profile} profile, {_steps(r)} training steps x {_one(r['batch_size'])} images = "
+        f"{_one(r['images_seen'])} images seen per run, {_plural(len(r), 'training run')} "
+        f"({_plural(len(data.arms), 'arm')} x seed{'s' if len(seeds) != 1 else ''} {', '.join(map(str, seeds))}, "
+        f"{duration(r['seconds'].sum())} of training-run wall time); {samples}, in the feature space of a domain "
+        f"classifier, not InceptionV3."
+    )
 
 
 def duration(seconds: float) -> str:

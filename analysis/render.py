@@ -1,5 +1,6 @@
 """The report as a small document model, and its two renderings: Markdown (figures as PNG files beside
 it) and one self-contained HTML page (figures as base64 PNG data URIs; no external URL, opens offline)."""
+
 from __future__ import annotations
 
 import base64
@@ -86,8 +87,10 @@ def to_html(doc: Document) -> str:
             body.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         for pic in s.pictures:
             data = base64.b64encode(pic.png).decode("ascii")
-            body.append(f'<figure><img alt="{e(pic.caption)}" src="data:image/png;base64,{data}">'
-                        f"<figcaption>{e(pic.caption)}</figcaption></figure>")
+            body.append(
+                f'<figure><img alt="{e(pic.caption)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{e(pic.caption)}</figcaption></figure>"
+            )
         body.append("</section>")
     if doc.footer:
         body.append(f"<footer><p>{e(doc.footer)}</p></footer>")

@@ -9,6 +9,7 @@ differences identical in every seed (zero variance), where the uncertainty canno
 a p-value of 0 would be a fiction. A winner needs a test, p < alpha after Holm and an interval
 that excludes zero, so a tie or an untested comparison is never reported as a win.
 """
+
 from __future__ import annotations
 
 import math
@@ -88,8 +89,9 @@ def estimate(values, *, confidence: float = CONFIDENCE) -> Estimate:
     return Estimate(n, mean, mean - half, mean + half, "t")
 
 
-def compare(df: pd.DataFrame, metric: str, a: str, b: str, *, by: str = "arm_label", lower_is_better: bool,
-            alpha: float = ALPHA) -> Comparison:
+def compare(
+    df: pd.DataFrame, metric: str, a: str, b: str, *, by: str = "arm_label", lower_is_better: bool, alpha: float = ALPHA
+) -> Comparison:
     """Compare groups ``a`` and ``b`` of column ``by`` on ``metric``; ``df`` has one row per (group, seed).
 
     Same usable seeds in both groups (at least 2): a paired t-test on the per-seed differences, which
@@ -117,8 +119,16 @@ def seeds_word(n: int) -> str:
     return f"{n} seed" + ("" if n == 1 else "s")
 
 
-def compare_to_reference(df: pd.DataFrame, metric: str, reference: str, others: list[str], *,
-                         by: str = "arm_label", lower_is_better: bool, alpha: float = ALPHA) -> list[Comparison]:
+def compare_to_reference(
+    df: pd.DataFrame,
+    metric: str,
+    reference: str,
+    others: list[str],
+    *,
+    by: str = "arm_label",
+    lower_is_better: bool,
+    alpha: float = ALPHA,
+) -> list[Comparison]:
     """Each of ``others`` against ``reference``, p-values Holm-adjusted over the family (k comparisons
     at alpha would otherwise find a false winner with probability up to k * alpha)."""
     comps = [compare(df, metric, o, reference, by=by, lower_is_better=lower_is_better, alpha=alpha) for o in others]
@@ -165,7 +175,7 @@ def _welch(xa: np.ndarray, xb: np.ndarray) -> tuple[Estimate, float]:
     equal_var=False)."""
     na, nb = len(xa), len(xb)
     va, vb = _sd(xa) ** 2 / na, _sd(xb) ** 2 / nb
-    dof = (va + vb) ** 2 / ((va ** 2 / (na - 1)) + (vb ** 2 / (nb - 1))) if va + vb else 1.0
+    dof = (va + vb) ** 2 / ((va**2 / (na - 1)) + (vb**2 / (nb - 1))) if va + vb else 1.0
     return _t(float(xa.mean() - xb.mean()), math.sqrt(va + vb), dof, min(na, nb))
 
 
@@ -196,14 +206,20 @@ def band(df: pd.DataFrame, x: str, y: str, by: str) -> pd.DataFrame:
 def pareto_front(df: pd.DataFrame, *, minimize: tuple[str, ...] = (), maximize: tuple[str, ...] = ()) -> pd.DataFrame:
     """Rows of ``df`` not dominated by another row (at least as good everywhere, better somewhere)."""
     cols = list(minimize) + list(maximize)
-    v = np.column_stack([df[c].to_numpy(float) for c in minimize] + [-df[c].to_numpy(float) for c in maximize]) \
-        if cols else np.empty((len(df), 0))
-    keep = [not any(np.all(v[j] <= v[i]) and np.any(v[j] < v[i]) for j in range(len(v)) if j != i)
-            for i in range(len(v))]
+    v = (
+        np.column_stack([df[c].to_numpy(float) for c in minimize] + [-df[c].to_numpy(float) for c in maximize])
+        if cols
+        else np.empty((len(df), 0))
+    )
+    keep = [
+        not any(np.all(v[j] <= v[i]) and np.any(v[j] < v[i]) for j in range(len(v)) if j != i) for i in range(len(v))
+    ]
     return df[np.asarray(keep, dtype=bool)] if len(df) else df
 
 
-def first_step_reaching(curve: pd.DataFrame, threshold: float, *, step: str = "step", value: str = "value") -> int | None:
+def first_step_reaching(
+    curve: pd.DataFrame, threshold: float, *, step: str = "step", value: str = "value"
+) -> int | None:
     """The first step at which ``value`` >= ``threshold``, or None if it never does."""
     hit = curve[curve[value] >= threshold].sort_values(step)
     return int(hit[step].iloc[0]) if len(hit) else None

@@ -2,6 +2,7 @@
 
 The diffusion core is re-exported here; scripts and notebooks import these names.
 """
+
 from .guidance import classifier_free
 from .losses import WEIGHTINGS, diffusion_loss
 from .parameterizations import PARAMETERIZATIONS, Prediction, get_parameterization
@@ -10,6 +11,18 @@ from .schedules import SCHEDULES, Schedule, make_schedule
 from .unet import UNet
 
 __all__ = [
-    "PARAMETERIZATIONS", "Prediction", "SAMPLERS", "SCHEDULES", "SPACINGS", "Schedule", "UNet",
-    "WEIGHTINGS", "classifier_free", "diffusion_loss", "get_parameterization", "make_schedule", "sample", "timesteps",
+    "PARAMETERIZATIONS",
+    "Prediction",
+    "SAMPLERS",
+    "SCHEDULES",
+    "SPACINGS",
+    "Schedule",
+    "UNet",
+    "WEIGHTINGS",
+    "classifier_free",
+    "diffusion_loss",
+    "get_parameterization",
+    "make_schedule",
+    "sample",
+    "timesteps",
 ]

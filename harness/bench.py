@@ -5,6 +5,7 @@ the harness's real training step (EMA, label dropout, loss buckets, MLflow track
 DDPM-tutorial loop of the same model and batch, each speed-up against fp32 eager, the achieved
 GFLOP/s against this machine's own matmul peak, and sampling and evaluation costs.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,19 @@ class Timing:
 
 
 def _config(batch: int, steps: int, device: str, **train) -> Config:
-    return build_config({"model": MODEL, "train": {"steps": steps, "batch_size": batch, "device": device,
-                                                   "log_every": 10, "checkpoint_every": 10**6, **train}})
+    return build_config(
+        {
+            "model": MODEL,
+            "train": {
+                "steps": steps,
+                "batch_size": batch,
+                "device": device,
+                "log_every": 10,
+                "checkpoint_every": 10**6,
+                **train,
+            },
+        }
+    )
 
 
 def bare_loop(data, config: Config, steps: int, warmup: int = 3) -> Timing:
@@ -145,9 +157,18 @@ def sampling_rates(data, config: Config, n: int, device: torch.device, dtype) ->
 
     def rate(sampler: str, steps: int, guidance: float = 0.0) -> float:
         start = time.perf_counter()
-        sample(net, (n, data.channels, data.image_size, data.image_size), sched, sampler=sampler, steps=steps,
-               labels=labels, null_label=data.num_classes, guidance=guidance, device=device,
-               generator=torch.Generator().manual_seed(0))
+        sample(
+            net,
+            (n, data.channels, data.image_size, data.image_size),
+            sched,
+            sampler=sampler,
+            steps=steps,
+            labels=labels,
+            null_label=data.num_classes,
+            guidance=guidance,
+            device=device,
+            generator=torch.Generator().manual_seed(0),
+        )
         _sync(device)
         return n / (time.perf_counter() - start)
 
@@ -168,7 +189,9 @@ def fid_eval_seconds(data, n: int, device: torch.device) -> float:
 
     clf = domain_classifier(data, default_cache_dir() / "classifiers", device=device)
     fake = data.images[torch.randperm(data.images.shape[0], generator=torch.Generator().manual_seed(0))[:n]]
-    kwargs = dict(cache_dir=default_cache_dir() / "fidelity", reference_key=f"{data.name}-{data.fingerprint}", device=device)
+    kwargs = dict(
+        cache_dir=default_cache_dir() / "fidelity", reference_key=f"{data.name}-{data.fingerprint}", device=device
+    )
     fidelity_metrics(fake[:64], data.images, clf, **kwargs)  # fills the reference cache
     start = time.perf_counter()
     fidelity_metrics(fake, data.images, clf, **kwargs)
@@ -192,11 +215,20 @@ def run_bench(*, quick: bool = False, device: str = "auto") -> dict[str, Any]:
     dev = resolve_device(device)
     data = load_dataset("mnist-5k")
     batch, steps, rounds = 128, (20 if quick else 40), (3 if quick else 5)
-    out: dict[str, Any] = {"device": str(dev), "batch_size": batch, "timed_steps": steps, "rounds": rounds,
-                           "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
-    variants = {"fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16"},
-                "fp32+channels_last": {"precision": "fp32", "channels_last": True},
-                "bf16+channels_last": {"precision": "bf16", "channels_last": True}}
+    out: dict[str, Any] = {
+        "device": str(dev),
+        "batch_size": batch,
+        "timed_steps": steps,
+        "rounds": rounds,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    variants = {
+        "fp32": {"precision": "fp32"},
+        "bf16": {"precision": "bf16"},
+        "fp32+channels_last": {"precision": "fp32", "channels_last": True},
+        "bf16+channels_last": {"precision": "bf16", "channels_last": True},
+    }
     if not quick:
         variants["bf16+compile"] = {"precision": "bf16", "compile": True}
     base = _config(batch, steps + 10, str(dev), precision="fp32")
@@ -224,8 +256,9 @@ def run_bench(*, quick: bool = False, device: str = "auto") -> dict[str, Any]:
                     out[f"{name}_error"] = f"{type(err).__name__}: {err}"[:300]
                 tracker.finish()
     harness = {k: v for k, v in timings.items() if k != BARE and len(v) == rounds}
-    ratios = {k: [h.images_per_second / b.images_per_second for h, b in zip(v, timings[BARE])]
-              for k, v in harness.items()}
+    ratios = {
+        k: [h.images_per_second / b.images_per_second for h, b in zip(v, timings[BARE])] for k, v in harness.items()
+    }
     ips = {k: median([t.images_per_second for t in v]) for k, v in timings.items() if len(v) == rounds}
     out["bare_images_per_second"] = ips[BARE]
     out["train_images_per_second"] = ips["fp32"]
@@ -261,23 +294,40 @@ def run_bench(*, quick: bool = False, device: str = "auto") -> dict[str, Any]:
 
 
 def format_table(r: dict[str, Any]) -> str:
-    rows = [("device", r["device"]), ("rounds (figures are medians)", str(r["rounds"])),
-            ("bare loop, fp32 eager", f"{r['bare_images_per_second']:.0f} img/s")]
-    rows += [(f"harness, {k}", f"{v:.0f} img/s ({r['speedups'][k]:.2f}x bare, rounds "
-              f"{r['speedup_ranges'][k][0]:.2f}-{r['speedup_ranges'][k][1]:.2f})") for k, v in r["variants"].items()]
-    rows += [(f"harness, {k[:-len('_error')]}", f"failed: {v}") for k, v in r.items() if k.endswith("_error")]
+    rows = [
+        ("device", r["device"]),
+        ("rounds (figures are medians)", str(r["rounds"])),
+        ("bare loop, fp32 eager", f"{r['bare_images_per_second']:.0f} img/s"),
+    ]
+    rows += [
+        (
+            f"harness, {k}",
+            f"{v:.0f} img/s ({r['speedups'][k]:.2f}x bare, rounds "
+            f"{r['speedup_ranges'][k][0]:.2f}-{r['speedup_ranges'][k][1]:.2f})",
+        )
+        for k, v in r["variants"].items()
+    ]
+    rows += [(f"harness, {k[: -len('_error')]}", f"failed: {v}") for k, v in r.items() if k.endswith("_error")]
     rows += [
         ("overhead ratio (harness fp32 / bare)", f"{r['overhead_ratio']:.3f}"),
         ("best configuration", f"{r['best_config']}: {r['best_speedup']:.2f}x bare"),
         ("training step", f"{r['gflop_per_image']:.3f} GFLOP per image"),
-        ("matmul peak fp32 / bf16", f"{r['matmul_peak_gflops']['fp32']:.0f} / {r['matmul_peak_gflops']['bf16']:.0f} GFLOP/s"),
-        ("achieved (best) / utilization", f"{r['achieved_gflops']:.0f} GFLOP/s, {100 * r['flop_utilization']:.0f}% of peak"),
+        (
+            "matmul peak fp32 / bf16",
+            f"{r['matmul_peak_gflops']['fp32']:.0f} / {r['matmul_peak_gflops']['bf16']:.0f} GFLOP/s",
+        ),
+        (
+            "achieved (best) / utilization",
+            f"{r['achieved_gflops']:.0f} GFLOP/s, {100 * r['flop_utilization']:.0f}% of peak",
+        ),
         ("fp32 utilization", f"{100 * r['fp32_flop_utilization']:.0f}% of fp32 peak"),
     ]
     rows += [(f"sampling {k}", f"{v:.1f} samples/s") for k, v in r["samples_per_second"].items()]
-    rows += [("DDIM-50 vs DDPM-1000", f"{r['ddim50_vs_ddpm1000_speedup']:.1f}x faster"),
-             ("guidance cost (guided / unguided)", f"{r['guidance_cost_ratio']:.2f}x"),
-             (f"FID+KID+PR of {r['fid_eval_samples']} samples", f"{r['fid_eval_seconds']:.1f} s")]
+    rows += [
+        ("DDIM-50 vs DDPM-1000", f"{r['ddim50_vs_ddpm1000_speedup']:.1f}x faster"),
+        ("guidance cost (guided / unguided)", f"{r['guidance_cost_ratio']:.2f}x"),
+        (f"FID+KID+PR of {r['fid_eval_samples']} samples", f"{r['fid_eval_seconds']:.1f} s"),
+    ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -288,6 +338,3 @@ def main(quick: bool, json_path: str | None, device: str) -> int:
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2))
     return 0
-
-
-

@@ -1,5 +1,6 @@
 """Atomic checkpoints, the last two kept: a crash mid-write, or a newest file that cannot be read, leaves
 the previous checkpoint to resume from."""
+
 from __future__ import annotations
 
 import os
@@ -58,8 +59,11 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
             problems.append(f"{candidate.name} is unreadable ({_first_line(err)})")
             continue
         if candidate != path:
-            print(f"warning: {problems[0]}; using the previous checkpoint {candidate} "
-                  f"(step {state.get('step', '?')})", file=sys.stderr, flush=True)
+            print(
+                f"warning: {problems[0]}; using the previous checkpoint {candidate} (step {state.get('step', '?')})",
+                file=sys.stderr,
+                flush=True,
+            )
         return state
     if all(p.endswith("is missing") for p in problems):
         return None

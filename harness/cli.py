@@ -1,4 +1,5 @@
 """The ``harness`` command. Bad input is one line on stderr and exit status 2; nothing is written."""
+
 from __future__ import annotations
 
 import argparse
@@ -34,10 +35,21 @@ def cmd_train(args) -> int:
         return 1
     summary = result.to_json()
     t = summary["train"]
-    print(f"trained {t['steps']} steps, {t['num_parameters']:,} parameters: final loss {t['final_loss']:.4f}, "
-          f"{t['images_per_second']:.0f} images/s; domain classifier accuracy {summary['classifier_accuracy']:.4f}")
-    keys = ["fid", "kid", "precision", "recall", "recognizability", "class_accuracy", "fid_inception", "nfe",
-            "sample_seconds"]
+    print(
+        f"trained {t['steps']} steps, {t['num_parameters']:,} parameters: final loss {t['final_loss']:.4f}, "
+        f"{t['images_per_second']:.0f} images/s; domain classifier accuracy {summary['classifier_accuracy']:.4f}"
+    )
+    keys = [
+        "fid",
+        "kid",
+        "precision",
+        "recall",
+        "recognizability",
+        "class_accuracy",
+        "fid_inception",
+        "nfe",
+        "sample_seconds",
+    ]
     for e in summary["evals"]:
         print(f"  {e['setting']}: " + "  ".join(f"{k} {_fmt(e[k])}" for k in keys if k in e))
         if "fid_inception_unavailable" in e:
@@ -56,7 +68,6 @@ def _overrides(items: list[str]) -> dict:
 
 def cmd_validate(args) -> int:
     from .spec import load_spec, make_plan
-
     from .sweep import is_sweep_spec, validate_sweep
 
     for path in args.specs:
@@ -88,10 +99,13 @@ def cmd_run(args) -> int:
         preflight(plan)
         store = MlflowStore(args.tracking_uri)
         store.check()
-        print(f"{spec.name} [{plan.profile}]: {len(plan.jobs)} training jobs x {len(plan.settings)} "
-              f"evaluation settings; tracking {store.uri}")
-        outcomes, parent = run_plan(plan, store, spec_path=args.spec, executor=args.executor, force=args.force,
-                                    reuse=args.reuse)
+        print(
+            f"{spec.name} [{plan.profile}]: {len(plan.jobs)} training jobs x {len(plan.settings)} "
+            f"evaluation settings; tracking {store.uri}"
+        )
+        outcomes, parent = run_plan(
+            plan, store, spec_path=args.spec, executor=args.executor, force=args.force, reuse=args.reuse
+        )
     except (DataUnavailable, StoreUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -196,7 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train and evaluate one configuration")
     t.add_argument("config", nargs="?", help="YAML file with data/model/diffusion/train/eval sections")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field, e.g. train.steps=200")
+    t.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field, e.g. train.steps=200"
+    )
     t.add_argument("--json", metavar="PATH", help="write the metrics as JSON")
     t.add_argument("--run-dir", metavar="DIR", help="checkpoints and grids (default: runs/<config hash>)")
     t.set_defaults(func=cmd_train)
@@ -213,9 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--executor", choices=["local", "slurm"], default="local")
     r.add_argument("--force", action="store_true", help="retrain jobs that already finished")
     r.add_argument("--dry-run", action="store_true", help="print the plan and what is already done, run nothing")
-    r.add_argument("--reuse", choices=REUSE_POLICIES, default="same-code",
-                   help="same-code (default): finished runs made by other harness code are retrained and re-evaluated; "
-                        "any: reuse them")
+    r.add_argument(
+        "--reuse",
+        choices=REUSE_POLICIES,
+        default="same-code",
+        help="same-code (default): finished runs made by other harness code are retrained and re-evaluated; "
+        "any: reuse them",
+    )
     r.set_defaults(func=cmd_run)
 
     rep = sub.add_parser("report", help="write the report that answers a spec's question from MLflow")
@@ -232,7 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.set_defaults(func=cmd_sweep)
 
     b = sub.add_parser("bench", help="measure training, sampling and evaluation speed on this machine")
-    b.add_argument("--quick", action="store_true", help="fewer rounds, steps and samples (about 7 minutes on 2 CPU cores)")
+    b.add_argument(
+        "--quick", action="store_true", help="fewer rounds, steps and samples (about 7 minutes on 2 CPU cores)"
+    )
     b.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     b.add_argument("--device", default="auto")
     b.set_defaults(func=cmd_bench)

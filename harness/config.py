@@ -4,6 +4,7 @@ One frozen, typed object; every default lives here. ``train_hash`` identifies th
 ``eval`` section and purely operational fields (paths, logging and checkpoint cadence, device) are not
 part of it, so evaluating a trained model with a new sampler never retrains it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -176,7 +177,7 @@ class SamplerSetting(Section):
         return tuple(sorted(self.model_dump().items()))
 
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> "SamplerSetting":
+    def from_params(cls, params: dict[str, Any]) -> SamplerSetting:
         """Rebuild from logged params (strings are coerced); a field a run did not log takes its default."""
         return cls.model_validate({k: params[k] for k in cls.model_fields if k in params})
 
@@ -260,6 +261,7 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 # -- building configs from files and overrides ------------------------------------------------------
+
 
 def parse_override(item: str) -> tuple[str, Any]:
     """``key.sub=value`` with the value read as YAML (so 1e-3, true, [1, 2] work), within yamlio's limits."""
@@ -345,8 +347,9 @@ def _is_model(a) -> bool:
 Origin = Callable[[str], tuple[str, str] | None]
 
 
-def format_validation_error(err: ValidationError, source: str, root: type[BaseModel] | None = None,
-                            origin: Origin | None = None) -> str:
+def format_validation_error(
+    err: ValidationError, source: str, root: type[BaseModel] | None = None, origin: Origin | None = None
+) -> str:
     """The first error as one line: ``source: field: what is wrong (what is allowed)``."""
     e = err.errors()[0]
     loc = tuple(e["loc"])
@@ -371,11 +374,13 @@ def build_config(data: dict, source: str = "<config>", origin: Origin | None = N
 
 def override_origin(keys, fallback: Origin | None = None) -> Origin:
     """Name ``--set KEY`` for a field that an override touches; other fields go to ``fallback``."""
+
     def origin(field: str):
         key = next((k for k in keys if related(k, field)), None)
         if key is None:
             return fallback(field) if fallback else None
         return f"--set {key}", "" if key == field else field
+
     return origin
 
 

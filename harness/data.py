@@ -5,15 +5,16 @@ on the training hot path touches single samples in Python. ``mnist-5k`` ships in
 works offline; the others are read from ``root`` in torchvision's layout, and a missing set
 raises ``DataUnavailable`` saying which files to put where.
 """
+
 from __future__ import annotations
 
 import contextlib
 import gzip
 import hashlib
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -133,8 +134,9 @@ def _find_idx(folder: Path, stems: tuple[str, ...]) -> list[Path] | None:
     return found
 
 
-def _idx_loader(name: str, title: str, folder: str, torchvision_class: str,
-                fallbacks: tuple[tuple[Path, str], ...] = ()) -> Callable[[Path, bool, bool], ImageData]:
+def _idx_loader(
+    name: str, title: str, folder: str, torchvision_class: str, fallbacks: tuple[tuple[Path, str], ...] = ()
+) -> Callable[[Path, bool, bool], ImageData]:
     """A loader for an MNIST-style set: IDX files under root/<folder>/raw, as torchvision lays them out.
 
     ``fallbacks`` are (directory, hint) pairs searched before any download, e.g. a Debian package.
@@ -161,8 +163,7 @@ def _idx_loader(name: str, title: str, folder: str, torchvision_class: str,
             hints = "".join(f", or {hint}" for _, hint in fallbacks)
             retry = "" if download else ", or set data.download: true"
             raise DataUnavailable(
-                f"{title} not found under {raw}{failure}: put {stems[0]}(.gz) and {stems[1]}(.gz) there"
-                f"{hints}{retry}"
+                f"{title} not found under {raw}{failure}: put {stems[0]}(.gz) and {stems[1]}(.gz) there{hints}{retry}"
             )
         images, labels = read_idx(files[0]), read_idx(files[1])
         if images.ndim != 3 or labels.shape != images.shape[:1]:
@@ -174,7 +175,10 @@ def _idx_loader(name: str, title: str, folder: str, torchvision_class: str,
 
 mnist = _idx_loader("mnist", "MNIST", "MNIST", "MNIST")
 fashion_mnist = _idx_loader(
-    "fashion-mnist", "Fashion-MNIST", "FashionMNIST", "FashionMNIST",
+    "fashion-mnist",
+    "Fashion-MNIST",
+    "FashionMNIST",
+    "FashionMNIST",
     fallbacks=((DEBIAN_FASHION_MNIST, "apt-get install dataset-fashion-mnist"),),
 )
 

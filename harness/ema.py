@@ -1,4 +1,5 @@
 """Exponential moving average of the weights, the model every evaluation samples from."""
+
 from __future__ import annotations
 
 import copy

@@ -3,6 +3,7 @@
 The noise x_T and the labels are drawn once from ``eval.seed``, so every evaluation during training
 starts from the same points and grids over training are comparable frame by frame.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,7 +25,6 @@ from .tracking import NullTracker, Tracker
 from .train import autocast, resolve_precision
 
 
-
 def default_cache_dir() -> Path:
     """Domain classifiers and reference statistics, keyed by content: safe to share between stores."""
     return Path(os.environ.get("HARNESS_CACHE_DIR") or Path(__file__).resolve().parents[1] / "mlruns" / "cache")
@@ -39,8 +39,15 @@ def image_grid(images: Tensor, n: int):
 
 
 class Evaluator:
-    def __init__(self, config: Config, data: ImageData, *, device: torch.device | str = "cpu",
-                 cache_dir: str | Path | None = None, out_dir: str | Path | None = None):
+    def __init__(
+        self,
+        config: Config,
+        data: ImageData,
+        *,
+        device: torch.device | str = "cpu",
+        cache_dir: str | Path | None = None,
+        out_dir: str | Path | None = None,
+    ):
         self.config, self.data, self.device = config, data, torch.device(device)
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.out_dir = Path(out_dir) if out_dir else None
@@ -74,13 +81,22 @@ class Evaluator:
         for i, lo in enumerate(range(0, ec.num_samples, ec.batch_size)):
             hi = min(lo + ec.batch_size, ec.num_samples)
             x = sample(
-                counted, (hi - lo, *self.x_T.shape[1:]), self.schedule, sampler=setting.sampler,
-                steps=setting.steps, parameterization=self.config.diffusion.parameterization,
-                eta=setting.eta, spacing=setting.spacing, guidance=setting.guidance,
+                counted,
+                (hi - lo, *self.x_T.shape[1:]),
+                self.schedule,
+                sampler=setting.sampler,
+                steps=setting.steps,
+                parameterization=self.config.diffusion.parameterization,
+                eta=setting.eta,
+                spacing=setting.spacing,
+                guidance=setting.guidance,
                 labels=self.labels[lo:hi] if conditional else None,
-                null_label=self.data.num_classes if conditional else None, clip_x0=ec.clip_x0,
-                generator=torch.Generator().manual_seed(ec.seed + 1 + i), x_T=self.x_T[lo:hi],
-                variance=setting.variance, device=self.device,
+                null_label=self.data.num_classes if conditional else None,
+                clip_x0=ec.clip_x0,
+                generator=torch.Generator().manual_seed(ec.seed + 1 + i),
+                x_T=self.x_T[lo:hi],
+                variance=setting.variance,
+                device=self.device,
             )
             out.append(x.clamp(-1, 1).cpu())
             batches += 1
@@ -93,15 +109,25 @@ class Evaluator:
     def evaluate_setting(self, model, setting: SamplerSetting, *, step: int, final: bool) -> tuple[dict[str, Any], Any]:
         ec = self.config.eval
         images, nfe, seconds = self.generate(model, setting)
-        metrics = fidelity_metrics(images, self.data.images, self.classifier, cache_dir=self.cache_dir / "fidelity",
-                                   reference_key=f"{self.data.name}-{self.data.fingerprint}", device=self.device)
+        metrics = fidelity_metrics(
+            images,
+            self.data.images,
+            self.classifier,
+            cache_dir=self.cache_dir / "fidelity",
+            reference_key=f"{self.data.name}-{self.data.fingerprint}",
+            device=self.device,
+        )
         probs = self.classifier.probs(images)  # (N, K)
         recognized = self.recognizer.probs(images)  # (N, K + 1), the last column the reject class
         threshold = ec.recognizability_threshold
         result: dict[str, Any] = {
-            "step": step, "setting": setting.label, **setting.model_dump(), **metrics,
+            "step": step,
+            "setting": setting.label,
+            **setting.model_dump(),
+            **metrics,
             "recognizability": recognizability(recognized, threshold),
-            "nfe": nfe, "sample_seconds": seconds,
+            "nfe": nfe,
+            "sample_seconds": seconds,
         }
         if self.config.model.conditional:
             result["class_accuracy"] = class_accuracy(probs, self.labels)
@@ -114,7 +140,9 @@ class Evaluator:
                 result["fid_inception_unavailable"] = reason
         return result, image_grid(images, ec.grid_size)
 
-    def run(self, model, *, step: int, tracker: Tracker | None = None, final: bool | None = None) -> list[dict[str, Any]]:
+    def run(
+        self, model, *, step: int, tracker: Tracker | None = None, final: bool | None = None
+    ) -> list[dict[str, Any]]:
         """Evaluate ``model`` with every configured sampler setting; log metrics and grids at ``step``."""
         tracker = tracker or NullTracker()
         final = step == self.config.train.steps if final is None else final
@@ -124,8 +152,11 @@ class Evaluator:
         results = []
         for setting in self.config.eval.samplers:
             result, grid = self.evaluate_setting(model, setting, step=step, final=final)
-            numbers = {k: v for k, v in result.items()
-                       if isinstance(v, (int, float)) and k != "step" and k not in SamplerSetting.model_fields}
+            numbers = {
+                k: v
+                for k, v in result.items()
+                if isinstance(v, (int, float)) and k != "step" and k not in SamplerSetting.model_fields
+            }
             tracker.log_metrics({f"eval/{setting.label}/{k}": v for k, v in numbers.items()}, step=step)
             tracker.log_image(grid, key=f"samples/{setting.label}", step=step)
             if self.out_dir is not None:

@@ -12,6 +12,7 @@ class trained on synthetic non-digits (``non_digits``): a plain softmax classifi
 noise, and its feature space puts blobs and shuffled ink next to digits, so neither its top
 probability nor a k-NN manifold test in its features can tell a digit from garbage.
 """
+
 from __future__ import annotations
 
 import copy
@@ -151,8 +152,14 @@ def default_epochs(n_train: int) -> int:
     return max(MIN_EPOCHS, math.ceil(TARGET_STEPS / math.ceil(n_train / BATCH_SIZE)))
 
 
-def train_classifier(data: ImageData, *, seed: int = 0, epochs: int | None = None,
-                     device: str | torch.device = "cpu", reject: bool = False) -> tuple[DomainCNN, float]:
+def train_classifier(
+    data: ImageData,
+    *,
+    seed: int = 0,
+    epochs: int | None = None,
+    device: str | torch.device = "cpu",
+    reject: bool = False,
+) -> tuple[DomainCNN, float]:
     """Train a DomainCNN on all but a held-out 10% of ``data``; return it (eval mode) and its held-out accuracy.
 
     AdamW with a one-cycle learning rate (Smith & Topin 2019) and random translations. Every
@@ -203,8 +210,9 @@ def weights_fingerprint(net: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def cache_path(data: ImageData, cache_dir: str | Path, *, seed: int = 0, epochs: int | None = None,
-               reject: bool = False) -> Path:
+def cache_path(
+    data: ImageData, cache_dir: str | Path, *, seed: int = 0, epochs: int | None = None, reject: bool = False
+) -> Path:
     """Where ``domain_classifier`` keeps the weights for this data, seed, epoch count and kind."""
     n_train = len(data) - len(split_indices(len(data), HOLDOUT_FRACTION, seed)[1])
     epochs = default_epochs(n_train) if epochs is None else epochs
@@ -215,8 +223,15 @@ def _arch(reject: bool) -> str:
     return RECOGNIZER_ARCH if reject else ARCH
 
 
-def domain_classifier(data: ImageData, cache_dir: str | Path, *, device: str | torch.device = "cpu",
-                      seed: int = 0, epochs: int | None = None, reject: bool = False) -> DomainClassifier:
+def domain_classifier(
+    data: ImageData,
+    cache_dir: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    epochs: int | None = None,
+    reject: bool = False,
+) -> DomainClassifier:
     """The domain classifier for ``data``: loaded from ``cache_dir`` if trained before, else trained and saved.
 
     ``reject=True`` gives the recognizer instead: the same network with a reject class (see
@@ -231,7 +246,7 @@ def domain_classifier(data: ImageData, cache_dir: str | Path, *, device: str | t
             net.load_state_dict(saved["state_dict"])
             accuracy, from_cache = float(saved["accuracy"]), True
         except Exception as e:  # a cache is only a cache: an unreadable one is rebuilt
-            warnings.warn(f"retraining the domain classifier: cannot read {path} ({e})")
+            warnings.warn(f"retraining the domain classifier: cannot read {path} ({e})", stacklevel=2)
             net = None
     if net is None:
         net, accuracy = train_classifier(data, seed=seed, epochs=epochs, device=device, reject=reject)

@@ -4,6 +4,7 @@ Samplers never know guidance exists: they call a model with the usual contract `
 The guided output is (1 + w) * cond - w * uncond, so w = 0 is the conditional model alone; this is
 diffusers' ``guidance_scale`` s = 1 + w.
 """
+
 from __future__ import annotations
 
 import torch

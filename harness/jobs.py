@@ -7,6 +7,7 @@ or ``new``. Only runs made by the current code count unless ``reuse="any"``. A f
 hash makes two launches of the same spec train each configuration once. Also here: the store's
 local layout (checkpoints, caches and locks beside a SQLite store), which the runner and sweeps share.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -85,8 +86,9 @@ class JobState:
     why: str | None = None  # why ``stale`` is not reused
 
 
-def job_state(store: MlflowStore, experiment_id: str, config: Config, code: str | None = None,
-              reuse: str = "same-code") -> JobState:
+def job_state(
+    store: MlflowStore, experiment_id: str, config: Config, code: str | None = None, reuse: str = "same-code"
+) -> JobState:
     """What is left to do for ``config``. With ``reuse="same-code"`` only runs (and evaluations) made by
     this ``code`` version count; a finished or unfinished run of other code is retrained from scratch."""
     code = code or code_version()
@@ -98,8 +100,9 @@ def job_state(store: MlflowStore, experiment_id: str, config: Config, code: str 
     if finished:
         run = finished[0]
         evals = store.runs(experiment_id, {ROLE: "eval", PARENT: run.info.run_id})
-        done = {SamplerSetting.from_params(e.data.params).key for e in evals
-                if e.info.status == "FINISHED" and current(e)}
+        done = {
+            SamplerSetting.from_params(e.data.params).key for e in evals if e.info.status == "FINISHED" and current(e)
+        }
         wanted = {s.key for s in config.eval.samplers}
         return JobState("done" if wanted <= done else "evaluate", run, done)
     if runs:
@@ -152,11 +155,22 @@ def run_task(task: Task) -> Outcome:
                 if state == "resume":
                     tracker = store.resume_run(run.info.run_id)
                 else:
-                    tracker = store.start_run(task.experiment_id, f"train-{h}", parent=task.parent_run_id, tags={
-                        ROLE: "train", HASH: h, SPEC: task.spec_name, COMMIT: commit, CODE_VERSION: task.code_version,
-                        "harness.arm": ", ".join(f"{k}={v}" for k, v in task.arm.items()) or "base",
-                        "harness.seed": task.seed, "harness.checkpoint": str(run_dir / "checkpoint.pt"),
-                        "harness.device": str(device)})
+                    tracker = store.start_run(
+                        task.experiment_id,
+                        f"train-{h}",
+                        parent=task.parent_run_id,
+                        tags={
+                            ROLE: "train",
+                            HASH: h,
+                            SPEC: task.spec_name,
+                            COMMIT: commit,
+                            CODE_VERSION: task.code_version,
+                            "harness.arm": ", ".join(f"{k}={v}" for k, v in task.arm.items()) or "base",
+                            "harness.seed": task.seed,
+                            "harness.checkpoint": str(run_dir / "checkpoint.pt"),
+                            "harness.device": str(device),
+                        },
+                    )
                     tracker.log_params(config.flat())
                     tracker.log_dict(config.to_dict(), "config.json")
                 result = train(config, tracker, run_dir=run_dir, data=data, evaluator=evaluator, progress=False)
@@ -183,7 +197,10 @@ def run_task(task: Task) -> Outcome:
             if tracker is not None:
                 tracker.set_tags({"harness.error": str(err)[:5000]})
                 tracker.finish("FAILED")
-            out.status, out.error = "failed", str(err) if isinstance(err, CheckpointError) else f"{type(err).__name__}: {err}"
+            out.status, out.error = (
+                "failed",
+                str(err) if isinstance(err, CheckpointError) else f"{type(err).__name__}: {err}",
+            )
             if not isinstance(err, Exception):
                 raise
             if os.environ.get("HARNESS_DEBUG"):
@@ -213,9 +230,20 @@ def load_ema(config: Config, data, run_dir: Path, device):
 
 def _log_eval(store: MlflowStore, task: Task, train_run_id: str, h: str, setting: SamplerSetting, result: dict) -> None:
     commit, _ = git_state()
-    child = store.start_run(task.experiment_id, f"eval-{h}-{setting.label}", parent=train_run_id, tags={
-        ROLE: "eval", HASH: h, SPEC: task.spec_name, COMMIT: commit, CODE_VERSION: task.code_version,
-        "harness.arm": ", ".join(f"{k}={v}" for k, v in task.arm.items()) or "base", "harness.seed": task.seed})
+    child = store.start_run(
+        task.experiment_id,
+        f"eval-{h}-{setting.label}",
+        parent=train_run_id,
+        tags={
+            ROLE: "eval",
+            HASH: h,
+            SPEC: task.spec_name,
+            COMMIT: commit,
+            CODE_VERSION: task.code_version,
+            "harness.arm": ", ".join(f"{k}={v}" for k, v in task.arm.items()) or "base",
+            "harness.seed": task.seed,
+        },
+    )
     child.log_params(setting.model_dump())
     child.log_metrics({k: result[k] for k in EVAL_METRICS if k in result}, step=result.get("step", 0))
     if "fid_inception_unavailable" in result:

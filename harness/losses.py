@@ -1,7 +1,8 @@
 """The denoising training loss L(theta) = E_t,eps [ w(t) || target - net(x_t, t) ||^2 ]."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

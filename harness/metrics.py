@@ -5,6 +5,7 @@ the standard InceptionV3 FID when its weights are at hand, and classifier-based 
 All image tensors are (N, C, H, W) in [-1, 1]. They are quantized to uint8 before any feature
 extraction, as torch-fidelity expects, so numbers match those of the same samples saved as PNGs.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -65,9 +66,16 @@ def _torch_fidelity_device(device: str | torch.device):
     return False, contextlib.nullcontext()
 
 
-def fidelity_metrics(generated: Tensor, reference: Tensor, clf: DomainClassifier, *, cache_dir: str | Path,
-                     reference_key: str, device: str | torch.device = "cpu",
-                     kid_subset_size: int | None = None) -> dict:
+def fidelity_metrics(
+    generated: Tensor,
+    reference: Tensor,
+    clf: DomainClassifier,
+    *,
+    cache_dir: str | Path,
+    reference_key: str,
+    device: str | torch.device = "cpu",
+    kid_subset_size: int | None = None,
+) -> dict:
     """FID (Heusel et al. 2017), KID (Binkowski et al. 2018) and precision/recall (Kynkaanniemi et
     al. 2019) of ``generated`` against ``reference``, in the feature space of ``clf``.
 
@@ -100,7 +108,9 @@ def fidelity_metrics(generated: Tensor, reference: Tensor, clf: DomainClassifier
             input2_cache_name=f"{reference_key}-{_content_key(ref_u8)}",
             cache_root=str(private_dir(cache_dir)),
             feature_extractor=fidelity_extractor_name(clf),
-            fid=True, kid=True, prc=True,  # prc's convention: input1 generated, input2 real
+            fid=True,
+            kid=True,
+            prc=True,  # prc's convention: input1 generated, input2 real
             kid_subset_size=subset,
             prc_neighborhood=PRC_NEIGHBORHOOD,
             batch_size=BATCH_SIZE,
@@ -137,15 +147,18 @@ def inception_weights(weights_path: str | None) -> dict[str, Tensor]:
         if not cached.is_file():
             # torch.hub downloads without a timeout; probe first so that offline fails fast.
             try:
-                with urllib.request.urlopen(urllib.request.Request(URL_INCEPTION_V3, method="HEAD"),
-                                            timeout=DOWNLOAD_PROBE_TIMEOUT):
+                with urllib.request.urlopen(
+                    urllib.request.Request(URL_INCEPTION_V3, method="HEAD"), timeout=DOWNLOAD_PROBE_TIMEOUT
+                ):
                     pass
             except Exception as e:
                 raise WeightsUnavailable(
                     f"InceptionV3 weights are not in {cached.parent} and cannot be downloaded ({e}); "
-                    f"pass weights_path= the file {os.path.basename(URL_INCEPTION_V3)}") from None
-        state = torch.hub.load_state_dict_from_url(URL_INCEPTION_V3, map_location="cpu", progress=False,
-                                                   check_hash=True, weights_only=True)
+                    f"pass weights_path= the file {os.path.basename(URL_INCEPTION_V3)}"
+                ) from None
+        state = torch.hub.load_state_dict_from_url(
+            URL_INCEPTION_V3, map_location="cpu", progress=False, check_hash=True, weights_only=True
+        )
         source = str(cached)
     else:
         if not Path(weights_path).is_file():
@@ -153,16 +166,19 @@ def inception_weights(weights_path: str | None) -> dict[str, Tensor]:
         try:
             state = torch.load(weights_path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise WeightsUnavailable(f"{weights_path} is not a plain tensor state dict, so it was not loaded "
-                                     f"(only weights_only loads are allowed): {' '.join(str(e).split())[:200]}") from None
+            raise WeightsUnavailable(
+                f"{weights_path} is not a plain tensor state dict, so it was not loaded "
+                f"(only weights_only loads are allowed): {' '.join(str(e).split())[:200]}"
+            ) from None
         source = weights_path
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
         raise WeightsUnavailable(f"{source} holds a {type(state).__name__}, not a state dict of tensors")
     return state
 
 
-def inception_fid(generated: Tensor, reference: Tensor, *, weights_path: str | None = None,
-                  device: str | torch.device = "cpu") -> tuple[float | None, str | None]:
+def inception_fid(
+    generated: Tensor, reference: Tensor, *, weights_path: str | None = None, device: str | torch.device = "cpu"
+) -> tuple[float | None, str | None]:
     """Standard FID (Heusel et al. 2017) in torch-fidelity's InceptionV3 pool3 space (2048-D).
 
     Images become 3-channel uint8; torch-fidelity resizes them to 299x299 itself, with its
@@ -187,9 +203,15 @@ def inception_fid(generated: Tensor, reference: Tensor, *, weights_path: str | N
         cuda, on_device = _torch_fidelity_device(device)
         with on_device:
             m = torch_fidelity.calculate_metrics(
-                input1=_Images(rgb(generated)), input2=_Images(rgb(reference)), fid=True,
-                feature_extractor="inception-v3-compat", feature_extractor_weights_path=weights,
-                cuda=cuda, cache=False, save_cpu_ram=True, verbose=False,
+                input1=_Images(rgb(generated)),
+                input2=_Images(rgb(reference)),
+                fid=True,
+                feature_extractor="inception-v3-compat",
+                feature_extractor_weights_path=weights,
+                cuda=cuda,
+                cache=False,
+                save_cpu_ram=True,
+                verbose=False,
             )
         return float(m["frechet_inception_distance"]), None
     except WeightsUnavailable as e:
@@ -233,6 +255,7 @@ def recognized_class_accuracy(probs: Tensor, labels: Tensor, threshold: float = 
 def class_accuracy(probs: Tensor, labels: Tensor) -> float:
     """Fraction of samples whose most probable class is the label (e.g. the class a sample was conditioned on)."""
     if probs.dim() != 2 or probs.shape[0] == 0 or labels.shape != probs.shape[:1]:
-        raise ValueError(f"need probs (N, K) with N > 0 and labels (N,), got {tuple(probs.shape)} and "
-                         f"{tuple(labels.shape)}")
+        raise ValueError(
+            f"need probs (N, K) with N > 0 and labels (N,), got {tuple(probs.shape)} and {tuple(labels.shape)}"
+        )
     return (probs.argmax(dim=1) == labels.to(probs.device)).float().mean().item()

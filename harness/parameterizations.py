@@ -7,6 +7,7 @@ own output space. No other module branches on the name.
 Notation: x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps; SNR = abar / (1 - abar). ``abar`` is a tensor
 that broadcasts against x (B, 1, 1, 1).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -75,8 +76,5 @@ PARAMETERIZATIONS: dict[str, Eps | X0 | V] = {p.name: p for p in (Eps(), X0(), V
 
 def get_parameterization(name: str) -> Eps | X0 | V:
     if name not in PARAMETERIZATIONS:
-        raise ValueError(
-            f"unknown parameterization {name!r}; valid: {', '.join(sorted(PARAMETERIZATIONS))}"
-        )
+        raise ValueError(f"unknown parameterization {name!r}; valid: {', '.join(sorted(PARAMETERIZATIONS))}")
     return PARAMETERIZATIONS[name]
-

@@ -1,4 +1,5 @@
 """Directories whose files are read back with pickle: only this user may write them."""
+
 from __future__ import annotations
 
 import os
@@ -22,16 +23,19 @@ def private_dir(path: str | Path, reads: str = "torch-fidelity unpickles its cac
     path = path.resolve()  # the checks apply to the directory actually used, not to a symlink
     uid, st = os.getuid(), path.stat()
     if st.st_uid != uid:
-        raise ConfigError(f"{path}: directory belongs to uid {st.st_uid}, not to this user (uid {uid}); "
-                          f"{reads}, so it is not used")
+        raise ConfigError(
+            f"{path}: directory belongs to uid {st.st_uid}, not to this user (uid {uid}); {reads}, so it is not used"
+        )
     if st.st_mode & 0o077:
         path.chmod(0o700)
     for parent in path.parents:
         pst = parent.stat()
         shared = pst.st_mode & 0o022 and not pst.st_mode & stat.S_ISVTX
         if pst.st_uid not in (uid, 0) or shared:
-            raise ConfigError(f"{path}: directory lies below {parent}, which another user can write or "
-                              f"rename entries in; {reads}, so it is not used")
+            raise ConfigError(
+                f"{path}: directory lies below {parent}, which another user can write or "
+                f"rename entries in; {reads}, so it is not used"
+            )
     return path
 
 

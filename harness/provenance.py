@@ -5,6 +5,7 @@ cannot tell: an installed copy has no git, and a dirty tree is the same commit w
 So the sources themselves are hashed (every ``.py`` file of the two packages, by relative path and
 bytes); the README, specs and caches are not sources, so editing them changes nothing.
 """
+
 from __future__ import annotations
 
 import functools
@@ -48,10 +49,18 @@ def code_version() -> str:
 def git_state() -> tuple[str, bool]:
     """(commit, dirty) of the repository, or ("unknown", False) outside git."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+        )
         return commit or "unknown", dirty
     except (OSError, subprocess.SubprocessError):
         return "unknown", False

@@ -4,6 +4,7 @@ The plan's jobs (``harness.jobs``) run on an executor: in-process, a pool of loc
 more per GPU, or ``cpu_jobs`` on the CPU) or Slurm through submitit. The parent MLflow run holds the
 spec, the plan and the outcomes; a parent left RUNNING by a dead process is closed at the next launch.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -22,6 +23,7 @@ from .tracking import MlflowStore, StoreUnavailable, git_state
 from .workers import worker_pool
 
 # -- executors --------------------------------------------------------------------------------------
+
 
 def _slots(cpu_jobs: int, jobs_per_gpu: int) -> tuple[int, int, int]:
     """(visible GPUs, parallel jobs, torch threads per job) on this machine."""
@@ -80,7 +82,9 @@ class Requeueable:
         return submitit.helpers.DelayedSubmission(Requeueable(self.fn, self.task))
 
 
-def run_slurm(tasks: list[Task], params: dict[str, Any], folder: Path, cluster: str | None = None, on_event=print) -> list[Outcome]:
+def run_slurm(
+    tasks: list[Task], params: dict[str, Any], folder: Path, cluster: str | None = None, on_event=print
+) -> list[Outcome]:
     import submitit
 
     executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
@@ -103,6 +107,7 @@ def run_slurm(tasks: list[Task], params: dict[str, Any], folder: Path, cluster: 
 
 # -- the whole plan ---------------------------------------------------------------------------------
 
+
 def describe(plan: Plan, store: MlflowStore | None, reuse: str = "same-code") -> list[dict[str, Any]]:
     """The plan as rows: hash, arm, seed and what is already done (needs the store)."""
     exp_id = None
@@ -117,8 +122,17 @@ def describe(plan: Plan, store: MlflowStore | None, reuse: str = "same-code") ->
     return rows
 
 
-def run_plan(plan: Plan, store: MlflowStore, *, spec_path: str, executor: str = "local", force: bool = False,
-             cluster: str | None = None, quiet: bool = False, reuse: str = "same-code") -> tuple[list[Outcome], str]:
+def run_plan(
+    plan: Plan,
+    store: MlflowStore,
+    *,
+    spec_path: str,
+    executor: str = "local",
+    force: bool = False,
+    cluster: str | None = None,
+    quiet: bool = False,
+    reuse: str = "same-code",
+) -> tuple[list[Outcome], str]:
     """Run every job of ``plan``; returns the outcomes and the parent run id."""
     from tqdm.auto import tqdm
 
@@ -127,10 +141,21 @@ def run_plan(plan: Plan, store: MlflowStore, *, spec_path: str, executor: str = 
     root = store_root(store.uri)
     close_orphaned_parents(store, exp_id, root)
     commit, dirty = git_state()
-    parent = store.start_run(exp_id, f"{plan.spec.name}-{plan.profile}", tags={
-        ROLE: "ablation", HASH: "-", SPEC: plan.spec.name, COMMIT: commit, "git.dirty": dirty,
-        CODE_VERSION: code_version(), "harness.reuse": reuse,
-        "harness.profile": plan.profile, "harness.question": plan.spec.question})
+    parent = store.start_run(
+        exp_id,
+        f"{plan.spec.name}-{plan.profile}",
+        tags={
+            ROLE: "ablation",
+            HASH: "-",
+            SPEC: plan.spec.name,
+            COMMIT: commit,
+            "git.dirty": dirty,
+            CODE_VERSION: code_version(),
+            "harness.reuse": reuse,
+            "harness.profile": plan.profile,
+            "harness.question": plan.spec.question,
+        },
+    )
     parent_lock = hold_lock(root, f"parent-{parent.run_id}")  # held while this process lives
     parent.log_artifact(spec_path)
     rows = describe(plan, store, reuse)
@@ -138,8 +163,22 @@ def run_plan(plan: Plan, store: MlflowStore, *, spec_path: str, executor: str = 
     parent.log_params({"profile": plan.profile, "jobs": len(plan.jobs), "settings": len(plan.settings)})
 
     gpus, jobs, threads = _slots(plan.spec.cpu_jobs, plan.spec.jobs_per_gpu)
-    tasks = [Task(job.config.model_dump_json(), job.arm, job.seed, plan.spec.name, exp_id, parent.run_id,
-                  store.uri, force, threads, code_version(), reuse) for job in plan.jobs]
+    tasks = [
+        Task(
+            job.config.model_dump_json(),
+            job.arm,
+            job.seed,
+            plan.spec.name,
+            exp_id,
+            parent.run_id,
+            store.uri,
+            force,
+            threads,
+            code_version(),
+            reuse,
+        )
+        for job in plan.jobs
+    ]
     bar = tqdm(total=len(tasks), desc=plan.spec.name, unit="job", disable=quiet or None)
     counts = {"running": 0, "done": 0, "failed": 0}
 
@@ -149,13 +188,16 @@ def run_plan(plan: Plan, store: MlflowStore, *, spec_path: str, executor: str = 
             return
         counts["running"] -= 1
         counts["failed" if obj.status == "failed" else "done"] += 1
-        line = f"{obj.status:>9} {obj.config_hash} {', '.join(f'{k}={v}' for k, v in obj.arm.items()) or 'base'} seed={obj.seed}"
+        arm = ", ".join(f"{k}={v}" for k, v in obj.arm.items()) or "base"
+        line = f"{obj.status:>9} {obj.config_hash} {arm} seed={obj.seed}"
         if obj.note:
             line += f" ({obj.note})"
         if obj.error:
             line += f": {obj.error}"
         elif obj.evals:
-            line += "  " + "  ".join(f"{e['setting']} fid={e['fid']:.3g} rec={e['recognizability']:.2f}" for e in obj.evals[:3])
+            line += "  " + "  ".join(
+                f"{e['setting']} fid={e['fid']:.3g} rec={e['recognizability']:.2f}" for e in obj.evals[:3]
+            )
         line += f"  ({obj.seconds:.0f}s)"
         bar.write(line) if not quiet else None
         bar.set_postfix(counts)
@@ -163,7 +205,9 @@ def run_plan(plan: Plan, store: MlflowStore, *, spec_path: str, executor: str = 
 
     try:
         if executor == "slurm":
-            outcomes = run_slurm(tasks, plan.spec.slurm, private_dir(root / "slurm", SUBMITIT_READS), cluster=cluster, on_event=on_event)
+            outcomes = run_slurm(
+                tasks, plan.spec.slurm, private_dir(root / "slurm", SUBMITIT_READS), cluster=cluster, on_event=on_event
+            )
         else:
             outcomes = run_local(tasks, jobs, gpus=gpus, jobs_per_gpu=plan.spec.jobs_per_gpu, on_event=on_event)
     except BaseException:
@@ -175,8 +219,10 @@ def run_plan(plan: Plan, store: MlflowStore, *, spec_path: str, executor: str = 
     lost = [o for o in outcomes if o.store_unavailable]
     if lost:  # nothing more can be logged; the next launch marks the parent KILLED and resumes the jobs
         parent_lock.close()
-        raise StoreUnavailable(f"{lost[0].error}; {len(lost)} job(s) stopped after checkpointing: "
-                               "run the same command again when the store is back")
+        raise StoreUnavailable(
+            f"{lost[0].error}; {len(lost)} job(s) stopped after checkpointing: "
+            "run the same command again when the store is back"
+        )
     failed = [o for o in outcomes if o.status == "failed"]
     parent.log_dict({"outcomes": [o.__dict__ for o in outcomes]}, "outcomes.json")
     parent.finish("FAILED" if failed else "FINISHED")
@@ -212,6 +258,3 @@ def close_orphaned_parents(store: MlflowStore, experiment_id: str, root: Path) -
                 continue  # its process is alive
             store.client.set_terminated(run.info.run_id, status="KILLED")
         path.unlink(missing_ok=True)
-
-
-

@@ -9,11 +9,12 @@ guidance and clipping; ``traj`` lists the timesteps to visit with abar at each a
 (1.0 after the last, so every sampler's last step returns x0_hat). Adding a sampler is adding one
 function to ``SAMPLERS``.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -26,6 +27,7 @@ Denoiser = Callable[[Tensor, int, float], Prediction]
 
 
 # -- timestep spacing (exactly diffusers' ``timestep_spacing`` definitions) -------------------------
+
 
 def _leading(T: int, steps: int) -> Tensor:
     return torch.arange(steps, dtype=torch.float64).mul(T // steps).round().flip(0)
@@ -62,7 +64,7 @@ class Trajectory:
     abar_next: list[float]  # abar at the following t; 1.0 after the last (x_0 itself)
 
     @classmethod
-    def from_schedule(cls, schedule: Schedule, t: Tensor) -> "Trajectory":
+    def from_schedule(cls, schedule: Schedule, t: Tensor) -> Trajectory:
         abar = schedule.alphas_cumprod[t].tolist()
         return cls(t.tolist(), abar, abar[1:] + [1.0])
 
@@ -91,6 +93,7 @@ def _randn(x: Tensor, generator: torch.Generator | None) -> Tensor:
 
 # -- samplers --------------------------------------------------------------------------------------
 
+
 def ddpm(denoise: Denoiser, x: Tensor, traj: Trajectory, opts: SamplerOptions, generator) -> Tensor:
     """Ancestral sampling from q(x_{t'} | x_t, x0_hat) (Ho et al. 2020, eqs. 6-7), any step subset."""
     for i, t, abar, abar_next in traj:
@@ -109,7 +112,7 @@ def ddpm(denoise: Denoiser, x: Tensor, traj: Trajectory, opts: SamplerOptions, g
 
 def ddim(denoise: Denoiser, x: Tensor, traj: Trajectory, opts: SamplerOptions, generator) -> Tensor:
     """DDIM (Song et al. 2021, eq. 12) with sigma_t(eta) of eq. 16; eta = 1 is ancestral DDPM."""
-    for i, t, abar, abar_next in traj:
+    for _, t, abar, abar_next in traj:
         pred = denoise(x, t, abar)
         sigma = opts.eta * math.sqrt((1 - abar_next) / (1 - abar) * (1 - abar / abar_next))
         x = math.sqrt(abar_next) * pred.x0 + math.sqrt(max(1 - abar_next - sigma**2, 0.0)) * pred.eps

@@ -3,11 +3,12 @@
 Everything else (beta_t, SNR, sigma) is derived from abar, as in VDM and improved-diffusion.
 A committed schedule never changes its numbers; a new variant gets a new name.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -79,9 +80,7 @@ def sigmoid(T: int, start: float = -3.0, end: float = 3.0, tau: float = 1.0) -> 
 
 def scaled_linear(T: int, beta_start: float = 0.00085, beta_end: float = 0.012) -> Tensor:
     """Stable Diffusion's schedule: sqrt(beta) linear from sqrt(0.00085) to sqrt(0.012)."""
-    return _abar_from_betas(
-        torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64) ** 2
-    )
+    return _abar_from_betas(torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64) ** 2)
 
 
 def rescale_zero_terminal_snr(abar: Tensor) -> Tensor:

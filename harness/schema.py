@@ -4,6 +4,7 @@ Everything that writes or reads a tag or a metric (runner, tracking, sweep, anal
 from here, so a name cannot drift between the writer and the reader. The fields of a sampler setting
 are the other such schema; they come from ``harness.config.SamplerSetting`` itself.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ PARENT = "mlflow.parentRunId"
 
 # -- evaluation metrics -----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Metric:
     name: str
@@ -35,21 +37,24 @@ class Metric:
     text: str  # how a report names it
 
 
-METRICS: dict[str, Metric] = {m.name: m for m in (
-    Metric("fid", True, True, "FID"),
-    Metric("kid", True, True, "KID"),
-    Metric("kid_std", None, False, "KID std"),
-    Metric("precision", False, True, "precision"),
-    Metric("recall", False, True, "recall"),
-    Metric("recognizability", False, True, "recognizability"),
-    Metric("class_accuracy", False, True, "class accuracy"),
-    Metric("recognized_class_accuracy", False, True, "class accuracy among recognizable samples"),
-    Metric("nfe", None, False, "NFE"),
-    Metric("sample_seconds", None, False, "sampling seconds"),
-    Metric("fid_inception", True, False, "FID (InceptionV3)"),
-    Metric("num_generated", None, False, "samples"),
-    Metric("num_reference", None, False, "reference images"),
-)}
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric("fid", True, True, "FID"),
+        Metric("kid", True, True, "KID"),
+        Metric("kid_std", None, False, "KID std"),
+        Metric("precision", False, True, "precision"),
+        Metric("recall", False, True, "recall"),
+        Metric("recognizability", False, True, "recognizability"),
+        Metric("class_accuracy", False, True, "class accuracy"),
+        Metric("recognized_class_accuracy", False, True, "class accuracy among recognizable samples"),
+        Metric("nfe", None, False, "NFE"),
+        Metric("sample_seconds", None, False, "sampling seconds"),
+        Metric("fid_inception", True, False, "FID (InceptionV3)"),
+        Metric("num_generated", None, False, "samples"),
+        Metric("num_reference", None, False, "reference images"),
+    )
+}
 EVAL_METRICS = tuple(METRICS)
 CURVE_METRICS = tuple(m.name for m in METRICS.values() if m.curve)
 # Training-run metrics that reports compare across arms.

@@ -5,6 +5,7 @@ the domain classifier's feature space, and judged by the same recognizer, so a n
 can be put next to a number from a run. Files are read without unpickling anything: ``.npy`` and
 ``.npz`` with ``allow_pickle=False``, ``.pt`` with ``torch.load(weights_only=True)``.
 """
+
 from __future__ import annotations
 
 import json
@@ -74,7 +75,11 @@ def to_images(array: np.ndarray | Tensor, path: Path, channels: int, size: int) 
         x = torch.from_numpy(np.ascontiguousarray(array)) if isinstance(array, np.ndarray) else array.detach().cpu()
     except TypeError:  # strings, structured records: nothing torch can hold
         raise ConfigError(f"{path}: dtype {array.dtype}, expected uint8 in [0, 255] or float in [0, 1]") from None
-    want = f"(N, {size}, {size}) or (N, {channels}, {size}, {size})" if channels == 1 else f"(N, {channels}, {size}, {size})"
+    want = (
+        f"(N, {size}, {size}) or (N, {channels}, {size}, {size})"
+        if channels == 1
+        else f"(N, {channels}, {size}, {size})"
+    )
     if x.dim() == 4 and x.shape[-1] == channels and x.shape[1] != channels:
         x = x.permute(0, 3, 1, 2)  # PNG folders and most image arrays are channels-last
     if x.dim() == 3 and channels == 1:
@@ -88,12 +93,15 @@ def to_images(array: np.ndarray | Tensor, path: Path, channels: int, size: int) 
         if not torch.isfinite(x).all():
             raise ConfigError(f"{path}: {int((~torch.isfinite(x)).sum())} values are NaN or infinite")
         if x.numel() and (x.min() < 0 or x.max() > 1):
-            raise ConfigError(f"{path}: float values span [{x.min().item():.4g}, {x.max().item():.4g}], "
-                              f"expected [0, 1] (or uint8 in [0, 255])")
+            raise ConfigError(
+                f"{path}: float values span [{x.min().item():.4g}, {x.max().item():.4g}], "
+                f"expected [0, 1] (or uint8 in [0, 255])"
+            )
         x = x * 2 - 1
     else:
-        raise ConfigError(f"{path}: dtype {str(x.dtype).removeprefix('torch.')}, expected uint8 in [0, 255] "
-                          f"or float in [0, 1]")
+        raise ConfigError(
+            f"{path}: dtype {str(x.dtype).removeprefix('torch.')}, expected uint8 in [0, 255] or float in [0, 1]"
+        )
     if len(x) < MIN_IMAGES:
         raise ConfigError(f"{path}: {len(x)} images, too few to score; need at least {MIN_IMAGES}")
     return x.contiguous()
@@ -107,12 +115,26 @@ def score(images: Tensor, data, *, cache_dir: str | Path, device: str | torch.de
     cache_dir = Path(cache_dir)
     classifier = domain_classifier(data, cache_dir / "classifiers", device=device)
     recognizer = domain_classifier(data, cache_dir / "classifiers", device=device, reject=True)
-    m = fidelity_metrics(images, data.images, classifier, cache_dir=cache_dir / "fidelity",
-                         reference_key=f"{data.name}-{data.fingerprint}", device=device)  # as Evaluator does
+    m = fidelity_metrics(
+        images,
+        data.images,
+        classifier,
+        cache_dir=cache_dir / "fidelity",
+        reference_key=f"{data.name}-{data.fingerprint}",
+        device=device,
+    )  # as Evaluator does
     threshold = EvalConfig().recognizability_threshold
-    return {"n": len(images), "fid": m["fid"], "kid": m["kid"], "precision": m["precision"],
-            "recall": m["recall"], "recognizability": recognizability(recognizer.probs(images), threshold),
-            "dataset": data.name, "num_reference": m["num_reference"], "recognizability_threshold": threshold}
+    return {
+        "n": len(images),
+        "fid": m["fid"],
+        "kid": m["kid"],
+        "precision": m["precision"],
+        "recall": m["recall"],
+        "recognizability": recognizability(recognizer.probs(images), threshold),
+        "dataset": data.name,
+        "num_reference": m["num_reference"],
+        "recognizability_threshold": threshold,
+    }
 
 
 def main(images_path: str, dataset: str, json_path: str | None) -> int:
@@ -130,8 +152,10 @@ def main(images_path: str, dataset: str, json_path: str | None) -> int:
         raise ConfigError(str(err)) from None
     images = to_images(read_array(path, data.channels), path, data.channels, data.image_size)
     result = score(images, data, cache_dir=default_cache_dir())
-    print(f"{path} against {dataset} ({result['num_reference']} images): "
-          + "  ".join(f"{k} {result[k]:.4g}" if isinstance(result[k], float) else f"{k} {result[k]}" for k in KEYS))
+    print(
+        f"{path} against {dataset} ({result['num_reference']} images): "
+        + "  ".join(f"{k} {result[k]:.4g}" if isinstance(result[k], float) else f"{k} {result[k]}" for k in KEYS)
+    )
     if json_path:
         try:
             Path(json_path).write_text(json.dumps(result, indent=2) + "\n")

@@ -4,6 +4,7 @@ A spec names the arms of an ablation (training-time choices), the seeds, and the
 every trained model is evaluated with (no retraining). Profiles scale the same spec from a smoke
 test to a GPU run.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -114,7 +115,8 @@ def _checked(f) -> Any:
 
 
 Evaluate = create_model(
-    "Evaluate", __base__=_EvaluateBase,
+    "Evaluate",
+    __base__=_EvaluateBase,
     **{n: (list[_checked(f)], [f.default]) for n, f in SamplerSetting.model_fields.items()},
 )
 
@@ -227,8 +229,9 @@ def make_plan(spec: Spec, source: str, profile: str | None = None, overrides: di
         _check_not_owned(label, key, value, owners)
     runs = spec.axes.size() * len(seeds) * evaluate.size()
     if runs > MAX_RUNS:
-        raise ConfigError(f"{source}: axes x seeds x evaluate: {runs:,} evaluation runs; "
-                          f"a plan has at most {MAX_RUNS:,}")
+        raise ConfigError(
+            f"{source}: axes x seeds x evaluate: {runs:,} evaluation runs; a plan has at most {MAX_RUNS:,}"
+        )
 
     base = dict(spec.base)
     for label, key, value in sets:
@@ -292,8 +295,10 @@ def _check_not_owned(label: str, key: str, value: Any, owners: dict[str, str]) -
             reason = f"the spec's {section} decide train.seed; change {section} instead"
         else:
             arms = "some arms" if section == "axes.include" else "every arm"
-            reason = (f"{owned} is an axis of this spec: {section} sets it in {arms}, so this value would be ignored; "
-                      f"change {section} instead")
+            reason = (
+                f"{owned} is an axis of this spec: {section} sets it in {arms}, so this value would be ignored; "
+                f"change {section} instead"
+            )
         raise ConfigError(f"{label}: {reason}")
 
 

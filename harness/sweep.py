@@ -17,6 +17,7 @@ journal file ``<store root>/optuna/<spec name>.log`` (processes on one machine),
 (``postgresql://...``) for workers on several machines, with heartbeats. Running a sweep again
 continues its study until it holds ``n_trials`` COMPLETE or PRUNED trials.
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,9 +31,10 @@ import socket
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -41,16 +43,27 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .config import Config, ConfigError, SamplerSetting, TrainConfig, build_config, format_validation_error, merge, \
-    one_of, parse_overrides, read_yaml, set_dotted
+from .config import (
+    Config,
+    ConfigError,
+    SamplerSetting,
+    TrainConfig,
+    build_config,
+    format_validation_error,
+    merge,
+    one_of,
+    parse_overrides,
+    read_yaml,
+    set_dotted,
+)
 from .jobs import hold_lock, job_lock, load_ema, store_root
-from .runner import Requeueable
-from .workers import die_with_parent
-from .spec import Axes, Spec, make_plan
 from .private import SUBMITIT_READS, private_dir
 from .provenance import code_version
+from .runner import Requeueable
 from .schema import CODE_VERSION, COMMIT, HASH, ROLE, SPEC
+from .spec import Axes, Spec, make_plan
 from .tracking import MlflowStore, MlflowTracker, StoreUnavailable, git_state
+from .workers import die_with_parent
 
 STUDY, TRIAL, STATE, BEST = "harness.study", "harness.trial", "harness.trial_state", "harness.best_trial"
 HEARTBEAT_SECONDS, GRACE_SECONDS = 60, 180  # RDB storage: a trial silent for 3 minutes is stale
@@ -58,9 +71,17 @@ MAX_RETRY = 2  # a trial whose worker died runs again at most this often (a thir
 MAX_FAILURES_IN_A_ROW = 3  # a worker whose trials keep raising stops: that is a bug, not a hyperparameter
 
 # The metrics a trial can be scored on (keys of an evaluation result) and their natural direction.
-METRICS = {"fid": "minimize", "kid": "minimize", "fid_inception": "minimize", "precision": "maximize",
-           "recall": "maximize", "recognizability": "maximize", "class_accuracy": "maximize",
-           "nfe": "minimize", "sample_seconds": "minimize"}
+METRICS = {
+    "fid": "minimize",
+    "kid": "minimize",
+    "fid_inception": "minimize",
+    "precision": "maximize",
+    "recall": "maximize",
+    "recognizability": "maximize",
+    "class_accuracy": "maximize",
+    "nfe": "minimize",
+    "sample_seconds": "minimize",
+}
 
 
 class _Strict(BaseModel):
@@ -68,6 +89,7 @@ class _Strict(BaseModel):
 
 
 # -- distributions: one class per ``type``, each knows its Optuna distribution -----------------------
+
 
 class FloatParam(_Strict):
     """Uniform on [low, high]; ``log: true`` is log-uniform; ``step`` makes it a grid (not with log)."""
@@ -135,6 +157,7 @@ def grid_size(dist) -> int | None:
 
 # -- samplers and pruners: plain dicts, specs name them by key ------------------------------------------
 
+
 def _startup(n_trials: int) -> int:
     # Optuna's default is 10 random trials before modelling; a 12-trial sweep would be mostly random.
     return max(2, min(10, n_trials // 3))
@@ -142,8 +165,9 @@ def _startup(n_trials: int) -> int:
 
 def _tpe(seed: int, n_trials: int):
     # constant_liar: running trials count as bad guesses, so parallel workers spread out.
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=_startup(n_trials), multivariate=True,
-                                      constant_liar=True)
+    return optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=_startup(n_trials), multivariate=True, constant_liar=True
+    )
 
 
 def _gp(seed: int, n_trials: int):
@@ -163,7 +187,12 @@ def _bruteforce(seed: int, n_trials: int):
 
 
 SAMPLERS: dict[str, Callable[[int, int], optuna.samplers.BaseSampler]] = {
-    "tpe": _tpe, "gp": _gp, "cmaes": _cmaes, "random": _random, "bruteforce": _bruteforce}
+    "tpe": _tpe,
+    "gp": _gp,
+    "cmaes": _cmaes,
+    "random": _random,
+    "bruteforce": _bruteforce,
+}
 SINGLE_OBJECTIVE_SAMPLERS = {"cmaes"}  # CMA-ES optimizes one value
 
 
@@ -173,8 +202,9 @@ def _median(train: TrainConfig, *, n_startup_trials: int = 5, n_warmup_steps: in
 
 def _hyperband(train: TrainConfig, *, min_resource: int | None = None, reduction_factor: int = 3):
     # A resource is a training step; the first rung is the first periodic evaluation.
-    return optuna.pruners.HyperbandPruner(min_resource=min_resource or train.eval_every, max_resource=train.steps,
-                                          reduction_factor=reduction_factor)
+    return optuna.pruners.HyperbandPruner(
+        min_resource=min_resource or train.eval_every, max_resource=train.steps, reduction_factor=reduction_factor
+    )
 
 
 def _threshold(train: TrainConfig, *, lower: float | None = None, upper: float | None = None, n_warmup_steps: int = 0):
@@ -186,7 +216,11 @@ def _none(train: TrainConfig):
 
 
 PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
-    "median": _median, "hyperband": _hyperband, "threshold": _threshold, "none": _none}
+    "median": _median,
+    "hyperband": _hyperband,
+    "threshold": _threshold,
+    "none": _none,
+}
 
 
 def _pruner_options(name: str) -> list[str]:
@@ -194,6 +228,7 @@ def _pruner_options(name: str) -> list[str]:
 
 
 # -- the search section ---------------------------------------------------------------------------------
+
 
 class Objective(_Strict):
     metric: str
@@ -304,8 +339,11 @@ class Sweep:
 
     def fingerprint(self) -> str:
         """Identifies what a study's trials mean (base model and budget, scoring); a resumed study must match."""
-        scoring = {"eval": {k: v for k, v in self.base["eval"].items() if k != "samplers"}, "setting": self.setting,
-                   "objective": [(o.metric, o.resolved_direction) for o in self.search.objective]}
+        scoring = {
+            "eval": {k: v for k, v in self.base["eval"].items() if k != "samplers"},
+            "setting": self.setting,
+            "objective": [(o.metric, o.resolved_direction) for o in self.search.objective],
+        }
         text = build_config(self.base, self.source).train_hash() + json.dumps(scoring, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -334,12 +372,16 @@ def load_sweep(path: str | Path, profile: str | None = None, overrides: dict[str
     data = read_yaml(path)
     if not isinstance(data, dict):
         kind = "empty" if data is None else f"a {type(data).__name__}"
-        raise ConfigError(f"{source}: a sweep spec is a mapping with name, question, base, search, ...; this file is {kind}")
+        raise ConfigError(
+            f"{source}: a sweep spec is a mapping with name, question, base, search, ...; this file is {kind}"
+        )
     data = copy.deepcopy(data)
     search = data.pop("search", None)
     if not isinstance(search, dict):
-        raise ConfigError(f"{source}: search: a sweep spec needs a search section (params, objective, n_trials, "
-                          f"sampler, pruner, seed)")
+        raise ConfigError(
+            f"{source}: search: a sweep spec needs a search section (params, objective, n_trials, "
+            f"sampler, pruner, seed)"
+        )
     profile_search = {}
     for name, prof in (data.get("profiles") or {}).items():
         if isinstance(prof, dict) and "search" in prof:
@@ -380,8 +422,10 @@ def _param(source: str, key: str, raw: dict[str, Any]):
     where = f"{source}: search.params.{key}"
     kind = raw.get("type")
     if kind not in DISTRIBUTIONS:
-        raise ConfigError(f"{where}.type: {'missing' if kind is None else f'unknown type {kind!r}'}; "
-                          f"valid: {', '.join(DISTRIBUTIONS)}")
+        raise ConfigError(
+            f"{where}.type: {'missing' if kind is None else f'unknown type {kind!r}'}; "
+            f"valid: {', '.join(DISTRIBUTIONS)}"
+        )
     cls = DISTRIBUTIONS[kind]
     try:
         param = cls.model_validate(raw)
@@ -389,8 +433,9 @@ def _param(source: str, key: str, raw: dict[str, Any]):
         e = err.errors()[0]
         loc = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
-            raise ConfigError(f"{where}.{loc}: unknown key; valid keys for type {kind}: "
-                              f"{', '.join(cls.model_fields)}") from None
+            raise ConfigError(
+                f"{where}.{loc}: unknown key; valid keys for type {kind}: {', '.join(cls.model_fields)}"
+            ) from None
         raise ConfigError(f"{where}.{loc}: {e['msg'].removeprefix('Value error, ')}") from None
     try:
         param.distribution()
@@ -405,8 +450,10 @@ def _check_space(sweep: Sweep) -> None:
     eval_keys = sorted(SamplerSetting.model_fields)
     for key, param in sweep.params.items():
         if key.startswith("eval.") and key.removeprefix("eval.") not in eval_keys:
-            raise ConfigError(f"{src}: search.params.{key}: eval.* keys set a field of the evaluation setting; "
-                              f"valid: {', '.join('eval.' + k for k in eval_keys)}")
+            raise ConfigError(
+                f"{src}: search.params.{key}: eval.* keys set a field of the evaluation setting; "
+                f"valid: {', '.join('eval.' + k for k in eval_keys)}"
+            )
         for value in param.probes():
             sweep.resolve({key: value}, where=f"{src}: search.params.{key}: the value {value!r} is invalid")
     for o in search.objective:
@@ -422,15 +469,20 @@ def _check_space(sweep: Sweep) -> None:
         for key, param in sweep.params.items():
             n = grid_size(param.distribution())
             if n is None:
-                raise ConfigError(f"{src}: search.params.{key}: bruteforce needs finite values: give the float "
-                                  f"a step, or use int or categorical")
+                raise ConfigError(
+                    f"{src}: search.params.{key}: bruteforce needs finite values: give the float "
+                    f"a step, or use int or categorical"
+                )
             size *= n
         if search.n_trials > size:
-            raise ConfigError(f"{src}: search.n_trials: {search.n_trials} is more than the {size} points bruteforce "
-                              f"can visit")
+            raise ConfigError(
+                f"{src}: search.n_trials: {search.n_trials} is more than the {size} points bruteforce can visit"
+            )
     if sweep.pruning and sweep.base["train"]["eval_every"] == 0:
-        raise ConfigError(f"{src}: search.pruner: {search.pruner_name} prunes on periodic evaluations; set "
-                          f"train.eval_every > 0, or pruner: none")
+        raise ConfigError(
+            f"{src}: search.pruner: {search.pruner_name} prunes on periodic evaluations; set "
+            f"train.eval_every > 0, or pruner: none"
+        )
     try:
         sweep.pruner()
     except (TypeError, ValueError) as err:
@@ -450,12 +502,19 @@ def is_sweep_spec(path: str | Path) -> bool:
 
 # -- storage --------------------------------------------------------------------------------------------
 
+
 def journal_path(root: Path, spec_name: str) -> Path:
     return root / "optuna" / f"{spec_name}.log"
 
 
-def open_storage(storage: str | None, root: Path, spec_name: str, *, heartbeat_interval: int = HEARTBEAT_SECONDS,
-                 grace_period: int = GRACE_SECONDS) -> optuna.storages.BaseStorage:
+def open_storage(
+    storage: str | None,
+    root: Path,
+    spec_name: str,
+    *,
+    heartbeat_interval: int = HEARTBEAT_SECONDS,
+    grace_period: int = GRACE_SECONDS,
+) -> optuna.storages.BaseStorage:
     """A journal file (default, or a path) for processes on one machine; an RDB URL for several machines.
 
     RDB storages record a heartbeat per running trial; a trial silent for ``grace_period`` seconds is
@@ -470,8 +529,12 @@ def open_storage(storage: str | None, root: Path, spec_name: str, *, heartbeat_i
         return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
+        return RDBStorage(
+            storage,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+        )
 
 
 def storage_label(storage: str | None, root: Path, spec_name: str) -> str:
@@ -484,20 +547,25 @@ def storage_label(storage: str | None, root: Path, spec_name: str) -> str:
 
 def create_study(sweep: Sweep, storage) -> optuna.Study:
     """Create the study, or check that an existing one was made for the same base, budget and scoring."""
-    study = optuna.create_study(storage=storage, study_name=sweep.study_name, directions=sweep.directions,
-                                load_if_exists=True)
+    study = optuna.create_study(
+        storage=storage, study_name=sweep.study_name, directions=sweep.directions, load_if_exists=True
+    )
     have = [d.name.lower() for d in study.directions]
     if have != sweep.directions:
-        raise ConfigError(f"{sweep.source}: search.objective: study {sweep.study_name!r} optimizes {have}, not "
-                          f"{sweep.directions}; use another profile or remove the study from its storage")
+        raise ConfigError(
+            f"{sweep.source}: search.objective: study {sweep.study_name!r} optimizes {have}, not "
+            f"{sweep.directions}; use another profile or remove the study from its storage"
+        )
     mark = study.user_attrs.get("harness.fingerprint")
     if mark is None:
         study.set_user_attr("harness.fingerprint", sweep.fingerprint())
         study.set_user_attr("harness.objective", [o.metric for o in sweep.search.objective])
     elif mark != sweep.fingerprint():
-        raise ConfigError(f"{sweep.source}: study {sweep.study_name!r} was started with another base configuration "
-                          f"or scoring (fingerprint {mark} != {sweep.fingerprint()}); its trials would not compare. "
-                          f"Use another profile or remove the study from its storage")
+        raise ConfigError(
+            f"{sweep.source}: study {sweep.study_name!r} was started with another base configuration "
+            f"or scoring (fingerprint {mark} != {sweep.fingerprint()}); its trials would not compare. "
+            f"Use another profile or remove the study from its storage"
+        )
     return study
 
 
@@ -509,6 +577,7 @@ def counts(study: optuna.Study) -> dict[str, int]:
 
 
 # -- one trial ------------------------------------------------------------------------------------------
+
 
 class PruningEvaluator:
     """Wraps ``harness.evaluate.Evaluator``: reports the objective metric of each periodic evaluation to
@@ -649,13 +718,23 @@ class TrialObjective:
         trial.set_user_attr("config_hash", h)
         commit, _ = git_state()
         retried = trial.study.get_trials(deepcopy=False)[trial.number].system_attrs.get("failed_trial")
-        run = self.store.start_run(self.task.experiment_id, f"{sweep.study_name}-trial-{trial.number}",
-                                   parent=self.task.parent_run_id, tags={
-                                       ROLE: "trial", HASH: h, SPEC: sweep.spec.name, COMMIT: commit,
-                                       CODE_VERSION: code_version(),
-                                       STUDY: sweep.study_name, TRIAL: trial.number, STATE: "RUNNING",
-                                       "harness.worker": worker_name(),
-                                       "harness.retry_of": "-" if retried is None else retried})
+        run = self.store.start_run(
+            self.task.experiment_id,
+            f"{sweep.study_name}-trial-{trial.number}",
+            parent=self.task.parent_run_id,
+            tags={
+                ROLE: "trial",
+                HASH: h,
+                SPEC: sweep.spec.name,
+                COMMIT: commit,
+                CODE_VERSION: code_version(),
+                STUDY: sweep.study_name,
+                TRIAL: trial.number,
+                STATE: "RUNNING",
+                "harness.worker": worker_name(),
+                "harness.retry_of": "-" if retried is None else retried,
+            },
+        )
         trial.set_user_attr("mlflow_run_id", run.run_id)
         run.log_params({**params, "trial": trial.number})
         run.log_dict(config.to_dict(), "config.json")
@@ -713,8 +792,9 @@ class TrialObjective:
         with job_lock(self.root, h):  # one trainer per config hash; a twin trial waits, then reuses the model
             train(config, run, run_dir=run_dir, data=data, evaluator=scorer, progress=False)
             if scorer.final is None:  # trained to the end by an earlier trial: only this evaluation runs
-                scorer.final = evaluator.run(load_ema(config, data, run_dir, device), step=config.train.steps,
-                                             tracker=run, final=True)[0]
+                scorer.final = evaluator.run(
+                    load_ema(config, data, run_dir, device), step=config.train.steps, tracker=run, final=True
+                )[0]
         values = []
         for o in self.sweep.search.objective:
             if o.metric not in scorer.final:
@@ -745,8 +825,12 @@ def run_worker(task: WorkerTask) -> WorkerReport:
     root = store_root(store.uri)
     storage = open_storage(task.storage, root, sweep.spec.name)
     n_existing = len(optuna.load_study(study_name=sweep.study_name, storage=storage).get_trials(deepcopy=False))
-    study = optuna.load_study(study_name=sweep.study_name, storage=storage,
-                              sampler=sweep.sampler(task.worker, n_existing), pruner=sweep.pruner())
+    study = optuna.load_study(
+        study_name=sweep.study_name,
+        storage=storage,
+        sampler=sweep.sampler(task.worker, n_existing),
+        pruner=sweep.pruner(),
+    )
     objective = TrialObjective(sweep, task, store, root)
     report, failures = WorkerReport(task.worker, name=worker_name()), 0
     while True:
@@ -759,16 +843,19 @@ def run_worker(task: WorkerTask) -> WorkerReport:
             c = counts(study)
             if c["COMPLETE"] + c["PRUNED"] + c["RUNNING"] >= sweep.search.n_trials:
                 break
-            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[objective.release],
-                           gc_after_trial=True)
+            study.optimize(
+                objective, n_trials=1, catch=(Exception,), callbacks=[objective.release], gc_after_trial=True
+            )
         finally:
             objective.release()
         if len(objective.ran) == ran_before:  # Optuna stopped before the objective (a sampler's study.stop())
             report.error = "the sampler stopped the study"
             break
         trial = study.get_trials(deepcopy=False)[objective.ran[-1]]
-        print(_trial_line(sweep, trial) + (f"  ({objective.last_error})" if trial.state == TrialState.FAIL else ""),
-              flush=True)
+        print(
+            _trial_line(sweep, trial) + (f"  ({objective.last_error})" if trial.state == TrialState.FAIL else ""),
+            flush=True,
+        )
         failures = failures + 1 if trial.state == TrialState.FAIL else 0
         if failures >= MAX_FAILURES_IN_A_ROW:
             report.error = f"{failures} trials in a row failed; the last: {objective.last_error}"
@@ -812,12 +899,19 @@ def _run_local(tasks: list[WorkerTask]) -> list[WorkerReport]:
             p.start()
         for p in procs:
             p.join()
-        return [WorkerReport(**json.loads(Path(o).read_text())) if Path(o).exists()
-                else WorkerReport(t.worker, error=f"worker died (exit code {p.exitcode}); its trial is retried "
-                                                  f"by the next run") for t, o, p in zip(tasks, outs, procs)]
+        return [
+            WorkerReport(**json.loads(Path(o).read_text()))
+            if Path(o).exists()
+            else WorkerReport(
+                t.worker, error=f"worker died (exit code {p.exitcode}); its trial is retried by the next run"
+            )
+            for t, o, p in zip(tasks, outs, procs)
+        ]
 
 
-def _run_slurm(tasks: list[WorkerTask], params: dict[str, Any], folder: Path, cluster: str | None) -> list[WorkerReport]:
+def _run_slurm(
+    tasks: list[WorkerTask], params: dict[str, Any], folder: Path, cluster: str | None
+) -> list[WorkerReport]:
     import submitit
 
     executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
@@ -834,6 +928,7 @@ def _run_slurm(tasks: list[WorkerTask], params: dict[str, Any], folder: Path, cl
 
 
 # -- the whole sweep ------------------------------------------------------------------------------------
+
 
 @dataclass
 class TrialRecord:
@@ -877,12 +972,19 @@ class SweepResult:
 
 
 def _record(t: FrozenTrial, runs: dict[int, str]) -> TrialRecord:
-    return TrialRecord(t.number, t.state.name, list(t.values) if t.values else None, dict(t.params),
-                       t.user_attrs.get("config_hash"), runs.get(t.number))
+    return TrialRecord(
+        t.number,
+        t.state.name,
+        list(t.values) if t.values else None,
+        dict(t.params),
+        t.user_attrs.get("config_hash"),
+        runs.get(t.number),
+    )
 
 
-def open_parent(store: MlflowStore, experiment_id: str, sweep: Sweep, root: Path, spec_path: str,
-                where: str) -> MlflowTracker:
+def open_parent(
+    store: MlflowStore, experiment_id: str, sweep: Sweep, root: Path, spec_path: str, where: str
+) -> MlflowTracker:
     """The study's one parent run: created by its first invocation, resumed by later ones."""
     lock = hold_lock(root, f"sweep-parent-{sweep.study_name}")
     try:
@@ -891,17 +993,39 @@ def open_parent(store: MlflowStore, experiment_id: str, sweep: Sweep, root: Path
         if runs:
             parent = store.resume_run(runs[0].info.run_id)
         else:
-            parent = store.start_run(experiment_id, sweep.study_name, tags={
-                ROLE: "sweep", HASH: "-", SPEC: sweep.spec.name, STUDY: sweep.study_name, COMMIT: commit,
-                "git.dirty": dirty, "harness.profile": sweep.profile or "default",
-                "harness.question": sweep.spec.question})
-            parent.log_params({"objective": ", ".join(f"{m}:{d}" for m, d in zip(
-                [o.metric for o in sweep.search.objective], sweep.directions)),
-                "search_space": ", ".join(sweep.params), "setting": SamplerSetting(**sweep.setting).label})
+            parent = store.start_run(
+                experiment_id,
+                sweep.study_name,
+                tags={
+                    ROLE: "sweep",
+                    HASH: "-",
+                    SPEC: sweep.spec.name,
+                    STUDY: sweep.study_name,
+                    COMMIT: commit,
+                    "git.dirty": dirty,
+                    "harness.profile": sweep.profile or "default",
+                    "harness.question": sweep.spec.question,
+                },
+            )
+            parent.log_params(
+                {
+                    "objective": ", ".join(
+                        f"{m}:{d}" for m, d in zip([o.metric for o in sweep.search.objective], sweep.directions)
+                    ),
+                    "search_space": ", ".join(sweep.params),
+                    "setting": SamplerSetting(**sweep.setting).label,
+                }
+            )
             parent.log_dict(sweep.base, "base_config.json")
-        parent.set_tags({"harness.storage": where, "harness.n_trials": sweep.search.n_trials, COMMIT: commit,
-                         "harness.sampler": sweep.search.sampler,
-                         "harness.pruner": sweep.search.pruner_name if sweep.pruning else "none"})
+        parent.set_tags(
+            {
+                "harness.storage": where,
+                "harness.n_trials": sweep.search.n_trials,
+                COMMIT: commit,
+                "harness.sampler": sweep.search.sampler,
+                "harness.pruner": sweep.search.pruner_name if sweep.pruning else "none",
+            }
+        )
         parent.log_artifact(spec_path)
         parent.log_dict(sweep.search.model_dump(mode="json"), "search.json")
         return parent
@@ -917,8 +1041,9 @@ def _child_runs(store: MlflowStore, experiment_id: str, study_name: str) -> dict
     return out
 
 
-def finish_study(store: MlflowStore, experiment_id: str, study: optuna.Study, sweep: Sweep,
-                 parent: MlflowTracker) -> tuple[dict[int, str], list[int]]:
+def finish_study(
+    store: MlflowStore, experiment_id: str, study: optuna.Study, sweep: Sweep, parent: MlflowTracker
+) -> tuple[dict[int, str], list[int]]:
     """Close child runs whose worker died, tag the best trial(s), log the figures and the trial table."""
     children = _child_runs(store, experiment_id, sweep.study_name)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
@@ -940,8 +1065,12 @@ def finish_study(store: MlflowStore, experiment_id: str, study: optuna.Study, sw
     if best and not sweep.multi_objective:
         t = trials[best[0]]
         parent.log_metrics({f"best_{sweep.search.objective[0].metric}": t.value})
-        parent.set_tags({"harness.best_trial_number": t.number,
-                         "harness.best_run_id": children[t.number].info.run_id if t.number in children else "-"})
+        parent.set_tags(
+            {
+                "harness.best_trial_number": t.number,
+                "harness.best_run_id": children[t.number].info.run_id if t.number in children else "-",
+            }
+        )
     with tempfile.TemporaryDirectory() as tmp:
         table = Path(tmp) / "trials.csv"
         study.trials_dataframe().to_csv(table, index=False)
@@ -964,13 +1093,25 @@ def log_figures(study: optuna.Study, sweep: Sweep, out: Path) -> list[tuple[Path
     for i, o in enumerate(sweep.search.objective):
         suffix = f"_{o.metric}" if sweep.multi_objective else ""
         target = (lambda t, i=i: t.values[i]) if sweep.multi_objective else None
-        plots.append((f"optimization_history{suffix}", lambda target=target, o=o: ovm.plot_optimization_history(
-            study, target=target, target_name=o.metric)))
-        plots.append((f"param_importances{suffix}", lambda target=target, o=o: ovm.plot_param_importances(
-            study, target=target, target_name=o.metric)))
+        plots.append(
+            (
+                f"optimization_history{suffix}",
+                lambda target=target, o=o: ovm.plot_optimization_history(study, target=target, target_name=o.metric),
+            )
+        )
+        plots.append(
+            (
+                f"param_importances{suffix}",
+                lambda target=target, o=o: ovm.plot_param_importances(study, target=target, target_name=o.metric),
+            )
+        )
     if len(sweep.search.objective) in (2, 3):
-        plots.append(("pareto_front", lambda: ovm.plot_pareto_front(
-            study, target_names=[o.metric for o in sweep.search.objective])))
+        plots.append(
+            (
+                "pareto_front",
+                lambda: ovm.plot_pareto_front(study, target_names=[o.metric for o in sweep.search.objective]),
+            )
+        )
     results = []
     with warnings.catch_warnings(), matplotlib.rc_context():  # Optuna's plots switch the global style
         warnings.simplefilter("ignore")
@@ -999,9 +1140,17 @@ def preflight(sweep: Sweep) -> None:
         domain_classifier(images, default_cache_dir() / "classifiers", reject=reject)
 
 
-def run_sweep(spec_path: str | Path, *, profile: str | None = None, workers: int = 1, storage: str | None = None,
-              executor: str = "local", tracking_uri: str | None = None, overrides: dict[str, Any] | None = None,
-              cluster: str | None = None) -> SweepResult:
+def run_sweep(
+    spec_path: str | Path,
+    *,
+    profile: str | None = None,
+    workers: int = 1,
+    storage: str | None = None,
+    executor: str = "local",
+    tracking_uri: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    cluster: str | None = None,
+) -> SweepResult:
     """Run (or continue) the sweep until its study holds ``n_trials`` COMPLETE or PRUNED trials.
 
     ``workers`` processes pull trials from one storage (``storage``: journal file path or RDB URL;
@@ -1023,8 +1172,9 @@ def run_sweep(spec_path: str | Path, *, profile: str | None = None, workers: int
     try:
         optuna_storage = open_storage(storage, root, sweep.spec.name)
     except Exception as err:  # noqa: BLE001 - sqlalchemy and OS errors alike
-        raise StoreUnavailable(f"optuna storage {where} is not usable: {str(err).strip().splitlines()[-1][:300]}") \
-            from None
+        raise StoreUnavailable(
+            f"optuna storage {where} is not usable: {str(err).strip().splitlines()[-1][:300]}"
+        ) from None
     study = create_study(sweep, optuna_storage)
     experiment_id = store.experiment_id(sweep.spec.name)
     parent = open_parent(store, experiment_id, sweep, root, spec_path, where)
@@ -1037,14 +1187,32 @@ def run_sweep(spec_path: str | Path, *, profile: str | None = None, workers: int
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         devices = [f"cuda:{i % gpus}" for i in range(workers)] if gpus else devices
         threads = max(1, (os.cpu_count() or 1) // workers)  # the CPU's cores divided between the workers
-    tasks = [WorkerTask(spec_path, profile, overrides, storage, store.uri, experiment_id, parent.run_id, worker=i,
-                        threads=threads, device=devices[i]) for i in range(workers)]
-    print(f"{sweep.study_name}: {sweep.search.n_trials} trials ({sweep.search.sampler}, pruner "
-          f"{sweep.search.pruner_name if sweep.pruning else 'none'}), {workers} worker(s); study in {where}; "
-          f"{counts(study)['COMPLETE'] + counts(study)['PRUNED']} finished so far", flush=True)
+    tasks = [
+        WorkerTask(
+            spec_path,
+            profile,
+            overrides,
+            storage,
+            store.uri,
+            experiment_id,
+            parent.run_id,
+            worker=i,
+            threads=threads,
+            device=devices[i],
+        )
+        for i in range(workers)
+    ]
+    print(
+        f"{sweep.study_name}: {sweep.search.n_trials} trials ({sweep.search.sampler}, pruner "
+        f"{sweep.search.pruner_name if sweep.pruning else 'none'}), {workers} worker(s); study in {where}; "
+        f"{counts(study)['COMPLETE'] + counts(study)['PRUNED']} finished so far",
+        flush=True,
+    )
     try:
         if executor == "slurm":
-            reports = _run_slurm(tasks, sweep.spec.slurm, private_dir(root / "slurm" / sweep.study_name, SUBMITIT_READS), cluster)
+            reports = _run_slurm(
+                tasks, sweep.spec.slurm, private_dir(root / "slurm" / sweep.study_name, SUBMITIT_READS), cluster
+            )
         else:
             reports = _run_local(tasks)
     except BaseException:
@@ -1053,9 +1221,16 @@ def run_sweep(spec_path: str | Path, *, profile: str | None = None, workers: int
     study = optuna.load_study(study_name=sweep.study_name, storage=optuna_storage)
     runs, best = finish_study(store, experiment_id, study, sweep, parent)
     trials = [_record(t, runs) for t in study.get_trials(deepcopy=False)]
-    result = SweepResult(sweep.study_name, where, parent.run_id, sweep.search.n_trials,
-                         [(o.metric, d) for o, d in zip(sweep.search.objective, sweep.directions)], trials,
-                         [trials[n] for n in best], reports)
+    result = SweepResult(
+        sweep.study_name,
+        where,
+        parent.run_id,
+        sweep.search.n_trials,
+        [(o.metric, d) for o, d in zip(sweep.search.objective, sweep.directions)],
+        trials,
+        [trials[n] for n in best],
+        reports,
+    )
     parent.finish("FINISHED" if result.ok else "FAILED")
     return result
 
@@ -1065,12 +1240,23 @@ def add_arguments(parser) -> None:
     parser.add_argument("spec", help="a sweep spec: an ablation spec with a search section")
     parser.add_argument("--profile", help="a profile of the spec (smoke, quick, full, ...)")
     parser.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes sharing the study")
-    parser.add_argument("--storage", metavar="URL", help="Optuna storage: an RDB URL (postgresql://...) for "
-                        "workers on several machines, or a journal file path (default: <store>/optuna/<spec>.log)")
+    parser.add_argument(
+        "--storage",
+        metavar="URL",
+        help="Optuna storage: an RDB URL (postgresql://...) for "
+        "workers on several machines, or a journal file path (default: <store>/optuna/<spec>.log)",
+    )
     parser.add_argument("--executor", choices=["local", "slurm"], default="local")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlruns/mlflow.db)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a base field (train.steps=200) or a search field (search.n_trials=40)")
+    parser.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlruns/mlflow.db)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a base field (train.steps=200) or a search field (search.n_trials=40)",
+    )
 
 
 def sweep_main(args) -> int:
@@ -1080,15 +1266,24 @@ def sweep_main(args) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the command prints its own line per trial
     try:
         overrides = parse_overrides(getattr(args, "set", None) or [])  # a key given twice is an error
-        result = run_sweep(args.spec, profile=args.profile, workers=getattr(args, "workers", None) or 1,
-                           storage=getattr(args, "storage", None), executor=getattr(args, "executor", None) or "local",
-                           tracking_uri=getattr(args, "tracking_uri", None), overrides=overrides)
+        result = run_sweep(
+            args.spec,
+            profile=args.profile,
+            workers=getattr(args, "workers", None) or 1,
+            storage=getattr(args, "storage", None),
+            executor=getattr(args, "executor", None) or "local",
+            tracking_uri=getattr(args, "tracking_uri", None),
+            overrides=overrides,
+        )
     except (ConfigError, DataUnavailable, StoreUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     c = result.counts
-    print(f"{result.study_name}: {result.finished}/{result.n_trials} finished ("
-          + ", ".join(f"{n} {s.lower()}" for s, n in sorted(c.items())) + f"); parent run {result.parent_run_id}")
+    print(
+        f"{result.study_name}: {result.finished}/{result.n_trials} finished ("
+        + ", ".join(f"{n} {s.lower()}" for s, n in sorted(c.items()))
+        + f"); parent run {result.parent_run_id}"
+    )
     for t in result.best:
         values = "  ".join(f"{m}={v:.4g}" for (m, _), v in zip(result.objective, t.values or []))
         print(f"  best trial {t.number}: {values}  {t.params}  (config {t.config_hash}, run {t.run_id})")

@@ -1,5 +1,6 @@
 """Where metrics go. Training and evaluation talk to a tracker object passed in; they never import
 mlflow (only the MLflow section at the end of this module does)."""
+
 from __future__ import annotations
 
 import math
@@ -7,8 +8,9 @@ import os
 import re
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -25,12 +27,23 @@ class Tracker(Protocol):
 class NullTracker:
     """Logs nothing: for tests and for scripts that only want the returned result."""
 
-    def log_params(self, params): return None
-    def log_metrics(self, metrics, step=None): return None
-    def log_series(self, key, values, steps): return None
-    def log_image(self, image, key, step): return None
-    def log_artifact(self, path): return None
-    def last_step(self, key): return 0
+    def log_params(self, params):
+        return None
+
+    def log_metrics(self, metrics, step=None):
+        return None
+
+    def log_series(self, key, values, steps):
+        return None
+
+    def log_image(self, image, key, step):
+        return None
+
+    def log_artifact(self, path):
+        return None
+
+    def last_step(self, key):
+        return 0
 
 
 class MemoryTracker:
@@ -100,6 +113,7 @@ class LoggedAfter:
 REPO = Path(__file__).resolve().parents[1]
 from .provenance import git_state  # noqa: E402,F401 - re-exported: sweep and bench import it from here
 from .schema import COMMIT, HASH, ROLE, SPEC  # noqa: E402,F401 - re-exported for older imports
+
 MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch call
 
 
@@ -120,14 +134,14 @@ class MlflowTracker:
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, int(s or 0)) for k, v, s in items if math.isfinite(float(v))]
         for i in range(0, len(metrics), MAX_BATCH):
-            self.client.log_batch(self.run_id, metrics=metrics[i:i + MAX_BATCH], synchronous=True)
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + MAX_BATCH], synchronous=True)
 
     def log_params(self, params):
         from mlflow.entities import Param
 
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[i:i + 100], synchronous=True)
+            self.client.log_batch(self.run_id, params=items[i : i + 100], synchronous=True)
 
     def log_metrics(self, metrics, step=None):
         self._metrics((k, v, step) for k, v in metrics.items())
@@ -203,6 +217,7 @@ class GuardedClient:
                     raise
                 what = "tracking server unreachable" if self._uri.startswith("http") else "tracking store unusable"
                 raise StoreUnavailable(f"{what}: {self._uri} ({name}: {reason})") from None
+
         return call
 
 
@@ -254,8 +269,11 @@ class MlflowStore:
             return exp.experiment_id
         location = None
         if self.uri.startswith("sqlite:///"):  # artifacts beside the database, whatever the working directory
-            location = (REPO / "mlruns" / "artifacts" / name).as_uri() if self.uri == default_tracking_uri() \
+            location = (
+                (REPO / "mlruns" / "artifacts" / name).as_uri()
+                if self.uri == default_tracking_uri()
                 else (Path(self.uri.removeprefix("sqlite:///")).parent / "artifacts" / name).as_uri()
+            )
         try:
             return self.client.create_experiment(name, artifact_location=location)
         except Exception:  # another process created it between our two calls
@@ -264,7 +282,9 @@ class MlflowStore:
                 raise
             return exp.experiment_id
 
-    def start_run(self, experiment_id: str, name: str, tags: dict[str, Any], parent: str | None = None) -> MlflowTracker:
+    def start_run(
+        self, experiment_id: str, name: str, tags: dict[str, Any], parent: str | None = None
+    ) -> MlflowTracker:
         tags = {k: str(v) for k, v in tags.items()}
         if parent:
             tags["mlflow.parentRunId"] = parent
@@ -278,5 +298,8 @@ class MlflowStore:
     def runs(self, experiment_id: str, tags: dict[str, str]) -> list:
         """Runs of the experiment whose tags equal ``tags``, newest first."""
         clauses = [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
-        return list(self.client.search_runs([experiment_id], " and ".join(clauses), max_results=5000,
-                                            order_by=["attributes.start_time DESC"]))
+        return list(
+            self.client.search_runs(
+                [experiment_id], " and ".join(clauses), max_results=5000, order_by=["attributes.start_time DESC"]
+            )
+        )

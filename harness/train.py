@@ -7,6 +7,7 @@ resumed equals an uninterrupted run. A checkpoint is written every ``train.check
 have yet. The host synchronizes with the device only every ``train.log_every`` steps (losses are
 buffered on the device), at evaluations and at checkpoints.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -56,9 +57,13 @@ class TrainResult:
         return {
             "config_hash": self.config_hash,
             "classifier_accuracy": self.classifier_accuracy,
-            "train": {"final_loss": self.final_loss, "images_per_second": self.images_per_second,
-                      "steps": self.steps, "num_parameters": self.num_parameters,
-                      "checkpoint": self.checkpoint},
+            "train": {
+                "final_loss": self.final_loss,
+                "images_per_second": self.images_per_second,
+                "steps": self.steps,
+                "num_parameters": self.num_parameters,
+                "checkpoint": self.checkpoint,
+            },
             "evals": self.final_evals(),
             "recognizable_at_step": self.recognizable_at_step,
         }
@@ -92,10 +97,16 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 def build_model(config: Config, channels: int, image_size: int, num_classes: int) -> UNet:
     m = config.model
-    return UNet(in_channels=channels, image_size=image_size, channels=m.channels,
-                channel_mult=m.channel_mult, num_res_blocks=m.num_res_blocks,
-                attention_resolutions=m.attention_resolutions, dropout=m.dropout,
-                num_classes=num_classes if m.conditional else None)
+    return UNet(
+        in_channels=channels,
+        image_size=image_size,
+        channels=m.channels,
+        channel_mult=m.channel_mult,
+        num_res_blocks=m.num_res_blocks,
+        attention_resolutions=m.attention_resolutions,
+        dropout=m.dropout,
+        num_classes=num_classes if m.conditional else None,
+    )
 
 
 def train(
@@ -134,8 +145,9 @@ def train(
     memory_format = torch.channels_last if tc.channels_last else torch.preserve_format
     model = model.to(memory_format=memory_format)
     ema = EMA(model, tc.ema_decay)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
-                                  fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=device.type == "cuda"
+    )
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, tc.warmup_steps)))
     gen = torch.Generator(device=device).manual_seed(tc.seed)
     schedule = make_schedule(dc.schedule, dc.timesteps, zero_terminal_snr=dc.zero_terminal_snr)
@@ -160,13 +172,24 @@ def train(
         tracker = LoggedAfter(tracker, tracker.last_step("train/loss"))
 
     def save(unlogged: dict | None = None) -> None:
-        checkpoint.save_atomic({
-            "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-            "lr_schedule": warmup.state_dict(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0),
-            "step": step, "evals": evals, "last_loss": last_loss, "seconds": seconds,
-            "config": config.canonical_json(), "unlogged": unlogged or {},
-        }, ckpt_path)
+        checkpoint.save_atomic(
+            {
+                "model": model.state_dict(),
+                "ema": ema.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "lr_schedule": warmup.state_dict(),
+                "generator": gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0),
+                "step": step,
+                "evals": evals,
+                "last_loss": last_loss,
+                "seconds": seconds,
+                "config": config.canonical_json(),
+                "unlogged": unlogged or {},
+            },
+            ckpt_path,
+        )
 
     def run_eval() -> None:
         results = evaluator.run(ema.model, step=step, tracker=tracker)
@@ -186,8 +209,14 @@ def train(
     bucket_sum = torch.zeros(NUM_BUCKETS, device=device)
     bucket_n = torch.zeros(NUM_BUCKETS, device=device)
     buf_start, interval_start = step, time.perf_counter()
-    bar = tqdm(total=tc.steps, initial=step, disable=(None if progress is None else not progress),
-               desc=f"train {config.train_hash()}", unit="step", dynamic_ncols=True)
+    bar = tqdm(
+        total=tc.steps,
+        initial=step,
+        disable=(None if progress is None else not progress),
+        desc=f"train {config.train_hash()}",
+        unit="step",
+        dynamic_ncols=True,
+    )
     model.train()
     while step < tc.steps:
         idx = torch.randint(0, images.shape[0], (B,), device=device, generator=gen)
@@ -199,8 +228,9 @@ def train(
         t = torch.randint(0, T, (B,), device=device, generator=gen)
         noise = torch.randn(x0.shape, device=device, generator=gen)
         with autocast(device, amp_dtype):
-            per_example = diffusion_loss(net, x0, t, noise, schedule, dc.parameterization,
-                                         dc.loss_weighting, y, gamma=dc.min_snr_gamma)
+            per_example = diffusion_loss(
+                net, x0, t, noise, schedule, dc.parameterization, dc.loss_weighting, y, gamma=dc.min_snr_gamma
+            )
         loss = per_example.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -230,8 +260,11 @@ def train(
             ips = len(losses) * B / max(now - interval_start, 1e-9)
             last_loss = sum(losses) / len(losses)
             per_bucket = (bucket_sum / bucket_n.clamp(min=1)).tolist()
-            interval = {"train/images_per_second": ips, "train/lr": warmup.get_last_lr()[0],
-                        **{f"train/loss_t{b}": v for b, v in enumerate(per_bucket) if bucket_n[b] > 0}}
+            interval = {
+                "train/images_per_second": ips,
+                "train/lr": warmup.get_last_lr()[0],
+                **{f"train/loss_t{b}": v for b, v in enumerate(per_bucket) if bucket_n[b] > 0},
+            }
             bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{ips:.0f}")
             bucket_sum.zero_(), bucket_n.zero_()
             evaluated = False
@@ -255,14 +288,23 @@ def train(
     bar.close()
 
     result = TrainResult(
-        config_hash=config.train_hash(), steps=step, final_loss=last_loss,
+        config_hash=config.train_hash(),
+        steps=step,
+        final_loss=last_loss,
         images_per_second=step * B / seconds if seconds else math.nan,
-        num_parameters=model.num_parameters, checkpoint=str(ckpt_path), evals=evals,
+        num_parameters=model.num_parameters,
+        checkpoint=str(ckpt_path),
+        evals=evals,
         classifier_accuracy=evaluator.classifier_accuracy,
         recognizable_at_step=recognizable_at_step(evals, config.eval.recognizable_fraction),
     )
-    tracker.log_metrics({"train/final_loss": last_loss, "train/images_per_second_mean": result.images_per_second,
-                         "train/seconds": seconds})  # training alone, without evaluations and checkpoints
+    tracker.log_metrics(
+        {
+            "train/final_loss": last_loss,
+            "train/images_per_second_mean": result.images_per_second,
+            "train/seconds": seconds,
+        }
+    )  # training alone, without evaluations and checkpoints
     return result
 
 
@@ -275,4 +317,3 @@ def recognizable_at_step(evals: list[dict[str, Any]], fraction: float) -> int | 
         if e.get("recognizability", 0.0) >= fraction:
             return e["step"]
     return None
-

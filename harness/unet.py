@@ -4,10 +4,11 @@ Every residual block receives the timestep embedding (plus the class embedding w
 so the noise level reaches every resolution. The class table has one extra "null" row, index
 ``num_classes``, which classifier-free guidance uses as "no label".
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -46,15 +47,19 @@ def check_shape(image_size: int, channels: int, channel_mult: Sequence[int], att
     res = resolutions(image_size, len(channel_mult))
     for r in attention_resolutions:
         if r not in res:
-            raise ValueError(f"attention_resolutions: {r} is never reached; with {image_size}x{image_size} images and "
-                             f"{len(channel_mult)} levels the model works at {', '.join(map(str, res))}")
+            raise ValueError(
+                f"attention_resolutions: {r} is never reached; with {image_size}x{image_size} images and "
+                f"{len(channel_mult)} levels the model works at {', '.join(map(str, res))}"
+            )
     # The middle block always attends, at the last level's width.
     widths = [channels * m for m, r in zip(channel_mult, res) if r in attention_resolutions]
     widths.append(channels * channel_mult[-1])
     for c in widths:
         if c % num_heads(c):
-            raise ValueError(f"channels: attention at width {c} uses {num_heads(c)} heads, which do not divide it; "
-                             f"choose channels so that every attention width divides into heads of >= {HEAD_CHANNELS}")
+            raise ValueError(
+                f"channels: attention at width {c} uses {num_heads(c)} heads, which do not divide it; "
+                f"choose channels so that every attention width divides into heads of >= {HEAD_CHANNELS}"
+            )
 
 
 def _norm(c: int) -> nn.GroupNorm:
@@ -150,8 +155,9 @@ class UNet(nn.Module):
                 self.downsample.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
                 skip_channels.append(c)
                 res = (res + 1) // 2
-        self.mid = Level([ResBlock(c, c, emb_dim, dropout), ResBlock(c, c, emb_dim, dropout)],
-                         [Attention(c), nn.Identity()], res)
+        self.mid = Level(
+            [ResBlock(c, c, emb_dim, dropout), ResBlock(c, c, emb_dim, dropout)], [Attention(c), nn.Identity()], res
+        )
         self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
             blocks, attns = [], []

@@ -2,6 +2,7 @@
 
 Kept below the runner so that any module starting workers (runner, sweep) shares one way to do it.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -50,5 +51,6 @@ def worker_pool(jobs: int, devices: list[str] | None = None) -> ProcessPoolExecu
         queue = ctx.Queue()
         for d in devices:
             queue.put(d)
-    return ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
-                               initargs=(os.getpid(), queue))
+    return ProcessPoolExecutor(
+        max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(), queue)
+    )

@@ -6,6 +6,7 @@ key keeps the last value). This loader refuses all three while it composes the d
 Python object is built, so whatever comes out is a small tree the rest of the harness can walk.
 Every refusal is a ``YamlError`` of one line; callers add the file or the override it came from.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -48,8 +49,13 @@ class _Loader(yaml.SafeLoader):
             raise self._error(f"nested more than {MAX_DEPTH} levels deep", event)
         self._count(1, event)  # counted on the way in: pure-Python PyYAML reads about 15,000 values/s
         node = super().compose_node(parent, index)
-        children = [n for pair in node.value for n in pair] if isinstance(node, MappingNode) else \
-            node.value if isinstance(node, SequenceNode) else []
+        children = (
+            [n for pair in node.value for n in pair]
+            if isinstance(node, MappingNode)
+            else node.value
+            if isinstance(node, SequenceNode)
+            else []
+        )
         node.size = 1 + sum(c.size for c in children)
         node.depth = 1 + max((c.depth for c in children), default=0)
         if node.depth > MAX_DEPTH:
@@ -72,8 +78,10 @@ class _Loader(yaml.SafeLoader):
                 first = seen.setdefault((key.tag, key.value), key)
                 if first is not key:
                     where = ".".join(p for p in self._path[1:] if p) + ": " if len(self._path) > 1 else ""
-                    raise YamlError(f"{where}duplicate key {key.value!r} at line {key.start_mark.line + 1} "
-                                    f"(first at line {first.start_mark.line + 1})")
+                    raise YamlError(
+                        f"{where}duplicate key {key.value!r} at line {key.start_mark.line + 1} "
+                        f"(first at line {first.start_mark.line + 1})"
+                    )
 
     def _error(self, problem: str, event) -> YamlError:
         mark = event.start_mark

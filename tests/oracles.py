@@ -1,4 +1,5 @@
 """Closed-form denoisers for Gaussian data: the exact answers samplers are checked against."""
+
 from __future__ import annotations
 
 import torch

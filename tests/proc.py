@@ -1,5 +1,6 @@
 """Processes seen through /proc (Linux; psutil is not a dependency): who a process's workers are, and
 whether they still live."""
+
 import os
 import signal
 from pathlib import Path
@@ -11,7 +12,7 @@ def _stat(pid: int) -> tuple[str, int] | None:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = text[text.rindex(")") + 2:].split()  # the name, in parentheses, may hold spaces
+    fields = text[text.rindex(")") + 2 :].split()  # the name, in parentheses, may hold spaces
     return fields[0], int(fields[1])
 
 

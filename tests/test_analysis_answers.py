@@ -1,5 +1,6 @@
 """Adversarial tables for every answer rule: nothing the plan asked for disappears, nothing untested
 reads as a tie, nothing incomparable is ranked."""
+
 import math
 from types import SimpleNamespace
 
@@ -8,10 +9,25 @@ import pytest
 from analysis_fixtures import S, fixture_data
 
 from analysis import figures
-from analysis.answers import LOWER_IS_BETTER, NO_DIFFERENCE, arms_answer, guidance_answer, settings_answer, settings_front
+from analysis.answers import (
+    LOWER_IS_BETTER,
+    NO_DIFFERENCE,
+    arms_answer,
+    guidance_answer,
+    settings_answer,
+    settings_front,
+)
 from analysis.load import failure_reason
-from analysis.report import (answer, build_document, comparison_section, final_metrics_section, guidance_section,
-                             settings_section, setup_section, training_section)
+from analysis.report import (
+    answer,
+    build_document,
+    comparison_section,
+    final_metrics_section,
+    guidance_section,
+    settings_section,
+    setup_section,
+    training_section,
+)
 from harness.schema import METRICS, RUN_METRICS
 
 NAN = float("nan")
@@ -47,7 +63,9 @@ def test_one_usable_seed_is_counted_as_one_and_never_wins(tmp_path):
     assert "not tested (fewer than 2 seeds with a FID in all but one arm)" in words
     assert "cosine 40 (1 seed); linear 55.4 (3 seeds)" in words
     assert "beats" not in words and NO_DIFFERENCE not in words
-    three = data(tmp_path / "3", {("linear", S): GOOD, ("cosine", S): BETTER, ("sigmoid", S): {"fid": [40.0, NAN, NAN]}})
+    three = data(
+        tmp_path / "3", {("linear", S): GOOD, ("cosine", S): BETTER, ("sigmoid", S): {"fid": [40.0, NAN, NAN]}}
+    )
     words = arms_answer(three.evals, three.arms)
     assert words.startswith("cosine has the lowest mean FID of the arms with 2 or more seeds")
     assert "it beats linear by" in words and "sigmoid 40, not tested (1 seed)" in words
@@ -69,9 +87,11 @@ def test_constant_differences_say_the_uncertainty_cannot_be_estimated(tmp_path):
     assert "zero variance" not in " ".join(r[-1] for r in comparison_section(d).tables[0].rows if r[0] == "precision")
 
 
-SETTINGS = {"ddpm-1000-eta0-w0": {"fid": [10.0, 11.0, 10.5]},
-            "ddim-50-eta0-w0": {"fid": [NAN, NAN, NAN]},
-            "ddim-10-eta0-w0": {"fid": [20.0, 22.0, 21.0]}}
+SETTINGS = {
+    "ddpm-1000-eta0-w0": {"fid": [10.0, 11.0, 10.5]},
+    "ddim-50-eta0-w0": {"fid": [NAN, NAN, NAN]},
+    "ddim-10-eta0-w0": {"fid": [20.0, 22.0, 21.0]},
+}
 
 
 def test_a_setting_without_fid_is_named_not_counted_as_no_loss(tmp_path):
@@ -83,18 +103,26 @@ def test_a_setting_without_fid_is_named_not_counted_as_no_loss(tmp_path):
     rows = settings_section(d).tables[0].rows
     assert ["ddim-50-eta0-w0", "base", "50", "no FID recorded", 0] in rows
     none = settings_answer(d.evals[d.evals["setting"] == "ddim-50-eta0-w0"], ["ddim-50-eta0-w0", "ddim-20-eta0-w0"])
-    assert none == ("no setting has a FID; no evaluation recorded with ddim-20-eta0-w0; "
-                    "no FID recorded with ddim-50-eta0-w0 (50 NFE)")
+    assert none == (
+        "no setting has a FID; no evaluation recorded with ddim-20-eta0-w0; "
+        "no FID recorded with ddim-50-eta0-w0 (50 NFE)"
+    )
 
 
 def test_a_guidance_weight_without_accuracy_stays_in_the_text_and_the_front(tmp_path):
     acc = {0: [0.60, 0.62, 0.61], 1: [0.80, 0.82, 0.81], 2: [NAN, NAN, NAN], 4: [0.91, 0.92, 0.93]}
     fid = {0: [10.0, 10.5, 10.2], 1: [11.0, 11.2, 11.4], 2: [14.0, 14.5, 14.1], 4: [20.0, 21.0, 20.4]}
-    d = data(tmp_path, {("base", f"ddim-50-eta0-w{w}"): {"fid": fid[w], "class_accuracy": acc[w]} for w in acc},
-             conditional=True, question="Which w?")
+    d = data(
+        tmp_path,
+        {("base", f"ddim-50-eta0-w{w}"): {"fid": fid[w], "class_accuracy": acc[w]} for w in acc},
+        conditional=True,
+        question="Which w?",
+    )
     words = answer(d)
     assert "no class accuracy recorded at w = 2" in words
-    assert "Pareto-optimal (FID against class accuracy): w = 0, w = 1, w = 4; w = 2 cannot be placed or ruled out" in words
+    assert (
+        "Pareto-optimal (FID against class accuracy): w = 0, w = 1, w = 4; w = 2 cannot be placed or ruled out" in words
+    )
     section = guidance_section(d)
     assert ["base", "2", 0, "not recorded"] == section.tables[0].rows[2][:4]
     assert any("No class accuracy is recorded at w = 2" in p for p in section.paragraphs)
@@ -102,11 +130,18 @@ def test_a_guidance_weight_without_accuracy_stays_in_the_text_and_the_front(tmp_
 
 def test_recognized_class_accuracy_is_reported_with_guidance(tmp_path):
     acc = {0: [0.60, 0.62, 0.61], 2: [0.90, 0.93, 0.91]}
-    final = {("base", f"ddim-50-eta0-w{w}"): {"fid": [10.0 + w, 10.5 + w, 10.2 + w], "class_accuracy": acc[w],
-                                              "recognized_class_accuracy": [a + 0.05 for a in acc[w]]} for w in acc}
+    final = {
+        ("base", f"ddim-50-eta0-w{w}"): {
+            "fid": [10.0 + w, 10.5 + w, 10.2 + w],
+            "class_accuracy": acc[w],
+            "recognized_class_accuracy": [a + 0.05 for a in acc[w]],
+        }
+        for w in acc
+    }
     d = data(tmp_path, final, conditional=True)
     assert "among recognizable samples only, class accuracy is 0.66 at w = 0, 0.963 at w = 2" in guidance_answer(
-        d.evals)
+        d.evals
+    )
     assert "recognized_class_accuracy" in guidance_section(d).tables[0].header
 
 
@@ -117,8 +152,10 @@ def test_fids_at_different_sample_counts_are_not_ranked(tmp_path):
     d.missing = [{"arm": "diffusion.schedule=sigmoid", "seed": 0, "reason": "failed: out of memory"}]
     words = answer(d)
     assert "are not comparable; sigmoid: failed: out of memory." in words
-    assert "FIDs are not ranked: they were computed on different bases (N = 500 samples against 5,000 mnist-5k " \
-           "images for linear ddim-50-eta0-w0; N = 1,000 samples" in words
+    assert (
+        "FIDs are not ranked: they were computed on different bases (N = 500 samples against 5,000 mnist-5k "
+        "images for linear ddim-50-eta0-w0; N = 1,000 samples" in words
+    )
     assert "beats" not in words.split("Final training")[0]
     assert "FID from 500 generated against 5,000 real images; 1,000 generated" in words
     assert any("not ranked" in p for p in comparison_section(d).paragraphs)
@@ -132,37 +169,62 @@ def test_losses_are_compared_only_within_one_objective(tmp_path):
     d.runs["train.precision"] = d.runs["arm_label"].str.split(" / ").str[1]
     d.axes = ["diffusion.parameterization", "train.precision"]
     words = answer(d)
-    assert "On final training loss among eps / fp32 and eps / bf16 (same objective), eps / fp32 beats eps / bf16" in words
+    assert (
+        "On final training loss among eps / fp32 and eps / bf16 (same objective), eps / fp32 beats eps / bf16" in words
+    )
     assert "v / fp32 beats" not in words and "beats v / fp32" not in words
-    assert ("Final training losses of arms with different training objectives (eps / fp32 and eps / bf16 vs v / fp32) "
-            "are on different scales and are not compared") in words
+    assert (
+        "Final training losses of arms with different training objectives (eps / fp32 and eps / bf16 vs v / fp32) "
+        "are on different scales and are not compared"
+    ) in words
     assert any("different scales" in p for p in training_section(d).paragraphs)
 
 
 def test_a_failed_arm_is_named_with_its_reason_in_the_first_sentence(tmp_path):
     d = data(tmp_path, {("linear", S): GOOD, ("cosine", S): BETTER})
     d.arms.append("sigmoid")
-    d.missing = [{"config_hash": f"hs{i}", "arm": "diffusion.schedule=sigmoid", "seed": i,
-                  "reason": "failed: non-finite loss at step 3"} for i in range(3)]
+    d.missing = [
+        {
+            "config_hash": f"hs{i}",
+            "arm": "diffusion.schedule=sigmoid",
+            "seed": i,
+            "reason": "failed: non-finite loss at step 3",
+        }
+        for i in range(3)
+    ]
     d.evals = d.evals[~((d.evals["arm_label"] == "linear") & (d.evals["seed"] == 2))]
     words = answer(d)
-    assert words.startswith("This plan has failures: 3 of 9 planned training runs did not finish (sigmoid seed 0: "
-                            "failed: non-finite loss at step 3;")
+    assert words.startswith(
+        "This plan has failures: 3 of 9 planned training runs did not finish (sigmoid seed 0: "
+        "failed: non-finite loss at step 3;"
+    )
     assert "1 planned evaluation(s) are missing (linear seed 2 with ddim-50-eta0-w0)" in words.split(". ")[0]
-    assert "sigmoid: failed: non-finite loss at step 3" in words.split("This plan has failures")[1].split("Budget")[0] \
-        .split("On FID")[1]
+    assert (
+        "sigmoid: failed: non-finite loss at step 3"
+        in words.split("This plan has failures")[1].split("Budget")[0].split("On FID")[1]
+    )
     assert any("sigmoid seed 0 (failed: non-finite loss at step 3)" in p for p in setup_section(d).paragraphs)
-    assert ["FID", "sigmoid", "", "none", "", "failed: non-finite loss at step 3"] in comparison_section(d).tables[0].rows
+    assert ["FID", "sigmoid", "", "none", "", "failed: non-finite loss at step 3"] in comparison_section(d).tables[
+        0
+    ].rows
     d.runs, d.evals = d.runs.iloc[:0], d.evals.iloc[:0]  # every job failed: the reasons are the whole answer
     d.missing = [{"arm": "base", "seed": 0, "reason": "failed: out of memory"}]
-    assert answer(d).startswith("This plan has failures: 1 of 1 planned training runs did not finish (base seed 0: "
-                                "failed: out of memory)")
+    assert answer(d).startswith(
+        "This plan has failures: 1 of 1 planned training runs did not finish (base seed 0: failed: out of memory)"
+    )
     assert setup_section(d).paragraphs == ["No finished training run. base seed 0: failed: out of memory."]
 
 
 def test_without_a_plan_an_unevaluated_setting_is_no_failure(tmp_path):
-    d = data(tmp_path, {("linear", S): GOOD, ("cosine", S): BETTER, ("linear", "ddim-10-eta0-w0"): GOOD,
-                        ("cosine", "ddim-10-eta0-w0"): BETTER})
+    d = data(
+        tmp_path,
+        {
+            ("linear", S): GOOD,
+            ("cosine", S): BETTER,
+            ("linear", "ddim-10-eta0-w0"): GOOD,
+            ("cosine", "ddim-10-eta0-w0"): BETTER,
+        },
+    )
     d.evals = d.evals[~((d.evals["arm_label"] == "linear") & (d.evals["setting"] == "ddim-10-eta0-w0"))]
     assert answer(d).startswith("This plan has failures: 3 planned evaluation(s) are missing")
     d.planned = False  # loaded with latest_plan=False: settings are whatever any run was evaluated with
@@ -172,8 +234,11 @@ def test_without_a_plan_an_unevaluated_setting_is_no_failure(tmp_path):
 def test_failure_reason_reads_the_error_tag():
     def run(status, **tags):
         return SimpleNamespace(info=SimpleNamespace(status=status), data=SimpleNamespace(tags=tags))
-    assert failure_reason(run("FAILED", **{"harness.error": "non-finite loss at step 3"})) == \
-        "failed: non-finite loss at step 3"
+
+    assert (
+        failure_reason(run("FAILED", **{"harness.error": "non-finite loss at step 3"}))
+        == "failed: non-finite loss at step 3"
+    )
     assert failure_reason(run("KILLED")) == "killed (no error recorded)"
     assert failure_reason(None) == "not trained: no training run recorded"
     assert failure_reason(run("RUNNING")).startswith("still running")
@@ -184,17 +249,24 @@ def test_mixed_code_versions_are_named_and_flagged(tmp_path):
     d.runs.loc[d.runs["arm_label"] == "cosine", ["code_version", "commit"]] = ["v2", "def456"]
     d.evals.loc[d.evals["arm_label"] == "cosine", ["code_version", "commit"]] = ["v2", "def456"]
     doc = build_document(d)
-    assert ("These results mix 2 versions of the harness code: v1 (trained: linear seeds 0, 1, 2; evaluated: linear "
-            "seeds 0, 1, 2), v2 (trained: cosine seeds 0, 1, 2; evaluated: cosine seeds 0, 1, 2); git commits abc123, "
-            "def456. Comparisons between runs made by different code") in doc.answer
+    assert (
+        "These results mix 2 versions of the harness code: v1 (trained: linear seeds 0, 1, 2; evaluated: linear "
+        "seeds 0, 1, 2), v2 (trained: cosine seeds 0, 1, 2; evaluated: cosine seeds 0, 1, 2); git commits abc123, "
+        "def456. Comparisons between runs made by different code"
+    ) in doc.answer
     assert "code version v1, v2; git commit abc123, def456" in doc.footer
     same = data(tmp_path / "same", {("linear", S): GOOD, ("cosine", S): BETTER})
     assert "versions of the harness code" not in answer(same)
 
 
 def test_heun_is_explained_with_its_counted_nfe(tmp_path):
-    d = data(tmp_path, {("base", "heun-18-eta0-w0"): {"fid": [12.0, 12.5, 12.2]},
-                        ("base", "ddim-50-eta0-w0"): {"fid": [12.1, 12.4, 12.3]}})
+    d = data(
+        tmp_path,
+        {
+            ("base", "heun-18-eta0-w0"): {"fid": [12.0, 12.5, 12.2]},
+            ("base", "ddim-50-eta0-w0"): {"fid": [12.1, 12.4, 12.3]},
+        },
+    )
     d.evals.loc[d.evals["sampler"] == "heun", "nfe"] = 27.0
     words = answer(d)
     assert "only below sigma_max = 80: steps from noise levels above it, and the last step, are Euler steps" in words

@@ -1,9 +1,9 @@
 """The report's words and pages from fixture tables (no MLflow): each kind of spec, with known answers."""
+
 import base64
 import re
 
 import pytest
-
 from analysis_fixtures import S, fixture_data
 
 from analysis.answers import NO_DIFFERENCE
@@ -11,13 +11,14 @@ from analysis.render import to_html, to_markdown
 from analysis.report import answer, build_document, guidance_section, settings_section
 
 
-
 @pytest.fixture(scope="module")
 def clear(tmp_path_factory):
     """Two arms, three seeds, cosine clearly better; the whole document, figures included (built once)."""
-    data = fixture_data(tmp_path_factory.mktemp("clear"), {("linear", S): {"fid": [55.0, 56.5, 54.8]},
-                                                           ("cosine", S): {"fid": [50.0, 52.0, 51.0]}},
-                        rec_at={"linear": 1500, "cosine": 1000})
+    data = fixture_data(
+        tmp_path_factory.mktemp("clear"),
+        {("linear", S): {"fid": [55.0, 56.5, 54.8]}, ("cosine", S): {"fid": [50.0, 52.0, 51.0]}},
+        rec_at={"linear": 1500, "cosine": 1000},
+    )
     return build_document(data)
 
 
@@ -25,8 +26,10 @@ def test_clear_winner_answer_and_recognizable_steps(clear):
     doc = clear
     assert doc.question == "Does cosine beat linear?"
     assert "cosine beats linear by 4.43 FID (95% CI 2.94 to 5.93, 3 seeds, paired t-test p = 0.0061)" in doc.answer
-    assert ("at step 1,000 (all 3 seeds) with cosine; at step 1,500 (all 3 seeds) with linear; cosine is sooner in "
-            "every seed") in doc.answer
+    assert (
+        "at step 1,000 (all 3 seeds) with cosine; at step 1,500 (all 3 seeds) with linear; cosine is sooner in "
+        "every seed"
+    ) in doc.answer
     assert "2,000 training steps x 64 images = 128,000 images seen per run" in doc.answer
     assert "500 generated against 5,000 real images" in doc.answer and "not InceptionV3" in doc.answer
     assert "smoke" not in doc.answer
@@ -40,9 +43,11 @@ def test_clear_winner_answer_and_recognizable_steps(clear):
 
 
 def test_tie_and_never_recognizable(tmp_path):
-    data = fixture_data(tmp_path, {("linear", S): {"fid": [51.0, 50.5, 52.2]},
-                                   ("cosine", S): {"fid": [50.0, 52.0, 51.0]}},
-                        rec_at={"linear": None, "cosine": 2000})
+    data = fixture_data(
+        tmp_path,
+        {("linear", S): {"fid": [51.0, 50.5, 52.2]}, ("cosine", S): {"fid": [50.0, 52.0, 51.0]}},
+        rec_at={"linear": None, "cosine": 2000},
+    )
     words = answer(data)
     assert f"{NO_DIFFERENCE} between" in words and "beats" not in words
     assert "not within this budget with linear" in words and "at step 2,000 (all 3 seeds) with cosine" in words
@@ -50,12 +55,20 @@ def test_tie_and_never_recognizable(tmp_path):
 
 def test_final_loss_is_compared_only_when_arms_share_the_objective(tmp_path, clear):
     fids = {("fp32", S): {"fid": [51.0, 50.5, 52.2]}, ("bf16", S): {"fid": [50.0, 52.0, 51.0]}}
-    tie = fixture_data(tmp_path / "tie", fids, axis="train.precision",
-                       final_loss={"fp32": [0.0300, 0.0310, 0.0305], "bf16": [0.0302, 0.0309, 0.0308]})
+    tie = fixture_data(
+        tmp_path / "tie",
+        fids,
+        axis="train.precision",
+        final_loss={"fp32": [0.0300, 0.0310, 0.0305], "bf16": [0.0302, 0.0309, 0.0308]},
+    )
     words = answer(tie)
     assert f"On final training loss, {NO_DIFFERENCE} between" in words and "beats" not in words
-    worse = fixture_data(tmp_path / "worse", fids, axis="train.precision",
-                         final_loss={"fp32": [0.0300, 0.0310, 0.0305], "bf16": [0.0400, 0.0412, 0.0404]})
+    worse = fixture_data(
+        tmp_path / "worse",
+        fids,
+        axis="train.precision",
+        final_loss={"fp32": [0.0300, 0.0310, 0.0305], "bf16": [0.0400, 0.0412, 0.0404]},
+    )
     assert "On final training loss, fp32 beats bf16 by 0.01 loss (95% CI 0.00965 to 0.0104" in answer(worse)
     # A schedule rescales the loss at every t, so a lower loss would not mean a better model.
     assert "final training loss" not in clear.answer
@@ -63,8 +76,11 @@ def test_final_loss_is_compared_only_when_arms_share_the_objective(tmp_path, cle
 
 
 def test_one_seed_says_so(tmp_path):
-    data = fixture_data(tmp_path, {("linear", S): {"fid": [55.0]}, ("cosine", S): {"fid": [50.0]}},
-                        rec_at={"linear": 1000, "cosine": 1000})
+    data = fixture_data(
+        tmp_path,
+        {("linear", S): {"fid": [55.0]}, ("cosine", S): {"fid": [50.0]}},
+        rec_at={"linear": 1000, "cosine": 1000},
+    )
     words = answer(data)
     assert "not tested (1 seed per arm), only the values" in words and "beats" not in words
     assert "both reach it at the same evaluation (one seed: an observation, not a test)" in words
@@ -86,12 +102,16 @@ def test_guidance_tradeoff_answer(tmp_path):
 
 
 def test_sampler_settings_answer(tmp_path):
-    final = {("base", "ddpm-1000-eta0-w0"): {"fid": [10.0, 11.0, 10.5]},
-             ("base", "ddim-50-eta0-w0"): {"fid": [10.2, 10.9, 10.8]},
-             ("base", "ddim-10-eta0-w0"): {"fid": [20.0, 22.0, 21.0]}}
+    final = {
+        ("base", "ddpm-1000-eta0-w0"): {"fid": [10.0, 11.0, 10.5]},
+        ("base", "ddim-50-eta0-w0"): {"fid": [10.2, 10.9, 10.8]},
+        ("base", "ddim-10-eta0-w0"): {"fid": [20.0, 22.0, 21.0]},
+    }
     data = fixture_data(tmp_path, final, question="How much does each sampler lose?")
     words = answer(data)
-    assert words.startswith("Against the most expensive setting with a FID, ddpm-1000-eta0-w0 (1,000 NFE; FID 10.5, 95% CI")
+    assert words.startswith(
+        "Against the most expensive setting with a FID, ddpm-1000-eta0-w0 (1,000 NFE; FID 10.5, 95% CI"
+    )
     assert "ddim eta=0: no significant loss down to 50 NFE; worse at 10 NFE by 10.5 FID (95% CI" in words
     assert [p.name for p in settings_section(data).pictures] == ["fid_vs_nfe"]
 

@@ -1,5 +1,6 @@
 """The loader and the report on a real smoke run of ablation-schedules (a throwaway SQLite store, ~15 s), and on
 a hand-made experiment in the same store (provenance columns and why a planned job is missing)."""
+
 import base64
 import io
 import re
@@ -11,8 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from analysis.load import (BUCKET_COLUMNS, CURVE_COLUMNS, EVAL_COLUMNS, GRID_COLUMNS, LOSS_COLUMNS, RUN_COLUMNS,
-                           load_experiment)
+from analysis.load import (
+    BUCKET_COLUMNS,
+    CURVE_COLUMNS,
+    EVAL_COLUMNS,
+    GRID_COLUMNS,
+    LOSS_COLUMNS,
+    RUN_COLUMNS,
+    load_experiment,
+)
 from analysis.report import build_document, log_report, write_report
 from harness.runner import run_plan
 from harness.schema import CODE_VERSION, COMMIT, ERROR, HASH
@@ -105,13 +113,23 @@ def test_report_is_logged_to_the_newest_parent_run(store, report):
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
 def test_report_renders_in_headless_chromium(report, tmp_path_factory):
     out = tmp_path_factory.mktemp("chromium")
-    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={out / 'profile'}"]
+    flags = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={out / 'profile'}",
+    ]
     url = report.html.resolve().as_uri()
     shot = out / "report.png"
-    run = subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1200,3000", url], capture_output=True,
-                         text=True, timeout=120)
+    run = subprocess.run(
+        flags + [f"--screenshot={shot}", "--window-size=1200,3000", url], capture_output=True, text=True, timeout=120
+    )
     print(f"\nscreenshot of the report: {shot}")
     assert shot.exists() and shot.stat().st_size > 20_000, run.stderr[-2000:]
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
@@ -126,7 +144,14 @@ def test_report_renders_in_headless_chromium(report, tmp_path_factory):
         Image.open(io.BytesIO(base64.b64decode(src.group(1)))).verify()
 
 
-SETTING = {"sampler": "ddim", "steps": 10, "eta": 0.0, "guidance": 0.0, "spacing": "trailing", "variance": "fixed_small"}
+SETTING = {
+    "sampler": "ddim",
+    "steps": 10,
+    "eta": 0.0,
+    "guidance": 0.0,
+    "spacing": "trailing",
+    "variance": "fixed_small",
+}
 
 
 @pytest.fixture(scope="module")
@@ -134,24 +159,46 @@ def hand(store):
     """A hand-made experiment in the smoke run's store (its migrations are already paid for): two finished
     jobs made by different code, one failed job."""
     exp = store.experiment_id("hand")
-    jobs = [{"config_hash": f"h{i}", "arm": f"diffusion.schedule={arm}", "seed": 0, "state": "new"}
-            for i, arm in enumerate(("linear", "cosine", "sigmoid"))]
+    jobs = [
+        {"config_hash": f"h{i}", "arm": f"diffusion.schedule={arm}", "seed": 0, "state": "new"}
+        for i, arm in enumerate(("linear", "cosine", "sigmoid"))
+    ]
     parent = store.start_run(exp, "parent", {ROLE: "ablation", "harness.profile": "quick"})
     parent.log_dict({"profile": "quick", "jobs": jobs, "settings": [SETTING]}, "plan.json")
     for job, version in zip(jobs[:2], ("v1", "v2")):  # two finished jobs, made by different code
-        tags = {ROLE: "train", HASH: job["config_hash"], "harness.arm": job["arm"], "harness.seed": 0,
-                CODE_VERSION: version, COMMIT: f"c-{version}"}
+        tags = {
+            ROLE: "train",
+            HASH: job["config_hash"],
+            "harness.arm": job["arm"],
+            "harness.seed": 0,
+            CODE_VERSION: version,
+            COMMIT: f"c-{version}",
+        }
         run = store.start_run(exp, job["config_hash"], tags, parent=parent.run_id)
         run.log_params({"train.steps": 10, "train.batch_size": 4, "diffusion.schedule": job["arm"].split("=")[1]})
         run.log_metrics({"train/final_loss": 0.1})
         run.finish("FINISHED")
-        ev = store.start_run(exp, "eval", {ROLE: "eval", HASH: job["config_hash"], CODE_VERSION: version,
-                                           COMMIT: f"c-{version}"}, parent=run.run_id)
+        ev = store.start_run(
+            exp,
+            "eval",
+            {ROLE: "eval", HASH: job["config_hash"], CODE_VERSION: version, COMMIT: f"c-{version}"},
+            parent=run.run_id,
+        )
         ev.log_params(SETTING)
         ev.log_metrics({"fid": 50.0, "nfe": 10.0, "num_generated": 16.0, "num_reference": 100.0})
         ev.finish("FINISHED")
-    failed = store.start_run(exp, "h2", {ROLE: "train", HASH: "h2", "harness.arm": jobs[2]["arm"], "harness.seed": 0,
-                                         ERROR: "non-finite loss at step 3"}, parent=parent.run_id)
+    failed = store.start_run(
+        exp,
+        "h2",
+        {
+            ROLE: "train",
+            HASH: "h2",
+            "harness.arm": jobs[2]["arm"],
+            "harness.seed": 0,
+            ERROR: "non-finite loss at step 3",
+        },
+        parent=parent.run_id,
+    )
     failed.finish("FAILED")
     parent.finish("FAILED")
     return store
@@ -163,10 +210,13 @@ def test_loader_carries_code_versions_and_failure_reasons(hand):
     assert dict(zip(data.evals["arm_label"], data.evals["code_version"])) == {"linear": "v1", "cosine": "v2"}
     assert set(data.evals["commit"]) == {"c-v1", "c-v2"}
     assert data.arms == ["linear", "cosine", "sigmoid"]
-    assert [(j["arm"], j["reason"]) for j in data.missing] == [("diffusion.schedule=sigmoid",
-                                                               "failed: non-finite loss at step 3")]
+    assert [(j["arm"], j["reason"]) for j in data.missing] == [
+        ("diffusion.schedule=sigmoid", "failed: non-finite loss at step 3")
+    ]
     doc = build_document(data)
-    assert doc.answer.startswith("This plan has failures: 1 of 3 planned training runs did not finish (sigmoid seed 0: "
-                                 "failed: non-finite loss at step 3)")
+    assert doc.answer.startswith(
+        "This plan has failures: 1 of 3 planned training runs did not finish (sigmoid seed 0: "
+        "failed: non-finite loss at step 3)"
+    )
     assert "sigmoid: failed: non-finite loss at step 3" in doc.answer
     assert "These results mix 2 versions of the harness code" in doc.answer

@@ -1,4 +1,5 @@
 """Statistics over seeds on fixture tables with known answers: a clear winner, a tie, one seed."""
+
 import math
 
 import numpy as np
@@ -7,14 +8,16 @@ import pytest
 from scipy import stats as sps
 
 from analysis.answers import NO_DIFFERENCE, arms_answer, comparison_sentence
-from analysis.stats import (band, compare, compare_to_reference, estimate, first_step_reaching, holm,
-                            pareto_front)
+from analysis.stats import band, compare, compare_to_reference, estimate, first_step_reaching, holm, pareto_front
 
 
 def table(values: dict[str, list[float]], seeds: dict[str, list[int]] | None = None) -> pd.DataFrame:
     """One row per (arm, seed), like the evals table at one setting."""
-    rows = [{"arm_label": arm, "seed": (seeds or {}).get(arm, range(len(v)))[i], "fid": x}
-            for arm, v in values.items() for i, x in enumerate(v)]
+    rows = [
+        {"arm_label": arm, "seed": (seeds or {}).get(arm, range(len(v)))[i], "fid": x}
+        for arm, v in values.items()
+        for i, x in enumerate(v)
+    ]
     return pd.DataFrame(rows)
 
 
@@ -38,7 +41,9 @@ def test_clear_winner_paired_t_golden_numbers():
 def test_winner_is_the_better_side_whatever_the_argument_order():
     c = compare(table(CLEAR), "fid", "linear", "cosine", lower_is_better=True)
     assert c.winner == "cosine" and comparison_sentence(c, "FID").startswith("cosine beats linear by 4.43 FID")
-    higher = compare(table(CLEAR).rename(columns={"fid": "recall"}), "recall", "cosine", "linear", lower_is_better=False)
+    higher = compare(
+        table(CLEAR).rename(columns={"fid": "recall"}), "recall", "cosine", "linear", lower_is_better=False
+    )
     assert higher.winner == "linear"
 
 
@@ -70,7 +75,9 @@ def test_different_seeds_use_welch():
 
 def test_estimate_is_the_t_interval_at_any_number_of_seeds():
     e = estimate([1.0, 2.0, 3.0])
-    assert e.method == "t" and e.mean == 2.0 and (e.low, e.high) == pytest.approx((2 - 2.484138, 2 + 2.484138), abs=1e-5)
+    assert (
+        e.method == "t" and e.mean == 2.0 and (e.low, e.high) == pytest.approx((2 - 2.484138, 2 + 2.484138), abs=1e-5)
+    )
     x = [10.0, 11.0, 12.0, 13.0, 14.0, 15.0]  # scipy.stats.t.interval(0.95, 5, 12.5, sem) = 10.5367 .. 14.4633
     assert (estimate(x).low, estimate(x).high) == pytest.approx((10.536686, 14.463314), abs=1e-5)
     assert estimate([]).method == "none" and estimate([3.0]).method == "single seed"
@@ -87,12 +94,14 @@ def test_paired_interval_agrees_with_its_test():
         c = compare(table({"a": list(a), "b": list(b)}), "fid", "a", "b", lower_is_better=True)
         assert (c.diff.low > 0 or c.diff.high < 0) == (c.p < 0.05)
         assert c.p == pytest.approx(sps.ttest_rel(a, b).pvalue, rel=1e-9)
-        w = compare(table({"a": list(a), "b": list(b[:3])}, seeds={"b": [7, 8, 9]}), "fid", "a", "b",
-                    lower_is_better=True)
+        w = compare(
+            table({"a": list(a), "b": list(b[:3])}, seeds={"b": [7, 8, 9]}), "fid", "a", "b", lower_is_better=True
+        )
         assert w.test == "Welch t" and w.p == pytest.approx(sps.ttest_ind(a, b[:3], equal_var=False).pvalue, rel=1e-9)
         assert (w.diff.low > 0 or w.diff.high < 0) == (w.p < 0.05)
-    welch = compare(table(CLEAR, seeds={"cosine": [0, 1, 2], "linear": [3, 4, 5]}), "fid", "cosine", "linear",
-                    lower_is_better=True)
+    welch = compare(
+        table(CLEAR, seeds={"cosine": [0, 1, 2], "linear": [3, 4, 5]}), "fid", "cosine", "linear", lower_is_better=True
+    )
     assert (welch.diff.high < 0) == (welch.p < 0.05)
 
 

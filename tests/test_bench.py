@@ -1,5 +1,6 @@
 """`harness bench`: its measurement order, and that `--quick` reports every figure the README table needs
 (slow: about 7 minutes)."""
+
 import json
 
 import pytest
@@ -7,8 +8,18 @@ import pytest
 from harness.bench import rotated
 from harness.cli import main
 
-KEYS = {"train_images_per_second", "bare_images_per_second", "overhead_ratio", "best_speedup", "best_config",
-        "flop_utilization", "guidance_cost_ratio", "ddim50_vs_ddpm1000_speedup", "fid_eval_seconds", "device"}
+KEYS = {
+    "train_images_per_second",
+    "bare_images_per_second",
+    "overhead_ratio",
+    "best_speedup",
+    "best_config",
+    "flop_utilization",
+    "guidance_cost_ratio",
+    "ddim50_vs_ddpm1000_speedup",
+    "fid_eval_seconds",
+    "device",
+}
 
 
 def test_rounds_rotate_so_every_variant_takes_every_position():

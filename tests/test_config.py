@@ -1,5 +1,6 @@
 import pytest
 import torch
+from pydantic import ValidationError
 
 from harness.config import IMAGE_SIZES, MAX_EVAL_SAMPLES, Config, ConfigError, SamplerSetting, build_config, load_config
 from harness.unet import UNet, check_shape, resolutions
@@ -19,7 +20,7 @@ def test_defaults_and_hash_ignores_eval_and_operational_fields():
 def test_canonical_json_is_stable_and_frozen():
     c = Config()
     assert c.canonical_json() == Config.model_validate_json(c.model_dump_json()).canonical_json()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         c.train.steps = 5  # frozen
 
 
@@ -29,19 +30,28 @@ def test_flat_uses_dotted_keys():
     assert "eval.samplers" in flat and "train.ema_decay" in flat
 
 
-@pytest.mark.parametrize("data,message", [
-    ({"model": {"chanels": 3}}, "x.yaml: model.chanels: unknown key; valid keys here: attention_resolutions, channel_mult"),
-    ({"diffusion": {"schedule": "quad"}}, "diffusion.schedule: unknown schedule 'quad'; valid: cosine, linear"),
-    ({"diffusion": {"parameterization": "score"}}, "valid: eps, v, x0"),
-    ({"data": {"dataset": "imagenet"}}, "valid: cifar10, fashion-mnist, mnist, mnist-5k"),
-    ({"eval": {"samplers": [{"sampler": "euler"}]}}, "eval.samplers.0.sampler: unknown sampler 'euler'"),
-    ({"eval": {"samplers": [{"sampler": "ddim", "stepz": 3}]}}, "eval.samplers.0.stepz: unknown key; valid keys here: eta, guidance"),
-    ({"eval": {"samplers": [{"steps": 2000}]}}, "eval.samplers.0.steps: 2000 is above diffusion.timesteps = 1000"),
-    ({"eval": {"samplers": [{"guidance": 2}]}}, "eval.samplers.0.guidance: 2.0 needs model.conditional: true"),
-    ({"train": {"batch_size": 0}}, "train.batch_size: Input should be greater than or equal to 1"),
-    ({"diffusion": {"zero_terminal_snr": True}}, "zero_terminal_snr needs parameterization v or x0"),
-    ({"eval": {"samplers": [{"sampler": "heun", "eta": 1}]}}, "eta applies to the ddim sampler only"),
-])
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        (
+            {"model": {"chanels": 3}},
+            "x.yaml: model.chanels: unknown key; valid keys here: attention_resolutions, channel_mult",
+        ),
+        ({"diffusion": {"schedule": "quad"}}, "diffusion.schedule: unknown schedule 'quad'; valid: cosine, linear"),
+        ({"diffusion": {"parameterization": "score"}}, "valid: eps, v, x0"),
+        ({"data": {"dataset": "imagenet"}}, "valid: cifar10, fashion-mnist, mnist, mnist-5k"),
+        ({"eval": {"samplers": [{"sampler": "euler"}]}}, "eval.samplers.0.sampler: unknown sampler 'euler'"),
+        (
+            {"eval": {"samplers": [{"sampler": "ddim", "stepz": 3}]}},
+            "eval.samplers.0.stepz: unknown key; valid keys here: eta, guidance",
+        ),
+        ({"eval": {"samplers": [{"steps": 2000}]}}, "eval.samplers.0.steps: 2000 is above diffusion.timesteps = 1000"),
+        ({"eval": {"samplers": [{"guidance": 2}]}}, "eval.samplers.0.guidance: 2.0 needs model.conditional: true"),
+        ({"train": {"batch_size": 0}}, "train.batch_size: Input should be greater than or equal to 1"),
+        ({"diffusion": {"zero_terminal_snr": True}}, "zero_terminal_snr needs parameterization v or x0"),
+        ({"eval": {"samplers": [{"sampler": "heun", "eta": 1}]}}, "eta applies to the ddim sampler only"),
+    ],
+)
 def test_bad_configs_are_one_line_errors(data, message):
     with pytest.raises(ConfigError) as err:
         build_config(data, "x.yaml")
@@ -51,16 +61,26 @@ def test_bad_configs_are_one_line_errors(data, message):
 def test_load_config_with_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  steps: 10\nmodel:\n  conditional: true\n")
-    c = load_config(path, ["train.lr=3e-4", "eval.samplers=[{sampler: heun, steps: 5}]", "model.channel_mult=[1, 2]",
-                           "model.attention_resolutions=[14]"])
+    c = load_config(
+        path,
+        [
+            "train.lr=3e-4",
+            "eval.samplers=[{sampler: heun, steps: 5}]",
+            "model.channel_mult=[1, 2]",
+            "model.attention_resolutions=[14]",
+        ],
+    )
     assert c.train.steps == 10 and c.train.lr == 3e-4 and c.model.channel_mult == (1, 2)
     assert c.eval.samplers[0].sampler == "heun" and c.model.conditional
 
 
-@pytest.mark.parametrize("text,message", [
-    ("train: [1, 2", "malformed YAML"),
-    ("- 1\n- 2\n", "expected a mapping of sections"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("train: [1, 2", "malformed YAML"),
+        ("- 1\n- 2\n", "expected a mapping of sections"),
+    ],
+)
 def test_bad_files(tmp_path, text, message):
     path = tmp_path / "c.yaml"
     path.write_text(text)
@@ -74,7 +94,9 @@ def test_bad_files(tmp_path, text, message):
 
 SECTIONS = {name: f.annotation for name, f in Config.model_fields.items()}
 FLOATS = [(s, n) for s, model in SECTIONS.items() for n, f in model.model_fields.items() if f.annotation is float]
-NUMBERS = [(s, n) for s, model in SECTIONS.items() for n, f in model.model_fields.items() if f.annotation in (int, float)]
+NUMBERS = [
+    (s, n) for s, model in SECTIONS.items() for n, f in model.model_fields.items() if f.annotation in (int, float)
+]
 
 
 @pytest.mark.parametrize("section,name", FLOATS, ids=[f"{s}.{n}" for s, n in FLOATS])
@@ -101,18 +123,26 @@ def test_numbers_still_accept_strings_from_logged_params():
     assert (s.steps, s.eta) == (20, 0.5)
 
 
-@pytest.mark.parametrize("data,message", [
-    ({"train": {"seed": -1}}, "train.seed: Input should be greater than or equal to 0"),
-    ({"train": {"seed": 2**63}}, "train.seed: Input should be less than or equal to 9223372036854775807"),
-    ({"eval": {"seed": 2**63}}, "eval.seed: Input should be less than"),
-    ({"train": {"batch_size": 2**64}}, "train.batch_size: Input should be less than"),
-    ({"eval": {"num_samples": MAX_EVAL_SAMPLES + 1}}, "eval.num_samples: Input should be less than or equal to 50000"),
-    ({"model": {"channels": 9}}, "model.channels: 9 is odd"),
-    ({"model": {"channel_mult": [1, 0]}}, "model.channel_mult: [1, 0] needs at least one level"),
-    ({"model": {"attention_resolutions": [14, 3]}}, "model.attention_resolutions: 3 is never reached"),
-    ({"data": {"dataset": "cifar10"}, "model": {"attention_resolutions": [7]}},
-     "model.attention_resolutions: 7 is never reached; with 32x32 images and 3 levels the model works at 32, 16, 8"),
-])
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        ({"train": {"seed": -1}}, "train.seed: Input should be greater than or equal to 0"),
+        ({"train": {"seed": 2**63}}, "train.seed: Input should be less than or equal to 9223372036854775807"),
+        ({"eval": {"seed": 2**63}}, "eval.seed: Input should be less than"),
+        ({"train": {"batch_size": 2**64}}, "train.batch_size: Input should be less than"),
+        (
+            {"eval": {"num_samples": MAX_EVAL_SAMPLES + 1}},
+            "eval.num_samples: Input should be less than or equal to 50000",
+        ),
+        ({"model": {"channels": 9}}, "model.channels: 9 is odd"),
+        ({"model": {"channel_mult": [1, 0]}}, "model.channel_mult: [1, 0] needs at least one level"),
+        ({"model": {"attention_resolutions": [14, 3]}}, "model.attention_resolutions: 3 is never reached"),
+        (
+            {"data": {"dataset": "cifar10"}, "model": {"attention_resolutions": [7]}},
+            "model.attention_resolutions: 7 is never reached; with 32x32 images and 3 levels the model works at 32, 16, 8",
+        ),
+    ],
+)
 def test_limits_and_shapes(data, message):
     with pytest.raises(ConfigError) as err:
         build_config(data, "x.yaml")
@@ -121,10 +151,21 @@ def test_limits_and_shapes(data, message):
 
 
 SHAPES = [  # (image size, channels, channel_mult, attention_resolutions)
-    (28, 8, (1, 2), ()), (28, 16, (1, 2, 2), (7,)), (28, 24, (1, 2, 2), (14, 7)), (32, 16, (1, 2, 2, 2), (16, 4)),
-    (28, 96, (1, 3), (14,)), (28, 16, (1,), ()), (28, 16, (1, 1, 1, 1, 1, 1), (1,)),
-    (28, 9, (1, 2), ()), (28, 50, (1, 2, 2), (7,)), (28, 16, (0,), ()), (28, 16, (1, -2), ()), (28, 16, (), ()),
-    (28, 40, (1, 2, 2), (7,)), (28, 48, (1, 3, 5), (14,)), (28, 80, (1, 2), (28,)),
+    (28, 8, (1, 2), ()),
+    (28, 16, (1, 2, 2), (7,)),
+    (28, 24, (1, 2, 2), (14, 7)),
+    (32, 16, (1, 2, 2, 2), (16, 4)),
+    (28, 96, (1, 3), (14,)),
+    (28, 16, (1,), ()),
+    (28, 16, (1, 1, 1, 1, 1, 1), (1,)),
+    (28, 9, (1, 2), ()),
+    (28, 50, (1, 2, 2), (7,)),
+    (28, 16, (0,), ()),
+    (28, 16, (1, -2), ()),
+    (28, 16, (), ()),
+    (28, 40, (1, 2, 2), (7,)),
+    (28, 48, (1, 3, 5), (14,)),
+    (28, 80, (1, 2), (28,)),
 ]
 
 
@@ -156,19 +197,29 @@ def test_image_sizes_name_every_data_set():
 
 # -- YAML within limits ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text,message", [
-    ("a: 1\na: 2\n", "duplicate key 'a' at line 2 (first at line 1)"),
-    ("a:\n  - {x: 1, y: 2, x: 3}\n", "a.0: duplicate key 'x'"),
-    ("a: !!str 1\n", "YAML tags such as '!!str' are not allowed"),
-    ("a: ! 1\n", "YAML tags such as '!' are not allowed"),
-    ("[" * 33 + "]" * 33, "nested more than 32 levels deep"),
-    ("a: &a [[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]\nb: [[[[[[[[[[[[[[[[[*a]]]]]]]]]]]]]]]]]\n", "levels deep once aliases are expanded"),
-    ("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n"
-                                                           for p, c in zip("abcd", "bcde")), "more than 10,000 values"),
-    ("a: &a [1, *a]", "alias *a refers to a value that contains it"),
-    ("a: 1\n---\nb: 2\n", "malformed YAML: but found another document"),
-    ("a: \x07", "line 1, column 4: character U+0007 is not allowed in YAML"),
-])
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("a: 1\na: 2\n", "duplicate key 'a' at line 2 (first at line 1)"),
+        ("a:\n  - {x: 1, y: 2, x: 3}\n", "a.0: duplicate key 'x'"),
+        ("a: !!str 1\n", "YAML tags such as '!!str' are not allowed"),
+        ("a: ! 1\n", "YAML tags such as '!' are not allowed"),
+        ("[" * 33 + "]" * 33, "nested more than 32 levels deep"),
+        (
+            "a: &a [[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]\nb: [[[[[[[[[[[[[[[[[*a]]]]]]]]]]]]]]]]]\n",
+            "levels deep once aliases are expanded",
+        ),
+        (
+            "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+            + "".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n" for p, c in zip("abcd", "bcde")),
+            "more than 10,000 values",
+        ),
+        ("a: &a [1, *a]", "alias *a refers to a value that contains it"),
+        ("a: 1\n---\nb: 2\n", "malformed YAML: but found another document"),
+        ("a: \x07", "line 1, column 4: character U+0007 is not allowed in YAML"),
+    ],
+)
 def test_yaml_refusals_are_one_line(text, message):
     with pytest.raises(YamlError) as err:
         load_text(text)
@@ -178,8 +229,11 @@ def test_yaml_refusals_are_one_line(text, message):
 def test_yaml_keeps_what_specs_use():
     """Anchors, aliases and merge keys below the limits still work; a merge key may be overridden."""
     text = "base: &b {x: 1, y: [1, 2]}\nother:\n  <<: *b\n  y: 3\nlist: [*b, *b]\n"
-    assert load_text(text) == {"base": {"x": 1, "y": [1, 2]}, "other": {"x": 1, "y": 3},
-                               "list": [{"x": 1, "y": [1, 2]}] * 2}
+    assert load_text(text) == {
+        "base": {"x": 1, "y": [1, 2]},
+        "other": {"x": 1, "y": 3},
+        "list": [{"x": 1, "y": [1, 2]}] * 2,
+    }
 
 
 def test_config_errors_are_one_printable_line():

@@ -1,6 +1,7 @@
 """A `harness run` whose process or tracking server dies mid-training loses nothing when started again:
 its workers stop with it, the rerun resumes from the checkpoints in the same MLflow runs, logs every
 step once, and leaves no run RUNNING."""
+
 import os
 import shutil
 import signal
@@ -10,23 +11,40 @@ import sys
 import time
 import urllib.request
 
+import proc
 import pytest
 import torch
 import yaml
 
-import proc
 from harness.runner import store_root
 from harness.spec import load_spec, make_plan
 from harness.tracking import HASH, ROLE, MlflowStore
 
 STEPS = 300
 SPEC = {
-    "name": "crash", "question": "Does a killed run resume?", "base": {"data": {"dataset": "mnist-5k"}},
-    "seeds": [0, 1], "evaluate": {"sampler": ["ddim"], "steps": [3]}, "cpu_jobs": 2,
-    "profiles": {"smoke": {"set": {
-        "train.steps": STEPS, "train.batch_size": 8, "train.warmup_steps": 1, "train.checkpoint_every": 20,
-        "train.log_every": 5, "train.device": "cpu", "model.channels": 8, "model.channel_mult": [1, 2],
-        "model.attention_resolutions": [], "eval.num_samples": 16, "eval.batch_size": 16}}},
+    "name": "crash",
+    "question": "Does a killed run resume?",
+    "base": {"data": {"dataset": "mnist-5k"}},
+    "seeds": [0, 1],
+    "evaluate": {"sampler": ["ddim"], "steps": [3]},
+    "cpu_jobs": 2,
+    "profiles": {
+        "smoke": {
+            "set": {
+                "train.steps": STEPS,
+                "train.batch_size": 8,
+                "train.warmup_steps": 1,
+                "train.checkpoint_every": 20,
+                "train.log_every": 5,
+                "train.device": "cpu",
+                "model.channels": 8,
+                "model.channel_mult": [1, 2],
+                "model.attention_resolutions": [],
+                "eval.num_samples": 16,
+                "eval.batch_size": 16,
+            }
+        }
+    },
 }
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -57,8 +75,10 @@ def _wait_for_training(proc_, ckpts, deadline_s=300) -> None:
         if all(40 <= _step(c) < STEPS for c in ckpts):
             return
         time.sleep(0.05)
-    pytest.fail(f"the run did not reach step 40 while running (exit {proc_.poll()}): "
-                f"{proc_.stderr.read()[-2000:] if proc_.poll() is not None else ''}")
+    pytest.fail(
+        f"the run did not reach step 40 while running (exit {proc_.poll()}): "
+        f"{proc_.stderr.read()[-2000:] if proc_.poll() is not None else ''}"
+    )
 
 
 def _assert_resumed_once(store, exp, jobs, run_ids=None) -> None:
@@ -76,8 +96,13 @@ def _assert_resumed_once(store, exp, jobs, run_ids=None) -> None:
 def test_sigkill_stops_the_workers_and_the_rerun_resumes(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec_path, jobs, ckpts = _setup(tmp_path, uri)
-    run = subprocess.Popen(_harness("run", str(spec_path), "--profile", "smoke", "--tracking-uri", uri),
-                           env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        _harness("run", str(spec_path), "--profile", "smoke", "--tracking-uri", uri),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     workers = []
     try:
         _wait_for_training(run, ckpts)
@@ -96,8 +121,13 @@ def test_sigkill_stops_the_workers_and_the_rerun_resumes(tmp_path):
     store = MlflowStore(uri)
     exp = store.experiment_id("crash")
     assert [r.info.status for r in store.runs(exp, {ROLE: "train"})] == ["RUNNING", "RUNNING"]  # what SIGKILL leaves
-    again = subprocess.run(_harness("run", str(spec_path), "--profile", "smoke", "--tracking-uri", uri),
-                           env=ENV, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(
+        _harness("run", str(spec_path), "--profile", "smoke", "--tracking-uri", uri),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert again.returncode == 0, again.stderr
     _assert_resumed_once(store, exp, jobs)
 
@@ -111,11 +141,27 @@ def _free_port() -> int:
 def _server(tmp_path, port):
     """An MLflow tracking server on 127.0.0.1:port, in its own process group (it starts helpers)."""
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--default-artifact-root", str(tmp_path / "server-artifacts"), "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        env={**ENV, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--default-artifact-root",
+            str(tmp_path / "server-artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env={**ENV, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 180
     while time.time() < deadline:
         try:

@@ -69,8 +69,10 @@ def test_failed_download_is_reported_in_one_line(tmp_path, monkeypatch):
 
     class Offline:  # what torchvision raises offline, without touching the network here
         def __init__(self, *args, **kwargs):
-            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://example/, got:\n"
-                               "<urlopen error [Errno -2] Name or service not known>\n")
+            raise RuntimeError(
+                "Error downloading train-images-idx3-ubyte.gz:\nTried https://example/, got:\n"
+                "<urlopen error [Errno -2] Name or service not known>\n"
+            )
 
     monkeypatch.setattr(torchvision.datasets, "MNIST", Offline)
     with pytest.raises(DataUnavailable) as e:

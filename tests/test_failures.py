@@ -1,4 +1,5 @@
 """What happens when things go wrong: missing data, a bad store, a torn checkpoint write, two launches."""
+
 import multiprocessing
 import os
 import signal
@@ -7,28 +8,44 @@ import sys
 import time
 from types import SimpleNamespace
 
+import proc
 import pytest
 import torch
 import yaml
 
-import proc
 from harness import checkpoint
 from harness.cli import main
 from harness.config import build_config
 from harness.tracking import ROLE, MemoryTracker, MlflowStore, StoreUnavailable
 from harness.train import train
 
-TINY = {"train.steps": 6, "train.batch_size": 8, "train.warmup_steps": 1, "train.device": "cpu",
-        "model.channels": 8, "model.channel_mult": [1, 2], "model.attention_resolutions": [],
-        "eval.num_samples": 16, "eval.batch_size": 16}
+TINY = {
+    "train.steps": 6,
+    "train.batch_size": 8,
+    "train.warmup_steps": 1,
+    "train.device": "cpu",
+    "model.channels": 8,
+    "model.channel_mult": [1, 2],
+    "model.attention_resolutions": [],
+    "eval.num_samples": 16,
+    "eval.batch_size": 16,
+}
 
 
 def _spec(tmp_path, base=None, name="fail"):
     path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": name, "question": "q?", "base": base or {"data": {"dataset": "mnist-5k"}},
-        "axes": {"grid": {"diffusion.schedule": ["linear", "cosine"]}},
-        "evaluate": {"sampler": ["ddim"], "steps": [3]}, "profiles": {"smoke": {"set": TINY}}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": name,
+                "question": "q?",
+                "base": base or {"data": {"dataset": "mnist-5k"}},
+                "axes": {"grid": {"diffusion.schedule": ["linear", "cosine"]}},
+                "evaluate": {"sampler": ["ddim"], "steps": [3]},
+                "profiles": {"smoke": {"set": TINY}},
+            }
+        )
+    )
     return path
 
 
@@ -43,8 +60,19 @@ def test_missing_data_fails_before_anything_is_tracked(tmp_path, capsys):
 
 def test_unusable_store_is_one_line(tmp_path, capsys):
     (tmp_path / "a-file").write_text("")
-    assert main(["run", str(_spec(tmp_path)), "--profile", "smoke",
-                 "--tracking-uri", f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}"]) == 2
+    assert (
+        main(
+            [
+                "run",
+                str(_spec(tmp_path)),
+                "--profile",
+                "smoke",
+                "--tracking-uri",
+                f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}",
+            ]
+        )
+        == 2
+    )
     assert "cannot create" in capsys.readouterr().err
 
 
@@ -78,10 +106,19 @@ class _NoEvaluation:
 
 
 def test_training_resumes_from_the_checkpoint_that_survived(tmp_path, monkeypatch):
-    config = build_config({"model": {"channels": 8, "channel_mult": [1, 2], "attention_resolutions": []},
-                           "train": {"steps": 12, "batch_size": 8, "checkpoint_every": 4, "device": "cpu"}})
-    data = SimpleNamespace(images=torch.rand(64, 1, 28, 28) * 2 - 1, labels=torch.arange(64) % 10,
-                           num_classes=10, channels=1, image_size=28)
+    config = build_config(
+        {
+            "model": {"channels": 8, "channel_mult": [1, 2], "attention_resolutions": []},
+            "train": {"steps": 12, "batch_size": 8, "checkpoint_every": 4, "device": "cpu"},
+        }
+    )
+    data = SimpleNamespace(
+        images=torch.rand(64, 1, 28, 28) * 2 - 1,
+        labels=torch.arange(64) % 10,
+        num_classes=10,
+        channels=1,
+        image_size=28,
+    )
     real_save, calls = checkpoint.save_atomic, []
 
     def fails_second_time(state, path):
@@ -127,11 +164,19 @@ class _StoreGoesAway(MemoryTracker):
 
 
 def test_training_checkpoints_and_stops_when_the_store_goes_away(tmp_path):
-    config = build_config({"model": {"channels": 8, "channel_mult": [1, 2], "attention_resolutions": []},
-                           "train": {"steps": 12, "batch_size": 8, "checkpoint_every": 100, "log_every": 3,
-                                     "device": "cpu"}})
-    data = SimpleNamespace(images=torch.rand(64, 1, 28, 28) * 2 - 1, labels=torch.arange(64) % 10,
-                           num_classes=10, channels=1, image_size=28)
+    config = build_config(
+        {
+            "model": {"channels": 8, "channel_mult": [1, 2], "attention_resolutions": []},
+            "train": {"steps": 12, "batch_size": 8, "checkpoint_every": 100, "log_every": 3, "device": "cpu"},
+        }
+    )
+    data = SimpleNamespace(
+        images=torch.rand(64, 1, 28, 28) * 2 - 1,
+        labels=torch.arange(64) % 10,
+        num_classes=10,
+        channels=1,
+        image_size=28,
+    )
     tracker = _StoreGoesAway(fail_at=7)
     with pytest.raises(StoreUnavailable, match="tracking server unreachable"):
         train(config, tracker, run_dir=tmp_path / "a", data=data, evaluator=_NoEvaluation(), progress=False)
@@ -172,15 +217,21 @@ def test_two_launches_train_each_config_once(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # a new store: the two launches also race to create it
     cmd = [sys.executable, "-m", "harness.cli", "run", str(path), "--profile", "smoke", "--tracking-uri", uri]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     results = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [r[1][-2000:] for r in results]
     store = MlflowStore(uri)
     train_runs = store.runs(store.experiment_id("twice"), {ROLE: "train"})
     assert len(train_runs) == 2 and all(r.info.status == "FINISHED" for r in train_runs)
     assert len({r.data.tags["harness.config_hash"] for r in train_runs}) == 2
-    statuses = sorted(line.split()[0] for out, _ in results for line in out.splitlines()
-                      if line.split() and line.split()[0] in ("trained", "skipped"))
+    statuses = sorted(
+        line.split()[0]
+        for out, _ in results
+        for line in out.splitlines()
+        if line.split() and line.split()[0] in ("trained", "skipped")
+    )
     assert statuses == ["skipped", "skipped", "trained", "trained"]
 
 

@@ -1,6 +1,6 @@
 import os
-from pathlib import Path
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,7 +8,12 @@ import torch
 from harness import features
 from harness.data import load_dataset, split_indices
 from harness.features import (
-    FEATURE_DIM, HOLDOUT_FRACTION, DomainClassifier, cache_path, domain_classifier, fidelity_extractor_name,
+    FEATURE_DIM,
+    HOLDOUT_FRACTION,
+    DomainClassifier,
+    cache_path,
+    domain_classifier,
+    fidelity_extractor_name,
     non_digits,
 )
 

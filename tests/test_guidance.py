@@ -1,8 +1,8 @@
 import pytest
 import torch
+from oracles import GaussianOracle
 
 from harness import classifier_free, make_schedule, sample
-from oracles import GaussianOracle
 
 S = torch.full((1, 4, 4), 0.4)
 MU = {0: torch.full((1, 4, 4), -0.5), 1: torch.full((1, 4, 4), 0.8), 2: torch.full((1, 4, 4), 0.15)}
@@ -28,8 +28,18 @@ def test_guided_samples_have_the_predicted_mean(w, sampler, steps):
     sched = make_schedule("cosine")
     oracle = GaussianOracle(sched, MU, SIGMAS, "v")
     labels = torch.tensor([0, 1]).repeat_interleave(1000)
-    x = sample(oracle, (2000, 1, 4, 4), sched, sampler=sampler, steps=steps, parameterization="v",
-               guidance=w, labels=labels, null_label=NULL, generator=torch.Generator().manual_seed(0))
+    x = sample(
+        oracle,
+        (2000, 1, 4, 4),
+        sched,
+        sampler=sampler,
+        steps=steps,
+        parameterization="v",
+        guidance=w,
+        labels=labels,
+        null_label=NULL,
+        generator=torch.Generator().manual_seed(0),
+    )
     for c in (0, 1):
         xc = x[labels == c].double()
         predicted = (1 + w) * MU[c] - w * MU[NULL]
@@ -45,6 +55,14 @@ def test_both_branches_share_one_batched_call():
         seen.append((x.shape[0], sorted(set(y.tolist()))))
         return torch.zeros_like(x)
 
-    sample(model, (3, 1, 2, 2), sched, sampler="ddim", steps=5, guidance=1.0,
-           labels=torch.tensor([0, 1, 1]), null_label=NULL)
+    sample(
+        model,
+        (3, 1, 2, 2),
+        sched,
+        sampler="ddim",
+        steps=5,
+        guidance=1.0,
+        labels=torch.tensor([0, 1, 1]),
+        null_label=NULL,
+    )
     assert seen == [(6, [0, 1, NULL])] * 5

@@ -108,11 +108,13 @@ def test_to_uint8_inverts_the_data_scaling(mnist_5k):
 
 
 def test_class_accuracy_on_hand_made_probs():
-    probs = torch.tensor([
-        [0.95, 0.05, 0.00],
-        [0.40, 0.35, 0.25],  # unsure, but its most probable class still counts
-        [0.00, 0.01, 0.99],
-    ])
+    probs = torch.tensor(
+        [
+            [0.95, 0.05, 0.00],
+            [0.40, 0.35, 0.25],  # unsure, but its most probable class still counts
+            [0.00, 0.01, 0.99],
+        ]
+    )
     assert class_accuracy(probs, torch.tensor([0, 0, 2])) == pytest.approx(1.0)
     assert class_accuracy(probs, torch.tensor([0, 1, 1])) == pytest.approx(1 / 3)
     with pytest.raises(ValueError):
@@ -172,8 +174,9 @@ def test_an_evaluation_with_hostile_inception_weights_reports_them_unavailable(m
     torch.save({"w": MakesMarker(marker)}, evil)
     config = build_config({"eval": {"num_samples": 16, "batch_size": 16, "inception_weights": str(evil)}})
     evaluator = Evaluator(config, mnist_5k, cache_dir=Path(os.environ["HARNESS_CACHE_DIR"]))
-    result, _ = evaluator.evaluate_setting(lambda x, t, y: torch.zeros_like(x), SamplerSetting(steps=2),
-                                           step=1, final=True)
+    result, _ = evaluator.evaluate_setting(
+        lambda x, t, y: torch.zeros_like(x), SamplerSetting(steps=2), step=1, final=True
+    )
     assert "fid_inception" not in result and "not a plain tensor state dict" in result["fid_inception_unavailable"]
     assert not marker.exists()
 

@@ -66,8 +66,9 @@ def test_loss_in_x0_space(name, weighting):
 def test_min_snr_eps_weight_is_finite_at_zero_terminal_snr():
     sched = make_schedule("linear", 1000, zero_terminal_snr=True)
     x0 = torch.randn(2, 1, 4, 4)
-    loss = diffusion_loss(lambda x, t, y: torch.zeros_like(x), x0, torch.tensor([999, 998]),
-                          torch.randn_like(x0), sched, "eps", "min_snr")
+    loss = diffusion_loss(
+        lambda x, t, y: torch.zeros_like(x), x0, torch.tensor([999, 998]), torch.randn_like(x0), sched, "eps", "min_snr"
+    )
     assert torch.isfinite(loss).all()
 
 
@@ -75,5 +76,12 @@ def test_unknown_names_list_valid_ones():
     with pytest.raises(ValueError, match="eps, v, x0"):
         get_parameterization("score")
     with pytest.raises(ValueError, match="min_snr, uniform"):
-        diffusion_loss(lambda x, t, y: x, torch.zeros(1, 1, 2, 2), torch.zeros(1).long(),
-                       torch.zeros(1, 1, 2, 2), make_schedule("linear"), "eps", "p2")
+        diffusion_loss(
+            lambda x, t, y: x,
+            torch.zeros(1, 1, 2, 2),
+            torch.zeros(1).long(),
+            torch.zeros(1, 1, 2, 2),
+            make_schedule("linear"),
+            "eps",
+            "p2",
+        )

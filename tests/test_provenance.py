@@ -1,4 +1,5 @@
 """Provenance: runs record the code that made them, and finished runs of other code are not reused."""
+
 import shutil
 
 import pytest
@@ -11,9 +12,17 @@ from harness.schema import CODE_VERSION, COMMIT, ROLE
 from harness.spec import load_spec, make_plan
 from harness.tracking import MlflowStore
 
-TINY = {"train.steps": 2, "train.batch_size": 8, "train.warmup_steps": 1, "model.channels": 8,
-        "model.channel_mult": [1, 2], "model.attention_resolutions": [], "eval.num_samples": 16,
-        "eval.batch_size": 16, "train.device": "cpu"}
+TINY = {
+    "train.steps": 2,
+    "train.batch_size": 8,
+    "train.warmup_steps": 1,
+    "model.channels": 8,
+    "model.channel_mult": [1, 2],
+    "model.attention_resolutions": [],
+    "eval.num_samples": 16,
+    "eval.batch_size": 16,
+    "train.device": "cpu",
+}
 
 
 def _copy_sources(tmp_path):
@@ -43,8 +52,14 @@ def test_code_version_changes_with_a_source_file_and_not_with_the_readme(tmp_pat
 
 
 def _spec(tmp_path, name="prov"):
-    spec = {"name": name, "question": "Is a stale run reused?", "base": {"data": {"dataset": "mnist-5k"}},
-            "seeds": [0], "evaluate": {"sampler": ["ddim"], "steps": [2]}, "profiles": {"smoke": {"set": TINY}}}
+    spec = {
+        "name": name,
+        "question": "Is a stale run reused?",
+        "base": {"data": {"dataset": "mnist-5k"}},
+        "seeds": [0],
+        "evaluate": {"sampler": ["ddim"], "steps": [2]},
+        "profiles": {"smoke": {"set": TINY}},
+    }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -91,9 +106,14 @@ def test_runs_made_by_other_code_are_retrained_unless_reuse_any(tmp_path, monkey
 
 def test_two_settings_that_differ_only_in_variance_are_two_evaluations(tmp_path):
     store = MlflowStore(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
-    spec = {"name": "variance", "question": "fixed_small or fixed_large?", "base": {"data": {"dataset": "mnist-5k"}},
-            "seeds": [0], "evaluate": {"sampler": ["ddpm"], "steps": [3], "variance": ["fixed_small", "fixed_large"]},
-            "profiles": {"smoke": {"set": TINY}}}
+    spec = {
+        "name": "variance",
+        "question": "fixed_small or fixed_large?",
+        "base": {"data": {"dataset": "mnist-5k"}},
+        "seeds": [0],
+        "evaluate": {"sampler": ["ddpm"], "steps": [3], "variance": ["fixed_small", "fixed_large"]},
+        "profiles": {"smoke": {"set": TINY}},
+    }
     path = tmp_path / "variance.yaml"
     path.write_text(yaml.safe_dump(spec))
     plan = make_plan(load_spec(path), str(path), "smoke")
@@ -114,10 +134,13 @@ def test_two_settings_that_differ_only_in_variance_are_two_evaluations(tmp_path)
     assert len(set(data.evals["setting"])) == 2
 
 
-@pytest.mark.parametrize("params,label", [
-    ({"sampler": "ddpm", "steps": "3", "eta": "0.0", "guidance": "0.0", "spacing": "trailing"}, "ddpm-3-eta0-w0"),
-    ({"sampler": "ddpm", "steps": "3", "variance": "fixed_large"}, "ddpm-3-eta0-w0-fixed_large"),
-])
+@pytest.mark.parametrize(
+    "params,label",
+    [
+        ({"sampler": "ddpm", "steps": "3", "eta": "0.0", "guidance": "0.0", "spacing": "trailing"}, "ddpm-3-eta0-w0"),
+        ({"sampler": "ddpm", "steps": "3", "variance": "fixed_large"}, "ddpm-3-eta0-w0-fixed_large"),
+    ],
+)
 def test_settings_rebuild_from_logged_params(params, label):
     from harness.config import SamplerSetting
 

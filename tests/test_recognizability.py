@@ -3,6 +3,7 @@
 Every case is scored by the recognizer of mnist-5k (seed 0), which never saw the held-out split.
 The bounds are the ones the README promises; the measured figures sit in the comments.
 """
+
 import math
 import os
 from pathlib import Path
@@ -88,8 +89,9 @@ def test_rotated_digits_are_recognizable(recognizer, held, degrees):
     assert rec(recognizer, rotated(held[0], degrees)) >= 0.9  # 0.954 and 0.946 measured
 
 
-@pytest.mark.parametrize("kind", ["uniform noise", "gaussian noise", "smooth blobs", "binary blobs", "constant",
-                                  "pixel-shuffled digits"])
+@pytest.mark.parametrize(
+    "kind", ["uniform noise", "gaussian noise", "smooth blobs", "binary blobs", "constant", "pixel-shuffled digits"]
+)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_garbage_is_not_recognizable(recognizer, held, kind, seed):
     assert rec(recognizer, garbage(kind, held[0], seed)) <= 0.05  # at most 0.010 measured (binary blobs, seed 1)
@@ -105,11 +107,13 @@ def test_samples_of_a_model_trained_for_one_step_are_not_recognizable(mnist_5k, 
     from harness.evaluate import Evaluator
     from harness.train import train
 
-    config = build_config({
-        "model": {"channels": 8, "channel_mult": [1, 2], "attention_resolutions": [], "conditional": True},
-        "train": {"steps": 1, "batch_size": 16, "device": "cpu"},
-        "eval": {"num_samples": 64, "batch_size": 64, "samplers": [{"sampler": "ddim", "steps": 10}]},
-    })
+    config = build_config(
+        {
+            "model": {"channels": 8, "channel_mult": [1, 2], "attention_resolutions": [], "conditional": True},
+            "train": {"steps": 1, "batch_size": 16, "device": "cpu"},
+            "eval": {"num_samples": 64, "batch_size": 64, "samplers": [{"sampler": "ddim", "steps": 10}]},
+        }
+    )
     evaluator = Evaluator(config, mnist_5k)
     samples = []
 
@@ -128,13 +132,15 @@ def test_samples_of_a_model_trained_for_one_step_are_not_recognizable(mnist_5k, 
 
 
 def test_recognizable_needs_a_named_class_not_the_reject_class():
-    probs = torch.tensor([
-        [0.95, 0.03, 0.02],  # confident, class 0
-        [0.90, 0.05, 0.05],  # exactly at the threshold counts
-        [0.40, 0.35, 0.25],  # unsure
-        [0.01, 0.01, 0.98],  # confident that it is no digit: the reject class (last column)
-        [0.00, 0.99, 0.01],  # confident, class 1
-    ])
+    probs = torch.tensor(
+        [
+            [0.95, 0.03, 0.02],  # confident, class 0
+            [0.90, 0.05, 0.05],  # exactly at the threshold counts
+            [0.40, 0.35, 0.25],  # unsure
+            [0.01, 0.01, 0.98],  # confident that it is no digit: the reject class (last column)
+            [0.00, 0.99, 0.01],  # confident, class 1
+        ]
+    )
     assert recognizable(probs).tolist() == [True, True, False, False, True]
     assert recognizability(probs) == pytest.approx(0.6)
     assert recognizability(probs, threshold=0.96) == pytest.approx(0.2)

@@ -1,4 +1,5 @@
 """Specs -> plans -> jobs -> MLflow: the runner on tiny jobs and a throwaway SQLite store."""
+
 import shutil
 
 import pytest
@@ -6,18 +7,33 @@ import yaml
 
 from harness.config import ConfigError
 from harness.runner import run_plan, store_root
-from harness.spec import expand_arms, load_spec, make_plan, Axes
+from harness.spec import Axes, expand_arms, load_spec, make_plan
 from harness.tracking import HASH, ROLE, MlflowStore
 
-TINY = {"train.steps": 4, "train.batch_size": 8, "train.warmup_steps": 1, "train.eval_every": 2,
-        "model.channels": 8, "model.channel_mult": [1, 2], "model.attention_resolutions": [],
-        "eval.num_samples": 16, "eval.batch_size": 16, "train.device": "cpu"}
+TINY = {
+    "train.steps": 4,
+    "train.batch_size": 8,
+    "train.warmup_steps": 1,
+    "train.eval_every": 2,
+    "model.channels": 8,
+    "model.channel_mult": [1, 2],
+    "model.attention_resolutions": [],
+    "eval.num_samples": 16,
+    "eval.batch_size": 16,
+    "train.device": "cpu",
+}
 
 
 def _spec(tmp_path, **changes):
-    spec = {"name": "tiny", "question": "Does it run?", "base": {"data": {"dataset": "mnist-5k"}},
-            "axes": {"grid": {"diffusion.schedule": ["linear", "cosine"]}}, "seeds": [0],
-            "evaluate": {"sampler": ["ddim"], "steps": [3]}, "profiles": {"smoke": {"set": TINY}}}
+    spec = {
+        "name": "tiny",
+        "question": "Does it run?",
+        "base": {"data": {"dataset": "mnist-5k"}},
+        "axes": {"grid": {"diffusion.schedule": ["linear", "cosine"]}},
+        "seeds": [0],
+        "evaluate": {"sampler": ["ddim"], "steps": [3]},
+        "profiles": {"smoke": {"set": TINY}},
+    }
     spec.update(changes)
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -35,24 +51,43 @@ def store(tmp_path_factory):
 
 
 def test_axes_grid_zip_include_exclude():
-    axes = Axes(grid={"a": [1, 2]}, zip=[{"b": [3, 4], "c": [5, 6]}], exclude=[{"a": 2, "b": 4}],
-                include=[{"a": 9, "b": 9, "c": 9}])
-    assert expand_arms(axes) == [{"a": 1, "b": 3, "c": 5}, {"a": 1, "b": 4, "c": 6}, {"a": 2, "b": 3, "c": 5},
-                                 {"a": 9, "b": 9, "c": 9}]
+    axes = Axes(
+        grid={"a": [1, 2]},
+        zip=[{"b": [3, 4], "c": [5, 6]}],
+        exclude=[{"a": 2, "b": 4}],
+        include=[{"a": 9, "b": 9, "c": 9}],
+    )
+    assert expand_arms(axes) == [
+        {"a": 1, "b": 3, "c": 5},
+        {"a": 1, "b": 4, "c": 6},
+        {"a": 2, "b": 3, "c": 5},
+        {"a": 9, "b": 9, "c": 9},
+    ]
 
 
 def test_plan_resolves_every_job(tmp_path):
     plan = make_plan(load_spec(_spec(tmp_path, seeds=[0, 1])), "tiny.yaml", "smoke")
-    assert [(j.arm["diffusion.schedule"], j.seed) for j in plan.jobs] == [("linear", 0), ("linear", 1), ("cosine", 0), ("cosine", 1)]
+    assert [(j.arm["diffusion.schedule"], j.seed) for j in plan.jobs] == [
+        ("linear", 0),
+        ("linear", 1),
+        ("cosine", 0),
+        ("cosine", 1),
+    ]
     assert len({j.config_hash for j in plan.jobs}) == 4 and plan.jobs[0].config.train.steps == 4
 
 
-@pytest.mark.parametrize("changes,message", [
-    ({"axes": {"grid": {"diffusion.schedule": ["linear", "quadratic"]}}}, "unknown schedule 'quadratic'"),
-    ({"evaluate": {"sampler": ["ddim"], "steps": [5000]}}, "5000 is above diffusion.timesteps"),
-    ({"evaluate": {"guidance": [1.0]}}, "needs model.conditional: true"),
-    ({"axes": {"grid": {"diffusion.schedule": ["linear", "linear"]}}}, "two arms resolve to the same configuration"),
-])
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"axes": {"grid": {"diffusion.schedule": ["linear", "quadratic"]}}}, "unknown schedule 'quadratic'"),
+        ({"evaluate": {"sampler": ["ddim"], "steps": [5000]}}, "5000 is above diffusion.timesteps"),
+        ({"evaluate": {"guidance": [1.0]}}, "needs model.conditional: true"),
+        (
+            {"axes": {"grid": {"diffusion.schedule": ["linear", "linear"]}}},
+            "two arms resolve to the same configuration",
+        ),
+    ],
+)
 def test_invalid_plans_name_the_field(tmp_path, changes, message):
     with pytest.raises(ConfigError, match=message):
         make_plan(load_spec(_spec(tmp_path, **changes)), "tiny.yaml", "smoke")
@@ -84,7 +119,7 @@ def test_run_tracks_parent_train_and_eval_runs_and_never_retrains(tmp_path, stor
 
 
 def test_failed_job_does_not_stop_the_others(tmp_path, store):
-    path = _spec(tmp_path, name="tiny-fail", axes={"grid": {"train.lr": [1.0e-3, 1.0e+30]}})
+    path = _spec(tmp_path, name="tiny-fail", axes={"grid": {"train.lr": [1.0e-3, 1.0e30]}})
     outcomes, _ = _run(path, store)
     status = {o.arm["train.lr"]: o for o in outcomes}
     assert status[1.0e-3].status == "trained"
@@ -104,7 +139,8 @@ def test_finished_run_whose_checkpoint_is_gone_says_retrain_with_force(tmp_path,
     outcomes, _ = _run(_spec(tmp_path, name="tiny-gone", axes=one), store)
     assert [o.status for o in outcomes] == ["trained"]
     shutil.rmtree(store_root(store.uri) / "checkpoints" / "tiny-gone")
-    more, _ = _run(_spec(tmp_path, name="tiny-gone", axes=one, evaluate={"sampler": ["ddim", "heun"], "steps": [3]}),
-                   store)
+    more, _ = _run(
+        _spec(tmp_path, name="tiny-gone", axes=one, evaluate={"sampler": ["ddim", "heun"], "steps": [3]}), store
+    )
     assert [o.status for o in more] == ["failed"]
     assert more[0].error.startswith("checkpoint missing: retrain with --force") and "\n" not in more[0].error

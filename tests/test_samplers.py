@@ -1,12 +1,13 @@
 """Samplers checked against the exact denoiser of Gaussian data (tests/oracles.py)."""
+
 import math
 
 import pytest
 import torch
+from oracles import GaussianOracle, exact_flow_endpoint
 
 from harness import SAMPLERS, Prediction, make_schedule, sample, timesteps
 from harness.samplers import SamplerOptions, Trajectory
-from oracles import GaussianOracle, exact_flow_endpoint
 
 SHAPE = (2000, 2, 4, 4)  # 2,000 samples of 32 dimensions
 MU = torch.linspace(-0.6, 0.6, 32).reshape(2, 4, 4)
@@ -20,8 +21,15 @@ def _x_T(shape=SHAPE, seed=1):
 def _sample(schedule, parameterization="eps", x_T=None, **kw):
     oracle = GaussianOracle(schedule, MU, S, parameterization)
     x_T = _x_T() if x_T is None else x_T
-    return sample(oracle, x_T.shape, schedule, parameterization=parameterization, x_T=x_T,
-                  generator=torch.Generator().manual_seed(2), **kw).double()
+    return sample(
+        oracle,
+        x_T.shape,
+        schedule,
+        parameterization=parameterization,
+        x_T=x_T,
+        generator=torch.Generator().manual_seed(2),
+        **kw,
+    ).double()
 
 
 # Settings where each sampler's discretization error is small against the sampling noise.
@@ -53,8 +61,7 @@ def test_deterministic_samplers_converge_to_the_exact_flow(schedule, sampler):
     errors = []
     for steps in [20, 50, 100, 250, 1000]:
         t = timesteps(1000, steps, "trailing")
-        exact = exact_flow_endpoint(x_T, MU, S, sched.alphas_cumprod[t[0]].item(),
-                                    sched.alphas_cumprod[t[-1]].item())
+        exact = exact_flow_endpoint(x_T, MU, S, sched.alphas_cumprod[t[0]].item(), sched.alphas_cumprod[t[-1]].item())
         errors.append((_sample(sched, x_T=x_T, sampler=sampler, steps=steps) - exact).abs().max().item())
     assert all(b < a for a, b in zip(errors, errors[1:])), errors
     assert errors[-1] < (1e-2 if sampler == "ddim" else 1e-3), errors
@@ -87,8 +94,10 @@ def test_orders_of_convergence():
 def test_second_order_samplers_beat_ddim_at_20_steps(schedule):
     sched, x_T = make_schedule(schedule), _x_T((500, 2, 4, 4))
     reference = _sample(sched, x_T=x_T, sampler="ddim", steps=1000)
-    dist = {s: (_sample(sched, x_T=x_T, sampler=s, steps=20) - reference).pow(2).mean().sqrt().item()
-            for s in ["ddim", "dpmpp_2m", "heun"]}
+    dist = {
+        s: (_sample(sched, x_T=x_T, sampler=s, steps=20) - reference).pow(2).mean().sqrt().item()
+        for s in ["ddim", "dpmpp_2m", "heun"]
+    }
     assert dist["dpmpp_2m"] < dist["ddim"] and dist["heun"] < dist["ddim"], dist
 
 
@@ -132,8 +141,10 @@ def test_last_step_returns_x0_prediction():
 def test_deterministic_for_a_generator():
     sched = make_schedule("cosine")
     oracle = GaussianOracle(sched, MU, S)
-    runs = [sample(oracle, (8, 2, 4, 4), sched, sampler="ddpm", steps=50,
-                   generator=torch.Generator().manual_seed(7)) for _ in range(2)]
+    runs = [
+        sample(oracle, (8, 2, 4, 4), sched, sampler="ddpm", steps=50, generator=torch.Generator().manual_seed(7))
+        for _ in range(2)
+    ]
     torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
 
 

@@ -1,4 +1,5 @@
 """``harness score``: any image file or folder scored as training evaluations are; bad input is one line, exit 2."""
+
 import json
 import pickle
 from pathlib import Path
@@ -87,8 +88,11 @@ BAD = [
     ("flat.npy", np.zeros((20, 784), np.uint8), "shape (20, 784)"),
     ("range.npy", np.full((20, 28, 28), 255.0, np.float32), "float values span [255, 255], expected [0, 1]"),
     ("negative.pt", torch.full((20, 1, 28, 28), -1.0), "float values span [-1, -1]"),
-    ("nan.npy", np.where(np.arange(20 * 784).reshape(20, 28, 28) == 5, np.nan, 0.5).astype(np.float32),
-     "1 values are NaN or infinite"),
+    (
+        "nan.npy",
+        np.where(np.arange(20 * 784).reshape(20, 28, 28) == 5, np.nan, 0.5).astype(np.float32),
+        "1 values are NaN or infinite",
+    ),
     ("int.npy", np.zeros((20, 28, 28), np.int64), "dtype int64, expected uint8 in [0, 255] or float in [0, 1]"),
     ("text.npy", np.full((20, 28, 28), "a"), "dtype <U1"),
     ("few.npy", np.zeros((MIN_IMAGES - 1, 28, 28), np.uint8), f"{MIN_IMAGES - 1} images, too few to score"),
@@ -129,11 +133,15 @@ def test_pickles_are_never_loaded(tmp_path, capsys):
 def test_bad_folders_files_and_data_sets(tmp_path, capsys):
     from PIL import Image
 
-    assert error_line(capsys, ["score", str(tmp_path / "missing.npy")]) == \
-        f"error: {tmp_path / 'missing.npy'}: no such file or folder"
+    assert (
+        error_line(capsys, ["score", str(tmp_path / "missing.npy")])
+        == f"error: {tmp_path / 'missing.npy'}: no such file or folder"
+    )
     (tmp_path / "empty").mkdir()
-    assert error_line(capsys, ["score", str(tmp_path / "empty")]) == \
-        f"error: {tmp_path / 'empty'}: no .png files in this folder"
+    assert (
+        error_line(capsys, ["score", str(tmp_path / "empty")])
+        == f"error: {tmp_path / 'empty'}: no .png files in this folder"
+    )
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     Image.new("L", (28, 28)).save(mixed / "a.png")

@@ -1,4 +1,5 @@
 """Every shipped spec validates in every profile and runs its smoke profile end to end."""
+
 from pathlib import Path
 
 import pytest
@@ -10,13 +11,20 @@ from harness.spec import Evaluate, load_spec, make_plan
 from harness.tracking import ROLE, MlflowStore
 
 # Ablation specs; sweep-*.yaml are validated and smoke-run by tests/test_sweep.py.
-SPECS = [p for p in sorted((Path(__file__).parents[1] / "experiments").glob("*.yaml")) if not p.stem.startswith("sweep-")]
+SPECS = [
+    p for p in sorted((Path(__file__).parents[1] / "experiments").glob("*.yaml")) if not p.stem.startswith("sweep-")
+]
 
 
 def test_there_are_shipped_specs():
     names = {p.stem for p in SPECS}
-    assert {"ablation-schedules", "ablation-parameterization", "ablation-samplers", "ablation-guidance",
-            "recognizability"} <= names
+    assert {
+        "ablation-schedules",
+        "ablation-parameterization",
+        "ablation-samplers",
+        "ablation-guidance",
+        "recognizability",
+    } <= names
 
 
 @pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
@@ -51,4 +59,3 @@ def test_evaluate_is_derived_from_the_sampler_setting_with_its_bounds(tmp_path):
         path.write_text(yaml.safe_dump({"name": "x", "question": "q", "evaluate": {field: [bad]}}))
         with pytest.raises(ConfigError, match=rf"spec.yaml: evaluate\.{field}\.0: "):
             load_spec(path)
-

@@ -3,6 +3,7 @@
 Each sweep gets its own throwaway SQLite MLflow store; its journal file, checkpoints and locks sit
 beside it. Trials train 4 steps of an 8-channel UNet and score 16 samples of 3 DDIM steps.
 """
+
 import argparse
 import os
 import signal
@@ -18,24 +19,56 @@ import yaml
 
 from harness.config import ConfigError, TrainConfig
 from harness.runner import store_root
-from harness.sweep import PRUNERS, SAMPLERS, add_arguments, journal_path, load_sweep, open_storage, \
-    recover_dead_trials, run_sweep, sweep_main, validate_sweep
+from harness.sweep import (
+    PRUNERS,
+    SAMPLERS,
+    add_arguments,
+    journal_path,
+    load_sweep,
+    open_storage,
+    recover_dead_trials,
+    run_sweep,
+    sweep_main,
+    validate_sweep,
+)
 from harness.tracking import HASH, ROLE, MlflowStore
 
 SWEEPS = sorted((Path(__file__).parents[1] / "experiments").glob("sweep-*.yaml"))
-TINY = {"train.steps": 4, "train.batch_size": 8, "train.warmup_steps": 1, "train.eval_every": 2,
-        "model.channels": 8, "model.channel_mult": [1, 2], "model.attention_resolutions": [],
-        "eval.num_samples": 16, "eval.batch_size": 16, "train.device": "cpu"}
-SEARCH = {"params": {"train.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
-                     "train.ema_decay": {"type": "float", "low": 0.9, "high": 0.99}},
-          "objective": {"metric": "fid", "direction": "minimize"}, "n_trials": 2, "sampler": "random",
-          "pruner": "none", "seed": 0}
+TINY = {
+    "train.steps": 4,
+    "train.batch_size": 8,
+    "train.warmup_steps": 1,
+    "train.eval_every": 2,
+    "model.channels": 8,
+    "model.channel_mult": [1, 2],
+    "model.attention_resolutions": [],
+    "eval.num_samples": 16,
+    "eval.batch_size": 16,
+    "train.device": "cpu",
+}
+SEARCH = {
+    "params": {
+        "train.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
+        "train.ema_decay": {"type": "float", "low": 0.9, "high": 0.99},
+    },
+    "objective": {"metric": "fid", "direction": "minimize"},
+    "n_trials": 2,
+    "sampler": "random",
+    "pruner": "none",
+    "seed": 0,
+}
 
 
 def _write(tmp_path, search=None, name="tiny-sweep", profile_set=None, **changes):
-    spec = {"name": name, "question": "Which learning rate?", "base": {"data": {"dataset": "mnist-5k"}},
-            "seeds": [0], "evaluate": {"sampler": ["ddim"], "steps": [3]},
-            "profiles": {"smoke": {"set": {**TINY, **(profile_set or {})}}}, "search": search or SEARCH}
+    spec = {
+        "name": name,
+        "question": "Which learning rate?",
+        "base": {"data": {"dataset": "mnist-5k"}},
+        "seeds": [0],
+        "evaluate": {"sampler": ["ddim"], "steps": [3]},
+        "profiles": {"smoke": {"set": {**TINY, **(profile_set or {})}}},
+        "search": search or SEARCH,
+    }
     spec.update(changes)
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -67,6 +100,7 @@ def _study(uri, spec_name, study_name):
 
 # -- the search section ---------------------------------------------------------------------------------
 
+
 def _with(**changes):
     return {**SEARCH, **changes}
 
@@ -77,40 +111,69 @@ def _param(key, dist):
 
 BAD = [
     (None, "search: a sweep spec needs a search section"),
-    (_with(budget=3), "search.budget: unknown key; valid keys here: n_trials, objective, params, pruner, sampler, seed"),
+    (
+        _with(budget=3),
+        "search.budget: unknown key; valid keys here: n_trials, objective, params, pruner, sampler, seed",
+    ),
     (_with(n_trials=0), "search.n_trials: Input should be greater than or equal to 1"),
     (_with(params={}), "search.params: Dictionary should have at least 1 item"),
-    (_param("train.lr", {"type": "uniform", "low": 1, "high": 2}),
-     "search.params.train.lr.type: unknown type 'uniform'; valid: float, int, categorical"),
+    (
+        _param("train.lr", {"type": "uniform", "low": 1, "high": 2}),
+        "search.params.train.lr.type: unknown type 'uniform'; valid: float, int, categorical",
+    ),
     (_param("train.lr", {"low": 1, "high": 2}), "search.params.train.lr.type: missing; valid: float, int, categorical"),
-    (_param("train.lr", {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "logscale": True}),
-     "search.params.train.lr.logscale: unknown key; valid keys for type float: type, low, high, log, step"),
+    (
+        _param("train.lr", {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "logscale": True}),
+        "search.params.train.lr.logscale: unknown key; valid keys for type float: type, low, high, log, step",
+    ),
     (_param("train.lr", {"type": "float", "low": 1.0e-2, "high": 1.0e-4}), "search.params.train.lr: "),
     (_param("train.lr", {"type": "float", "low": 0.0, "high": 1.0e-2, "log": True}), "search.params.train.lr: "),
-    (_param("model.chanels", {"type": "categorical", "choices": [8, 16]}),
-     "search.params.model.chanels: the value 8 is invalid: model.chanels: unknown key; valid keys here:"),
-    (_param("train.ema_decay", {"type": "float", "low": 0.9, "high": 1.0}),
-     "search.params.train.ema_decay: the value 1.0 is invalid: train.ema_decay: Input should be less than 1"),
-    (_param("model.channel_mult", {"type": "categorical", "choices": [[1, 2], [1, 2, 2]]}),
-     "search.params.model.channel_mult.choices: choices are numbers, strings, booleans or null; [1, 2] is not"),
-    (_param("eval.num_samples", {"type": "int", "low": 8, "high": 16}),
-     "search.params.eval.num_samples: eval.* keys set a field of the evaluation setting; valid: eval.eta"),
-    (_param("eval.guidance", {"type": "float", "low": 0.0, "high": 2.0}),
-     "search.params.eval.guidance: the value 2.0 is invalid: eval.samplers.0.guidance: 2.0 needs model.conditional"),
-    (_with(objective={"metric": "fdi"}), "search.objective.0.metric: unknown metric 'fdi'; valid: class_accuracy, fid,"),
+    (
+        _param("model.chanels", {"type": "categorical", "choices": [8, 16]}),
+        "search.params.model.chanels: the value 8 is invalid: model.chanels: unknown key; valid keys here:",
+    ),
+    (
+        _param("train.ema_decay", {"type": "float", "low": 0.9, "high": 1.0}),
+        "search.params.train.ema_decay: the value 1.0 is invalid: train.ema_decay: Input should be less than 1",
+    ),
+    (
+        _param("model.channel_mult", {"type": "categorical", "choices": [[1, 2], [1, 2, 2]]}),
+        "search.params.model.channel_mult.choices: choices are numbers, strings, booleans or null; [1, 2] is not",
+    ),
+    (
+        _param("eval.num_samples", {"type": "int", "low": 8, "high": 16}),
+        "search.params.eval.num_samples: eval.* keys set a field of the evaluation setting; valid: eval.eta",
+    ),
+    (
+        _param("eval.guidance", {"type": "float", "low": 0.0, "high": 2.0}),
+        "search.params.eval.guidance: the value 2.0 is invalid: eval.samplers.0.guidance: 2.0 needs model.conditional",
+    ),
+    (
+        _with(objective={"metric": "fdi"}),
+        "search.objective.0.metric: unknown metric 'fdi'; valid: class_accuracy, fid,",
+    ),
     (_with(objective={"metric": "fid", "direction": "down"}), "search.objective.0.direction: Input should be"),
     (_with(objective=[{"metric": "fid"}, {"metric": "fid"}]), "search.objective: each metric once"),
     (_with(objective={"metric": "class_accuracy"}), "search.objective: class_accuracy needs model.conditional: true"),
-    (_with(sampler="annealing"), "search.sampler: unknown sampler 'annealing'; valid: bruteforce, cmaes, gp, random, tpe"),
+    (
+        _with(sampler="annealing"),
+        "search.sampler: unknown sampler 'annealing'; valid: bruteforce, cmaes, gp, random, tpe",
+    ),
     (_with(pruner="patient"), "search.pruner: unknown pruner 'patient'; valid: hyperband, median, none, threshold"),
-    (_with(pruner={"name": "median", "patience": 3}),
-     "search.pruner: unknown option 'patience' for pruner median; valid: n_startup_trials, n_warmup_steps"),
+    (
+        _with(pruner={"name": "median", "patience": 3}),
+        "search.pruner: unknown option 'patience' for pruner median; valid: n_startup_trials, n_warmup_steps",
+    ),
     (_with(pruner={"name": "threshold"}), "search.pruner: Either lower or upper must be specified"),
-    (_with(sampler="cmaes", objective=[{"metric": "fid"}, {"metric": "nfe"}]),
-     "search.sampler: cmaes optimizes one objective; for several use bruteforce, gp, random, tpe"),
+    (
+        _with(sampler="cmaes", objective=[{"metric": "fid"}, {"metric": "nfe"}]),
+        "search.sampler: cmaes optimizes one objective; for several use bruteforce, gp, random, tpe",
+    ),
     (_with(sampler="bruteforce"), ": bruteforce needs finite values: give the float a step, or use int or categorical"),
-    (_with(sampler="bruteforce", n_trials=5, params={"model.channels": {"type": "categorical", "choices": [8, 16]}}),
-     "search.n_trials: 5 is more than the 2 points bruteforce can visit"),
+    (
+        _with(sampler="bruteforce", n_trials=5, params={"model.channels": {"type": "categorical", "choices": [8, 16]}}),
+        "search.n_trials: 5 is more than the 2 points bruteforce can visit",
+    ),
 ]
 
 
@@ -143,8 +206,9 @@ def test_other_bad_sweep_specs(tmp_path):
 
 
 def test_profiles_and_overrides_reach_the_search_and_the_config(tmp_path):
-    path = _write(tmp_path, profiles={"smoke": {"set": TINY, "search": {"n_trials": 5, "params": {
-        "train.lr": {"high": 1.0e-3}}}}})
+    path = _write(
+        tmp_path, profiles={"smoke": {"set": TINY, "search": {"n_trials": 5, "params": {"train.lr": {"high": 1.0e-3}}}}}
+    )
     sweep = load_sweep(path, "smoke", {"search.sampler": "tpe", "train.steps": 6})
     assert sweep.study_name == "tiny-sweep-smoke" and sweep.search.n_trials == 5 and sweep.search.sampler == "tpe"
     assert sweep.params["train.lr"].high == 1.0e-3 and sweep.params["train.lr"].log
@@ -171,6 +235,7 @@ def test_shipped_sweep_validates_in_every_profile(path):
 
 
 # -- samplers and pruners: one row each -----------------------------------------------------------------
+
 
 def _toy(trial):
     x = trial.suggest_float("x", -2, 2, step=0.5)
@@ -213,6 +278,7 @@ def test_every_pruner_builds_and_judges(name):
 
 # -- sweeps end to end ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
 def test_smoke_sweep_tracks_one_parent_and_continues_where_it_stopped(tmp_path, path):
     uri, sweep = _uri(tmp_path), load_sweep(path, "smoke")
@@ -230,7 +296,9 @@ def test_smoke_sweep_tracks_one_parent_and_continues_where_it_stopped(tmp_path, 
     assert metric in run.data.metrics and f"eval/{label}/{metric}" in run.data.metrics
     first_runs = {r.info.run_id for r in runs}
 
-    again = run_sweep(path, profile="smoke", tracking_uri=uri, overrides={"train.device": "cpu", "search.n_trials": n + 1})
+    again = run_sweep(
+        path, profile="smoke", tracking_uri=uri, overrides={"train.device": "cpu", "search.n_trials": n + 1}
+    )
     assert again.parent_run_id == first.parent_run_id  # one parent run per study
     assert [t.number for t in again.trials] == list(range(n + 1)) and again.finished == n + 1
     _, runs = _trial_runs(uri, sweep.spec.name, first.study_name)
@@ -244,7 +312,9 @@ def test_smoke_sweep_tracks_one_parent_and_continues_where_it_stopped(tmp_path, 
     artifacts = {a.path for a in store.client.list_artifacts(again.parent_run_id)}
     assert {"optimization_history.png", "param_importances.png", "trials.csv"} <= artifacts
 
-    done = run_sweep(path, profile="smoke", tracking_uri=uri, overrides={"train.device": "cpu", "search.n_trials": n + 1})
+    done = run_sweep(
+        path, profile="smoke", tracking_uri=uri, overrides={"train.device": "cpu", "search.n_trials": n + 1}
+    )
     assert len(done.trials) == n + 1 and done.workers[0].trials == []  # finished: nothing more runs
 
 
@@ -265,7 +335,7 @@ def test_pruned_trials_are_recorded_as_pruned(tmp_path, capsys):
 
 def test_a_diverging_trial_is_pruned_not_failed(tmp_path):
     # A non-finite loss is a result (this learning rate is too high), and TPE ranks pruned points last.
-    path = _write(tmp_path, _with(n_trials=1, params={"train.lr": {"type": "categorical", "choices": [1.0e+30]}}))
+    path = _write(tmp_path, _with(n_trials=1, params={"train.lr": {"type": "categorical", "choices": [1.0e30]}}))
     result = run_sweep(path, profile="smoke", tracking_uri=_uri(tmp_path))
     assert [t.state for t in result.trials] == ["PRUNED"] and result.ok
     _, runs = _trial_runs(_uri(tmp_path), "tiny-sweep", "tiny-sweep-smoke")
@@ -274,8 +344,12 @@ def test_a_diverging_trial_is_pruned_not_failed(tmp_path):
 
 def test_multi_objective_sweep_shares_one_model_between_eval_settings(tmp_path):
     # Only the sampler's step count varies: one training, two evaluations; FID against NFE.
-    search = _with(params={"eval.steps": {"type": "categorical", "choices": [2, 3]}}, sampler="bruteforce",
-                   objective=[{"metric": "fid"}, {"metric": "nfe"}], pruner="median")  # no pruning with 2 objectives
+    search = _with(
+        params={"eval.steps": {"type": "categorical", "choices": [2, 3]}},
+        sampler="bruteforce",
+        objective=[{"metric": "fid"}, {"metric": "nfe"}],
+        pruner="median",
+    )  # no pruning with 2 objectives
     result = run_sweep(_write(tmp_path, search), profile="smoke", tracking_uri=_uri(tmp_path))
     assert [t.state for t in result.trials] == ["COMPLETE", "COMPLETE"] and result.ok
     assert sorted((t.params["eval.steps"], t.values[1]) for t in result.trials) == [(2, 2.0), (3, 3.0)]
@@ -298,8 +372,9 @@ def test_two_workers_never_run_the_same_trial(tmp_path):
     _, runs = _trial_runs(_uri(tmp_path), "tiny-sweep", "tiny-sweep-smoke")
     assert sorted(int(r.data.tags["harness.trial"]) for r in runs) == [0, 1, 2]  # one MLflow run per trial
     for w in result.workers:  # each ran in its own process
-        assert sorted(int(r.data.tags["harness.trial"]) for r in runs if r.data.tags["harness.worker"] == w.name) \
-            == sorted(w.trials)
+        assert sorted(
+            int(r.data.tags["harness.trial"]) for r in runs if r.data.tags["harness.worker"] == w.name
+        ) == sorted(w.trials)
 
 
 @pytest.mark.slow
@@ -308,8 +383,12 @@ def test_killed_worker_does_not_leave_the_study_stuck(tmp_path):
     path = _write(tmp_path, _with(n_trials=1), profile_set=slow)
     uri = _uri(tmp_path)
     code = f"from harness.sweep import run_sweep; run_sweep({str(path)!r}, profile='smoke', tracking_uri={uri!r})"
-    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     checkpoints, deadline, killed = store_root(uri) / "checkpoints", time.time() + 240, False
     while time.time() < deadline and proc.poll() is None:
         if list(checkpoints.glob("tiny-sweep/*/checkpoint.pt")):
@@ -369,6 +448,12 @@ def test_rdb_storage_and_the_slurm_executor(tmp_path):
     assert isinstance(storage, optuna.storages.RDBStorage) and storage.heartbeat_interval > 0
     assert isinstance(storage.heartbeat_stale_trial_callback, optuna.storages.RetryHeartbeatStaleTrialCallback)
     path = _write(tmp_path, _with(n_trials=1, pruner={"name": "threshold", "upper": 0.0}))
-    result = run_sweep(path, profile="smoke", tracking_uri=_uri(tmp_path), storage=f"sqlite:///{tmp_path / 'optuna.db'}",
-                       executor="slurm", cluster="debug")
+    result = run_sweep(
+        path,
+        profile="smoke",
+        tracking_uri=_uri(tmp_path),
+        storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+        executor="slurm",
+        cluster="debug",
+    )
     assert [t.state for t in result.trials] == ["PRUNED"] and result.storage.endswith("optuna.db")

@@ -1,4 +1,5 @@
 """The training loop: it learns, it resumes exactly, it stops on a non-finite loss."""
+
 from types import SimpleNamespace
 
 import pytest
@@ -10,8 +11,16 @@ from harness.train import NonFiniteLoss, train
 
 TINY = {
     "model": {"channels": 8, "channel_mult": [1, 2], "attention_resolutions": [], "conditional": True},
-    "train": {"steps": 40, "batch_size": 16, "lr": 2e-3, "warmup_steps": 5, "checkpoint_every": 10,
-              "log_every": 7, "ema_decay": 0.9, "device": "cpu"},
+    "train": {
+        "steps": 40,
+        "batch_size": 16,
+        "lr": 2e-3,
+        "warmup_steps": 5,
+        "checkpoint_every": 10,
+        "log_every": 7,
+        "ema_decay": 0.9,
+        "device": "cpu",
+    },
 }
 
 
@@ -25,8 +34,15 @@ class NoEvaluation:
 def _data(images=None):
     g = torch.Generator().manual_seed(0)
     images = torch.rand(256, 1, 28, 28, generator=g) * 2 - 1 if images is None else images
-    return SimpleNamespace(images=images, labels=torch.arange(256) % 10, num_classes=10, channels=1,
-                           image_size=28, name="random", fingerprint="random")
+    return SimpleNamespace(
+        images=images,
+        labels=torch.arange(256) % 10,
+        num_classes=10,
+        channels=1,
+        image_size=28,
+        name="random",
+        fingerprint="random",
+    )
 
 
 def _state(run_dir):
@@ -37,8 +53,10 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     config = build_config(TINY)
     a, b = MemoryTracker(), MemoryTracker()
     full = train(config, a, run_dir=tmp_path / "a", data=_data(), evaluator=NoEvaluation(), progress=False)
-    assert train(config, b, run_dir=tmp_path / "b", data=_data(), evaluator=NoEvaluation(),
-                 stop_after=23, progress=False) is None  # "killed" at step 23: the step-20 checkpoint survives
+    assert (
+        train(config, b, run_dir=tmp_path / "b", data=_data(), evaluator=NoEvaluation(), stop_after=23, progress=False)
+        is None
+    )  # "killed" at step 23: the step-20 checkpoint survives
     assert _state(tmp_path / "b")["step"] == 20
     resumed = train(config, b, run_dir=tmp_path / "b", data=_data(), evaluator=NoEvaluation(), progress=False)
     sa, sb = _state(tmp_path / "a"), _state(tmp_path / "b")
@@ -56,11 +74,17 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
 def test_checkpoint_every_defaults_to_a_tenth_and_every_evaluation_checkpoints(tmp_path):
     auto = {**TINY, "train": {**TINY["train"], "checkpoint_every": 0, "eval_every": 15}}
     config = build_config(auto)
-    assert train(config, None, run_dir=tmp_path, data=_data(), evaluator=NoEvaluation(), stop_after=31,
-                 progress=False) is None
+    assert (
+        train(config, None, run_dir=tmp_path, data=_data(), evaluator=NoEvaluation(), stop_after=31, progress=False)
+        is None
+    )
     assert _state(tmp_path)["step"] == 30  # the evaluation at 30, after the tenths 4, 8, ..., 28
-    assert train(config, None, run_dir=tmp_path / "b", data=_data(), evaluator=NoEvaluation(), stop_after=7,
-                 progress=False) is None
+    assert (
+        train(
+            config, None, run_dir=tmp_path / "b", data=_data(), evaluator=NoEvaluation(), stop_after=7, progress=False
+        )
+        is None
+    )
     assert _state(tmp_path / "b")["step"] == 4
 
 
@@ -87,6 +111,5 @@ def test_non_finite_loss_stops_with_its_step(tmp_path):
     images = torch.zeros(256, 1, 28, 28)
     images[:] = float("nan")
     with pytest.raises(NonFiniteLoss, match="non-finite loss at step 1: nan"):
-        train(build_config(TINY), None, run_dir=tmp_path, data=_data(images), evaluator=NoEvaluation(),
-              progress=False)
+        train(build_config(TINY), None, run_dir=tmp_path, data=_data(images), evaluator=NoEvaluation(), progress=False)
     assert not (tmp_path / "checkpoint.pt").exists()

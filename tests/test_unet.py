@@ -19,7 +19,8 @@ def test_output_depends_on_t_in_every_resolution_level():
     captured = {}
     hooks = [
         block.register_forward_pre_hook(lambda mod, args, key=(li, bi): captured.setdefault(key, []).append(args))
-        for li, level in enumerate(model.levels()) for bi, block in enumerate(level.blocks)
+        for li, level in enumerate(model.levels())
+        for bi, block in enumerate(level.blocks)
     ]
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
