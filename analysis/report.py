@@ -124,7 +124,9 @@ def setup_section(data: AblationData) -> Section:
         + ". "
         f"FID, KID, precision and recall are computed in the feature space of the harness's domain classifier (a "
         f"small CNN trained on the data set; {held_out}), so these FIDs are on that classifier's scale and are not "
-        f"comparable with published InceptionV3 FIDs. KID is reported x 10^3. "
+        f"comparable with published InceptionV3 FIDs. KID is unscaled: the unbiased squared MMD with the cubic "
+        f"polynomial kernel in those 128-dimensional features, so its unit is theirs (InceptionV3 KIDs, of "
+        f"order 10^-3, are usually quoted x 10^3; these are not). "
         + (
             "InceptionV3 FID is logged as fid_inception. "
             if inception
@@ -132,9 +134,10 @@ def setup_section(data: AblationData) -> Section:
             if len(why)
             else ""
         )
-        + f"Recognizability is the fraction of samples that the classifier assigns a top-class probability of at "
-        f"least {_one(r['recognizability_threshold'])} and that lie on the data manifold of its feature space (see "
-        f"the README for the definition and its calibration)."
+        + f"Recognizability is the fraction of samples that the recognizer (the same CNN trained with an extra "
+        f"reject class of synthetic non-digits) assigns to a digit class with probability at least "
+        f"{_one(r['recognizability_threshold'])}: noise, blobs and scrambled strokes are rejected (see the README "
+        f"for the definition and its calibration)."
     )
     if heun := heun_sentence(e):
         s.paragraphs.append(heun)

@@ -274,14 +274,15 @@ def test_heun_is_explained_with_its_counted_nfe(tmp_path):
     assert "heun" not in answer(data(tmp_path / "no", {("base", S): BETTER, ("base", "ddim-10-eta0-w0"): GOOD}))
 
 
-def test_kid_is_reported_times_1000_and_compute_agrees_with_sample_seconds(tmp_path):
+def test_kid_scale_is_stated_and_compute_agrees_with_sample_seconds(tmp_path):
     d = data(tmp_path, {("linear", S): GOOD, ("cosine", S): BETTER})
     d.evals["sample_seconds"] = 30.0
     table = final_metrics_section(d).tables[0]
-    assert table.rows[0][table.header.index("KID x 10^3")] == "10"  # kid 0.01 in the fixture
+    assert table.rows[0][table.header.index("KID")] == "0.01"  # kid 0.01 in the fixture, unscaled
     setup = " ".join(setup_section(d).paragraphs)
     assert "Sampling the final evaluations took 3 min (the sum of their own sample_seconds" in setup
-    assert "KID is reported x 10^3" in setup and "confident on some noise" not in setup
+    assert "KID is unscaled" in setup and "so its unit is theirs" in setup and "confident on some noise" not in setup
+    assert "reject class of synthetic non-digits" in setup and "data manifold" not in setup
 
 
 def test_first_evaluation_note_no_longer_blames_noise(tmp_path):
