@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .config import ConfigError, load_config
 from .provenance import REUSE_POLICIES
+from .schema import METRICS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,17 +40,7 @@ def cmd_train(args) -> int:
         f"trained {t['steps']} steps, {t['num_parameters']:,} parameters: final loss {t['final_loss']:.4f}, "
         f"{t['images_per_second']:.0f} images/s; domain classifier accuracy {summary['classifier_accuracy']:.4f}"
     )
-    keys = [
-        "fid",
-        "kid",
-        "precision",
-        "recall",
-        "recognizability",
-        "class_accuracy",
-        "fid_inception",
-        "nfe",
-        "sample_seconds",
-    ]
+    keys = [k for k, m in METRICS.items() if m.lower_is_better is not None] + ["nfe", "sample_seconds"]
     for e in summary["evals"]:
         print(f"  {e['setting']}: " + "  ".join(f"{k} {_fmt(e[k])}" for k in keys if k in e))
         if "fid_inception_unavailable" in e:

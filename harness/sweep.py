@@ -400,6 +400,12 @@ def load_sweep(path: str | Path, profile: str | None = None, overrides: dict[str
     for key, value in (overrides or {}).items():
         if key.startswith("search."):
             search = set_dotted(search, key.removeprefix("search."), value)
+        elif any(key == k or key.startswith(f"{k}.") or k.startswith(f"{key}.") for k in search.get("params", {})):
+            # The sampler sets this key in every trial: a fixed value would be silently replaced.
+            raise ConfigError(
+                f"--set {key}: search.params samples this key in every trial, so this value would be "
+                f"ignored; change or remove search.params.{key} instead"
+            )
         else:
             config_overrides[key] = value
     try:

@@ -628,6 +628,15 @@ def test_overrides_of_what_the_spec_decides_exit_2_naming_the_owner(tmp_path, ca
     assert not store.exists()
 
 
+@pytest.mark.parametrize("item", ["train.lr=0.001", "train={lr: 0.001}"])
+def test_an_override_of_a_searched_key_exits_2(tmp_path, capsys, item):
+    _, sweep = _spec_files(tmp_path)
+    store = tmp_path / "store"
+    argv = ["sweep", str(sweep), "--profile", "smoke", "--tracking-uri", f"sqlite:///{store}/m.db", "--set", item]
+    _fails_cleanly(capsys, argv, "--set", "search.params samples this key in every trial")
+    assert not store.exists()
+
+
 def test_an_override_the_spec_does_not_own_still_applies(tmp_path):
     run, _ = _spec_files(tmp_path)
     plan = make_plan(load_spec(run), str(run), "smoke", {"train.lr": 3e-4, "eval.num_samples": 64})
