@@ -18,7 +18,23 @@ from typing import Any
 import pandas as pd
 
 from harness.config import SamplerSetting
-from harness.schema import CODE_VERSION, COMMIT, CURVE_METRICS, ERROR, EVAL_METRICS, HASH, ROLE
+from harness.schema import (
+    ARM,
+    CHECKPOINT,
+    CODE_VERSION,
+    COMMIT,
+    CURVE_METRICS,
+    DEVICE,
+    ERROR,
+    EVAL_METRICS,
+    FID_INCEPTION_UNAVAILABLE,
+    HASH,
+    PARENT,
+    PROFILE,
+    QUESTION,
+    ROLE,
+    SEED,
+)
 from harness.tracking import MlflowStore
 
 NUM_BUCKETS = 10  # train/loss_t0 .. train/loss_t9: tenths of [0, T)
@@ -138,8 +154,8 @@ def load_experiment(store: MlflowStore, experiment: str, *, latest_plan: bool = 
     ]
     return AblationData(
         experiment=experiment,
-        question=parent.data.tags.get("harness.question", "") if parent is not None else "",
-        profile=parent.data.tags.get("harness.profile", "unknown") if parent is not None else "unknown",
+        question=parent.data.tags.get(QUESTION, "") if parent is not None else "",
+        profile=parent.data.tags.get(PROFILE, "unknown") if parent is not None else "unknown",
         axes=axes,
         arms=arms,
         settings=settings,
@@ -210,9 +226,7 @@ def arm_label(arm: str) -> str:
 
 
 def _axes(train_runs: list, plan: dict | None) -> list[str]:
-    arms = (
-        [job["arm"] for job in plan["jobs"]] if plan else [r.data.tags.get("harness.arm", "base") for r in train_runs]
-    )
+    arms = [job["arm"] for job in plan["jobs"]] if plan else [r.data.tags.get(ARM, "base") for r in train_runs]
     return list(dict.fromkeys(k for a in arms for k in arm_keys(a)))
 
 
@@ -221,14 +235,14 @@ def _runs_table(train_runs: list, axes: list[str]) -> pd.DataFrame:
     for r in train_runs:
         p, m, t = r.data.params, r.data.metrics, r.data.tags
         steps, batch = int(p.get("train.steps", 0)), int(p.get("train.batch_size", 0))
-        arm = t.get("harness.arm", "base")
+        arm = t.get(ARM, "base")
         rows.append(
             {
                 "run_id": r.info.run_id,
                 "config_hash": t[HASH],
                 "arm": arm,
                 "arm_label": arm_label(arm),
-                "seed": int(t.get("harness.seed", p.get("train.seed", 0))),
+                "seed": int(t.get(SEED, p.get("train.seed", 0))),
                 "status": r.info.status,
                 "start": _time(r.info.start_time),
                 "end": _time(r.info.end_time),
@@ -239,7 +253,7 @@ def _runs_table(train_runs: list, axes: list[str]) -> pd.DataFrame:
                 "num_samples": int(p.get("eval.num_samples", 0)),
                 "dataset": p.get("data.dataset", "unknown"),
                 # The device the run resolved to (the runner's tag); runs tracked without it give the setting.
-                "device": t.get("harness.device", p.get("train.device", "unknown")),
+                "device": t.get(DEVICE, p.get("train.device", "unknown")),
                 "conditional": p.get("model.conditional") == "True",
                 "recognizability_threshold": float(p.get("eval.recognizability_threshold", 0.9)),
                 "recognizable_fraction": float(p.get("eval.recognizable_fraction", 0.8)),
@@ -249,10 +263,10 @@ def _runs_table(train_runs: list, axes: list[str]) -> pd.DataFrame:
                 # A run whose checkpoint was finished by another experiment (same config hash, same store
                 # root) resumes at its last step: it logs no loss or periodic evaluations of its own.
                 "has_history": "train/loss" in m,
-                "checkpoint": t.get("harness.checkpoint", ""),
+                "checkpoint": t.get(CHECKPOINT, ""),
                 "commit": t.get(COMMIT, "unknown"),
                 "code_version": t.get(CODE_VERSION, "unknown"),
-                "parent_run_id": t.get("mlflow.parentRunId"),
+                "parent_run_id": t.get(PARENT),
             }
         )
         for key in axes:
@@ -288,9 +302,7 @@ def _setting_labels(plan: dict | None, eval_runs: list, runs: pd.DataFrame) -> l
     if plan is not None and plan.get("settings"):
         return list(dict.fromkeys(setting_label(s) for s in plan["settings"]))
     ids = set(runs["run_id"])
-    ordered = sorted(
-        (r for r in eval_runs if r.data.tags.get("mlflow.parentRunId") in ids), key=lambda r: r.info.start_time
-    )
+    ordered = sorted((r for r in eval_runs if r.data.tags.get(PARENT) in ids), key=lambda r: r.info.start_time)
     return list(dict.fromkeys(setting_label(r.data.params) for r in ordered))
 
 
@@ -298,7 +310,7 @@ def _evals_table(eval_runs: list, runs: pd.DataFrame, settings: list[str] | None
     by_run = runs.set_index("run_id")
     rows, seen = [], set()
     for r in eval_runs:  # newest first: the first of each (training run, setting) wins
-        train_id = r.data.tags.get("mlflow.parentRunId")
+        train_id = r.data.tags.get(PARENT)
         if train_id not in by_run.index:
             continue
         p = r.data.params
@@ -320,7 +332,7 @@ def _evals_table(eval_runs: list, runs: pd.DataFrame, settings: list[str] | None
                 "step": run["steps"],
                 "seconds": (r.info.end_time - r.info.start_time) / 1000 if r.info.end_time else float("nan"),
                 **{k: r.data.metrics.get(k, float("nan")) for k in EVAL_METRICS},
-                "fid_inception_unavailable": r.data.tags.get("harness.fid_inception_unavailable"),
+                "fid_inception_unavailable": r.data.tags.get(FID_INCEPTION_UNAVAILABLE),
                 "commit": r.data.tags.get(COMMIT, "unknown"),
                 "code_version": r.data.tags.get(CODE_VERSION, "unknown"),
             }

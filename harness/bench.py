@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from .config import Config, build_config
 from .samplers import sample
 from .schedules import make_schedule
+from .schema import ROLE
 from .train import autocast, build_model, resolve_device, train
 
 MODEL = {"channels": 24, "channel_mult": [1, 2, 2], "attention_resolutions": [7], "conditional": True}
@@ -248,7 +249,7 @@ def run_bench(*, quick: bool = False, device: str = "auto") -> dict[str, Any]:
                 if f"{name}_error" in out:
                     continue
                 config = _config(batch, steps + 10, str(dev), **variants[name])
-                tracker = store.start_run(exp, f"bench-{name}-{r}", tags={"harness.role": "bench"})
+                tracker = store.start_run(exp, f"bench-{name}-{r}", tags={ROLE: "bench"})
                 try:
                     timings[name].append(harness_loop(data, config, tracker, Path(tmp) / f"{name}-{r}"))
                     _progress(f"round {r + 1}/{rounds}: harness {name} {timings[name][-1].images_per_second:.0f} img/s")

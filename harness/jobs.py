@@ -22,7 +22,21 @@ from typing import Any
 
 from .config import Config, SamplerSetting
 from .provenance import code_version, stale_reason
-from .schema import CODE_VERSION, COMMIT, EVAL_METRICS, HASH, PARENT, ROLE, SPEC
+from .schema import (
+    ARM,
+    CHECKPOINT,
+    CODE_VERSION,
+    COMMIT,
+    DEVICE,
+    ERROR,
+    EVAL_METRICS,
+    FID_INCEPTION_UNAVAILABLE,
+    HASH,
+    PARENT,
+    ROLE,
+    SEED,
+    SPEC,
+)
 from .tracking import MlflowStore, StoreUnavailable, git_state
 
 
@@ -151,7 +165,6 @@ def run_task(task: Task) -> Outcome:
             device = _device(config)
             evaluator = Evaluator(config, data, device=device, out_dir=run_dir)
             if state in ("new", "resume"):
-                commit, _ = git_state()
                 if state == "resume":
                     tracker = store.resume_run(run.info.run_id)
                 else:
@@ -160,15 +173,9 @@ def run_task(task: Task) -> Outcome:
                         f"train-{h}",
                         parent=task.parent_run_id,
                         tags={
-                            ROLE: "train",
-                            HASH: h,
-                            SPEC: task.spec_name,
-                            COMMIT: commit,
-                            CODE_VERSION: task.code_version,
-                            "harness.arm": ", ".join(f"{k}={v}" for k, v in task.arm.items()) or "base",
-                            "harness.seed": task.seed,
-                            "harness.checkpoint": str(run_dir / "checkpoint.pt"),
-                            "harness.device": str(device),
+                            **_tags(task, "train", h),
+                            CHECKPOINT: str(run_dir / "checkpoint.pt"),
+                            DEVICE: str(device),
                         },
                     )
                     tracker.log_params(config.flat())
@@ -195,7 +202,7 @@ def run_task(task: Task) -> Outcome:
             out.status, out.error, out.store_unavailable = "failed", str(err), True
         except BaseException as err:  # noqa: BLE001 - a failed job must not take the others down
             if tracker is not None:
-                tracker.set_tags({"harness.error": str(err)[:5000]})
+                tracker.set_tags({ERROR: str(err)[:5000]})
                 tracker.finish("FAILED")
             out.status, out.error = (
                 "failed",
@@ -228,26 +235,30 @@ def load_ema(config: Config, data, run_dir: Path, device):
     return model.eval()
 
 
+def _tags(task: Task, role: str, h: str) -> dict[str, Any]:
+    """The tags every training and evaluation run of a job carries (what it is, and which code made it)."""
+    return {
+        ROLE: role,
+        HASH: h,
+        SPEC: task.spec_name,
+        COMMIT: git_state()[0],
+        CODE_VERSION: task.code_version,
+        ARM: ", ".join(f"{k}={v}" for k, v in task.arm.items()) or "base",
+        SEED: task.seed,
+    }
+
+
 def _log_eval(store: MlflowStore, task: Task, train_run_id: str, h: str, setting: SamplerSetting, result: dict) -> None:
-    commit, _ = git_state()
     child = store.start_run(
         task.experiment_id,
         f"eval-{h}-{setting.label}",
         parent=train_run_id,
-        tags={
-            ROLE: "eval",
-            HASH: h,
-            SPEC: task.spec_name,
-            COMMIT: commit,
-            CODE_VERSION: task.code_version,
-            "harness.arm": ", ".join(f"{k}={v}" for k, v in task.arm.items()) or "base",
-            "harness.seed": task.seed,
-        },
+        tags=_tags(task, "eval", h),
     )
     child.log_params(setting.model_dump())
     child.log_metrics({k: result[k] for k in EVAL_METRICS if k in result}, step=result.get("step", 0))
     if "fid_inception_unavailable" in result:
-        child.set_tags({"harness.fid_inception_unavailable": result["fid_inception_unavailable"]})
+        child.set_tags({FID_INCEPTION_UNAVAILABLE: result["fid_inception_unavailable"]})
     child.finish("FINISHED")
 
 

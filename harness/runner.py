@@ -17,7 +17,7 @@ from .config import Config
 from .jobs import JobState, Outcome, Task, hold_lock, job_state, run_task, store_root
 from .private import SUBMITIT_READS, private_dir
 from .provenance import code_version
-from .schema import CODE_VERSION, COMMIT, HASH, ROLE, SPEC
+from .schema import CODE_VERSION, COMMIT, DIRTY, HASH, PROFILE, QUESTION, REUSE, ROLE, SPEC
 from .spec import Plan
 from .tracking import MlflowStore, StoreUnavailable, git_state
 from .workers import worker_pool
@@ -149,11 +149,11 @@ def run_plan(
             HASH: "-",
             SPEC: plan.spec.name,
             COMMIT: commit,
-            "git.dirty": dirty,
+            DIRTY: dirty,
             CODE_VERSION: code_version(),
-            "harness.reuse": reuse,
-            "harness.profile": plan.profile,
-            "harness.question": plan.spec.question,
+            REUSE: reuse,
+            PROFILE: plan.profile,
+            QUESTION: plan.spec.question,
         },
     )
     parent_lock = hold_lock(root, f"parent-{parent.run_id}")  # held while this process lives

@@ -24,6 +24,8 @@ ERROR = "harness.error"
 PROFILE = "harness.profile"
 QUESTION = "harness.question"
 PARENT = "mlflow.parentRunId"
+REUSE = "harness.reuse"  # the reuse policy of a launch (provenance.REUSE_POLICIES)
+FID_INCEPTION_UNAVAILABLE = "harness.fid_inception_unavailable"  # why an evaluation has no InceptionV3 FID
 
 
 # -- evaluation metrics -----------------------------------------------------------------------------

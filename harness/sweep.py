@@ -60,7 +60,7 @@ from .jobs import hold_lock, job_lock, load_ema, store_root
 from .private import SUBMITIT_READS, private_dir
 from .provenance import code_version
 from .runner import Requeueable
-from .schema import CODE_VERSION, COMMIT, HASH, ROLE, SPEC
+from .schema import CODE_VERSION, COMMIT, DIRTY, ERROR, HASH, PROFILE, QUESTION, ROLE, SPEC
 from .spec import Axes, Spec, make_plan
 from .tracking import MlflowStore, MlflowTracker, StoreUnavailable, git_state
 from .workers import die_with_parent
@@ -772,7 +772,7 @@ class TrialObjective:
     def _end(self, run: MlflowTracker, state: str, reason: str | None = None) -> None:
         tags = {STATE: state}
         if reason:
-            tags["harness.error" if state == "FAIL" else "harness.stopped"] = reason[:5000]
+            tags[ERROR if state == "FAIL" else "harness.stopped"] = reason[:5000]
         run.set_tags(tags)
         run.finish("FAILED" if state == "FAIL" else "FINISHED")
 
@@ -1008,9 +1008,9 @@ def open_parent(
                     SPEC: sweep.spec.name,
                     STUDY: sweep.study_name,
                     COMMIT: commit,
-                    "git.dirty": dirty,
-                    "harness.profile": sweep.profile or "default",
-                    "harness.question": sweep.spec.question,
+                    DIRTY: dirty,
+                    PROFILE: sweep.profile or "default",
+                    QUESTION: sweep.spec.question,
                 },
             )
             parent.log_params(
@@ -1057,7 +1057,7 @@ def finish_study(
         t = trials.get(number)
         if run.info.status == "RUNNING" and t is not None and t.state.is_finished():
             child = MlflowTracker(store.client, run.info.run_id)
-            child.set_tags({STATE: t.state.name, "harness.error": "its worker died"})
+            child.set_tags({STATE: t.state.name, ERROR: "its worker died"})
             child.finish("FAILED" if t.state == TrialState.FAIL else "FINISHED")
     best: list[int] = []
     if any(t.state == TrialState.COMPLETE for t in trials.values()):

@@ -14,6 +14,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .provenance import git_state  # noqa: F401 - re-exported: sweep and bench import it from here
+from .schema import COMMIT, HASH, PARENT, ROLE, SPEC  # noqa: F401 - re-exported for older imports
+
 
 class Tracker(Protocol):
     def log_params(self, params: dict[str, Any]) -> None: ...
@@ -111,8 +114,6 @@ class LoggedAfter:
 # -- MLflow: the only place that imports mlflow -----------------------------------------------------
 
 REPO = Path(__file__).resolve().parents[1]
-from .provenance import git_state  # noqa: E402,F401 - re-exported: sweep and bench import it from here
-from .schema import COMMIT, HASH, ROLE, SPEC  # noqa: E402,F401 - re-exported for older imports
 
 MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch call
 
@@ -287,7 +288,7 @@ class MlflowStore:
     ) -> MlflowTracker:
         tags = {k: str(v) for k, v in tags.items()}
         if parent:
-            tags["mlflow.parentRunId"] = parent
+            tags[PARENT] = parent
         run = self.client.create_run(experiment_id, tags=tags, run_name=name)
         return MlflowTracker(self.client, run.info.run_id)
 
