@@ -400,12 +400,6 @@ def load_sweep(path: str | Path, profile: str | None = None, overrides: dict[str
     for key, value in (overrides or {}).items():
         if key.startswith("search."):
             search = set_dotted(search, key.removeprefix("search."), value)
-        elif any(key == k or key.startswith(f"{k}.") or k.startswith(f"{key}.") for k in search.get("params", {})):
-            # The sampler sets this key in every trial: a fixed value would be silently replaced.
-            raise ConfigError(
-                f"--set {key}: search.params samples this key in every trial, so this value would be "
-                f"ignored; change or remove search.params.{key} instead"
-            )
         else:
             config_overrides[key] = value
     try:
@@ -414,6 +408,13 @@ def load_sweep(path: str | Path, profile: str | None = None, overrides: dict[str
         raise ConfigError(format_validation_error(err, source, root=_SearchSection)) from None
 
     plan = make_plan(spec, source, profile, config_overrides)  # profile, set, seeds, evaluate: as ablations do
+    for key in config_overrides:  # checked after the values are: a bad value is the first thing to fix
+        if any(key == k or key.startswith(f"{k}.") or k.startswith(f"{key}.") for k in checked.params):
+            # The sampler sets this key in every trial: a fixed value would be silently replaced.
+            raise ConfigError(
+                f"--set {key}: search.params samples this key in every trial, so this value would be "
+                f"ignored; change or remove search.params.{key} instead"
+            )
     job = plan.jobs[0]  # the first seed
     base = job.config.to_dict()
     setting = job.config.eval.samplers[0].model_dump()
