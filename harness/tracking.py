@@ -175,8 +175,10 @@ class StoreUnavailable(RuntimeError):
 
 
 def _last_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[-1][:300] if text else type(err).__name__
+    # SQLAlchemy puts the cause first and then "[SQL: ...]" and "(Background on this error at: <url>)".
+    noise = ("[SQL:", "[parameters:", "(Background on this error")
+    lines = [x for x in str(err).strip().splitlines() if x.strip() and not x.startswith(noise)]
+    return lines[-1][:300] if lines else type(err).__name__
 
 
 def _unreachable(err: BaseException) -> str | None:

@@ -76,6 +76,15 @@ def test_unusable_store_is_one_line(tmp_path, capsys):
     assert "cannot create" in capsys.readouterr().err
 
 
+def test_corrupt_store_file_is_one_line_that_says_what_is_wrong(tmp_path, capsys):
+    (tmp_path / "mlflow.db").write_text("not a database")
+    argv = ["run", str(_spec(tmp_path)), "--profile", "smoke", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not usable: (sqlite3.DatabaseError) file is not a database" in err
+    assert (tmp_path / "mlflow.db").read_text() == "not a database"
+
+
 def test_unreachable_server_is_one_line(tmp_path, capsys):
     assert main(["run", str(_spec(tmp_path)), "--profile", "smoke", "--tracking-uri", "http://127.0.0.1:9"]) == 2
     err = capsys.readouterr().err
