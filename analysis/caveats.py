@@ -12,8 +12,8 @@ import pandas as pd
 from harness.config import DiffusionConfig
 from harness.samplers import HEUN_SIGMA_MAX
 
-from .answers import and_list
 from .load import AblationData, arm_label
+from .words import and_list
 
 # Every field of the diffusion section changes what the loss measures at a given t (the schedule and
 # T rescale the noise levels, the parameterization the target, the weighting and its gamma the weights),

@@ -7,15 +7,7 @@ import math
 
 import pandas as pd
 
-from .answers import (
-    and_list,
-    arms_answer,
-    guidance_answer,
-    num,
-    recognizable_answer,
-    recognizable_steps,
-    settings_answer,
-)
+from .answers import arms_answer, guidance_answer, recognizable_answer, recognizable_steps, settings_answer
 from .caveats import (
     code_sentence,
     failed_arms,
@@ -27,6 +19,7 @@ from .caveats import (
 )
 from .load import AblationData
 from .stats import estimate
+from .words import and_list, num
 
 # -- which comparison the spec asks for ---------------------------------------------------------------
 

@@ -24,18 +24,7 @@ from harness.schema import ROLE
 from harness.tracking import MlflowStore
 
 from . import figures
-from .answers import (
-    LOWER_IS_BETTER,
-    NO_DIFFERENCE,
-    metric_label,
-    num,
-    recognizable_answer,
-    recognizable_steps,
-    scaled,
-    settings_front,
-    untested_words,
-    with_ci,
-)
+from .answers import recognizable_answer, recognizable_steps, settings_front
 from .caveats import failed_arms, fid_bases, fid_refusal, heun_sentence, missing_evaluations, objective_groups
 from .load import AblationData, arm_label, load_experiment
 from .opening import (
@@ -52,6 +41,7 @@ from .opening import (
 )
 from .render import Document, Picture, Section, Table, to_html, to_markdown
 from .stats import compare_to_reference, summarize
+from .words import LOWER_IS_BETTER, NO_DIFFERENCE, metric_label, num, scaled, untested_words, with_ci
 
 # The quality metrics a report compares across arms, in the registry's order.
 METRICS = tuple(m for m in LOWER_IS_BETTER if m in schema.METRICS)

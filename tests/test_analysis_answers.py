@@ -10,8 +10,6 @@ from analysis_fixtures import S, fixture_data
 
 from analysis import figures
 from analysis.answers import (
-    LOWER_IS_BETTER,
-    NO_DIFFERENCE,
     arms_answer,
     guidance_answer,
     settings_answer,
@@ -28,6 +26,7 @@ from analysis.report import (
     setup_section,
     training_section,
 )
+from analysis.words import LOWER_IS_BETTER, NO_DIFFERENCE
 from harness.schema import METRICS, RUN_METRICS
 
 NAN = float("nan")

@@ -6,9 +6,9 @@ import re
 import pytest
 from analysis_fixtures import S, fixture_data
 
-from analysis.answers import NO_DIFFERENCE
 from analysis.render import to_html, to_markdown
 from analysis.report import answer, build_document, guidance_section, settings_section
+from analysis.words import NO_DIFFERENCE
 
 
 @pytest.fixture(scope="module")

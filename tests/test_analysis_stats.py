@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from analysis.answers import NO_DIFFERENCE, arms_answer, comparison_sentence
+from analysis.answers import arms_answer
 from analysis.stats import band, compare, compare_to_reference, estimate, first_step_reaching, holm, pareto_front
+from analysis.words import NO_DIFFERENCE, comparison_sentence
 
 
 def table(values: dict[str, list[float]], seeds: dict[str, list[int]] | None = None) -> pd.DataFrame:
