@@ -1,0 +1,419 @@
+"""The evidence of a report: one builder per section, each ``(AblationData) -> Section | None``
+(None: nothing to show for this experiment). ``SECTIONS`` is their order in the document; a new
+section (a sweep's trials, say) is one more builder appended there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from harness import schema
+
+from . import figures
+from .answers import recognizable_answer, recognizable_steps, settings_front
+from .caveats import failed_arms, fid_bases, fid_refusal, heun_sentence, missing_evaluations, objective_groups
+from .load import AblationData, arm_label
+from .opening import (
+    _cap,
+    _one,
+    _steps,
+    duration,
+    first_setting,
+    guidance_family,
+    sampler_family,
+    varies_guidance,
+    varies_sampler,
+)
+from .render import Picture, Section, Table
+from .stats import compare_to_reference, summarize
+from .words import LOWER_IS_BETTER, NO_DIFFERENCE, metric_label, num, scaled, untested_words, with_ci
+
+# The quality metrics a report compares across arms, in the registry's order.
+METRICS = tuple(m for m in LOWER_IS_BETTER if m in schema.METRICS)
+
+
+# -- evidence -----------------------------------------------------------------------------------------
+
+CELL_CAPTION = "Mean over seeds [95% CI] where there are 2+ seeds."
+
+
+def cell(mean: float, low: float, high: float) -> str:
+    """A table cell: '51.0 [48.5, 53.5]', or the bare mean without an interval."""
+    return f"{num(mean)} [{num(low)}, {num(high)}]" if math.isfinite(low) else num(mean)
+
+
+def device_sentence(devices: set[str]) -> str:
+    kinds = {d.split(":")[0] for d in devices}
+    if kinds <= {"cpu", "cuda", "mps"}:
+        names = {"cpu": "CPU", "cuda": "GPU", "mps": "Apple GPU"}
+        hours = " and ".join(names[k] for k in sorted(kinds))
+        return f"Devices: {', '.join(sorted(devices))}, so these are {hours}-hours."
+    return (
+        f"train.device = {', '.join(sorted(devices))}; the device a run resolved to is not logged, so whether "
+        f"these are CPU- or GPU-hours is not recorded."
+    )
+
+
+def setup_section(data: AblationData) -> Section:
+    r, e = data.runs, data.evals
+    s = Section("Setup and budget")
+    if r.empty:
+        s.paragraphs.append(
+            "No finished training run."
+            + "".join(f" {arm_label(j['arm'])} seed {j['seed']}: {j['reason']}." for j in data.missing)
+        )
+        return s
+    train_s = r["seconds"].sum()
+    eval_s = e["seconds"].sum() if len(e) else 0.0
+    s.paragraphs.append(
+        f"Experiment {data.experiment}, profile {data.profile}, data set {', '.join(sorted(set(r['dataset'])))}. "
+        f"Axes: {' / '.join(data.axes) or 'none (one configuration)'}; arms: {'; '.join(data.arms)}; "
+        f"seeds: {', '.join(map(str, sorted(set(r['seed']))))}. Each run trains {_steps(r)} steps of "
+        f"{_one(r['batch_size'])} images ({_one(r['images_seen'])} images seen; "
+        f"{int(r['images_seen'].sum()):,} over all "
+        f"{len(r)} runs) at {num(r['images_per_second'].mean())} images/s on average."
+    )
+    sampling = e["sample_seconds"].sum() if len(e) else 0.0
+    s.paragraphs.append(
+        f"Compute: {(train_s + eval_s) / 3600:.3g} device-hours of wall time summed over runs, so parallel jobs add "
+        f"up: {duration(train_s)} in training runs (with their periodic evaluations, and the final evaluations that "
+        f"ran at the end of training) and {duration(eval_s)} in separate evaluation runs. Sampling the final "
+        f"evaluations took {duration(sampling)} (the sum of their own sample_seconds, part of the above). "
+        f"{device_sentence(set(r['device']))}"
+    )
+    acc = r["classifier_accuracy"].dropna()
+    held_out = f"held-out accuracy {acc.iloc[0]:.1%}" if len(acc) else "held-out accuracy not logged"
+    inception = e["fid_inception"].notna().any()
+    why = e["fid_inception_unavailable"].dropna()
+    bases = fid_bases(e, r)
+    s.paragraphs.append(
+        f"Evaluation settings: {', '.join(data.settings)}. Each evaluation generates samples from fixed noise and "
+        f"compares them with real images: {'; '.join(bases) if bases else 'sample counts not logged'}"
+        + (" (FIDs on different bases are not ranked against each other)" if len(bases) > 1 else "")
+        + ". "
+        f"FID, KID, precision and recall are computed in the feature space of the harness's domain classifier (a "
+        f"small CNN trained on the data set; {held_out}), so these FIDs are on that classifier's scale and are not "
+        f"comparable with published InceptionV3 FIDs. KID is unscaled: the unbiased squared MMD with the cubic "
+        f"polynomial kernel in those 128-dimensional features, so its unit is theirs (InceptionV3 KIDs, of "
+        f"order 10^-3, are usually quoted x 10^3; these are not). "
+        + (
+            "InceptionV3 FID is logged as fid_inception. "
+            if inception
+            else f"InceptionV3 FID is unavailable ({why.iloc[0]}). "
+            if len(why)
+            else ""
+        )
+        + f"Recognizability is the fraction of samples that the recognizer (the same CNN trained with an extra "
+        f"reject class of synthetic non-digits) assigns to a digit class with probability at least "
+        f"{_one(r['recognizability_threshold'])}: noise, blobs and scrambled strokes are rejected (see the README "
+        f"for the definition and its calibration)."
+    )
+    if heun := heun_sentence(e):
+        s.paragraphs.append(heun)
+    notes = []
+    if (~r["has_history"]).any():
+        reused = r.loc[~r["has_history"], "arm_label"] + " seed " + r.loc[~r["has_history"], "seed"].astype(str)
+        notes.append(
+            f"{(~r['has_history']).sum()} training run(s) ({', '.join(reused)}) found their checkpoint already "
+            f"finished by another experiment with the same configuration hash: they log no training loss and "
+            f"no periodic evaluations here, and their wall time does not include the training."
+        )
+    if data.missing:
+        notes.append(
+            f"{len(data.missing)} planned job(s) have no finished training run: "
+            + "; ".join(f"{arm_label(j['arm'])} seed {j['seed']} ({j['reason']})" for j in data.missing)
+            + "."
+        )
+    if lost := missing_evaluations(data):
+        notes.append(f"{len(lost)} planned evaluation(s) are missing: {'; '.join(lost)}.")
+    if data.parent_status and data.parent_status != "FINISHED":
+        notes.append(f"The newest harness run of this experiment is {data.parent_status}.")
+    s.paragraphs += notes
+    return s
+
+
+def comparison_section(data: AblationData) -> Section | None:
+    """Every metric: the best arm against each other arm (Holm-adjusted), at the first setting."""
+    if len(data.arms) < 2 or data.evals.empty:
+        return None
+    setting = first_setting(data)
+    at = scaled(data.evals[data.evals["setting"] == setting])
+    s = Section(f"Arms compared ({setting}, end of training)")
+    rows, failed = [], failed_arms(data)
+    for metric in [m for m in METRICS if at[m].notna().any()]:
+        lower = LOWER_IS_BETTER[metric]
+        means = at.groupby("arm_label")[metric].mean().dropna()
+        unrecorded = [a for a in data.arms if a not in means.index]
+        rows += [[metric_label(metric), a, "", "none", "", failed.get(a, f"no {metric} recorded")] for a in unrecorded]
+        if len(means) < 2:
+            continue
+        best = means.idxmin() if lower else means.idxmax()
+        for c in compare_to_reference(
+            at, metric, best, [a for a in data.arms if a != best and a in means.index], lower_is_better=lower
+        ):
+            verdict = (
+                untested_words(c, metric_label(metric))
+                if c.test == "none"
+                else f"{c.winner} better"
+                if c.winner
+                else NO_DIFFERENCE
+            )
+            rows.append(
+                [
+                    metric_label(metric),
+                    f"{c.a} - {c.b}",
+                    cell(c.diff.mean, c.diff.low, c.diff.high),
+                    c.test,
+                    "" if math.isnan(c.p) else f"{c.p:.3g}",
+                    verdict,
+                ]
+            )
+    s.paragraphs.append(
+        "Each row compares the arm with the best mean on that metric (second) with another arm (first): "
+        "the difference of means over seeds with its 95% t-interval, a paired t-test where both arms "
+        "have the same seeds with a value (else Welch's), p Holm-adjusted per metric. A winner is named "
+        "only when p < 0.05 and the interval excludes zero; with fewer than 2 seeds, or a difference "
+        "that is the same in every seed, there is no test. Lower is better for FID and KID, higher for "
+        "the rest."
+    )
+    if refusal := fid_refusal(at, data.runs):
+        s.paragraphs.append(_cap(refusal) + ": read the FID rows with that in mind.")
+    s.tables.append(Table(["metric", "arms", "difference [95% CI]", "test", "p", "verdict"], rows))
+    return s
+
+
+def settings_section(data: AblationData) -> Section | None:
+    if not varies_sampler(data):
+        return None
+    fam = sampler_family(data)
+    s = Section("Sampler settings: quality against network evaluations")
+    front = settings_front(fam)
+    s.paragraphs.append(
+        "Pareto front (no setting is both cheaper and better): "
+        + "; ".join(f"{r.setting} ({num(r.nfe)} NFE, FID {num(r.fid)})" for r in front.itertuples())
+        + ". NFE is the counted number of network evaluations per sample."
+    )
+    if refusal := fid_refusal(fam, data.runs):
+        s.paragraphs.append(_cap(refusal) + ".")
+    summary = summarize(fam, "fid", ["setting", "arm_label"]).set_index(["setting", "arm_label"])
+    nfe = fam.groupby("setting")["nfe"].mean()
+    rows = [
+        [setting, arm, num(nfe[setting])]
+        + (
+            [cell(*summary.loc[(setting, arm), ["mean", "low", "high"]]), int(summary.at[(setting, arm), "n"])]
+            if (setting, arm) in summary.index
+            else ["no FID recorded", 0]
+        )
+        for setting, arm in fam[["setting", "arm_label"]].drop_duplicates().itertuples(index=False)
+    ]
+    s.tables.append(Table(["setting", "arm", "NFE", "FID", "seeds"], rows, CELL_CAPTION))
+    fig = figures.fid_vs_nfe(fam)
+    if fig is not None:
+        s.pictures.append(
+            Picture(
+                "fid_vs_nfe",
+                "FID against network evaluations per sample (log scale), one line per "
+                "sampler; error bars: 95% CI over seeds; dashed: the Pareto front.",
+                figures.to_png(fig),
+            )
+        )
+    return s
+
+
+def guidance_section(data: AblationData) -> Section | None:
+    if not varies_guidance(data):
+        return None
+    fam = guidance_family(data)
+    s = Section("Guidance trade-off")
+    metrics = [
+        m
+        for m in ("class_accuracy", "recognized_class_accuracy", "fid", "recognizability")
+        if m == "class_accuracy" or fam[m].notna().any()
+    ]
+    tables = [summarize(fam, m, ["arm_label", "guidance"]).set_index(["arm_label", "guidance"]) for m in metrics]
+    keys = fam[["arm_label", "guidance"]].drop_duplicates().sort_values("guidance", kind="stable")
+    rows = [
+        [arm, f"{w:g}", int(tables[0].at[(arm, w), "n"]) if (arm, w) in tables[0].index else 0]
+        + [cell(*t.loc[(arm, w), ["mean", "low", "high"]]) if (arm, w) in t.index else "not recorded" for t in tables]
+        for arm, w in keys.itertuples(index=False)
+    ]
+    s.paragraphs.append(
+        "w = 0 is no guidance; the guided output is (1 + w) cond - w uncond. "
+        "recognized_class_accuracy is the class accuracy among recognizable samples only."
+    )
+    s.tables.append(Table(["arm", "w", "seeds with class accuracy", *metrics], rows, CELL_CAPTION))
+    blind = sorted(set(fam["guidance"]) - set(fam.loc[fam["class_accuracy"].notna(), "guidance"]))
+    if blind:
+        s.paragraphs.append(
+            f"No class accuracy is recorded at w = {', '.join(f'{w:g}' for w in blind)}: those weights "
+            "are in the table but cannot be drawn in the figure."
+        )
+    fig = figures.guidance_tradeoff(fam, data.arms)
+    if fig is not None:
+        s.pictures.append(
+            Picture(
+                "guidance",
+                "FID and class accuracy against the guidance weight w (bands: 95% CI over "
+                "seeds), and the two against each other.",
+                figures.to_png(fig),
+            )
+        )
+    return s
+
+
+def final_metrics_section(data: AblationData) -> Section | None:
+    if data.evals.empty:
+        return None
+    s = Section("Final metrics")
+    e = scaled(data.evals)
+    metrics = [m for m in (*METRICS, "nfe", "sample_seconds", "num_generated") if e[m].notna().any()]
+    tables = {m: summarize(e, m, ["setting", "arm_label"]).set_index(["setting", "arm_label"]) for m in metrics}
+    keys = e[["setting", "arm_label"]].drop_duplicates().itertuples(index=False)
+    rows = [
+        [setting, arm, int(e.loc[(e["setting"] == setting) & (e["arm_label"] == arm), "seed"].nunique())]
+        + [
+            cell(*tables[m].loc[(setting, arm), ["mean", "low", "high"]])
+            if (setting, arm) in tables[m].index
+            else "not recorded"
+            for m in metrics
+        ]
+        for setting, arm in keys
+    ]
+    s.tables.append(
+        Table(
+            ["setting", "arm", "seeds evaluated", *(metric_label(m) for m in metrics)],
+            rows,
+            "At the last training step; a cell's interval uses only the seeds with a value. " + CELL_CAPTION,
+        )
+    )
+    return s
+
+
+def training_section(data: AblationData) -> Section | None:
+    if data.runs.empty:
+        return None
+    s = Section("Training loss")
+    final = summarize(data.runs, "final_loss", ["arm_label"]).set_index("arm_label")
+    s.paragraphs.append(
+        "Final training loss (mean of the last log interval): "
+        + "; ".join(f"{a} {with_ci(*final.loc[a, ['mean', 'low', 'high']])}" for a in data.arms if a in final.index)
+        + "."
+    )
+    if len(groups := objective_groups(data)) > 1:
+        s.paragraphs.append(
+            "The arms differ in the diffusion objective (schedule, prediction target, loss weighting "
+            "or timesteps), so their losses are on different scales: compare the shapes of the curves, "
+            "not their levels, between " + " and ".join("{" + ", ".join(g) + "}" for g in groups) + "."
+        )
+    fig = figures.loss_curves(data.loss, data.arms)
+    if fig is not None:
+        s.pictures.append(
+            Picture(
+                "loss",
+                "Training loss against step (running mean over ~1% of training); band: 95% CI over seeds.",
+                figures.to_png(fig),
+            )
+        )
+    fig = figures.bucket_losses(data.buckets, data.arms)
+    if fig is not None:
+        s.pictures.append(
+            Picture(
+                "loss_by_timestep",
+                "Loss per tenth of the timestep range over the last quarter of "
+                "training: where in t each arm's remaining error lies.",
+                figures.to_png(fig),
+            )
+        )
+    if data.loss.empty:
+        s.paragraphs.append("No training-loss history is logged in this experiment.")
+    return s
+
+
+def progress_section(data: AblationData) -> Section | None:
+    setting = first_setting(data)
+    if setting is None or data.runs.empty:
+        return None
+    s = Section(f"Quality over training ({setting})")
+    steps = recognizable_steps(data, setting)
+    s.paragraphs.append(_cap(recognizable_answer(steps, data.arms, setting)) + ".")
+    metrics = ("fid", "recognizability") + (("class_accuracy",) if data.runs["conditional"].any() else ())
+    threshold = float(data.runs["recognizable_fraction"].iloc[0])
+    fig = figures.metric_curves(data.curves, setting, metrics, data.arms, thresholds={"recognizability": threshold})
+    if fig is not None:
+        s.pictures.append(
+            Picture(
+                "quality_over_training",
+                f"Metrics of the periodic evaluations with {setting}; bands: "
+                f"95% CI over seeds; dashed: the recognizability threshold {threshold:g}.",
+                figures.to_png(fig),
+            )
+        )
+    s.tables.append(
+        Table(
+            ["arm", "seed", "first step with recognizability >= threshold"],
+            [
+                [
+                    r.arm_label,
+                    r.seed,
+                    f"{int(r.step):,}"
+                    if pd.notna(r.step)
+                    else "not logged here"
+                    if not r.logged
+                    else "not within this budget",
+                ]
+                for r in steps.itertuples()
+            ],
+        )
+    )
+    return s
+
+
+def samples_section(data: AblationData) -> Section | None:
+    setting = first_setting(data)
+    if setting is None or data.runs.empty:
+        return None
+    s = Section("Samples")
+    fig = figures.sample_strip(data.grids, setting, data.arms)
+    if fig is not None:
+        s.pictures.append(
+            Picture(
+                "samples_over_training",
+                f"Samples with {setting} at evaluation steps over training, "
+                "one row per arm (lowest seed); the same noise x_T in every frame.",
+                figures.to_png(fig),
+            )
+        )
+    if len(data.settings) > 1:
+        fig = figures.final_samples(data.grids, data.settings, data.arms)
+        if fig is not None:
+            shown = set(data.grids["setting"])
+            absent = [x for x in data.settings if x not in shown]
+            s.pictures.append(
+                Picture(
+                    "samples_by_setting",
+                    "The last saved sample grid of each evaluation setting "
+                    f"(same noise), {figures.SETTINGS_PER_ROW} settings per block of rows, one row "
+                    "per arm (lowest seed)" + (f"; no grid saved for {', '.join(absent)}" if absent else "") + ".",
+                    figures.to_png(fig),
+                )
+            )
+    if not s.pictures:
+        dirs = sorted({str(Path(c).parent / "grids") for c in data.runs["checkpoint"] if c})
+        s.paragraphs.append("No sample grids found on disk" + (f" (looked in {', '.join(dirs)})." if dirs else "."))
+    return s
+
+
+SECTIONS: tuple[Callable[[AblationData], Section | None], ...] = (
+    setup_section,
+    comparison_section,
+    settings_section,
+    guidance_section,
+    final_metrics_section,
+    progress_section,
+    samples_section,
+    training_section,
+)
