@@ -21,9 +21,11 @@ test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # ruff's rules and line length are in pyproject.toml; `make format` rewrites what `lint` refuses.
+# lint-imports checks the layer contracts in pyproject.toml (no upward imports, heavy dependencies at the edges).
 lint: $(STAMP)
 	$(BIN)/ruff check harness analysis tests
 	$(BIN)/ruff format --check harness analysis tests
+	$(BIN)/lint-imports --no-cache
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix harness analysis tests

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pandas as pd
 
 from harness.config import DiffusionConfig
-from harness.samplers import HEUN_SIGMA_MAX
+from harness.diffusion.samplers import HEUN_SIGMA_MAX
 
 from .load import AblationData, arm_label
 from .words import and_list

@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from harness.config import SamplerSetting
+from harness.orchestration.tracking import MlflowStore
 from harness.schema import (
     ARM,
     CHECKPOINT,
@@ -35,7 +36,6 @@ from harness.schema import (
     ROLE,
     SEED,
 )
-from harness.tracking import MlflowStore
 
 NUM_BUCKETS = 10  # train/loss_t0 .. train/loss_t9: tenths of [0, T)
 SETTING_PARAMS = tuple(SamplerSetting.model_fields)  # the one schema of a sampler setting

@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.orchestration.tracking import MlflowStore
 from harness.schema import ROLE
-from harness.tracking import MlflowStore
 
 from .load import AblationData, load_experiment
 from .opening import answer
@@ -72,7 +72,7 @@ def write_report(store: MlflowStore, experiment: str, out_dir: Path, *, spec_pat
     """
     question = None
     if spec_path is not None:
-        from harness.spec import load_spec
+        from harness.orchestration.spec import load_spec
 
         question = load_spec(spec_path).question
     doc = build_document(load_experiment(store, experiment), question=question)

@@ -1,14 +1,16 @@
 """A research harness for ablation studies of DDPM-family diffusion models.
 
-The diffusion core is re-exported here; scripts and notebooks import these names.
+The diffusion core is re-exported here; scripts and notebooks import these names. The package is laid
+out by layers, each importing only from those before it (checked by import-linter, see pyproject.toml):
+diffusion, models -> config -> device, tracker -> training -> evaluation -> orchestration -> sweeps -> cli.
 """
 
-from .guidance import classifier_free
-from .losses import WEIGHTINGS, diffusion_loss
-from .parameterizations import PARAMETERIZATIONS, Prediction, get_parameterization
-from .samplers import SAMPLERS, SPACINGS, sample, timesteps
-from .schedules import SCHEDULES, Schedule, make_schedule
-from .unet import UNet
+from .diffusion.guidance import classifier_free
+from .diffusion.losses import WEIGHTINGS, diffusion_loss
+from .diffusion.parameterizations import PARAMETERIZATIONS, Prediction, get_parameterization
+from .diffusion.samplers import SAMPLERS, SPACINGS, sample, timesteps
+from .diffusion.schedules import SCHEDULES, Schedule, make_schedule
+from .models.unet import UNet
 
 __all__ = [
     "PARAMETERIZATIONS",

@@ -21,10 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from .config import Config, build_config
-from .samplers import sample
-from .schedules import make_schedule
+from .device import autocast, resolve_device
+from .diffusion.samplers import sample
+from .diffusion.schedules import make_schedule
 from .schema import ROLE
-from .train import autocast, build_model, resolve_device, train
+from .training.train import NoEvaluation, build_model, train
 
 MODEL = {"channels": 24, "channel_mult": [1, 2, 2], "attention_resolutions": [7], "conditional": True}
 
@@ -77,19 +78,12 @@ def bare_loop(data, config: Config, steps: int, warmup: int = 3) -> Timing:
     return Timing(B / dt, dt)
 
 
-class _NoEvaluation:
-    classifier_accuracy = None
-
-    def run(self, model, *, step, tracker):
-        return []
-
-
 def harness_loop(data, config: Config, tracker, run_dir: Path) -> Timing:
     """The real ``train()``, timed by its own images/s per log interval with the first interval (warm-up) dropped."""
-    from .tracking import MemoryTracker
+    from .tracker import MemoryTracker
 
     recorder = _Tee(tracker, MemoryTracker())
-    train(config, recorder, run_dir=run_dir, data=data, evaluator=_NoEvaluation(), progress=False)
+    train(config, recorder, run_dir=run_dir, data=data, evaluator=NoEvaluation(), progress=False)
     rates = [v for _, v in recorder.memory.metrics["train/images_per_second"]][1:]
     # Equal-length intervals: their harmonic mean is images over wall time, as the bare loop measures it.
     ips = len(rates) / sum(1 / r for r in rates)
@@ -136,7 +130,7 @@ def step_flops(data, config: Config) -> float:
     """FLOPs of one training step (forward and backward) from torch's flop counter."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .losses import diffusion_loss
+    from .diffusion.losses import diffusion_loss
 
     model = build_model(config, data.channels, data.image_size, data.num_classes)
     B = config.train.batch_size
@@ -184,9 +178,9 @@ def sampling_rates(data, config: Config, n: int, device: torch.device, dtype) ->
 
 def fid_eval_seconds(data, n: int, device: torch.device) -> float:
     """Seconds for FID, KID, precision and recall of ``n`` samples, the reference statistics cached."""
-    from .evaluate import default_cache_dir
-    from .features import domain_classifier
-    from .metrics import fidelity_metrics
+    from .evaluation.evaluate import default_cache_dir
+    from .evaluation.features import domain_classifier
+    from .evaluation.metrics import fidelity_metrics
 
     clf = domain_classifier(data, default_cache_dir() / "classifiers", device=device)
     fake = data.images[torch.randperm(data.images.shape[0], generator=torch.Generator().manual_seed(0))[:n]]
@@ -210,8 +204,8 @@ def rotated(names: list[str], r: int) -> list[str]:
 
 
 def run_bench(*, quick: bool = False, device: str = "auto") -> dict[str, Any]:
-    from .data import load_dataset
-    from .tracking import MlflowStore
+    from .orchestration.tracking import MlflowStore
+    from .training.data import load_dataset
 
     dev = resolve_device(device)
     data = load_dataset("mnist-5k")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, load_config
-from .provenance import REUSE_POLICIES
+from .orchestration.provenance import REUSE_POLICIES
 from .schema import METRICS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,15 +19,19 @@ def _fmt(v) -> str:
 
 
 def cmd_train(args) -> int:
-    from .data import DataUnavailable
-    from .tracking import NullTracker
-    from .train import NonFiniteLoss, train
+    from .device import resolve_device
+    from .evaluation.evaluate import Evaluator
+    from .tracker import NullTracker
+    from .training.data import DataUnavailable, load_dataset
+    from .training.train import NonFiniteLoss, train
 
     config = load_config(args.config, args.set)
     run_dir = Path(args.run_dir) if args.run_dir else REPO / "runs" / config.train_hash()
     print(f"config {config.train_hash()}  run dir {run_dir}")
     try:
-        result = train(config, NullTracker(), run_dir=run_dir)
+        data = load_dataset(config.data.dataset, config.data.root, config.data.download)
+        evaluator = Evaluator(config, data, device=resolve_device(config.train.device), out_dir=run_dir)
+        result = train(config, NullTracker(), run_dir=run_dir, data=data, evaluator=evaluator)
     except DataUnavailable as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -58,8 +62,8 @@ def _overrides(items: list[str]) -> dict:
 
 
 def cmd_validate(args) -> int:
-    from .spec import load_spec, make_plan
-    from .sweep import is_sweep_spec, validate_sweep
+    from .orchestration.spec import load_spec, make_plan
+    from .sweeps.sweep import is_sweep_spec, validate_sweep
 
     for path in args.specs:
         if is_sweep_spec(path):
@@ -76,15 +80,16 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .data import DataUnavailable
-    from .spec import load_spec, make_plan
+    from .orchestration.spec import load_spec, make_plan
+    from .training.data import DataUnavailable
 
     spec = load_spec(args.spec)
     plan = make_plan(spec, args.spec, args.profile, _overrides(args.set))
     if args.dry_run:
         return _print_plan(plan, args.tracking_uri, args.reuse)
-    from .runner import preflight, run_plan
-    from .tracking import MlflowStore, StoreUnavailable
+    from .orchestration.runner import preflight, run_plan
+    from .orchestration.tracking import MlflowStore
+    from .tracker import StoreUnavailable
 
     try:
         preflight(plan)
@@ -110,8 +115,8 @@ def cmd_run(args) -> int:
 
 def _print_plan(plan, uri, reuse: str) -> int:
     from .config import SamplerSetting
-    from .runner import describe
-    from .tracking import StoreUnavailable
+    from .orchestration.runner import describe
+    from .tracker import StoreUnavailable
 
     try:
         store = _existing_store(uri)
@@ -130,7 +135,8 @@ def _existing_store(uri: str | None):
     """The store at ``uri`` if it exists already, else None: a dry run reads a store but never creates one."""
     from urllib.parse import urlparse
 
-    from .tracking import MlflowStore, StoreUnavailable, default_tracking_uri
+    from .orchestration.tracking import MlflowStore, default_tracking_uri
+    from .tracker import StoreUnavailable
 
     uri = uri or default_tracking_uri()
     if uri.startswith("sqlite:///"):
@@ -151,13 +157,14 @@ def _existing_store(uri: str | None):
 
 
 def cmd_report(args) -> int:
-    from .tracking import MlflowStore, StoreUnavailable
+    from .orchestration.tracking import MlflowStore
+    from .tracker import StoreUnavailable
 
     if not args.spec and not args.experiment:
         raise ConfigError("report: give a SPEC file or --experiment NAME")
     name = args.experiment
     if args.spec:
-        from .spec import load_spec
+        from .orchestration.spec import load_spec
 
         name = load_spec(args.spec).name
     try:
@@ -179,7 +186,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .sweep import sweep_main
+    from .sweeps.sweep import sweep_main
 
     return sweep_main(args)
 
@@ -191,7 +198,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from .score import main as score_main
+    from .evaluation.score import main as score_main
 
     return score_main(args.images, args.dataset, args.json)
 
@@ -237,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=cmd_report)
 
     sw = sub.add_parser("sweep", help="an Optuna sweep over a spec's search section, trials tracked in MLflow")
-    from .sweep import add_arguments
+    from .sweeps.sweep import add_arguments
 
     add_arguments(sw)
     sw.set_defaults(func=cmd_sweep)

@@ -16,11 +16,11 @@ from typing import Annotated, Any, Literal, get_args
 from annotated_types import Ge, Le
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .losses import WEIGHTINGS
-from .parameterizations import PARAMETERIZATIONS
-from .samplers import SAMPLERS, SPACINGS, VARIANCES
-from .schedules import SCHEDULES
-from .unet import check_shape
+from .diffusion.losses import WEIGHTINGS
+from .diffusion.parameterizations import PARAMETERIZATIONS
+from .diffusion.samplers import SAMPLERS, SPACINGS, VARIANCES
+from .diffusion.schedules import SCHEDULES
+from .models.unet import check_shape
 from .yamlio import YamlError, load_text, read_bytes
 
 # The side of each data set's square images, which the model's shape is checked against before

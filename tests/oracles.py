@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from harness.parameterizations import get_parameterization
-from harness.schedules import Schedule
+from harness.diffusion.parameterizations import get_parameterization
+from harness.diffusion.schedules import Schedule
 
 
 class GaussianOracle:

@@ -22,10 +22,10 @@ from analysis.load import (
     load_experiment,
 )
 from analysis.report import build_document, log_report, write_report
-from harness.runner import run_plan
-from harness.schema import CODE_VERSION, COMMIT, ERROR, HASH
-from harness.spec import load_spec, make_plan
-from harness.tracking import ROLE, MlflowStore
+from harness.orchestration.runner import run_plan
+from harness.orchestration.spec import load_spec, make_plan
+from harness.orchestration.tracking import MlflowStore
+from harness.schema import CODE_VERSION, COMMIT, ERROR, HASH, ROLE
 
 SPEC = Path(__file__).parents[1] / "experiments" / "ablation-schedules.yaml"
 NAME = "ablation-schedules"

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from harness.cli import main
 from harness.config import ConfigError
-from harness.spec import load_spec, make_plan
+from harness.orchestration.spec import load_spec, make_plan
 
 INF, NAN = float("inf"), float("nan")
 
@@ -23,11 +23,15 @@ def nothing_runs(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("bad input passed validation and reached the runner")
 
-    import harness.runner
-    import harness.sweep
-    import harness.train
+    import harness.orchestration.runner
+    import harness.sweeps.sweep
+    import harness.training.train
 
-    for module, name in [(harness.runner, "preflight"), (harness.sweep, "preflight"), (harness.train, "train")]:
+    for module, name in [
+        (harness.orchestration.runner, "preflight"),
+        (harness.sweeps.sweep, "preflight"),
+        (harness.training.train, "train"),
+    ]:
         monkeypatch.setattr(module, name, refuse)
 
 

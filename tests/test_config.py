@@ -3,7 +3,7 @@ import torch
 from pydantic import ValidationError
 
 from harness.config import IMAGE_SIZES, MAX_EVAL_SAMPLES, Config, ConfigError, SamplerSetting, build_config, load_config
-from harness.unet import UNet, check_shape, resolutions
+from harness.models.unet import UNet, check_shape, resolutions
 from harness.yamlio import YamlError, load_text
 
 
@@ -189,7 +189,7 @@ def test_check_shape_passes_exactly_the_shapes_the_unet_can_run(size, channels, 
 
 
 def test_image_sizes_name_every_data_set():
-    from harness.data import DATASETS, load_dataset
+    from harness.training.data import DATASETS, load_dataset
 
     assert set(IMAGE_SIZES) == set(DATASETS)
     assert load_dataset("mnist-5k").image_size == IMAGE_SIZES["mnist-5k"]

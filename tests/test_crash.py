@@ -16,9 +16,10 @@ import pytest
 import torch
 import yaml
 
-from harness.runner import store_root
-from harness.spec import load_spec, make_plan
-from harness.tracking import HASH, ROLE, MlflowStore
+from harness.orchestration.runner import store_root
+from harness.orchestration.spec import load_spec, make_plan
+from harness.orchestration.tracking import MlflowStore
+from harness.schema import HASH, ROLE
 
 STEPS = 300
 SPEC = {

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.data import DATASETS, DEBIAN_FASHION_MNIST, DataUnavailable, load_dataset, split_indices
+from harness.training.data import DATASETS, DEBIAN_FASHION_MNIST, DataUnavailable, load_dataset, split_indices
 
 MNIST_5K_FINGERPRINT = "5e52e6403f087dde"  # golden: changes only if the data or its conversion does
 

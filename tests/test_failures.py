@@ -13,11 +13,13 @@ import pytest
 import torch
 import yaml
 
-from harness import checkpoint
 from harness.cli import main
 from harness.config import build_config
-from harness.tracking import ROLE, MemoryTracker, MlflowStore, StoreUnavailable
-from harness.train import train
+from harness.orchestration.tracking import MlflowStore
+from harness.schema import ROLE
+from harness.tracker import MemoryTracker, StoreUnavailable
+from harness.training import checkpoint
+from harness.training.train import NoEvaluation, train
 
 TINY = {
     "train.steps": 6,
@@ -107,13 +109,6 @@ def test_torn_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left behind
 
 
-class _NoEvaluation:
-    classifier_accuracy = None
-
-    def run(self, model, *, step, tracker):
-        return []
-
-
 def test_training_resumes_from_the_checkpoint_that_survived(tmp_path, monkeypatch):
     config = build_config(
         {
@@ -138,10 +133,10 @@ def test_training_resumes_from_the_checkpoint_that_survived(tmp_path, monkeypatc
 
     monkeypatch.setattr(checkpoint, "save_atomic", fails_second_time)
     with pytest.raises(OSError):
-        train(config, None, run_dir=tmp_path, data=data, evaluator=_NoEvaluation(), progress=False)
+        train(config, None, run_dir=tmp_path, data=data, evaluator=NoEvaluation(), progress=False)
     monkeypatch.undo()
     assert checkpoint.load(tmp_path / "checkpoint.pt")["step"] == 4
-    result = train(config, None, run_dir=tmp_path, data=data, evaluator=_NoEvaluation(), progress=False)
+    result = train(config, None, run_dir=tmp_path, data=data, evaluator=NoEvaluation(), progress=False)
     assert result.steps == 12
 
 
@@ -188,12 +183,12 @@ def test_training_checkpoints_and_stops_when_the_store_goes_away(tmp_path):
     )
     tracker = _StoreGoesAway(fail_at=7)
     with pytest.raises(StoreUnavailable, match="tracking server unreachable"):
-        train(config, tracker, run_dir=tmp_path / "a", data=data, evaluator=_NoEvaluation(), progress=False)
+        train(config, tracker, run_dir=tmp_path / "a", data=data, evaluator=NoEvaluation(), progress=False)
     assert checkpoint.load(tmp_path / "a" / "checkpoint.pt")["step"] == 9  # the work is kept
     tracker.fail_at = 10**9  # the server is back
-    train(config, tracker, run_dir=tmp_path / "a", data=data, evaluator=_NoEvaluation(), progress=False)
+    train(config, tracker, run_dir=tmp_path / "a", data=data, evaluator=NoEvaluation(), progress=False)
     whole = MemoryTracker()
-    train(config, whole, run_dir=tmp_path / "b", data=data, evaluator=_NoEvaluation(), progress=False)
+    train(config, whole, run_dir=tmp_path / "b", data=data, evaluator=NoEvaluation(), progress=False)
     assert tracker.metrics["train/loss"] == whole.metrics["train/loss"]  # steps 7-9 too, once each
 
 
@@ -246,7 +241,7 @@ def test_two_launches_train_each_config_once(tmp_path):
 
 POOL = """
 import os, time
-from harness.workers import worker_pool
+from harness.orchestration.workers import worker_pool
 pool = worker_pool(2)
 seen = set()
 while len(seen) < 2:  # until both workers have started (and run their initializer)

@@ -5,9 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import features
-from harness.data import load_dataset, split_indices
-from harness.features import (
+from harness.evaluation import features
+from harness.evaluation.features import (
     FEATURE_DIM,
     HOLDOUT_FRACTION,
     DomainClassifier,
@@ -16,6 +15,7 @@ from harness.features import (
     fidelity_extractor_name,
     non_digits,
 )
+from harness.training.data import load_dataset, split_indices
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def clf(mnist_5k, tmp_path_factory) -> DomainClassifier:
 
 @pytest.fixture(scope="module")
 def small(mnist_5k):
-    from harness.data import from_uint8
+    from harness.training.data import from_uint8
 
     # Every tenth digit: 500 images, 50 per class (the full set is sorted by class).
     u8 = ((mnist_5k.images[::10, 0] + 1) * 127.5).round().to(torch.uint8).numpy()

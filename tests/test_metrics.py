@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from harness.config import ConfigError
-from harness.data import load_dataset, split_indices
-from harness.features import HOLDOUT_FRACTION, DomainClassifier, domain_classifier
-from harness.metrics import class_accuracy, fidelity_metrics, inception_fid, private_dir, to_uint8
+from harness.evaluation.features import HOLDOUT_FRACTION, DomainClassifier, domain_classifier
+from harness.evaluation.metrics import class_accuracy, fidelity_metrics, inception_fid, private_dir, to_uint8
+from harness.training.data import load_dataset, split_indices
 
 KEYS = {"fid", "kid", "kid_std", "precision", "recall", "num_generated", "num_reference"}
 
@@ -168,7 +168,7 @@ def test_pickled_code_in_inception_weights_never_runs(split, tmp_path):
 @pytest.mark.slow  # about 12 s: a whole evaluation against the 5,000 reference images
 def test_an_evaluation_with_hostile_inception_weights_reports_them_unavailable(mnist_5k, split, tmp_path):
     from harness.config import SamplerSetting, build_config
-    from harness.evaluate import Evaluator
+    from harness.evaluation.evaluate import Evaluator
 
     marker, evil = tmp_path / "pwned", tmp_path / "evil.pt"
     torch.save({"w": MakesMarker(marker)}, evil)

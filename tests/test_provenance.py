@@ -5,12 +5,12 @@ import shutil
 import pytest
 import yaml
 
-import harness.runner as runner
-from harness.provenance import code_version, source_hash
-from harness.runner import run_plan
+import harness.orchestration.runner as runner
+from harness.orchestration.provenance import code_version, source_hash
+from harness.orchestration.runner import run_plan
+from harness.orchestration.spec import load_spec, make_plan
+from harness.orchestration.tracking import MlflowStore
 from harness.schema import CODE_VERSION, COMMIT, ROLE
-from harness.spec import load_spec, make_plan
-from harness.tracking import MlflowStore
 
 TINY = {
     "train.steps": 2,

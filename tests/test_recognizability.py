@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from harness.config import build_config
-from harness.data import load_dataset, split_indices
-from harness.features import BLOB_CELLS, HOLDOUT_FRACTION, DomainClassifier, domain_classifier
-from harness.metrics import recognizability, recognizable, recognized_class_accuracy
+from harness.evaluation.features import BLOB_CELLS, HOLDOUT_FRACTION, DomainClassifier, domain_classifier
+from harness.evaluation.metrics import recognizability, recognizable, recognized_class_accuracy
+from harness.training.data import load_dataset, split_indices
 
 N = 500  # images per case: one held-out split's worth
 
@@ -104,8 +104,8 @@ def test_half_digits_half_noise_scores_about_half(recognizer, held):
 
 @pytest.mark.slow  # about 20 s here: 64 samples x 10 steps of an untrained U-Net on a shared CPU
 def test_samples_of_a_model_trained_for_one_step_are_not_recognizable(mnist_5k, recognizer, tmp_path):
-    from harness.evaluate import Evaluator
-    from harness.train import train
+    from harness.evaluation.evaluate import Evaluator
+    from harness.training.train import train
 
     config = build_config(
         {

@@ -7,7 +7,7 @@ import torch
 from oracles import GaussianOracle, exact_flow_endpoint
 
 from harness import SAMPLERS, Prediction, make_schedule, sample, timesteps
-from harness.samplers import SamplerOptions, Trajectory
+from harness.diffusion.samplers import SamplerOptions, Trajectory
 
 SHAPE = (2000, 2, 4, 4)  # 2,000 samples of 32 dimensions
 MU = torch.linspace(-0.6, 0.6, 32).reshape(2, 4, 4)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from harness.cli import main
-from harness.data import load_dataset, split_indices
-from harness.features import HOLDOUT_FRACTION
-from harness.score import MIN_IMAGES, read_array, to_images
+from harness.evaluation.features import HOLDOUT_FRACTION
+from harness.evaluation.score import MIN_IMAGES, read_array, to_images
+from harness.training.data import load_dataset, split_indices
 
 
 @pytest.fixture(scope="module")

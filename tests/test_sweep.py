@@ -18,8 +18,10 @@ import torch
 import yaml
 
 from harness.config import ConfigError, TrainConfig
-from harness.runner import store_root
-from harness.sweep import (
+from harness.orchestration.runner import store_root
+from harness.orchestration.tracking import MlflowStore
+from harness.schema import HASH, ROLE
+from harness.sweeps.sweep import (
     PRUNERS,
     SAMPLERS,
     add_arguments,
@@ -31,7 +33,6 @@ from harness.sweep import (
     sweep_main,
     validate_sweep,
 )
-from harness.tracking import HASH, ROLE, MlflowStore
 
 SWEEPS = sorted((Path(__file__).parents[1] / "experiments").glob("sweep-*.yaml"))
 TINY = {
@@ -382,7 +383,9 @@ def test_killed_worker_does_not_leave_the_study_stuck(tmp_path):
     slow = {"train.steps": 300, "train.eval_every": 0, "train.checkpoint_every": 20, "train.log_every": 5}
     path = _write(tmp_path, _with(n_trials=1), profile_set=slow)
     uri = _uri(tmp_path)
-    code = f"from harness.sweep import run_sweep; run_sweep({str(path)!r}, profile='smoke', tracking_uri={uri!r})"
+    code = (
+        f"from harness.sweeps.sweep import run_sweep; run_sweep({str(path)!r}, profile='smoke', tracking_uri={uri!r})"
+    )
     proc = subprocess.Popen(
         [sys.executable, "-c", code],
         env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -416,7 +419,7 @@ def test_rdb_storage_retries_a_trial_whose_heartbeat_stopped(tmp_path):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     code = f"""
 import time, optuna
-from harness.sweep import open_storage
+from harness.sweeps.sweep import open_storage
 storage = open_storage({url!r}, None, 'x', heartbeat_interval=1, grace_period=2)
 study = optuna.create_study(storage=storage, study_name='s')
 study.optimize(lambda t: t.suggest_float('lr', 0, 1) + time.sleep(600), n_trials=1)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from harness.config import build_config
-from harness.tracking import MemoryTracker
-from harness.train import NonFiniteLoss, train
+from harness.tracker import MemoryTracker
+from harness.training.train import NonFiniteLoss, train
 
 TINY = {
     "model": {"channels": 8, "channel_mult": [1, 2], "attention_resolutions": [], "conditional": True},

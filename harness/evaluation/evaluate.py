@@ -15,19 +15,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .config import Config, SamplerSetting
-from .data import ImageData
+from ..config import Config, SamplerSetting
+from ..device import autocast, resolve_precision
+from ..diffusion.samplers import sample
+from ..diffusion.schedules import make_schedule
+from ..tracker import NullTracker, Tracker
+from ..training.data import ImageData
 from .features import domain_classifier
 from .metrics import class_accuracy, fidelity_metrics, inception_fid, recognizability, recognized_class_accuracy
-from .samplers import sample
-from .schedules import make_schedule
-from .tracking import NullTracker, Tracker
-from .train import autocast, resolve_precision
 
 
 def default_cache_dir() -> Path:
     """Domain classifiers and reference statistics, keyed by content: safe to share between stores."""
-    return Path(os.environ.get("HARNESS_CACHE_DIR") or Path(__file__).resolve().parents[1] / "mlruns" / "cache")
+    return Path(os.environ.get("HARNESS_CACHE_DIR") or Path(__file__).resolve().parents[2] / "mlruns" / "cache")
 
 
 def image_grid(images: Tensor, n: int):

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoint import save_atomic
-from .data import ImageData, split_indices
+from ..training.checkpoint import save_atomic
+from ..training.data import ImageData, split_indices
 
 # Cached weights are keyed by these strings: change one whenever its network or training recipe
 # changes, so that old caches are not mistaken for the new classifier.

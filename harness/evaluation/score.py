@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import ConfigError, EvalConfig
+from ..config import ConfigError, EvalConfig
 from .metrics import PRC_NEIGHBORHOOD
 
 MIN_IMAGES = 2 * PRC_NEIGHBORHOOD + 4  # 10: k-NN balls need k others; FID and KID need a spread, not one point
@@ -138,7 +138,7 @@ def score(images: Tensor, data, *, cache_dir: str | Path, device: str | torch.de
 
 
 def main(images_path: str, dataset: str, json_path: str | None) -> int:
-    from .data import DATASETS, DataUnavailable, load_dataset
+    from ..training.data import DATASETS, DataUnavailable, load_dataset
     from .evaluate import default_cache_dir
 
     path = Path(images_path)

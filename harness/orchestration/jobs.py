@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import Config, SamplerSetting
-from .provenance import code_version, stale_reason
-from .schema import (
+from ..config import Config, SamplerSetting
+from ..schema import (
     ARM,
     CHECKPOINT,
     CODE_VERSION,
@@ -37,14 +36,16 @@ from .schema import (
     SEED,
     SPEC,
 )
-from .tracking import MlflowStore, StoreUnavailable, git_state
+from ..tracker import StoreUnavailable
+from .provenance import code_version, git_state, stale_reason
+from .tracking import MlflowStore
 
 
 def store_root(uri: str) -> Path:
     """Local directory for checkpoints, caches and locks: beside a SQLite store, else ``mlruns/``."""
     if uri.startswith("sqlite:///"):
         return Path(uri.removeprefix("sqlite:///")).parent
-    return Path(__file__).resolve().parents[1] / "mlruns"
+    return Path(__file__).resolve().parents[2] / "mlruns"
 
 
 @dataclass
@@ -129,7 +130,7 @@ def run_task(task: Task) -> Outcome:
     """Train (or resume) one job and evaluate its missing settings. Runs in a worker process."""
     import torch
 
-    from .checkpoint import CheckpointError
+    from ..training.checkpoint import CheckpointError
 
     torch.set_num_threads(task.threads)
     config = Config.model_validate_json(task.config_json)
@@ -152,9 +153,9 @@ def run_task(task: Task) -> Outcome:
                         store.client.set_terminated(js.stale.info.run_id, status="KILLED")
                 state, run, done = "new", None, set()
                 shutil.rmtree(root / "checkpoints" / task.spec_name / h, ignore_errors=True)
-            from .data import load_dataset
-            from .evaluate import Evaluator, save_png
-            from .train import train
+            from ..evaluation.evaluate import Evaluator, save_png
+            from ..training.data import load_dataset
+            from ..training.train import train
 
             run_dir = root / "checkpoints" / task.spec_name / h  # "never twice" holds per experiment
             missing = [s for s in config.eval.samplers if s.key not in done]
@@ -218,14 +219,14 @@ def run_task(task: Task) -> Outcome:
 
 
 def _device(config: Config):
-    from .train import resolve_device
+    from ..device import resolve_device
 
     return resolve_device(os.environ.get("HARNESS_DEVICE") or config.train.device)
 
 
 def load_ema(config: Config, data, run_dir: Path, device):
-    from . import checkpoint
-    from .train import build_model
+    from ..training import checkpoint
+    from ..training.train import build_model
 
     state = checkpoint.load(run_dir / "checkpoint.pt", map_location=device)
     if state is None or state["step"] != config.train.steps:  # gone, or only an earlier one is readable

@@ -13,10 +13,10 @@ import hashlib
 import subprocess
 from pathlib import Path
 
-from .schema import CODE_VERSION
+from ..schema import CODE_VERSION
 
 PACKAGES = ("harness", "analysis")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 REUSE_POLICIES = ("same-code", "any")  # harness run --reuse
 
 

@@ -13,13 +13,14 @@ from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
 from typing import Any
 
-from .config import Config
+from ..config import Config
+from ..private import SUBMITIT_READS, private_dir
+from ..schema import CODE_VERSION, COMMIT, DIRTY, HASH, PROFILE, QUESTION, REUSE, ROLE, SPEC
+from ..tracker import StoreUnavailable
 from .jobs import JobState, Outcome, Task, hold_lock, job_state, run_task, store_root
-from .private import SUBMITIT_READS, private_dir
-from .provenance import code_version
-from .schema import CODE_VERSION, COMMIT, DIRTY, HASH, PROFILE, QUESTION, REUSE, ROLE, SPEC
+from .provenance import code_version, git_state
 from .spec import Plan
-from .tracking import MlflowStore, StoreUnavailable, git_state
+from .tracking import MlflowStore
 from .workers import worker_pool
 
 # -- executors --------------------------------------------------------------------------------------
@@ -235,9 +236,9 @@ def preflight(plan: Plan) -> None:
 
     Raises ``DataUnavailable`` (one line: which files to put where) before anything is tracked.
     """
-    from .data import load_dataset
-    from .evaluate import default_cache_dir
-    from .features import domain_classifier
+    from ..evaluation.evaluate import default_cache_dir
+    from ..evaluation.features import domain_classifier
+    from ..training.data import load_dataset
 
     for key in {(j.config.data.dataset, j.config.data.root, j.config.data.download) for j in plan.jobs}:
         data = load_dataset(*key)

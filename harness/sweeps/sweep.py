@@ -43,7 +43,7 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .config import (
+from ..config import (
     Config,
     ConfigError,
     SamplerSetting,
@@ -56,14 +56,15 @@ from .config import (
     read_yaml,
     set_dotted,
 )
-from .jobs import hold_lock, job_lock, load_ema, store_root
-from .private import SUBMITIT_READS, private_dir
-from .provenance import code_version
-from .runner import Requeueable
-from .schema import CODE_VERSION, COMMIT, DIRTY, ERROR, HASH, PROFILE, QUESTION, ROLE, SPEC
-from .spec import Axes, Spec, make_plan
-from .tracking import MlflowStore, MlflowTracker, StoreUnavailable, git_state
-from .workers import die_with_parent
+from ..orchestration.jobs import hold_lock, job_lock, load_ema, store_root
+from ..orchestration.provenance import code_version, git_state
+from ..orchestration.runner import Requeueable
+from ..orchestration.spec import Axes, Spec, make_plan
+from ..orchestration.tracking import MlflowStore, MlflowTracker
+from ..orchestration.workers import die_with_parent
+from ..private import SUBMITIT_READS, private_dir
+from ..schema import CODE_VERSION, COMMIT, DIRTY, ERROR, HASH, PROFILE, QUESTION, ROLE, SPEC
+from ..tracker import StoreUnavailable
 
 STUDY, TRIAL, STATE, BEST = "harness.study", "harness.trial", "harness.trial_state", "harness.best_trial"
 HEARTBEAT_SECONDS, GRACE_SECONDS = 60, 180  # RDB storage: a trial silent for 3 minutes is stale
@@ -716,7 +717,7 @@ class TrialObjective:
             raise
 
     def _run(self, trial: optuna.Trial) -> float | list[float]:
-        from .train import NonFiniteLoss
+        from ..training.train import NonFiniteLoss
 
         sweep = self.sweep
         params = {key: self._suggest(trial, key, p) for key, p in sweep.params.items()}
@@ -778,7 +779,7 @@ class TrialObjective:
         run.finish("FAILED" if state == "FAIL" else "FINISHED")
 
     def _dataset(self, config: Config):
-        from .data import load_dataset
+        from ..training.data import load_dataset
 
         key = (config.data.dataset, config.data.root, config.data.download)
         if key not in self._data:
@@ -786,8 +787,9 @@ class TrialObjective:
         return self._data[key]
 
     def _train_and_score(self, trial: optuna.Trial, config: Config, run: MlflowTracker) -> list[float]:
-        from .evaluate import Evaluator
-        from .train import resolve_device, train
+        from ..device import resolve_device
+        from ..evaluation.evaluate import Evaluator
+        from ..training.train import train
 
         data = self._dataset(config)
         h = config.train_hash()
@@ -1137,9 +1139,9 @@ def log_figures(study: optuna.Study, sweep: Sweep, out: Path) -> list[tuple[Path
 
 def preflight(sweep: Sweep) -> None:
     """Load the data set and build its domain classifier once, before the workers (not once per worker)."""
-    from .data import load_dataset
-    from .evaluate import default_cache_dir
-    from .features import domain_classifier
+    from ..evaluation.evaluate import default_cache_dir
+    from ..evaluation.features import domain_classifier
+    from ..training.data import load_dataset
 
     data = sweep.base["data"]
     images = load_dataset(data["dataset"], data["root"], data["download"])
@@ -1268,7 +1270,7 @@ def add_arguments(parser) -> None:
 
 def sweep_main(args) -> int:
     """``harness sweep``: 0 when the study holds n_trials finished trials, 1 otherwise, 2 for bad input."""
-    from .data import DataUnavailable
+    from ..training.data import DataUnavailable
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the command prints its own line per trial
     try:

@@ -10,23 +10,23 @@ buffered on the device), at evaluations and at checkpoints.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
 
+from ..config import Config
+from ..device import autocast, resolve_device, resolve_precision
+from ..diffusion.losses import diffusion_loss
+from ..diffusion.schedules import make_schedule
+from ..models.unet import UNet
+from ..tracker import LoggedAfter, NullTracker, StoreUnavailable, Tracker
 from . import checkpoint
-from .config import Config
 from .ema import EMA
-from .losses import diffusion_loss
-from .schedules import make_schedule
-from .tracking import LoggedAfter, NullTracker, StoreUnavailable, Tracker
-from .unet import UNet
 
 NUM_BUCKETS = 10  # the loss is also logged per tenth of [0, T): where each schedule spends its difficulty
 
@@ -69,30 +69,25 @@ class TrainResult:
         }
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+class Evaluation(Protocol):
+    """What the loop asks of an evaluator; ``evaluation.Evaluator`` is the real one.
 
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for fp32.
-
-    ``auto`` is bf16 where the hardware computes it natively: CUDA devices with bf16 support, and CPUs
-    with AVX512-BF16 or AMX (oneDNN's check). Elsewhere bf16 is emulated and slower than fp32.
+    Passed in rather than built here, so that training never imports evaluation (which samples with the
+    network the loop trains, and so sits one layer above it).
     """
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+
+    classifier_accuracy: float | None
+
+    def run(self, model: torch.nn.Module, *, step: int, tracker: Tracker) -> list[dict[str, Any]]: ...
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """Mixed precision for the network's forward pass; a no-op for fp32."""
-    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+class NoEvaluation:
+    """Evaluates nothing: for benchmarks of the loop and tests of training alone."""
+
+    classifier_accuracy = None
+
+    def run(self, model, *, step, tracker):
+        return []
 
 
 def build_model(config: Config, channels: int, image_size: int, num_classes: int) -> UNet:
@@ -114,14 +109,15 @@ def train(
     tracker: Tracker | None = None,
     *,
     run_dir: str | Path,
+    evaluator: Evaluation,
     data=None,
-    evaluator=None,
     stop_after: int | None = None,
     progress: bool | None = None,
 ) -> TrainResult:
     """Train (or resume) ``config`` in ``run_dir``; evaluate every ``eval_every`` steps and at the end.
 
-    ``data`` (an ``ImageData``) and ``evaluator`` are built from the config when not given.
+    ``evaluator`` scores the EMA model at each evaluation step (``evaluation.Evaluator``, or
+    ``NoEvaluation``); ``data`` (an ``ImageData``) is loaded from the config when not given.
     ``stop_after`` ends the process-equivalent of a crash after that many steps (tests of resume).
     When the tracker's store becomes unreachable (``StoreUnavailable``), the state is checkpointed with
     what the store did not take, to be logged on resume, and the error is raised.
@@ -132,13 +128,9 @@ def train(
     run_dir = Path(run_dir)
     ckpt_path = run_dir / "checkpoint.pt"
     if data is None:
-        from .data import load_dataset  # the edges: data sets and evaluation pull in heavy imports
+        from .data import load_dataset  # the edges: data sets pull in heavy imports
 
         data = load_dataset(config.data.dataset, config.data.root, config.data.download)
-    if evaluator is None:
-        from .evaluate import Evaluator
-
-        evaluator = Evaluator(config, data, device=device, out_dir=run_dir)
 
     torch.manual_seed(tc.seed)  # initial weights (and dropout masks until a checkpoint restores them)
     model = build_model(config, data.channels, data.image_size, data.num_classes).to(device)

@@ -1,0 +1,1 @@
+"""The diffusion process: noise schedules, parameterizations, losses, samplers and guidance."""

@@ -1,0 +1,1 @@
+"""Training one configuration: data sets, the training loop, EMA and atomic checkpoints."""
