@@ -166,7 +166,7 @@ def objective_groups(data: AblationData) -> list[list[str]]:
 
 
 def heun_sentence(evals: pd.DataFrame) -> str | None:
-    """What the 'heun' sampler is (harness.samplers.heun), so it is not read as Karras' full Heun."""
+    """What the 'heun' sampler is (harness.diffusion.samplers.heun), so it is not read as Karras' full Heun."""
     if not (evals["sampler"] == "heun").any():
         return None
     nfe = evals.loc[evals["sampler"] == "heun"].groupby("setting", sort=False)["nfe"].mean()

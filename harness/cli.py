@@ -63,7 +63,7 @@ def _overrides(items: list[str]) -> dict:
 
 def cmd_validate(args) -> int:
     from .orchestration.spec import load_spec, make_plan
-    from .sweeps.sweep import is_sweep_spec, validate_sweep
+    from .sweeps.search import is_sweep_spec, validate_sweep
 
     for path in args.specs:
         if is_sweep_spec(path):
@@ -186,9 +186,37 @@ def cmd_report(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .sweeps.sweep import sweep_main
+    """0 when the study holds n_trials finished trials, 1 otherwise, 2 for bad input."""
+    from .sweeps.sweep import run_sweep
+    from .tracker import StoreUnavailable
+    from .training.data import DataUnavailable
 
-    return sweep_main(args)
+    try:
+        overrides = _overrides(args.set)  # a key given twice is an error
+        result = run_sweep(
+            args.spec,
+            profile=args.profile,
+            workers=args.workers,
+            storage=args.storage,
+            executor=args.executor,
+            tracking_uri=args.tracking_uri,
+            overrides=overrides,
+        )
+    except (ConfigError, DataUnavailable, StoreUnavailable) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    c = result.counts
+    print(
+        f"{result.study_name}: {result.finished}/{result.n_trials} finished ("
+        + ", ".join(f"{n} {s.lower()}" for s, n in sorted(c.items()))
+        + f"); parent run {result.parent_run_id}"
+    )
+    for t in result.best:
+        values = "  ".join(f"{m}={v:.4g}" for (m, _), v in zip(result.objective, t.values or []))
+        print(f"  best trial {t.number}: {values}  {t.params}  (config {t.config_hash}, run {t.run_id})")
+    for err in result.worker_errors:
+        print(f"  worker error: {err}", file=sys.stderr)
+    return 0 if result.ok else 1
 
 
 def cmd_bench(args) -> int:
@@ -244,9 +272,25 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=cmd_report)
 
     sw = sub.add_parser("sweep", help="an Optuna sweep over a spec's search section, trials tracked in MLflow")
-    from .sweeps.sweep import add_arguments
+    sw.add_argument("spec", help="a sweep spec: an ablation spec with a search section")
+    sw.add_argument("--profile", help="a profile of the spec (smoke, quick, full, ...)")
+    sw.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes sharing the study")
+    sw.add_argument(
+        "--storage",
+        metavar="URL",
+        help="Optuna storage: an RDB URL (postgresql://...) for "
+        "workers on several machines, or a journal file path (default: <store>/optuna/<spec>.log)",
+    )
+    sw.add_argument("--executor", choices=["local", "slurm"], default="local")
+    sw.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlruns/mlflow.db)")
+    sw.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a base field (train.steps=200) or a search field (search.n_trials=40)",
+    )
 
-    add_arguments(sw)
     sw.set_defaults(func=cmd_sweep)
 
     b = sub.add_parser("bench", help="measure training, sampling and evaluation speed on this machine")

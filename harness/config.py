@@ -24,7 +24,7 @@ from .models.unet import check_shape
 from .yamlio import YamlError, load_text, read_bytes
 
 # The side of each data set's square images, which the model's shape is checked against before
-# anything runs; the names are harness.data.DATASETS (tests/test_config.py checks that they agree).
+# anything runs; the names are training.data.DATASETS (tests/test_config.py checks that they agree).
 IMAGE_SIZES = {"mnist-5k": 28, "mnist": 28, "fashion-mnist": 28, "cifar10": 32}
 MAX_EVAL_SAMPLES = 50_000  # the usual FID sample count; more only costs time
 # Fields that change where or how often things happen, never what is learned.

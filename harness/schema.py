@@ -25,6 +25,11 @@ PROFILE = "harness.profile"
 QUESTION = "harness.question"
 PARENT = "mlflow.parentRunId"
 REUSE = "harness.reuse"  # the reuse policy of a launch (provenance.REUSE_POLICIES)
+# Sweeps: the study a trial run belongs to, its number and Optuna state, and the best trial's mark.
+STUDY = "harness.study"
+TRIAL = "harness.trial"
+TRIAL_STATE = "harness.trial_state"
+BEST_TRIAL = "harness.best_trial"
 FID_INCEPTION_UNAVAILABLE = "harness.fid_inception_unavailable"  # why an evaluation has no InceptionV3 FID
 
 

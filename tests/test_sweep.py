@@ -4,7 +4,6 @@ Each sweep gets its own throwaway SQLite MLflow store; its journal file, checkpo
 beside it. Trials train 4 steps of an 8-channel UNet and score 16 samples of 3 DDIM steps.
 """
 
-import argparse
 import os
 import signal
 import subprocess
@@ -17,22 +16,15 @@ import pytest
 import torch
 import yaml
 
+from harness.cli import main
 from harness.config import ConfigError, TrainConfig
 from harness.orchestration.runner import store_root
 from harness.orchestration.tracking import MlflowStore
 from harness.schema import HASH, ROLE
-from harness.sweeps.sweep import (
-    PRUNERS,
-    SAMPLERS,
-    add_arguments,
-    journal_path,
-    load_sweep,
-    open_storage,
-    recover_dead_trials,
-    run_sweep,
-    sweep_main,
-    validate_sweep,
-)
+from harness.sweeps.search import load_sweep, validate_sweep
+from harness.sweeps.space import PRUNERS, SAMPLERS
+from harness.sweeps.study import journal_path, open_storage, recover_dead_trials
+from harness.sweeps.sweep import run_sweep
 
 SWEEPS = sorted((Path(__file__).parents[1] / "experiments").glob("sweep-*.yaml"))
 TINY = {
@@ -200,10 +192,8 @@ def test_other_bad_sweep_specs(tmp_path):
         load_sweep(_write(tmp_path, _with(pruner="median"), profile_set={"train.eval_every": 0}), "smoke")
     with pytest.raises(ConfigError, match="profiles: unknown profile 'huge'; valid: smoke"):
         load_sweep(_write(tmp_path), "huge")
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
     bad = _write(tmp_path, _with(sampler="annealing"))
-    assert sweep_main(parser.parse_args([str(bad), "--profile", "smoke"])) == 2
+    assert main(["sweep", str(bad), "--profile", "smoke"]) == 2
 
 
 def test_profiles_and_overrides_reach_the_search_and_the_config(tmp_path):
@@ -322,9 +312,7 @@ def test_smoke_sweep_tracks_one_parent_and_continues_where_it_stopped(tmp_path, 
 def test_pruned_trials_are_recorded_as_pruned(tmp_path, capsys):
     # FID is always above 0: the threshold pruner stops every trial at its first evaluation (step 2 of 4).
     path = _write(tmp_path, _with(pruner={"name": "threshold", "upper": 0.0}))
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    assert sweep_main(parser.parse_args([str(path), "--profile", "smoke", "--tracking-uri", _uri(tmp_path)])) == 0
+    assert main(["sweep", str(path), "--profile", "smoke", "--tracking-uri", _uri(tmp_path)]) == 0
     assert "tiny-sweep-smoke: 2/2 finished (2 pruned)" in capsys.readouterr().out
     _, runs = _trial_runs(_uri(tmp_path), "tiny-sweep", "tiny-sweep-smoke")
     assert len(runs) == 2 and {r.data.tags["harness.trial_state"] for r in runs} == {"PRUNED"}
@@ -419,7 +407,7 @@ def test_rdb_storage_retries_a_trial_whose_heartbeat_stopped(tmp_path):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     code = f"""
 import time, optuna
-from harness.sweeps.sweep import open_storage
+from harness.sweeps.study import open_storage
 storage = open_storage({url!r}, None, 'x', heartbeat_interval=1, grace_period=2)
 study = optuna.create_study(storage=storage, study_name='s')
 study.optimize(lambda t: t.suggest_float('lr', 0, 1) + time.sleep(600), n_trials=1)

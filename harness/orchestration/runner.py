@@ -1,6 +1,6 @@
 """Run a plan: every job trained once, evaluated with every setting, tracked in MLflow.
 
-The plan's jobs (``harness.jobs``) run on an executor: in-process, a pool of local workers (one or
+The plan's jobs (``orchestration.jobs``) run on an executor: in-process, a pool of local workers (one or
 more per GPU, or ``cpu_jobs`` on the CPU) or Slurm through submitit. The parent MLflow run holds the
 spec, the plan and the outcomes; a parent left RUNNING by a dead process is closed at the next launch.
 """

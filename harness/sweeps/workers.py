@@ -1,0 +1,145 @@
+"""Workers that pull trials from the shared study: in this process, in spawned processes, or as a Slurm
+job array (submitit)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from ..orchestration.jobs import hold_lock, store_root
+from ..orchestration.runner import Requeueable
+from ..orchestration.tracking import MlflowStore
+from ..orchestration.workers import die_with_parent
+from .objective import TrialObjective, WorkerTask, worker_name
+from .search import Sweep, load_sweep
+from .study import counts, open_storage, recover_dead_trials
+
+MAX_FAILURES_IN_A_ROW = 3  # a worker whose trials keep raising stops: that is a bug, not a hyperparameter
+
+
+@dataclass
+class WorkerReport:
+    worker: int
+    trials: list[int] = field(default_factory=list)  # numbers of the trials this worker ran
+    error: str | None = None
+    name: str = ""  # host:pid, as in the trials' harness.worker tag
+
+
+def run_worker(task: WorkerTask) -> WorkerReport:
+    """Pull trials from the shared study until it holds ``n_trials`` finished (or running) ones."""
+    if task.threads:
+        import torch
+
+        torch.set_num_threads(task.threads)
+    sweep = load_sweep(task.spec_path, task.profile, task.overrides)
+    store = MlflowStore(task.tracking_uri)
+    root = store_root(store.uri)
+    storage = open_storage(task.storage, root, sweep.spec.name)
+    n_existing = len(optuna.load_study(study_name=sweep.study_name, storage=storage).get_trials(deepcopy=False))
+    study = optuna.load_study(
+        study_name=sweep.study_name,
+        storage=storage,
+        sampler=sweep.sampler(task.worker, n_existing),
+        pruner=sweep.pruner(),
+    )
+    objective = TrialObjective(sweep, task, store, root)
+    report, failures = WorkerReport(task.worker, name=worker_name()), 0
+    while True:
+        # The claim serializes, among this machine's workers, the dead-trial check, the count and the
+        # ask, so the study never holds more than n_trials finished or running trials.
+        objective.claim = hold_lock(root, f"sweep-{sweep.study_name}")
+        ran_before = len(objective.ran)
+        try:
+            recover_dead_trials(study, storage, root)
+            c = counts(study)
+            if c["COMPLETE"] + c["PRUNED"] + c["RUNNING"] >= sweep.search.n_trials:
+                break
+            study.optimize(
+                objective, n_trials=1, catch=(Exception,), callbacks=[objective.release], gc_after_trial=True
+            )
+        finally:
+            objective.release()
+        if len(objective.ran) == ran_before:  # Optuna stopped before the objective (a sampler's study.stop())
+            report.error = "the sampler stopped the study"
+            break
+        trial = study.get_trials(deepcopy=False)[objective.ran[-1]]
+        print(
+            _trial_line(sweep, trial) + (f"  ({objective.last_error})" if trial.state == TrialState.FAIL else ""),
+            flush=True,
+        )
+        failures = failures + 1 if trial.state == TrialState.FAIL else 0
+        if failures >= MAX_FAILURES_IN_A_ROW:
+            report.error = f"{failures} trials in a row failed; the last: {objective.last_error}"
+            break
+    report.trials = list(objective.ran)
+    return report
+
+
+def _trial_line(sweep: Sweep, t: FrozenTrial) -> str:
+    values = "  ".join(f"{o.metric}={v:.4g}" for o, v in zip(sweep.search.objective, t.values or []))
+    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
+    return f"[{sweep.study_name}] trial {t.number:>3} {t.state.name:>8}  {values}  {params}"
+
+
+def _process_worker(task: WorkerTask) -> WorkerReport:
+    """A worker in a process of its own: Optuna's per-trial log lines would repeat ours."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return run_worker(task)
+
+
+def _spawned_worker(task: WorkerTask, out: str, parent: int) -> None:
+    die_with_parent(parent)  # a sweep launcher killed by SIGKILL leaves no worker training on
+    try:
+        report = _process_worker(task)
+    except Exception as err:  # noqa: BLE001 - reported by the parent, the other workers go on
+        report = WorkerReport(task.worker, error=f"{type(err).__name__}: {err}")
+    Path(out).write_text(json.dumps(report.__dict__))
+
+
+def _run_local(tasks: list[WorkerTask]) -> list[WorkerReport]:
+    if len(tasks) == 1:
+        return [run_worker(tasks[0])]
+    import multiprocessing as mp
+
+    # Plain processes, not a pool: a pool that loses one worker (OOM, kill) ends all the others.
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory() as tmp:
+        outs = [str(Path(tmp) / f"worker-{t.worker}.json") for t in tasks]
+        procs = [ctx.Process(target=_spawned_worker, args=(t, o, os.getpid())) for t, o in zip(tasks, outs)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        return [
+            WorkerReport(**json.loads(Path(o).read_text()))
+            if Path(o).exists()
+            else WorkerReport(
+                t.worker, error=f"worker died (exit code {p.exitcode}); its trial is retried by the next run"
+            )
+            for t, o, p in zip(tasks, outs, procs)
+        ]
+
+
+def _run_slurm(
+    tasks: list[WorkerTask], params: dict[str, Any], folder: Path, cluster: str | None
+) -> list[WorkerReport]:
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    executor.update_parameters(**params)
+    with executor.batch():  # one job array
+        jobs = [executor.submit(Requeueable(_process_worker, t)) for t in tasks]
+    reports = []
+    for task, job in zip(tasks, jobs):
+        try:
+            reports.append(job.result())
+        except Exception as err:  # noqa: BLE001
+            reports.append(WorkerReport(task.worker, error=str(err).splitlines()[-1][:500]))
+    return reports
