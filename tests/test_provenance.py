@@ -44,10 +44,10 @@ def test_code_version_changes_with_a_source_file_and_not_with_the_readme(tmp_pat
     (tmp_path / "harness" / "__pycache__").mkdir()
     (tmp_path / "harness" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0")
     assert source_hash(roots) == before
-    samplers = tmp_path / "harness" / "samplers.py"
+    samplers = tmp_path / "harness" / "diffusion" / "samplers.py"
     samplers.write_text(samplers.read_text() + "\n# a fixed bug\n")
     assert source_hash(roots) != before
-    samplers.rename(tmp_path / "harness" / "samplers2.py")  # a rename is a change of code too
+    samplers.rename(tmp_path / "harness" / "diffusion" / "samplers2.py")  # a rename is a change of code too
     assert source_hash(roots) != before
 
 
