@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import Config, build_config
-from .device import autocast, resolve_device
+from .device import autocast, resolve_device, resolve_precision
 from .diffusion.samplers import sample
 from .diffusion.schedules import make_schedule
 from .schema import ROLE
@@ -226,6 +226,15 @@ def run_bench(*, quick: bool = False, device: str = "auto") -> dict[str, Any]:
     }
     if not quick:
         variants["bf16+compile"] = {"precision": "bf16", "compile": True}
+    elif resolve_precision("auto", dev) is None:
+        # Without native bf16 (no AVX512-BF16/AMX, or an old GPU) torch emulates it several times slower than
+        # fp32: the quick bench spends its minutes on what can win here; the full bench still measures it.
+        out["skipped"] = {
+            k: "no native bf16 on this device (emulated, slower than fp32); run the full bench to measure it"
+            for k in variants
+            if "bf16" in k
+        }
+        variants = {k: v for k, v in variants.items() if k not in out["skipped"]}
     base = _config(batch, steps + 10, str(dev), precision="fp32")
     # Every round measures the bare loop and each variant back to back, and every ratio is taken within a
     # round: on a shared machine the load changes over minutes, and a ratio of two measurements taken
@@ -303,6 +312,7 @@ def format_table(r: dict[str, Any]) -> str:
         for k, v in r["variants"].items()
     ]
     rows += [(f"harness, {k[: -len('_error')]}", f"failed: {v}") for k, v in r.items() if k.endswith("_error")]
+    rows += [(f"harness, {k}", f"skipped: {why}") for k, why in r.get("skipped", {}).items()]
     rows += [
         ("overhead ratio (harness fp32 / bare)", f"{r['overhead_ratio']:.3f}"),
         ("best configuration", f"{r['best_config']}: {r['best_speedup']:.2f}x bare"),

@@ -38,5 +38,9 @@ def test_bench_quick_writes_all_keys(tmp_path):
     assert KEYS <= set(result)
     assert result["bare_images_per_second"] > 0 and 0 < result["flop_utilization"] < 1.5
     assert result["rounds"] == 3 and set(result["speedups"]) == set(result["variants"])
+    # Every variant is measured or skipped with its reason (bf16 only where the device computes it natively).
+    measured, skipped = set(result["variants"]), set(result.get("skipped", {}))
+    assert measured | skipped == {"fp32", "bf16", "fp32+channels_last", "bf16+channels_last"}
+    assert "fp32" in measured and all("bf16" in k for k in skipped)
     low, high = result["overhead_ratio_range"]
     assert low <= result["overhead_ratio"] <= high
