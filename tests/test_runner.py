@@ -104,7 +104,7 @@ def test_run_tracks_parent_train_and_eval_runs_and_never_retrains(tmp_path, stor
     assert all(r.data.tags["mlflow.parentRunId"] == parent for r in train_runs)
     run = train_runs[0]
     assert run.data.params["diffusion.schedule"] in ("linear", "cosine") and run.data.params["train.steps"] == "4"
-    assert {"harness.role", "harness.config_hash", "harness.orchestration.spec", "git.commit"} <= set(run.data.tags)
+    assert {"harness.role", "harness.config_hash", "harness.spec", "git.commit"} <= set(run.data.tags)
     assert "train/loss" in run.data.metrics and "eval/ddim-3-eta0-w0/fid" in run.data.metrics
     history = store.client.get_metric_history(run.info.run_id, "eval/ddim-3-eta0-w0/recognizability")
     assert sorted(m.step for m in history) == [2, 4]
