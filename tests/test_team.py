@@ -8,6 +8,7 @@ so its FIDs carry machine 1's feature fingerprint.
 """
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,12 +23,14 @@ import torch
 import yaml
 from PIL import Image
 
-from analysis.load import load_experiment
+from analysis.load import _logged_grids, load_experiment
 from analysis.report import write_report
+from harness.config import Config, ConfigError
 from harness.evaluation.features import cache_path, domain_classifier, read_classifier
-from harness.orchestration.jobs import EMA_ARTIFACT, EMA_FILE, FEATURES_EXPERIMENT
+from harness.orchestration.jobs import EMA_ARTIFACT, EMA_FILE, FEATURES_EXPERIMENT, load_ema, shared_classifiers
 from harness.orchestration.tracking import MlflowStore
 from harness.schema import FEATURE_FINGERPRINT, HASH, RECOGNIZER_FINGERPRINT, ROLE
+from harness.training.checkpoint import CheckpointError
 from harness.training.data import load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,3 +220,78 @@ def test_second_machine_reports_and_evaluates_without_training(tmp_path, server,
     for run in train_runs.values():
         grid = tmp_path / "one" / "checkpoints" / "team" / run.data.tags[HASH] / "grids" / NEW_SETTING
         assert [p.name for p in grid.glob("*.png")] == ["step_0000004.png"]
+
+
+# -- the same guarantees in one process, on a SQLite store (fast) -------------------------------------------
+
+
+class _Payload:
+    """Unpickling this runs a command: what ``weights_only=True`` must refuse."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_logged_ema_weights_of_another_config_or_with_code_are_refused(tmp_path):
+    config = Config()
+    with pytest.raises(CheckpointError, match="checkpoint missing"):  # nothing local, nothing logged
+        load_ema(config, None, tmp_path, "cpu", fetch=lambda dest: False)
+    torch.save({"config_hash": "0" * 12, "step": config.train.steps, "model": {}}, tmp_path / EMA_FILE)
+    with pytest.raises(CheckpointError, match="another configuration"):
+        load_ema(config, None, tmp_path, "cpu")
+    marker = tmp_path / "ran"
+    torch.save(
+        {"config_hash": config.train_hash(), "step": config.train.steps, "model": _Payload(marker)}, tmp_path / EMA_FILE
+    )
+    with pytest.raises(CheckpointError, match="not readable as EMA weights"):
+        load_ema(config, None, tmp_path, "cpu")
+    assert not marker.exists()
+
+
+def test_the_store_decides_the_feature_space_and_a_tampered_classifier_is_refused(tmp_path):
+    store = MlflowStore(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    data = load_dataset("mnist-5k")
+    marked = _marked_classifiers(tmp_path / "a" / "classifiers")
+    shared_classifiers(store, data, tmp_path / "a")  # the first machine publishes its (marked) classifiers
+    shared_classifiers(store, data, tmp_path / "a")  # once: a second call finds them
+    (run,) = store.runs(store.experiment_id(FEATURES_EXPERIMENT), {ROLE: "features"})
+    assert {t: run.data.tags[t] for t in marked} == marked
+
+    # A machine whose cache holds other classifiers for the same data (its own training) takes the store's.
+    shutil.copytree(Path(os.environ["HARNESS_CACHE_DIR"]) / "classifiers", tmp_path / "b" / "classifiers")
+    shared_classifiers(store, data, tmp_path / "b")
+    for tag, reject in ((FEATURE_FINGERPRINT, False), (RECOGNIZER_FINGERPRINT, True)):
+        assert (
+            read_classifier(cache_path(data, tmp_path / "b" / "classifiers", reject=reject)).fingerprint == marked[tag]
+        )
+
+    # A logged file that does not match its run's fingerprint is not used, and nothing is left in the cache.
+    name = cache_path(data, tmp_path / "a" / "classifiers").name
+    (logged,) = (tmp_path / "store" / "artifacts").rglob(name)
+    shutil.copy(Path(os.environ["HARNESS_CACHE_DIR"]) / "classifiers" / name, logged)
+    with pytest.raises(ConfigError, match=f"classifiers/{name} is missing or does not match"):
+        shared_classifiers(store, data, tmp_path / "c")
+    assert [p.name for p in (tmp_path / "c" / "classifiers").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_logged_grids_are_found_by_setting_and_step_newest_first():
+    class Store:
+        def artifacts(self, run_id, folder):
+            stem = "images/samples~ddim-3-eta0-w0+step+{}+timestamp+{}+0b1e2f3a-1111"
+            return [
+                stem.format(2, 100) + ".png",
+                stem.format(2, 100) + "+compressed.webp",  # MLflow's thumbnail
+                stem.format(4, 100) + ".png",
+                stem.format(4, 200) + ".png",  # logged again (a resumed evaluation): the newest wins
+                "images/samples#ddim-5-eta0-w0%step%4%timestamp%100%0b1e2f3a.png",  # MLflow 2's names
+                "images/other~x+step+1+timestamp+1+ab.png",
+            ]
+
+    grids = _logged_grids(Store(), "run")
+    assert grids == {
+        "ddim-3-eta0-w0": {2: Store().artifacts(0, 0)[0], 4: Store().artifacts(0, 0)[3]},
+        "ddim-5-eta0-w0": {4: Store().artifacts(0, 0)[4]},
+    }

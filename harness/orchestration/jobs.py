@@ -214,7 +214,8 @@ def run_task(task: Task) -> Outcome:
                 out.status, out.run_id, finals = "evaluated", run.info.run_id, {}
             model = None
             if any(s.key not in finals for s in missing):  # the local checkpoint, else the run's logged weights
-                model = load_ema(config, data, run_dir, device, fetch=_ema_fetcher(store, out.run_id))
+                fetch = lambda dest: store.download(out.run_id, EMA_ARTIFACT, dest) is not None  # noqa: E731
+                model = load_ema(config, data, run_dir, device, fetch=fetch)
             for setting in missing:
                 result = finals.get(setting.key)
                 if result is None:
@@ -251,7 +252,7 @@ def _device(config: Config):
 
 def load_ema(config: Config, data, run_dir: Path, device, fetch=None):
     """The final EMA model of ``config``: from the local checkpoint, else from ``run_dir/ema.pt``, which
-    ``fetch()`` (if given) downloads from the training run's artifacts when it is not there yet."""
+    ``fetch(path)`` (if given) downloads from the training run's artifacts when it is not there yet."""
     from ..training import checkpoint
     from ..training.train import build_model
 
@@ -275,16 +276,10 @@ def publish_ema(store: MlflowStore, run_id: str, config: Config, run_dir: Path) 
     state = checkpoint.load(run_dir / "checkpoint.pt")
     if state is None or state["step"] != config.train.steps:
         raise checkpoint.CheckpointError(f"no final checkpoint in {run_dir} to log the EMA weights from")
-    path = run_dir / EMA_FILE
-    torch.save({"config_hash": config.train_hash(), "step": state["step"], "model": state["ema"]["model"]}, path)
+    path, part = run_dir / EMA_FILE, run_dir / f".{EMA_FILE}.part"  # complete or absent, as downloads are
+    torch.save({"config_hash": config.train_hash(), "step": state["step"], "model": state["ema"]["model"]}, part)
+    os.replace(part, path)
     store.log_file(run_id, path, EMA_ARTIFACT.rpartition("/")[0])
-
-
-def _ema_fetcher(store: MlflowStore, run_id: str):
-    def fetch(dest: Path) -> bool:
-        return store.download(run_id, EMA_ARTIFACT, dest) is not None
-
-    return fetch
 
 
 def _logged_ema(config: Config, run_dir: Path, device, fetch) -> dict:
@@ -324,7 +319,10 @@ def shared_classifiers(store: MlflowStore, data, cache_dir: Path) -> None:
     from ..evaluation.features import cache_path, domain_classifier
 
     folder = Path(cache_dir) / "classifiers"
-    paths = {tag: cache_path(data, folder, reject=tag == RECOGNIZER_FINGERPRINT) for tag in _CLASSIFIER_TAGS}
+    paths = {  # by the tag that holds the fingerprint of each
+        tag: cache_path(data, folder, reject=tag == RECOGNIZER_FINGERPRINT)
+        for tag in (FEATURE_FINGERPRINT, RECOGNIZER_FINGERPRINT)
+    }
     key = "+".join(p.stem for p in paths.values())
     exp = store.experiment_id(FEATURES_EXPERIMENT)
     folder.mkdir(parents=True, exist_ok=True)
@@ -356,9 +354,6 @@ def shared_classifiers(store: MlflowStore, data, cache_dir: Path) -> None:
                 store.log_file(run.run_id, path, "classifiers")
             run.finish("FINISHED")
         raise ConfigError(f"features run for {key} in {store.uri}: logged but not found again")
-
-
-_CLASSIFIER_TAGS = (FEATURE_FINGERPRINT, RECOGNIZER_FINGERPRINT)
 
 
 def _file_fingerprint(path: Path) -> str | None:
