@@ -30,6 +30,7 @@ from harness.schema import (
     DEVICE,
     ERROR,
     EVAL_METRICS,
+    FEATURE_FINGERPRINT,
     FID_INCEPTION_UNAVAILABLE,
     HASH,
     PARENT,
@@ -84,6 +85,7 @@ EVAL_COLUMNS = [
     "seconds",
     *EVAL_METRICS,
     "fid_inception_unavailable",
+    "feature_fingerprint",  # the domain classifier FID/KID/PRC were computed with: compare within one value
     "commit",
     "code_version",
 ]
@@ -335,6 +337,7 @@ def _evals_table(eval_runs: list, runs: pd.DataFrame, settings: list[str] | None
                 "seconds": (r.info.end_time - r.info.start_time) / 1000 if r.info.end_time else float("nan"),
                 **{k: r.data.metrics.get(k, float("nan")) for k in EVAL_METRICS},
                 "fid_inception_unavailable": r.data.tags.get(FID_INCEPTION_UNAVAILABLE),
+                "feature_fingerprint": r.data.tags.get(FEATURE_FINGERPRINT),
                 "commit": r.data.tags.get(COMMIT, "unknown"),
                 "code_version": r.data.tags.get(CODE_VERSION, "unknown"),
             }

@@ -217,6 +217,8 @@ def test_second_machine_reports_and_evaluates_without_training(tmp_path, server,
     monkeypatch.setenv("HARNESS_STORE_ROOT", one["HARNESS_STORE_ROOT"])
     data = load_experiment(store, "team")
     assert set(data.grids[data.grids["step"] == 4]["setting"]) == {SETTING, NEW_SETTING}
+    assert set(data.evals["setting"]) == {SETTING, NEW_SETTING}
+    assert set(data.evals["feature_fingerprint"]) == {marked[FEATURE_FINGERPRINT]}
     for run in train_runs.values():
         grid = tmp_path / "one" / "checkpoints" / "team" / run.data.tags[HASH] / "grids" / NEW_SETTING
         assert [p.name for p in grid.glob("*.png")] == ["step_0000004.png"]
