@@ -18,6 +18,8 @@ from typing import Any
 import pandas as pd
 
 from harness.config import SamplerSetting
+from harness.evaluation.evaluate import grid_key
+from harness.orchestration.jobs import store_root
 from harness.orchestration.tracking import MlflowStore
 from harness.schema import (
     ARM,
@@ -28,6 +30,7 @@ from harness.schema import (
     DEVICE,
     ERROR,
     EVAL_METRICS,
+    FEATURE_FINGERPRINT,
     FID_INCEPTION_UNAVAILABLE,
     HASH,
     PARENT,
@@ -82,6 +85,7 @@ EVAL_COLUMNS = [
     "seconds",
     *EVAL_METRICS,
     "fid_inception_unavailable",
+    "feature_fingerprint",  # the domain classifier FID/KID/PRC were computed with: compare within one value
     "commit",
     "code_version",
 ]
@@ -164,7 +168,7 @@ def load_experiment(store: MlflowStore, experiment: str, *, latest_plan: bool = 
         curves=_with_axes(curves, runs, axes),
         loss=loss,
         buckets=buckets,
-        grids=_grids_table(runs, settings),
+        grids=_grids_table(store, experiment, runs, settings),
         parent_run_id=parent.info.run_id if parent is not None else None,
         parent_status=parent.info.status if parent is not None else None,
         missing=missing,
@@ -333,6 +337,7 @@ def _evals_table(eval_runs: list, runs: pd.DataFrame, settings: list[str] | None
                 "seconds": (r.info.end_time - r.info.start_time) / 1000 if r.info.end_time else float("nan"),
                 **{k: r.data.metrics.get(k, float("nan")) for k in EVAL_METRICS},
                 "fid_inception_unavailable": r.data.tags.get(FID_INCEPTION_UNAVAILABLE),
+                "feature_fingerprint": r.data.tags.get(FEATURE_FINGERPRINT),
                 "commit": r.data.tags.get(COMMIT, "unknown"),
                 "code_version": r.data.tags.get(CODE_VERSION, "unknown"),
             }
@@ -388,18 +393,34 @@ def _histories(store: MlflowStore, train_runs: list, runs: pd.DataFrame, setting
 
 
 STEP_PNG = re.compile(r"step_(\d+)\.png$")
+# How MLflow names a logged image (``log_image(grid, key, step)``): "/" in the key becomes "~" ("#" before
+# MLflow 3), fields are joined by "+" ("%" before), and a "+compressed.webp" thumbnail sits beside each PNG.
+LOGGED_GRID = re.compile(
+    rf"^images/{re.escape(grid_key('').rstrip('/'))}[~#](?P<label>.+?)[+%]step[+%](?P<step>\d+)"
+    r"[+%]timestamp[+%](?P<ts>\d+)[+%][0-9a-f-]+\.png$"
+)
 
 
-def _grids_table(runs: pd.DataFrame, settings: list[str]) -> pd.DataFrame:
-    """Sample grids the evaluator saved beside the checkpoint: ``<run dir>/grids/<setting>/step_NNNNNNN.png``."""
+def _grids_table(store: MlflowStore, experiment: str, runs: pd.DataFrame, settings: list[str]) -> pd.DataFrame:
+    """Sample grids, one row per (run, setting, step): the PNGs the evaluator saved beside the checkpoint,
+    ``<run dir>/grids/<setting>/step_NNNNNNN.png``. Where this machine has none for a setting (the run was
+    trained or evaluated elsewhere), the grids logged to the training run are downloaded into this
+    machine's run directory, which is a cache of the store: the next report finds them there."""
     rows = []
     for run in runs.itertuples():
-        if not run.checkpoint:
-            continue
-        root = Path(run.checkpoint).parent / "grids"
+        local = store_root(store.uri) / "checkpoints" / experiment / run.config_hash / "grids"
+        dirs = [Path(run.checkpoint).parent / "grids", local] if run.checkpoint else [local]
+        logged = None
         for label in settings:
-            for png in sorted((root / label).glob("step_*.png")):
-                if m := STEP_PNG.search(png.name):
+            pngs = next((found for d in dirs if (found := sorted((d / label).glob("step_*.png")))), [])
+            if not pngs:
+                logged = _logged_grids(store, run.run_id) if logged is None else logged
+                pngs = [
+                    store.download(run.run_id, artifact, local / label / f"step_{step:07d}.png")
+                    for step, artifact in sorted(logged.get(label, {}).items())
+                ]
+            for png in pngs:
+                if png is not None and (m := STEP_PNG.search(png.name)):
                     rows.append(
                         {
                             "run_id": run.run_id,
@@ -412,3 +433,15 @@ def _grids_table(runs: pd.DataFrame, settings: list[str]) -> pd.DataFrame:
                         }
                     )
     return pd.DataFrame(rows, columns=GRID_COLUMNS)
+
+
+def _logged_grids(store: MlflowStore, run_id: str) -> dict[str, dict[int, str]]:
+    """{setting label: {step: artifact path}} of the grids logged to a training run; the newest per step."""
+    found: dict[str, dict[int, tuple[int, str]]] = {}
+    for path in store.artifacts(run_id, "images"):
+        if m := LOGGED_GRID.match(path):
+            steps = found.setdefault(m["label"], {})
+            ts, step = int(m["ts"]), int(m["step"])
+            if step not in steps or ts > steps[step][0]:
+                steps[step] = (ts, path)
+    return {label: {step: p for step, (_, p) in steps.items()} for label, steps in found.items()}

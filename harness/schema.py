@@ -31,6 +31,14 @@ TRIAL = "harness.trial"
 TRIAL_STATE = "harness.trial_state"
 BEST_TRIAL = "harness.best_trial"
 FID_INCEPTION_UNAVAILABLE = "harness.fid_inception_unavailable"  # why an evaluation has no InceptionV3 FID
+# The feature space of a run's FID, KID and precision/recall: the weights hash of the domain classifier
+# (features.weights_fingerprint), on every training and evaluation run; FIDs compare only within one value.
+FEATURE_FINGERPRINT = "harness.feature_fingerprint"
+RECOGNIZER_FINGERPRINT = "harness.recognizer_fingerprint"  # the same for the recognizer (recognizability)
+# A features run (role ``features``) holds the classifiers of one data set: its fingerprint, and the cache
+# names of both networks (architecture, data fingerprint, seed, epochs), which is what it is looked up by.
+DATA_FINGERPRINT = "harness.data_fingerprint"
+FEATURES_KEY = "harness.features_key"
 
 
 # -- evaluation metrics -----------------------------------------------------------------------------

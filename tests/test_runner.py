@@ -135,13 +135,22 @@ def test_slurm_executor_through_submitit(tmp_path, store):
     assert [o.status for o in outcomes] == ["trained"]
 
 
-def test_finished_run_whose_checkpoint_is_gone_says_retrain_with_force(tmp_path, store):
+def test_finished_run_whose_checkpoint_is_gone_evaluates_its_logged_weights_else_says_retrain(tmp_path, store):
     one = {"grid": {"diffusion.schedule": ["linear"]}}
     outcomes, _ = _run(_spec(tmp_path, name="tiny-gone", axes=one), store)
     assert [o.status for o in outcomes] == ["trained"]
-    shutil.rmtree(store_root(store.uri) / "checkpoints" / "tiny-gone")
+    run_dir = store_root(store.uri) / "checkpoints" / "tiny-gone" / outcomes[0].config_hash
+    shutil.rmtree(run_dir)
     more, _ = _run(
         _spec(tmp_path, name="tiny-gone", axes=one, evaluate={"sampler": ["ddim", "heun"], "steps": [3]}), store
     )
-    assert [o.status for o in more] == ["failed"]
-    assert more[0].error.startswith("checkpoint missing: retrain with --force") and "\n" not in more[0].error
+    assert [o.status for o in more] == ["evaluated"]  # with the EMA weights the training run logged
+    assert (run_dir / "ema.pt").is_file() and not (run_dir / "checkpoint.pt").exists()
+    shutil.rmtree(run_dir)
+    (logged,) = (store_root(store.uri) / "artifacts" / "tiny-gone").rglob("ema.pt")  # weights/ema.pt of the run
+    logged.unlink()
+    last, _ = _run(
+        _spec(tmp_path, name="tiny-gone", axes=one, evaluate={"sampler": ["ddim", "heun"], "steps": [3, 4]}), store
+    )
+    assert [o.status for o in last] == ["failed"]
+    assert last[0].error.startswith("checkpoint missing: retrain with --force") and "\n" not in last[0].error

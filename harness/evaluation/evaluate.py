@@ -30,6 +30,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("HARNESS_CACHE_DIR") or Path(__file__).resolve().parents[2] / "mlruns" / "cache")
 
 
+def grid_key(label: str) -> str:
+    """The image key a setting's sample grids are logged under in the training run (``samples/<label>``)."""
+    return f"samples/{label}"
+
+
 def image_grid(images: Tensor, n: int):
     """The first ``n`` images in [-1, 1] as one uint8 (H, W, 3) array, sqrt(n) per row."""
     from torchvision.utils import make_grid
@@ -158,7 +163,7 @@ class Evaluator:
                 if isinstance(v, (int, float)) and k != "step" and k not in SamplerSetting.model_fields
             }
             tracker.log_metrics({f"eval/{setting.label}/{k}": v for k, v in numbers.items()}, step=step)
-            tracker.log_image(grid, key=f"samples/{setting.label}", step=step)
+            tracker.log_image(grid, key=grid_key(setting.label), step=step)
             if self.out_dir is not None:
                 save_png(grid, self.out_dir / "grids" / setting.label / f"step_{step:07d}.png")
             results.append(result)

@@ -238,23 +238,31 @@ def domain_classifier(
     ``train_classifier``), which decides recognizability; the plain classifier defines the FID space.
     """
     path = cache_path(data, cache_dir, seed=seed, epochs=epochs, reject=reject)
-    net, from_cache = None, False
     if path.is_file():
         try:
-            saved = torch.load(path, map_location=device, weights_only=True)
-            net = DomainCNN(**saved["shape"]).to(device)
-            net.load_state_dict(saved["state_dict"])
-            accuracy, from_cache = float(saved["accuracy"]), True
+            return read_classifier(path, device)
         except Exception as e:  # a cache is only a cache: an unreadable one is rebuilt
             warnings.warn(f"retraining the domain classifier: cannot read {path} ({e})", stacklevel=2)
-            net = None
-    if net is None:
-        net, accuracy = train_classifier(data, seed=seed, epochs=epochs, device=device, reject=reject)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {k: v.cpu() for k, v in net.state_dict().items()}
-        save_atomic({"arch": _arch(reject), "shape": net.shape, "state_dict": state, "accuracy": accuracy}, path)
+    net, accuracy = train_classifier(data, seed=seed, epochs=epochs, device=device, reject=reject)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.cpu() for k, v in net.state_dict().items()}
+    save_atomic({"arch": _arch(reject), "shape": net.shape, "state_dict": state, "accuracy": accuracy}, path)
+    return DomainClassifier(net=net, accuracy=accuracy, fingerprint=weights_fingerprint(net), from_cache=False)
+
+
+def read_classifier(path: str | Path, device: str | torch.device = "cpu") -> DomainClassifier:
+    """A classifier file as ``domain_classifier`` writes it (and the tracking store holds it).
+
+    Only tensors and plain data are unpickled (``weights_only=True``), so a file downloaded from a shared
+    tracking server cannot run code here. Raises on any file that is not such a classifier.
+    """
+    saved = torch.load(path, map_location=device, weights_only=True)
+    net = DomainCNN(**saved["shape"]).to(device)
+    net.load_state_dict(saved["state_dict"])
     net.eval().requires_grad_(False)
-    return DomainClassifier(net=net, accuracy=accuracy, fingerprint=weights_fingerprint(net), from_cache=from_cache)
+    return DomainClassifier(
+        net=net, accuracy=float(saved["accuracy"]), fingerprint=weights_fingerprint(net), from_cache=True
+    )
 
 
 def fidelity_extractor_name(clf: DomainClassifier) -> str:

@@ -26,26 +26,39 @@ from ..schema import (
     CHECKPOINT,
     CODE_VERSION,
     COMMIT,
+    DATA_FINGERPRINT,
     DEVICE,
     ERROR,
     EVAL_METRICS,
+    FEATURE_FINGERPRINT,
+    FEATURES_KEY,
     FID_INCEPTION_UNAVAILABLE,
     HASH,
     PARENT,
+    RECOGNIZER_FINGERPRINT,
     ROLE,
     SEED,
     SPEC,
 )
 from ..tracker import StoreUnavailable
 from .provenance import code_version, git_state, stale_reason
-from .tracking import MlflowStore
+from .tracking import MlflowStore, MlflowTracker
+
+EMA_FILE = "ema.pt"  # final EMA weights, in the run directory and in the training run's artifacts
+EMA_ARTIFACT = f"weights/{EMA_FILE}"
+# Classifiers live in one experiment of their own, one run per data set (and classifier version), rather
+# than in a spec's experiment or parent run: every spec and sweep on the same data then measures FID in
+# the same feature space, and a machine finds it by a tag search without knowing who trained it first.
+FEATURES_EXPERIMENT = "harness-features"
 
 
 def store_root(uri: str) -> Path:
-    """Local directory for checkpoints, caches and locks: beside a SQLite store, else ``mlruns/``."""
+    """Local directory for checkpoints, caches and locks: beside a SQLite store; for a tracking server,
+    ``$HARNESS_STORE_ROOT`` or ``mlruns/`` of this clone. With a server it is only a cache of what the
+    server holds (final EMA weights, sample grids): a fresh root downloads what it lacks."""
     if uri.startswith("sqlite:///"):
         return Path(uri.removeprefix("sqlite:///")).parent
-    return Path(__file__).resolve().parents[2] / "mlruns"
+    return Path(os.environ.get("HARNESS_STORE_ROOT") or Path(__file__).resolve().parents[2] / "mlruns")
 
 
 @dataclass
@@ -153,7 +166,7 @@ def run_task(task: Task) -> Outcome:
                         store.client.set_terminated(js.stale.info.run_id, status="KILLED")
                 state, run, done = "new", None, set()
                 shutil.rmtree(root / "checkpoints" / task.spec_name / h, ignore_errors=True)
-            from ..evaluation.evaluate import Evaluator, save_png
+            from ..evaluation.evaluate import Evaluator, default_cache_dir, grid_key, save_png
             from ..training.data import load_dataset
             from ..training.train import train
 
@@ -164,10 +177,16 @@ def run_task(task: Task) -> Outcome:
                 return out
             data = load_dataset(config.data.dataset, config.data.root, config.data.download)
             device = _device(config)
+            shared_classifiers(store, data, default_cache_dir())  # before the evaluator loads them from the cache
             evaluator = Evaluator(config, data, device=device, out_dir=run_dir)
+            features = {
+                FEATURE_FINGERPRINT: evaluator.classifier.fingerprint,
+                RECOGNIZER_FINGERPRINT: evaluator.recognizer.fingerprint,
+            }
             if state in ("new", "resume"):
                 if state == "resume":
                     tracker = store.resume_run(run.info.run_id)
+                    tracker.set_tags(features)
                 else:
                     tracker = store.start_run(
                         task.experiment_id,
@@ -177,11 +196,13 @@ def run_task(task: Task) -> Outcome:
                             **_tags(task, "train", h),
                             CHECKPOINT: str(run_dir / "checkpoint.pt"),
                             DEVICE: str(device),
+                            **features,
                         },
                     )
                     tracker.log_params(config.flat())
                     tracker.log_dict(config.to_dict(), "config.json")
                 result = train(config, tracker, run_dir=run_dir, data=data, evaluator=evaluator, progress=False)
+                publish_ema(store, tracker.run_id, config, run_dir)
                 summary = {"classifier_accuracy": evaluator.classifier_accuracy}
                 if result.recognizable_at_step is not None:
                     summary["recognizable_at_step"] = result.recognizable_at_step
@@ -191,13 +212,18 @@ def run_task(task: Task) -> Outcome:
                 finals = {SamplerSetting.from_params(e).key: e for e in result.final_evals()}
             else:
                 out.status, out.run_id, finals = "evaluated", run.info.run_id, {}
-            model = load_ema(config, data, run_dir, device) if any(s.key not in finals for s in missing) else None
+            model = None
+            if any(s.key not in finals for s in missing):  # the local checkpoint, else the run's logged weights
+                fetch = lambda dest: store.download(out.run_id, EMA_ARTIFACT, dest) is not None  # noqa: E731
+                model = load_ema(config, data, run_dir, device, fetch=fetch)
             for setting in missing:
                 result = finals.get(setting.key)
                 if result is None:
                     result, grid = evaluator.evaluate_setting(model, setting, step=config.train.steps, final=True)
                     save_png(grid, run_dir / "grids" / setting.label / f"step_{config.train.steps:07d}.png")
-                _log_eval(store, task, out.run_id, h, setting, result)
+                    # Beside the training run's own grids, so a report on any machine finds it.
+                    MlflowTracker(store.client, out.run_id).log_image(grid, grid_key(setting.label), config.train.steps)
+                _log_eval(store, task, out.run_id, h, setting, result, features)
                 out.evals.append(result)
         except StoreUnavailable as err:  # nothing more can be tracked: the run stays RUNNING and resumes later
             out.status, out.error, out.store_unavailable = "failed", str(err), True
@@ -224,16 +250,120 @@ def _device(config: Config):
     return resolve_device(os.environ.get("HARNESS_DEVICE") or config.train.device)
 
 
-def load_ema(config: Config, data, run_dir: Path, device):
+def load_ema(config: Config, data, run_dir: Path, device, fetch=None):
+    """The final EMA model of ``config``: from the local checkpoint, else from ``run_dir/ema.pt``, which
+    ``fetch(path)`` (if given) downloads from the training run's artifacts when it is not there yet."""
     from ..training import checkpoint
     from ..training.train import build_model
 
     state = checkpoint.load(run_dir / "checkpoint.pt", map_location=device)
-    if state is None or state["step"] != config.train.steps:  # gone, or only an earlier one is readable
-        raise checkpoint.CheckpointError(f"checkpoint missing: retrain with --force (no final checkpoint in {run_dir})")
+    if state is not None and state["step"] == config.train.steps:
+        weights = state["ema"]["model"]
+    else:  # gone (another machine trained it), or only an earlier one is readable
+        weights = _logged_ema(config, run_dir, device, fetch)
     model = build_model(config, data.channels, data.image_size, data.num_classes).to(device)
-    model.load_state_dict(state["ema"]["model"])
+    model.load_state_dict(weights)
     return model.eval()
+
+
+def publish_ema(store: MlflowStore, run_id: str, config: Config, run_dir: Path) -> None:
+    """Log the final EMA weights of a finished training to its run, as a state dict: read back with
+    ``weights_only=True`` (``load_ema``), so a teammate's download cannot run code."""
+    import torch
+
+    from ..training import checkpoint
+
+    state = checkpoint.load(run_dir / "checkpoint.pt")
+    if state is None or state["step"] != config.train.steps:
+        raise checkpoint.CheckpointError(f"no final checkpoint in {run_dir} to log the EMA weights from")
+    path, part = run_dir / EMA_FILE, run_dir / f".{EMA_FILE}.part"  # complete or absent, as downloads are
+    torch.save({"config_hash": config.train_hash(), "step": state["step"], "model": state["ema"]["model"]}, part)
+    os.replace(part, path)
+    store.log_file(run_id, path, EMA_ARTIFACT.rpartition("/")[0])
+
+
+def _logged_ema(config: Config, run_dir: Path, device, fetch) -> dict:
+    import torch
+
+    from ..training.checkpoint import CheckpointError
+
+    path = run_dir / EMA_FILE
+    if not path.is_file() and not (fetch is not None and fetch(path)):
+        raise CheckpointError(
+            f"checkpoint missing: retrain with --force (no final checkpoint in {run_dir}, no logged EMA weights)"
+        )
+    try:
+        saved = torch.load(path, map_location=device, weights_only=True)
+        ok = saved["config_hash"] == config.train_hash() and saved["step"] == config.train.steps
+    except Exception as err:  # noqa: BLE001 - truncated, not a state dict, unpicklable objects refused
+        raise CheckpointError(f"{path}: not readable as EMA weights ({str(err).splitlines()[0][:160]})") from None
+    if not ok:
+        raise CheckpointError(f"{path}: EMA weights of another configuration or step; delete it to download again")
+    return saved["model"]
+
+
+def shared_classifiers(store: MlflowStore, data, cache_dir: Path) -> None:
+    """Make this machine's cached domain classifier and recognizer for ``data`` those the store holds.
+
+    The features run for the data (experiment ``harness-features``) is the authority: a missing or
+    different local file is replaced by its download, checked against the run's fingerprint tags, so
+    every machine on one server computes FID in one feature space. With no such run yet, the local
+    classifiers (trained here if need be) are logged as it; when two machines do that at once, the
+    older run wins and the other machine adopts it. Reference statistics are not shared: torch-fidelity
+    keeps them as pickles, never to be read from a server, and they follow from the data and the
+    classifier, so each machine recomputes them (seconds) in the same feature space.
+    """
+    from filelock import FileLock
+
+    from ..config import ConfigError
+    from ..evaluation.features import cache_path, domain_classifier
+
+    folder = Path(cache_dir) / "classifiers"
+    paths = {  # by the tag that holds the fingerprint of each
+        tag: cache_path(data, folder, reject=tag == RECOGNIZER_FINGERPRINT)
+        for tag in (FEATURE_FINGERPRINT, RECOGNIZER_FINGERPRINT)
+    }
+    key = "+".join(p.stem for p in paths.values())
+    exp = store.experiment_id(FEATURES_EXPERIMENT)
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(folder / f".{data.fingerprint}.lock"):  # one process per machine trains or downloads
+        for _ in range(2):  # publish, then adopt whichever run is the oldest
+            found = store.runs(exp, {ROLE: "features", FEATURES_KEY: key})
+            finished = [r for r in found if r.info.status == "FINISHED"]
+            if finished:
+                record = finished[-1]  # newest first: the oldest is the one everybody adopts
+                for tag, path in paths.items():
+                    want = record.data.tags.get(tag)
+                    if _file_fingerprint(path) == want:
+                        continue
+                    part = path.with_name(f".{path.name}.download")
+                    got = store.download(record.info.run_id, f"classifiers/{path.name}", part)
+                    if got is None or _file_fingerprint(part) != want:
+                        part.unlink(missing_ok=True)
+                        raise ConfigError(
+                            f"features run {record.info.run_id} in {store.uri}: classifiers/{path.name} "
+                            f"is missing or does not match its {tag} {want}; not used"
+                        )
+                    os.replace(part, path)
+                return
+            tags = {ROLE: "features", DATA_FINGERPRINT: data.fingerprint, FEATURES_KEY: key}
+            for tag in paths:  # trained here if this machine has never trained them
+                tags[tag] = domain_classifier(data, folder, reject=tag == RECOGNIZER_FINGERPRINT).fingerprint
+            run = store.start_run(exp, f"features-{data.name}-{data.fingerprint}", tags=tags)
+            for path in paths.values():
+                store.log_file(run.run_id, path, "classifiers")
+            run.finish("FINISHED")
+        raise ConfigError(f"features run for {key} in {store.uri}: logged but not found again")
+
+
+def _file_fingerprint(path: Path) -> str | None:
+    """The weights fingerprint of a classifier file, or None if there is no readable one."""
+    from ..evaluation.features import read_classifier
+
+    try:
+        return read_classifier(path).fingerprint
+    except Exception:  # noqa: BLE001 - missing, truncated or not a classifier: all mean "fetch it"
+        return None
 
 
 def _tags(task: Task, role: str, h: str) -> dict[str, Any]:
@@ -249,12 +379,14 @@ def _tags(task: Task, role: str, h: str) -> dict[str, Any]:
     }
 
 
-def _log_eval(store: MlflowStore, task: Task, train_run_id: str, h: str, setting: SamplerSetting, result: dict) -> None:
+def _log_eval(
+    store: MlflowStore, task: Task, train_run_id: str, h: str, setting: SamplerSetting, result: dict, features: dict
+) -> None:
     child = store.start_run(
         task.experiment_id,
         f"eval-{h}-{setting.label}",
         parent=train_run_id,
-        tags=_tags(task, "eval", h),
+        tags={**_tags(task, "eval", h), **features},  # features: the fingerprints of the classifiers it used
     )
     child.log_params(setting.model_dump())
     child.log_metrics({k: result[k] for k in EVAL_METRICS if k in result}, step=result.get("step", 0))

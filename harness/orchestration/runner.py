@@ -17,7 +17,7 @@ from ..config import Config
 from ..private import SUBMITIT_READS, private_dir
 from ..schema import CODE_VERSION, COMMIT, DIRTY, HASH, PROFILE, QUESTION, REUSE, ROLE, SPEC
 from ..tracker import StoreUnavailable
-from .jobs import JobState, Outcome, Task, hold_lock, job_state, run_task, store_root
+from .jobs import JobState, Outcome, Task, hold_lock, job_state, run_task, shared_classifiers, store_root
 from .provenance import code_version, git_state
 from .spec import Plan
 from .tracking import MlflowStore
@@ -137,7 +137,7 @@ def run_plan(
     """Run every job of ``plan``; returns the outcomes and the parent run id."""
     from tqdm.auto import tqdm
 
-    preflight(plan)  # data and domain classifiers first: a missing file fails before any run exists
+    preflight(plan, store)  # data and domain classifiers first: a missing file fails before any run exists
     exp_id = store.experiment_id(plan.spec.name)
     root = store_root(store.uri)
     close_orphaned_parents(store, exp_id, root)
@@ -231,19 +231,19 @@ def run_plan(
     return outcomes, parent.run_id
 
 
-def preflight(plan: Plan) -> None:
-    """Load every data set the plan uses and build its domain classifier, once, before workers start.
+def preflight(plan: Plan, store: MlflowStore | None = None) -> None:
+    """Load every data set the plan uses and, given the store, get its domain classifiers once, before
+    workers start: the store's (downloaded if this machine lacks them), else trained here and logged.
 
     Raises ``DataUnavailable`` (one line: which files to put where) before anything is tracked.
     """
     from ..evaluation.evaluate import default_cache_dir
-    from ..evaluation.features import domain_classifier
     from ..training.data import load_dataset
 
     for key in {(j.config.data.dataset, j.config.data.root, j.config.data.download) for j in plan.jobs}:
         data = load_dataset(*key)
-        for reject in (False, True):  # the FID classifier and the recognizer
-            domain_classifier(data, default_cache_dir() / "classifiers", reject=reject)
+        if store is not None:  # the FID classifier and the recognizer
+            shared_classifiers(store, data, default_cache_dir())
 
 
 def close_orphaned_parents(store: MlflowStore, experiment_id: str, root: Path) -> None:

@@ -196,6 +196,32 @@ class MlflowStore:
         self.client.update_run(run_id, status="RUNNING")
         return MlflowTracker(self.client, run_id)
 
+    def log_file(self, run_id: str, path: str | Path, artifact_dir: str | None = None) -> None:
+        """Log a local file to the run's artifacts (under ``artifact_dir``), whichever store holds them."""
+        self.client.log_artifact(run_id, str(path), artifact_dir)
+
+    def artifacts(self, run_id: str, folder: str) -> list[str]:
+        """Paths of the files directly in the run's artifact ``folder`` (none if there is no such folder)."""
+        return [f.path for f in self.client.list_artifacts(run_id, folder) if not f.is_dir]
+
+    def download(self, run_id: str, artifact: str, dest: str | Path) -> Path | None:
+        """The run's artifact file ``artifact`` copied to the local file ``dest``, or None if the run has none.
+
+        The file appears at ``dest`` complete or not at all (downloaded beside it, then renamed), so a
+        killed download never leaves a truncated file for a cache to trust.
+        """
+        import tempfile
+
+        folder, _, name = artifact.rpartition("/")
+        if artifact not in self.artifacts(run_id, folder):
+            return None
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.") as tmp:
+            got = self.client.download_artifacts(run_id, artifact, tmp)
+            os.replace(got, dest)
+        return dest
+
     def runs(self, experiment_id: str, tags: dict[str, str]) -> list:
         """Runs of the experiment whose tags equal ``tags``, newest first."""
         clauses = [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
