@@ -24,6 +24,9 @@ ERROR = "harness.error"
 PROFILE = "harness.profile"
 QUESTION = "harness.question"
 PARENT = "mlflow.parentRunId"
+# MLflow 3's UI opens an experiment of this kind on its runs (model training), not on GenAI traces.
+EXPERIMENT_KIND, CUSTOM_MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
+ENV = "env."  # prefix of a training run's environment tags (orchestration/environment.py)
 REUSE = "harness.reuse"  # the reuse policy of a launch (provenance.REUSE_POLICIES)
 # Sweeps: the study a trial run belongs to, its number and Optuna state, and the best trial's mark.
 STUDY = "harness.study"
@@ -63,6 +66,13 @@ METRICS: dict[str, Metric] = {
     )
 }
 EVAL_METRICS = tuple(METRICS)
+
+
+def eval_key(label: str, metric: str) -> str:
+    """A training run's metric for one evaluation setting (``SamplerSetting.label``): ``eval/<label>/<metric>``."""
+    return f"eval/{label}/{metric}"
+
+
 CURVE_METRICS = tuple(m.name for m in METRICS.values() if m.curve)
 # Training-run metrics that reports compare across arms.
 RUN_METRICS: dict[str, Metric] = {"final_loss": Metric("final_loss", True, False, "final training loss")}

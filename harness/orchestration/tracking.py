@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..schema import PARENT
+from ..schema import CUSTOM_MODEL_DEVELOPMENT, EXPERIMENT_KIND, PARENT
 from ..tracker import StoreUnavailable
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,6 +70,43 @@ class MlflowTracker:
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+    def log_dataset(self, name: str, digest: str, source: str, context: str) -> None:
+        """A dataset input (MLflow's dataset lineage: the run page's "Datasets used" and the runs table)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        dataset = Dataset(name=name, digest=digest, source_type="local", source=source)
+        self.client.log_inputs(self.run_id, [DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, context)])])
+
+
+class SystemMetrics:
+    """MLflow's system metrics (CPU, memory, disk, network; GPU with ``nvidia-ml-py``) for one run by id.
+
+    ``mlflow.enable_system_metrics_logging`` only watches runs opened with ``mlflow.start_run`` in the
+    current process; the harness logs through ``MlflowClient`` with explicit run ids in worker processes,
+    so it runs MLflow's ``SystemMetricsMonitor`` itself: a daemon thread that samples every
+    ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` seconds (default 10) off the training loop. A context
+    manager, so the thread ends (and its last samples are flushed) however the job ends.
+    """
+
+    def __init__(self, uri: str, run_id: str, resume: bool = False):
+        self.uri, self.run_id, self.resume, self.monitor = uri, run_id, resume, None
+
+    def __enter__(self) -> SystemMetrics:
+        import logging
+
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no "started monitoring" lines
+        # resume_logging: a resumed run's samples continue its step axis instead of restarting at 0.
+        self.monitor = SystemMetricsMonitor(self.run_id, resume_logging=self.resume, tracking_uri=self.uri)
+        self.monitor.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.monitor is not None:
+            self.monitor.finish()
 
 
 def _last_line(err: BaseException) -> str:
@@ -167,6 +204,8 @@ class MlflowStore:
     def experiment_id(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
+            if EXPERIMENT_KIND not in exp.tags:  # made by older harness code: open it on its runs too
+                self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, CUSTOM_MODEL_DEVELOPMENT)
             return exp.experiment_id
         location = None
         if self.uri.startswith("sqlite:///"):  # artifacts beside the database, whatever the working directory
@@ -176,7 +215,9 @@ class MlflowStore:
                 else (Path(self.uri.removeprefix("sqlite:///")).parent / "artifacts" / name).as_uri()
             )
         try:
-            return self.client.create_experiment(name, artifact_location=location)
+            return self.client.create_experiment(
+                name, artifact_location=location, tags={EXPERIMENT_KIND: CUSTOM_MODEL_DEVELOPMENT}
+            )
         except Exception:  # another process created it between our two calls
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
