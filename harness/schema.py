@@ -26,6 +26,9 @@ QUESTION = "harness.question"
 PARENT = "mlflow.parentRunId"
 # MLflow 3's UI opens an experiment of this kind on its runs (model training), not on GenAI traces.
 EXPERIMENT_KIND, CUSTOM_MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
+# A saved view of the runs page (MLflow's "share view"): the experiment tag ``SHARED_VIEW + ARMS_VIEW``,
+# opened by ``#/experiments/<id>/runs?viewStateShareKey=<ARMS_VIEW>`` (tracking.arms_view_url).
+SHARED_VIEW, ARMS_VIEW = "mlflow.sharedViewState.", "harness-arms"
 ENV = "env."  # prefix of a training run's environment tags (orchestration/environment.py)
 REUSE = "harness.reuse"  # the reuse policy of a launch (provenance.REUSE_POLICIES)
 # Sweeps: the study a trial run belongs to, its number and Optuna state, and the best trial's mark.

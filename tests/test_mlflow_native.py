@@ -13,8 +13,17 @@ from harness.orchestration.environment import PACKAGES
 from harness.orchestration.jobs import run_name
 from harness.orchestration.runner import run_plan
 from harness.orchestration.spec import load_spec, make_plan
-from harness.orchestration.tracking import MlflowStore, SystemMetrics
-from harness.schema import CUSTOM_MODEL_DEVELOPMENT, ENV, EVAL_METRICS, EXPERIMENT_KIND, ROLE, eval_key
+from harness.orchestration.tracking import MlflowStore, SystemMetrics, print_arms_views
+from harness.schema import (
+    ARMS_VIEW,
+    CUSTOM_MODEL_DEVELOPMENT,
+    ENV,
+    EVAL_METRICS,
+    EXPERIMENT_KIND,
+    ROLE,
+    SHARED_VIEW,
+    eval_key,
+)
 
 TINY = {
     "train.steps": 4,
@@ -80,6 +89,22 @@ def test_experiment_opens_as_model_training(ablation, tmp_path):
     assert EXPERIMENT_KIND not in store.client.get_experiment(old).tags
     assert store.experiment_id("made-by-old-code") == old
     assert store.client.get_experiment(old).tags[EXPERIMENT_KIND] == CUSTOM_MODEL_DEVELOPMENT
+
+
+@pytest.mark.slow  # a smoke ablation (two launches) or a new SQLite store: minutes on 2 shared cores
+def test_the_arms_view_filters_training_runs_and_groups_by_the_axes(ablation, capsys):
+    store, exp, _ = ablation
+    view = json.loads(exp.tags[SHARED_VIEW + ARMS_VIEW])
+    assert view["searchFilter"] == f"tags.`{ROLE}` = 'train'"
+    assert view["groupBy"]["groupByKeys"] == [{"mode": "param", "groupByData": "diffusion.schedule"}]
+    # The filter is one MLflow accepts, and it selects exactly the training runs.
+    found = store.client.search_runs([exp.experiment_id], view["searchFilter"])
+    assert sorted(r.info.run_name for r in found) == sorted(r.info.run_name for r in ablation[2])
+    print_arms_views("http://127.0.0.1:5000", store.uri)
+    assert capsys.readouterr().out == (
+        f"native: http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs"
+        f"?workflowType=machine_learning&viewStateShareKey={ARMS_VIEW}\n"
+    )
 
 
 @pytest.mark.slow  # a smoke ablation (two launches) or a new SQLite store: minutes on 2 shared cores

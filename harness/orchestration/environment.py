@@ -1,7 +1,7 @@
 """The software and hardware a run ran on: Python, torch, CUDA, the device's name and key package versions.
 
-Logged on every training run (``environment.json`` and ``env.*`` tags, see ``jobs.py``) and printed
-by ``harness bench``, so a number can be traced to the machine and library versions that produced it.
+Logged on every training run (``environment.json`` and ``env.*`` tags, see ``jobs.py``), so a number
+can be traced to the machine and library versions that produced it.
 """
 
 from __future__ import annotations

@@ -185,6 +185,7 @@ def run_task(task: Task) -> Outcome:
                     tracker.log_params(config.flat())
                     tracker.log_dict(config.to_dict(), "config.json")
                     log_dataset(tracker, config, data)
+                    store.share_arms_view(task.experiment_id, list(task.arm))
                 log_environment(tracker, device)  # again on resume: the machine that finishes a run counts
                 with SystemMetrics(task.uri, tracker.run_id, resume=state == "resume"):
                     result = train(config, tracker, run_dir=run_dir, data=data, evaluator=evaluator, progress=False)

@@ -5,14 +5,16 @@ The only module of the harness that imports mlflow; the training loop and the ev
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from ..schema import CUSTOM_MODEL_DEVELOPMENT, EXPERIMENT_KIND, PARENT
+from ..schema import ARMS_VIEW, CUSTOM_MODEL_DEVELOPMENT, EXPERIMENT_KIND, PARENT, ROLE, SHARED_VIEW
 from ..tracker import StoreUnavailable
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,6 +25,27 @@ MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch call
 def default_tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` if set, else the SQLite store in this repository (absolute path)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO / 'mlruns' / 'mlflow.db'}"
+
+
+def arms_view_url(server: str, experiment_id: str, charts: bool = False) -> str:
+    """The MLflow UI page that compares the arms of an experiment (``MlflowStore.share_arms_view``).
+
+    ``workflowType=machine_learning``: MLflow 3.17 decides between its GenAI and model-training pages by
+    a per-browser switch, whatever the experiment's ``mlflow.experimentKind`` tag says.
+    """
+    mode = "&compareRunsMode=CHART" if charts else ""
+    return (
+        f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs"
+        f"?workflowType=machine_learning&viewStateShareKey={ARMS_VIEW}{mode}"
+    )
+
+
+def print_arms_views(server: str, uri: str | None = None) -> None:
+    """One line per experiment of the store that has the arms view: its name and link (``make ui``)."""
+    store = MlflowStore(uri)
+    for exp in store.client.search_experiments():
+        if SHARED_VIEW + ARMS_VIEW in exp.tags:
+            print(f"{exp.name}: {arms_view_url(server, exp.experiment_id)}")
 
 
 class MlflowTracker:
@@ -100,7 +123,11 @@ class SystemMetrics:
 
         logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no "started monitoring" lines
         # resume_logging: a resumed run's samples continue its step axis instead of restarting at 0.
-        self.monitor = SystemMetricsMonitor(self.run_id, resume_logging=self.resume, tracking_uri=self.uri)
+        try:
+            self.monitor = SystemMetricsMonitor(self.run_id, resume_logging=self.resume, tracking_uri=self.uri)
+        except Exception as err:  # noqa: BLE001 - a job trains without system metrics rather than not at all
+            print(f"system metrics off for run {self.run_id[:8]}: {_last_line(err)}", file=sys.stderr)
+            return self
         self.monitor.start()
         return self
 
@@ -223,6 +250,25 @@ class MlflowStore:
             if exp is None:
                 raise
             return exp.experiment_id
+
+    def share_arms_view(self, experiment_id: str, axes: list[str]) -> None:
+        """Save the runs page's view that compares arms: training runs only, grouped by the arm's params.
+
+        MLflow's UI nests training runs under their collapsed parent and cannot group by a parameter
+        across that nesting; this view (opened by ``arms_view_url``) filters to role ``train`` and groups
+        by the axes, so each arm is one group and its charts show the mean and spread over seeds. The
+        JSON is the subset of MLflow's own view state that its "share view" button writes.
+        """
+        view = {
+            "searchFilter": f"tags.`{ROLE}` = 'train'",
+            "groupBy": {
+                "aggregateFunction": "average",
+                "groupByKeys": [{"mode": "param", "groupByData": axis} for axis in axes],
+            }
+            if axes
+            else None,
+        }
+        self.client.set_experiment_tag(experiment_id, SHARED_VIEW + ARMS_VIEW, json.dumps(view))
 
     def start_run(
         self, experiment_id: str, name: str, tags: dict[str, Any], parent: str | None = None
