@@ -10,7 +10,7 @@ import yaml
 from analysis.load import load_experiment
 from harness.config import SamplerSetting
 from harness.orchestration.environment import PACKAGES
-from harness.orchestration.jobs import run_name
+from harness.orchestration.jobs import log_final_on_training_run, run_name
 from harness.orchestration.runner import run_plan
 from harness.orchestration.spec import load_spec, make_plan
 from harness.orchestration.tracking import MlflowStore, SystemMetrics, print_arms_views
@@ -179,3 +179,16 @@ def test_system_metrics_are_logged_by_run_id_and_stop_with_the_run(tmp_path, mon
         time.sleep(0.3)
     again = [m.step for m in store.client.get_metric_history(tracker.run_id, "system/cpu_utilization_percentage")]
     assert len(again) > len(steps) and len(set(again)) == len(again)
+
+
+@pytest.mark.slow  # a smoke ablation (two launches) or a new SQLite store: minutes on 2 shared cores
+def test_final_metrics_on_the_training_run_are_logged_once(ablation):
+    store, _, runs = ablation
+    rid = runs[0].info.run_id
+    again = SamplerSetting(steps=5)  # evaluated after training: its finals are on the run already
+    log_final_on_training_run(store, rid, again, {"step": 4, "fid": 1.0})
+    history = store.client.get_metric_history(rid, eval_key(again.label, "fid"))
+    assert len(history) == 1 and history[0].value != 1.0
+    new = SamplerSetting(steps=7)
+    log_final_on_training_run(store, rid, new, {"step": 4, "fid": 2.0, "setting": new.label})
+    assert [(m.step, m.value) for m in store.client.get_metric_history(rid, eval_key(new.label, "fid"))] == [(4, 2.0)]

@@ -282,9 +282,13 @@ def log_final_on_training_run(store: MlflowStore, run_id: str, setting: SamplerS
     later would exist only on its evaluation run, and MLflow's charts over training runs would miss it.
     """
     step = result.get("step", 0)
-    MlflowTracker(store.client, run_id).log_metrics(
-        {eval_key(setting.label, k): result[k] for k in EVAL_METRICS if k in result}, step=step
-    )
+    metrics = {eval_key(setting.label, k): result[k] for k in EVAL_METRICS if k in result}
+    first = next(iter(metrics), None)
+    # One batch writes them all: a launch that died before its evaluation run finished may have logged
+    # them already, and a second value at the same step would draw the curve's end twice.
+    if first is None or any(m.step == step for m in store.client.get_metric_history(run_id, first)):
+        return
+    MlflowTracker(store.client, run_id).log_metrics(metrics, step=step)
 
 
 def _log_eval(store: MlflowStore, task: Task, train_run_id: str, h: str, setting: SamplerSetting, result: dict) -> None:
