@@ -121,7 +121,9 @@ class SystemMetrics:
 
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no "started monitoring" lines
+        # Best effort and quiet: the monitor fails only when the store is gone, which the job itself reports
+        # in its one line (a dead server's job would otherwise also print MLflow's warnings per thread).
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.CRITICAL)
         # resume_logging: a resumed run's samples continue its step axis instead of restarting at 0.
         try:
             self.monitor = SystemMetricsMonitor(self.run_id, resume_logging=self.resume, tracking_uri=self.uri)
