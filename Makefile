@@ -67,5 +67,6 @@ validate: $(STAMP)
 
 # The MLflow UI on the default store, bound to this machine only.
 ui: $(STAMP)
+	@$(BIN)/python -c 'from harness.orchestration.tracking import print_arms_views; print_arms_views("http://127.0.0.1:5000", "sqlite:///$(CURDIR)/mlruns/mlflow.db")'
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
 		--default-artifact-root $(CURDIR)/mlruns/artifacts --host 127.0.0.1 --port 5000

@@ -24,6 +24,12 @@ ERROR = "harness.error"
 PROFILE = "harness.profile"
 QUESTION = "harness.question"
 PARENT = "mlflow.parentRunId"
+# MLflow 3's UI opens an experiment of this kind on its runs (model training), not on GenAI traces.
+EXPERIMENT_KIND, CUSTOM_MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
+# A saved view of the runs page (MLflow's "share view"): the experiment tag ``SHARED_VIEW + ARMS_VIEW``,
+# opened by ``#/experiments/<id>/runs?viewStateShareKey=<ARMS_VIEW>`` (tracking.arms_view_url).
+SHARED_VIEW, ARMS_VIEW = "mlflow.sharedViewState.", "harness-arms"
+ENV = "env."  # prefix of a training run's environment tags (orchestration/environment.py)
 REUSE = "harness.reuse"  # the reuse policy of a launch (provenance.REUSE_POLICIES)
 # Sweeps: the study a trial run belongs to, its number and Optuna state, and the best trial's mark.
 STUDY = "harness.study"
@@ -71,6 +77,13 @@ METRICS: dict[str, Metric] = {
     )
 }
 EVAL_METRICS = tuple(METRICS)
+
+
+def eval_key(label: str, metric: str) -> str:
+    """A training run's metric for one evaluation setting (``SamplerSetting.label``): ``eval/<label>/<metric>``."""
+    return f"eval/{label}/{metric}"
+
+
 CURVE_METRICS = tuple(m.name for m in METRICS.values() if m.curve)
 # Training-run metrics that reports compare across arms.
 RUN_METRICS: dict[str, Metric] = {"final_loss": Metric("final_loss", True, False, "final training loss")}

@@ -28,6 +28,7 @@ from ..schema import (
     COMMIT,
     DATA_FINGERPRINT,
     DEVICE,
+    ENV,
     ERROR,
     EVAL_METRICS,
     FEATURE_FINGERPRINT,
@@ -39,10 +40,12 @@ from ..schema import (
     ROLE,
     SEED,
     SPEC,
+    eval_key,
 )
 from ..tracker import StoreUnavailable
+from .environment import environment
 from .provenance import code_version, git_state, stale_reason
-from .tracking import MlflowStore, MlflowTracker
+from .tracking import MlflowStore, MlflowTracker, SystemMetrics
 
 EMA_FILE = "ema.pt"  # final EMA weights, in the run directory and in the training run's artifacts
 EMA_ARTIFACT = f"weights/{EMA_FILE}"
@@ -190,7 +193,7 @@ def run_task(task: Task) -> Outcome:
                 else:
                     tracker = store.start_run(
                         task.experiment_id,
-                        f"train-{h}",
+                        run_name(task.arm, task.seed),
                         parent=task.parent_run_id,
                         tags={
                             **_tags(task, "train", h),
@@ -201,7 +204,11 @@ def run_task(task: Task) -> Outcome:
                     )
                     tracker.log_params(config.flat())
                     tracker.log_dict(config.to_dict(), "config.json")
-                result = train(config, tracker, run_dir=run_dir, data=data, evaluator=evaluator, progress=False)
+                    log_dataset(tracker, config, data)
+                    store.share_arms_view(task.experiment_id, list(task.arm))
+                log_environment(tracker, device)  # again on resume: the machine that finishes a run counts
+                with SystemMetrics(task.uri, tracker.run_id, resume=state == "resume"):
+                    result = train(config, tracker, run_dir=run_dir, data=data, evaluator=evaluator, progress=False)
                 publish_ema(store, tracker.run_id, config, run_dir)
                 summary = {"classifier_accuracy": evaluator.classifier_accuracy}
                 if result.recognizable_at_step is not None:
@@ -223,6 +230,7 @@ def run_task(task: Task) -> Outcome:
                     save_png(grid, run_dir / "grids" / setting.label / f"step_{config.train.steps:07d}.png")
                     # Beside the training run's own grids, so a report on any machine finds it.
                     MlflowTracker(store.client, out.run_id).log_image(grid, grid_key(setting.label), config.train.steps)
+                    log_final_on_training_run(store, out.run_id, setting, result)
                 _log_eval(store, task, out.run_id, h, setting, result, features)
                 out.evals.append(result)
         except StoreUnavailable as err:  # nothing more can be tracked: the run stays RUNNING and resumes later
@@ -379,12 +387,46 @@ def _tags(task: Task, role: str, h: str) -> dict[str, Any]:
     }
 
 
+def run_name(arm: dict[str, Any], seed: int) -> str:
+    """A training run's name in the MLflow UI, ``<arm> seed=<n>``: ``diffusion.schedule=cosine seed=1``."""
+    return f"{' '.join(f'{k}={v}' for k, v in arm.items()) or 'base'} seed={seed}"
+
+
+def log_dataset(tracker: MlflowTracker, config: Config, data) -> None:
+    """The training data as an MLflow dataset input: its name, its content fingerprint, where it was read."""
+    source = str(Path(config.data.root).expanduser().resolve())
+    tracker.log_dataset(data.name, data.fingerprint, source, context="train")
+
+
+def log_environment(tracker: MlflowTracker, device) -> None:
+    """The environment record as ``env.*`` tags (columns in the UI) and ``environment.json``."""
+    record = environment(device)
+    tracker.set_tags({ENV + k: v for k, v in record.items()})
+    tracker.log_dict(record, "environment.json")
+
+
+def log_final_on_training_run(store: MlflowStore, run_id: str, setting: SamplerSetting, result: dict) -> None:
+    """A setting evaluated after training: its final metrics also on the training run, at the last step.
+
+    The training loop logs ``eval/<label>/<metric>`` for the settings it evaluates; a setting added
+    later would exist only on its evaluation run, and MLflow's charts over training runs would miss it.
+    """
+    step = result.get("step", 0)
+    metrics = {eval_key(setting.label, k): result[k] for k in EVAL_METRICS if k in result}
+    first = next(iter(metrics), None)
+    # One batch writes them all: a launch that died before its evaluation run finished may have logged
+    # them already, and a second value at the same step would draw the curve's end twice.
+    if first is None or any(m.step == step for m in store.client.get_metric_history(run_id, first)):
+        return
+    MlflowTracker(store.client, run_id).log_metrics(metrics, step=step)
+
+
 def _log_eval(
     store: MlflowStore, task: Task, train_run_id: str, h: str, setting: SamplerSetting, result: dict, features: dict
 ) -> None:
     child = store.start_run(
         task.experiment_id,
-        f"eval-{h}-{setting.label}",
+        f"{run_name(task.arm, task.seed)} {setting.label}",
         parent=train_run_id,
         tags={**_tags(task, "eval", h), **features},  # features: the fingerprints of the classifiers it used
     )

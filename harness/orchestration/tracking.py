@@ -5,14 +5,16 @@ The only module of the harness that imports mlflow; the training loop and the ev
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from ..schema import PARENT
+from ..schema import ARMS_VIEW, CUSTOM_MODEL_DEVELOPMENT, EXPERIMENT_KIND, PARENT, ROLE, SHARED_VIEW
 from ..tracker import StoreUnavailable
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,6 +25,27 @@ MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch call
 def default_tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` if set, else the SQLite store in this repository (absolute path)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO / 'mlruns' / 'mlflow.db'}"
+
+
+def arms_view_url(server: str, experiment_id: str, charts: bool = False) -> str:
+    """The MLflow UI page that compares the arms of an experiment (``MlflowStore.share_arms_view``).
+
+    ``workflowType=machine_learning``: MLflow 3.17 decides between its GenAI and model-training pages by
+    a per-browser switch, whatever the experiment's ``mlflow.experimentKind`` tag says.
+    """
+    mode = "&compareRunsMode=CHART" if charts else ""
+    return (
+        f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs"
+        f"?workflowType=machine_learning&viewStateShareKey={ARMS_VIEW}{mode}"
+    )
+
+
+def print_arms_views(server: str, uri: str | None = None) -> None:
+    """One line per experiment of the store that has the arms view: its name and link (``make ui``)."""
+    store = MlflowStore(uri)
+    for exp in store.client.search_experiments():
+        if SHARED_VIEW + ARMS_VIEW in exp.tags:
+            print(f"{exp.name}: {arms_view_url(server, exp.experiment_id)}")
 
 
 class MlflowTracker:
@@ -70,6 +93,49 @@ class MlflowTracker:
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+    def log_dataset(self, name: str, digest: str, source: str, context: str) -> None:
+        """A dataset input (MLflow's dataset lineage: the run page's "Datasets used" and the runs table)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        dataset = Dataset(name=name, digest=digest, source_type="local", source=source)
+        self.client.log_inputs(self.run_id, [DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, context)])])
+
+
+class SystemMetrics:
+    """MLflow's system metrics (CPU, memory, disk, network; GPU with ``nvidia-ml-py``) for one run by id.
+
+    ``mlflow.enable_system_metrics_logging`` only watches runs opened with ``mlflow.start_run`` in the
+    current process; the harness logs through ``MlflowClient`` with explicit run ids in worker processes,
+    so it runs MLflow's ``SystemMetricsMonitor`` itself: a daemon thread that samples every
+    ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` seconds (default 10) off the training loop. A context
+    manager, so the thread ends (and its last samples are flushed) however the job ends.
+    """
+
+    def __init__(self, uri: str, run_id: str, resume: bool = False):
+        self.uri, self.run_id, self.resume, self.monitor = uri, run_id, resume, None
+
+    def __enter__(self) -> SystemMetrics:
+        import logging
+
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        # Best effort and quiet: the monitor fails only when the store is gone, which the job itself reports
+        # in its one line (a dead server's job would otherwise also print MLflow's warnings per thread).
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.CRITICAL)
+        # resume_logging: a resumed run's samples continue its step axis instead of restarting at 0.
+        try:
+            self.monitor = SystemMetricsMonitor(self.run_id, resume_logging=self.resume, tracking_uri=self.uri)
+        except Exception as err:  # noqa: BLE001 - a job trains without system metrics rather than not at all
+            print(f"system metrics off for run {self.run_id[:8]}: {_last_line(err)}", file=sys.stderr)
+            return self
+        self.monitor.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.monitor is not None:
+            self.monitor.finish()
 
 
 def _last_line(err: BaseException) -> str:
@@ -167,6 +233,8 @@ class MlflowStore:
     def experiment_id(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
+            if EXPERIMENT_KIND not in exp.tags:  # made by older harness code: open it on its runs too
+                self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, CUSTOM_MODEL_DEVELOPMENT)
             return exp.experiment_id
         location = None
         if self.uri.startswith("sqlite:///"):  # artifacts beside the database, whatever the working directory
@@ -176,12 +244,33 @@ class MlflowStore:
                 else (Path(self.uri.removeprefix("sqlite:///")).parent / "artifacts" / name).as_uri()
             )
         try:
-            return self.client.create_experiment(name, artifact_location=location)
+            return self.client.create_experiment(
+                name, artifact_location=location, tags={EXPERIMENT_KIND: CUSTOM_MODEL_DEVELOPMENT}
+            )
         except Exception:  # another process created it between our two calls
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
                 raise
             return exp.experiment_id
+
+    def share_arms_view(self, experiment_id: str, axes: list[str]) -> None:
+        """Save the runs page's view that compares arms: training runs only, grouped by the arm's params.
+
+        MLflow's UI nests training runs under their collapsed parent and cannot group by a parameter
+        across that nesting; this view (opened by ``arms_view_url``) filters to role ``train`` and groups
+        by the axes, so each arm is one group and its charts show the mean and spread over seeds. The
+        JSON is the subset of MLflow's own view state that its "share view" button writes.
+        """
+        view = {
+            "searchFilter": f"tags.`{ROLE}` = 'train'",
+            "groupBy": {
+                "aggregateFunction": "average",
+                "groupByKeys": [{"mode": "param", "groupByData": axis} for axis in axes],
+            }
+            if axes
+            else None,
+        }
+        self.client.set_experiment_tag(experiment_id, SHARED_VIEW + ARMS_VIEW, json.dumps(view))
 
     def start_run(
         self, experiment_id: str, name: str, tags: dict[str, Any], parent: str | None = None

@@ -1,0 +1,116 @@
+"""The real MLflow UI on a smoke ablation: ``mlflow server`` on loopback, the arms view in headless Chromium.
+
+Also makes the README's screenshot: ``HARNESS_UI_SCREENSHOT=docs/mlflow-ui.png pytest -m slow
+tests/test_mlflow_ui.py`` writes the chart view there (else into the test's temporary directory).
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from test_mlflow_native import TINY
+
+from harness.orchestration.runner import run_plan
+from harness.orchestration.spec import load_spec, make_plan
+from harness.orchestration.tracking import MlflowStore, arms_view_url
+from harness.schema import ARMS_VIEW, SHARED_VIEW
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="no Chromium to render the UI (.ci/run installs it)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A smoke ablation (two schedules x two seeds) in a SQLite store, served by ``mlflow server``."""
+    tmp = tmp_path_factory.mktemp("ui")
+    spec = {
+        "name": "ablation-schedules",
+        "question": "Which noise schedule gives lower FID?",
+        "base": {"data": {"dataset": "mnist-5k"}},
+        "axes": {"grid": {"diffusion.schedule": ["linear", "cosine"]}},
+        "seeds": [0, 1],
+        "evaluate": {"sampler": ["ddim"], "steps": [3]},
+        "profiles": {"smoke": {"set": TINY}},
+    }
+    path = tmp / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    store = MlflowStore(uri)
+    outcomes, _ = run_plan(make_plan(load_spec(path), str(path), "smoke"), store, spec_path=str(path), quiet=True)
+    assert all(o.status == "trained" for o in outcomes), [o.error for o in outcomes]
+    experiment_id = store.client.get_experiment_by_name("ablation-schedules").experiment_id
+
+    port = _free_port()
+    mlflow = Path(sys.executable).with_name("mlflow")
+    log = open(tmp / "server.log", "w")
+    cmd = [str(mlflow), "server", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen([*cmd, "--workers", "1"], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, (tmp / "server.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "mlflow server did not answer /health within 120 s"
+            time.sleep(0.5)
+        yield url, experiment_id, store
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def _chromium(tmp_path, url: str, *args: str, budget_ms: int = 25000) -> subprocess.CompletedProcess:
+    # --virtual-time-budget lets the page's requests and rendering finish before the DOM or pixels are
+    # taken; its own profile directory keeps the UI's saved state (localStorage) out of the test.
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1600,900"]
+    cmd += [f"--user-data-dir={tmp_path / 'profile'}", f"--virtual-time-budget={budget_ms}", *args, url]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+
+
+def test_the_arms_view_shows_both_arms_grouped(server, tmp_path):
+    url, experiment_id, store = server
+    assert SHARED_VIEW + ARMS_VIEW in store.client.get_experiment(experiment_id).tags
+    dom = _chromium(tmp_path, arms_view_url(url, experiment_id), "--dump-dom").stdout
+    for schedule in ("linear", "cosine"):
+        for seed in (0, 1):
+            assert f"diffusion.schedule={schedule} seed={seed}" in dom
+        assert f"Group: {schedule}" in dom  # grouped by the arm's parameter, not nested under the parent
+    assert "Group by: diffusion.schedule" in dom and "Model training" in dom
+    assert "mnist-5k" in dom  # the dataset input, in the runs table's Dataset column
+
+
+def test_screenshot_of_the_chart_view(server, tmp_path):
+    url, experiment_id, _ = server
+    out = Path(os.environ.get("HARNESS_UI_SCREENSHOT") or tmp_path / "mlflow-ui.png").resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.unlink(missing_ok=True)
+    # The charts load their plotting library lazily: 25 s of virtual time left them spinning here.
+    proc = _chromium(tmp_path, arms_view_url(url, experiment_id, charts=True), f"--screenshot={out}", budget_ms=90000)
+    assert out.exists(), proc.stderr[-2000:]
+    from PIL import Image
+
+    with Image.open(out) as image:
+        assert image.size == (1600, 900)
+        assert len(image.convert("L").getcolors(256)) > 50  # a rendered page, not a blank one
