@@ -146,23 +146,25 @@ def test_smoke_ablation_tracked_by_a_server_on_postgresql(server, postgres, tmp_
     name = f"pg-schedules-{uri.rsplit(':', 1)[1]}"
     path = _spec_copy(tmp_path, "ablation-schedules.yaml", name)
     jobs = make_plan(load_spec(path), str(path), "smoke").jobs
+    locks = [j.config_hash for j in jobs]
     try:
         done = _harness("run", str(path), "--profile", "smoke", "--tracking-uri", uri)
         assert done.returncode == 0, done.stderr[-3000:]
         store = MlflowStore(uri)
         exp = store.experiment_id(name)
         runs = {role: store.runs(exp, {ROLE: role}) for role in ("ablation", "train", "eval")}
+        locks += [f"parent-{r.info.run_id}" for r in runs["ablation"]]
         assert [len(runs[r]) for r in ("ablation", "train", "eval")] == [1, len(jobs), len(jobs)]
         assert all(r.info.status == "FINISHED" for rs in runs.values() for r in rs)
         # They are rows in PostgreSQL, and the parent's artifacts are files in the server's destination.
         with psycopg.connect(postgres.replace("postgresql+psycopg", "postgresql") + "/mlflow") as conn:
             rows = conn.execute(
-                "SELECT count(*) FROM runs JOIN experiments USING (experiment_id) WHERE name = %s", (name,)
+                "SELECT count(*) FROM runs JOIN experiments USING (experiment_id) WHERE experiments.name = %s", (name,)
             ).fetchone()[0]
         assert rows == 1 + 2 * len(jobs)
         assert len(list(artifacts.rglob("plan.json"))) == 1
     finally:
-        _clean(uri, name, [j.config_hash for j in jobs])
+        _clean(uri, name, locks)
 
 
 def test_sweep_with_two_workers_on_postgresql_storage(server, postgres, tmp_path):
