@@ -87,11 +87,12 @@ def cmd_run(args) -> int:
     plan = make_plan(spec, args.spec, args.profile, _overrides(args.set))
     if args.dry_run:
         return _print_plan(plan, args.tracking_uri, args.reuse)
-    from .orchestration.runner import preflight, run_plan
+    from .orchestration.runner import preflight, refuse_local_stores, run_plan, sqlite_tracking_store
     from .orchestration.tracking import MlflowStore
     from .tracker import StoreUnavailable
 
     try:
+        refuse_local_stores(args.executor, sqlite_tracking_store(args.tracking_uri), args.allow_local_store)
         preflight(plan)
         store = MlflowStore(args.tracking_uri)
         store.check()
@@ -100,7 +101,13 @@ def cmd_run(args) -> int:
             f"evaluation settings; tracking {store.uri}"
         )
         outcomes, parent = run_plan(
-            plan, store, spec_path=args.spec, executor=args.executor, force=args.force, reuse=args.reuse
+            plan,
+            store,
+            spec_path=args.spec,
+            executor=args.executor,
+            force=args.force,
+            reuse=args.reuse,
+            allow_local_store=args.allow_local_store,
         )
     except (DataUnavailable, StoreUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -201,6 +208,7 @@ def cmd_sweep(args) -> int:
             executor=args.executor,
             tracking_uri=args.tracking_uri,
             overrides=overrides,
+            allow_local_store=args.allow_local_store,
         )
     except (ConfigError, DataUnavailable, StoreUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -231,6 +239,12 @@ def cmd_score(args) -> int:
     return score_main(args.images, args.dataset, args.json)
 
 
+ALLOW_LOCAL_STORE = (
+    "with --executor slurm: accept a SQLite tracking store and a journal-file or SQLite Optuna storage, because "
+    "this file system is not shared between nodes (on NFS their locks do not hold and concurrent jobs corrupt them)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description="Ablation studies of DDPM-family diffusion models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -253,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a base field")
     r.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlruns/mlflow.db)")
     r.add_argument("--executor", choices=["local", "slurm"], default="local")
+    r.add_argument("--allow-local-store", action="store_true", help=ALLOW_LOCAL_STORE)
     r.add_argument("--force", action="store_true", help="retrain jobs that already finished")
     r.add_argument("--dry-run", action="store_true", help="print the plan and what is already done, run nothing")
     r.add_argument(
@@ -278,10 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument(
         "--storage",
         metavar="URL",
-        help="Optuna storage: an RDB URL (postgresql://...) for "
+        help="Optuna storage: an RDB URL (postgresql+psycopg://...) for "
         "workers on several machines, or a journal file path (default: <store>/optuna/<spec>.log)",
     )
     sw.add_argument("--executor", choices=["local", "slurm"], default="local")
+    sw.add_argument("--allow-local-store", action="store_true", help=ALLOW_LOCAL_STORE)
     sw.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlruns/mlflow.db)")
     sw.add_argument(
         "--set",

@@ -446,5 +446,6 @@ def test_rdb_storage_and_the_slurm_executor(tmp_path):
         storage=f"sqlite:///{tmp_path / 'optuna.db'}",
         executor="slurm",
         cluster="debug",
+        allow_local_store=True,  # the "cluster" is this process
     )
     assert [t.state for t in result.trials] == ["PRUNED"] and result.storage.endswith("optuna.db")

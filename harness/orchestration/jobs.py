@@ -10,15 +10,15 @@ local layout (checkpoints, caches and locks beside a SQLite store), which the ru
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import time
 import traceback
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 from ..config import Config, SamplerSetting
 from ..schema import (
@@ -95,17 +95,20 @@ class Outcome:
     store_unavailable: bool = False  # stopped because the tracking store could not be reached
 
 
-@contextmanager
-def job_lock(root: Path, config_hash: str):
-    """Exclusive, blocking lock on one config hash; the OS releases it if the holder dies."""
-    path = root / "locks" / f"{config_hash}.lock"
+def lock_path(root: Path, name: str) -> Path:
+    return root / "locks" / f"{name}.lock"
+
+
+def _file_lock(root: Path, name: str) -> FileLock:
+    path = lock_path(root, name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    # thread_local=False: a lock taken in one thread may be released in another (an Optuna callback).
+    return FileLock(path, thread_local=False)
+
+
+def job_lock(root: Path, config_hash: str) -> FileLock:
+    """Exclusive, blocking lock on one config hash (``with job_lock(...)``); the OS releases it if the holder dies."""
+    return _file_lock(root, config_hash)
 
 
 @dataclass
@@ -437,13 +440,25 @@ def _log_eval(
     child.finish("FINISHED")
 
 
-def hold_lock(root: Path, name: str):
-    """An exclusive lock held until the returned file is closed or the process dies."""
-    path = root / "locks" / f"{name}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    f = open(path, "w")
-    fcntl.flock(f, fcntl.LOCK_EX)
-    return f
+def hold_lock(root: Path, name: str) -> FileLock:
+    """An exclusive lock, acquired (blocking), held until ``.release()`` or the process dies."""
+    lock = _file_lock(root, name)
+    lock.acquire()
+    return lock
+
+
+def lock_held(path: Path) -> bool:
+    """Whether a live process holds the lock at ``path``: one non-blocking attempt to take it (the OS drops
+    the locks of a process that died, so a dead holder's lock is free)."""
+    if not path.exists():
+        return False
+    probe = FileLock(path, blocking=False, thread_local=False)
+    try:
+        probe.acquire()
+    except Timeout:
+        return True
+    probe.release()
+    return False
 
 
 def close_stale_evals(store: MlflowStore, experiment_id: str, config_hash: str) -> None:

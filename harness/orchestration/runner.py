@@ -7,20 +7,30 @@ spec, the plan and the outcomes; a parent left RUNNING by a dead process is clos
 
 from __future__ import annotations
 
-import fcntl
 import os
 from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
 from typing import Any
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..private import SUBMITIT_READS, private_dir
 from ..schema import CODE_VERSION, COMMIT, DIRTY, HASH, PROFILE, QUESTION, REUSE, ROLE, SPEC
 from ..tracker import StoreUnavailable
-from .jobs import JobState, Outcome, Task, hold_lock, job_state, run_task, shared_classifiers, store_root
+from .jobs import (
+    JobState,
+    Outcome,
+    Task,
+    hold_lock,
+    job_state,
+    lock_held,
+    lock_path,
+    run_task,
+    shared_classifiers,
+    store_root,
+)
 from .provenance import code_version, git_state
 from .spec import Plan
-from .tracking import MlflowStore
+from .tracking import MlflowStore, default_tracking_uri
 from .workers import worker_pool
 
 # -- executors --------------------------------------------------------------------------------------
@@ -133,10 +143,12 @@ def run_plan(
     cluster: str | None = None,
     quiet: bool = False,
     reuse: str = "same-code",
+    allow_local_store: bool = False,
 ) -> tuple[list[Outcome], str]:
     """Run every job of ``plan``; returns the outcomes and the parent run id."""
     from tqdm.auto import tqdm
 
+    refuse_local_stores(executor, sqlite_tracking_store(store.uri), allow_local_store)
     preflight(plan, store)  # data and domain classifiers first: a missing file fails before any run exists
     exp_id = store.experiment_id(plan.spec.name)
     root = store_root(store.uri)
@@ -213,13 +225,13 @@ def run_plan(
             outcomes = run_local(tasks, jobs, gpus=gpus, jobs_per_gpu=plan.spec.jobs_per_gpu, on_event=on_event)
     except BaseException:
         parent.finish("KILLED")
-        parent_lock.close()
+        parent_lock.release()
         raise
     finally:
         bar.close()
     lost = [o for o in outcomes if o.store_unavailable]
     if lost:  # nothing more can be logged; the next launch marks the parent KILLED and resumes the jobs
-        parent_lock.close()
+        parent_lock.release()
         raise StoreUnavailable(
             f"{lost[0].error}; {len(lost)} job(s) stopped after checkpointing: "
             "run the same command again when the store is back"
@@ -227,7 +239,7 @@ def run_plan(
     failed = [o for o in outcomes if o.status == "failed"]
     parent.log_dict({"outcomes": [o.__dict__ for o in outcomes]}, "outcomes.json")
     parent.finish("FAILED" if failed else "FINISHED")
-    parent_lock.close()
+    parent_lock.release()
     return outcomes, parent.run_id
 
 
@@ -249,13 +261,33 @@ def preflight(plan: Plan, store: MlflowStore | None = None) -> None:
 def close_orphaned_parents(store: MlflowStore, experiment_id: str, root: Path) -> None:
     """Mark KILLED the ablation runs left RUNNING by a process that died (its lock is free)."""
     for run in store.runs(experiment_id, {ROLE: "ablation"}):
-        if run.info.status != "RUNNING":
+        path = lock_path(root, f"parent-{run.info.run_id}")
+        if run.info.status != "RUNNING" or lock_held(path):  # a held lock: its process is alive
             continue
-        path = root / "locks" / f"parent-{run.info.run_id}.lock"
-        with open(path, "a") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # its process is alive
-            store.client.set_terminated(run.info.run_id, status="KILLED")
+        store.client.set_terminated(run.info.run_id, status="KILLED")
         path.unlink(missing_ok=True)
+
+
+# -- stores that Slurm jobs share ---------------------------------------------------------------------
+
+
+def sqlite_tracking_store(uri: str | None) -> dict[str, str]:
+    """The tracking store, if it is a SQLite file: {what it is: what a cluster uses instead}."""
+    uri = uri or default_tracking_uri()
+    return {f"tracking store {uri}": "--tracking-uri http://<mlflow server>"} if uri.startswith("sqlite:") else {}
+
+
+def refuse_local_stores(executor: str, local: dict[str, str], allow_local_store: bool) -> None:
+    """``--executor slurm`` refuses stores kept in local files (``local``: what -> what to use instead).
+
+    Slurm jobs on several nodes would share such a file over NFS, where SQLite's locks and the lock files
+    of Optuna's journal do not hold: concurrent writers corrupt it, silently. ``--allow-local-store`` says
+    the file system is not shared (one node). Raised before anything is written.
+    """
+    if executor != "slurm" or allow_local_store or not local:
+        return
+    raise ConfigError(
+        f"--executor slurm with {' and '.join(local)}: SQLite and file locks are unreliable on NFS, which "
+        f"Slurm nodes share; give {' and '.join(local.values())}, or --allow-local-store if this file system "
+        "is not shared"
+    )

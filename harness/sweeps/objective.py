@@ -14,7 +14,7 @@ import optuna
 from ..config import (
     Config,
 )
-from ..orchestration.jobs import hold_lock, job_lock, load_ema
+from ..orchestration.jobs import hold_lock, job_lock, load_ema, lock_path
 from ..orchestration.provenance import code_version, git_state
 from ..orchestration.tracking import MlflowStore, MlflowTracker
 from ..schema import CODE_VERSION, COMMIT, ERROR, HASH, ROLE, SPEC, STUDY, TRIAL, TRIAL_STATE
@@ -84,17 +84,17 @@ class TrialObjective:
     def release(self, *_) -> None:
         """Let go of both locks (also an Optuna callback: it runs after the trial's state is told)."""
         if self.claim is not None:
-            self.claim.close()
+            self.claim.release()
             self.claim = None
         if self.trial_lock is not None:
             self.trial_lock_path.unlink(missing_ok=True)
-            self.trial_lock.close()
+            self.trial_lock.release()
             self.trial_lock = None
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         name = trial_lock_name(self.sweep.study_name, trial.number)
-        self.trial_lock, self.trial_lock_path = hold_lock(self.root, name), self.root / "locks" / f"{name}.lock"
-        self.claim.close()  # only now: until here a dead-worker check could mistake this trial for orphaned
+        self.trial_lock, self.trial_lock_path = hold_lock(self.root, name), lock_path(self.root, name)
+        self.claim.release()  # only now: until here a dead-worker check could mistake this trial for orphaned
         self.claim = None
         self.ran.append(trial.number)
         self.last_error = None

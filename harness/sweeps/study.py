@@ -3,7 +3,6 @@ run that collects the trials, the best one and the figures."""
 
 from __future__ import annotations
 
-import fcntl
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from ..config import (
     ConfigError,
     SamplerSetting,
 )
-from ..orchestration.jobs import hold_lock
+from ..orchestration.jobs import hold_lock, lock_held, lock_path
 from ..orchestration.provenance import git_state
 from ..orchestration.tracking import MlflowStore, MlflowTracker
 from ..schema import BEST_TRIAL, COMMIT, DIRTY, ERROR, HASH, PROFILE, QUESTION, ROLE, SPEC, STUDY, TRIAL, TRIAL_STATE
@@ -74,6 +73,14 @@ def storage_label(storage: str | None, root: Path, spec_name: str) -> str:
     return f"{scheme}://{rest.rsplit('@', 1)[-1]}" if "@" in rest else storage
 
 
+def local_storage(storage: str | None, root: Path, spec_name: str) -> dict[str, str]:
+    """The Optuna storage, if it is a journal file or SQLite: {what it is: what a cluster uses instead}."""
+    if storage is None or "://" not in storage or storage.startswith("sqlite:"):
+        kind = "SQLite Optuna storage" if storage and storage.startswith("sqlite:") else "Optuna journal file"
+        return {f"{kind} {storage_label(storage, root, spec_name)}": "--storage postgresql+psycopg://..."}
+    return {}
+
+
 def create_study(sweep: Sweep, storage) -> optuna.Study:
     """Create the study, or check that an existing one was made for the same base, budget and scoring."""
     study = optuna.create_study(
@@ -109,18 +116,6 @@ def trial_lock_name(study_name: str, number: int) -> str:
     return f"trial-{study_name}-{number}"
 
 
-def _held(path: Path) -> bool:
-    """Whether a live process holds the lock file (the OS drops a dead process's locks)."""
-    if not path.exists():
-        return False
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-    return False
-
-
 def retry_dead_trials(study: optuna.Study, root: Path) -> list[int]:
     """Journal storage: fail RUNNING trials whose worker died, and enqueue their parameters again.
 
@@ -132,7 +127,7 @@ def retry_dead_trials(study: optuna.Study, root: Path) -> list[int]:
         retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
     dead = []
     for t in study.get_trials(deepcopy=True, states=(TrialState.RUNNING,)):
-        if _held(root / "locks" / f"{trial_lock_name(study.study_name, t.number)}.lock"):
+        if lock_held(lock_path(root, trial_lock_name(study.study_name, t.number))):
             continue
         try:
             study.tell(t.number, state=TrialState.FAIL)
@@ -206,7 +201,7 @@ def open_parent(
         parent.log_dict(sweep.search.model_dump(mode="json"), "search.json")
         return parent
     finally:
-        lock.close()
+        lock.release()
 
 
 def _child_runs(store: MlflowStore, experiment_id: str, study_name: str) -> dict[int, Any]:

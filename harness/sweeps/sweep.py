@@ -33,12 +33,13 @@ from ..config import (
     ConfigError,
 )
 from ..orchestration.jobs import store_root
-from ..orchestration.tracking import MlflowStore
+from ..orchestration.runner import refuse_local_stores, sqlite_tracking_store
+from ..orchestration.tracking import MlflowStore, default_tracking_uri
 from ..private import SUBMITIT_READS, private_dir
 from ..tracker import StoreUnavailable
 from .objective import WorkerTask
 from .search import Sweep, load_sweep
-from .study import counts, create_study, finish_study, open_parent, open_storage, storage_label
+from .study import counts, create_study, finish_study, local_storage, open_parent, open_storage, storage_label
 from .workers import WorkerReport, _run_local, _run_slurm
 
 # -- the whole sweep ------------------------------------------------------------------------------------
@@ -118,12 +119,14 @@ def run_sweep(
     tracking_uri: str | None = None,
     overrides: dict[str, Any] | None = None,
     cluster: str | None = None,
+    allow_local_store: bool = False,
 ) -> SweepResult:
     """Run (or continue) the sweep until its study holds ``n_trials`` COMPLETE or PRUNED trials.
 
     ``workers`` processes pull trials from one storage (``storage``: journal file path or RDB URL;
     default ``<store root>/optuna/<spec name>.log``); ``executor='slurm'`` runs them as a submitit job
-    array (``cluster='debug'`` runs them in this process, for tests).
+    array (``cluster='debug'`` runs them in this process, for tests); it refuses stores kept in local files
+    unless ``allow_local_store`` (see ``orchestration.runner.refuse_local_stores``).
     """
     if executor not in ("local", "slurm"):
         raise ConfigError(f"--executor {executor!r}: valid: local, slurm")
@@ -133,6 +136,9 @@ def run_sweep(
     spec_path = str(spec_path)
     overrides = dict(overrides or {})
     sweep = load_sweep(spec_path, profile, overrides)
+    uri = tracking_uri or default_tracking_uri()
+    local = {**sqlite_tracking_store(uri), **local_storage(storage, store_root(uri), sweep.spec.name)}
+    refuse_local_stores(executor, local, allow_local_store)
     preflight(sweep)  # before anything is tracked: a missing data set fails here, in one line
     store = MlflowStore(tracking_uri)
     store.check()
