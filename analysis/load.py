@@ -19,7 +19,7 @@ import pandas as pd
 
 from harness.config import SamplerSetting
 from harness.evaluation.evaluate import grid_key
-from harness.orchestration.jobs import store_root
+from harness.orchestration.store import store_root
 from harness.orchestration.tracking import MlflowStore
 from harness.schema import (
     ARM,

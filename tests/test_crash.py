@@ -16,8 +16,8 @@ import pytest
 import torch
 import yaml
 
-from harness.orchestration.runner import store_root
 from harness.orchestration.spec import load_spec, make_plan
+from harness.orchestration.store import store_root
 from harness.orchestration.tracking import MlflowStore
 from harness.schema import HASH, ROLE
 

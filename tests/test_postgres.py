@@ -22,8 +22,8 @@ import optuna
 import pytest
 import yaml
 
-from harness.orchestration.jobs import lock_path, store_root
 from harness.orchestration.spec import load_spec, make_plan
+from harness.orchestration.store import lock_path, store_root
 from harness.orchestration.tracking import MlflowStore
 from harness.schema import ROLE, STUDY
 

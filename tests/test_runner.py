@@ -6,8 +6,9 @@ import pytest
 import yaml
 
 from harness.config import ConfigError
-from harness.orchestration.runner import run_plan, store_root
+from harness.orchestration.runner import run_plan
 from harness.orchestration.spec import Axes, expand_arms, load_spec, make_plan
+from harness.orchestration.store import store_root
 from harness.orchestration.tracking import MlflowStore
 from harness.schema import HASH, ROLE
 

@@ -18,7 +18,7 @@ import yaml
 
 from harness.cli import main
 from harness.config import ConfigError, TrainConfig
-from harness.orchestration.runner import store_root
+from harness.orchestration.store import store_root
 from harness.orchestration.tracking import MlflowStore
 from harness.schema import HASH, ROLE
 from harness.sweeps.search import load_sweep, validate_sweep

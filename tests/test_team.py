@@ -27,7 +27,7 @@ from analysis.load import _logged_grids, load_experiment
 from analysis.report import write_report
 from harness.config import Config, ConfigError
 from harness.evaluation.features import cache_path, domain_classifier, read_classifier
-from harness.orchestration.jobs import EMA_ARTIFACT, EMA_FILE, FEATURES_EXPERIMENT, load_ema, shared_classifiers
+from harness.orchestration.store import EMA_ARTIFACT, EMA_FILE, FEATURES_EXPERIMENT, load_ema, shared_classifiers
 from harness.orchestration.tracking import MlflowStore
 from harness.schema import FEATURE_FINGERPRINT, HASH, RECOGNIZER_FINGERPRINT, ROLE
 from harness.training.checkpoint import CheckpointError

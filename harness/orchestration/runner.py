@@ -16,20 +16,10 @@ from ..config import Config, ConfigError
 from ..private import SUBMITIT_READS, private_dir
 from ..schema import CODE_VERSION, COMMIT, DIRTY, HASH, PROFILE, QUESTION, REUSE, ROLE, SPEC
 from ..tracker import StoreUnavailable
-from .jobs import (
-    JobState,
-    Outcome,
-    Task,
-    hold_lock,
-    job_state,
-    lock_held,
-    lock_path,
-    run_task,
-    shared_classifiers,
-    store_root,
-)
+from .jobs import JobState, Outcome, Task, job_state, run_task
 from .provenance import code_version, git_state
 from .spec import Plan
+from .store import hold_lock, lock_held, lock_path, shared_classifiers, store_root
 from .tracking import MlflowStore, default_tracking_uri
 from .workers import worker_pool
 

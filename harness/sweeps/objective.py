@@ -14,8 +14,8 @@ import optuna
 from ..config import (
     Config,
 )
-from ..orchestration.jobs import hold_lock, job_lock, load_ema, lock_path
 from ..orchestration.provenance import code_version, git_state
+from ..orchestration.store import hold_lock, job_lock, load_ema, lock_path
 from ..orchestration.tracking import MlflowStore, MlflowTracker
 from ..schema import CODE_VERSION, COMMIT, ERROR, HASH, ROLE, SPEC, STUDY, TRIAL, TRIAL_STATE
 from .search import Sweep

@@ -18,8 +18,8 @@ from ..config import (
     ConfigError,
     SamplerSetting,
 )
-from ..orchestration.jobs import hold_lock, lock_held, lock_path
 from ..orchestration.provenance import git_state
+from ..orchestration.store import hold_lock, lock_held, lock_path
 from ..orchestration.tracking import MlflowStore, MlflowTracker
 from ..schema import BEST_TRIAL, COMMIT, DIRTY, ERROR, HASH, PROFILE, QUESTION, ROLE, SPEC, STUDY, TRIAL, TRIAL_STATE
 from .search import Sweep

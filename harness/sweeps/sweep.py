@@ -32,8 +32,8 @@ from optuna.trial import FrozenTrial
 from ..config import (
     ConfigError,
 )
-from ..orchestration.jobs import store_root
 from ..orchestration.runner import refuse_local_stores, sqlite_tracking_store
+from ..orchestration.store import store_root
 from ..orchestration.tracking import MlflowStore, default_tracking_uri
 from ..private import SUBMITIT_READS, private_dir
 from ..tracker import StoreUnavailable

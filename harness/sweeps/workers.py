@@ -13,8 +13,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ..orchestration.jobs import hold_lock, store_root
 from ..orchestration.runner import Requeueable
+from ..orchestration.store import hold_lock, store_root
 from ..orchestration.tracking import MlflowStore
 from ..orchestration.workers import die_with_parent
 from .objective import TrialObjective, WorkerTask, worker_name
