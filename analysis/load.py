@@ -38,6 +38,7 @@ from harness.schema import (
     QUESTION,
     ROLE,
     SEED,
+    arm_text,
 )
 
 NUM_BUCKETS = 10  # train/loss_t0 .. train/loss_t9: tenths of [0, T)
@@ -210,23 +211,39 @@ def _newest_per_hash(runs: list) -> list:
     return out
 
 
-ARM_KEY = re.compile(r"(?:^|, )([A-Za-z_]\w*(?:\.\w+)+)=")  # a dotted key opening each "key=value" of harness.arm
+LEGACY_ARM_KEY = re.compile(r"(?:^|, )([A-Za-z_]\w*(?:\.\w+)+)=")  # a dotted key opening each "key=value"
 
 
-def arm_keys(arm: str) -> list[str]:
-    """The dotted keys of an arm tag such as ``diffusion.parameterization=v, diffusion.loss_weighting=uniform``.
+def arm_dict(arm: dict | str) -> dict[str, Any]:
+    """An arm as {dotted key: value}, from plan.json or the ``harness.arm`` tag (JSON).
 
-    Values are not split on ", " because a list value (``model.channel_mult=[1, 2]``) contains one;
-    they are read from the run's params instead.
+    Runs tracked before the tag became JSON hold the text ``key=value, key=value``; it is read by its
+    dotted keys (a list value such as ``model.channel_mult=[1, 2]`` contains ", " itself), so reports
+    of older stores keep their arms.
     """
-    return [] if arm == "base" else ARM_KEY.findall(arm)
-
-
-def arm_label(arm: str) -> str:
-    """A short name for plots and prose: the axis values in key order, ``v / min_snr`` for two axes."""
-    if not arm_keys(arm):
+    if isinstance(arm, dict):
         return arm
-    return " / ".join(re.split(r"(?:^|, )[A-Za-z_]\w*(?:\.\w+)+=", arm)[1:])  # the values, in key order
+    try:
+        parsed = json.loads(arm)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict):
+        return parsed
+    if arm == "base":
+        return {}
+    keys, values = LEGACY_ARM_KEY.findall(arm), re.split(LEGACY_ARM_KEY, arm)[2::2]
+    return dict(zip(keys, values))
+
+
+def arm_keys(arm: dict | str) -> list[str]:
+    """The dotted keys of an arm, in axis order."""
+    return list(arm_dict(arm))
+
+
+def arm_label(arm: dict | str) -> str:
+    """A short name for plots and prose: the axis values in key order, ``v / min_snr`` for two axes."""
+    values = arm_dict(arm).values()
+    return " / ".join(str(v) for v in values) if values else "base"
 
 
 def _axes(train_runs: list, plan: dict | None) -> list[str]:
@@ -239,7 +256,7 @@ def _runs_table(train_runs: list, axes: list[str]) -> pd.DataFrame:
     for r in train_runs:
         p, m, t = r.data.params, r.data.metrics, r.data.tags
         steps, batch = int(p.get("train.steps", 0)), int(p.get("train.batch_size", 0))
-        arm = t.get(ARM, "base")
+        arm = arm_text(arm_dict(t.get(ARM, "base")))
         rows.append(
             {
                 "run_id": r.info.run_id,

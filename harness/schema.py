@@ -16,7 +16,7 @@ SPEC = "harness.spec"
 COMMIT = "git.commit"
 DIRTY = "git.dirty"
 CODE_VERSION = "harness.code_version"  # hash of the installed harness + analysis sources (provenance.py)
-ARM = "harness.arm"
+ARM = "harness.arm"  # the arm as JSON, {dotted key: value} (plan.json's jobs hold the same); arm_text() names it
 SEED = "harness.seed"
 DEVICE = "harness.device"
 CHECKPOINT = "harness.checkpoint"
@@ -45,6 +45,11 @@ RECOGNIZER_FINGERPRINT = "harness.recognizer_fingerprint"  # the same for the re
 # names of both networks (architecture, data fingerprint, seed, epochs), which is what it is looked up by.
 DATA_FINGERPRINT = "harness.data_fingerprint"
 FEATURES_KEY = "harness.features_key"
+
+
+def arm_text(arm: dict) -> str:
+    """An arm's name in logs and reports, ``diffusion.schedule=cosine, train.lr=0.001``; ``base`` for none."""
+    return ", ".join(f"{k}={v}" for k, v in arm.items()) or "base"
 
 
 # -- evaluation metrics -----------------------------------------------------------------------------

@@ -3,6 +3,7 @@ a hand-made experiment in the same store (provenance columns and why a planned j
 
 import base64
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -221,3 +222,17 @@ def test_loader_carries_code_versions_and_failure_reasons(hand):
     )
     assert "sigmoid: failed: non-finite loss at step 3" in doc.answer
     assert "These results mix 2 versions of the harness code" in doc.answer
+
+
+def test_arm_tags_are_json_and_older_text_tags_still_read():
+    from analysis.load import arm_dict, arm_keys, arm_label
+    from harness.schema import arm_text
+
+    arm = {"model.channel_mult": [1, 2], "diffusion.schedule": "cosine", "train.lr": 0.001}
+    tag = json.dumps(arm)  # what jobs.py writes
+    assert arm_dict(tag) == arm and arm_keys(tag) == ["model.channel_mult", "diffusion.schedule", "train.lr"]
+    assert arm_label(tag) == "[1, 2] / cosine / 0.001"
+    legacy = arm_text(arm)  # the text tag of runs tracked before: a list value holds ", " itself
+    assert legacy == "model.channel_mult=[1, 2], diffusion.schedule=cosine, train.lr=0.001"
+    assert arm_keys(legacy) == arm_keys(tag) and arm_label(legacy) == arm_label(tag)
+    assert arm_dict("base") == {} and arm_label("base") == "base" and arm_text({}) == "base"

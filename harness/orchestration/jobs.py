@@ -10,6 +10,7 @@ layout, its locks and the weights shared through the server are in ``store.py``.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -234,7 +235,7 @@ def _tags(task: Task, role: str, h: str) -> dict[str, Any]:
         SPEC: task.spec_name,
         COMMIT: git_state()[0],
         CODE_VERSION: task.code_version,
-        ARM: ", ".join(f"{k}={v}" for k, v in task.arm.items()) or "base",
+        ARM: json.dumps(task.arm),  # JSON, not "k=v" text: a list value holds ", " too
         SEED: task.seed,
     }
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..config import Config, ConfigError
 from ..private import SUBMITIT_READS, private_dir
-from ..schema import CODE_VERSION, COMMIT, DIRTY, HASH, PROFILE, QUESTION, REUSE, ROLE, SPEC
+from ..schema import CODE_VERSION, COMMIT, DIRTY, HASH, PROFILE, QUESTION, REUSE, ROLE, SPEC, arm_text
 from ..tracker import StoreUnavailable
 from .jobs import JobState, Outcome, Task, job_state, run_task
 from .provenance import code_version, git_state
@@ -119,7 +119,7 @@ def describe(plan: Plan, store: MlflowStore | None, reuse: str = "same-code") ->
     for job in plan.jobs:
         js = job_state(store, exp_id, job.config, code_version(), reuse) if exp_id else JobState("new")
         state = "stale" if js.stale is not None and js.state == "new" else js.state
-        rows.append({"config_hash": job.config_hash, "arm": job.arm_label, "seed": job.seed, "state": state})
+        rows.append({"config_hash": job.config_hash, "arm": job.arm, "seed": job.seed, "state": state})
     return rows
 
 
@@ -191,8 +191,7 @@ def run_plan(
             return
         counts["running"] -= 1
         counts["failed" if obj.status == "failed" else "done"] += 1
-        arm = ", ".join(f"{k}={v}" for k, v in obj.arm.items()) or "base"
-        line = f"{obj.status:>9} {obj.config_hash} {arm} seed={obj.seed}"
+        line = f"{obj.status:>9} {obj.config_hash} {arm_text(obj.arm)} seed={obj.seed}"
         if obj.note:
             line += f" ({obj.note})"
         if obj.error:

@@ -30,6 +30,7 @@ from ..config import (
     related,
     set_dotted,
 )
+from ..schema import arm_text
 
 MAX_RUNS = 10_000  # evaluation runs in one plan (arms x seeds x settings), counted before any is built
 MAX_EXCLUDES = 100  # each arm is checked against every exclude
@@ -155,7 +156,7 @@ class Job:
 
     @property
     def arm_label(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.arm.items()) or "base"
+        return arm_text(self.arm)
 
 
 @dataclass
@@ -250,7 +251,7 @@ def make_plan(spec: Spec, source: str, profile: str | None = None, overrides: di
             path = settings[int(m[1])][0] if m[1] else eval_path
             return source, path + (f".{m[2]}" if m[2] else "")
         if any(related(k, field) for k in arm):
-            return f"{source} (arm {_label(arm)})", field
+            return f"{source} (arm {arm_text(arm)})", field
         set_key = next((k for k in prof.set if related(k, field)), None)
         if set_key is not None:  # the longer of the two paths: the set key, or the field inside its value
             return source, f"profiles.{profile}.set.{max(set_key, field, key=len)}"
@@ -260,7 +261,7 @@ def make_plan(spec: Spec, source: str, profile: str | None = None, overrides: di
     for arm in arms:
         cfg = base
         for key, value in arm.items():
-            cfg = _set(cfg, key, value, f"{source} (arm {_label(arm)})")
+            cfg = _set(cfg, key, value, f"{source} (arm {arm_text(arm)})")
         origin = override_origin(overrides, lambda f, arm=arm: origin_in_spec(f, arm))
         for seed in seeds:
             full = merge(set_dotted(cfg, "train.seed", seed), {"eval": {"samplers": samplers}})
@@ -314,10 +315,6 @@ def _has(d: Any, dotted: str) -> bool:
     if not isinstance(d, dict) or head not in d:
         return False
     return not rest or not isinstance(d[head], dict) or _has(d[head], rest)
-
-
-def _label(arm: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in arm.items()) or "base"
 
 
 def _set(config: dict, key: str, value: Any, where: str) -> dict:
