@@ -20,7 +20,7 @@ from harness.cli import main
 from harness.config import ConfigError, TrainConfig
 from harness.orchestration.store import store_root
 from harness.orchestration.tracking import MlflowStore
-from harness.schema import HASH, ROLE
+from harness.schema import FEATURE_FINGERPRINT, HASH, ROLE
 from harness.sweeps.search import load_sweep, validate_sweep
 from harness.sweeps.space import PRUNERS, SAMPLERS
 from harness.sweeps.study import journal_path, open_storage, recover_dead_trials
@@ -282,6 +282,10 @@ def test_smoke_sweep_tracks_one_parent_and_continues_where_it_stopped(tmp_path, 
     run = runs[0]
     assert {"trial", *sweep.params} == set(run.data.params)
     assert run.data.tags[HASH] != "-" and run.data.tags["harness.trial_state"] == "COMPLETE"
+    # Trials score FID with the classifier the store holds for this data, as ablations on it do.
+    features = store.runs(store.experiment_id("harness-features"), {ROLE: "features"})
+    assert len(features) == 1
+    assert run.data.tags[FEATURE_FINGERPRINT] == features[0].data.tags[FEATURE_FINGERPRINT]
     metric = first.objective[0][0]
     label = sweep.resolve({}).eval.samplers[0].label
     assert metric in run.data.metrics and f"eval/{label}/{metric}" in run.data.metrics

@@ -17,7 +17,19 @@ from ..config import (
 from ..orchestration.provenance import code_version, git_state
 from ..orchestration.store import hold_lock, job_lock, load_ema, lock_path
 from ..orchestration.tracking import MlflowStore, MlflowTracker
-from ..schema import CODE_VERSION, COMMIT, ERROR, HASH, ROLE, SPEC, STUDY, TRIAL, TRIAL_STATE
+from ..schema import (
+    CODE_VERSION,
+    COMMIT,
+    ERROR,
+    FEATURE_FINGERPRINT,
+    HASH,
+    RECOGNIZER_FINGERPRINT,
+    ROLE,
+    SPEC,
+    STUDY,
+    TRIAL,
+    TRIAL_STATE,
+)
 from .search import Sweep
 from .space import FloatParam, IntParam
 from .study import trial_lock_name
@@ -186,6 +198,13 @@ class TrialObjective:
         run_dir = self.root / "checkpoints" / self.sweep.spec.name / h  # per experiment, as the runner's
         device = resolve_device(config.train.device)
         evaluator = Evaluator(config, data, device=device, out_dir=run_dir)
+        # The feature space of this trial's FID, as on ablation runs: comparable only at equal fingerprints.
+        run.set_tags(
+            {
+                FEATURE_FINGERPRINT: evaluator.classifier.fingerprint,
+                RECOGNIZER_FINGERPRINT: evaluator.recognizer.fingerprint,
+            }
+        )
         metric = self.sweep.search.objective[0].metric if self.sweep.pruning else None
         scorer = PruningEvaluator(evaluator, trial, metric, config.train.steps)
         with job_lock(self.root, h):  # one trainer per config hash; a twin trial waits, then reuses the model

@@ -33,7 +33,7 @@ from ..config import (
     ConfigError,
 )
 from ..orchestration.runner import refuse_local_stores, sqlite_tracking_store
-from ..orchestration.store import store_root
+from ..orchestration.store import shared_classifiers, store_root
 from ..orchestration.tracking import MlflowStore, default_tracking_uri
 from ..private import SUBMITIT_READS, private_dir
 from ..tracker import StoreUnavailable
@@ -97,16 +97,17 @@ def _record(t: FrozenTrial, runs: dict[int, str]) -> TrialRecord:
     )
 
 
-def preflight(sweep: Sweep) -> None:
-    """Load the data set and build its domain classifier once, before the workers (not once per worker)."""
+def preflight(sweep: Sweep, store: MlflowStore | None = None):
+    """Load the data set (a missing one fails here, in one line) and, given the store, get its domain
+    classifiers once before the workers start: the server's, as every ablation on this data uses
+    (``orchestration.store.shared_classifiers``), so trials and ablations score FID in one feature space."""
     from ..evaluation.evaluate import default_cache_dir
-    from ..evaluation.features import domain_classifier
     from ..training.data import load_dataset
 
     data = sweep.base["data"]
     images = load_dataset(data["dataset"], data["root"], data["download"])
-    for reject in (False, True):  # the FID classifier and the recognizer
-        domain_classifier(images, default_cache_dir() / "classifiers", reject=reject)
+    if store is not None:
+        shared_classifiers(store, images, default_cache_dir())
 
 
 def run_sweep(
@@ -142,6 +143,7 @@ def run_sweep(
     preflight(sweep)  # before anything is tracked: a missing data set fails here, in one line
     store = MlflowStore(tracking_uri)
     store.check()
+    preflight(sweep, store)  # the classifiers, before the workers
     root = store_root(store.uri)
     where = storage_label(storage, root, sweep.spec.name)
     try:
