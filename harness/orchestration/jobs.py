@@ -181,7 +181,7 @@ def run_task(task: Task) -> Outcome:
                     )
                     tracker.log_params(config.flat())
                     tracker.log_dict(config.to_dict(), "config.json")
-                result = train(config, tracker, run_dir=run_dir, data=data, evaluator=evaluator, progress=False)
+                result = train(config, tracker, run_dir=run_dir, data=data, evaluator=evaluator)  # lines, no bar
                 summary = {"classifier_accuracy": evaluator.classifier_accuracy}
                 if result.recognizable_at_step is not None:
                     summary["recognizable_at_step"] = result.recognizable_at_step

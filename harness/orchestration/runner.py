@@ -8,14 +8,16 @@ spec, the plan and the outcomes; a parent left RUNNING by a dead process is clos
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 from concurrent.futures import FIRST_COMPLETED, wait
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config import Config
 from ..private import SUBMITIT_READS, private_dir
-from ..schema import CODE_VERSION, COMMIT, DIRTY, HASH, PROFILE, QUESTION, REUSE, ROLE, SPEC
+from ..schema import CODE_VERSION, COMMIT, DEVICE, DIRTY, HASH, PROFILE, QUESTION, REUSE, ROLE, SPEC
 from ..tracker import StoreUnavailable
 from .jobs import JobState, Outcome, Task, hold_lock, job_state, run_task, store_root
 from .provenance import code_version, git_state
@@ -121,6 +123,110 @@ def describe(plan: Plan, store: MlflowStore | None, reuse: str = "same-code") ->
         state = "stale" if js.stale is not None and js.state == "new" else js.state
         rows.append({"config_hash": job.config_hash, "arm": job.arm_label, "seed": job.seed, "state": state})
     return rows
+
+
+# -- the budget and an estimate of its time (``harness run --dry-run``) ------------------------------
+
+
+def evaluations(config: Config) -> int:
+    """How many times training evaluates every setting: each ``eval_every`` steps and at the end."""
+    tc = config.train
+    return len(set(range(tc.eval_every, tc.steps + 1, tc.eval_every)) | {tc.steps}) if tc.eval_every else 1
+
+
+@dataclass
+class Budget:
+    """What one job costs: training images (steps x batch) and network evaluations of sampling per setting."""
+
+    images: int
+    sampling: dict[str, tuple[int, int, int]]  # setting label -> (samples, NFE per sample, evaluations)
+
+    @classmethod
+    def of(cls, config: Config, evaluate_only: bool = False) -> Budget:
+        from ..evaluation.evaluate import sampling_nfe
+
+        n = 1 if evaluate_only else evaluations(config)
+        sampling = {s.label: (config.eval.num_samples, sampling_nfe(config, s), n) for s in config.eval.samplers}
+        return cls(0 if evaluate_only else config.train.steps * config.train.batch_size, sampling)
+
+    @property
+    def nfe(self) -> int:
+        return sum(samples * nfe * n for samples, nfe, n in self.sampling.values())
+
+
+# The fields that decide how fast a job trains and samples (with the device its runs record).
+SPEED_FIELDS = ("data.dataset", "train.batch_size", "train.precision", "train.compile", "train.channels_last")
+
+
+@dataclass
+class Throughput:
+    images_per_second: float  # training, per job, as finished runs logged it
+    nfe_per_second: float | None  # sampling: samples x NFE per second, per job
+    runs: int
+
+
+def measured_throughput(store: MlflowStore | None, config: Config, device: str) -> Throughput | None:
+    """Medians over finished training runs of this model shape and speed-relevant fields on ``device`` (a
+    device type: cpu, cuda) in any experiment of ``store``; None where none was measured."""
+    import statistics
+
+    if store is None:
+        return None
+    flat = config.flat()
+    keys = [k for k in flat if k.startswith("model.")] + list(SPEED_FIELDS)
+    where = " and ".join([f"tags.`{ROLE}` = 'train'", *(f"params.`{k}` = '{flat[k]}'" for k in keys)])
+    exps = [e.experiment_id for e in store.client.search_experiments()]
+    runs = [
+        r
+        for r in (store.client.search_runs(exps, where, max_results=200) if exps else [])
+        if r.info.status == "FINISHED"
+        and r.data.tags.get(DEVICE, "").split(":")[0] == device
+        and "train/images_per_second_mean" in r.data.metrics
+    ]
+    if not runs:
+        return None
+    rates = []
+    for r in runs:
+        m = r.data.metrics
+        for key in m:
+            label = key.removeprefix("eval/").removesuffix("/sample_seconds")
+            if key.endswith("/sample_seconds") and m[key] > 0 and f"eval/{label}/nfe" in m:
+                rates.append(m.get(f"eval/{label}/num_generated", 0) * m[f"eval/{label}/nfe"] / m[key])
+    return Throughput(
+        statistics.median(r.data.metrics["train/images_per_second_mean"] for r in runs),
+        statistics.median(rates) if rates else None,
+        len(runs),
+    )
+
+
+def estimate_seconds(plan: Plan, rows: list[dict[str, Any]], store: MlflowStore | None) -> tuple[float | None, str]:
+    """Wall seconds for the jobs still to do, and where the rates came from (or why there is no estimate)."""
+    from ..device import resolve_device
+
+    gpus, slots, _ = _slots(plan.spec.cpu_jobs, plan.spec.jobs_per_gpu)
+    seconds, sources = [], {}
+    for job, row in zip(plan.jobs, rows):
+        if row["state"] == "done":
+            continue
+        device = "cuda" if gpus else resolve_device(job.config.train.device).type
+        key = (device, *(job.config.flat()[k] for k in job.config.flat() if k.startswith("model.")))
+        if key not in sources:
+            sources[key] = measured_throughput(store, job.config, device)
+        rate = sources[key]
+        if rate is None or (rate.nfe_per_second is None and job.config.eval.samplers):
+            where = store.uri if store else "the tracking store (none yet)"
+            return None, f"no finished run of this model shape on {device} in {where} measured its speed"
+        budget = Budget.of(job.config, evaluate_only=row["state"] == "evaluate")
+        seconds.append(budget.images / rate.images_per_second + budget.nfe / (rate.nfe_per_second or math.inf))
+    if not seconds:
+        return 0.0, "nothing left to do"
+    rates = "; ".join(
+        f"{t.images_per_second:.0f} images/s and {t.nfe_per_second or 0:.0f} NFE/s per job over {t.runs} run(s)"
+        for t in sources.values()
+    )
+    text = f"measured by finished runs of the same model shape on this device type in {store.uri}: {rates}; "
+    text += f"{slots} job(s) at a time"
+    return max(max(seconds), sum(seconds) / slots), text
 
 
 def run_plan(
