@@ -200,7 +200,7 @@ def _print_plan(plan, uri, reuse: str) -> int:
     print(f"{plan.spec.name} [{plan.profile}]: {plan.spec.question}")
     for r, job, b in zip(rows, plan.jobs, budgets):
         steps = f"{job.config.train.steps:,} x {job.config.train.batch_size}"
-        print(f"  {r['config_hash']}  {r['state']:>8}  seed={r['seed']}  {b.images:>11,} images ({steps})  {r['arm']}")
+        print(f"  {r['config_hash']}  {r['state']:>8}  seed={r['seed']}  {r['arm']}  {b.images:,} images ({steps})")
     print("budget (every job from scratch):")
     print(f"  training: {sum(b.images for b in budgets):,} images in {len(budgets)} jobs")
     for label, (samples, nfe, n) in budgets[0].sampling.items() if budgets else ():

@@ -3,7 +3,9 @@
 Anything that takes more than a few seconds (the domain classifier, reference statistics, a job's
 training steps, sampling one evaluation setting) reports through ``Progress``. A worker process, a
 Slurm job or a redirected log gets lines instead of a bar, so the log of a non-interactive run still
-shows how far each step is; tasks shorter than ``QUIET_SECONDS`` print nothing in that mode.
+shows how far each step is; tasks shorter than ``QUIET_SECONDS`` print nothing in that mode. Bars go
+to stderr (tqdm's convention); lines go to stdout with the run's other progress lines, so that stderr
+keeps to errors, which are one line each.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from typing import TextIO
 
 QUIET_SECONDS = 5.0  # a line-mode task that ends sooner than this says nothing
+BAR_DELAY = 2.0  # seconds before a bar appears: one that would flash and vanish is not drawn
 
 
 def interactive(stream: TextIO) -> bool:
@@ -35,11 +38,17 @@ def duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+def say(line: str) -> None:
+    """One progress line outside a counted task (``Progress``'s lines go to the same place)."""
+    print(line, file=sys.stdout, flush=True)
+
+
 class Progress:
     """Progress of one task of ``total`` units.
 
     ``enabled``: True a tqdm bar, False nothing, None (default) a bar if ``interactive(stream)`` else a
     line each time another ``every`` of the total is done (desc, percent, units, rate, ``stats``, ETA).
+    ``stream`` defaults to stderr for a bar and stdout for lines.
     ``update`` never touches the device: callers pass stats they already have on the host.
     """
 
@@ -55,20 +64,25 @@ class Progress:
         stream: TextIO | None = None,
     ):
         self.total, self.desc, self.unit, self.every = max(1, total), desc, unit, every
-        self.stream = stream or sys.stderr
         self.n = self.start_n = initial
         self.start = time.perf_counter()
         self.stats: dict[str, str] = {}
         self.printed = False
         self._next = self._boundary_after(initial)
         self.bar = None
-        self.lines = enabled is None and not interactive(self.stream)
+        self.lines = enabled is None and not interactive(stream or sys.stderr)
+        self.stream = stream or (sys.stdout if self.lines else sys.stderr)
         if enabled or (enabled is None and not self.lines):
             from tqdm.auto import tqdm
 
-            # delay: a task that ends within a second or two never draws a bar.
             self.bar = tqdm(
-                total=total, initial=initial, desc=desc, unit=unit, file=self.stream, dynamic_ncols=True, delay=2
+                total=total,
+                initial=initial,
+                desc=desc,
+                unit=unit,
+                file=self.stream,
+                dynamic_ncols=True,
+                delay=BAR_DELAY,
             )
 
     def _boundary_after(self, n: int) -> int:

@@ -24,7 +24,7 @@ TINY = [
 ]
 
 
-def test_train_prints_and_writes_metrics(tmp_path, capsys):
+def test_train_prints_writes_metrics_and_is_tracked(tmp_path, capsys, monkeypatch):
     out_json = tmp_path / "m.json"
     assert (
         main(
@@ -74,7 +74,7 @@ def test_train_prints_and_writes_metrics(tmp_path, capsys):
     assert run.info.status == "FINISHED" and tags[HASH] == m["config_hash"] and tags[SPEC] == "harness-train"
     assert tags[CODE_VERSION] == code_version() and COMMIT in tags
     assert tags[CHECKPOINT] == str(tmp_path / "run" / "checkpoint.pt")
-    assert run.data.params["train.steps"] == "30" and run.data.params["diffusion.schedule"] == "linear"
+    assert run.data.params["train.steps"] == "30" and run.data.params["model.conditional"] == "True"
     assert [x.step for x in client.get_metric_history(run.info.run_id, "train/loss")] == list(range(1, 31))
     assert run.data.metrics["classifier_accuracy"] == m["classifier_accuracy"]
     evals = client.search_runs([exp.experiment_id], f"tags.`{PARENT}` = '{run.info.run_id}'")
@@ -82,54 +82,25 @@ def test_train_prints_and_writes_metrics(tmp_path, capsys):
     assert all(e.data.tags[ROLE] == "eval" and e.data.metrics["fid"] > 0 for e in evals)
 
     # The same command again resumes the finished checkpoint and the same run: nothing new is trained.
-    assert (
-        main(
-            [
-                "train",
-                *sum((["--set", s] for s in TINY), []),
-                "--run-dir",
-                str(tmp_path / "run"),
-                "--tracking-uri",
-                f"sqlite:///{tmp_path / 'mlflow.db'}",
-                "--experiment",
-                "harness-train",
-            ]
-        )
-        == 0
-    )
+    args = ["train", *sum((["--set", s] for s in TINY), []), "--run-dir", str(tmp_path / "run")]
+    assert main([*args, "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]) == 0
     again = client.search_runs([exp.experiment_id], "tags.`harness.role` = 'train'")
     assert [r.info.run_id for r in again] == [run.info.run_id] and again[0].info.status == "FINISHED"
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 30
 
-
-SHORT = [
-    *TINY[:4],
-    "train.steps=2",
-    "train.batch_size=4",
-    "train.eval_every=0",
-    "train.device=cpu",
-    "eval.num_samples=8",
-    "eval.batch_size=8",
-    "eval.samplers=[{sampler: ddim, steps: 2}]",
-]
-
-
-def test_experiment_flag_names_the_experiment(tmp_path, capsys):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = ["train", *sum((["--set", s] for s in SHORT), []), "--run-dir", str(tmp_path / "r")]
-    assert main([*args, "--tracking-uri", uri, "--experiment", "mine"]) == 0
-    client = MlflowClient(uri)
-    assert client.get_experiment_by_name("harness-train") is None
-    (run,) = client.search_runs([client.get_experiment_by_name("mine").experiment_id], "tags.`harness.role` = 'train'")
-    assert run.info.status == "FINISHED" and run.data.tags[SPEC] == "mine"
-
-
-def test_no_track_opens_no_store(tmp_path, capsys, monkeypatch):
+    # --experiment names another experiment (a run of its own there); --no-track opens no store at all.
+    assert main([*args, "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--experiment", "mine"]) == 0
+    (mine,) = client.search_runs([client.get_experiment_by_name("mine").experiment_id], f"tags.`{ROLE}` = 'train'")
+    assert (
+        mine.info.status == "FINISHED" and mine.data.tags[SPEC] == "mine" and mine.data.tags[HASH] == m["config_hash"]
+    )
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
-    args = ["train", *sum((["--set", s] for s in SHORT), []), "--run-dir", str(tmp_path / "r"), "--no-track"]
-    assert main(args) == 0
-    assert "tracked:" not in capsys.readouterr().out
-    assert not (tmp_path / "store").exists()
+    capsys.readouterr()
+    assert main([*args, "--no-track"]) == 0
+    assert "tracked:" not in capsys.readouterr().out and not (tmp_path / "store").exists()
+
+
+SHORT = [*TINY[:4], "train.steps=2", "train.batch_size=4", "train.device=cpu", "eval.num_samples=8"]
 
 
 def test_unreachable_store_is_one_line_exit_2_before_training(tmp_path, capsys):

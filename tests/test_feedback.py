@@ -28,8 +28,9 @@ class Terminal(io.StringIO):
 
 @pytest.fixture
 def no_quiet(monkeypatch):
-    """Every task is long enough to report (the lines of short tasks are what QUIET_SECONDS suppresses)."""
+    """Every task is long enough to report (short tasks print no lines and draw no bar)."""
     monkeypatch.setattr(progress_module, "QUIET_SECONDS", 0.0)
+    monkeypatch.setattr(progress_module, "BAR_DELAY", 0.0)
 
 
 def test_lines_every_tenth_with_rate_stats_and_eta(no_quiet):
@@ -59,7 +60,7 @@ def test_a_short_task_says_nothing_and_disabled_says_nothing():
     assert out.getvalue() == ""
 
 
-def test_a_bar_on_a_terminal_but_lines_in_a_worker(monkeypatch):
+def test_a_bar_on_a_terminal_but_lines_in_a_worker(no_quiet, monkeypatch):
     assert interactive(Terminal()) and not interactive(io.StringIO())
     term = Terminal()
     p = Progress(10, "bar", stream=term, enabled=True)
@@ -80,35 +81,28 @@ def test_training_prints_a_line_per_tenth_with_images_per_second_and_eta(no_quie
     config = Config.model_validate(
         {
             "model": {"channels": 8, "channel_mult": [1], "attention_resolutions": []},
-            "train": {
-                "steps": 20,
-                "batch_size": 4,
-                "log_every": 5,
-                "checkpoint_every": 20,
-                "device": "cpu",
-                "warmup_steps": 1,
-            },
+            "train": {"steps": 10, "batch_size": 4, "log_every": 3, "checkpoint_every": 10, "device": "cpu"},
         }
     )
     data = load_dataset("mnist-5k")
     train(config, None, run_dir=tmp_path, data=data, evaluator=NoEvaluation())  # progress=None: stderr is no tty
-    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith(f"train {config.train_hash()}")]
-    assert len(lines) == 10 and "(2/20 steps)" in lines[0] and "ETA" in lines[0]
-    # Stats come from the last log interval (the loop syncs with the device only there): none before step 5.
-    assert "images/s=" not in lines[1] and re.search(r"loss=[\d.]+, images/s=\d+", lines[2])
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith(f"train {config.train_hash()}")]
+    assert len(lines) == 10 and "(1/10 steps)" in lines[0] and "ETA" in lines[0]
+    # Stats come from the last log interval (the loop syncs with the device only there): none before step 3.
+    assert "images/s=" not in lines[1] and re.search(r"loss=[\d.]+, images/s=\d+", lines[3])
     assert "done in" in lines[-1]
     train(config, None, run_dir=tmp_path / "quiet", data=data, evaluator=NoEvaluation(), progress=False)
-    assert capsys.readouterr().err == ""
+    assert capsys.readouterr().out == ""
 
 
 def test_classifier_training_reports_progress(no_quiet, capsys):
     full = load_dataset("mnist-5k")
     data = ImageData("digits-512", full.images[:512], full.labels[:512], 10, "test")
     train_classifier(data, epochs=1)
-    lines = capsys.readouterr().err.splitlines()
+    lines = capsys.readouterr().out.splitlines()
     assert lines and lines[-1].startswith("domain classifier digits-512 (trained once, then cached): 100% (4/4 steps)")
     train_classifier(data, epochs=1, reject=True, progress=False)
-    assert capsys.readouterr().err == ""
+    assert capsys.readouterr().out == ""
 
 
 @pytest.mark.parametrize(
@@ -142,8 +136,8 @@ def test_sampling_nfe_equals_what_evaluation_counts_and_sampling_reports_progres
         assert nfe == sampling_nfe(config, setting)
     heun = sampling_nfe(config, config.eval.samplers[0])
     assert 10 < heun < 20  # Euler steps above sigma_max take one call, the others two
-    err = capsys.readouterr().err
-    assert f"evaluate {config.train_hash()} heun-10" in err and f"100% ({2 * heun}/{2 * heun} calls)" in err
+    out = capsys.readouterr().out
+    assert f"evaluate {config.train_hash()} heun-10" in out and f"100% ({2 * heun}/{2 * heun} calls)" in out
 
 
 def test_dry_run_prints_the_budget_and_unknown_without_measurements(tmp_path, capsys):

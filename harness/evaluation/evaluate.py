@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from ..config import Config, SamplerSetting
 from ..device import autocast, resolve_precision
 from ..diffusion.samplers import sample
 from ..diffusion.schedules import make_schedule
-from ..progress import Progress, duration
+from ..progress import Progress, duration, say
 from ..tracker import NullTracker, Tracker
 from ..training.data import ImageData
 from .features import domain_classifier, fidelity_extractor_prefix
@@ -137,11 +136,7 @@ class Evaluator:
         images, nfe, seconds = self.generate(model, setting)
         announce = self.progress is not False and not self.reference_cached()
         if announce:  # the first evaluation on this data also computes the reference statistics
-            print(
-                f"reference statistics {self.data.name}: features of {len(self.data):,} images, cached after this",
-                file=sys.stderr,
-                flush=True,
-            )
+            say(f"reference statistics {self.data.name}: features of {len(self.data):,} images, cached after this")
         start = time.perf_counter()
         metrics = fidelity_metrics(
             images,
@@ -152,11 +147,7 @@ class Evaluator:
             device=self.device,
         )
         if announce:
-            print(
-                f"reference statistics {self.data.name}: done in {duration(time.perf_counter() - start)}",
-                file=sys.stderr,
-                flush=True,
-            )
+            say(f"reference statistics {self.data.name}: done in {duration(time.perf_counter() - start)}")
         probs = self.classifier.probs(images)  # (N, K)
         recognized = self.recognizer.probs(images)  # (N, K + 1), the last column the reject class
         threshold = ec.recognizability_threshold
