@@ -24,6 +24,7 @@ TRAIN_EXPERIMENT = "harness-train"  # where `harness train` logs unless --experi
 def cmd_train(args) -> int:
     from .device import resolve_device
     from .evaluation.evaluate import Evaluator
+    from .orchestration.tracking import MlflowStore
     from .tracker import NullTracker, StoreUnavailable
     from .training.data import DataUnavailable, load_dataset
     from .training.train import NonFiniteLoss, train
@@ -32,7 +33,9 @@ def cmd_train(args) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else REPO / "runs" / config.train_hash()
     run = None
     try:
-        store = None if args.no_track else _open_store(args.tracking_uri)
+        store = None if args.no_track else MlflowStore(args.tracking_uri)  # unreachable: one line, exit 2
+        if store:
+            store.check()
         print(f"config {config.train_hash()}  run dir {run_dir}" + (f"  tracking {store.uri}" if store else ""))
         data = load_dataset(config.data.dataset, config.data.root, config.data.download)
         device = resolve_device(config.train.device)
@@ -70,15 +73,6 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _open_store(uri: str | None):
-    """The tracking store, checked: ``StoreUnavailable`` (one line) when it cannot be reached or written."""
-    from .orchestration.tracking import MlflowStore
-
-    store = MlflowStore(uri)
-    store.check()
-    return store
-
-
 class _TrainRun:
     """The MLflow run of one `harness train`, tagged as a job's training run is (``jobs._tags``: role
     ``train``, config hash, commit, code version; the experiment stands for the spec, the arm is ``base``).
@@ -94,13 +88,10 @@ class _TrainRun:
         self.store, self.experiment, self.hash = store, experiment, h
         exp_id = store.experiment_id(experiment)
         self.task = Task(config.model_dump_json(), {}, config.train.seed, experiment, exp_id, "", store.uri)
-        earlier = [
-            r
-            for r in store.runs(exp_id, {ROLE: "train", HASH: h})
-            if r.data.tags.get(CHECKPOINT) == checkpoint and Path(checkpoint).is_file()
-        ]
+        runs = store.runs(exp_id, {ROLE: "train", HASH: h}) if Path(checkpoint).is_file() else []
+        earlier = next((r for r in runs if r.data.tags.get(CHECKPOINT) == checkpoint), None)
         if earlier:
-            self.tracker = store.resume_run(earlier[0].info.run_id)
+            self.tracker = store.resume_run(earlier.info.run_id)
             return
         tags = {**_tags(self.task, "train", h), CHECKPOINT: checkpoint, DEVICE: str(device)}
         self.tracker = store.start_run(exp_id, f"train-{h}", tags=tags)

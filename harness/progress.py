@@ -111,7 +111,9 @@ class Progress:
             self._next = self._boundary_after(self.n)
             if self.printed or time.perf_counter() - self.start >= QUIET_SECONDS:
                 self.printed = True
-                print(self.line(), file=self.stream, flush=True)
+                # A worker on its parent's terminal: wipe the parent's bar from the line; the parent redraws it.
+                wipe = "\r\x1b[K" if getattr(self.stream, "isatty", lambda: False)() else ""
+                print(wipe + self.line(), file=self.stream, flush=True)
 
     def line(self) -> str:
         elapsed = time.perf_counter() - self.start

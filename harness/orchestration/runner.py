@@ -25,6 +25,8 @@ from .spec import Plan
 from .tracking import MlflowStore
 from .workers import worker_pool
 
+BAR_REFRESH_SECONDS = 5.0
+
 # -- executors --------------------------------------------------------------------------------------
 
 
@@ -53,7 +55,9 @@ def run_local(tasks: list[Task], jobs: int, *, gpus: int = 0, jobs_per_gpu: int 
             pending[pool.submit(run_task, task)] = task
             on_event("start", task)
         while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            done, _ = wait(pending, timeout=BAR_REFRESH_SECONDS, return_when=FIRST_COMPLETED)
+            if not done:  # workers' progress lines may have wiped the bar: draw it again
+                on_event("tick", None)
             for fut in done:
                 task = pending.pop(fut)
                 try:
@@ -290,6 +294,9 @@ def run_plan(
     counts = {"running": 0, "done": 0, "failed": 0}
 
     def on_event(kind: str, obj) -> None:
+        if kind == "tick":
+            bar.refresh()
+            return
         if kind == "start":
             counts["running"] += 1
             return
