@@ -160,19 +160,20 @@ def test_dry_run_estimates_from_finished_runs_of_the_same_shape(tmp_path, capsys
     job = make_plan(load_spec(SMOKE_SPEC), SMOKE_SPEC, "smoke").jobs[0]
     client = MlflowClient(uri)
     exp = client.create_experiment("elsewhere")  # any experiment: speed is a property of the shape and device
-    run = client.create_run(exp, tags={ROLE: "train", DEVICE: "cpu"})
+    run = client.create_run(exp, start_time=1_000_000, tags={ROLE: "train", DEVICE: "cpu"})
     for k, v in job.config.flat().items():
         client.log_param(run.info.run_id, k, str(v))
     for k, v in {
         "train/images_per_second_mean": 16.0,
+        "train/seconds": 1.0,
         "eval/ddim-3-eta0-w0/sample_seconds": 2.0,
         "eval/ddim-3-eta0-w0/nfe": 3,
         "eval/ddim-3-eta0-w0/num_generated": 16,
     }.items():
         client.log_metric(run.info.run_id, k, v)
-    client.set_terminated(run.info.run_id)
+    client.set_terminated(run.info.run_id, end_time=1_010_000)  # 10 s: 1 training, 2 x 2 sampling, 5 the rest
     assert main(["run", SMOKE_SPEC, "--profile", "smoke", "--dry-run", "--tracking-uri", uri]) == 0
     out = capsys.readouterr().out
-    # Per job 32 images / 16 per s + 96 NFE / 24 per s = 6 s; two jobs, two at a time (cpu_jobs: 2).
-    assert "estimated time: 6s (measured by finished runs" in out
-    assert "16 images/s and 24 NFE/s per job over 1 run(s); 2 job(s) at a time" in out
+    # Per job 32 images / 16 per s + 96 NFE / 24 per s + 5 s = 11 s; two jobs, two at a time (cpu_jobs: 2).
+    assert "estimated time: 11s (measured by finished runs" in out
+    assert "16 images/s, 24 NFE/s and 5 s of checkpoints and metrics per job, over 1 run(s); 2 job(s) at a time" in out

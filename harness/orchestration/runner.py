@@ -132,10 +132,9 @@ def describe(plan: Plan, store: MlflowStore | None, reuse: str = "same-code") ->
 # -- the budget and an estimate of its time (``harness run --dry-run``) ------------------------------
 
 
-def evaluations(config: Config) -> int:
+def evaluations(steps: int, eval_every: int) -> int:
     """How many times training evaluates every setting: each ``eval_every`` steps and at the end."""
-    tc = config.train
-    return len(set(range(tc.eval_every, tc.steps + 1, tc.eval_every)) | {tc.steps}) if tc.eval_every else 1
+    return len(set(range(eval_every, steps + 1, eval_every)) | {steps}) if eval_every else 1
 
 
 @dataclass
@@ -149,7 +148,7 @@ class Budget:
     def of(cls, config: Config, evaluate_only: bool = False) -> Budget:
         from ..evaluation.evaluate import sampling_nfe
 
-        n = 1 if evaluate_only else evaluations(config)
+        n = 1 if evaluate_only else evaluations(config.train.steps, config.train.eval_every)
         sampling = {s.label: (config.eval.num_samples, sampling_nfe(config, s), n) for s in config.eval.samplers}
         return cls(0 if evaluate_only else config.train.steps * config.train.batch_size, sampling)
 
@@ -166,6 +165,7 @@ SPEED_FIELDS = ("data.dataset", "train.batch_size", "train.precision", "train.co
 class Throughput:
     images_per_second: float  # training, per job, as finished runs logged it
     nfe_per_second: float | None  # sampling: samples x NFE per second, per job
+    overhead_seconds: float  # the rest of a training run's wall time: checkpoints, metrics, grids, logging
     runs: int
 
 
@@ -189,16 +189,21 @@ def measured_throughput(store: MlflowStore | None, config: Config, device: str) 
     ]
     if not runs:
         return None
-    rates = []
+    rates, overheads = [], []
     for r in runs:
-        m = r.data.metrics
+        m, busy = r.data.metrics, r.data.metrics.get("train/seconds", 0.0)
+        n = evaluations(int(r.data.params.get("train.steps", 0)), int(r.data.params.get("train.eval_every", 0)))
         for key in m:
             label = key.removeprefix("eval/").removesuffix("/sample_seconds")
             if key.endswith("/sample_seconds") and m[key] > 0 and f"eval/{label}/nfe" in m:
                 rates.append(m.get(f"eval/{label}/num_generated", 0) * m[f"eval/{label}/nfe"] / m[key])
+                busy += n * m[key]  # the last evaluation's seconds stand for each of the run's n
+        if r.info.end_time and r.info.start_time:
+            overheads.append(max(0.0, (r.info.end_time - r.info.start_time) / 1000 - busy))
     return Throughput(
         statistics.median(r.data.metrics["train/images_per_second_mean"] for r in runs),
         statistics.median(rates) if rates else None,
+        statistics.median(overheads) if overheads else 0.0,
         len(runs),
     )
 
@@ -221,11 +226,16 @@ def estimate_seconds(plan: Plan, rows: list[dict[str, Any]], store: MlflowStore 
             where = store.uri if store else "the tracking store (none yet)"
             return None, f"no finished run of this model shape on {device} in {where} measured its speed"
         budget = Budget.of(job.config, evaluate_only=row["state"] == "evaluate")
-        seconds.append(budget.images / rate.images_per_second + budget.nfe / (rate.nfe_per_second or math.inf))
+        seconds.append(
+            budget.images / rate.images_per_second
+            + budget.nfe / (rate.nfe_per_second or math.inf)
+            + rate.overhead_seconds
+        )
     if not seconds:
         return 0.0, "nothing left to do"
     rates = "; ".join(
-        f"{t.images_per_second:.0f} images/s and {t.nfe_per_second or 0:.0f} NFE/s per job over {t.runs} run(s)"
+        f"{t.images_per_second:.0f} images/s, {t.nfe_per_second or 0:.0f} NFE/s and {t.overhead_seconds:.0f} s "
+        f"of checkpoints and metrics per job, over {t.runs} run(s)"
         for t in sources.values()
     )
     text = f"measured by finished runs of the same model shape on this device type in {store.uri}: {rates}; "
