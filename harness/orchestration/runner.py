@@ -161,6 +161,12 @@ class Budget:
 SPEED_FIELDS = ("data.dataset", "train.batch_size", "train.precision", "train.compile", "train.channels_last")
 
 
+def speed_key(config: Config) -> tuple[tuple[str, Any], ...]:
+    """The model shape and the ``SPEED_FIELDS`` of ``config``, as (dotted key, logged param value) pairs."""
+    flat = config.flat()
+    return tuple((k, flat[k]) for k in [*(k for k in flat if k.startswith("model.")), *SPEED_FIELDS])
+
+
 @dataclass
 class Throughput:
     images_per_second: float  # training, per job, as finished runs logged it
@@ -176,9 +182,7 @@ def measured_throughput(store: MlflowStore | None, config: Config, device: str) 
 
     if store is None:
         return None
-    flat = config.flat()
-    keys = [k for k in flat if k.startswith("model.")] + list(SPEED_FIELDS)
-    where = " and ".join([f"tags.`{ROLE}` = 'train'", *(f"params.`{k}` = '{flat[k]}'" for k in keys)])
+    where = " and ".join([f"tags.`{ROLE}` = 'train'", *(f"params.`{k}` = '{v}'" for k, v in speed_key(config))])
     exps = [e.experiment_id for e in store.client.search_experiments()]
     runs = [
         r
@@ -218,7 +222,7 @@ def estimate_seconds(plan: Plan, rows: list[dict[str, Any]], store: MlflowStore 
         if row["state"] == "done":
             continue
         device = "cuda" if gpus else resolve_device(job.config.train.device).type
-        key = (device, *(job.config.flat()[k] for k in job.config.flat() if k.startswith("model.")))
+        key = (device, speed_key(job.config))
         if key not in sources:
             sources[key] = measured_throughput(store, job.config, device)
         rate = sources[key]
