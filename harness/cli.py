@@ -18,26 +18,42 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+TRAIN_EXPERIMENT = "harness-train"  # where `harness train` logs unless --experiment says otherwise
+
+
 def cmd_train(args) -> int:
     from .device import resolve_device
     from .evaluation.evaluate import Evaluator
-    from .tracker import NullTracker
+    from .orchestration.tracking import MlflowStore
+    from .tracker import NullTracker, StoreUnavailable
     from .training.data import DataUnavailable, load_dataset
     from .training.train import NonFiniteLoss, train
 
     config = load_config(args.config, args.set)
     run_dir = Path(args.run_dir) if args.run_dir else REPO / "runs" / config.train_hash()
-    print(f"config {config.train_hash()}  run dir {run_dir}")
+    run = None
     try:
+        store = None if args.no_track else MlflowStore(args.tracking_uri)  # unreachable: one line, exit 2
+        if store:
+            store.check()
+        print(f"config {config.train_hash()}  run dir {run_dir}" + (f"  tracking {store.uri}" if store else ""))
         data = load_dataset(config.data.dataset, config.data.root, config.data.download)
-        evaluator = Evaluator(config, data, device=resolve_device(config.train.device), out_dir=run_dir)
-        result = train(config, NullTracker(), run_dir=run_dir, data=data, evaluator=evaluator)
-    except DataUnavailable as err:
+        device = resolve_device(config.train.device)
+        evaluator = Evaluator(config, data, device=device, out_dir=run_dir)
+        run = _TrainRun(store, args.experiment or TRAIN_EXPERIMENT, config, run_dir, device) if store else None
+        result = train(config, run.tracker if run else NullTracker(), run_dir=run_dir, data=data, evaluator=evaluator)
+        if run:
+            run.finish(result)
+    except (DataUnavailable, StoreUnavailable) as err:  # a lost store: the checkpoint resumes the run later
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except NonFiniteLoss as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except BaseException as err:
+        if run:
+            run.fail(err)
+        if isinstance(err, NonFiniteLoss):
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        raise
     summary = result.to_json()
     t = summary["train"]
     print(
@@ -50,9 +66,56 @@ def cmd_train(args) -> int:
         if "fid_inception_unavailable" in e:
             print(f"    fid_inception unavailable: {e['fid_inception_unavailable']}")
     print(f"recognizable at step: {summary['recognizable_at_step']}")
+    if run:
+        print(f"tracked: run {run.tracker.run_id} in experiment {run.experiment!r} of {run.store.uri}")
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
     return 0
+
+
+class _TrainRun:
+    """The MLflow run of one `harness train`, tagged as a job's training run is (``jobs._tags``: role
+    ``train``, config hash, commit, code version; the experiment stands for the spec, the arm is ``base``).
+
+    Running the same command again resumes the checkpoint in the run dir, and so the run that logged it.
+    """
+
+    def __init__(self, store, experiment: str, config, run_dir: Path, device):
+        from .orchestration.jobs import Task, _tags
+        from .schema import CHECKPOINT, DEVICE, HASH, ROLE
+
+        h, checkpoint = config.train_hash(), str(run_dir / "checkpoint.pt")
+        self.store, self.experiment, self.hash = store, experiment, h
+        exp_id = store.experiment_id(experiment)
+        self.task = Task(config.model_dump_json(), {}, config.train.seed, experiment, exp_id, "", store.uri)
+        runs = store.runs(exp_id, {ROLE: "train", HASH: h}) if Path(checkpoint).is_file() else []
+        earlier = next((r for r in runs if r.data.tags.get(CHECKPOINT) == checkpoint), None)
+        if earlier:
+            self.tracker = store.resume_run(earlier.info.run_id)
+            return
+        tags = {**_tags(self.task, "train", h), CHECKPOINT: checkpoint, DEVICE: str(device)}
+        self.tracker = store.start_run(exp_id, f"train-{h}", tags=tags)
+        self.tracker.log_params(config.flat())
+        self.tracker.log_dict(config.to_dict(), "config.json")
+
+    def finish(self, result) -> None:
+        """The run's summary metrics, one evaluation child run per final setting (as ``harness run``), FINISHED."""
+        from .config import SamplerSetting
+        from .orchestration.jobs import _log_eval
+
+        summary = {"classifier_accuracy": result.classifier_accuracy}
+        if result.recognizable_at_step is not None:
+            summary["recognizable_at_step"] = result.recognizable_at_step
+        self.tracker.log_metrics(summary)
+        for e in result.final_evals():
+            _log_eval(self.store, self.task, self.tracker.run_id, self.hash, SamplerSetting.from_params(e), e)
+        self.tracker.finish("FINISHED")
+
+    def fail(self, err: BaseException) -> None:
+        from .schema import ERROR
+
+        self.tracker.set_tags({ERROR: str(err)[:5000] or type(err).__name__})
+        self.tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
 
 
 def _overrides(items: list[str]) -> dict:
@@ -121,8 +184,8 @@ def cmd_run(args) -> int:
 
 
 def _print_plan(plan, uri, reuse: str) -> int:
-    from .config import SamplerSetting
-    from .orchestration.runner import describe
+    from .orchestration.runner import Budget, describe, estimate_seconds
+    from .progress import duration
     from .tracker import StoreUnavailable
 
     try:
@@ -131,10 +194,20 @@ def _print_plan(plan, uri, reuse: str) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     rows = describe(plan, store, reuse)
+    budgets = [Budget.of(job.config) for job in plan.jobs]
     print(f"{plan.spec.name} [{plan.profile}]: {plan.spec.question}")
-    for r in rows:
-        print(f"  {r['config_hash']}  {r['state']:>8}  seed={r['seed']}  {r['arm']}")
-    print("evaluation settings: " + "; ".join(SamplerSetting(**s).label for s in plan.settings))
+    for r, job, b in zip(rows, plan.jobs, budgets):
+        steps = f"{job.config.train.steps:,} x {job.config.train.batch_size}"
+        print(f"  {r['config_hash']}  {r['state']:>8}  seed={r['seed']}  {r['arm']}  {b.images:,} images ({steps})")
+    print("budget (every job from scratch):")
+    print(f"  training: {sum(b.images for b in budgets):,} images in {len(budgets)} jobs")
+    for label, (samples, nfe, n) in budgets[0].sampling.items() if budgets else ():
+        print(
+            f"  sampling {label}: {samples:,} samples x {nfe} NFE x {n} evaluation(s) = {samples * nfe * n:,} per job"
+        )
+    print(f"  sampling in all: {sum(b.nfe for b in budgets):,} network evaluations (samples x NFE)")
+    seconds, source = estimate_seconds(plan, rows, store)
+    print(f"estimated time: {duration(seconds) if seconds is not None else 'unknown'} ({source})")
     return 0
 
 
@@ -255,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--json", metavar="PATH", help="write the metrics as JSON")
     t.add_argument("--run-dir", metavar="DIR", help="checkpoints and grids (default: runs/<config hash>)")
+    t.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlruns/mlflow.db)")
+    t.add_argument("--experiment", metavar="NAME", help=f"MLflow experiment to log to (default: {TRAIN_EXPERIMENT})")
+    t.add_argument("--no-track", action="store_true", help="log nothing to the tracking store")
     t.set_defaults(func=cmd_train)
 
     v = sub.add_parser("validate", help="check specs without running anything")

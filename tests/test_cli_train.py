@@ -1,8 +1,12 @@
-"""`harness train` end to end on mnist-5k, offline, on the CPU."""
+"""`harness train` end to end on mnist-5k, offline, on the CPU, tracked like any run."""
 
 import json
 
+from mlflow import MlflowClient
+
 from harness.cli import main
+from harness.orchestration.provenance import code_version
+from harness.schema import CHECKPOINT, CODE_VERSION, COMMIT, HASH, PARENT, ROLE, SPEC
 
 TINY = [
     "model.channels=8",
@@ -20,7 +24,7 @@ TINY = [
 ]
 
 
-def test_train_prints_and_writes_metrics(tmp_path, capsys):
+def test_train_prints_writes_metrics_and_is_tracked(tmp_path, capsys, monkeypatch):
     out_json = tmp_path / "m.json"
     assert (
         main(
@@ -31,6 +35,8 @@ def test_train_prints_and_writes_metrics(tmp_path, capsys):
                 str(out_json),
                 "--run-dir",
                 str(tmp_path / "run"),
+                "--tracking-uri",
+                f"sqlite:///{tmp_path / 'mlflow.db'}",
             ]
         )
         == 0
@@ -58,6 +64,51 @@ def test_train_prints_and_writes_metrics(tmp_path, capsys):
         assert e["fid"] > 0 and 0 <= e["recognizability"] <= 1 and e["nfe"] == 4
     grids = sorted(p.name for p in (tmp_path / "run" / "grids").rglob("*.png"))
     assert grids == ["step_0000015.png"] * 2 + ["step_0000030.png"] * 2
+
+    # Tracked as a job's training run is, in the default experiment, with its evaluations as children.
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("harness-train")
+    (run,) = client.search_runs([exp.experiment_id], "tags.`harness.role` = 'train'")
+    assert f"tracked: run {run.info.run_id} in experiment 'harness-train'" in printed
+    tags = run.data.tags
+    assert run.info.status == "FINISHED" and tags[HASH] == m["config_hash"] and tags[SPEC] == "harness-train"
+    assert tags[CODE_VERSION] == code_version() and COMMIT in tags
+    assert tags[CHECKPOINT] == str(tmp_path / "run" / "checkpoint.pt")
+    assert run.data.params["train.steps"] == "30" and run.data.params["model.conditional"] == "True"
+    assert [x.step for x in client.get_metric_history(run.info.run_id, "train/loss")] == list(range(1, 31))
+    assert run.data.metrics["classifier_accuracy"] == m["classifier_accuracy"]
+    evals = client.search_runs([exp.experiment_id], f"tags.`{PARENT}` = '{run.info.run_id}'")
+    assert sorted(e.data.params["sampler"] for e in evals) == ["ddim", "dpmpp_2m"]
+    assert all(e.data.tags[ROLE] == "eval" and e.data.metrics["fid"] > 0 for e in evals)
+
+    # The same command again resumes the finished checkpoint and the same run: nothing new is trained.
+    args = ["train", *sum((["--set", s] for s in TINY), []), "--run-dir", str(tmp_path / "run")]
+    assert main([*args, "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]) == 0
+    again = client.search_runs([exp.experiment_id], "tags.`harness.role` = 'train'")
+    assert [r.info.run_id for r in again] == [run.info.run_id] and again[0].info.status == "FINISHED"
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 30
+
+    # --experiment names another experiment (a run of its own there); --no-track opens no store at all.
+    assert main([*args, "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--experiment", "mine"]) == 0
+    (mine,) = client.search_runs([client.get_experiment_by_name("mine").experiment_id], f"tags.`{ROLE}` = 'train'")
+    assert (
+        mine.info.status == "FINISHED" and mine.data.tags[SPEC] == "mine" and mine.data.tags[HASH] == m["config_hash"]
+    )
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    capsys.readouterr()
+    assert main([*args, "--no-track"]) == 0
+    assert "tracked:" not in capsys.readouterr().out and not (tmp_path / "store").exists()
+
+
+SHORT = [*TINY[:4], "train.steps=2", "train.batch_size=4", "train.device=cpu", "eval.num_samples=8"]
+
+
+def test_unreachable_store_is_one_line_exit_2_before_training(tmp_path, capsys):
+    args = ["train", *sum((["--set", s] for s in SHORT), []), "--run-dir", str(tmp_path / "r")]
+    assert main([*args, "--tracking-uri", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "tracking store http://127.0.0.1:9 is not usable" in err, err
+    assert not (tmp_path / "r").exists()
 
 
 def test_bad_config_is_one_line_and_exit_2(tmp_path, capsys):

@@ -19,9 +19,10 @@ from ..config import Config, SamplerSetting
 from ..device import autocast, resolve_precision
 from ..diffusion.samplers import sample
 from ..diffusion.schedules import make_schedule
+from ..progress import Progress, duration, say
 from ..tracker import NullTracker, Tracker
 from ..training.data import ImageData
-from .features import domain_classifier
+from .features import domain_classifier, fidelity_extractor_prefix
 from .metrics import class_accuracy, fidelity_metrics, inception_fid, recognizability, recognized_class_accuracy
 
 
@@ -52,12 +53,15 @@ class Evaluator:
         device: torch.device | str = "cpu",
         cache_dir: str | Path | None = None,
         out_dir: str | Path | None = None,
+        progress: bool | None = None,
     ):
         self.config, self.data, self.device = config, data, torch.device(device)
+        self.progress = progress  # as in ``harness.progress.Progress``: sampling a setting can take minutes
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.out_dir = Path(out_dir) if out_dir else None
-        self.classifier = domain_classifier(data, self.cache_dir / "classifiers", device=self.device)
-        self.recognizer = domain_classifier(data, self.cache_dir / "classifiers", device=self.device, reject=True)
+        classifiers = self.cache_dir / "classifiers"
+        self.classifier = domain_classifier(data, classifiers, device=self.device, progress=progress)
+        self.recognizer = domain_classifier(data, classifiers, device=self.device, reject=True, progress=progress)
         ec, dc = config.eval, config.diffusion
         g = torch.Generator().manual_seed(ec.seed)
         self.x_T = torch.randn((ec.num_samples, data.channels, data.image_size, data.image_size), generator=g)
@@ -72,56 +76,83 @@ class Evaluator:
 
     def generate(self, model, setting: SamplerSetting) -> tuple[Tensor, int, float]:
         """Samples (N, C, H, W) in [-1, 1], network evaluations per sample, and wall seconds."""
-        ec, conditional = self.config.eval, self.config.model.conditional
+        ec = self.config.eval
         calls = 0
+        n_batches = math.ceil(ec.num_samples / ec.batch_size)
+        # Counted in network calls: the unit of a sampler's cost, and fine-grained within one long batch.
+        nfe = sampling_nfe(self.config, setting)
+        bar = Progress(
+            n_batches * nfe,
+            f"evaluate {self.config.train_hash()} {setting.label}",
+            unit="call",
+            every=0.25,
+            enabled=self.progress,
+        )
 
         def counted(x, t, y):
             nonlocal calls
             calls += 1
+            bar.update(1)
             with autocast(self.device, self.amp_dtype):
                 return model(x, t, y).float()
 
-        out, batches = [], 0
+        out = []
         start = time.perf_counter()
         for i, lo in enumerate(range(0, ec.num_samples, ec.batch_size)):
             hi = min(lo + ec.batch_size, ec.num_samples)
-            x = sample(
-                counted,
-                (hi - lo, *self.x_T.shape[1:]),
-                self.schedule,
-                sampler=setting.sampler,
-                steps=setting.steps,
-                parameterization=self.config.diffusion.parameterization,
-                eta=setting.eta,
-                spacing=setting.spacing,
-                guidance=setting.guidance,
-                labels=self.labels[lo:hi] if conditional else None,
-                null_label=self.data.num_classes if conditional else None,
-                clip_x0=ec.clip_x0,
-                generator=torch.Generator().manual_seed(ec.seed + 1 + i),
-                x_T=self.x_T[lo:hi],
-                variance=setting.variance,
-                device=self.device,
-            )
+            x = self._sample(counted, setting, lo, hi, torch.Generator().manual_seed(ec.seed + 1 + i))
             out.append(x.clamp(-1, 1).cpu())
-            batches += 1
+        bar.close()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
-        return torch.cat(out), calls // batches, seconds
+        return torch.cat(out), calls // n_batches, seconds
+
+    def _sample(self, model, setting: SamplerSetting, lo: int, hi: int, generator) -> Tensor:
+        """Samples lo..hi of the fixed noise x_T (and labels) with ``setting``."""
+        ec, conditional = self.config.eval, self.config.model.conditional
+        return sample(
+            model,
+            (hi - lo, *self.x_T.shape[1:]),
+            self.schedule,
+            sampler=setting.sampler,
+            steps=setting.steps,
+            parameterization=self.config.diffusion.parameterization,
+            eta=setting.eta,
+            spacing=setting.spacing,
+            guidance=setting.guidance,
+            labels=self.labels[lo:hi] if conditional else None,
+            null_label=self.data.num_classes if conditional else None,
+            clip_x0=ec.clip_x0,
+            generator=generator,
+            x_T=self.x_T[lo:hi],
+            variance=setting.variance,
+            device=self.device,
+        )
+
+    def reference_cached(self) -> bool:
+        """Whether the reference statistics in this classifier's feature space are on disk already."""
+        name = f"{self.data.name}-{self.data.fingerprint}-*-{fidelity_extractor_prefix(self.classifier)}-*"
+        return any((self.cache_dir / "fidelity").glob(name))
 
     @torch.no_grad()
     def evaluate_setting(self, model, setting: SamplerSetting, *, step: int, final: bool) -> tuple[dict[str, Any], Any]:
         ec = self.config.eval
         images, nfe, seconds = self.generate(model, setting)
+        announce = self.progress is not False and not self.reference_cached()
+        if announce:  # the first evaluation on this data also computes the reference statistics
+            say(f"reference statistics {self.data.name}: features of {len(self.data):,} images, cached after this")
+        start = time.perf_counter()
         metrics = fidelity_metrics(
             images,
             self.data.images,
             self.classifier,
             cache_dir=self.cache_dir / "fidelity",
-            reference_key=f"{self.data.name}-{self.data.fingerprint}",
+            reference_key=f"{self.data.name}-{self.data.fingerprint}",  # reference_cached() globs this
             device=self.device,
         )
+        if announce:
+            say(f"reference statistics {self.data.name}: done in {duration(time.perf_counter() - start)}")
         probs = self.classifier.probs(images)  # (N, K)
         recognized = self.recognizer.probs(images)  # (N, K + 1), the last column the reject class
         threshold = ec.recognizability_threshold
@@ -177,3 +208,37 @@ def save_png(array, path: Path) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)
+
+
+def sampling_nfe(config: Config, setting: SamplerSetting) -> int:
+    """Network evaluations per sample with ``setting``, counted by running its sampler on a stand-in network.
+
+    The samplers themselves decide (Heun's Euler steps above sigma_max included); nothing here lists
+    which sampler takes how many. A guided call is one batched evaluation, as ``Evaluator`` counts it.
+    """
+    dc = config.diffusion
+    schedule = make_schedule(dc.schedule, dc.timesteps, zero_terminal_snr=dc.zero_terminal_snr)
+    calls = 0
+
+    def stand_in(x, t, y):
+        nonlocal calls
+        calls += 1
+        return torch.zeros_like(x)
+
+    guided = setting.guidance > 0
+    sample(
+        stand_in,
+        (1, 1, 8, 8),
+        schedule,
+        sampler=setting.sampler,
+        steps=setting.steps,
+        parameterization=dc.parameterization,
+        eta=setting.eta,
+        spacing=setting.spacing,
+        guidance=setting.guidance,
+        labels=torch.zeros(1, dtype=torch.long) if guided else None,
+        null_label=1 if guided else None,
+        generator=torch.Generator().manual_seed(0),
+        variance=setting.variance,
+    )
+    return calls

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..progress import Progress
 from ..training.checkpoint import save_atomic
 from ..training.data import ImageData, split_indices
 
@@ -159,6 +160,7 @@ def train_classifier(
     epochs: int | None = None,
     device: str | torch.device = "cpu",
     reject: bool = False,
+    progress: bool | None = None,
 ) -> tuple[DomainCNN, float]:
     """Train a DomainCNN on all but a held-out 10% of ``data``; return it (eval mode) and its held-out accuracy.
 
@@ -167,6 +169,7 @@ def train_classifier(
     the batch order and shifts use their own generator, so CPU runs repeat bit for bit.
     With ``reject`` the network gets one more class, K = data.num_classes, the reject class:
     every batch adds NON_DIGITS_PER_BATCH ``non_digits`` labelled K, and digits are also rotated.
+    ``progress`` as in ``harness.progress.Progress``: this takes a minute or two on a CPU.
     """
     train_idx, held_idx = split_indices(len(data), HOLDOUT_FRACTION, seed)
     x, y = data.images[train_idx].to(device), data.labels[train_idx].to(device)  # (N, C, H, W), (N,)
@@ -179,6 +182,8 @@ def train_classifier(
     steps = epochs * math.ceil(len(x) / BATCH_SIZE)
     optimizer = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=LR, total_steps=steps)
+    what = "recognizer" if reject else "domain classifier"
+    bar = Progress(steps, f"{what} {data.name} (trained once, then cached)", enabled=progress)
     net.train()
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=generator).to(device)
@@ -194,6 +199,8 @@ def train_classifier(
             loss.backward()
             optimizer.step()
             schedule.step()
+            bar.update(1)
+    bar.close()
     net.eval().requires_grad_(False)
     logits = _batched(net, data.images[held_idx], torch.device(device))
     accuracy = (logits.argmax(dim=1) == data.labels[held_idx]).float().mean().item()
@@ -231,6 +238,7 @@ def domain_classifier(
     seed: int = 0,
     epochs: int | None = None,
     reject: bool = False,
+    progress: bool | None = None,
 ) -> DomainClassifier:
     """The domain classifier for ``data``: loaded from ``cache_dir`` if trained before, else trained and saved.
 
@@ -243,7 +251,7 @@ def domain_classifier(
             return read_classifier(path, device)
         except Exception as e:  # a cache is only a cache: an unreadable one is rebuilt
             warnings.warn(f"retraining the domain classifier: cannot read {path} ({e})", stacklevel=2)
-    net, accuracy = train_classifier(data, seed=seed, epochs=epochs, device=device, reject=reject)
+    net, accuracy = train_classifier(data, seed=seed, epochs=epochs, device=device, reject=reject, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.cpu() for k, v in net.state_dict().items()}
     save_atomic({"arch": _arch(reject), "shape": net.shape, "state_dict": state, "accuracy": accuracy}, path)
@@ -265,6 +273,11 @@ def read_classifier(path: str | Path, device: str | torch.device = "cpu") -> Dom
     )
 
 
+def fidelity_extractor_prefix(clf: DomainClassifier) -> str:
+    """The extractor's name for ``clf``, which torch-fidelity also puts in its cache files' names."""
+    return f"harness-domain-{clf.fingerprint}"
+
+
 def fidelity_extractor_name(clf: DomainClassifier) -> str:
     """Register ``clf`` with torch-fidelity as a feature extractor (once per process) and return its name.
 
@@ -277,7 +290,7 @@ def fidelity_extractor_name(clf: DomainClassifier) -> str:
     from torch_fidelity import FeatureExtractorBase, register_feature_extractor
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-    name = f"harness-domain-{clf.fingerprint}"
+    name = fidelity_extractor_prefix(clf)
     if name in FEATURE_EXTRACTORS_REGISTRY:
         return name
 

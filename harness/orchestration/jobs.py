@@ -177,7 +177,7 @@ def run_task(task: Task) -> Outcome:
                     store.share_arms_view(task.experiment_id, list(task.arm))
                 log_environment(tracker, device)  # again on resume: the machine that finishes a run counts
                 with SystemMetrics(task.uri, tracker.run_id, resume=state == "resume"):
-                    result = train(config, tracker, run_dir=run_dir, data=data, evaluator=evaluator, progress=False)
+                    result = train(config, tracker, run_dir=run_dir, data=data, evaluator=evaluator)  # lines, no bar
                 publish_ema(store, tracker.run_id, config, run_dir)
                 summary = {"classifier_accuracy": evaluator.classifier_accuracy}
                 if result.recognizable_at_step is not None:

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from tqdm.auto import tqdm
 
 from ..config import Config
 from ..device import autocast, resolve_device, resolve_precision
 from ..diffusion.losses import diffusion_loss
 from ..diffusion.schedules import make_schedule
 from ..models.unet import UNet
+from ..progress import Progress
 from ..tracker import LoggedAfter, NullTracker, StoreUnavailable, Tracker
 from . import checkpoint
 from .ema import EMA
@@ -119,6 +119,8 @@ def train(
     ``evaluator`` scores the EMA model at each evaluation step (``evaluation.Evaluator``, or
     ``NoEvaluation``); ``data`` (an ``ImageData``) is loaded from the config when not given.
     ``stop_after`` ends the process-equivalent of a crash after that many steps (tests of resume).
+    ``progress``: a bar (True), nothing (False), or by default a bar on a terminal and a line every tenth
+    of the steps elsewhere (worker processes, logs), with images/s and ETA (``harness.progress``).
     When the tracker's store becomes unreachable (``StoreUnavailable``), the state is checkpointed with
     what the store did not take, to be logged on resume, and the error is raised.
     """
@@ -201,14 +203,7 @@ def train(
     bucket_sum = torch.zeros(NUM_BUCKETS, device=device)
     bucket_n = torch.zeros(NUM_BUCKETS, device=device)
     buf_start, interval_start = step, time.perf_counter()
-    bar = tqdm(
-        total=tc.steps,
-        initial=step,
-        disable=(None if progress is None else not progress),
-        desc=f"train {config.train_hash()}",
-        unit="step",
-        dynamic_ncols=True,
-    )
+    bar = Progress(tc.steps, f"train {config.train_hash()}", initial=step, enabled=progress)
     model.train()
     while step < tc.steps:
         idx = torch.randint(0, images.shape[0], (B,), device=device, generator=gen)
@@ -257,7 +252,7 @@ def train(
                 "train/lr": warmup.get_last_lr()[0],
                 **{f"train/loss_t{b}": v for b, v in enumerate(per_bucket) if bucket_n[b] > 0},
             }
-            bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{ips:.0f}")
+            bar.set_stats(loss=f"{last_loss:.4f}", **{"images/s": f"{ips:.0f}"})
             bucket_sum.zero_(), bucket_n.zero_()
             evaluated = False
             try:  # evaluations before losses: a logged loss at step s means everything up to s is logged
