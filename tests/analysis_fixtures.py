@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from analysis.grids import GRID_COLUMNS
 from analysis.load import (
     BUCKET_COLUMNS,
     CURVE_COLUMNS,
     EVAL_COLUMNS,
-    GRID_COLUMNS,
     LOSS_COLUMNS,
     RUN_COLUMNS,
     AblationData,

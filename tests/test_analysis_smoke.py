@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from analysis.grids import GRID_COLUMNS
 from analysis.load import (
     BUCKET_COLUMNS,
     CURVE_COLUMNS,
     EVAL_COLUMNS,
-    GRID_COLUMNS,
     LOSS_COLUMNS,
     RUN_COLUMNS,
     load_experiment,

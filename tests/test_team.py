@@ -23,7 +23,8 @@ import torch
 import yaml
 from PIL import Image
 
-from analysis.load import _logged_grids, load_experiment
+from analysis.grids import _logged_grids
+from analysis.load import load_experiment
 from analysis.report import write_report
 from harness.config import Config, ConfigError
 from harness.evaluation.features import cache_path, domain_classifier, read_classifier
