@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .config import ConfigError, load_config
 from .orchestration.provenance import REUSE_POLICIES
-from .schema import METRICS
+from .schema import METRICS, arm_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,9 @@ TRAIN_EXPERIMENT = "harness-train"  # where `harness train` logs unless --experi
 
 def cmd_train(args) -> int:
     from .device import resolve_device
-    from .evaluation.evaluate import Evaluator
+    from .evaluation.evaluate import Evaluator, default_cache_dir
+    from .orchestration.jobs import TrainRun
+    from .orchestration.store import shared_classifiers
     from .orchestration.tracking import MlflowStore
     from .tracker import NullTracker, StoreUnavailable
     from .training.data import DataUnavailable, load_dataset
@@ -39,8 +41,10 @@ def cmd_train(args) -> int:
         print(f"config {config.train_hash()}  run dir {run_dir}" + (f"  tracking {store.uri}" if store else ""))
         data = load_dataset(config.data.dataset, config.data.root, config.data.download)
         device = resolve_device(config.train.device)
+        if store:  # the server's classifiers: this run's FIDs compare with every other run on the store
+            shared_classifiers(store, data, default_cache_dir())
         evaluator = Evaluator(config, data, device=device, out_dir=run_dir)
-        run = _TrainRun(store, args.experiment or TRAIN_EXPERIMENT, config, run_dir, device) if store else None
+        run = TrainRun(store, args.experiment or TRAIN_EXPERIMENT, config, run_dir, evaluator) if store else None
         result = train(config, run.tracker if run else NullTracker(), run_dir=run_dir, data=data, evaluator=evaluator)
         if run:
             run.finish(result)
@@ -71,51 +75,6 @@ def cmd_train(args) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
     return 0
-
-
-class _TrainRun:
-    """The MLflow run of one `harness train`, tagged as a job's training run is (``jobs._tags``: role
-    ``train``, config hash, commit, code version; the experiment stands for the spec, the arm is ``base``).
-
-    Running the same command again resumes the checkpoint in the run dir, and so the run that logged it.
-    """
-
-    def __init__(self, store, experiment: str, config, run_dir: Path, device):
-        from .orchestration.jobs import Task, _tags
-        from .schema import CHECKPOINT, DEVICE, HASH, ROLE
-
-        h, checkpoint = config.train_hash(), str(run_dir / "checkpoint.pt")
-        self.store, self.experiment, self.hash = store, experiment, h
-        exp_id = store.experiment_id(experiment)
-        self.task = Task(config.model_dump_json(), {}, config.train.seed, experiment, exp_id, "", store.uri)
-        runs = store.runs(exp_id, {ROLE: "train", HASH: h}) if Path(checkpoint).is_file() else []
-        earlier = next((r for r in runs if r.data.tags.get(CHECKPOINT) == checkpoint), None)
-        if earlier:
-            self.tracker = store.resume_run(earlier.info.run_id)
-            return
-        tags = {**_tags(self.task, "train", h), CHECKPOINT: checkpoint, DEVICE: str(device)}
-        self.tracker = store.start_run(exp_id, f"train-{h}", tags=tags)
-        self.tracker.log_params(config.flat())
-        self.tracker.log_dict(config.to_dict(), "config.json")
-
-    def finish(self, result) -> None:
-        """The run's summary metrics, one evaluation child run per final setting (as ``harness run``), FINISHED."""
-        from .config import SamplerSetting
-        from .orchestration.jobs import _log_eval
-
-        summary = {"classifier_accuracy": result.classifier_accuracy}
-        if result.recognizable_at_step is not None:
-            summary["recognizable_at_step"] = result.recognizable_at_step
-        self.tracker.log_metrics(summary)
-        for e in result.final_evals():
-            _log_eval(self.store, self.task, self.tracker.run_id, self.hash, SamplerSetting.from_params(e), e)
-        self.tracker.finish("FINISHED")
-
-    def fail(self, err: BaseException) -> None:
-        from .schema import ERROR
-
-        self.tracker.set_tags({ERROR: str(err)[:5000] or type(err).__name__})
-        self.tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
 
 
 def _overrides(items: list[str]) -> dict:
@@ -198,7 +157,8 @@ def _print_plan(plan, uri, reuse: str) -> int:
     print(f"{plan.spec.name} [{plan.profile}]: {plan.spec.question}")
     for r, job, b in zip(rows, plan.jobs, budgets):
         steps = f"{job.config.train.steps:,} x {job.config.train.batch_size}"
-        print(f"  {r['config_hash']}  {r['state']:>8}  seed={r['seed']}  {r['arm']}  {b.images:,} images ({steps})")
+        arm = arm_text(r["arm"])
+        print(f"  {r['config_hash']}  {r['state']:>8}  seed={r['seed']}  {arm}  {b.images:,} images ({steps})")
     print("budget (every job from scratch):")
     print(f"  training: {sum(b.images for b in budgets):,} images in {len(budgets)} jobs")
     for label, (samples, nfe, n) in budgets[0].sampling.items() if budgets else ():

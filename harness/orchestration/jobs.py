@@ -151,10 +151,7 @@ def run_task(task: Task) -> Outcome:
             device = _device(config)
             shared_classifiers(store, data, default_cache_dir())  # before the evaluator loads them from the cache
             evaluator = Evaluator(config, data, device=device, out_dir=run_dir)
-            features = {
-                FEATURE_FINGERPRINT: evaluator.classifier.fingerprint,
-                RECOGNIZER_FINGERPRINT: evaluator.recognizer.fingerprint,
-            }
+            features = feature_tags(evaluator)
             if state in ("new", "resume"):
                 if state == "resume":
                     tracker = store.resume_run(run.info.run_id)
@@ -165,7 +162,7 @@ def run_task(task: Task) -> Outcome:
                         run_name(task.arm, task.seed),
                         parent=task.parent_run_id,
                         tags={
-                            **_tags(task, "train", h),
+                            **run_tags(task, "train", h),
                             CHECKPOINT: str(run_dir / "checkpoint.pt"),
                             DEVICE: str(device),
                             **features,
@@ -200,7 +197,7 @@ def run_task(task: Task) -> Outcome:
                     # Beside the training run's own grids, so a report on any machine finds it.
                     MlflowTracker(store.client, out.run_id).log_image(grid, grid_key(setting.label), config.train.steps)
                     log_final_on_training_run(store, out.run_id, setting, result)
-                _log_eval(store, task, out.run_id, h, setting, result, features)
+                log_eval(store, task, out.run_id, h, setting, result, features)
                 out.evals.append(result)
         except StoreUnavailable as err:  # nothing more can be tracked: the run stays RUNNING and resumes later
             out.status, out.error, out.store_unavailable = "failed", str(err), True
@@ -227,7 +224,7 @@ def _device(config: Config):
     return resolve_device(os.environ.get("HARNESS_DEVICE") or config.train.device)
 
 
-def _tags(task: Task, role: str, h: str) -> dict[str, Any]:
+def run_tags(task: Task, role: str, h: str) -> dict[str, Any]:
     """The tags every training and evaluation run of a job carries (what it is, and which code made it)."""
     return {
         ROLE: role,
@@ -274,14 +271,14 @@ def log_final_on_training_run(store: MlflowStore, run_id: str, setting: SamplerS
     MlflowTracker(store.client, run_id).log_metrics(metrics, step=step)
 
 
-def _log_eval(
+def log_eval(
     store: MlflowStore, task: Task, train_run_id: str, h: str, setting: SamplerSetting, result: dict, features: dict
 ) -> None:
     child = store.start_run(
         task.experiment_id,
         f"{run_name(task.arm, task.seed)} {setting.label}",
         parent=train_run_id,
-        tags={**_tags(task, "eval", h), **features},  # features: the fingerprints of the classifiers it used
+        tags={**run_tags(task, "eval", h), **features},  # features: the fingerprints of the classifiers it used
     )
     child.log_params(setting.model_dump())
     child.log_metrics({k: result[k] for k in EVAL_METRICS if k in result}, step=result.get("step", 0))
@@ -298,3 +295,55 @@ def close_stale_evals(store: MlflowStore, experiment_id: str, config_hash: str) 
     for run in store.runs(experiment_id, {ROLE: "eval", HASH: config_hash}):
         if run.info.status == "RUNNING":
             store.client.set_terminated(run.info.run_id, status="KILLED")
+
+
+def feature_tags(evaluator) -> dict[str, str]:
+    """The fingerprints of the classifiers an evaluator scores with: FIDs compare only where they are equal."""
+    return {
+        FEATURE_FINGERPRINT: evaluator.classifier.fingerprint,
+        RECOGNIZER_FINGERPRINT: evaluator.recognizer.fingerprint,
+    }
+
+
+class TrainRun:
+    """The MLflow run of one ``harness train``, tagged as a job's training run is (``run_tags``: role
+    ``train``, config hash, commit, code version; the experiment stands for the spec, the arm is ``base``).
+
+    Running the same command again resumes the checkpoint in the run dir, and so the run that logged it.
+    """
+
+    def __init__(self, store: MlflowStore, experiment: str, config: Config, run_dir: Path, evaluator):
+        h, checkpoint = config.train_hash(), str(run_dir / "checkpoint.pt")
+        self.store, self.experiment, self.hash = store, experiment, h
+        self.features = feature_tags(evaluator)
+        exp_id = store.experiment_id(experiment)
+        self.task = Task(config.model_dump_json(), {}, config.train.seed, experiment, exp_id, "", store.uri)
+        runs = store.runs(exp_id, {ROLE: "train", HASH: h}) if Path(checkpoint).is_file() else []
+        earlier = next((r for r in runs if r.data.tags.get(CHECKPOINT) == checkpoint), None)
+        if earlier:
+            self.tracker = store.resume_run(earlier.info.run_id)
+            return
+        tags = {
+            **run_tags(self.task, "train", h),
+            CHECKPOINT: checkpoint,
+            DEVICE: str(evaluator.device),
+            **self.features,
+        }
+        self.tracker = store.start_run(exp_id, f"train-{h}", tags=tags)
+        self.tracker.log_params(config.flat())
+        self.tracker.log_dict(config.to_dict(), "config.json")
+
+    def finish(self, result) -> None:
+        """The run's summary metrics, one evaluation child run per final setting (as ``harness run``), FINISHED."""
+        summary = {"classifier_accuracy": result.classifier_accuracy}
+        if result.recognizable_at_step is not None:
+            summary["recognizable_at_step"] = result.recognizable_at_step
+        self.tracker.log_metrics(summary)
+        for e in result.final_evals():
+            setting = SamplerSetting.from_params(e)
+            log_eval(self.store, self.task, self.tracker.run_id, self.hash, setting, e, self.features)
+        self.tracker.finish("FINISHED")
+
+    def fail(self, err: BaseException) -> None:
+        self.tracker.set_tags({ERROR: str(err)[:5000] or type(err).__name__})
+        self.tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
