@@ -9,9 +9,7 @@ classifiers behind FID are logged to the server, so the local directories are on
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from filelock import FileLock, Timeout
 
@@ -23,26 +21,7 @@ from ..schema import (
     RECOGNIZER_FINGERPRINT,
     ROLE,
 )
-from .provenance import code_version
 from .tracking import MlflowStore
-
-
-@dataclass
-class Task:
-    """Everything a worker needs, picklable (configs travel as canonical JSON)."""
-
-    config_json: str
-    arm: dict[str, Any]
-    seed: int
-    spec_name: str
-    experiment_id: str
-    parent_run_id: str
-    uri: str
-    force: bool = False
-    threads: int = 1
-    code_version: str = field(default_factory=code_version)  # of the launching process
-    reuse: str = "same-code"  # or "any": accept finished runs made by other harness code
-
 
 EMA_FILE = "ema.pt"  # final EMA weights, in the run directory and in the training run's artifacts
 EMA_ARTIFACT = f"weights/{EMA_FILE}"
