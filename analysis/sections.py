@@ -307,7 +307,10 @@ def training_section(data: AblationData) -> Section | None:
         s.paragraphs.append(
             "The arms differ in the diffusion objective (schedule, prediction target, loss weighting "
             "or timesteps), so their losses are on different scales: compare the shapes of the curves, "
-            "not their levels, between " + " and ".join("{" + ", ".join(g) + "}" for g in groups) + "."
+            "not their levels, between "
+            # Arms that share an objective are grouped in braces; single arms need none.
+            + " and ".join(g[0] if len(g) == 1 else "{" + ", ".join(g) + "}" for g in groups)
+            + "."
         )
     fig = figures.loss_curves(data.loss, data.arms)
     if fig is not None:
