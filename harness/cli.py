@@ -65,10 +65,10 @@ def cmd_train(args) -> int:
         f"{t['images_per_second']:.0f} images/s; domain classifier accuracy {summary['classifier_accuracy']:.4f}"
     )
     keys = [k for k, m in METRICS.items() if m.lower_is_better is not None] + ["nfe", "sample_seconds"]
-    for e in summary["evals"]:
-        print(f"  {e['setting']}: " + "  ".join(f"{k} {_fmt(e[k])}" for k in keys if k in e))
-        if "fid_inception_unavailable" in e:
-            print(f"    fid_inception unavailable: {e['fid_inception_unavailable']}")
+    for e in result.final_evals():
+        print(f"  {e.label}: " + "  ".join(f"{k} {_fmt(e.metrics[k])}" for k in keys if k in e.metrics))
+        for metric, why in e.unavailable.items():
+            print(f"    {metric} unavailable: {why}")
     print(f"recognizable at step: {summary['recognizable_at_step']}")
     if run:
         print(f"tracked: run {run.tracker.run_id} in experiment {run.experiment!r} of {run.store.uri}")

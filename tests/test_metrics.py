@@ -177,7 +177,8 @@ def test_an_evaluation_with_hostile_inception_weights_reports_them_unavailable(m
     result, _ = evaluator.evaluate_setting(
         lambda x, t, y: torch.zeros_like(x), SamplerSetting(steps=2), step=1, final=True
     )
-    assert "fid_inception" not in result and "not a plain tensor state dict" in result["fid_inception_unavailable"]
+    assert "fid_inception" not in result.metrics
+    assert "not a plain tensor state dict" in result.why_missing("fid_inception")
     assert not marker.exists()
 
 

@@ -14,6 +14,7 @@ from harness.orchestration.jobs import log_final_on_training_run, run_name
 from harness.orchestration.runner import run_plan
 from harness.orchestration.spec import load_spec, make_plan
 from harness.orchestration.tracking import MlflowStore, SystemMetrics, print_arms_views
+from harness.result import EvalResult
 from harness.schema import (
     ARMS_VIEW,
     CUSTOM_MODEL_DEVELOPMENT,
@@ -186,9 +187,9 @@ def test_final_metrics_on_the_training_run_are_logged_once(ablation):
     store, _, runs = ablation
     rid = runs[0].info.run_id
     again = SamplerSetting(steps=5)  # evaluated after training: its finals are on the run already
-    log_final_on_training_run(store, rid, again, {"step": 4, "fid": 1.0})
+    log_final_on_training_run(store, rid, EvalResult(4, again, {"fid": 1.0}))
     history = store.client.get_metric_history(rid, eval_key(again.label, "fid"))
     assert len(history) == 1 and history[0].value != 1.0
     new = SamplerSetting(steps=7)
-    log_final_on_training_run(store, rid, new, {"step": 4, "fid": 2.0, "setting": new.label})
+    log_final_on_training_run(store, rid, EvalResult(4, new, {"fid": 2.0}))
     assert [(m.step, m.value) for m in store.client.get_metric_history(rid, eval_key(new.label, "fid"))] == [(4, 2.0)]

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from harness.config import build_config
 from harness.evaluation.features import BLOB_CELLS, HOLDOUT_FRACTION, DomainClassifier, domain_classifier
 from harness.evaluation.metrics import recognizability, recognizable, recognized_class_accuracy
+from harness.result import EvalResult
 from harness.training.data import load_dataset, split_indices
 
 N = 500  # images per case: one held-out split's worth
@@ -123,7 +124,8 @@ def test_samples_of_a_model_trained_for_one_step_are_not_recognizable(mnist_5k, 
         def run(self, model, *, step, tracker):
             images, _, _ = evaluator.generate(model, config.eval.samplers[0])
             samples.append(images)
-            return [{"step": step, "setting": "ddim", "recognizability": rec(recognizer, images)}]
+            setting = config.eval.samplers[0]
+            return [EvalResult(step, setting, {"recognizability": rec(recognizer, images)})]
 
     result = train(config, None, run_dir=tmp_path, data=mnist_5k, evaluator=Sampling(), progress=False)
     assert result.steps == 1 and samples[-1].shape == (64, 1, 28, 28)

@@ -5,7 +5,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from harness.config import build_config
+from harness.config import SamplerSetting, build_config
+from harness.result import EvalResult
 from harness.tracker import MemoryTracker
 from harness.training.train import NonFiniteLoss, train
 
@@ -28,7 +29,7 @@ class NoEvaluation:
     classifier_accuracy = None
 
     def run(self, model, *, step, tracker):
-        return [{"step": step, "setting": "none", "recognizability": 0.0}]
+        return [EvalResult(step, SamplerSetting(), {"recognizability": 0.0})]
 
 
 def _data(images=None):

@@ -20,6 +20,8 @@ from ..device import autocast, resolve_precision
 from ..diffusion.samplers import sample
 from ..diffusion.schedules import make_schedule
 from ..progress import Progress, duration, say
+from ..result import EvalResult
+from ..schema import eval_key
 from ..tracker import NullTracker, Tracker
 from ..training.data import ImageData
 from .features import domain_classifier, fidelity_extractor_prefix
@@ -136,7 +138,7 @@ class Evaluator:
         return any((self.cache_dir / "fidelity").glob(name))
 
     @torch.no_grad()
-    def evaluate_setting(self, model, setting: SamplerSetting, *, step: int, final: bool) -> tuple[dict[str, Any], Any]:
+    def evaluate_setting(self, model, setting: SamplerSetting, *, step: int, final: bool) -> tuple[EvalResult, Any]:
         ec = self.config.eval
         images, nfe, seconds = self.generate(model, setting)
         announce = self.progress is not False and not self.reference_cached()
@@ -156,29 +158,26 @@ class Evaluator:
         probs = self.classifier.probs(images)  # (N, K)
         recognized = self.recognizer.probs(images)  # (N, K + 1), the last column the reject class
         threshold = ec.recognizability_threshold
-        result: dict[str, Any] = {
-            "step": step,
-            "setting": setting.label,
-            **setting.model_dump(),
+        metrics: dict[str, float] = {
             **metrics,
             "recognizability": recognizability(recognized, threshold),
             "nfe": nfe,
             "sample_seconds": seconds,
         }
         if self.config.model.conditional:
-            result["class_accuracy"] = class_accuracy(probs, self.labels)
-            result["recognized_class_accuracy"] = recognized_class_accuracy(recognized, self.labels, threshold)
+            metrics["class_accuracy"] = class_accuracy(probs, self.labels)
+            metrics["recognized_class_accuracy"] = recognized_class_accuracy(recognized, self.labels, threshold)
+        unavailable = {}
         if final:
             value, reason = inception_fid(images, self.data.images, weights_path=ec.inception_weights)
             if value is not None:
-                result["fid_inception"] = value
+                metrics["fid_inception"] = value
             else:
-                result["fid_inception_unavailable"] = reason
+                unavailable["fid_inception"] = reason
+        result = EvalResult(step=step, setting=setting, metrics=metrics, unavailable=unavailable)
         return result, image_grid(images, ec.grid_size)
 
-    def run(
-        self, model, *, step: int, tracker: Tracker | None = None, final: bool | None = None
-    ) -> list[dict[str, Any]]:
+    def run(self, model, *, step: int, tracker: Tracker | None = None, final: bool | None = None) -> list[EvalResult]:
         """Evaluate ``model`` with every configured sampler setting; log metrics and grids at ``step``."""
         tracker = tracker or NullTracker()
         final = step == self.config.train.steps if final is None else final
@@ -188,12 +187,7 @@ class Evaluator:
         results = []
         for setting in self.config.eval.samplers:
             result, grid = self.evaluate_setting(model, setting, step=step, final=final)
-            numbers = {
-                k: v
-                for k, v in result.items()
-                if isinstance(v, (int, float)) and k != "step" and k not in SamplerSetting.model_fields
-            }
-            tracker.log_metrics({f"eval/{setting.label}/{k}": v for k, v in numbers.items()}, step=step)
+            tracker.log_metrics({eval_key(setting.label, k): v for k, v in result.metrics.items()}, step=step)
             tracker.log_image(grid, key=grid_key(setting.label), step=step)
             if self.out_dir is not None:
                 save_png(grid, self.out_dir / "grids" / setting.label / f"step_{step:07d}.png")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, SamplerSetting
+from ..result import EvalResult
 from ..schema import (
     ARM,
     CHECKPOINT,
@@ -28,7 +29,6 @@ from ..schema import (
     DEVICE,
     ENV,
     ERROR,
-    EVAL_METRICS,
     FEATURE_FINGERPRINT,
     FID_INCEPTION_UNAVAILABLE,
     HASH,
@@ -72,7 +72,7 @@ class Outcome:
     run_id: str | None = None
     error: str | None = None
     note: str | None = None  # why a finished run was not reused (stale code)
-    evals: list[dict[str, Any]] = field(default_factory=list)
+    evals: list[EvalResult] = field(default_factory=list)
     seconds: float = 0.0
     store_unavailable: bool = False  # stopped because the tracking store could not be reached
 
@@ -182,7 +182,7 @@ def run_task(task: Task) -> Outcome:
                 tracker.log_metrics(summary)
                 tracker.finish("FINISHED")
                 out.status, out.run_id = "trained", tracker.run_id
-                finals = {SamplerSetting.from_params(e).key: e for e in result.final_evals()}
+                finals = {e.setting.key: e for e in result.final_evals()}
             else:
                 out.status, out.run_id, finals = "evaluated", run.info.run_id, {}
             model = None
@@ -196,8 +196,8 @@ def run_task(task: Task) -> Outcome:
                     save_png(grid, run_dir / "grids" / setting.label / f"step_{config.train.steps:07d}.png")
                     # Beside the training run's own grids, so a report on any machine finds it.
                     MlflowTracker(store.client, out.run_id).log_image(grid, grid_key(setting.label), config.train.steps)
-                    log_final_on_training_run(store, out.run_id, setting, result)
-                log_eval(store, task, out.run_id, h, setting, result, features)
+                    log_final_on_training_run(store, out.run_id, result)
+                log_eval(store, task, out.run_id, h, result, features)
                 out.evals.append(result)
         except StoreUnavailable as err:  # nothing more can be tracked: the run stays RUNNING and resumes later
             out.status, out.error, out.store_unavailable = "failed", str(err), True
@@ -255,14 +255,14 @@ def log_environment(tracker: MlflowTracker, device) -> None:
     tracker.log_dict(record, "environment.json")
 
 
-def log_final_on_training_run(store: MlflowStore, run_id: str, setting: SamplerSetting, result: dict) -> None:
+def log_final_on_training_run(store: MlflowStore, run_id: str, result: EvalResult) -> None:
     """A setting evaluated after training: its final metrics also on the training run, at the last step.
 
     The training loop logs ``eval/<label>/<metric>`` for the settings it evaluates; a setting added
     later would exist only on its evaluation run, and MLflow's charts over training runs would miss it.
     """
-    step = result.get("step", 0)
-    metrics = {eval_key(setting.label, k): result[k] for k in EVAL_METRICS if k in result}
+    step = result.step
+    metrics = {eval_key(result.label, k): v for k, v in result.metrics.items()}
     first = next(iter(metrics), None)
     # One batch writes them all: a launch that died before its evaluation run finished may have logged
     # them already, and a second value at the same step would draw the curve's end twice.
@@ -271,19 +271,17 @@ def log_final_on_training_run(store: MlflowStore, run_id: str, setting: SamplerS
     MlflowTracker(store.client, run_id).log_metrics(metrics, step=step)
 
 
-def log_eval(
-    store: MlflowStore, task: Task, train_run_id: str, h: str, setting: SamplerSetting, result: dict, features: dict
-) -> None:
+def log_eval(store: MlflowStore, task: Task, train_run_id: str, h: str, result: EvalResult, features: dict) -> None:
     child = store.start_run(
         task.experiment_id,
-        f"{run_name(task.arm, task.seed)} {setting.label}",
+        f"{run_name(task.arm, task.seed)} {result.label}",
         parent=train_run_id,
         tags={**run_tags(task, "eval", h), **features},  # features: the fingerprints of the classifiers it used
     )
-    child.log_params(setting.model_dump())
-    child.log_metrics({k: result[k] for k in EVAL_METRICS if k in result}, step=result.get("step", 0))
-    if "fid_inception_unavailable" in result:
-        child.set_tags({FID_INCEPTION_UNAVAILABLE: result["fid_inception_unavailable"]})
+    child.log_params(result.setting.model_dump())
+    child.log_metrics(result.metrics, step=result.step)
+    if "fid_inception" in result.unavailable:
+        child.set_tags({FID_INCEPTION_UNAVAILABLE: result.unavailable["fid_inception"]})
     child.finish("FINISHED")
 
 
@@ -340,8 +338,7 @@ class TrainRun:
             summary["recognizable_at_step"] = result.recognizable_at_step
         self.tracker.log_metrics(summary)
         for e in result.final_evals():
-            setting = SamplerSetting.from_params(e)
-            log_eval(self.store, self.task, self.tracker.run_id, self.hash, setting, e, self.features)
+            log_eval(self.store, self.task, self.tracker.run_id, self.hash, e, self.features)
         self.tracker.finish("FINISHED")
 
     def fail(self, err: BaseException) -> None:

@@ -325,7 +325,7 @@ def run_plan(
             line += f": {obj.error}"
         elif obj.evals:
             line += "  " + "  ".join(
-                f"{e['setting']} fid={e['fid']:.3g} rec={e['recognizability']:.2f}" for e in obj.evals[:3]
+                f"{e.label} fid={e.metrics['fid']:.3g} rec={e.metrics['recognizability']:.2f}" for e in obj.evals[:3]
             )
         line += f"  ({obj.seconds:.0f}s)"
         bar.write(line) if not quiet else None

@@ -17,6 +17,7 @@ from ..config import (
 from ..orchestration.provenance import code_version, git_state
 from ..orchestration.store import hold_lock, job_lock, load_ema, lock_path
 from ..orchestration.tracking import MlflowStore, MlflowTracker
+from ..result import EvalResult
 from ..schema import (
     CODE_VERSION,
     COMMIT,
@@ -43,21 +44,22 @@ class PruningEvaluator:
 
     def __init__(self, inner, trial: optuna.Trial, metric: str | None, final_step: int):
         self.inner, self.trial, self.metric, self.final_step = inner, trial, metric, final_step
-        self.final: dict[str, Any] | None = None  # the final evaluation, once it ran
+        self.final: EvalResult | None = None  # the final evaluation, once it ran
 
     @property
     def classifier_accuracy(self) -> float:
         return self.inner.classifier_accuracy
 
-    def run(self, model, *, step: int, tracker=None, final: bool | None = None) -> list[dict[str, Any]]:
+    def run(self, model, *, step: int, tracker=None, final: bool | None = None) -> list[EvalResult]:
         results = self.inner.run(model, step=step, tracker=tracker, final=final)
         result = results[0]  # a trial's config has one evaluation setting
         if step >= self.final_step:
             self.final = result
-        if self.metric is not None and self.metric in result:
-            self.trial.report(float(result[self.metric]), step)
+        value = result.metrics.get(self.metric) if self.metric is not None else None
+        if value is not None:
+            self.trial.report(float(value), step)
             if step < self.final_step and self.trial.should_prune():
-                raise optuna.TrialPruned(f"{self.metric} {result[self.metric]:.4g} at step {step}")
+                raise optuna.TrialPruned(f"{self.metric} {value:.4g} at step {step}")
         return results
 
 
@@ -215,8 +217,7 @@ class TrialObjective:
                 )[0]
         values = []
         for o in self.sweep.search.objective:
-            if o.metric not in scorer.final:
-                reason = scorer.final.get(f"{o.metric}_unavailable", "not in the evaluation result")
-                raise RuntimeError(f"objective metric {o.metric} is missing: {reason}")
-            values.append(float(scorer.final[o.metric]))
+            if o.metric not in scorer.final.metrics:
+                raise RuntimeError(f"objective metric {o.metric} is missing: {scorer.final.why_missing(o.metric)}")
+            values.append(float(scorer.final.metrics[o.metric]))
         return values

@@ -24,6 +24,7 @@ from ..diffusion.losses import diffusion_loss
 from ..diffusion.schedules import make_schedule
 from ..models.unet import UNet
 from ..progress import Progress
+from ..result import EvalResult
 from ..tracker import LoggedAfter, NullTracker, StoreUnavailable, Tracker
 from . import checkpoint
 from .ema import EMA
@@ -45,12 +46,12 @@ class TrainResult:
     images_per_second: float
     num_parameters: int
     checkpoint: str
-    evals: list[dict[str, Any]] = field(default_factory=list)  # every evaluation, with its step
+    evals: list[EvalResult] = field(default_factory=list)  # every evaluation, with its step
     classifier_accuracy: float | None = None
     recognizable_at_step: int | None = None
 
-    def final_evals(self) -> list[dict[str, Any]]:
-        return [e for e in self.evals if e["step"] == self.steps]
+    def final_evals(self) -> list[EvalResult]:
+        return [e for e in self.evals if e.step == self.steps]
 
     def to_json(self) -> dict[str, Any]:
         """The shape ``harness train --json`` writes."""
@@ -64,7 +65,7 @@ class TrainResult:
                 "num_parameters": self.num_parameters,
                 "checkpoint": self.checkpoint,
             },
-            "evals": self.final_evals(),
+            "evals": [e.to_dict() for e in self.final_evals()],
             "recognizable_at_step": self.recognizable_at_step,
         }
 
@@ -78,7 +79,7 @@ class Evaluation(Protocol):
 
     classifier_accuracy: float | None
 
-    def run(self, model: torch.nn.Module, *, step: int, tracker: Tracker) -> list[dict[str, Any]]: ...
+    def run(self, model: torch.nn.Module, *, step: int, tracker: Tracker) -> list[EvalResult]: ...
 
 
 class NoEvaluation:
@@ -161,7 +162,8 @@ def train(
         torch.set_rng_state(state["torch_rng"].cpu())
         if device.type == "cuda":  # dropout masks on the GPU come from its own generator
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
-        step, evals, last_loss, seconds = state["step"], state["evals"], state["last_loss"], state["seconds"]
+        step, last_loss, seconds = state["step"], state["last_loss"], state["seconds"]
+        evals = [EvalResult.from_dict(e) for e in state["evals"]]
         # A killed run logged past its checkpoint: the steps up to there are in the tracker already.
         tracker = LoggedAfter(tracker, tracker.last_step("train/loss"))
 
@@ -176,7 +178,7 @@ def train(
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0),
                 "step": step,
-                "evals": evals,
+                "evals": [e.to_dict() for e in evals],  # plain data: loaded with weights_only=True
                 "last_loss": last_loss,
                 "seconds": seconds,
                 "config": config.canonical_json(),
@@ -295,12 +297,12 @@ def train(
     return result
 
 
-def recognizable_at_step(evals: list[dict[str, Any]], fraction: float) -> int | None:
+def recognizable_at_step(evals: list[EvalResult], fraction: float) -> int | None:
     """The first evaluation step at which the first sampler setting's recognizability reaches ``fraction``."""
     if not evals:
         return None
-    first = evals[0]["setting"]
-    for e in sorted((e for e in evals if e["setting"] == first), key=lambda e: e["step"]):
-        if e.get("recognizability", 0.0) >= fraction:
-            return e["step"]
+    first = evals[0].label
+    for e in sorted((e for e in evals if e.label == first), key=lambda e: e.step):
+        if e.metrics.get("recognizability", 0.0) >= fraction:
+            return e.step
     return None
