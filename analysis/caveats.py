@@ -20,8 +20,9 @@ from .words import and_list
 # so only arms that agree on all of them share a loss scale.
 OBJECTIVE_KEYS = tuple(f"diffusion.{k}" for k in DiffusionConfig.model_fields)
 # What makes two FIDs comparable: the same number of generated samples, the same reference set and the
-# same feature extractor (the domain classifier of the data set; a different data set, a different one).
-FID_BASIS = ("num_generated", "num_reference", "dataset")
+# same feature extractor: the domain classifier, named by its fingerprint (harness.feature_fingerprint),
+# which differs between data sets and between machines that trained their own instead of sharing one.
+FID_BASIS = ("num_generated", "num_reference", "dataset", "feature_fingerprint")
 
 
 # -- failures ---------------------------------------------------------------------------------------
@@ -116,14 +117,18 @@ def code_sentence(data: AblationData) -> str | None:
 def fid_basis(evals: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """Per evaluation with a FID: arm_label, setting and the FID_BASIS it was computed on."""
     e = evals[evals["fid"].notna()].merge(runs[["run_id", "dataset"]], on="run_id", how="left")
-    return e[["arm_label", "setting", *FID_BASIS]]
+    e = e[["arm_label", "setting", *FID_BASIS]].copy()
+    e["feature_fingerprint"] = e["feature_fingerprint"].astype(object).fillna("unlogged")  # runs before the tag
+    return e
 
 
 def fid_bases(evals: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
     """Each distinct FID basis in words: 'N = 500 samples against 5,000 mnist-5k images'."""
     basis = fid_basis(evals, runs).drop_duplicates(FID_BASIS)
+    mixed = basis["feature_fingerprint"].nunique() > 1
     return [
         f"N = {_count(b.num_generated)} samples against {_count(b.num_reference)} {b.dataset} images"
+        + (f" in the features of classifier {b.feature_fingerprint}" if mixed else "")
         for b in basis.itertuples()
     ]
 
@@ -134,14 +139,18 @@ def fid_refusal(evals: pd.DataFrame, runs: pd.DataFrame) -> str | None:
     groups = basis.groupby(list(FID_BASIS), sort=False)
     if groups.ngroups < 2:
         return None
+    mixed = basis["feature_fingerprint"].nunique() > 1
     parts = [
-        f"N = {_count(g)} samples against {_count(r)} {d} images for "
+        f"N = {_count(g)} samples against {_count(r)} {d} images"
+        + (f" in the features of classifier {f}" if mixed else "")
+        + " for "
         + and_list(list(dict.fromkeys(rows["arm_label"] + " " + rows["setting"])))
-        for (g, r, d), rows in groups
+        for (g, r, d, f), rows in groups
     ]
     return (
         "FIDs are not ranked: they were computed on different bases (" + "; ".join(parts) + "), and FID depends "
-        "on the number of samples and on the reference set, so they are not comparable"
+        "on the number of samples, on the reference set and on the feature extractor, so they are not comparable"
+        + (" (a different domain classifier is a different feature space)" if mixed else "")
     )
 
 

@@ -307,3 +307,21 @@ def test_estimates_use_finite_values_only(tmp_path):
     assert "Welch t-test" in words and np.isfinite(d.evals["fid"]).sum() == 5
     with pytest.raises(KeyError):
         LOWER_IS_BETTER["nfe"]
+
+
+def test_fids_in_different_feature_spaces_are_not_ranked(tmp_path):
+    # Same N and reference set, but one arm was scored with another machine's own domain classifier.
+    d = data(tmp_path, {("linear", S): GOOD, ("cosine", S): BETTER})
+    d.evals["feature_fingerprint"] = "aaaa1111"
+    d.evals.loc[d.evals["arm_label"] == "cosine", "feature_fingerprint"] = "bbbb2222"
+    words = answer(d)
+    assert "beats" not in words.split("Final training")[0]
+    assert "against 5,000 mnist-5k images in the features of classifier bbbb2222 for cosine" in words
+    assert "a different domain classifier is a different feature space" in words
+
+
+def test_one_feature_space_is_not_mentioned(tmp_path):
+    d = data(tmp_path, {("linear", S): GOOD, ("cosine", S): BETTER})
+    d.evals["feature_fingerprint"] = "aaaa1111"
+    words = answer(d)
+    assert "cosine beats linear" in words and "features of classifier" not in words
