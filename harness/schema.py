@@ -31,11 +31,28 @@ EXPERIMENT_KIND, CUSTOM_MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_mod
 SHARED_VIEW, ARMS_VIEW = "mlflow.sharedViewState.", "harness-arms"
 ENV = "env."  # prefix of a training run's environment tags (orchestration/environment.py)
 REUSE = "harness.reuse"  # the reuse policy of a launch (provenance.REUSE_POLICIES)
-# Sweeps: the study a trial run belongs to, its number and Optuna state, and the best trial's mark.
+# Sweeps. Runs of a study, by role: ``sweep`` (the parent, one per study), ``trial`` (a child of the
+# parent per Optuna trial; its objective metrics are the aggregate over seeds, with ``spread_key`` beside),
+# ``trial_seed`` (a child of its trial per seed: that model's final evaluation), ``confirm`` (a child of
+# the parent per confirmed trial and fresh seed). All carry STUDY; trial, trial_seed and confirm carry TRIAL.
 STUDY = "harness.study"
 TRIAL = "harness.trial"
-TRIAL_STATE = "harness.trial_state"
-BEST_TRIAL = "harness.best_trial"
+TRIAL_STATE = "harness.trial_state"  # COMPLETE | PRUNED | FAIL | RUNNING, as Optuna's
+BEST_TRIAL = "harness.best_trial"  # "true" on the best trial's run
+BEST_TRIAL_NUMBER = "harness.best_trial_number"  # on the parent
+BEST_RUN_ID = "harness.best_run_id"  # on the parent
+CONFIRM_RANK = "harness.confirm_rank"  # on confirm runs: the trial's rank in the search, 1 = best
+AGGREGATE = "harness.aggregate"  # on the parent: mean | median over a trial's seeds
+SEEDS = "harness.seeds"  # on the parent: the search's seeds, JSON list
+CONFIRM_SEEDS = "harness.confirm_seeds"  # on the parent: the fresh seeds of confirmation, JSON list
+STORAGE = "harness.storage"  # on the parent: the Optuna storage (journal file or URL without password)
+N_TRIALS = "harness.n_trials"
+SAMPLER = "harness.sampler"
+PRUNER = "harness.pruner"
+WORKER = "harness.worker"  # host:pid of the worker that ran a trial
+RETRY_OF = "harness.retry_of"  # the trial a retried trial repeats, "-" if none
+STOPPED = "harness.stopped"  # why a trial stopped early (pruned, diverged)
+FIGURE_UNAVAILABLE = "harness.figure_unavailable."  # prefix: + figure name -> why it could not be drawn
 FID_INCEPTION_UNAVAILABLE = "harness.fid_inception_unavailable"  # why an evaluation has no InceptionV3 FID
 # The feature space of a run's FID, KID and precision/recall: the weights hash of the domain classifier
 # (features.weights_fingerprint), on every training and evaluation run; FIDs compare only within one value.
@@ -82,6 +99,11 @@ METRICS: dict[str, Metric] = {
     )
 }
 EVAL_METRICS = tuple(METRICS)
+
+
+def spread_key(metric: str) -> str:
+    """A sweep trial's standard deviation of ``metric`` over its seeds (absent with one seed)."""
+    return f"{metric}_std"
 
 
 def eval_key(label: str, metric: str) -> str:

@@ -25,11 +25,14 @@ from ..schema import (
     FEATURE_FINGERPRINT,
     HASH,
     RECOGNIZER_FINGERPRINT,
+    RETRY_OF,
     ROLE,
     SPEC,
+    STOPPED,
     STUDY,
     TRIAL,
     TRIAL_STATE,
+    WORKER,
 )
 from .search import Sweep
 from .space import FloatParam, IntParam
@@ -143,8 +146,8 @@ class TrialObjective:
                 STUDY: sweep.study_name,
                 TRIAL: trial.number,
                 TRIAL_STATE: "RUNNING",
-                "harness.worker": worker_name(),
-                "harness.retry_of": "-" if retried is None else retried,
+                WORKER: worker_name(),
+                RETRY_OF: "-" if retried is None else retried,
             },
         )
         trial.set_user_attr("mlflow_run_id", run.run_id)
@@ -178,7 +181,7 @@ class TrialObjective:
     def _end(self, run: MlflowTracker, state: str, reason: str | None = None) -> None:
         tags = {TRIAL_STATE: state}
         if reason:
-            tags[ERROR if state == "FAIL" else "harness.stopped"] = reason[:5000]
+            tags[ERROR if state == "FAIL" else STOPPED] = reason[:5000]
         run.set_tags(tags)
         run.finish("FAILED" if state == "FAIL" else "FINISHED")
 

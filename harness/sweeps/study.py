@@ -21,7 +21,27 @@ from ..config import (
 from ..orchestration.provenance import git_state
 from ..orchestration.store import hold_lock, lock_held, lock_path
 from ..orchestration.tracking import MlflowStore, MlflowTracker
-from ..schema import BEST_TRIAL, COMMIT, DIRTY, ERROR, HASH, PROFILE, QUESTION, ROLE, SPEC, STUDY, TRIAL, TRIAL_STATE
+from ..schema import (
+    BEST_RUN_ID,
+    BEST_TRIAL,
+    BEST_TRIAL_NUMBER,
+    COMMIT,
+    DIRTY,
+    ERROR,
+    FIGURE_UNAVAILABLE,
+    HASH,
+    N_TRIALS,
+    PROFILE,
+    PRUNER,
+    QUESTION,
+    ROLE,
+    SAMPLER,
+    SPEC,
+    STORAGE,
+    STUDY,
+    TRIAL,
+    TRIAL_STATE,
+)
 from .search import Sweep
 
 HEARTBEAT_SECONDS, GRACE_SECONDS = 60, 180  # RDB storage: a trial silent for 3 minutes is stale
@@ -190,11 +210,11 @@ def open_parent(
             parent.log_dict(sweep.base, "base_config.json")
         parent.set_tags(
             {
-                "harness.storage": where,
-                "harness.n_trials": sweep.search.n_trials,
+                STORAGE: where,
+                N_TRIALS: sweep.search.n_trials,
                 COMMIT: commit,
-                "harness.sampler": sweep.search.sampler,
-                "harness.pruner": sweep.search.pruner_name if sweep.pruning else "none",
+                SAMPLER: sweep.search.sampler,
+                PRUNER: sweep.search.pruner_name if sweep.pruning else "none",
             }
         )
         parent.log_artifact(spec_path)
@@ -238,8 +258,8 @@ def finish_study(
         parent.log_metrics({f"best_{sweep.search.objective[0].metric}": t.value})
         parent.set_tags(
             {
-                "harness.best_trial_number": t.number,
-                "harness.best_run_id": children[t.number].info.run_id if t.number in children else "-",
+                BEST_TRIAL_NUMBER: t.number,
+                BEST_RUN_ID: children[t.number].info.run_id if t.number in children else "-",
             }
         )
     with tempfile.TemporaryDirectory() as tmp:
@@ -250,7 +270,7 @@ def finish_study(
             if path is not None:
                 parent.log_artifact(str(path))
             else:
-                parent.set_tags({f"harness.figure_unavailable.{problem[0]}": problem[1][:500]})
+                parent.set_tags({FIGURE_UNAVAILABLE + problem[0]: problem[1][:500]})
     return {n: r.info.run_id for n, r in children.items()}, best
 
 
