@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -255,6 +256,18 @@ def cmd_sweep(args) -> int:
     for t in result.best:
         values = "  ".join(f"{m}={v:.4g}" for (m, _), v in zip(result.objective, t.values or []))
         print(f"  best trial {t.number}: {values}  {t.params}  (config {t.config_hash}, run {t.run_id})")
+    search_value = {t.number: (t.values or [math.nan])[0] for t in result.trials}
+    metric = result.objective[0][0]
+    for rank in sorted({c.rank for c in result.confirmed}):
+        mine = [c for c in result.confirmed if c.rank == rank]
+        seeds = ", ".join(f"{c.values[0]:.4g} (seed {c.seed})" for c in mine)
+        mean = sum(c.values[0] for c in mine) / len(mine)
+        print(
+            f"  confirmed #{rank} trial {mine[0].trial}: {metric} {mean:.4g} mean of {len(mine)} fresh seed(s): "
+            f"{seeds}; in the search {search_value.get(mine[0].trial, math.nan):.4g}"
+        )
+    if result.confirmed:
+        print(f"  the answer, with confidence intervals: harness report {args.spec}")
     for err in result.worker_errors:
         print(f"  worker error: {err}", file=sys.stderr)
     return 0 if result.ok else 1

@@ -20,9 +20,9 @@ from harness.cli import main
 from harness.config import ConfigError, TrainConfig
 from harness.orchestration.store import store_root
 from harness.orchestration.tracking import MlflowStore
-from harness.schema import FEATURE_FINGERPRINT, HASH, ROLE
+from harness.schema import FEATURE_FINGERPRINT, HASH, PARENT, ROLE, SEED
 from harness.sweeps.search import load_sweep, validate_sweep
-from harness.sweeps.space import PRUNERS, SAMPLERS
+from harness.sweeps.space import PRUNERS
 from harness.sweeps.study import journal_path, open_storage, recover_dead_trials
 from harness.sweeps.sweep import run_sweep
 
@@ -106,7 +106,7 @@ BAD = [
     (None, "search: a sweep spec needs a search section"),
     (
         _with(budget=3),
-        "search.budget: unknown key; valid keys here: n_trials, objective, params, pruner, sampler, seed",
+        "search.budget: unknown key; valid keys here: aggregate, confirm, n_trials, objective, params, pruner, sampler,",
     ),
     (_with(n_trials=0), "search.n_trials: Input should be greater than or equal to 1"),
     (_with(params={}), "search.params: Dictionary should have at least 1 item"),
@@ -228,31 +228,10 @@ def test_shipped_sweep_validates_in_every_profile(path):
 # -- samplers and pruners: one row each -----------------------------------------------------------------
 
 
-def _toy(trial):
-    x = trial.suggest_float("x", -2, 2, step=0.5)
-    n = trial.suggest_int("n", 1, 3)
-    c = trial.suggest_categorical("c", ["a", "b"])
-    return (x - 0.5) ** 2 + n + (c == "b")
-
-
-@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
-def test_every_sampler_runs_a_study(name):
-    if name == "cmaes":
-        pytest.importorskip("cmaes", reason="CmaEsSampler needs the cmaes package (not yet in pyproject.toml)")
-    study = optuna.create_study(sampler=SAMPLERS[name](0, 6))
-    study.optimize(_toy, n_trials=6)
-    assert len(study.trials) == 6 and study.best_value >= 1
-    if name != "cmaes":
-        multi = optuna.create_study(directions=["minimize", "minimize"], sampler=SAMPLERS[name](0, 4))
-        multi.optimize(lambda t: (_toy(t), t.params["n"]), n_trials=4)
-        assert multi.best_trials
-
-
-@pytest.mark.parametrize("name", sorted(PRUNERS))
-def test_every_pruner_builds_and_judges(name):
+@pytest.mark.parametrize("name", ["median", "threshold", "none"])
+def test_pruners_judge_the_first_evaluation(name):
     options = {"threshold": {"upper": 1.0}}.get(name, {})
-    study = optuna.create_study(pruner=PRUNERS[name](TrainConfig(steps=4, eval_every=2), **options))
+    study = optuna.create_study(pruner=PRUNERS[name](TrainConfig(steps=4, eval_every=2), 1, **options))
     for value in [0.5] * 5 + [2.0]:  # five good trials, then one far worse at the first evaluation
         trial = study.ask()
         trial.report(value, 2)
@@ -261,10 +240,13 @@ def test_every_pruner_builds_and_judges(name):
         else:
             study.tell(trial, value)
     states = [t.state.name for t in study.trials]
-    if name in ("median", "threshold"):
-        assert states == ["COMPLETE"] * 5 + ["PRUNED"]
-    elif name == "none":
-        assert states == ["COMPLETE"] * 6
+    assert states == ["COMPLETE"] * 5 + ["PRUNED" if name != "none" else "COMPLETE"]
+
+
+def test_hyperband_counts_the_steps_of_every_seed():
+    # Seeds train one after the other, so a trial's resource runs to steps x seeds (Sweep.prune_step).
+    pruner = PRUNERS["hyperband"](TrainConfig(steps=400, eval_every=100), 3)
+    assert (pruner._min_resource, pruner._max_resource) == (100, 1200)
 
 
 # -- sweeps end to end ------------------------------------------------------------------------------------
@@ -282,13 +264,16 @@ def test_smoke_sweep_tracks_one_parent_and_continues_where_it_stopped(tmp_path, 
     run = runs[0]
     assert {"trial", *sweep.params} == set(run.data.params)
     assert run.data.tags[HASH] != "-" and run.data.tags["harness.trial_state"] == "COMPLETE"
+    (seed_run,) = store.runs(store.experiment_id(sweep.spec.name), {PARENT: run.info.run_id})
+    assert seed_run.data.tags[ROLE] == "trial_seed" and seed_run.data.tags[SEED] == str(sweep.seeds[0])
     # Trials score FID with the classifier the store holds for this data, as ablations on it do.
     features = store.runs(store.experiment_id("harness-features"), {ROLE: "features"})
     assert len(features) == 1
-    assert run.data.tags[FEATURE_FINGERPRINT] == features[0].data.tags[FEATURE_FINGERPRINT]
+    assert seed_run.data.tags[FEATURE_FINGERPRINT] == features[0].data.tags[FEATURE_FINGERPRINT]
     metric = first.objective[0][0]
     label = sweep.resolve({}).eval.samplers[0].label
-    assert metric in run.data.metrics and f"eval/{label}/{metric}" in run.data.metrics
+    assert run.data.metrics[metric] == seed_run.data.metrics[metric]  # one seed: its value is the trial's
+    assert f"eval/{label}/{metric}" in seed_run.data.metrics
     first_runs = {r.info.run_id for r in runs}
 
     again = run_sweep(

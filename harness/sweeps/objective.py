@@ -1,11 +1,13 @@
-"""One trial: sample a point, resolve it into a training configuration, train with pruning, score it; one
-MLflow child run per trial."""
+"""One trial: sample a point, resolve it into one training configuration per seed, train each with pruning
+on the running aggregate, score the trial by the aggregate over seeds. MLflow: one run per trial (role
+``trial``, a child of the sweep's parent), one child of it per seed (role ``trial_seed``)."""
 
 from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+import statistics
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +29,14 @@ from ..schema import (
     RECOGNIZER_FINGERPRINT,
     RETRY_OF,
     ROLE,
+    SEED,
     SPEC,
     STOPPED,
     STUDY,
     TRIAL,
     TRIAL_STATE,
     WORKER,
+    spread_key,
 )
 from .search import Sweep
 from .space import FloatParam, IntParam
@@ -41,12 +45,19 @@ from .study import trial_lock_name
 # -- one trial ------------------------------------------------------------------------------------------
 
 
-class PruningEvaluator:
-    """Wraps ``evaluation.Evaluator``: reports the objective metric of each periodic evaluation to
-    the trial and raises ``optuna.TrialPruned`` when the pruner says stop (``train`` propagates it)."""
+def aggregate(values: list[float], how: str) -> float:
+    return statistics.median(values) if how == "median" else statistics.fmean(values)
 
-    def __init__(self, inner, trial: optuna.Trial, metric: str | None, final_step: int):
-        self.inner, self.trial, self.metric, self.final_step = inner, trial, metric, final_step
+
+class PruningEvaluator:
+    """Wraps ``evaluation.Evaluator`` for seed ``index`` of a trial: reports the running aggregate of the
+    objective metric (this seed's value with the earlier seeds' at the same step) to the trial at
+    ``Sweep.prune_step`` and raises ``optuna.TrialPruned`` when the pruner says stop (``train`` propagates it).
+    """
+
+    def __init__(self, inner, trial: optuna.Trial, metric: str | None, sweep: Sweep, index: int, history):
+        self.inner, self.trial, self.metric, self.sweep, self.index = inner, trial, metric, sweep, index
+        self.history: dict[int, list[float]] = history  # step -> the objective at that step, per seed so far
         self.final: EvalResult | None = None  # the final evaluation, once it ran
 
     @property
@@ -56,13 +67,20 @@ class PruningEvaluator:
     def run(self, model, *, step: int, tracker=None, final: bool | None = None) -> list[EvalResult]:
         results = self.inner.run(model, step=step, tracker=tracker, final=final)
         result = results[0]  # a trial's config has one evaluation setting
-        if step >= self.final_step:
+        if step >= self.sweep.base["train"]["steps"]:
             self.final = result
         value = result.metrics.get(self.metric) if self.metric is not None else None
         if value is not None:
-            self.trial.report(float(value), step)
-            if step < self.final_step and self.trial.should_prune():
-                raise optuna.TrialPruned(f"{self.metric} {value:.4g} at step {step}")
+            seen = self.history.setdefault(step, [])
+            seen.append(float(value))
+            running = aggregate(seen, self.sweep.search.aggregate)
+            at = self.sweep.prune_step(self.index, step)
+            self.trial.report(running, at)
+            if at < self.sweep.final_steps and self.trial.should_prune():
+                raise optuna.TrialPruned(
+                    f"{self.metric} {running:.4g} at step {step} of seed {self.sweep.seeds[self.index]}"
+                    + (f" (the {self.sweep.search.aggregate} over {len(seen)} seeds)" if len(seen) > 1 else "")
+                )
         return results
 
 
@@ -80,6 +98,7 @@ class WorkerTask:
     worker: int = 0
     threads: int = 0  # torch threads; 0 leaves the process's setting alone
     device: str | None = None  # e.g. cuda:1; None: the configuration's train.device
+    confirm: list = field(default_factory=list)  # confirm.ConfirmJob: run these instead of pulling trials
 
 
 def worker_name() -> str:
@@ -128,22 +147,17 @@ class TrialObjective:
 
         sweep = self.sweep
         params = {key: self._suggest(trial, key, p) for key, p in sweep.params.items()}
-        config = sweep.resolve(params, device=self.task.device)
-        h = config.train_hash()
-        trial.set_user_attr("config_hash", h)
-        commit, _ = git_state()
+        configs = [sweep.resolve(params, device=self.task.device, seed=seed) for seed in sweep.seeds]
+        hashes = [c.train_hash() for c in configs]
+        trial.set_user_attr("config_hash", hashes[0])
+        trial.set_user_attr("config_hashes", hashes)
         retried = trial.study.get_trials(deepcopy=False)[trial.number].system_attrs.get("failed_trial")
         run = self.store.start_run(
             self.task.experiment_id,
             f"{sweep.study_name}-trial-{trial.number}",
             parent=self.task.parent_run_id,
             tags={
-                ROLE: "trial",
-                HASH: h,
-                SPEC: sweep.spec.name,
-                COMMIT: commit,
-                CODE_VERSION: code_version(),
-                STUDY: sweep.study_name,
+                **study_tags(sweep, "trial", hashes[0]),
                 TRIAL: trial.number,
                 TRIAL_STATE: "RUNNING",
                 WORKER: worker_name(),
@@ -152,22 +166,30 @@ class TrialObjective:
         )
         trial.set_user_attr("mlflow_run_id", run.run_id)
         run.log_params({**params, "trial": trial.number})
-        run.log_dict(config.to_dict(), "config.json")
+        run.log_dict(configs[0].to_dict(), "config.json")
         try:
-            values = self._train_and_score(trial, config, run)
+            finals = self._train_seeds(trial, configs, run)
         except optuna.TrialPruned as err:
-            self._end(run, "PRUNED", str(err))
+            end_run(run, "PRUNED", str(err))
             raise
         except NonFiniteLoss as err:
             # Diverged: recorded as pruned (stopped early, no value), so TPE ranks the point last
             # instead of ignoring it as it ignores FAIL trials.
-            self._end(run, "PRUNED", str(err))
+            end_run(run, "PRUNED", str(err))
             raise optuna.TrialPruned(str(err)) from None
         except Exception as err:
-            self._end(run, "FAIL", f"{type(err).__name__}: {err}")
+            end_run(run, "FAIL", f"{type(err).__name__}: {err}")
             raise
-        run.log_metrics({o.metric: v for o, v in zip(sweep.search.objective, values)}, step=config.train.steps)
-        self._end(run, "COMPLETE")
+        values = []
+        for o in sweep.search.objective:
+            per_seed = [objective_value(f, o.metric) for f in finals]
+            values.append(aggregate(per_seed, sweep.search.aggregate))
+            run.log_metrics({f"seed/{s}/{o.metric}": v for s, v in zip(sweep.seeds, per_seed)})
+            if len(per_seed) > 1:
+                run.log_metrics({spread_key(o.metric): statistics.stdev(per_seed)}, step=configs[0].train.steps)
+        run.log_metrics({o.metric: v for o, v in zip(sweep.search.objective, values)}, step=configs[0].train.steps)
+        run.log_metrics({"n_seeds": len(finals)})
+        end_run(run, "COMPLETE")
         return values if sweep.multi_objective else values[0]
 
     @staticmethod
@@ -178,13 +200,6 @@ class TrialObjective:
             return trial.suggest_int(key, p.low, p.high, step=p.step, log=p.log)
         return trial.suggest_categorical(key, p.choices)
 
-    def _end(self, run: MlflowTracker, state: str, reason: str | None = None) -> None:
-        tags = {TRIAL_STATE: state}
-        if reason:
-            tags[ERROR if state == "FAIL" else STOPPED] = reason[:5000]
-        run.set_tags(tags)
-        run.finish("FAILED" if state == "FAIL" else "FINISHED")
-
     def _dataset(self, config: Config):
         from ..training.data import load_dataset
 
@@ -193,34 +208,98 @@ class TrialObjective:
             self._data[key] = load_dataset(*key)
         return self._data[key]
 
-    def _train_and_score(self, trial: optuna.Trial, config: Config, run: MlflowTracker) -> list[float]:
-        from ..device import resolve_device
-        from ..evaluation.evaluate import Evaluator
-        from ..training.train import train
-
-        data = self._dataset(config)
-        h = config.train_hash()
-        run_dir = self.root / "checkpoints" / self.sweep.spec.name / h  # per experiment, as the runner's
-        device = resolve_device(config.train.device)
-        evaluator = Evaluator(config, data, device=device, out_dir=run_dir)
-        # The feature space of this trial's FID, as on ablation runs: comparable only at equal fingerprints.
-        run.set_tags(
-            {
-                FEATURE_FINGERPRINT: evaluator.classifier.fingerprint,
-                RECOGNIZER_FINGERPRINT: evaluator.recognizer.fingerprint,
-            }
-        )
+    def _train_seeds(self, trial: optuna.Trial, configs: list[Config], run: MlflowTracker) -> list[EvalResult]:
+        """Each seed's model, one after the other, in a child run of the trial; their final evaluations."""
         metric = self.sweep.search.objective[0].metric if self.sweep.pruning else None
-        scorer = PruningEvaluator(evaluator, trial, metric, config.train.steps)
-        with job_lock(self.root, h):  # one trainer per config hash; a twin trial waits, then reuses the model
-            train(config, run, run_dir=run_dir, data=data, evaluator=scorer, progress=False)
-            if scorer.final is None:  # trained to the end by an earlier trial: only this evaluation runs
-                scorer.final = evaluator.run(
-                    load_ema(config, data, run_dir, device), step=config.train.steps, tracker=run, final=True
-                )[0]
-        values = []
-        for o in self.sweep.search.objective:
-            if o.metric not in scorer.final.metrics:
-                raise RuntimeError(f"objective metric {o.metric} is missing: {scorer.final.why_missing(o.metric)}")
-            values.append(float(scorer.final.metrics[o.metric]))
-        return values
+        history: dict[int, list[float]] = {}
+        finals = []
+        for index, config in enumerate(configs):
+            child = self.store.start_run(
+                self.task.experiment_id,
+                f"{self.sweep.study_name}-trial-{trial.number} seed={config.train.seed}",
+                parent=run.run_id,
+                tags={
+                    **study_tags(self.sweep, "trial_seed", config.train_hash()),
+                    TRIAL: trial.number,
+                    SEED: config.train.seed,
+                },
+            )
+            child.log_params({**trial.params, "seed": config.train.seed})
+
+            def scorer(evaluator, index=index):
+                return PruningEvaluator(evaluator, trial, metric, self.sweep, index, history)
+
+            finals.append(
+                train_and_evaluate(config, child, self.root, self.sweep.spec.name, self._dataset(config), scorer)
+            )
+        return finals
+
+
+def study_tags(sweep: Sweep, role: str, config_hash: str) -> dict[str, Any]:
+    """The tags of every run a study makes below its parent (trial, trial_seed, confirm)."""
+    return {
+        ROLE: role,
+        HASH: config_hash,
+        SPEC: sweep.spec.name,
+        COMMIT: git_state()[0],
+        CODE_VERSION: code_version(),
+        STUDY: sweep.study_name,
+    }
+
+
+def end_run(run: MlflowTracker, state: str, reason: str | None = None) -> None:
+    tags = {TRIAL_STATE: state}
+    if reason:
+        tags[ERROR if state == "FAIL" else STOPPED] = reason[:5000]
+    run.set_tags(tags)
+    run.finish("FAILED" if state == "FAIL" else "FINISHED")
+
+
+def objective_value(result: EvalResult, metric: str) -> float:
+    if metric not in result.metrics:
+        raise RuntimeError(f"objective metric {metric} is missing: {result.why_missing(metric)}")
+    return float(result.metrics[metric])
+
+
+def train_and_evaluate(config: Config, run: MlflowTracker, root: Path, spec_name: str, data, wrap=None) -> EvalResult:
+    """Train ``config`` (or reuse its finished model), evaluate it with its one setting, log to ``run`` and
+    end it FINISHED; ``wrap(evaluator)`` may watch the periodic evaluations (pruning). Raises what train raises,
+    after ending ``run`` with the state it means."""
+    from ..device import resolve_device
+    from ..evaluation.evaluate import Evaluator
+    from ..training.train import NonFiniteLoss, train
+
+    h = config.train_hash()
+    run_dir = root / "checkpoints" / spec_name / h  # per experiment, as the runner's
+    device = resolve_device(config.train.device)
+    evaluator = Evaluator(config, data, device=device, out_dir=run_dir)
+    # The feature space of this FID, as on ablation runs: comparable only at equal fingerprints.
+    run.set_tags(
+        {
+            FEATURE_FINGERPRINT: evaluator.classifier.fingerprint,
+            RECOGNIZER_FINGERPRINT: evaluator.recognizer.fingerprint,
+        }
+    )
+    run.log_dict(config.to_dict(), "config.json")
+    scorer = wrap(evaluator) if wrap else None
+    try:
+        with job_lock(root, h):  # one trainer per config hash; a twin waits, then reuses the model
+            result = train(config, run, run_dir=run_dir, data=data, evaluator=scorer or evaluator, progress=False)
+            final = scorer.final if scorer else next(iter(result.final_evals()), None)
+            # Trained to the end before (by a trial differing only in eval.* keys, or a confirmation of the
+            # same point): only this evaluation runs.
+            if final is None or final.setting != config.eval.samplers[0]:
+                model = load_ema(config, data, run_dir, device)
+                final = evaluator.run(model, step=config.train.steps, tracker=run, final=True)[0]
+    except optuna.TrialPruned as err:
+        end_run(run, "PRUNED", str(err))
+        raise
+    except NonFiniteLoss as err:
+        end_run(run, "PRUNED", str(err))
+        raise
+    except Exception as err:
+        end_run(run, "FAIL", f"{type(err).__name__}: {err}")
+        raise
+    run.log_metrics(final.metrics, step=config.train.steps)
+    end_run(run, "COMPLETE")
+    return final

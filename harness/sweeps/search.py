@@ -58,6 +58,21 @@ class Objective(_Strict):
         return self.direction or METRICS[self.metric]
 
 
+class Confirm(_Strict):
+    """Re-train the ``top`` best trials with fresh ``seeds`` after the search: the best of N noisy trials is
+    biased upward (the winner's curse), so its search value is not its expected value; these are."""
+
+    top: int = Field(ge=1)
+    seeds: list[int] = Field(min_length=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError(f"each seed once; got {v}")
+        return v
+
+
 class Search(_Strict):
     params: dict[str, dict[str, Any]] = Field(min_length=1)  # dotted key -> {type: float|int|categorical, ...}
     objective: list[Objective] = Field(min_length=1)  # one metric, or several for a multi-objective study
@@ -65,6 +80,8 @@ class Search(_Strict):
     sampler: str = "tpe"
     pruner: str | dict[str, Any] = "median"  # a name, or {name: median, n_startup_trials: 5, ...}
     seed: int = 0
+    aggregate: Literal["mean", "median"] = "mean"  # a trial's value over the spec's seeds
+    confirm: Confirm | None = None
 
     @field_validator("objective", mode="before")
     @classmethod
@@ -120,6 +137,7 @@ class Sweep:
     profile: str | None
     base: dict[str, Any]  # the resolved training configuration before sampling (train.seed = seeds[0])
     setting: dict[str, Any]  # the evaluation setting trials are scored with (the spec's first)
+    seeds: tuple[int, ...]  # every trial trains one model per seed; its value aggregates them
 
     @property
     def study_name(self) -> str:
@@ -138,9 +156,23 @@ class Sweep:
         # Optuna's pruners compare one reported value; multi-objective studies do not prune.
         return not self.multi_objective and self.search.pruner_name != "none"
 
-    def resolve(self, params: dict[str, Any], device: str | None = None, where: str | None = None) -> Config:
-        """The training configuration of one trial: base, then the sampled values by dotted key."""
+    @property
+    def final_steps(self) -> int:
+        """The pruner's last step: a trial's seeds train one after the other (see ``prune_step``)."""
+        return self.base["train"]["steps"] * len(self.seeds)
+
+    def prune_step(self, seed_index: int, step: int) -> int:
+        """The step a trial reports its running aggregate at: seed i's step k is i * steps + k, the same
+        in every trial (seeds train in one order), so the pruner compares trials on the same seeds."""
+        return seed_index * self.base["train"]["steps"] + step
+
+    def resolve(
+        self, params: dict[str, Any], device: str | None = None, where: str | None = None, seed: int | None = None
+    ) -> Config:
+        """The training configuration of one trial and seed: base, then the sampled values by dotted key."""
         cfg, setting = self.base, dict(self.setting)
+        if seed is not None:
+            cfg = set_dotted(cfg, "train.seed", seed)
         for key, value in params.items():
             if key.startswith("eval."):
                 setting[key.removeprefix("eval.")] = value
@@ -157,6 +189,8 @@ class Sweep:
             "eval": {k: v for k, v in self.base["eval"].items() if k != "samplers"},
             "setting": self.setting,
             "objective": [(o.metric, o.resolved_direction) for o in self.search.objective],
+            "seeds": list(self.seeds),  # a mean over other seeds is another value
+            "aggregate": self.search.aggregate,
         }
         text = build_config(self.base, self.source).train_hash() + json.dumps(scoring, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
@@ -173,7 +207,7 @@ class Sweep:
         if not self.pruning:
             return optuna.pruners.NopPruner()
         train = build_config(self.base, self.source).train
-        return PRUNERS[self.search.pruner_name](train, **self.search.pruner_options)
+        return PRUNERS[self.search.pruner_name](train, len(self.seeds), **self.search.pruner_options)
 
 
 def load_sweep(path: str | Path, profile: str | None = None, overrides: dict[str, Any] | None = None) -> Sweep:
@@ -234,7 +268,17 @@ def load_sweep(path: str | Path, profile: str | None = None, overrides: dict[str
     setting = job.config.eval.samplers[0].model_dump()
     base["eval"]["samplers"] = [setting]
     params = {key: _param(source, key, value) for key, value in checked.params.items()}
-    sweep = Sweep(spec=spec, search=checked, params=params, source=source, profile=profile, base=base, setting=setting)
+    seeds = tuple(j.seed for j in plan.jobs)
+    sweep = Sweep(
+        spec=spec,
+        search=checked,
+        params=params,
+        source=source,
+        profile=profile,
+        base=base,
+        setting=setting,
+        seeds=seeds,
+    )
     _check_space(sweep)
     return sweep
 
@@ -298,6 +342,21 @@ def _check_space(sweep: Sweep) -> None:
         if search.n_trials > size:
             raise ConfigError(
                 f"{src}: search.n_trials: {search.n_trials} is more than the {size} points bruteforce can visit"
+            )
+    if search.confirm is not None:
+        if sweep.multi_objective:
+            raise ConfigError(
+                f"{src}: search.confirm: confirmation ranks trials on one objective; this study has several"
+            )
+        reused = sorted(set(search.confirm.seeds) & set(sweep.seeds))
+        if reused:
+            raise ConfigError(
+                f"{src}: search.confirm.seeds: {', '.join(map(str, reused))} also train the search's trials; "
+                f"confirmation needs fresh seeds, or it re-measures the noise the search selected on"
+            )
+        if search.confirm.top > search.n_trials:
+            raise ConfigError(
+                f"{src}: search.confirm.top: {search.confirm.top} is more than search.n_trials ({search.n_trials})"
             )
     if sweep.pruning and sweep.base["train"]["eval_every"] == 0:
         raise ConfigError(

@@ -138,22 +138,28 @@ SAMPLERS: dict[str, Callable[[int, int], optuna.samplers.BaseSampler]] = {
 SINGLE_OBJECTIVE_SAMPLERS = {"cmaes"}  # CMA-ES optimizes one value
 
 
-def _median(train: TrainConfig, *, n_startup_trials: int = 5, n_warmup_steps: int = 0):
+# A pruner sees ``n_seeds`` trainings one after the other (``Sweep.prune_step``): its resources are steps
+# of that sequence.
+def _median(train: TrainConfig, n_seeds: int, *, n_startup_trials: int = 5, n_warmup_steps: int = 0):
     return optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps)
 
 
-def _hyperband(train: TrainConfig, *, min_resource: int | None = None, reduction_factor: int = 3):
+def _hyperband(train: TrainConfig, n_seeds: int, *, min_resource: int | None = None, reduction_factor: int = 3):
     # A resource is a training step; the first rung is the first periodic evaluation.
     return optuna.pruners.HyperbandPruner(
-        min_resource=min_resource or train.eval_every, max_resource=train.steps, reduction_factor=reduction_factor
+        min_resource=min_resource or train.eval_every,
+        max_resource=train.steps * n_seeds,
+        reduction_factor=reduction_factor,
     )
 
 
-def _threshold(train: TrainConfig, *, lower: float | None = None, upper: float | None = None, n_warmup_steps: int = 0):
+def _threshold(
+    train: TrainConfig, n_seeds: int, *, lower: float | None = None, upper: float | None = None, n_warmup_steps: int = 0
+):
     return optuna.pruners.ThresholdPruner(lower=lower, upper=upper, n_warmup_steps=n_warmup_steps)
 
 
-def _none(train: TrainConfig):
+def _none(train: TrainConfig, n_seeds: int):
     return optuna.pruners.NopPruner()
 
 
@@ -166,4 +172,4 @@ PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
 
 
 def _pruner_options(name: str) -> list[str]:
-    return [p for p in inspect.signature(PRUNERS[name]).parameters if p != "train"]
+    return [p for p in inspect.signature(PRUNERS[name]).parameters if p not in ("train", "n_seeds")]

@@ -3,6 +3,7 @@ run that collects the trials, the best one and the figures."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -22,10 +23,12 @@ from ..orchestration.provenance import git_state
 from ..orchestration.store import hold_lock, lock_held, lock_path
 from ..orchestration.tracking import MlflowStore, MlflowTracker
 from ..schema import (
+    AGGREGATE,
     BEST_RUN_ID,
     BEST_TRIAL,
     BEST_TRIAL_NUMBER,
     COMMIT,
+    CONFIRM_SEEDS,
     DIRTY,
     ERROR,
     FIGURE_UNAVAILABLE,
@@ -36,6 +39,7 @@ from ..schema import (
     QUESTION,
     ROLE,
     SAMPLER,
+    SEEDS,
     SPEC,
     STORAGE,
     STUDY,
@@ -214,6 +218,9 @@ def open_parent(
                 N_TRIALS: sweep.search.n_trials,
                 COMMIT: commit,
                 SAMPLER: sweep.search.sampler,
+                AGGREGATE: sweep.search.aggregate,
+                SEEDS: json.dumps(list(sweep.seeds)),
+                CONFIRM_SEEDS: json.dumps(sweep.search.confirm.seeds if sweep.search.confirm else []),
                 PRUNER: sweep.search.pruner_name if sweep.pruning else "none",
             }
         )
@@ -235,11 +242,12 @@ def _child_runs(store: MlflowStore, experiment_id: str, study_name: str) -> dict
 def finish_study(
     store: MlflowStore, experiment_id: str, study: optuna.Study, sweep: Sweep, parent: MlflowTracker
 ) -> tuple[dict[int, str], list[int]]:
-    """Close child runs whose worker died, tag the best trial(s), log the figures and the trial table."""
+    """Close trial (and trial-seed) runs whose worker died, tag the best trial(s), log the figures and the trial table."""
     children = _child_runs(store, experiment_id, sweep.study_name)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    for number, run in children.items():
-        t = trials.get(number)
+    seed_runs = store.runs(experiment_id, {ROLE: "trial_seed", STUDY: sweep.study_name})
+    for run in [*children.values(), *seed_runs]:
+        t = trials.get(int(run.data.tags[TRIAL]))
         if run.info.status == "RUNNING" and t is not None and t.state.is_finished():
             child = MlflowTracker(store.client, run.info.run_id)
             child.set_tags({TRIAL_STATE: t.state.name, ERROR: "its worker died"})

@@ -22,7 +22,7 @@ the whole sweep: the parent run, the workers, and the result.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,11 @@ from ..config import (
 )
 from ..orchestration.runner import refuse_local_stores, sqlite_tracking_store
 from ..orchestration.store import shared_classifiers, store_root
-from ..orchestration.tracking import MlflowStore, default_tracking_uri
+from ..orchestration.tracking import MlflowStore, MlflowTracker, default_tracking_uri
 from ..private import SUBMITIT_READS, private_dir
+from ..schema import CONFIRM_RANK, ROLE, SEED, STUDY, TRIAL
 from ..tracker import StoreUnavailable
+from .confirm import confirm_jobs
 from .objective import WorkerTask
 from .search import Sweep, load_sweep
 from .study import counts, create_study, finish_study, local_storage, open_parent, open_storage, storage_label
@@ -56,6 +58,15 @@ class TrialRecord:
 
 
 @dataclass
+class Confirmed:
+    trial: int
+    rank: int  # in the search, 1 = best
+    seed: int
+    values: list[float]  # per objective metric, at the final step
+    run_id: str
+
+
+@dataclass
 class SweepResult:
     study_name: str
     storage: str  # the journal file or the RDB URL (without password)
@@ -65,6 +76,7 @@ class SweepResult:
     trials: list[TrialRecord]
     best: list[TrialRecord]  # the best trial; for several objectives the Pareto front
     workers: list[WorkerReport] = field(default_factory=list)  # which trials each worker ran
+    confirmed: list[Confirmed] = field(default_factory=list)  # by rank, then seed
 
     @property
     def worker_errors(self) -> list[str]:
@@ -95,6 +107,42 @@ def _record(t: FrozenTrial, runs: dict[int, str]) -> TrialRecord:
         t.user_attrs.get("config_hash"),
         runs.get(t.number),
     )
+
+
+def _confirm(study, sweep: Sweep, tasks: list[WorkerTask], executor: str, root, cluster, store) -> list[WorkerReport]:
+    """Train the confirmation jobs on the same workers (local processes or the Slurm array), round-robin."""
+    jobs = confirm_jobs(study, sweep)
+    current = {(j.trial, j.seed) for j in jobs}
+    for run in store.runs(tasks[0].experiment_id, {ROLE: "confirm", STUDY: sweep.study_name}):
+        if (int(run.data.tags[TRIAL]), int(run.data.tags[SEED])) not in current:  # no longer among the top
+            MlflowTracker(store.client, run.info.run_id).set_tags({CONFIRM_RANK: "-"})
+    if not jobs:
+        return []
+    top = sorted({(j.rank, j.trial) for j in jobs})
+    print(
+        f"{sweep.study_name}: confirming the {len(top)} best trial(s) ("
+        + ", ".join(f"{t}" for _, t in top)
+        + f") with fresh seeds {sweep.search.confirm.seeds}",
+        flush=True,
+    )
+    shares = [replace(t, confirm=jobs[i :: len(tasks)]) for i, t in enumerate(tasks)]
+    shares = [t for t in shares if t.confirm]
+    if executor == "slurm":
+        folder = private_dir(root / "slurm" / f"{sweep.study_name}-confirm", SUBMITIT_READS)
+        return _run_slurm(shares, sweep.spec.slurm, folder, cluster)
+    return _run_local(shares)
+
+
+def _confirmed(store: MlflowStore, experiment_id: str, sweep: Sweep) -> list[Confirmed]:
+    """The finished confirmation runs of the study that are among its current top trials."""
+    out = []
+    for run in store.runs(experiment_id, {ROLE: "confirm", STUDY: sweep.study_name}):
+        rank = run.data.tags.get(CONFIRM_RANK, "-")
+        if run.info.status != "FINISHED" or not rank.isdigit():
+            continue
+        values = [run.data.metrics.get(o.metric, float("nan")) for o in sweep.search.objective]
+        out.append(Confirmed(int(run.data.tags[TRIAL]), int(rank), int(run.data.tags[SEED]), values, run.info.run_id))
+    return sorted(out, key=lambda c: (c.rank, c.seed))
 
 
 def preflight(sweep: Sweep, store: MlflowStore | None = None):
@@ -192,10 +240,12 @@ def run_sweep(
             )
         else:
             reports = _run_local(tasks)
+        study = optuna.load_study(study_name=sweep.study_name, storage=optuna_storage)
+        if sweep.search.confirm is not None and not any(r.error for r in reports):
+            reports += _confirm(study, sweep, tasks, executor, root, cluster, store)
     except BaseException:
         parent.finish("KILLED")
         raise
-    study = optuna.load_study(study_name=sweep.study_name, storage=optuna_storage)
     runs, best = finish_study(store, experiment_id, study, sweep, parent)
     trials = [_record(t, runs) for t in study.get_trials(deepcopy=False)]
     result = SweepResult(
@@ -207,6 +257,7 @@ def run_sweep(
         trials,
         [trials[n] for n in best],
         reports,
+        _confirmed(store, experiment_id, sweep),
     )
     parent.finish("FINISHED" if result.ok else "FAILED")
     return result

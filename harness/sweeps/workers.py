@@ -17,6 +17,7 @@ from ..orchestration.runner import Requeueable
 from ..orchestration.store import hold_lock, store_root
 from ..orchestration.tracking import MlflowStore
 from ..orchestration.workers import die_with_parent
+from .confirm import run_confirmation
 from .objective import TrialObjective, WorkerTask, worker_name
 from .search import Sweep, load_sweep
 from .study import counts, open_storage, recover_dead_trials
@@ -30,6 +31,7 @@ class WorkerReport:
     trials: list[int] = field(default_factory=list)  # numbers of the trials this worker ran
     error: str | None = None
     name: str = ""  # host:pid, as in the trials' harness.worker tag
+    confirmed: list[list[int]] = field(default_factory=list)  # [trial, seed] of each confirmation it trained
 
 
 def run_worker(task: WorkerTask) -> WorkerReport:
@@ -41,6 +43,8 @@ def run_worker(task: WorkerTask) -> WorkerReport:
     sweep = load_sweep(task.spec_path, task.profile, task.overrides)
     store = MlflowStore(task.tracking_uri)
     root = store_root(store.uri)
+    if task.confirm:
+        return _confirm_worker(task, sweep, store, root)
     storage = open_storage(task.storage, root, sweep.spec.name)
     n_existing = len(optuna.load_study(study_name=sweep.study_name, storage=storage).get_trials(deepcopy=False))
     study = optuna.load_study(
@@ -79,6 +83,33 @@ def run_worker(task: WorkerTask) -> WorkerReport:
             report.error = f"{failures} trials in a row failed; the last: {objective.last_error}"
             break
     report.trials = list(objective.ran)
+    return report
+
+
+def _confirm_worker(task: WorkerTask, sweep: Sweep, store: MlflowStore, root: Path) -> WorkerReport:
+    """Train this worker's share of the confirmation jobs; a failure is reported and the next job runs."""
+    objective = TrialObjective(sweep, task, store, root)  # for its data set cache
+    report, errors = WorkerReport(task.worker, name=worker_name()), []
+    for job in task.confirm:
+        config = sweep.resolve(job.params, seed=job.seed)
+        try:
+            result = run_confirmation(job, sweep, task, store, root, objective._dataset(config))
+        except Exception as err:  # noqa: BLE001 - the other confirmations still run
+            errors.append(f"trial {job.trial} seed {job.seed}: {type(err).__name__}: {err}")
+            print(
+                f"[{sweep.study_name}] confirm trial {job.trial:>3} seed {job.seed}  FAILED  {errors[-1]}", flush=True
+            )
+            continue
+        report.confirmed.append([job.trial, job.seed])
+        values = (
+            "reused"
+            if result is None
+            else "  ".join(
+                f"{o.metric}={result.metrics.get(o.metric, float('nan')):.4g}" for o in sweep.search.objective
+            )
+        )
+        print(f"[{sweep.study_name}] confirm trial {job.trial:>3} seed {job.seed}  {values}", flush=True)
+    report.error = "; ".join(errors) or None
     return report
 
 
