@@ -4,22 +4,13 @@ its own), pruning watches the running aggregate, and the best trials are re-trai
 import statistics
 
 import pytest
-import torch
-from test_sweep import SEARCH, _study, _uri, _with, _write
+from test_sweep import SEARCH, _study, _uri, _with, _write, one_thread  # noqa: F401 - one torch thread here too
 
 from harness.config import ConfigError
 from harness.orchestration.tracking import MlflowStore
 from harness.schema import CONFIRM_RANK, HASH, PARENT, ROLE, SEED, STUDY, TRIAL, spread_key
 from harness.sweeps.search import load_sweep
 from harness.sweeps.sweep import run_sweep
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _runs(uri, role, **tags):
