@@ -242,7 +242,7 @@ def _child_runs(store: MlflowStore, experiment_id: str, study_name: str) -> dict
 def finish_study(
     store: MlflowStore, experiment_id: str, study: optuna.Study, sweep: Sweep, parent: MlflowTracker
 ) -> tuple[dict[int, str], list[int]]:
-    """Close trial (and trial-seed) runs whose worker died, tag the best trial(s), log the figures and the trial table."""
+    """Close trial (and trial-seed) runs whose worker died, tag the best trial(s), log figures and the trials."""
     children = _child_runs(store, experiment_id, sweep.study_name)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     seed_runs = store.runs(experiment_id, {ROLE: "trial_seed", STUDY: sweep.study_name})
