@@ -43,6 +43,7 @@ from harness.schema import (
     TRIAL,
     TRIAL_STATE,
     eval_key,
+    lower_is_better,
     spread_key,
 )
 
@@ -116,6 +117,23 @@ class SweepData:
         return self.objectives[0]
 
 
+def report_kind(store: MlflowStore, experiment: str, role: str | None = None) -> str:
+    """``sweep`` or ``ablation``: the role of the experiment's newest parent run (of ``role`` only, if given).
+    Raises ``NothingToReport`` when there is none (no experiment, or only runs of ``harness train``)."""
+    exp = store.client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise NothingToReport(f"no experiment {experiment!r} in {store.uri}; run the spec first")
+    roles = [role] if role else ["sweep", "ablation"]
+    parents = [r for kind in roles for r in store.runs(exp.experiment_id, {ROLE: kind})]
+    if not parents:
+        what = {"sweep": "sweep", "ablation": "harness run"}.get(role, "harness run or sweep")
+        raise NothingToReport(
+            f"experiment {experiment!r} in {store.uri} has no {what} to report on; "
+            f"run a spec with `harness run` or `harness sweep` first"
+        )
+    return max(parents, key=lambda r: r.info.start_time).data.tags[ROLE]
+
+
 def sweep_parents(store: MlflowStore, experiment: str) -> list:
     """The experiment's sweep parent runs, newest first (none if the experiment does not exist)."""
     exp = store.client.get_experiment_by_name(experiment)
@@ -145,11 +163,7 @@ def load_sweep_data(
     parent = chosen[0]
     exp_id, tags, p = parent.info.experiment_id, parent.data.tags, parent.data.params
     name = tags.get(STUDY, parent.info.run_name)
-    objectives = [
-        Objective(*(part.strip().split(":") + ["minimize"])[:2])
-        for part in p.get("objective", "fid:minimize").split(",")
-        if part.strip()
-    ]
+    objectives = [_objective(part) for part in p.get("objective", "fid").split(",") if part.strip()]
     search = _json_artifact(store, parent.info.run_id, "search.json") or {}
     space = search.get("params", {})
     params = list(space) or [k.strip() for k in p.get("search_space", "").split(",") if k.strip()]
@@ -206,6 +220,12 @@ def _newest(runs: list, key) -> list:
 
 def _trial_seed(run) -> tuple[int, int]:
     return int(run.data.tags[TRIAL]), int(run.data.tags.get(SEED, -1))
+
+
+def _objective(text: str) -> Objective:
+    """'fid:minimize' (the parent's ``objective`` param); a bare metric takes its natural direction."""
+    metric, _, direction = text.strip().partition(":")
+    return Objective(metric, direction or ("minimize" if lower_is_better(metric) else "maximize"))
 
 
 def _int_list(text: str | None) -> list[int]:

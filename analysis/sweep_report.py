@@ -144,24 +144,25 @@ def answer(data: SweepData) -> str:
 
 
 def unconfirmed_words(data: SweepData, ranked: pd.DataFrame, unit: str) -> str:
-    n = len(ranked)
-    if len(data.objectives) > 1 and data.trials["best"].any():
-        front = data.trials[data.trials["best"]]
-        names = "; ".join(
-            f"trial {r.trial} ({', '.join(f'{x.metric} {num(getattr(r, x.metric))}' for x in data.objectives)})"
-            for r in front.itertuples()
+    """The search's best (a multi-objective study: its Pareto-optimal trials), marked optimistic and unconfirmed."""
+    front = data.trials[data.trials["best"]] if len(data.objectives) > 1 else ranked.head(1)
+    many = len(front) > 1
+    if len(data.objectives) > 1:
+        lead = f"{_plural(len(front), 'trial')} {'are' if many else 'is'} Pareto-optimal in the search: " + "; ".join(
+            f"trial {r['trial']} ({config_text(data, r)}: "
+            + ", ".join(f"{metric_label(o.metric)} {num(r[o.metric])}" for o in data.objectives)
+            + ")"
+            for _, r in front.iterrows()
         )
-        lead = f"{_plural(len(front), 'trial')} are Pareto-optimal in the search: {names}"
     else:
-        row = ranked.iloc[0]
-        lead = (
-            f"the search's best trial is trial {row['trial']} ({config_text(data, row)}), "
-            f"{unit} {search_value(data, row)}"
-        )
+        row = front.iloc[0]
+        lead = f"the search's best trial is trial {row['trial']} ({config_text(data, row)}), "
+        lead += f"{unit} {search_value(data, row)}"
+    they, these = ("they are", "these configurations") if many else ("it is", "this configuration")
     return (
-        f"{lead}. This is the best of {n} noisy trial values, so it is optimistic: picking the "
-        f"{'lowest' if data.objective.lower_is_better else 'highest'} of noisy values also picks favourable "
-        f"noise (the winner's curse), and it is unconfirmed: no run re-trained this configuration with fresh seeds"
+        f"{lead}. {'These are' if many else 'This is'} the best of {len(ranked)} noisy trial values, so {they} "
+        f"optimistic: picking the best of noisy values also picks favourable noise (the winner's curse), and {they} "
+        f"unconfirmed: no run re-trained {these} with fresh seeds"
     )
 
 

@@ -200,7 +200,6 @@ def cmd_report(args) -> int:
     """An ablation report, or a sweep report when the spec has a search section or the experiment's newest
     parent run is a sweep's. Nothing to report on: one line, exit 2, nothing written."""
     from .orchestration.tracking import MlflowStore
-    from .schema import ROLE
     from .tracker import StoreUnavailable
 
     if not args.spec and not args.experiment:
@@ -224,41 +223,28 @@ def cmd_report(args) -> int:
     except StoreUnavailable as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    exp = store.client.get_experiment_by_name(name)
-    if exp is None:
-        print(f"error: no experiment {name!r} in {store.uri}; run the spec first", file=sys.stderr)
-        return 2
-    parents = sorted(
-        store.runs(exp.experiment_id, {ROLE: "sweep"}) + store.runs(exp.experiment_id, {ROLE: "ablation"}),
-        key=lambda r: -r.info.start_time,
-    )
-    if not parents:
-        print(
-            f"error: experiment {name!r} in {store.uri} has no harness run or sweep to report on; "
-            f"run a spec with `harness run` or `harness sweep` first",
-            file=sys.stderr,
-        )
-        return 2
-    out = Path(args.out) if args.out else REPO / "reports" / name
-    if sweep or (not args.spec and parents[0].data.tags.get(ROLE) == "sweep"):
-        from analysis.sweep_load import NothingToReport
-        from analysis.sweep_report import log_sweep_report, write_sweep_report
+    from analysis.sweep_load import NothingToReport, report_kind
 
-        try:
+    out = Path(args.out) if args.out else REPO / "reports" / name
+    try:
+        kind = report_kind(store, name, "sweep" if sweep else "ablation" if args.spec else None)
+        if kind == "sweep":
+            from analysis.sweep_report import log_sweep_report, write_sweep_report
+
             paths, data = write_sweep_report(
                 store, name, out, study=study, profile=None if sweep else args.profile, question=question
             )
-        except NothingToReport as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        run_id = log_sweep_report(store, data, paths)
-    else:
-        if args.profile:
-            raise ConfigError(f"--profile: experiment {name!r} holds an ablation, not a sweep; it has no profiles")
-        from analysis.report import log_report, write_report
+            run_id = log_sweep_report(store, data, paths)
+        else:
+            if args.profile:
+                raise ConfigError(f"--profile: experiment {name!r} holds an ablation, not a sweep; it has no profiles")
+            from analysis.report import log_report, write_report
 
-        paths = write_report(store, name, out, spec_path=args.spec)
-        run_id = log_report(store, name, paths)
+            paths = write_report(store, name, out, spec_path=args.spec)
+            run_id = log_report(store, name, paths)
+    except NothingToReport as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"report: {paths.html}\n        {paths.md}\n(also logged to run {run_id})")
     return 0
 

@@ -62,7 +62,12 @@ def png() -> bytes:
     return buf.getvalue()
 
 
-def make_sweep(store, tmp, name, *, confirms=None, importances=True, profile="default", study=None):
+REC = {0: 0.6, 1: 0.9, 3: 0.95}  # recognizability of the complete trials: 1 and 3 are Pareto-optimal with FID
+
+
+def make_sweep(
+    store, tmp, name, *, confirms=None, importances=True, profile="default", study=None, objective="fid:minimize"
+):
     """A finished study in experiment ``name``, written as the sweep writes it."""
     exp = store.experiment_id(name)
     study = study or name
@@ -85,7 +90,8 @@ def make_sweep(store, tmp, name, *, confirms=None, importances=True, profile="de
             BEST_TRIAL_NUMBER: 1,
         },
     )
-    parent.log_params({"objective": "fid:minimize", "search_space": ", ".join(SPACE), "setting": SETTING})
+    parent.log_params({"objective": objective, "search_space": ", ".join(SPACE), "setting": SETTING})
+    multi = "," in objective
     parent.log_dict({"params": SPACE, "objective": [{"metric": "fid"}], "n_trials": len(TRIALS)}, "search.json")
     parent.log_dict({"train": {"steps": STEPS, "batch_size": 8}}, "base_config.json")
     parent.log_metrics({"trials_complete": 3, "trials_pruned": 1, "trials_fail": 1, "best_fid": 35.0})
@@ -95,7 +101,10 @@ def make_sweep(store, tmp, name, *, confirms=None, importances=True, profile="de
         path.write_bytes(png())
         parent.log_artifact(str(path))
     else:
-        parent.set_tags({FIGURE_UNAVAILABLE + "param_importances": "ValueError: too few complete trials"})
+        for figure in (
+            ("param_importances_fid", "param_importances_recognizability") if multi else ("param_importances",)
+        ):
+            parent.set_tags({FIGURE_UNAVAILABLE + figure: "ValueError: too few complete trials"})
     for number, (state, params, fids) in TRIALS.items():
         trial = store.start_run(
             exp,
@@ -119,9 +128,11 @@ def make_sweep(store, tmp, name, *, confirms=None, importances=True, profile="de
         if state == "COMPLETE":
             mean = sum(fids) / len(fids)
             trial.log_metrics({"fid": mean, spread_key("fid"): 1.414, "n_seeds": len(fids)}, step=STEPS)
+            if multi:
+                trial.log_metrics({"recognizability": REC[number]}, step=STEPS)
         if state == "PRUNED":
             trial.set_tags({STOPPED: "fid 92 at step 2"})
-        trial.set_tags({BEST_TRIAL: str(number == 1).lower()})
+        trial.set_tags({BEST_TRIAL: str(number in ((1, 3) if multi else (1,))).lower()})
         trial.finish("FAILED" if state == "FAIL" else "FINISHED")
     for rank, (number, fids) in enumerate((confirms or {}).items(), start=1):
         for i, fid in enumerate(fids):
@@ -150,6 +161,7 @@ def store(tmp_path_factory):
     make_sweep(store, tmp, "overlap", confirms=OVERLAP, importances=False)
     make_sweep(store, tmp, "unconfirmed")
     make_sweep(store, tmp, "one-seed", confirms={1: [30.0], 3: [41.0]})
+    make_sweep(store, tmp, "two-objectives", importances=False, objective="fid:minimize, recognizability:maximize")
     store.experiment_id("empty")
     store.start_run(store.experiment_id("trained-only"), "t", tags={ROLE: "train"}).finish()  # `harness train`'s
     return store
@@ -180,6 +192,24 @@ def test_without_confirmation_the_best_trial_is_the_winners_curse(store):
     text = answer(load_sweep_data(store, "unconfirmed"))
     assert "the search's best trial is trial 1 (train.lr=0.003, model.channels=16), FID 35 (mean of 2 seeds" in text
     assert "best of 3 noisy trial values" in text and "winner's curse" in text and "unconfirmed" in text
+
+
+def test_a_two_objective_study_names_its_pareto_optimal_trials(store):
+    data = load_sweep_data(store, "two-objectives")
+    assert [(o.metric, o.direction) for o in data.objectives] == [("fid", "minimize"), ("recognizability", "maximize")]
+    text = answer(data)
+    assert "ranks by the first, FID (minimize)" in text
+    assert (
+        "2 trials are Pareto-optimal in the search: trial 1 (train.lr=0.003, model.channels=16: FID 35, "
+        "recognizability 0.9); trial 3 (train.lr=0.001, model.channels=16: FID 38, recognizability 0.95). "
+        "These are the best of 3 noisy trial values, so they are optimistic"
+    ) in text
+    assert "winner's curse" in text and "they are unconfirmed" in text
+    doc = build_sweep_document(data)
+    history = next(s for s in doc.sections if s.title == "Optimization history")
+    assert history.pictures  # one panel per objective
+    reasons = next(s for s in doc.sections if s.title == "Parameter importances").paragraphs
+    assert sum("too few complete trials" in p for p in reasons) == 2
 
 
 def test_the_document_shows_confirmation_history_slices_importances_and_budget(store):
