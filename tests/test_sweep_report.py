@@ -4,9 +4,11 @@ no Optuna): the answer names the confirmed best with its interval, or says the s
 import io
 import json
 import re
+import time
 
 import pytest
 import yaml
+from mlflow.entities import Metric, Param
 from PIL import Image
 
 from analysis.sweep_load import NothingToReport, load_sweep_data
@@ -65,110 +67,135 @@ def png() -> bytes:
 REC = {0: 0.6, 1: 0.9, 3: 0.95}  # recognizability of the complete trials: 1 and 3 are Pareto-optimal with FID
 
 
+def make_run(store, exp, name, tags, *, parent=None, params=None, metrics=(), status="FINISHED") -> str:
+    """One run in three calls (create, one batch, end): the fixture stays fast on a loaded machine."""
+    run_id = store.start_run(exp, name, tags=tags, parent=parent).run_id
+    now = int(time.time() * 1000)
+    store.client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, step) for k, v, step in metrics],
+        params=[Param(k, str(v)) for k, v in (params or {}).items()],
+    )
+    store.client.set_terminated(run_id, status=status)
+    return run_id
+
+
 def make_sweep(
     store, tmp, name, *, confirms=None, importances=True, profile="default", study=None, objective="fid:minimize"
 ):
     """A finished study in experiment ``name``, written as the sweep writes it."""
     exp = store.experiment_id(name)
     study = study or name
+    multi = "," in objective
     confirm_seeds = sorted({s for vals in (confirms or {}).values() for s in range(100, 100 + len(vals))})
-    parent = store.start_run(
+    figures = ("param_importances_fid", "param_importances_recognizability") if multi else ("param_importances",)
+    tags = {
+        ROLE: "sweep",
+        STUDY: study,
+        QUESTION: "Which learning rate and width give the lowest FID?",
+        PROFILE: profile,
+        STORAGE: str(tmp / "optuna.log"),
+        N_TRIALS: len(TRIALS),
+        SAMPLER: "tpe",
+        PRUNER: "median",
+        AGGREGATE: "mean",
+        SEEDS: json.dumps([0, 1]),
+        CONFIRM_SEEDS: json.dumps(confirm_seeds),
+        BEST_TRIAL_NUMBER: 1,
+        **({} if importances else {FIGURE_UNAVAILABLE + f: "ValueError: too few complete trials" for f in figures}),
+    }
+    parent = make_run(
+        store,
         exp,
         study,
-        tags={
-            ROLE: "sweep",
-            STUDY: study,
-            QUESTION: "Which learning rate and width give the lowest FID?",
-            PROFILE: profile,
-            STORAGE: str(tmp / "optuna.log"),
-            N_TRIALS: len(TRIALS),
-            SAMPLER: "tpe",
-            PRUNER: "median",
-            AGGREGATE: "mean",
-            SEEDS: json.dumps([0, 1]),
-            CONFIRM_SEEDS: json.dumps(confirm_seeds),
-            BEST_TRIAL_NUMBER: 1,
-        },
+        tags,
+        params={"objective": objective, "search_space": ", ".join(SPACE), "setting": SETTING},
+        metrics=[("trials_complete", 3, 0), ("trials_pruned", 1, 0), ("trials_fail", 1, 0), ("best_fid", 35, 0)],
     )
-    parent.log_params({"objective": objective, "search_space": ", ".join(SPACE), "setting": SETTING})
-    multi = "," in objective
-    parent.log_dict({"params": SPACE, "objective": [{"metric": "fid"}], "n_trials": len(TRIALS)}, "search.json")
-    parent.log_dict({"train": {"steps": STEPS, "batch_size": 8}}, "base_config.json")
-    parent.log_metrics({"trials_complete": 3, "trials_pruned": 1, "trials_fail": 1, "best_fid": 35.0})
+    store.client.log_dict(parent, {"params": SPACE, "objective": [{"metric": "fid"}]}, "search.json")
+    store.client.log_dict(parent, {"train": {"steps": STEPS, "batch_size": 8}}, "base_config.json")
     if importances:
         path = tmp / f"{name}-importances" / "param_importances.png"
         path.parent.mkdir()
         path.write_bytes(png())
-        parent.log_artifact(str(path))
-    else:
-        for figure in (
-            ("param_importances_fid", "param_importances_recognizability") if multi else ("param_importances",)
-        ):
-            parent.set_tags({FIGURE_UNAVAILABLE + figure: "ValueError: too few complete trials"})
+        store.log_file(parent, path)
     for number, (state, params, fids) in TRIALS.items():
-        trial = store.start_run(
-            exp,
-            f"{study}-trial-{number}",
-            parent=parent.run_id,
-            tags={ROLE: "trial", STUDY: study, TRIAL: number, TRIAL_STATE: state, HASH: f"h{number}"},
-        )
-        trial.log_params({**params, "trial": number})
+        tags = {ROLE: "trial", STUDY: study, TRIAL: number, TRIAL_STATE: state, HASH: f"h{number}"}
+        tags[BEST_TRIAL] = str(number in ((1, 3) if multi else (1,))).lower()
+        if state == "PRUNED":
+            tags[STOPPED] = "fid 92 at step 2"
+        metrics = []
+        if state == "COMPLETE":
+            metrics = [("fid", sum(fids) / len(fids), STEPS), (spread_key("fid"), 1.414, STEPS)]
+            metrics += [("n_seeds", len(fids), STEPS)] + ([("recognizability", REC[number], STEPS)] if multi else [])
+        trial = store.start_run(exp, f"{study}-trial-{number}", tags=tags, parent=parent).run_id
         for seed, fid in enumerate(fids):
-            run = store.start_run(
+            seed_metrics = [(eval_key(SETTING, "fid"), fid, 2 if state == "PRUNED" else STEPS)]
+            if state == "COMPLETE":
+                seed_metrics += [("fid", fid, STEPS), ("train/seconds", 10.0, STEPS)]
+            make_run(
+                store,
                 exp,
                 f"{study}-trial-{number}-seed-{seed}",
-                parent=trial.run_id,
-                tags={ROLE: "trial_seed", STUDY: study, TRIAL: number, SEED: seed, HASH: f"h{number}-{seed}"},
+                {ROLE: "trial_seed", STUDY: study, TRIAL: number, SEED: seed, HASH: f"h{number}-{seed}"},
+                parent=trial,
+                metrics=seed_metrics,
             )
-            last = 2 if state == "PRUNED" else STEPS
-            run.log_metrics({eval_key(SETTING, "fid"): fid}, step=last)
-            if state == "COMPLETE":
-                run.log_metrics({"fid": fid, "train/seconds": 10.0}, step=STEPS)
-            run.finish()
-        if state == "COMPLETE":
-            mean = sum(fids) / len(fids)
-            trial.log_metrics({"fid": mean, spread_key("fid"): 1.414, "n_seeds": len(fids)}, step=STEPS)
-            if multi:
-                trial.log_metrics({"recognizability": REC[number]}, step=STEPS)
-        if state == "PRUNED":
-            trial.set_tags({STOPPED: "fid 92 at step 2"})
-        trial.set_tags({BEST_TRIAL: str(number in ((1, 3) if multi else (1,))).lower()})
-        trial.finish("FAILED" if state == "FAIL" else "FINISHED")
+        now = int(time.time() * 1000)
+        store.client.log_batch(
+            trial,
+            metrics=[Metric(k, float(v), now, step) for k, v, step in metrics],
+            params=[Param(k, str(v)) for k, v in {**params, "trial": number}.items()],
+        )
+        store.client.set_terminated(trial, status="FAILED" if state == "FAIL" else "FINISHED")
     for rank, (number, fids) in enumerate((confirms or {}).items(), start=1):
         for i, fid in enumerate(fids):
-            run = store.start_run(
+            make_run(
+                store,
                 exp,
                 f"{study}-confirm-{number}-{100 + i}",
-                parent=parent.run_id,
-                tags={ROLE: "confirm", STUDY: study, TRIAL: number, CONFIRM_RANK: rank, SEED: 100 + i, HASH: "c"},
+                {ROLE: "confirm", STUDY: study, TRIAL: number, CONFIRM_RANK: rank, SEED: 100 + i, HASH: "c"},
+                parent=parent,
+                params=TRIALS[number][1],
+                metrics=[
+                    (k, v, STEPS)
+                    for k, v in {"fid": fid, "kid": fid / 10, "num_generated": 16, "num_reference": 5000}.items()
+                ]
+                + [("train/seconds", 12.0, STEPS)],
             )
-            run.log_params(TRIALS[number][1])
-            run.log_metrics(
-                {"fid": fid, "kid": fid / 10, "num_generated": 16, "num_reference": 5000, "train/seconds": 12.0},
-                step=STEPS,
-            )
-            run.finish()
-    parent.finish()
-    return parent.run_id
+    return parent
+
+
+SWEEPS = {  # built on first use, so each test pays only for the sweeps it reads
+    "clear": {"confirms": CLEAR},
+    "overlap": {"confirms": OVERLAP, "importances": False},
+    "unconfirmed": {},
+    "one-seed": {"confirms": {1: [30.0], 3: [41.0]}},
+    "two-objectives": {"importances": False, "objective": "fid:minimize, recognizability:maximize"},
+}
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sweeps")
     store = MlflowStore(f"sqlite:///{tmp / 'mlflow.db'}")
-    store.tmp = tmp
-    make_sweep(store, tmp, "clear", confirms=CLEAR)
-    make_sweep(store, tmp, "overlap", confirms=OVERLAP, importances=False)
-    make_sweep(store, tmp, "unconfirmed")
-    make_sweep(store, tmp, "one-seed", confirms={1: [30.0], 3: [41.0]})
-    make_sweep(store, tmp, "two-objectives", importances=False, objective="fid:minimize, recognizability:maximize")
-    store.experiment_id("empty")
-    store.start_run(store.experiment_id("trained-only"), "t", tags={ROLE: "train"}).finish()  # `harness train`'s
+    store.tmp, store.built = tmp, set()
     return store
 
 
-def test_the_confirmed_winner_beats_the_runner_up_with_its_interval(store):
-    text = answer(load_sweep_data(store, "clear"))
+@pytest.fixture
+def sweep(store):
+    def load(name: str):
+        if name not in store.built:
+            make_sweep(store, store.tmp, name, **SWEEPS[name])
+            store.built.add(name)
+        return load_sweep_data(store, name)
+
+    return load
+
+
+def test_the_confirmed_winner_beats_the_runner_up_with_its_interval(sweep):
+    text = answer(sweep("clear"))
     assert "the confirmed best configuration is trial 1 (train.lr=0.003, model.channels=16)" in text
     assert "FID 31 (95% CI 28.5 to 33.5) over 3 fresh confirmation seeds" in text
     assert "trial 1 beats trial 3 by 10.2 FID" in text and "paired t-test" in text
@@ -176,26 +203,26 @@ def test_the_confirmed_winner_beats_the_runner_up_with_its_interval(store):
     assert "5 trials of 5 planned (3 complete, 1 pruned, 1 failed)" in text
 
 
-def test_overlapping_confirmations_are_no_significant_difference(store):
-    text = answer(load_sweep_data(store, "overlap"))
+def test_overlapping_confirmations_are_no_significant_difference(sweep):
+    text = answer(sweep("overlap"))
     assert "no significant difference at this budget between trial 1" in text
     assert "beats" not in text
 
 
-def test_one_confirmation_seed_cannot_be_tested(store):
-    text = answer(load_sweep_data(store, "one-seed"))
+def test_one_confirmation_seed_cannot_be_tested(sweep):
+    text = answer(sweep("one-seed"))
     assert "the confirmed best configuration is trial 1" in text
     assert "cannot be tested (1 seed)" in text and "beats" not in text
 
 
-def test_without_confirmation_the_best_trial_is_the_winners_curse(store):
-    text = answer(load_sweep_data(store, "unconfirmed"))
+def test_without_confirmation_the_best_trial_is_the_winners_curse(sweep):
+    text = answer(sweep("unconfirmed"))
     assert "the search's best trial is trial 1 (train.lr=0.003, model.channels=16), FID 35 (mean of 2 seeds" in text
     assert "best of 3 noisy trial values" in text and "winner's curse" in text and "unconfirmed" in text
 
 
-def test_a_two_objective_study_names_its_pareto_optimal_trials(store):
-    data = load_sweep_data(store, "two-objectives")
+def test_a_two_objective_study_names_its_pareto_optimal_trials(sweep):
+    data = sweep("two-objectives")
     assert [(o.metric, o.direction) for o in data.objectives] == [("fid", "minimize"), ("recognizability", "maximize")]
     text = answer(data)
     assert "ranks by the first, FID (minimize)" in text
@@ -212,8 +239,8 @@ def test_a_two_objective_study_names_its_pareto_optimal_trials(store):
     assert sum("too few complete trials" in p for p in reasons) == 2
 
 
-def test_the_document_shows_confirmation_history_slices_importances_and_budget(store):
-    doc = build_sweep_document(load_sweep_data(store, "clear"))
+def test_the_document_shows_confirmation_history_slices_importances_and_budget(sweep):
+    doc = build_sweep_document(sweep("clear"))
     titles = [s.title for s in doc.sections]
     assert titles == [
         "Best configuration and confirmation",
@@ -238,8 +265,8 @@ def test_the_document_shows_confirmation_history_slices_importances_and_budget(s
     assert "N = 16 generated samples against 5,000 reference images" in budget
 
 
-def test_an_unavailable_importance_figure_says_why(store):
-    section = build_sweep_document(load_sweep_data(store, "overlap")).sections[3]
+def test_an_unavailable_importance_figure_says_why(sweep):
+    section = build_sweep_document(sweep("overlap")).sections[3]
     assert not section.pictures
     assert "too few complete trials" in section.paragraphs[-1]
 
@@ -298,7 +325,8 @@ def test_report_spec_profile_picks_the_profiles_study(store, tmp_path, capsys):
     assert "study profiled-smoke" in (out / "report.md").read_text()
 
 
-def test_report_experiment_detects_the_sweep(store, tmp_path, capsys):
+def test_report_experiment_detects_the_sweep(store, sweep, tmp_path, capsys):
+    sweep("unconfirmed")
     out = tmp_path / "out"
     code, cap = _report(["--experiment", "unconfirmed", "--tracking-uri", store.uri, "--out", str(out)], capsys)
     assert code == 0, cap.err
@@ -308,6 +336,10 @@ def test_report_experiment_detects_the_sweep(store, tmp_path, capsys):
 
 @pytest.mark.parametrize("experiment", ["empty", "missing", "trained-only"])
 def test_nothing_to_report_is_one_line_and_exit_2(store, tmp_path, capsys, experiment):
+    if experiment != "missing":
+        exp = store.experiment_id(experiment)
+        if experiment == "trained-only":  # what `harness train --experiment` leaves: no parent run
+            make_run(store, exp, "t", {ROLE: "train"})
     out = tmp_path / "out"
     code, cap = _report(["--experiment", experiment, "--tracking-uri", store.uri, "--out", str(out)], capsys)
     assert code == 2 and not out.exists()
@@ -315,6 +347,7 @@ def test_nothing_to_report_is_one_line_and_exit_2(store, tmp_path, capsys, exper
     assert repr(experiment) in cap.err
 
 
-def test_a_study_that_is_not_there_is_nothing_to_report(store):
+def test_a_study_that_is_not_there_is_nothing_to_report(store, sweep):
+    sweep("clear")
     with pytest.raises(NothingToReport, match="its studies: clear"):
         load_sweep_data(store, "clear", study="other")
