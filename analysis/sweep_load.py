@@ -253,6 +253,22 @@ def _importances(store: MlflowStore, parent, objectives: list[Objective]) -> dic
     return out
 
 
+def trial_row(data: SweepData, number: int) -> pd.Series:
+    """A trial's row of ``data.trials``; a confirmed trial whose trial run is missing gets its confirmation
+    run's sampled values and no search value."""
+    if number in set(data.trials["trial"]):
+        return data.trials.set_index("trial").loc[number]
+    confirm = data.confirms[data.confirms["trial"] == number].iloc[0]
+    return pd.Series({k: confirm.get(k) for k in data.params}).reindex(data.trials.columns.drop("trial"))
+
+
+def ranked_trials(data: SweepData) -> pd.DataFrame:
+    """Complete trials with a value of the (first) objective, best first."""
+    o = data.objective
+    done = data.trials[data.trials["state"].eq("COMPLETE") & data.trials[o.metric].notna()]
+    return done.sort_values([o.metric, "trial"], ascending=[o.lower_is_better, True])
+
+
 # -- tables -----------------------------------------------------------------------------------------------
 
 

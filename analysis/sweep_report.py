@@ -23,7 +23,7 @@ from .render import Document, Picture, Section, Table
 from .report import ReportPaths, log_to_run, save_document
 from .sections import cell
 from .stats import compare, estimate
-from .sweep_load import SweepData, load_sweep_data
+from .sweep_load import SweepData, load_sweep_data, ranked_trials, trial_row
 from .words import comparison_sentence, metric_label, num, seeds, with_ci
 
 STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running"}  # Optuna's -> words
@@ -60,16 +60,11 @@ def trial_counts(data: SweepData) -> str:
 def search_value(data: SweepData, row, metric: str | None = None) -> str:
     """A trial's objective as the search measured it: '38.1 (mean of 2 seeds, std 1.2)'."""
     metric = metric or data.objective.metric
+    if pd.isna(row[metric]):
+        return "no value recorded"
     spread = row[spread_key(metric)]
     over = f"{data.aggregate} of {seeds(int(row['n_seeds']))}"
     return f"{num(row[metric])} ({over}" + (f", std {num(spread)})" if pd.notna(spread) else ")")
-
-
-def ranked_trials(data: SweepData) -> pd.DataFrame:
-    """Complete trials with a value of the (first) objective, best first."""
-    o = data.objective
-    done = data.trials[data.trials["state"].eq("COMPLETE") & data.trials[o.metric].notna()]
-    return done.sort_values([o.metric, "trial"], ascending=[o.lower_is_better, True])
 
 
 def confirmed_table(data: SweepData) -> pd.DataFrame:
@@ -121,12 +116,17 @@ def answer(data: SweepData) -> str:
     if confirmed.empty:
         return head + multi + ": " + unconfirmed_words(data, ranked, unit) + running + "."
     best = confirmed.iloc[0]
-    row = data.trials.set_index("trial").loc[best["trial"]]
+    row = trial_row(data, best["trial"])
+    order = list(ranked["trial"])
+    rank = (
+        f"rank {order.index(best['trial']) + 1} of {len(ranked)} complete trials"
+        if best["trial"] in order
+        else f"not among the {len(ranked)} complete trials"
+    )
     text = (
         f"{head}{multi}: the confirmed best configuration is trial {best['trial']} ({config_text(data, row)}), "
         f"{unit} {with_ci(best['mean'], best['low'], best['high'])} over {best['n']} fresh confirmation "
-        f"seed{'s' if best['n'] != 1 else ''}; in the search it scored {search_value(data, row)}, rank "
-        f"{list(ranked['trial']).index(best['trial']) + 1} of {len(ranked)} complete trials"
+        f"seed{'s' if best['n'] != 1 else ''}; in the search: {search_value(data, row)}, {rank}"
     )
     if len(confirmed) < 2:
         text += "; it is the only confirmed trial, so there is no runner-up to compare it with"
@@ -195,7 +195,7 @@ def confirmation_section(data: SweepData) -> Section:
     )
     rows = []
     for r in confirmed.itertuples():
-        row = trials.loc[r.trial]
+        row = trial_row(data, r.trial)
         gap = r.mean - row[o.metric]
         rows.append(
             [

@@ -199,8 +199,21 @@ def test_the_confirmed_winner_beats_the_runner_up_with_its_interval(sweep):
     assert "the confirmed best configuration is trial 1 (train.lr=0.003, model.channels=16)" in text
     assert "FID 31 (95% CI 28.5 to 33.5) over 3 fresh confirmation seeds" in text
     assert "trial 1 beats trial 3 by 10.2 FID" in text and "paired t-test" in text
-    assert "in the search it scored 35 (mean of 2 seeds, std 1.41), rank 1 of 3 complete trials" in text
+    assert "in the search: 35 (mean of 2 seeds, std 1.41), rank 1 of 3 complete trials" in text
     assert "5 trials of 5 planned (3 complete, 1 pruned, 1 failed)" in text
+
+
+def test_a_confirmed_trial_without_its_trial_run_keeps_its_configuration(sweep):
+    data = sweep("clear")
+    data.trials = data.trials[data.trials["trial"] != 1]
+    text = answer(data)
+    assert "the confirmed best configuration is trial 1 (train.lr=0.003, model.channels=16), FID 31" in text
+    assert "in the search: no value recorded, not among the 2 complete trials" in text
+    assert build_sweep_document(data).sections[0].tables[0].rows[0][3:] == [
+        "no value recorded",
+        "31 [28.5, 33.5] (3 seeds)",
+        "n/a",
+    ]
 
 
 def test_overlapping_confirmations_are_no_significant_difference(sweep):
