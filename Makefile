@@ -54,8 +54,11 @@ $(ABLATIONS): $(STAMP)
 # An Optuna sweep: `make sweep PROFILE=smoke WORKERS=2`; run it again to continue the same study.
 WORKERS ?= 1
 .PHONY: sweep dashboard
+# Then write reports/sweep-lr-ema/ for that profile's study (also when some trials failed; 2: bad input).
 sweep: $(STAMP)
-	$(BIN)/harness sweep experiments/sweep-lr-ema.yaml --profile $(PROFILE) --workers $(WORKERS)
+	$(BIN)/harness sweep experiments/sweep-lr-ema.yaml --profile $(PROFILE) --workers $(WORKERS); status=$$?; \
+		[ $$status -eq 2 ] && exit 2; \
+		$(BIN)/harness report experiments/sweep-lr-ema.yaml --profile $(PROFILE) && exit $$status
 
 # optuna-dashboard on the sweep's journal storage, if installed (pip install optuna-dashboard).
 dashboard: $(STAMP)

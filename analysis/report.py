@@ -75,7 +75,11 @@ def write_report(store: MlflowStore, experiment: str, out_dir: Path, *, spec_pat
         from harness.orchestration.spec import load_spec
 
         question = load_spec(spec_path).question
-    doc = build_document(load_experiment(store, experiment), question=question)
+    return save_document(build_document(load_experiment(store, experiment), question=question), out_dir)
+
+
+def save_document(doc: Document, out_dir: Path) -> ReportPaths:
+    """``out_dir/index.html`` (self-contained) and ``out_dir/report.md`` with its PNG figures beside it."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for section in doc.sections:
@@ -94,7 +98,11 @@ def log_report(store: MlflowStore, experiment: str, paths: ReportPaths) -> str:
     parents = store.runs(exp.experiment_id, {ROLE: "ablation"}) if exp is not None else []
     if not parents:
         raise LookupError(f"experiment {experiment!r} has no harness run to attach a report to")
-    run_id = parents[0].info.run_id
+    return log_to_run(store, parents[0].info.run_id, paths)
+
+
+def log_to_run(store: MlflowStore, run_id: str, paths: ReportPaths) -> str:
+    """Log the report (html, md and the md's PNGs) under ``report/`` of the run ``run_id``; returns it."""
     pngs = re.findall(r"\]\(([^)/]+\.png)\)", paths.md.read_text())  # the figures report.md links to
     for path in [paths.html, paths.md, *(paths.md.parent / name for name in dict.fromkeys(pngs))]:
         store.client.log_artifact(run_id, str(path), "report")

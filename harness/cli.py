@@ -198,30 +198,54 @@ def _existing_store(uri: str | None):
 
 
 def cmd_report(args) -> int:
+    """An ablation report, or a sweep report when the spec has a search section or the experiment's newest
+    parent run is a sweep's. Nothing to report on: one line, exit 2, nothing written."""
     from .orchestration.tracking import MlflowStore
     from .tracker import StoreUnavailable
 
     if not args.spec and not args.experiment:
         raise ConfigError("report: give a SPEC file or --experiment NAME")
-    name = args.experiment
+    name, study, question, sweep = args.experiment, None, None, False
     if args.spec:
-        from .orchestration.spec import load_spec
+        from .sweeps.search import is_sweep_spec, load_sweep
 
-        name = load_spec(args.spec).name
+        if is_sweep_spec(args.spec):
+            loaded = load_sweep(args.spec, args.profile)
+            name, study, question, sweep = loaded.spec.name, loaded.study_name, loaded.spec.question, True
+        else:
+            from .orchestration.spec import load_spec
+
+            if args.profile:
+                raise ConfigError(f"--profile: {args.spec} is an ablation spec; its report covers its newest run")
+            name = load_spec(args.spec).name
     try:
         store = MlflowStore(args.tracking_uri)
         store.check()
     except StoreUnavailable as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if store.client.get_experiment_by_name(name) is None:
-        print(f"error: no experiment {name!r} in {store.uri}; run the spec first", file=sys.stderr)
-        return 2
-    from analysis.report import log_report, write_report
+    from analysis.sweep_load import NothingToReport, report_kind
 
     out = Path(args.out) if args.out else REPO / "reports" / name
-    paths = write_report(store, name, out, spec_path=args.spec)
-    run_id = log_report(store, name, paths)
+    try:
+        kind = report_kind(store, name, "sweep" if sweep else "ablation" if args.spec else None)
+        if kind == "sweep":
+            from analysis.sweep_report import log_sweep_report, write_sweep_report
+
+            paths, data = write_sweep_report(
+                store, name, out, study=study, profile=None if sweep else args.profile, question=question
+            )
+            run_id = log_sweep_report(store, data, paths)
+        else:
+            if args.profile:
+                raise ConfigError(f"--profile: experiment {name!r} holds an ablation, not a sweep; it has no profiles")
+            from analysis.report import log_report, write_report
+
+            paths = write_report(store, name, out, spec_path=args.spec)
+            run_id = log_report(store, name, paths)
+    except NothingToReport as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"report: {paths.html}\n        {paths.md}\n(also logged to run {run_id})")
     return 0
 
@@ -333,6 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--experiment", help="an experiment name instead of a spec file")
     rep.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlruns/mlflow.db)")
     rep.add_argument("--out", metavar="DIR", help="output directory (default: reports/<experiment>)")
+    rep.add_argument(
+        "--profile",
+        help="a sweep's profile: its study (default with a SPEC: the spec's default profile; with --experiment: "
+        "the newest study)",
+    )
     rep.set_defaults(func=cmd_report)
 
     sw = sub.add_parser("sweep", help="an Optuna sweep over a spec's search section, trials tracked in MLflow")

@@ -1,0 +1,403 @@
+"""A sweep's report: the question, the confirmed best configuration, then the evidence (confirmation,
+history, slices, importances, every trial, the budget), as HTML and Markdown like an ablation report.
+
+The winner is chosen on confirmation runs (fresh seeds), never on the search values: the best of N noisy
+trials is optimistic (the winner's curse). The statistics and their wording are the ablation report's
+(``stats.compare``, ``words.comparison_sentence``): a winner needs a test, p < 0.05 and an interval that
+excludes zero.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from harness.orchestration.tracking import MlflowStore
+from harness.schema import arm_text, spread_key
+
+from . import sweep_figures
+from .figures import to_png
+from .opening import _cap, _plural, duration
+from .render import Document, Picture, Section, Table
+from .report import ReportPaths, log_to_run, save_document
+from .sections import cell
+from .stats import compare, estimate
+from .sweep_load import SweepData, load_sweep_data, ranked_trials, trial_row
+from .words import comparison_sentence, metric_label, num, seeds, with_ci
+
+STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running"}  # Optuna's -> words
+
+
+# -- words ------------------------------------------------------------------------------------------------
+
+
+def config_text(data: SweepData, row) -> str:
+    """A trial's sampled values: 'train.lr=0.00123, model.channels=16'."""
+    values = {k: row[k] for k in data.params if k in row.index and pd.notna(row[k])}
+    return arm_text({k: _value(v) for k, v in values.items()})
+
+
+def _value(text) -> str:
+    try:
+        return num(float(text))
+    except (TypeError, ValueError):
+        return str(text)
+
+
+def counts(data: SweepData) -> dict[str, int]:
+    states = data.trials["state"].value_counts()
+    return {s: int(states.get(s, 0)) for s in STATES} | {"total": len(data.trials)}
+
+
+def trial_counts(data: SweepData) -> str:
+    c = counts(data)
+    parts = [f"{c[s]} {word}" for s, word in STATES.items() if c[s] or s != "RUNNING"]
+    target = f" of {data.n_trials} planned" if data.n_trials else ""
+    return f"{_plural(c['total'], 'trial')}{target} ({', '.join(parts)})"
+
+
+def search_value(data: SweepData, row, metric: str | None = None) -> str:
+    """A trial's objective as the search measured it: '38.1 (mean of 2 seeds, std 1.2)'."""
+    metric = metric or data.objective.metric
+    if pd.isna(row[metric]):
+        return "no value recorded"
+    spread = row[spread_key(metric)]
+    over = f"{data.aggregate} of {seeds(int(row['n_seeds']))}"
+    return f"{num(row[metric])} ({over}" + (f", std {num(spread)})" if pd.notna(spread) else ")")
+
+
+def confirmed_table(data: SweepData) -> pd.DataFrame:
+    """Per confirmed trial: its rank in the search, n, mean, low, high of the objective over its fresh seeds,
+    best confirmed mean first."""
+    o = data.objective
+    c = data.confirms
+    if c.empty or o.metric not in c or c[o.metric].isna().all():
+        return pd.DataFrame(columns=["trial", "rank", "arm_label", "n", "mean", "low", "high"])
+    rows = []
+    for trial, group in c.groupby("trial"):
+        e = estimate(group[o.metric])
+        rank = group["rank"].dropna()
+        rows.append(
+            {
+                "trial": trial,
+                "rank": int(rank.iloc[0]) if len(rank) else None,
+                "arm_label": f"trial {trial}",
+                "n": e.n,
+                "mean": e.mean,
+                "low": e.low,
+                "high": e.high,
+            }
+        )
+    out = pd.DataFrame(rows)
+    return out[out["n"] > 0].sort_values(["mean", "trial"], ascending=[o.lower_is_better, True]).reset_index(drop=True)
+
+
+def answer(data: SweepData) -> str:
+    """The opening paragraph: the confirmed best and whether it beats the runner-up, or the search's best
+    trial plainly marked as unconfirmed."""
+    o, unit = data.objective, metric_label(data.objective.metric)
+    head = f"Study {data.study} ({data.profile} profile), {trial_counts(data)}"
+    multi = (
+        f"; the study has {len(data.objectives)} objectives ({', '.join(x.metric for x in data.objectives)}), "
+        f"and this answer ranks by the first, {unit} ({o.direction})"
+        if len(data.objectives) > 1
+        else ""
+    )
+    running = (
+        f". The sweep's parent run is {data.parent_status}: this is the state so far"
+        if data.parent_status != "FINISHED"
+        else ""
+    )
+    ranked = ranked_trials(data)
+    if ranked.empty:
+        return f"{head}{multi}: no trial completed, so there is no best configuration to report{running}."
+    confirmed = confirmed_table(data)
+    if confirmed.empty:
+        return head + multi + ": " + unconfirmed_words(data, ranked, unit) + running + "."
+    best = confirmed.iloc[0]
+    row = trial_row(data, best["trial"])
+    order = list(ranked["trial"])
+    rank = (
+        f"rank {order.index(best['trial']) + 1} of {len(ranked)} complete trials"
+        if best["trial"] in order
+        else f"not among the {len(ranked)} complete trials"
+    )
+    text = (
+        f"{head}{multi}: the confirmed best configuration is trial {best['trial']} ({config_text(data, row)}), "
+        f"{unit} {with_ci(best['mean'], best['low'], best['high'])} over {best['n']} fresh confirmation "
+        f"seed{'s' if best['n'] != 1 else ''}; in the search: {search_value(data, row)}, {rank}"
+    )
+    if len(confirmed) < 2:
+        text += "; it is the only confirmed trial, so there is no runner-up to compare it with"
+    else:
+        runner = confirmed.iloc[1]
+        c = compare(data.confirms, o.metric, best["arm_label"], runner["arm_label"], lower_is_better=o.lower_is_better)
+        if c.test == "none":
+            text += (
+                f"; the difference from the runner-up, {runner['arm_label']} ({unit} {num(runner['mean'])}), "
+                f"cannot be tested ({c.untested})"
+            )
+        else:
+            text += f". Against the runner-up: {comparison_sentence(c, unit)}"
+    return text + running + "."
+
+
+def unconfirmed_words(data: SweepData, ranked: pd.DataFrame, unit: str) -> str:
+    """The search's best (a multi-objective study: its Pareto-optimal trials), marked optimistic and unconfirmed."""
+    front = data.trials[data.trials["best"]] if len(data.objectives) > 1 else ranked.head(1)
+    many = len(front) > 1
+    if len(data.objectives) > 1:
+        lead = f"{_plural(len(front), 'trial')} {'are' if many else 'is'} Pareto-optimal in the search: " + "; ".join(
+            f"trial {r['trial']} ({config_text(data, r)}: "
+            + ", ".join(f"{metric_label(o.metric)} {num(r[o.metric])}" for o in data.objectives)
+            + ")"
+            for _, r in front.iterrows()
+        )
+    else:
+        row = front.iloc[0]
+        lead = f"the search's best trial is trial {row['trial']} ({config_text(data, row)}), "
+        lead += f"{unit} {search_value(data, row)}"
+    they, these = ("they are", "these configurations") if many else ("it is", "this configuration")
+    return (
+        f"{lead}. {'These are' if many else 'This is'} the best of {len(ranked)} noisy trial values, so {they} "
+        f"optimistic: picking the best of noisy values also picks favourable noise (the winner's curse), and {they} "
+        f"unconfirmed: no run re-trained {these} with fresh seeds"
+    )
+
+
+# -- sections ---------------------------------------------------------------------------------------------
+
+
+def confirmation_section(data: SweepData) -> Section:
+    o, unit = data.objective, metric_label(data.objective.metric)
+    s = Section("Best configuration and confirmation")
+    confirmed = confirmed_table(data)
+    trials = data.trials.set_index("trial")
+    if confirmed.empty:
+        s.paragraphs.append(
+            "No confirmation runs: the values below are the search's own, each the "
+            f"{data.aggregate} over a trial's seeds ({', '.join(map(str, data.seeds)) or 'not recorded'}), "
+            "and the best of them is biased in its favour (the winner's curse). The top trials:"
+        )
+        rows = [
+            [str(r.trial), config_text(data, trials.loc[r.trial]), search_value(data, trials.loc[r.trial])]
+            for r in ranked_trials(data).head(5).itertuples()
+        ]
+        s.tables.append(Table(["trial", "configuration", f"{unit} in the search"], rows))
+        return s
+    s.paragraphs.append(
+        f"Each confirmed trial was trained again with fresh seeds ({', '.join(map(str, data.confirm_seeds))}), "
+        f"none of them among the search's ({', '.join(map(str, data.seeds)) or 'not recorded'}). The search value "
+        f"is what selected the trial; the confirmed value is an unbiased re-measurement, so the gap (confirmed - "
+        f"search) shows how much of the search value was favourable noise (the winner's curse). Confirmed: mean "
+        f"over confirmation seeds [95% t-interval] where there are 2+."
+    )
+    rows = []
+    for r in confirmed.itertuples():
+        row = trial_row(data, r.trial)
+        gap = r.mean - row[o.metric]
+        rows.append(
+            [
+                str(r.trial),
+                "" if r.rank is None or pd.isna(r.rank) else str(int(r.rank)),
+                config_text(data, row),
+                search_value(data, row),
+                f"{cell(r.mean, r.low, r.high)} ({seeds(r.n)})",
+                num(gap),
+            ]
+        )
+    header = ["trial", "search rank", "configuration", f"{unit} in the search", f"{unit} confirmed", f"gap ({unit})"]
+    s.tables.append(Table(header, rows, caption=f"{unit}: {'lower' if o.lower_is_better else 'higher'} is better."))
+    if caveat := fingerprint_sentence(data):
+        s.paragraphs.append(caveat)
+    return s
+
+
+def fingerprint_sentence(data: SweepData) -> str | None:
+    prints = data.trainings["fingerprint"].dropna().unique()
+    if len(prints) < 2:
+        return None
+    return (
+        f"These FIDs come from {len(prints)} feature spaces (domain classifiers {', '.join(sorted(prints))}): "
+        f"a FID compares only with FIDs of the same classifier."
+    )
+
+
+def history_section(data: SweepData) -> Section | None:
+    fig = sweep_figures.optimization_history(data, confirmed_table(data))
+    if fig is None:
+        return None
+    o = data.objective
+    ranked = ranked_trials(data)
+    s = Section("Optimization history")
+    if len(ranked):
+        best = ranked.iloc[0]
+        s.paragraphs.append(
+            f"The best search value of {metric_label(o.metric)}, {num(best[o.metric])}, came at trial "
+            f"{best['trial']} of {len(data.trials)} (numbered from 0). Pruned trials are drawn at their last "
+            f"periodic evaluation, which came before the end of training and is not comparable with a final value."
+        )
+    s.pictures.append(
+        Picture("optimization_history", f"{metric_label(o.metric)} per trial and the best so far.", to_png(fig))
+    )
+    return s
+
+
+def slices_section(data: SweepData) -> Section | None:
+    fig = sweep_figures.parameter_slices(data)
+    if fig is None:
+        return None
+    s = Section("Parameter slices")
+    s.paragraphs.append(
+        f"Each complete trial's {metric_label(data.objective.metric)} against each searched parameter, coloured "
+        f"by trial number (a sampler that learns moves later trials into the good region). Searched: "
+        + "; ".join(_space_words(k, data.space.get(k, {})) for k in data.params)
+        + "."
+    )
+    s.pictures.append(Picture("parameter_slices", "Objective against each searched parameter.", to_png(fig)))
+    return s
+
+
+def _space_words(key: str, spec: dict) -> str:
+    if spec.get("type") == "categorical":
+        return f"{key} in {{{', '.join(map(str, spec.get('choices', [])))}}}"
+    if "low" in spec:
+        return f"{key} from {num(spec['low'])} to {num(spec['high'])}" + (" (log scale)" if spec.get("log") else "")
+    return key
+
+
+def importances_section(data: SweepData) -> Section:
+    s = Section("Parameter importances")
+    s.paragraphs.append(
+        "How much of the objective's variance over the complete trials each parameter explains (Optuna's "
+        "fANOVA importance, drawn by the sweep from its study). With few trials this is a rough guide."
+    )
+    names = (
+        ["param_importances"]
+        if len(data.objectives) == 1
+        else [f"param_importances_{o.metric}" for o in data.objectives]
+    )
+    for name in names:
+        if name in data.importances:
+            s.pictures.append(Picture(name, f"Parameter importances ({name}).", data.importances[name]))
+        elif name in data.unavailable:
+            s.paragraphs.append(f"{name} is unavailable: the sweep could not draw it ({data.unavailable[name]}).")
+        else:
+            s.paragraphs.append(f"{name} was not logged on the sweep's parent run (the sweep may not have finished).")
+    return s
+
+
+def trials_section(data: SweepData) -> Section:
+    s = Section("Every trial")
+    metrics = [o.metric for o in data.objectives]
+    rows = []
+    for _, r in data.trials.iterrows():
+        values = [
+            search_value(data, r, m)
+            if pd.notna(r[m])
+            else f"last periodic {num(r[f'last_{m}'])}"
+            if pd.notna(r[f"last_{m}"])
+            else ""
+            for m in metrics
+        ]
+        rows.append(
+            [
+                str(r["trial"]),
+                STATES.get(r["state"], r["state"]) + (" (best)" if r["best"] else ""),
+                config_text(data, r),
+                *values,
+                r["stopped"],
+            ]
+        )
+    header = ["trial", "state", "configuration", *(metric_label(m) for m in metrics), "why it stopped"]
+    s.tables.append(
+        Table(header, rows, caption="Search values: aggregate over the trial's seeds at the end of training.")
+    )
+    return s
+
+
+def budget_section(data: SweepData) -> Section:
+    s = Section("Setup and budget")
+    t = data.trainings
+    search, confirm = t[t["role"] == "search"], t[t["role"] == "confirm"]
+    steps, secs = t["steps"], t["seconds"]
+    batch = (data.base.get("train") or {}).get("batch_size")
+    s.paragraphs.append(
+        f"Experiment {data.experiment}, study {data.study} ({data.profile} profile). Sampler {data.sampler}, pruner "
+        f"{data.pruner}; objective "
+        + ", ".join(f"{metric_label(o.metric)} ({o.direction})" for o in data.objectives)
+        + f" with the evaluation setting {data.setting or 'not recorded'}, the {data.aggregate} over each trial's "
+        f"seeds ({', '.join(map(str, data.seeds)) or 'not recorded'}); confirmation seeds: "
+        f"{', '.join(map(str, data.confirm_seeds)) or 'none'}. {basis_sentence(data)} Optuna storage: {data.storage}."
+    )
+    known = steps.notna().sum()
+    s.paragraphs.append(
+        f"Budget spent: {trial_counts(data)}; {_plural(len(t), 'training')} ({len(search)} in the search, "
+        f"{len(confirm)} confirmation); {int(steps.sum()):,} training steps"
+        + (f" of {batch} images each" if batch else "")
+        + (f" ({len(t) - known} training(s) without a logged step count are not included)" if known < len(t) else "")
+        + f"; {duration(secs.sum())} of training wall time summed over trainings"
+        + (f" ({secs.notna().sum()} of {len(t)} logged train/seconds)" if secs.notna().sum() < len(t) else "")
+        + "."
+    )
+    return s
+
+
+def basis_sentence(data: SweepData) -> str:
+    """What every score was computed on: the data set and the sample counts N (FID depends on N)."""
+    dataset = (data.base.get("data") or {}).get("dataset", "an unrecorded data set")
+    counts = data.trainings.dropna(subset=["num_generated", "num_reference"])
+    counts = counts.drop_duplicates(["num_generated", "num_reference"])
+    if len(counts):
+        n = "; ".join(
+            f"N = {int(c.num_generated):,} generated samples against {int(c.num_reference):,} reference images"
+            for c in counts.itertuples()
+        )
+    elif num_samples := (data.base.get("eval") or {}).get("num_samples"):
+        n = f"N = {int(num_samples):,} generated samples (eval.num_samples; the reference count is not logged)"
+    else:
+        n = "sample counts not logged"
+    mixed = " (FIDs on different N are not comparable)" if len(counts) > 1 else ""
+    return f"Data set {dataset}; scores from {n}{mixed}, in the domain classifier's features, not InceptionV3."
+
+
+SECTIONS = (confirmation_section, history_section, slices_section, importances_section, trials_section, budget_section)
+
+
+# -- the document, files and MLflow -----------------------------------------------------------------------
+
+
+def build_sweep_document(data: SweepData, *, question: str | None = None) -> Document:
+    sections = [s for build in SECTIONS if (s := build(data)) is not None]
+    others = [x for x in data.studies if x != data.study]
+    return Document(
+        title=f"{data.experiment}: sweep report (study {data.study})",
+        question=question or data.question or "(no question recorded)",
+        answer=_cap(answer(data)),
+        sections=sections,
+        footer=f"Built from MLflow experiment {data.experiment}, study {data.study}, parent run {data.parent_run_id}"
+        + (f" (other studies here: {', '.join(others)})" if others else "")
+        + f"; code version {', '.join(data.code_versions) or 'unknown'}; git commit "
+        f"{', '.join(data.commits) or 'unknown'}.",
+    )
+
+
+def write_sweep_report(
+    store: MlflowStore,
+    experiment: str,
+    out_dir: Path,
+    *,
+    study: str | None = None,
+    profile: str | None = None,
+    question: str | None = None,
+) -> tuple[ReportPaths, SweepData]:
+    """Write ``out_dir/index.html`` and ``out_dir/report.md`` (PNGs beside it) for one study (default: the
+    newest); raises ``NothingToReport`` before writing anything when the experiment holds no such sweep."""
+    data = load_sweep_data(store, experiment, study=study, profile=profile)
+    return save_document(build_sweep_document(data, question=question), out_dir), data
+
+
+def log_sweep_report(store: MlflowStore, data: SweepData, paths: ReportPaths) -> str:
+    """Log the report under ``report/`` of the study's parent run (as ablation reports are); returns its id."""
+    return log_to_run(store, data.parent_run_id, paths)
