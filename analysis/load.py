@@ -30,7 +30,9 @@ from harness.schema import (
     EVAL_METRICS,
     FEATURE_FINGERPRINT,
     FID_INCEPTION_UNAVAILABLE,
+    GFLOPS_PER_IMAGE,
     HASH,
+    NUM_PARAMETERS,
     PARENT,
     PROFILE,
     QUESTION,
@@ -67,6 +69,8 @@ RUN_COLUMNS = [
     "classifier_accuracy",
     "final_loss",
     "images_per_second",
+    "num_parameters",  # of the network (NaN for runs tracked before it was logged)
+    "gflops_per_image",  # one forward pass, batch of 1
     "has_history",
     "checkpoint",
     "commit",
@@ -280,6 +284,8 @@ def _runs_table(train_runs: list, axes: list[str]) -> pd.DataFrame:
                 "classifier_accuracy": m.get("classifier_accuracy", float("nan")),
                 "final_loss": m.get("train/final_loss", float("nan")),
                 "images_per_second": m.get("train/images_per_second_mean", float("nan")),
+                "num_parameters": m.get(NUM_PARAMETERS, float("nan")),
+                "gflops_per_image": m.get(GFLOPS_PER_IMAGE, float("nan")),
                 # A run whose checkpoint was finished by another experiment (same config hash, same store
                 # root) resumes at its last step: it logs no loss or periodic evaluations of its own.
                 "has_history": "train/loss" in m,

@@ -15,6 +15,7 @@ from harness import schema
 
 from . import figures
 from .answers import recognizable_answer, recognizable_steps, settings_front
+from .arms import arms_section
 from .caveats import failed_arms, fid_bases, fid_refusal, heun_sentence, missing_evaluations, objective_groups
 from .load import AblationData, arm_label
 from .opening import (
@@ -412,6 +413,7 @@ def samples_section(data: AblationData) -> Section | None:
 
 SECTIONS: tuple[Callable[[AblationData], Section | None], ...] = (
     setup_section,
+    arms_section,
     comparison_section,
     settings_section,
     guidance_section,

@@ -20,7 +20,7 @@ from .diffusion.losses import WEIGHTINGS
 from .diffusion.parameterizations import PARAMETERIZATIONS
 from .diffusion.samplers import SAMPLERS, SPACINGS, VARIANCES
 from .diffusion.schedules import SCHEDULES
-from .models.unet import check_shape
+from .models.registry import BACKBONES, SHARED_FIELDS
 from .yamlio import YamlError, load_text, read_bytes
 
 # The side of each data set's square images, which the model's shape is checked against before
@@ -81,12 +81,32 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    channels: Int = Field(24, ge=8)
-    channel_mult: tuple[Int, ...] = (1, 2, 2)
-    num_res_blocks: Int = Field(1, ge=1)
-    attention_resolutions: tuple[Int, ...] = (7,)
+    backbone: str = "unet"  # models.registry.BACKBONES
+    channels: Int = Field(24, ge=8)  # unet: the first level's width
+    channel_mult: tuple[Int, ...] = (1, 2, 2)  # unet
+    num_res_blocks: Int = Field(1, ge=1)  # unet
+    attention_resolutions: tuple[Int, ...] = (7,)  # unet
+    patch_size: Int = Field(2, ge=1)  # dit
+    depth: Int = Field(4, ge=1)  # dit: transformer blocks
+    hidden: Int = Field(64, ge=4)  # dit: token width
+    heads: Int = Field(4, ge=1)  # dit
     dropout: Float = Field(0.0, ge=0.0, lt=1.0)
     conditional: bool = False
+
+    @field_validator("backbone")
+    @classmethod
+    def _backbone(cls, v: str) -> str:
+        return one_of(v, BACKBONES, "backbone")
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that shape the network, as they enter the config hash.
+
+        A field the chosen backbone does not read (``hidden`` of a UNet, ``channels`` of a DiT) changes
+        nothing that is learned, so it is left out: two arms that differ only there are one model, not two.
+        ``backbone`` itself is left out for the UNet, so hashes made before the field existed still hold.
+        """
+        keep = {*BACKBONES[self.backbone].fields, *SHARED_FIELDS} | ({"backbone"} if self.backbone != "unet" else set())
+        return {k: v for k, v in self.model_dump(mode="json").items() if k in keep}
 
 
 class DiffusionConfig(Section):
@@ -215,7 +235,7 @@ class Config(Section):
     def _cross_checks(self):
         m = self.model
         try:
-            check_shape(IMAGE_SIZES[self.data.dataset], m.channels, m.channel_mult, m.attention_resolutions)
+            BACKBONES[m.backbone].check(m, IMAGE_SIZES[self.data.dataset])
         except ValueError as err:
             raise ValueError(f"model.{err}") from None
         for i, s in enumerate(self.eval.samplers):
@@ -239,6 +259,7 @@ class Config(Section):
         """12 hex digits identifying the trained model (not its evaluation)."""
         d = self.to_dict()
         del d["eval"]
+        d["model"] = self.model.identity()
         for section, keys in OPERATIONAL.items():
             for key in keys:
                 d[section].pop(key)

@@ -112,6 +112,9 @@ def eval_key(label: str, metric: str) -> str:
 
 
 CURVE_METRICS = tuple(m.name for m in METRICS.values() if m.curve)
+# The size of a training run's network: parameters, and GFLOPs of one forward pass on one image
+# (models.registry.gflops_per_image), so that arms can be compared at equal parameters or compute.
+NUM_PARAMETERS, GFLOPS_PER_IMAGE = "model/num_parameters", "model/gflops_per_image"
 # Training-run metrics that reports compare across arms.
 RUN_METRICS: dict[str, Metric] = {"final_loss": Metric("final_loss", True, False, "final training loss")}
 

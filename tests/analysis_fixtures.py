@@ -19,6 +19,7 @@ from analysis.load import (
 S = "ddim-50-eta0-w0"
 LABEL = re.compile(r"(\w+)-(\d+)-eta([\d.]+)-w([\d.]+)")
 STEPS = (500, 1000, 1500, 2000)
+SIZE = (280_177, 0.0959)  # the quick profiles' UNet: parameters, GFLOPs per image
 
 
 def fixture_data(
@@ -31,9 +32,11 @@ def fixture_data(
     question="Does cosine beat linear?",
     final_loss=None,
     pngs=True,
+    sizes=None,
 ) -> AblationData:
     """``final[(arm, setting)] = {"fid": [per seed], ...}``; ``rec_at[arm]``: step where recognizability hits 0.8;
-    ``final_loss[arm]``: per seed (default 0.03 + 0.001 * seed in every arm); ``pngs``: write sample grids."""
+    ``final_loss[arm]``: per seed (default 0.03 + 0.001 * seed in every arm); ``pngs``: write sample grids;
+    ``sizes[arm]``: (parameters, GFLOPs per image) of its network (default SIZE in every arm)."""
     arms = list(dict.fromkeys(a for a, _ in final))
     settings = list(dict.fromkeys(s for _, s in final))
     n_seeds = len(next(iter(final.values()))["fid"])
@@ -64,6 +67,8 @@ def fixture_data(
                     "classifier_accuracy": 0.988,
                     "final_loss": final_loss[arm][seed] if final_loss else 0.03 + 0.001 * seed,
                     "images_per_second": 200.0,
+                    "num_parameters": (sizes or {}).get(arm, SIZE)[0],
+                    "gflops_per_image": (sizes or {}).get(arm, SIZE)[1],
                     "has_history": True,
                     "checkpoint": str(tmp_path / rid / "checkpoint.pt"),
                     "commit": "abc123",

@@ -35,7 +35,7 @@ def test_flat_uses_dotted_keys():
     [
         (
             {"model": {"chanels": 3}},
-            "x.yaml: model.chanels: unknown key; valid keys here: attention_resolutions, channel_mult",
+            "x.yaml: model.chanels: unknown key; valid keys here: attention_resolutions, backbone, channel_mult",
         ),
         ({"diffusion": {"schedule": "quad"}}, "diffusion.schedule: unknown schedule 'quad'; valid: cosine, linear"),
         ({"diffusion": {"parameterization": "score"}}, "valid: eps, v, x0"),

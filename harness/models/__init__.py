@@ -1,1 +1,1 @@
-"""Denoising networks: the UNet backbone."""
+"""Denoising networks: the backbones (UNet, DiT), chosen by name in ``registry.BACKBONES``."""

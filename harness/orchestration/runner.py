@@ -164,7 +164,10 @@ SPEED_FIELDS = ("data.dataset", "train.batch_size", "train.precision", "train.co
 def speed_key(config: Config) -> tuple[tuple[str, Any], ...]:
     """The model shape and the ``SPEED_FIELDS`` of ``config``, as (dotted key, logged param value) pairs."""
     flat = config.flat()
-    return tuple((k, flat[k]) for k in [*(k for k in flat if k.startswith("model.")), *SPEED_FIELDS])
+    # The fields the backbone reads (ModelConfig.identity): a DiT's hidden width does not slow a UNet, and
+    # UNet runs tracked before model.backbone existed still match.
+    shape = [f"model.{k}" for k in config.model.identity()]
+    return tuple((k, flat[k]) for k in [*shape, *SPEED_FIELDS])
 
 
 @dataclass

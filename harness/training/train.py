@@ -22,9 +22,10 @@ from ..config import Config
 from ..device import autocast, resolve_device, resolve_precision
 from ..diffusion.losses import diffusion_loss
 from ..diffusion.schedules import make_schedule
-from ..models.unet import UNet
+from ..models.registry import BACKBONES, gflops_per_image
 from ..progress import Progress
 from ..result import EvalResult
+from ..schema import GFLOPS_PER_IMAGE, NUM_PARAMETERS
 from ..tracker import LoggedAfter, NullTracker, StoreUnavailable, Tracker
 from . import checkpoint
 from .ema import EMA
@@ -46,6 +47,7 @@ class TrainResult:
     images_per_second: float
     num_parameters: int
     checkpoint: str
+    gflops_per_image: float = math.nan  # one forward pass, batch of 1 (models.registry.gflops_per_image)
     evals: list[EvalResult] = field(default_factory=list)  # every evaluation, with its step
     classifier_accuracy: float | None = None
     recognizable_at_step: int | None = None
@@ -63,6 +65,7 @@ class TrainResult:
                 "images_per_second": self.images_per_second,
                 "steps": self.steps,
                 "num_parameters": self.num_parameters,
+                "gflops_per_image": self.gflops_per_image,
                 "checkpoint": self.checkpoint,
             },
             "evals": [e.to_dict() for e in self.final_evals()],
@@ -91,18 +94,10 @@ class NoEvaluation:
         return []
 
 
-def build_model(config: Config, channels: int, image_size: int, num_classes: int) -> UNet:
+def build_model(config: Config, channels: int, image_size: int, num_classes: int) -> torch.nn.Module:
+    """The network of ``config.model.backbone`` (``models.registry.BACKBONES``) for images (channels, side, side)."""
     m = config.model
-    return UNet(
-        in_channels=channels,
-        image_size=image_size,
-        channels=m.channels,
-        channel_mult=m.channel_mult,
-        num_res_blocks=m.num_res_blocks,
-        attention_resolutions=m.attention_resolutions,
-        dropout=m.dropout,
-        num_classes=num_classes if m.conditional else None,
-    )
+    return BACKBONES[m.backbone].build(m, channels, image_size, num_classes if m.conditional else None)
 
 
 def train(
@@ -283,6 +278,10 @@ def train(
         images_per_second=step * B / seconds if seconds else math.nan,
         num_parameters=model.num_parameters,
         checkpoint=str(ckpt_path),
+        gflops_per_image=gflops_per_image(
+            lambda: build_model(config, data.channels, data.image_size, data.num_classes),
+            (data.channels, data.image_size, data.image_size),
+        ),
         evals=evals,
         classifier_accuracy=evaluator.classifier_accuracy,
         recognizable_at_step=recognizable_at_step(evals, config.eval.recognizable_fraction),
@@ -291,9 +290,11 @@ def train(
         {
             "train/final_loss": last_loss,
             "train/images_per_second_mean": result.images_per_second,
-            "train/seconds": seconds,
+            "train/seconds": seconds,  # training alone, without evaluations and checkpoints
+            NUM_PARAMETERS: result.num_parameters,
+            GFLOPS_PER_IMAGE: result.gflops_per_image,
         }
-    )  # training alone, without evaluations and checkpoints
+    )
     return result
 
 
