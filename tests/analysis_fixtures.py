@@ -31,9 +31,11 @@ def fixture_data(
     question="Does cosine beat linear?",
     final_loss=None,
     pngs=True,
+    steps_per_epoch=None,
 ) -> AblationData:
     """``final[(arm, setting)] = {"fid": [per seed], ...}``; ``rec_at[arm]``: step where recognizability hits 0.8;
-    ``final_loss[arm]``: per seed (default 0.03 + 0.001 * seed in every arm); ``pngs``: write sample grids."""
+    ``final_loss[arm]``: per seed (default 0.03 + 0.001 * seed in every arm); ``pngs``: write sample grids;
+    ``steps_per_epoch``: the runs' configs speak in epochs of that many steps (default: in steps)."""
     arms = list(dict.fromkeys(a for a, _ in final))
     settings = list(dict.fromkeys(s for _, s in final))
     n_seeds = len(next(iter(final.values()))["fid"])
@@ -55,6 +57,7 @@ def fixture_data(
                     "steps": 2000,
                     "batch_size": 64,
                     "images_seen": 128000,
+                    "steps_per_epoch": steps_per_epoch,
                     "num_samples": 500,
                     "dataset": "mnist-5k",
                     "device": "cpu",
