@@ -8,6 +8,7 @@ from analysis_fixtures import S, fixture_data
 from analysis import figures
 from analysis.load import epoch_length
 from analysis.report import answer, build_document, guidance_section, progress_section
+from harness.config import build_config
 
 FIDS = {("linear", S): {"fid": [55.0, 56.5, 54.8]}, ("cosine", S): {"fid": [50.0, 52.0, 51.0]}}
 REC_AT = {"linear": 1500, "cosine": 1000}  # steps; evaluations at steps 500, 1,000, 1,500 and 2,000
@@ -95,3 +96,11 @@ def test_the_exercise_report_answers_both_questions(tmp_path):
     )
     assert "FID is lowest at w = 0" in words and "Pareto-optimal (FID against class accuracy): w = 0" in words
     assert guidance_section(data).tables[0].header[:3] == ["arm", "w", "seeds with class accuracy"]
+
+
+def test_the_logged_params_carry_the_unit():
+    """What a training run logs (``config.flat()``, each value as a string) is what the loader reads."""
+    logged = lambda config: {k: str(v) for k, v in config.flat().items()}  # noqa: E731 - as MlflowTracker.log_params
+    assert epoch_length(logged(build_config({"train": {"epochs": 3, "batch_size": 64}}))) == 79.0
+    assert epoch_length(logged(build_config({"train": {"steps": 790, "batch_size": 64, "eval_epochs": [5]}}))) == 79.0
+    assert math.isnan(epoch_length(logged(build_config({"train": {"steps": 790, "batch_size": 64}}))))
