@@ -33,11 +33,6 @@ DATASET_SIZES = {"mnist-5k": 5_000, "mnist": 60_000, "fashion-mnist": 60_000, "c
 MAX_EVAL_SAMPLES = 50_000  # the usual FID sample count; more only costs time
 # Fields that change where or how often things happen, never what is learned.
 OPERATIONAL = {"data": {"root", "download"}, "train": {"checkpoint_every", "log_every", "device"}}
-# Also left out of the hash: ``train.epochs`` (resolved into ``train.steps``, which the hash holds, so
-# ``epochs: 10`` and the equivalent ``steps`` are one model) and, while empty, fields added after hashes
-# were first recorded (so every earlier configuration keeps its hash, and its finished runs).
-RESOLVED = {"train": {"epochs"}}
-HASHED_WHEN_SET = {"train": {"eval_epochs"}}
 
 
 class ConfigError(ValueError):
@@ -225,30 +220,23 @@ class Config(Section):
     @model_validator(mode="before")
     @classmethod
     def _epochs_to_steps(cls, data):
-        """``train.epochs`` becomes ``train.steps`` here, where the data set and batch size are known.
-
-        A resolved config (a checkpoint's, a worker's) holds both, so both are accepted when they agree;
-        values that cannot be read are left to the field validators to report.
-        """
+        """``train.epochs`` becomes ``train.steps`` here, where the data set and batch size are known. A resolved
+        config (a checkpoint's, a worker's) holds both: accepted when they agree. Fields report bad values."""
         if not isinstance(data, dict):
             return data
-        train = data.get("train")
-        train = train.model_dump(include=train.model_fields_set) if isinstance(train, TrainConfig) else train
-        if not isinstance(train, dict) or train.get("epochs") is None:
+        try:  # the two sections alone, for their values; an invalid one is reported by the validation to come
+            tc, dc = TrainConfig.model_validate(data.get("train", {})), DataConfig.model_validate(data.get("data", {}))
+        except ValidationError:
             return data
-        section = data.get("data") or {}
-        default = DataConfig.model_fields["dataset"].default
-        dataset = section.get("dataset", default) if isinstance(section, dict) else getattr(section, "dataset", None)
-        epochs, batch = train["epochs"], train.get("batch_size", TrainConfig.model_fields["batch_size"].default)
-        if dataset not in DATASET_SIZES or not all(type(v) is int and v >= 1 for v in (epochs, batch)):
+        if tc.epochs is None:
             return data
-        steps = epochs * steps_per_epoch(dataset, batch)
-        if train.get("steps") is not None and train["steps"] != steps:
+        steps = tc.epochs * steps_per_epoch(dc.dataset, tc.batch_size)
+        if "steps" in tc.model_fields_set and tc.steps != steps:
             raise ValueError(
-                f"train.epochs: give train.steps or train.epochs, not both ({epochs} epochs of {dataset} at "
-                f"batch {batch} are {steps:,} steps, not {train['steps']})"
+                f"train.epochs: give train.steps or train.epochs, not both ({tc.epochs} epochs of {dc.dataset} at "
+                f"batch {tc.batch_size} are {steps:,} steps, not {tc.steps:,})"
             )
-        return {**data, "train": {**train, "steps": steps}}
+        return {**data, "train": {**tc.model_dump(include=tc.model_fields_set), "steps": steps}}
 
     @model_validator(mode="after")
     def _eval_epochs(self):
@@ -293,13 +281,12 @@ class Config(Section):
         """12 hex digits identifying the trained model (not its evaluation)."""
         d = self.to_dict()
         del d["eval"]
-        for section, keys in [*OPERATIONAL.items(), *RESOLVED.items()]:
+        for section, keys in OPERATIONAL.items():
             for key in keys:
                 d[section].pop(key)
-        for section, keys in HASHED_WHEN_SET.items():
-            for key in keys:
-                if not d[section][key]:
-                    d[section].pop(key)
+        del d["train"]["epochs"]  # resolved into steps, which the hash holds: `epochs: 10` is its steps' model
+        if not d["train"]["eval_epochs"]:  # added later: while empty, every earlier config keeps its hash
+            del d["train"]["eval_epochs"]
         return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
 
     def steps_per_epoch(self) -> int:
@@ -319,11 +306,8 @@ class Config(Section):
 
 
 def steps_per_epoch(dataset: str, batch_size: int) -> int:
-    """Steps of one epoch: ceil(N / batch_size), the last, partial batch counted as a step.
-
-    The loop draws full batches with replacement, so an epoch is a count of steps, not a pass without
-    replacement; ceil matches ``len(DataLoader(..., drop_last=False))``, the epoch of a tutorial's loop.
-    """
+    """ceil(N / batch_size): the last, partial batch is a step, as in ``len(DataLoader(drop_last=False))``, a
+    tutorial's epoch (the loop draws full batches with replacement: an epoch is a count of steps, not a pass)."""
     return math.ceil(DATASET_SIZES[dataset] / batch_size)
 
 

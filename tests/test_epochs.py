@@ -10,7 +10,9 @@ from harness.config import (
     DATASET_SIZES,
     Config,
     ConfigError,
+    DataConfig,
     SamplerSetting,
+    TrainConfig,
     build_config,
     load_config,
     steps_per_epoch,
@@ -91,6 +93,25 @@ def test_bad_epoch_settings_are_one_line_errors_naming_the_field(train, message)
     with pytest.raises(ConfigError) as err:
         build_config({"train": train}, "x.yaml")
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        ({"data": 5, "train": {"epochs": 2}}, "x.yaml: data: Input should be a valid dictionary"),
+        ({"data": {"dataset": [1]}, "train": {"epochs": 2}}, "x.yaml: data.dataset: Input should be a valid string"),
+        ({"train": {"epochs": 2, "lr": -1}}, "x.yaml: train.lr: Input should be greater than 0"),
+    ],
+)
+def test_epochs_beside_another_bad_field_report_that_field(data, message):
+    with pytest.raises(ConfigError) as err:
+        build_config(data, "x.yaml")
+    assert str(err.value).startswith(message)
+
+
+def test_sections_given_as_objects_resolve_too():
+    config = Config(train=TrainConfig(epochs=2, batch_size=64), data=DataConfig(dataset="mnist"))
+    assert config.train.steps == 2 * 938
 
 
 def test_an_override_that_contradicts_the_spec_names_the_override(tmp_path):
