@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .stats import band, pareto_front
+from .words import num
 
 STYLE = "whitegrid"
 MAX_POINTS = 400  # per curve: enough for the eye, few enough for a small PNG
@@ -94,15 +95,16 @@ def smooth_loss(loss: pd.DataFrame, max_points: int = MAX_POINTS) -> pd.DataFram
     return pd.concat(out) if out else loss
 
 
-def loss_curves(loss: pd.DataFrame, order: list[str], *, hue: str = "arm_label") -> Figure | None:
-    """Training loss against step, one line per arm (running mean; band: 95% CI over seeds)."""
+def loss_curves(loss: pd.DataFrame, order: list[str], *, hue: str = "arm_label", unit: str = "step") -> Figure | None:
+    """Training loss against step (column ``step``, in ``unit``), one line per arm (running mean; band: 95% CI
+    over seeds)."""
     if loss.empty:
         return None
     fig, ax = new_figure()
     smooth = smooth_loss(loss)
     _log_if_wide(ax, smooth["loss"])
     _mean_band(ax, smooth, "step", "loss", hue, order)
-    ax.set(xlabel="training step", ylabel="training loss (running mean)")
+    ax.set(xlabel=f"training {unit}", ylabel="training loss (running mean)")
     _integer_x(ax)
     ax.legend(title=None, fontsize="small")
     return fig
@@ -134,8 +136,10 @@ def metric_curves(
     *,
     hue: str = "arm_label",
     thresholds: dict[str, float] | None = None,
+    unit: str = "step",
 ) -> Figure | None:
-    """Periodic evaluation metrics of one sampler setting against training step, one panel per metric."""
+    """Periodic evaluation metrics of one sampler setting against training step (column ``step``, in
+    ``unit``), one panel per metric."""
     part = curves[(curves["setting"] == setting) & curves["metric"].isin(metrics)]
     metrics = tuple(m for m in metrics if m in set(part["metric"]))
     if not metrics:
@@ -149,24 +153,30 @@ def metric_curves(
         _mean_band(ax, m, "step", "value", hue, order, marker="o")
         if thresholds and metric in thresholds:
             ax.axhline(thresholds[metric], color="0.4", ls="--", lw=1)
-        ax.set(xlabel="training step", ylabel=metric, title=f"{metric} ({setting})")
+        ax.set(xlabel=f"training {unit}", ylabel=metric, title=f"{metric} ({setting})")
         _integer_x(ax)
         ax.legend(title=None, fontsize="small")
     return fig
 
 
 def sample_strip(
-    grids: pd.DataFrame, setting: str, order: list[str], *, hue: str = "arm_label", max_frames: int = 6
+    grids: pd.DataFrame,
+    setting: str,
+    order: list[str],
+    *,
+    hue: str = "arm_label",
+    max_frames: int = 6,
+    unit: str = "step",
 ) -> Figure | None:
-    """Sample grids of one setting over training, one row per arm (its lowest seed): the same noise x_T
-    in every frame, so a reader sees digits appear."""
+    """Sample grids of one setting over training (column ``step``, in ``unit``), one row per arm (its lowest
+    seed): the same noise x_T in every frame, so a reader sees digits appear."""
     part = grids[grids["setting"] == setting]
     part = part[part["seed"] == part.groupby(hue)["seed"].transform("min")]
     steps = sorted(set(part["step"]))
     if len(steps) > max_frames:  # evenly spaced frames, always the first and the last
         steps = [steps[round(i * (len(steps) - 1) / (max_frames - 1))] for i in range(max_frames)]
     return picture_matrix(
-        part, hue, "step", [o for o in order if o in set(part[hue])], steps, title=lambda s: f"step {s:,}"
+        part, hue, "step", [o for o in order if o in set(part[hue])], steps, title=lambda s: f"{unit} {num(s)}"
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.config import SamplerSetting
+from harness.config import DATASET_SIZES, SamplerSetting, steps_per_epoch
 from harness.orchestration.tracking import MlflowStore
 from harness.schema import (
     ARM,
@@ -60,6 +60,7 @@ RUN_COLUMNS = [
     "steps",
     "batch_size",
     "images_seen",
+    "steps_per_epoch",  # NaN where the run's config counts in steps (see epoch_length)
     "num_samples",
     "dataset",
     "device",
@@ -122,6 +123,18 @@ class AblationData:
     # e.g. "failed: non-finite loss at step 3" (the newest training run's harness.error tag).
     missing: list[dict[str, Any]] = field(default_factory=list)
     planned: bool = True  # jobs and settings come from a plan.json (False: whatever the experiment holds)
+
+    @property
+    def unit(self) -> str:
+        """The training axis of the report: 'epoch' when every run's config speaks in epochs, else 'step'."""
+        spe = self.runs["steps_per_epoch"]
+        return "epoch" if len(spe) and spe.notna().all() else "step"
+
+    def to_unit(self, df: pd.DataFrame, column: str = "step") -> pd.Series:
+        """``df[column]`` (training steps of the runs in ``df["run_id"]``) in ``unit``, per run."""
+        if self.unit == "step":
+            return df[column]
+        return df[column] / df["run_id"].map(self.runs.set_index("run_id")["steps_per_epoch"])
 
 
 def load_experiment(store: MlflowStore, experiment: str, *, latest_plan: bool = True) -> AblationData:
@@ -274,6 +287,7 @@ def _runs_table(train_runs: list, axes: list[str]) -> pd.DataFrame:
                 "steps": steps,
                 "batch_size": batch,
                 "images_seen": steps * batch,
+                "steps_per_epoch": epoch_length(p),
                 "num_samples": int(p.get("eval.num_samples", 0)),
                 "dataset": p.get("data.dataset", "unknown"),
                 # The device the run resolved to (the runner's tag); runs tracked without it give the setting.
@@ -298,6 +312,18 @@ def _runs_table(train_runs: list, axes: list[str]) -> pd.DataFrame:
         for key in axes:
             rows[-1][key] = p.get(key)
     return pd.DataFrame(rows, columns=RUN_COLUMNS + axes)
+
+
+def epoch_length(params: dict[str, str]) -> float:
+    """Steps per epoch of a run whose config speaks in epochs (``train.epochs`` or ``train.eval_epochs``
+    logged), else NaN: the one place that decides whether a report counts a run's training in epochs."""
+    epochs, eval_epochs = params.get("train.epochs", "None"), json.loads(params.get("train.eval_epochs", "[]"))
+    if epochs != "None":
+        return int(params["train.steps"]) / int(epochs)
+    dataset = params.get("data.dataset")
+    if eval_epochs and dataset in DATASET_SIZES:
+        return float(steps_per_epoch(dataset, int(params["train.batch_size"])))
+    return float("nan")
 
 
 def _time(ms: int | None):

@@ -76,6 +76,8 @@ def answer(data: AblationData) -> str:
         sentences.append(recognizable)
         if others := [x for x in data.settings if x != setting and not varies_guidance(data)]:
             sentences.append(f"The other evaluation settings ({', '.join(others)}) are in the tables below.")
+    if len(data.arms) == 1 and varies_guidance(data) and periodic(data):
+        sentences.append(recognizable)  # the model's progress first, then what guidance changes
     if varies_guidance(data):
         fam = guidance_family(data)
         for arm in [a for a in data.arms if a in set(fam["arm_label"])]:
@@ -99,6 +101,11 @@ def answer(data: AblationData) -> str:
             "nothing about the question."
         )
     return " ".join(sentences)
+
+
+def periodic(data: AblationData) -> bool:
+    """Whether some run logged evaluations before its last step (``eval_every`` or ``eval_epochs``)."""
+    return bool(len(data.curves)) and data.curves.groupby("run_id")["step"].nunique().max() > 1
 
 
 def fid_sentence(data: AblationData, at: pd.DataFrame, setting: str, reasons: dict[str, str]) -> str:
@@ -158,7 +165,8 @@ def budget_sentence(data: AblationData) -> str:
         )
     )
     return (
-        f"Budget: the {data.profile} profile, {_steps(r)} training steps x {_one(r['batch_size'])} images = "
+        f"Budget: the {data.profile} profile, {_steps(r)} training steps{_epochs(data)} x {_one(r['batch_size'])} "
+        f"images = "
         f"{_one(r['images_seen'])} images seen per run, {_plural(len(r), 'training run')} "
         f"({_plural(len(data.arms), 'arm')} x seed{'s' if len(seeds) != 1 else ''} {', '.join(map(str, seeds))}, "
         f"{duration(r['seconds'].sum())} of training-run wall time); {samples}, in the feature space of a domain "
@@ -182,3 +190,16 @@ def _one(values: pd.Series) -> str:
 
 def _steps(runs: pd.DataFrame) -> str:
     return _one(runs["steps"])
+
+
+def _epochs(data: AblationData) -> str:
+    """' (100 epochs of 79 steps)' where the report counts epochs, else nothing."""
+    if data.unit != "epoch":
+        return ""
+    r = data.runs
+
+    def one(values: pd.Series) -> str:
+        v = sorted(set(values))
+        return num(v[0]) if len(v) == 1 else f"{num(v[0])} to {num(v[-1])} (runs differ)"
+
+    return f" ({one(r['steps'] / r['steps_per_epoch'])} epochs of {one(r['steps_per_epoch'])} steps)"

@@ -313,12 +313,12 @@ def training_section(data: AblationData) -> Section | None:
             + " and ".join(g[0] if len(g) == 1 else "{" + ", ".join(g) + "}" for g in groups)
             + "."
         )
-    fig = figures.loss_curves(data.loss, data.arms)
+    fig = figures.loss_curves(data.loss.assign(step=data.to_unit(data.loss)), data.arms, unit=data.unit)
     if fig is not None:
         s.pictures.append(
             Picture(
                 "loss",
-                "Training loss against step (running mean over ~1% of training); band: 95% CI over seeds.",
+                f"Training loss against {data.unit} (running mean over ~1% of training); band: 95% CI over seeds.",
                 figures.to_png(fig),
             )
         )
@@ -346,7 +346,10 @@ def progress_section(data: AblationData) -> Section | None:
     s.paragraphs.append(_cap(recognizable_answer(steps, data.arms, setting)) + ".")
     metrics = ("fid", "recognizability") + (("class_accuracy",) if data.runs["conditional"].any() else ())
     threshold = float(data.runs["recognizable_fraction"].iloc[0])
-    fig = figures.metric_curves(data.curves, setting, metrics, data.arms, thresholds={"recognizability": threshold})
+    curves = data.curves.assign(step=data.to_unit(data.curves))
+    fig = figures.metric_curves(
+        curves, setting, metrics, data.arms, thresholds={"recognizability": threshold}, unit=data.unit
+    )
     if fig is not None:
         s.pictures.append(
             Picture(
@@ -358,16 +361,12 @@ def progress_section(data: AblationData) -> Section | None:
         )
     s.tables.append(
         Table(
-            ["arm", "seed", "first step with recognizability >= threshold"],
+            ["arm", "seed", f"first {data.unit} with recognizability >= threshold"],
             [
                 [
                     r.arm_label,
                     r.seed,
-                    f"{int(r.step):,}"
-                    if pd.notna(r.step)
-                    else "not logged here"
-                    if not r.logged
-                    else "not within this budget",
+                    num(r.at) if pd.notna(r.at) else "not logged here" if not r.logged else "not within this budget",
                 ]
                 for r in steps.itertuples()
             ],
@@ -381,12 +380,12 @@ def samples_section(data: AblationData) -> Section | None:
     if setting is None or data.runs.empty:
         return None
     s = Section("Samples")
-    fig = figures.sample_strip(data.grids, setting, data.arms)
+    fig = figures.sample_strip(data.grids.assign(step=data.to_unit(data.grids)), setting, data.arms, unit=data.unit)
     if fig is not None:
         s.pictures.append(
             Picture(
                 "samples_over_training",
-                f"Samples with {setting} at evaluation steps over training, "
+                f"Samples with {setting} at evaluation {data.unit}s over training, "
                 "one row per arm (lowest seed); the same noise x_T in every frame.",
                 figures.to_png(fig),
             )

@@ -70,10 +70,6 @@ def with_ci(mean: float, low: float, high: float) -> str:
     return f"{num(mean)} (95% CI {num(low)} to {num(high)})" if math.isfinite(low) else num(mean)
 
 
-def step(s: int) -> str:
-    return f"step {s:,}"
-
-
 def usable_seeds(df: pd.DataFrame, metric: str, by: str, group) -> int:
     """Seeds of ``group`` with a finite ``metric``: a NaN row is no observation."""
     return int(df.loc[(df[by] == group) & df[metric].notna(), "seed"].nunique())

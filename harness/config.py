@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -26,6 +27,9 @@ from .yamlio import YamlError, load_text, read_bytes
 # The side of each data set's square images, which the model's shape is checked against before
 # anything runs; the names are training.data.DATASETS (tests/test_config.py checks that they agree).
 IMAGE_SIZES = {"mnist-5k": 28, "mnist": 28, "fashion-mnist": 28, "cifar10": 32}
+# The images of each data set's training split: an epoch is ceil(N / batch_size) steps, resolved here, before
+# the data is loaded, so the config (and its hash) holds the step count; training checks N against the data.
+DATASET_SIZES = {"mnist-5k": 5_000, "mnist": 60_000, "fashion-mnist": 60_000, "cifar10": 50_000}
 MAX_EVAL_SAMPLES = 50_000  # the usual FID sample count; more only costs time
 # Fields that change where or how often things happen, never what is learned.
 OPERATIONAL = {"data": {"root", "download"}, "train": {"checkpoint_every", "log_every", "device"}}
@@ -141,6 +145,7 @@ class DiffusionConfig(Section):
 
 class TrainConfig(Section):
     steps: Int = Field(1500, ge=1)
+    epochs: Int | None = Field(None, ge=1)  # instead of steps: Config resolves it into steps (steps_per_epoch)
     batch_size: Int = Field(128, ge=1)
     lr: Float = Field(1e-3, gt=0)
     weight_decay: Float = Field(0.0, ge=0)
@@ -152,6 +157,7 @@ class TrainConfig(Section):
     compile: bool = False
     channels_last: bool = False
     eval_every: Int = Field(0, ge=0)  # 0: evaluate at the end only
+    eval_epochs: tuple[Int, ...] = ()  # instead of eval_every: evaluate (and checkpoint) at the end of these epochs
     checkpoint_every: Int = Field(0, ge=0)  # 0: every tenth of the run (train.train), so a kill loses at most 10%
     log_every: Int = Field(25, ge=1)
     seed: Seed = 0
@@ -231,6 +237,42 @@ class Config(Section):
     eval: EvalConfig = EvalConfig()
 
     # Errors of these checks start with the field's dotted path, which format_validation_error reads.
+    @model_validator(mode="before")
+    @classmethod
+    def _epochs_to_steps(cls, data):
+        """``train.epochs`` becomes ``train.steps`` here, where the data set and batch size are known. A resolved
+        config (a checkpoint's, a worker's) holds both: accepted when they agree. Fields report bad values."""
+        if not isinstance(data, dict):
+            return data
+        try:  # the two sections alone, for their values; an invalid one is reported by the validation to come
+            tc, dc = TrainConfig.model_validate(data.get("train", {})), DataConfig.model_validate(data.get("data", {}))
+        except ValidationError:
+            return data
+        if tc.epochs is None:
+            return data
+        steps = tc.epochs * steps_per_epoch(dc.dataset, tc.batch_size)
+        if "steps" in tc.model_fields_set and tc.steps != steps:
+            raise ValueError(
+                f"train.epochs: give train.steps or train.epochs, not both ({tc.epochs} epochs of {dc.dataset} at "
+                f"batch {tc.batch_size} are {steps:,} steps, not {tc.steps:,})"
+            )
+        return {**data, "train": {**tc.model_dump(include=tc.model_fields_set), "steps": steps}}
+
+    @model_validator(mode="after")
+    def _eval_epochs(self):
+        tc, e = self.train, self.train.eval_epochs
+        if e and tc.eval_every:
+            raise ValueError("train.eval_epochs: give train.eval_every or train.eval_epochs, not both")
+        if any(b <= a for a, b in zip(e, e[1:])) or (e and e[0] < 1):
+            raise ValueError(f"train.eval_epochs: {list(e)} must be positive and strictly ascending")
+        spe = self.steps_per_epoch()
+        if e and e[-1] * spe > tc.steps:
+            raise ValueError(
+                f"train.eval_epochs: epoch {e[-1]} ends at step {e[-1] * spe:,}, after the run's "
+                f"{tc.steps:,} steps ({tc.steps / spe:.4g} epochs of {spe:,} steps)"
+            )
+        return self
+
     @model_validator(mode="after")
     def _cross_checks(self):
         m = self.model
@@ -263,11 +305,31 @@ class Config(Section):
         for section, keys in OPERATIONAL.items():
             for key in keys:
                 d[section].pop(key)
+        del d["train"]["epochs"]  # resolved into steps, which the hash holds: `epochs: 10` is its steps' model
+        if not d["train"]["eval_epochs"]:  # added later: while empty, every earlier config keeps its hash
+            del d["train"]["eval_epochs"]
         return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+
+    def steps_per_epoch(self) -> int:
+        return steps_per_epoch(self.data.dataset, self.train.batch_size)
+
+    def eval_epoch_steps(self) -> tuple[int, ...]:
+        """The steps at which the epochs of ``train.eval_epochs`` end."""
+        return tuple(e * self.steps_per_epoch() for e in self.train.eval_epochs)
+
+    def counts_epochs(self) -> bool:
+        """Whether the config speaks in epochs (reports then label the training axis in epochs)."""
+        return self.train.epochs is not None or bool(self.train.eval_epochs)
 
     def flat(self) -> dict[str, Any]:
         """Every field under its dotted key (``diffusion.schedule``), lists as JSON strings."""
         return flatten(self.to_dict())
+
+
+def steps_per_epoch(dataset: str, batch_size: int) -> int:
+    """ceil(N / batch_size): the last, partial batch is a step, as in ``len(DataLoader(drop_last=False))``, a
+    tutorial's epoch (the loop draws full batches with replacement: an epoch is a count of steps, not a pass)."""
+    return math.ceil(DATASET_SIZES[dataset] / batch_size)
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -33,10 +33,12 @@ def fixture_data(
     final_loss=None,
     pngs=True,
     sizes=None,
+    steps_per_epoch=None,
 ) -> AblationData:
     """``final[(arm, setting)] = {"fid": [per seed], ...}``; ``rec_at[arm]``: step where recognizability hits 0.8;
     ``final_loss[arm]``: per seed (default 0.03 + 0.001 * seed in every arm); ``pngs``: write sample grids;
-    ``sizes[arm]``: (parameters, GFLOPs per image) of its network (default SIZE in every arm)."""
+    ``sizes[arm]``: (parameters, GFLOPs per image) of its network (default SIZE in every arm);
+    ``steps_per_epoch``: the runs' configs speak in epochs of that many steps (default: in steps)."""
     arms = list(dict.fromkeys(a for a, _ in final))
     settings = list(dict.fromkeys(s for _, s in final))
     n_seeds = len(next(iter(final.values()))["fid"])
@@ -58,6 +60,7 @@ def fixture_data(
                     "steps": 2000,
                     "batch_size": 64,
                     "images_seen": 128000,
+                    "steps_per_epoch": steps_per_epoch,
                     "num_samples": 500,
                     "dataset": "mnist-5k",
                     "device": "cpu",

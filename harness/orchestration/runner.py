@@ -149,6 +149,8 @@ class Budget:
         from ..evaluation.evaluate import sampling_nfe
 
         n = 1 if evaluate_only else evaluations(config.train.steps, config.train.eval_every)
+        if config.train.eval_epochs and not evaluate_only:  # instead of eval_every (Config allows one of them)
+            n = len({*config.eval_epoch_steps(), config.train.steps})
         sampling = {s.label: (config.eval.num_samples, sampling_nfe(config, s), n) for s in config.eval.samplers}
         return cls(0 if evaluate_only else config.train.steps * config.train.batch_size, sampling)
 

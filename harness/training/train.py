@@ -2,10 +2,11 @@
 
 Deterministic on CPU for a given ``train.seed``: all randomness comes from one generator whose state,
 with the model, EMA, optimizer and step, is in every checkpoint, so a run killed after step k and
-resumed equals an uninterrupted run. A checkpoint is written every ``train.checkpoint_every`` steps
-(0: a tenth of the run) and at every evaluation. A resumed run logs only the steps its tracker does not
-have yet. The host synchronizes with the device only every ``train.log_every`` steps (losses are
-buffered on the device), at evaluations and at checkpoints.
+resumed equals an uninterrupted run. Evaluations come every ``train.eval_every`` steps or at the ends of
+the epochs in ``train.eval_epochs`` (``Config.eval_epoch_steps``), and at the last step. A checkpoint is
+written every ``train.checkpoint_every`` steps (0: a tenth of the run) and at every evaluation. A resumed
+run logs only the steps its tracker does not have yet. The host synchronizes with the device only every
+``train.log_every`` steps (losses are buffered on the device), at evaluations and at checkpoints.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ..config import Config
+from ..config import DATASET_SIZES, Config, ConfigError
 from ..device import autocast, resolve_device, resolve_precision
 from ..diffusion.losses import diffusion_loss
 from ..diffusion.schedules import make_schedule
@@ -110,7 +111,8 @@ def train(
     stop_after: int | None = None,
     progress: bool | None = None,
 ) -> TrainResult:
-    """Train (or resume) ``config`` in ``run_dir``; evaluate every ``eval_every`` steps and at the end.
+    """Train (or resume) ``config`` in ``run_dir``; evaluate every ``eval_every`` steps (or at the ends of
+    the ``eval_epochs``) and at the end.
 
     ``evaluator`` scores the EMA model at each evaluation step (``evaluation.Evaluator``, or
     ``NoEvaluation``); ``data`` (an ``ImageData``) is loaded from the config when not given.
@@ -129,6 +131,12 @@ def train(
         from .data import load_dataset  # the edges: data sets pull in heavy imports
 
         data = load_dataset(config.data.dataset, config.data.root, config.data.download)
+    n = DATASET_SIZES[config.data.dataset]
+    if config.counts_epochs() and data.images.shape[0] != n:  # the steps of an epoch were counted for n images
+        raise ConfigError(
+            f"train.epochs: epochs of {config.data.dataset} were counted as {n:,} images, but the data set loaded "
+            f"has {data.images.shape[0]:,}"
+        )
 
     torch.manual_seed(tc.seed)  # initial weights (and dropout masks until a checkpoint restores them)
     model = build_model(config, data.channels, data.image_size, data.num_classes).to(device)
@@ -146,6 +154,7 @@ def train(
     null_label = data.num_classes
     step, evals, last_loss, seconds = 0, [], math.nan, 0.0
     checkpoint_every = tc.checkpoint_every or max(1, tc.steps // 10)  # 0: a kill loses at most a tenth
+    epoch_ends = set(config.eval_epoch_steps())
 
     state = checkpoint.load(ckpt_path, map_location=device)
     if state is not None:
@@ -231,7 +240,7 @@ def train(
         step += 1
         bar.update(1)
 
-        at_eval = step == tc.steps or (tc.eval_every and step % tc.eval_every == 0)
+        at_eval = step == tc.steps or (tc.eval_every and step % tc.eval_every == 0) or step in epoch_ends
         at_ckpt = at_eval or step % checkpoint_every == 0  # an evaluated model is worth keeping
         if step - buf_start == tc.log_every or at_ckpt:
             losses = loss_buf[: step - buf_start].tolist()  # the one host sync of the interval
