@@ -14,7 +14,6 @@ from pathlib import Path
 import pandas as pd
 
 from harness.orchestration.tracking import MlflowStore
-from harness.schema import arm_text, spread_key
 
 from . import sweep_figures
 from .figures import to_png
@@ -22,151 +21,9 @@ from .opening import _cap, _plural, duration
 from .render import Document, Picture, Section, Table
 from .report import ReportPaths, log_to_run, save_document
 from .sections import cell
-from .stats import compare, estimate
+from .sweep_answers import STATES, answer, config_text, confirmed_table, search_value, trial_counts
 from .sweep_load import SweepData, load_sweep_data, ranked_trials, trial_row
-from .words import comparison_sentence, metric_label, num, seeds, with_ci
-
-STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running"}  # Optuna's -> words
-
-
-# -- words ------------------------------------------------------------------------------------------------
-
-
-def config_text(data: SweepData, row) -> str:
-    """A trial's sampled values: 'train.lr=0.00123, model.channels=16'."""
-    values = {k: row[k] for k in data.params if k in row.index and pd.notna(row[k])}
-    return arm_text({k: _value(v) for k, v in values.items()})
-
-
-def _value(text) -> str:
-    try:
-        return num(float(text))
-    except (TypeError, ValueError):
-        return str(text)
-
-
-def counts(data: SweepData) -> dict[str, int]:
-    states = data.trials["state"].value_counts()
-    return {s: int(states.get(s, 0)) for s in STATES} | {"total": len(data.trials)}
-
-
-def trial_counts(data: SweepData) -> str:
-    c = counts(data)
-    parts = [f"{c[s]} {word}" for s, word in STATES.items() if c[s] or s != "RUNNING"]
-    target = f" of {data.n_trials} planned" if data.n_trials else ""
-    return f"{_plural(c['total'], 'trial')}{target} ({', '.join(parts)})"
-
-
-def search_value(data: SweepData, row, metric: str | None = None) -> str:
-    """A trial's objective as the search measured it: '38.1 (mean of 2 seeds, std 1.2)'."""
-    metric = metric or data.objective.metric
-    if pd.isna(row[metric]):
-        return "no value recorded"
-    spread = row[spread_key(metric)]
-    over = f"{data.aggregate} of {seeds(int(row['n_seeds']))}"
-    return f"{num(row[metric])} ({over}" + (f", std {num(spread)})" if pd.notna(spread) else ")")
-
-
-def confirmed_table(data: SweepData) -> pd.DataFrame:
-    """Per confirmed trial: its rank in the search, n, mean, low, high of the objective over its fresh seeds,
-    best confirmed mean first."""
-    o = data.objective
-    c = data.confirms
-    if c.empty or o.metric not in c or c[o.metric].isna().all():
-        return pd.DataFrame(columns=["trial", "rank", "arm_label", "n", "mean", "low", "high"])
-    rows = []
-    for trial, group in c.groupby("trial"):
-        e = estimate(group[o.metric])
-        rank = group["rank"].dropna()
-        rows.append(
-            {
-                "trial": trial,
-                "rank": int(rank.iloc[0]) if len(rank) else None,
-                "arm_label": f"trial {trial}",
-                "n": e.n,
-                "mean": e.mean,
-                "low": e.low,
-                "high": e.high,
-            }
-        )
-    out = pd.DataFrame(rows)
-    return out[out["n"] > 0].sort_values(["mean", "trial"], ascending=[o.lower_is_better, True]).reset_index(drop=True)
-
-
-def answer(data: SweepData) -> str:
-    """The opening paragraph: the confirmed best and whether it beats the runner-up, or the search's best
-    trial plainly marked as unconfirmed."""
-    o, unit = data.objective, metric_label(data.objective.metric)
-    head = f"Study {data.study} ({data.profile} profile), {trial_counts(data)}"
-    multi = (
-        f"; the study has {len(data.objectives)} objectives ({', '.join(x.metric for x in data.objectives)}), "
-        f"and this answer ranks by the first, {unit} ({o.direction})"
-        if len(data.objectives) > 1
-        else ""
-    )
-    running = (
-        f". The sweep's parent run is {data.parent_status}: this is the state so far"
-        if data.parent_status != "FINISHED"
-        else ""
-    )
-    ranked = ranked_trials(data)
-    if ranked.empty:
-        return f"{head}{multi}: no trial completed, so there is no best configuration to report{running}."
-    confirmed = confirmed_table(data)
-    if confirmed.empty:
-        return head + multi + ": " + unconfirmed_words(data, ranked, unit) + running + "."
-    best = confirmed.iloc[0]
-    row = trial_row(data, best["trial"])
-    order = list(ranked["trial"])
-    rank = (
-        f"rank {order.index(best['trial']) + 1} of {len(ranked)} complete trials"
-        if best["trial"] in order
-        else f"not among the {len(ranked)} complete trials"
-    )
-    text = (
-        f"{head}{multi}: the confirmed best configuration is trial {best['trial']} ({config_text(data, row)}), "
-        f"{unit} {with_ci(best['mean'], best['low'], best['high'])} over {best['n']} fresh confirmation "
-        f"seed{'s' if best['n'] != 1 else ''}; in the search: {search_value(data, row)}, {rank}"
-    )
-    if len(confirmed) < 2:
-        text += "; it is the only confirmed trial, so there is no runner-up to compare it with"
-    else:
-        runner = confirmed.iloc[1]
-        c = compare(data.confirms, o.metric, best["arm_label"], runner["arm_label"], lower_is_better=o.lower_is_better)
-        if c.test == "none":
-            text += (
-                f"; the difference from the runner-up, {runner['arm_label']} ({unit} {num(runner['mean'])}), "
-                f"cannot be tested ({c.untested})"
-            )
-        else:
-            text += f". Against the runner-up: {comparison_sentence(c, unit)}"
-    return text + running + "."
-
-
-def unconfirmed_words(data: SweepData, ranked: pd.DataFrame, unit: str) -> str:
-    """The search's best (a multi-objective study: its Pareto-optimal trials), marked optimistic and unconfirmed."""
-    front = data.trials[data.trials["best"]] if len(data.objectives) > 1 else ranked.head(1)
-    many = len(front) > 1
-    if len(data.objectives) > 1:
-        lead = f"{_plural(len(front), 'trial')} {'are' if many else 'is'} Pareto-optimal in the search: " + "; ".join(
-            f"trial {r['trial']} ({config_text(data, r)}: "
-            + ", ".join(f"{metric_label(o.metric)} {num(r[o.metric])}" for o in data.objectives)
-            + ")"
-            for _, r in front.iterrows()
-        )
-    else:
-        row = front.iloc[0]
-        lead = f"the search's best trial is trial {row['trial']} ({config_text(data, row)}), "
-        lead += f"{unit} {search_value(data, row)}"
-    they, these = ("they are", "these configurations") if many else ("it is", "this configuration")
-    return (
-        f"{lead}. {'These are' if many else 'This is'} the best of {len(ranked)} noisy trial values, so {they} "
-        f"optimistic: picking the best of noisy values also picks favourable noise (the winner's curse), and {they} "
-        f"unconfirmed: no run re-trained {these} with fresh seeds"
-    )
-
-
-# -- sections ---------------------------------------------------------------------------------------------
+from .words import metric_label, num, seeds
 
 
 def confirmation_section(data: SweepData) -> Section:

@@ -11,8 +11,9 @@ import yaml
 from mlflow.entities import Metric, Param
 from PIL import Image
 
+from analysis.sweep_answers import answer
 from analysis.sweep_load import NothingToReport, load_sweep_data
-from analysis.sweep_report import answer, build_sweep_document
+from analysis.sweep_report import build_sweep_document
 from harness.cli import main
 from harness.orchestration.tracking import MlflowStore
 from harness.schema import (
@@ -364,3 +365,16 @@ def test_a_study_that_is_not_there_is_nothing_to_report(store, sweep):
     sweep("clear")
     with pytest.raises(NothingToReport, match="its studies: clear"):
         load_sweep_data(store, "clear", study="other")
+
+
+def test_a_best_value_at_the_edge_of_its_range_is_named(sweep):
+    data = sweep("clear")
+    assert "outside the searched range" not in answer(data)  # lr 0.003: inside a 1e-4..1e-2 log range
+    data.trials.loc[data.trials["trial"] == 1, "train.lr"] = "0.0095"  # 99% of the way on the log scale
+    assert (
+        "The best configuration has train.lr = 0.0095 at the upper end of its range (0.0001 to 0.01): "
+        "the optimum may lie outside the searched range" in answer(data)
+    )
+    unconfirmed = sweep("unconfirmed")
+    unconfirmed.trials.loc[unconfirmed.trials["trial"] == 1, "train.lr"] = "0.000105"
+    assert "train.lr = 0.000105 at the lower end of its range" in answer(unconfirmed)
