@@ -149,7 +149,7 @@ class Config(Section):
         except ValueError as err:
             raise ValueError(f"model.{err}") from None
         for i, s in enumerate(self.eval.samplers):
-            if why := misfit(self.diffusion.process, s.sampler, s.shift):
+            if why := misfit(self.diffusion.process, s.sampler, s.time_shift):
                 raise ValueError(f"eval.samplers.{i}.{why[0]}: {why[1]}")
             if s.steps > self.diffusion.timesteps and self.diffusion.process == "ddpm":  # flow's t is continuous
                 raise ValueError(

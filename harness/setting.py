@@ -22,7 +22,8 @@ class SamplerSetting(Section):
     guidance: Float = Field(0.0, ge=0)
     spacing: str = "trailing"
     variance: str = "fixed_small"
-    shift: Float = Field(1.0, gt=0)  # flow's time-grid shift (diffusion/flow.py: time_grid); 1 = none
+    # Flow's time-grid shift (diffusion/flow.py: time_grid); 1 = none. Not ``shift``: pandas rows have one.
+    time_shift: Float = Field(1.0, gt=0)
 
     @field_validator("sampler")
     @classmethod

@@ -126,7 +126,7 @@ def test_training_times_have_their_distributions():
             {"sampler": "euler"},
             r"eval\.samplers\.0\.sampler: 'euler' does not sample process ddpm; valid for ddpm: ddpm, ddim",
         ),
-        ({}, {"sampler": "ddim", "shift": 3.0}, r"eval\.samplers\.0\.shift: 3 applies to process flow only"),
+        ({}, {"sampler": "ddim", "time_shift": 3.0}, r"eval\.samplers\.0\.time_shift: 3 applies to process flow only"),
         ({"process": "flow"}, {"sampler": "euler"}, r"diffusion: process flow needs parameterization: v"),
         ({**FLOW, "loss_weighting": "min_snr"}, {"sampler": "euler"}, "process flow needs loss_weighting: uniform"),
         ({"flow_time": "logit_normal"}, {"sampler": "ddim"}, "flow_time 'logit_normal' applies to process flow only"),
@@ -169,8 +169,8 @@ def test_nfe_is_counted_for_flow_samplers():
     )
     assert sampling_nfe(cfg, SamplerSetting(sampler="euler", steps=10)) == 10
     assert sampling_nfe(cfg, SamplerSetting(sampler="heun", steps=10)) == 19
-    assert sampling_nfe(cfg, SamplerSetting(sampler="heun", steps=5, shift=3.0, guidance=2.0)) == 9
-    assert SamplerSetting(sampler="heun", steps=5, shift=3.0).label == "heun-5-eta0-w0-3.0"
+    assert sampling_nfe(cfg, SamplerSetting(sampler="heun", steps=5, time_shift=3.0, guidance=2.0)) == 9
+    assert SamplerSetting(sampler="heun", steps=5, time_shift=3.0).label == "heun-5-eta0-w0-3.0"
 
 
 def _spec(tmp_path, evaluate, axes=None):
@@ -242,7 +242,7 @@ def test_train_with_flow_end_to_end(tmp_path):
         "train.device=cpu",
         "eval.num_samples=16",
         "eval.batch_size=16",
-        "eval.samplers=[{sampler: euler, steps: 3}, {sampler: heun, steps: 2, guidance: 1.0, shift: 3.0}]",
+        "eval.samplers=[{sampler: euler, steps: 3}, {sampler: heun, steps: 2, guidance: 1.0, time_shift: 3.0}]",
     ]
     args = [
         "train",

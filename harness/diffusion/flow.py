@@ -102,7 +102,7 @@ def misfit(process: str, sampler: str, shift: float) -> tuple[str, str] | None:
     if sampler not in valid:
         return "sampler", f"{sampler!r} does not sample process {process}; valid for {process}: {', '.join(valid)}"
     if shift != 1.0 and process != "flow":
-        return "shift", f"{shift:g} applies to process flow only (1 = no shift)"
+        return "time_shift", f"{shift:g} applies to process flow only (1 = no shift)"
     return None
 
 

@@ -235,7 +235,7 @@ def draw(config: Config, model, schedule, setting: SamplerSetting, *, x_T: Tenso
     dc = config.diffusion
     common = dict(sampler=setting.sampler, steps=setting.steps, guidance=setting.guidance, x_T=x_T, **kw)
     if dc.process == "flow":  # the network's time input is t (T - 1), as training.train feeds it
-        return sample_flow(model, x_T.shape, time_scale=dc.timesteps - 1, shift=setting.shift, **common)
+        return sample_flow(model, x_T.shape, time_scale=dc.timesteps - 1, shift=setting.time_shift, **common)
     return sample(
         model,
         x_T.shape,

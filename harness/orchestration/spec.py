@@ -116,14 +116,14 @@ class _EvaluateBase(_Strict):
 
 
 # Which settings an arm is evaluated with: those that fit its process (the sampler is one of that
-# process's samplers, shift only for flow: diffusion.flow.misfit), and of the explicit settings that
+# process's samplers, time_shift only for flow: diffusion.flow.misfit), and of the explicit settings that
 # name a ``process``, only the arms of that process (``heun`` samples both). A grid combination that
 # fits no arm is dropped, as eta on a sampler other than ddim is; an explicit setting that fits no arm
 # is an error, and so is an arm that no setting fits.
 def fits(setting: dict[str, Any], process: str) -> bool:
     if process not in PROCESS_SAMPLERS or not any(setting["sampler"] in v for v in PROCESS_SAMPLERS.values()):
         return True  # an unknown process or sampler: the config check names it
-    return setting.get("process", process) == process and not misfit(process, setting["sampler"], setting["shift"])
+    return setting.get("process", process) == process and not misfit(process, setting["sampler"], setting["time_shift"])
 
 
 def arm_settings(
@@ -134,7 +134,7 @@ def arm_settings(
     for path, s in settings:
         if path != eval_path and not any(fits(s, process) for process in processes):
             named = [p for p in dict.fromkeys(processes) if s.get("process", p) == p]
-            why = misfit(named[0], s["sampler"], s["shift"]) if named else None
+            why = misfit(named[0], s["sampler"], s["time_shift"]) if named else None
             arms = ", ".join(dict.fromkeys(processes))
             raise ConfigError(
                 f"{source}: {path}.{why[0]}: {why[1]}"
