@@ -89,7 +89,7 @@ class DiffusionConfig(Section):
         return one_of(v, WEIGHTINGS, "loss weighting")
 
     @model_validator(mode="after")
-    def _zsnr(self):
+    def _combinations(self):
         if self.zero_terminal_snr and self.parameterization == "eps":
             raise ValueError("zero_terminal_snr needs parameterization v or x0 (eps cannot recover x0 at abar_T = 0)")
         if self.process == "ddpm" and self.flow_time != "uniform":

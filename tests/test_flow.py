@@ -218,6 +218,11 @@ def test_spec_pairs_each_setting_with_the_arms_of_its_process(tmp_path):
             None,
             r"evaluate\.settings: 0\.process: unknown process 'flux'; valid: ddpm, flow",
         ),
+        (
+            {"settings": [{"sampler": "euler", "time_shift": "x"}]},
+            None,
+            r"evaluate\.settings\.0\.time_shift: Input should be a valid number",
+        ),
     ],
 )
 def test_spec_settings_that_fit_no_arm_are_one_line_errors(tmp_path, evaluate, axes, match):

@@ -90,7 +90,7 @@ class _EvaluateBase(_Strict):
                 valid = ", ".join([*SamplerSetting.model_fields, "process"])
                 raise ValueError(f"{i}: unknown key {unknown[0]!r}; valid keys here: {valid}")
             try:  # an explicit setting may name the process whose arms it is for (arm_settings)
-                one_of(s.get("process", "ddpm"), PROCESS_SAMPLERS, "process")
+                one_of(str(s.get("process", "ddpm")), PROCESS_SAMPLERS, "process")
             except ValueError as err:
                 raise ValueError(f"{i}.process: {err}") from None
         return v
@@ -121,9 +121,11 @@ class _EvaluateBase(_Strict):
 # fits no arm is dropped, as eta on a sampler other than ddim is; an explicit setting that fits no arm
 # is an error, and so is an arm that no setting fits.
 def fits(setting: dict[str, Any], process: str) -> bool:
-    if process not in PROCESS_SAMPLERS or not any(setting["sampler"] in v for v in PROCESS_SAMPLERS.values()):
-        return True  # an unknown process or sampler: the config check names it
-    return setting.get("process", process) == process and not misfit(process, setting["sampler"], setting["time_shift"])
+    sampler, shift = setting["sampler"], setting["time_shift"]
+    known = isinstance(sampler, str) and any(sampler in samplers for samplers in PROCESS_SAMPLERS.values())
+    if process not in PROCESS_SAMPLERS or not known or type(shift) not in (int, float):
+        return True  # an unknown process or sampler, a shift that is no number: the config check names it
+    return setting.get("process", process) == process and not misfit(process, sampler, shift)
 
 
 def arm_settings(
@@ -291,7 +293,8 @@ def make_plan(spec: Spec, source: str, profile: str | None = None, overrides: di
             cfg = _set(cfg, key, value, f"{source} (arm {arm_text(arm)})")
         configs.append(cfg)
     default_process = DiffusionConfig.model_fields["process"].default
-    processes = [str((cfg.get("diffusion") or {}).get("process", default_process)) for cfg in configs]
+    sections = [cfg.get("diffusion") if isinstance(cfg.get("diffusion"), dict) else {} for cfg in configs]
+    processes = [str(d.get("process", default_process)) for d in sections]
     per_arm = arm_settings(evaluate.expand(eval_path), processes, source, eval_path)
 
     def origin_in_spec(field: str, arm: dict[str, Any], settings):
