@@ -15,7 +15,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from .diffusion.flow import FLOW_TIMES, PROCESS_SAMPLERS, misfit
+from .diffusion.flow import FLOW_TIMES, PROCESS_SAMPLERS
 from .diffusion.losses import WEIGHTINGS
 from .diffusion.parameterizations import PARAMETERIZATIONS
 from .diffusion.schedules import SCHEDULES
@@ -149,7 +149,7 @@ class Config(Section):
         except ValueError as err:
             raise ValueError(f"model.{err}") from None
         for i, s in enumerate(self.eval.samplers):
-            if why := misfit(self.diffusion.process, s.sampler, s.time_shift):
+            if why := s.misfit(self.diffusion.process):
                 raise ValueError(f"eval.samplers.{i}.{why[0]}: {why[1]}")
             if s.steps > self.diffusion.timesteps and self.diffusion.process == "ddpm":  # flow's t is continuous
                 raise ValueError(

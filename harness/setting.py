@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from .diffusion.flow import PROCESS_SAMPLERS
+from .diffusion.flow import PROCESS_SAMPLERS, misfit
 from .diffusion.samplers import SPACINGS, VARIANCES
 from .fields import Float, Int, Section, one_of
 
@@ -45,6 +45,14 @@ class SamplerSetting(Section):
         if self.eta != 0 and self.sampler != "ddim":
             raise ValueError(f"eta applies to the ddim sampler only, not {self.sampler!r}")
         return self
+
+    def misfit(self, process: str) -> tuple[str, str] | None:
+        """Why this setting cannot sample a model of ``process``, as (field, reason); None when it can."""
+        why = misfit(process, self.sampler, self.time_shift)
+        for name in ("spacing", "variance") if process == "flow" and not why else ():  # DDPM's timesteps
+            if getattr(self, name) != type(self).model_fields[name].default:
+                return name, f"{getattr(self, name)} applies to process ddpm only"
+        return why
 
     # This model is the one schema of a sampler setting: the spec's ``evaluate`` grid, the setting key,
     # the MLflow params of an evaluation run, the loader's columns and the labels all derive from its

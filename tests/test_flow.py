@@ -128,6 +128,11 @@ def test_training_times_have_their_distributions():
         ),
         ({}, {"sampler": "ddim", "time_shift": 3.0}, r"eval\.samplers\.0\.time_shift: 3 applies to process flow only"),
         ({"process": "flow"}, {"sampler": "euler"}, r"diffusion: process flow needs parameterization: v"),
+        (
+            FLOW,
+            {"sampler": "euler", "spacing": "linspace"},
+            r"eval\.samplers\.0\.spacing: linspace applies to process ddpm only",
+        ),
         ({**FLOW, "loss_weighting": "min_snr"}, {"sampler": "euler"}, "process flow needs loss_weighting: uniform"),
         ({"flow_time": "logit_normal"}, {"sampler": "ddim"}, "flow_time 'logit_normal' applies to process flow only"),
         ({**FLOW, "flow_time": "beta"}, {"sampler": "euler"}, r"diffusion\.flow_time: unknown flow time 'beta'"),
@@ -222,6 +227,11 @@ def test_spec_pairs_each_setting_with_the_arms_of_its_process(tmp_path):
             {"settings": [{"sampler": "euler", "time_shift": "x"}]},
             None,
             r"evaluate\.settings\.0\.time_shift: Input should be a valid number",
+        ),
+        (
+            {"sampler": ["ddim"], "settings": [{"sampler": "heun", "process": "flow"}]},
+            {"grid": {"diffusion.schedule": ["linear"]}},
+            r"evaluate\.settings\.0\.process: flow is not the arms' process \(ddpm\)",
         ),
     ],
 )

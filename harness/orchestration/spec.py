@@ -32,7 +32,7 @@ from ..config import (
     related,
     set_dotted,
 )
-from ..diffusion.flow import PROCESS_SAMPLERS, misfit
+from ..diffusion.flow import PROCESS_SAMPLERS
 from ..schema import arm_text
 
 MAX_RUNS = 10_000  # evaluation runs in one plan (arms x seeds x settings), counted before any is built
@@ -116,33 +116,31 @@ class _EvaluateBase(_Strict):
 
 
 # Which settings an arm is evaluated with: those that fit its process (the sampler is one of that
-# process's samplers, time_shift only for flow: diffusion.flow.misfit), and of the explicit settings that
-# name a ``process``, only the arms of that process (``heun`` samples both). A grid combination that
-# fits no arm is dropped, as eta on a sampler other than ddim is; an explicit setting that fits no arm
-# is an error, and so is an arm that no setting fits.
-def fits(setting: dict[str, Any], process: str) -> bool:
-    sampler, shift = setting["sampler"], setting["time_shift"]
-    known = isinstance(sampler, str) and any(sampler in samplers for samplers in PROCESS_SAMPLERS.values())
-    if process not in PROCESS_SAMPLERS or not known or type(shift) not in (int, float):
-        return True  # an unknown process or sampler, a shift that is no number: the config check names it
-    return setting.get("process", process) == process and not misfit(process, sampler, shift)
+# process's samplers, time_shift only for flow, spacing and variance only for ddpm: SamplerSetting.misfit),
+# and of the explicit settings that name a ``process``, only the arms of that process (``heun`` samples
+# both). A grid combination that fits no arm is dropped, as eta on a sampler other than ddim is; an
+# explicit setting that fits no arm is an error, and so is an arm that no setting fits.
+def misfit_in(setting: dict[str, Any], process: str) -> tuple[str, str] | None:
+    """Why ``setting`` (a spec's, with its optional ``process``) skips arms of ``process``; None: it fits."""
+    if setting.get("process", process) != process:
+        return "process", f"{setting['process']} is not the arms' process ({process})"
+    try:
+        checked = SamplerSetting.model_validate({k: v for k, v in setting.items() if k != "process"})
+    except ValidationError:
+        return None  # every arm gets it, and the config check names what is wrong
+    return checked.misfit(process) if process in PROCESS_SAMPLERS else None
 
 
 def arm_settings(
     settings: list[tuple[str, dict[str, Any]]], processes: list[str], source: str, eval_path: str
 ) -> list[list[tuple[str, dict[str, Any]]]]:
     """The settings of each arm (given its process), each with the spec field it came from."""
-    per_arm = [[(p, s) for p, s in settings if fits(s, process)] for process in processes]
+    per_arm = [[(p, s) for p, s in settings if not misfit_in(s, process)] for process in processes]
     for path, s in settings:
-        if path != eval_path and not any(fits(s, process) for process in processes):
-            named = [p for p in dict.fromkeys(processes) if s.get("process", p) == p]
-            why = misfit(named[0], s["sampler"], s["time_shift"]) if named else None
-            arms = ", ".join(dict.fromkeys(processes))
-            raise ConfigError(
-                f"{source}: {path}.{why[0]}: {why[1]}"
-                if why
-                else f"{source}: {path}.process: no arm has process {s['process']} (the arms have {arms})"
-            )
+        whys = [misfit_in(s, process) for process in dict.fromkeys(processes)]
+        if path != eval_path and all(whys):
+            field, why = next((w for w in whys if w[0] != "process"), whys[0])
+            raise ConfigError(f"{source}: {path}.{field}: {why}")
     for process, chosen in zip(processes, per_arm):
         if not chosen:
             valid = ", ".join(PROCESS_SAMPLERS[process])
