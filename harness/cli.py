@@ -162,7 +162,7 @@ def _print_plan(plan, uri, reuse: str) -> int:
         print(f"  {r['config_hash']}  {r['state']:>8}  seed={r['seed']}  {arm}  {b.images:,} images ({steps})")
     print("budget (every job from scratch):")
     print(f"  training: {sum(b.images for b in budgets):,} images in {len(budgets)} jobs")
-    for label, (samples, nfe, n) in budgets[0].sampling.items() if budgets else ():
+    for label, (samples, nfe, n) in {k: v for b in budgets for k, v in b.sampling.items()}.items():  # all arms
         print(
             f"  sampling {label}: {samples:,} samples x {nfe} NFE x {n} evaluation(s) = {samples * nfe * n:,} per job"
         )

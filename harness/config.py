@@ -12,16 +12,17 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Any, Literal, get_args
 
-from annotated_types import Ge, Le
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from .diffusion.flow import FLOW_TIMES, PROCESS_SAMPLERS
 from .diffusion.losses import WEIGHTINGS
 from .diffusion.parameterizations import PARAMETERIZATIONS
-from .diffusion.samplers import SAMPLERS, SPACINGS, VARIANCES
 from .diffusion.schedules import SCHEDULES
+from .fields import ConfigError, Float, Int, Section, Seed, one_of  # re-exported: harness.config.ConfigError, ...
 from .models.registry import BACKBONES, SHARED_FIELDS
+from .setting import SamplerSetting
 from .yamlio import YamlError, load_text, read_bytes
 
 # The side of each data set's square images, which the model's shape is checked against before
@@ -33,44 +34,7 @@ DATASET_SIZES = {"mnist-5k": 5_000, "mnist": 60_000, "fashion-mnist": 60_000, "c
 MAX_EVAL_SAMPLES = 50_000  # the usual FID sample count; more only costs time
 # Fields that change where or how often things happen, never what is learned.
 OPERATIONAL = {"data": {"root", "download"}, "train": {"checkpoint_every", "log_every", "device"}}
-
-
-class ConfigError(ValueError):
-    """A bad configuration or spec, reported as one line naming the file and the field.
-
-    The line is printed as is: control characters that a hostile key or value could carry (a newline,
-    a terminal escape) are shown escaped, and a very long line is cut, so one error is one line.
-    """
-
-    MAX_CHARS = 1000
-
-    def __init__(self, message: str):
-        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(message))
-        super().__init__(text if len(text) <= self.MAX_CHARS else text[: self.MAX_CHARS - 3] + "...")
-
-
-def one_of(value: str, valid, what: str) -> str:
-    if value not in valid:
-        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(sorted(valid))}")
-    return value
-
-
-def _not_bool(v):
-    # Pydantic reads true as 1; "steps: true" is a mistake, not one step. (ValueError, not TypeError:
-    # pydantic turns only ValueError into a validation error.)
-    if isinstance(v, bool):
-        raise ValueError(f"expected a number, not the boolean {str(v).lower()}")  # noqa: TRY004
-    return v
-
-
-Int = Annotated[int, BeforeValidator(_not_bool), Le(2**63 - 1)]  # every count and seed fits in an int64
-Float = Annotated[float, BeforeValidator(_not_bool)]  # finite: Section forbids inf and nan
-Seed = Annotated[Int, Ge(0)]
-
-
-class Section(BaseModel):
-    # Non-finite floats are refused: ``lr: .inf`` would pass ``gt=0`` and then serialize as null.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+FLOW_UNUSED = ("schedule", "min_snr_gamma")  # diffusion fields that process flow does not read
 
 
 class DataConfig(Section):
@@ -120,6 +84,18 @@ class DiffusionConfig(Section):
     parameterization: str = "eps"
     loss_weighting: str = "uniform"
     min_snr_gamma: Float = Field(5.0, gt=0)
+    process: str = "ddpm"  # ddpm | flow (diffusion/flow.py); flow reads neither schedule nor min_snr_gamma
+    flow_time: str = "uniform"  # flow's training times: uniform | logit_normal
+
+    @field_validator("process")
+    @classmethod
+    def _process(cls, v: str) -> str:
+        return one_of(v, PROCESS_SAMPLERS, "process")
+
+    @field_validator("flow_time")
+    @classmethod
+    def _flow_time(cls, v: str) -> str:
+        return one_of(v, FLOW_TIMES, "flow time")
 
     @field_validator("schedule")
     @classmethod
@@ -137,9 +113,16 @@ class DiffusionConfig(Section):
         return one_of(v, WEIGHTINGS, "loss weighting")
 
     @model_validator(mode="after")
-    def _zsnr(self):
+    def _combinations(self):
         if self.zero_terminal_snr and self.parameterization == "eps":
             raise ValueError("zero_terminal_snr needs parameterization v or x0 (eps cannot recover x0 at abar_T = 0)")
+        if self.process == "ddpm" and self.flow_time != "uniform":
+            raise ValueError(f"flow_time {self.flow_time!r} applies to process flow only")
+        # Under flow the network predicts the velocity eps - x_0 (v, the velocity of the process's own path).
+        flow_needs = {"parameterization": "v", "loss_weighting": "uniform", "zero_terminal_snr": False}
+        for key, value in flow_needs.items() if self.process == "flow" else ():
+            if getattr(self, key) != value:
+                raise ValueError(f"process flow needs {key}: {str(value).lower()} (the network predicts eps - x_0)")
         return self
 
 
@@ -162,59 +145,6 @@ class TrainConfig(Section):
     log_every: Int = Field(25, ge=1)
     seed: Seed = 0
     device: str = "auto"
-
-
-class SamplerSetting(Section):
-    sampler: str = "ddim"
-    steps: Int = Field(50, ge=1)
-    eta: Float = Field(0.0, ge=0)
-    guidance: Float = Field(0.0, ge=0)
-    spacing: str = "trailing"
-    variance: str = "fixed_small"
-
-    @field_validator("sampler")
-    @classmethod
-    def _sampler(cls, v: str) -> str:
-        return one_of(v, SAMPLERS, "sampler")
-
-    @field_validator("spacing")
-    @classmethod
-    def _spacing(cls, v: str) -> str:
-        return one_of(v, SPACINGS, "spacing")
-
-    @field_validator("variance")
-    @classmethod
-    def _variance(cls, v: str) -> str:
-        return one_of(v, VARIANCES, "variance")
-
-    @model_validator(mode="after")
-    def _eta(self):
-        if self.eta != 0 and self.sampler != "ddim":
-            raise ValueError(f"eta applies to the ddim sampler only, not {self.sampler!r}")
-        return self
-
-    # This model is the one schema of a sampler setting: the spec's ``evaluate`` grid, the setting key,
-    # the MLflow params of an evaluation run, the loader's columns and the labels all derive from its
-    # fields, so a field added here is carried everywhere (a hand-kept list once dropped ``variance``).
-
-    @property
-    def key(self) -> tuple:
-        """The identity of a setting: every field, so settings that differ in any field are two evaluations."""
-        return tuple(sorted(self.model_dump().items()))
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> SamplerSetting:
-        """Rebuild from logged params (strings are coerced); a field a run did not log takes its default."""
-        return cls.model_validate({k: params[k] for k in cls.model_fields if k in params})
-
-    @property
-    def label(self) -> str:
-        """A short unique name such as ``ddim-50-eta0-w2``; other fields are appended when not default."""
-        label = f"{self.sampler}-{self.steps}-eta{self.eta:g}-w{self.guidance:g}"
-        for name, field in type(self).model_fields.items():
-            if name not in ("sampler", "steps", "eta", "guidance") and getattr(self, name) != field.default:
-                label += f"-{getattr(self, name)}"
-        return label
 
 
 class EvalConfig(Section):
@@ -281,7 +211,9 @@ class Config(Section):
         except ValueError as err:
             raise ValueError(f"model.{err}") from None
         for i, s in enumerate(self.eval.samplers):
-            if s.steps > self.diffusion.timesteps:
+            if why := s.misfit(self.diffusion.process):
+                raise ValueError(f"eval.samplers.{i}.{why[0]}: {why[1]}")
+            if s.steps > self.diffusion.timesteps and self.diffusion.process == "ddpm":  # flow's t is continuous
                 raise ValueError(
                     f"eval.samplers.{i}.steps: {s.steps} is above diffusion.timesteps = {self.diffusion.timesteps}"
                 )
@@ -302,6 +234,10 @@ class Config(Section):
         d = self.to_dict()
         del d["eval"]
         d["model"] = self.model.identity()
+        # process and flow_time came after runs were tracked: a DDPM config hashes as before them. A flow
+        # config leaves out what flow never reads, so arms differing only there are one model, not two.
+        for key in ("process", "flow_time") if d["diffusion"]["process"] == "ddpm" else FLOW_UNUSED:
+            d["diffusion"].pop(key)
         for section, keys in OPERATIONAL.items():
             for key in keys:
                 d[section].pop(key)

@@ -15,6 +15,7 @@ from analysis.load import (
     RUN_COLUMNS,
     AblationData,
 )
+from harness.config import SamplerSetting
 
 S = "ddim-50-eta0-w0"
 LABEL = re.compile(r"(\w+)-(\d+)-eta([\d.]+)-w([\d.]+)")
@@ -92,12 +93,10 @@ def fixture_data(
                         "arm_label": arm,
                         "seed": seed,
                         "setting": setting,
-                        "sampler": sampler,
-                        "steps": int(steps),
-                        "eta": float(eta),
-                        "guidance": float(w),
-                        "spacing": "trailing",
-                        "variance": "fixed_small",
+                        # every field of the one schema, as the loader writes them
+                        **SamplerSetting(
+                            sampler=sampler, steps=int(steps), eta=float(eta), guidance=float(w)
+                        ).model_dump(),
                         "commit": "abc123",
                         "code_version": "v1",
                         "step": 2000,

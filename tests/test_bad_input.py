@@ -84,7 +84,7 @@ CASES = [  # (id, spec document or raw text, words the error line must contain)
     (
         "unknown sampler",
         _with("evaluate/sampler", ["euler_a"]),
-        "evaluate.sampler: unknown sampler 'euler_a'; valid: ddim, ddpm, dpmpp_2m, heun",
+        "evaluate.sampler: unknown sampler 'euler_a'; valid: ddim, ddpm, dpmpp_2m, euler, heun",
     ),
     (
         "unknown parameterization",

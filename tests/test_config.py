@@ -40,7 +40,7 @@ def test_flat_uses_dotted_keys():
         ({"diffusion": {"schedule": "quad"}}, "diffusion.schedule: unknown schedule 'quad'; valid: cosine, linear"),
         ({"diffusion": {"parameterization": "score"}}, "valid: eps, v, x0"),
         ({"data": {"dataset": "imagenet"}}, "valid: cifar10, fashion-mnist, mnist, mnist-5k"),
-        ({"eval": {"samplers": [{"sampler": "euler"}]}}, "eval.samplers.0.sampler: unknown sampler 'euler'"),
+        ({"eval": {"samplers": [{"sampler": "plms"}]}}, "eval.samplers.0.sampler: unknown sampler 'plms'"),
         (
             {"eval": {"samplers": [{"sampler": "ddim", "stepz": 3}]}},
             "eval.samplers.0.stepz: unknown key; valid keys here: eta, guidance",

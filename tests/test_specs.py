@@ -47,9 +47,10 @@ def test_smoke_profile_runs(path, store):
     outcomes, parent = run_plan(plan, store, spec_path=str(path), quiet=True)
     assert [o.status for o in outcomes] == ["trained"] * len(plan.jobs), [o.error for o in outcomes]
     exp = store.experiment_id(plan.spec.name)
-    # S arms x seeds train exactly S models; K settings are K evaluations of each, no retraining.
+    # S arms x seeds train exactly S models; a job's K settings are K evaluations of it, no retraining
+    # (arms of different processes have different settings: spec.arm_settings).
     assert len(store.runs(exp, {ROLE: "train"})) == len(plan.jobs)
-    assert len(store.runs(exp, {ROLE: "eval"})) == len(plan.jobs) * len(plan.settings)
+    assert len(store.runs(exp, {ROLE: "eval"})) == sum(len(job.config.eval.samplers) for job in plan.jobs)
 
 
 def test_evaluate_is_derived_from_the_sampler_setting_with_its_bounds(tmp_path):

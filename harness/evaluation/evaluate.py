@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ..config import Config, SamplerSetting
 from ..device import autocast, resolve_precision
+from ..diffusion.flow import sample_flow
 from ..diffusion.samplers import sample
 from ..diffusion.schedules import make_schedule
 from ..progress import Progress, duration, say
@@ -113,22 +114,16 @@ class Evaluator:
     def _sample(self, model, setting: SamplerSetting, lo: int, hi: int, generator) -> Tensor:
         """Samples lo..hi of the fixed noise x_T (and labels) with ``setting``."""
         ec, conditional = self.config.eval, self.config.model.conditional
-        return sample(
+        return draw(
+            self.config,
             model,
-            (hi - lo, *self.x_T.shape[1:]),
             self.schedule,
-            sampler=setting.sampler,
-            steps=setting.steps,
-            parameterization=self.config.diffusion.parameterization,
-            eta=setting.eta,
-            spacing=setting.spacing,
-            guidance=setting.guidance,
+            setting,
+            x_T=self.x_T[lo:hi],
             labels=self.labels[lo:hi] if conditional else None,
             null_label=self.data.num_classes if conditional else None,
             clip_x0=ec.clip_x0,
             generator=generator,
-            x_T=self.x_T[lo:hi],
-            variance=setting.variance,
             device=self.device,
         )
 
@@ -220,19 +215,34 @@ def sampling_nfe(config: Config, setting: SamplerSetting) -> int:
         return torch.zeros_like(x)
 
     guided = setting.guidance > 0
-    sample(
+    draw(
+        config,
         stand_in,
-        (1, 1, 8, 8),
         schedule,
-        sampler=setting.sampler,
-        steps=setting.steps,
+        setting,
+        x_T=torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0)),
+        labels=torch.zeros(1, dtype=torch.long) if guided else None,
+        null_label=1 if guided else None,
+        clip_x0=False,
+        generator=torch.Generator().manual_seed(0),
+        device="cpu",
+    )
+    return calls
+
+
+def draw(config: Config, model, schedule, setting: SamplerSetting, *, x_T: Tensor, **kw) -> Tensor:
+    """Sample from ``x_T`` with ``setting`` by the config's process: the one place that picks the sampler family."""
+    dc = config.diffusion
+    common = dict(sampler=setting.sampler, steps=setting.steps, guidance=setting.guidance, x_T=x_T, **kw)
+    if dc.process == "flow":  # the network's time input is t (T - 1), as training.train feeds it
+        return sample_flow(model, x_T.shape, time_scale=dc.timesteps - 1, shift=setting.time_shift, **common)
+    return sample(
+        model,
+        x_T.shape,
+        schedule,
         parameterization=dc.parameterization,
         eta=setting.eta,
         spacing=setting.spacing,
-        guidance=setting.guidance,
-        labels=torch.zeros(1, dtype=torch.long) if guided else None,
-        null_label=1 if guided else None,
-        generator=torch.Generator().manual_seed(0),
         variance=setting.variance,
+        **common,
     )
-    return calls

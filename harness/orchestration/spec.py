@@ -19,17 +19,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from ..config import (
     Config,
     ConfigError,
+    DiffusionConfig,
     Int,
     SamplerSetting,
     Seed,
     build_config,
     format_validation_error,
     merge,
+    one_of,
     override_origin,
     read_yaml,
     related,
     set_dotted,
 )
+from ..diffusion.flow import PROCESS_SAMPLERS
 from ..schema import arm_text
 
 MAX_RUNS = 10_000  # evaluation runs in one plan (arms x seeds x settings), counted before any is built
@@ -82,10 +85,14 @@ class _EvaluateBase(_Strict):
     @classmethod
     def _setting_keys(cls, v):
         for i, s in enumerate(v):
-            unknown = sorted(map(str, set(s) - set(SamplerSetting.model_fields)))
+            unknown = sorted(map(str, set(s) - {*SamplerSetting.model_fields, "process"}))
             if unknown:
-                valid = ", ".join(SamplerSetting.model_fields)
+                valid = ", ".join([*SamplerSetting.model_fields, "process"])
                 raise ValueError(f"{i}: unknown key {unknown[0]!r}; valid keys here: {valid}")
+            try:  # an explicit setting may name the process whose arms it is for (arm_settings)
+                one_of(str(s.get("process", "ddpm")), PROCESS_SAMPLERS, "process")
+            except ValueError as err:
+                raise ValueError(f"{i}.process: {err}") from None
         return v
 
     def size(self) -> int:
@@ -106,6 +113,39 @@ class _EvaluateBase(_Strict):
                 seen.add(key)
                 out.append((p, s))
         return out
+
+
+# Which settings an arm is evaluated with: those that fit its process (the sampler is one of that
+# process's samplers, time_shift only for flow, spacing and variance only for ddpm: SamplerSetting.misfit),
+# and of the explicit settings that name a ``process``, only the arms of that process (``heun`` samples
+# both). A grid combination that fits no arm is dropped, as eta on a sampler other than ddim is; an
+# explicit setting that fits no arm is an error, and so is an arm that no setting fits.
+def misfit_in(setting: dict[str, Any], process: str) -> tuple[str, str] | None:
+    """Why ``setting`` (a spec's, with its optional ``process``) skips arms of ``process``; None: it fits."""
+    if setting.get("process", process) != process:
+        return "process", f"{setting['process']} is not the arms' process ({process})"
+    try:
+        checked = SamplerSetting.model_validate({k: v for k, v in setting.items() if k != "process"})
+    except ValidationError:
+        return None  # every arm gets it, and the config check names what is wrong
+    return checked.misfit(process) if process in PROCESS_SAMPLERS else None
+
+
+def arm_settings(
+    settings: list[tuple[str, dict[str, Any]]], processes: list[str], source: str, eval_path: str
+) -> list[list[tuple[str, dict[str, Any]]]]:
+    """The settings of each arm (given its process), each with the spec field it came from."""
+    per_arm = [[(p, s) for p, s in settings if not misfit_in(s, process)] for process in processes]
+    for path, s in settings:
+        whys = [misfit_in(s, process) for process in dict.fromkeys(processes)]
+        if path != eval_path and all(whys):
+            field, why = next((w for w in whys if w[0] != "process"), whys[0])
+            raise ConfigError(f"{source}: {path}.{field}: {why}")
+    for process, chosen in zip(processes, per_arm):
+        if not chosen:
+            valid = ", ".join(PROCESS_SAMPLERS[process])
+            raise ConfigError(f"{source}: {eval_path}: no setting fits process {process}; its samplers: {valid}")
+    return per_arm
 
 
 # A grid over sampler settings: one list per field of ``SamplerSetting`` (each list is one dimension,
@@ -168,7 +208,9 @@ class Plan:
 
     @property
     def settings(self) -> list[dict[str, Any]]:
-        return [s.model_dump() for s in self.jobs[0].config.eval.samplers] if self.jobs else []
+        """Every distinct setting of the plan, in plan order (arms of different processes have different ones)."""
+        out = {s.key: s.model_dump() for job in self.jobs for s in job.config.eval.samplers}
+        return list(out.values())
 
 
 def expand_arms(axes: Axes) -> list[dict[str, Any]]:
@@ -239,13 +281,21 @@ def make_plan(spec: Spec, source: str, profile: str | None = None, overrides: di
         base = _set(base, key, value, label)
     for key, value in overrides.items():
         base = _set(base, key, value, f"--set {key}")
-    settings = evaluate.expand(eval_path)
-    samplers = [s for _, s in settings]
     arms = expand_arms(spec.axes)
     if not arms:
         raise ConfigError(f"{source}: axes: every arm is excluded")
+    configs = []
+    for arm in arms:
+        cfg = base
+        for key, value in arm.items():
+            cfg = _set(cfg, key, value, f"{source} (arm {arm_text(arm)})")
+        configs.append(cfg)
+    default_process = DiffusionConfig.model_fields["process"].default
+    sections = [cfg.get("diffusion") if isinstance(cfg.get("diffusion"), dict) else {} for cfg in configs]
+    processes = [str(d.get("process", default_process)) for d in sections]
+    per_arm = arm_settings(evaluate.expand(eval_path), processes, source, eval_path)
 
-    def origin_in_spec(field: str, arm: dict[str, Any]):
+    def origin_in_spec(field: str, arm: dict[str, Any], settings):
         m = re.fullmatch(r"eval\.samplers(?:\.(\d+))?(?:\.(.+))?", field)
         if m:  # name the spec's own field (evaluate.steps), not the internal config path
             path = settings[int(m[1])][0] if m[1] else eval_path
@@ -258,11 +308,9 @@ def make_plan(spec: Spec, source: str, profile: str | None = None, overrides: di
         return source, f"base.{field}" if _has(spec.base, field) else field
 
     jobs, seen = [], set()
-    for arm in arms:
-        cfg = base
-        for key, value in arm.items():
-            cfg = _set(cfg, key, value, f"{source} (arm {arm_text(arm)})")
-        origin = override_origin(overrides, lambda f, arm=arm: origin_in_spec(f, arm))
+    for arm, cfg, settings in zip(arms, configs, per_arm):
+        samplers = [{k: v for k, v in s.items() if k != "process"} for _, s in settings]
+        origin = override_origin(overrides, lambda f, arm=arm, settings=settings: origin_in_spec(f, arm, settings))
         for seed in seeds:
             full = merge(set_dotted(cfg, "train.seed", seed), {"eval": {"samplers": samplers}})
             job = Job(arm=arm, seed=seed, config=build_config(full, source, origin))

@@ -21,6 +21,7 @@ import torch
 
 from ..config import DATASET_SIZES, Config, ConfigError
 from ..device import autocast, resolve_device, resolve_precision
+from ..diffusion.flow import FLOW_TIMES, flow_loss
 from ..diffusion.losses import diffusion_loss
 from ..diffusion.schedules import make_schedule
 from ..models.registry import BACKBONES, gflops_per_image
@@ -205,6 +206,7 @@ def train(
     net = torch.compile(model) if tc.compile else model
     amp_dtype = resolve_precision(tc.precision, device)
     T, B = schedule.T, tc.batch_size
+    flow = dc.process == "flow"
     loss_buf = torch.zeros(tc.log_every, device=device)  # per-step losses since the last log
     bucket_sum = torch.zeros(NUM_BUCKETS, device=device)
     bucket_n = torch.zeros(NUM_BUCKETS, device=device)
@@ -218,12 +220,19 @@ def train(
         if config.model.conditional:
             drop = torch.rand(B, device=device, generator=gen) < tc.label_dropout
             y = torch.where(drop, null_label, labels[idx])  # dropped labels train p(x) for guidance
-        t = torch.randint(0, T, (B,), device=device, generator=gen)
-        noise = torch.randn(x0.shape, device=device, generator=gen)
-        with autocast(device, amp_dtype):
-            per_example = diffusion_loss(
-                net, x0, t, noise, schedule, dc.parameterization, dc.loss_weighting, y, gamma=dc.min_snr_gamma
-            )
+        if flow:  # t in [0, 1); the network sees t (T - 1), the range of DDPM's integer timesteps
+            t = FLOW_TIMES[dc.flow_time](B, gen, device)
+            noise = torch.randn(x0.shape, device=device, generator=gen)
+            with autocast(device, amp_dtype):
+                per_example = flow_loss(net, x0, t, noise, y, time_scale=T - 1)
+            t = (t * T).long().clamp(max=T - 1)  # the loss buckets below: tenths of [0, 1]
+        else:
+            t = torch.randint(0, T, (B,), device=device, generator=gen)
+            noise = torch.randn(x0.shape, device=device, generator=gen)
+            with autocast(device, amp_dtype):
+                per_example = diffusion_loss(
+                    net, x0, t, noise, schedule, dc.parameterization, dc.loss_weighting, y, gamma=dc.min_snr_gamma
+                )
         loss = per_example.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
