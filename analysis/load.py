@@ -318,7 +318,7 @@ def epoch_length(params: dict[str, str]) -> float:
     """Steps per epoch of a run whose config speaks in epochs (``train.epochs`` or ``train.eval_epochs``
     logged), else NaN: the one place that decides whether a report counts a run's training in epochs."""
     epochs, eval_epochs = params.get("train.epochs", "None"), json.loads(params.get("train.eval_epochs", "[]"))
-    if epochs != "None":
+    if epochs not in ("None", None):
         return int(params["train.steps"]) / int(epochs)
     dataset = params.get("data.dataset")
     if eval_epochs and dataset in DATASET_SIZES:

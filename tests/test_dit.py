@@ -247,7 +247,9 @@ def test_the_training_run_logs_the_size_and_the_loader_reads_it(tmp_path):
     metrics = {k: v[-1][1] for k, v in tracker.metrics.items()}
     run = SimpleNamespace(
         info=SimpleNamespace(run_id="r", status="FINISHED", start_time=0, end_time=1000),
-        data=SimpleNamespace(params=config.flat(), metrics=metrics, tags={HASH: config.train_hash()}),
+        data=SimpleNamespace(
+            params={k: str(v) for k, v in config.flat().items()}, metrics=metrics, tags={HASH: config.train_hash()}
+        ),  # as MLflow stores them
     )
     runs = _runs_table(
         [run, SimpleNamespace(info=run.info, data=SimpleNamespace(params={}, metrics={}, tags={HASH: "old"}))], []
