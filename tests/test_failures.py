@@ -241,7 +241,7 @@ def test_two_launches_train_each_config_once(tmp_path):
 
 POOL = """
 import os, time
-from harness.orchestration.workers import worker_pool
+from harness.orchestration.executors import worker_pool
 pool = worker_pool(2)
 seen = set()
 while len(seen) < 2:  # until both workers have started (and run their initializer)

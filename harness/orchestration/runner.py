@@ -18,12 +18,12 @@ from ..config import Config, ConfigError
 from ..private import SUBMITIT_READS, private_dir
 from ..schema import CODE_VERSION, COMMIT, DEVICE, DIRTY, HASH, PROFILE, QUESTION, REUSE, ROLE, SPEC, arm_text
 from ..tracker import StoreUnavailable
+from .executors import array_result, submit_array, worker_pool
 from .jobs import JobState, Outcome, Task, job_state, run_task
 from .provenance import code_version, git_state
 from .spec import Plan
 from .store import hold_lock, lock_held, lock_path, shared_classifiers, store_root
 from .tracking import MlflowStore, default_tracking_uri
-from .workers import worker_pool
 
 BAR_REFRESH_SECONDS = 5.0
 
@@ -70,43 +70,18 @@ def run_local(tasks: list[Task], jobs: int, *, gpus: int = 0, jobs_per_gpu: int 
     return outcomes
 
 
-class Requeueable:
-    """A submitit-callable ``fn(task)`` that requeues itself on preemption or timeout.
-
-    Requeued work resumes from its own checkpoints (training jobs) or storage (sweep workers).
-    ``fn`` is a module-level function so the object pickles.
-    """
-
-    def __init__(self, fn, task):
-        self.fn, self.task = fn, task
-
-    def __call__(self):
-        return self.fn(self.task)
-
-    def checkpoint(self):
-        import submitit
-
-        return submitit.helpers.DelayedSubmission(Requeueable(self.fn, self.task))
-
-
 def run_slurm(
     tasks: list[Task], params: dict[str, Any], folder: Path, cluster: str | None = None, on_event=print
 ) -> list[Outcome]:
-    import submitit
-
-    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
-    executor.update_parameters(**params)
-    with executor.batch():
-        jobs = [executor.submit(Requeueable(run_task, t)) for t in tasks]
+    jobs = submit_array(run_task, tasks, params, folder, cluster)
     for t in tasks:
         on_event("start", t)
     outcomes = []
     for task, job in zip(tasks, jobs):
-        try:
-            outcome = job.result()
-        except Exception as err:  # noqa: BLE001
+        outcome = array_result(job)
+        if isinstance(outcome, Exception):
             config = Config.model_validate_json(task.config_json)
-            outcome = Outcome(config.train_hash(), task.arm, task.seed, "failed", error=str(err).splitlines()[-1][:500])
+            outcome = Outcome(config.train_hash(), task.arm, task.seed, "failed", error=str(outcome))
         outcomes.append(outcome)
         on_event("end", outcome)
     return outcomes

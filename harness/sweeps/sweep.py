@@ -42,7 +42,7 @@ from .confirm import confirm_jobs
 from .objective import WorkerTask
 from .search import Sweep, load_sweep
 from .study import counts, create_study, finish_study, local_storage, open_parent, open_storage, storage_label
-from .workers import WorkerReport, _run_local, _run_slurm
+from .workers import WorkerReport, run_local, run_slurm
 
 # -- the whole sweep ------------------------------------------------------------------------------------
 
@@ -129,8 +129,8 @@ def _confirm(study, sweep: Sweep, tasks: list[WorkerTask], executor: str, root, 
     shares = [t for t in shares if t.confirm]
     if executor == "slurm":
         folder = private_dir(root / "slurm" / f"{sweep.study_name}-confirm", SUBMITIT_READS)
-        return _run_slurm(shares, sweep.spec.slurm, folder, cluster)
-    return _run_local(shares)
+        return run_slurm(shares, sweep.spec.slurm, folder, cluster)
+    return run_local(shares)
 
 
 def _confirmed(store: MlflowStore, experiment_id: str, sweep: Sweep) -> list[Confirmed]:
@@ -235,11 +235,11 @@ def run_sweep(
     )
     try:
         if executor == "slurm":
-            reports = _run_slurm(
+            reports = run_slurm(
                 tasks, sweep.spec.slurm, private_dir(root / "slurm" / sweep.study_name, SUBMITIT_READS), cluster
             )
         else:
-            reports = _run_local(tasks)
+            reports = run_local(tasks)
         study = optuna.load_study(study_name=sweep.study_name, storage=optuna_storage)
         if sweep.search.confirm is not None and not any(r.error for r in reports):
             reports += _confirm(study, sweep, tasks, executor, root, cluster, store)

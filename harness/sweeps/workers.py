@@ -3,9 +3,6 @@ job array (submitit)."""
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,10 +10,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ..orchestration.runner import Requeueable
+from ..orchestration.executors import array_result, run_each, submit_array
 from ..orchestration.store import hold_lock, store_root
 from ..orchestration.tracking import MlflowStore
-from ..orchestration.workers import die_with_parent
 from .confirm import run_confirmation
 from .objective import TrialObjective, WorkerTask, worker_name
 from .search import Sweep, load_sweep
@@ -125,52 +121,22 @@ def _process_worker(task: WorkerTask) -> WorkerReport:
     return run_worker(task)
 
 
-def _spawned_worker(task: WorkerTask, out: str, parent: int) -> None:
-    die_with_parent(parent)  # a sweep launcher killed by SIGKILL leaves no worker training on
-    try:
-        report = _process_worker(task)
-    except Exception as err:  # noqa: BLE001 - reported by the parent, the other workers go on
-        report = WorkerReport(task.worker, error=f"{type(err).__name__}: {err}")
-    Path(out).write_text(json.dumps(report.__dict__))
-
-
-def _run_local(tasks: list[WorkerTask]) -> list[WorkerReport]:
-    if len(tasks) == 1:
+def run_local(tasks: list[WorkerTask]) -> list[WorkerReport]:
+    """Each worker in a spawned process of its own (one in this process), pulling from the shared study."""
+    if len(tasks) == 1:  # in this process: what it raises (bad input, a lost store) reaches the CLI as such
         return [run_worker(tasks[0])]
-    import multiprocessing as mp
-
-    # Plain processes, not a pool: a pool that loses one worker (OOM, kill) ends all the others.
-    ctx = mp.get_context("spawn")
-    with tempfile.TemporaryDirectory() as tmp:
-        outs = [str(Path(tmp) / f"worker-{t.worker}.json") for t in tasks]
-        procs = [ctx.Process(target=_spawned_worker, args=(t, o, os.getpid())) for t, o in zip(tasks, outs)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join()
-        return [
-            WorkerReport(**json.loads(Path(o).read_text()))
-            if Path(o).exists()
-            else WorkerReport(
-                t.worker, error=f"worker died (exit code {p.exitcode}); its trial is retried by the next run"
-            )
-            for t, o, p in zip(tasks, outs, procs)
-        ]
+    results = run_each(_process_worker, tasks)
+    return [_report(t, r, "its trial is retried by the next run") for t, r in zip(tasks, results)]
 
 
-def _run_slurm(
-    tasks: list[WorkerTask], params: dict[str, Any], folder: Path, cluster: str | None
-) -> list[WorkerReport]:
-    import submitit
+def run_slurm(tasks: list[WorkerTask], params: dict[str, Any], folder: Path, cluster: str | None) -> list[WorkerReport]:
+    """The workers as one Slurm job array."""
+    jobs = submit_array(_process_worker, tasks, params, folder, cluster)
+    return [_report(t, array_result(j), "") for t, j in zip(tasks, jobs)]
 
-    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
-    executor.update_parameters(**params)
-    with executor.batch():  # one job array
-        jobs = [executor.submit(Requeueable(_process_worker, t)) for t in tasks]
-    reports = []
-    for task, job in zip(tasks, jobs):
-        try:
-            reports.append(job.result())
-        except Exception as err:  # noqa: BLE001
-            reports.append(WorkerReport(task.worker, error=str(err).splitlines()[-1][:500]))
-    return reports
+
+def _report(task: WorkerTask, result, after_death: str) -> WorkerReport:
+    if not isinstance(result, Exception):
+        return result
+    error = f"worker {result}" if str(result).startswith("died") else str(result)
+    return WorkerReport(task.worker, error=error + (f"; {after_death}" if after_death and "died" in error else ""))
