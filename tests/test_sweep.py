@@ -22,7 +22,7 @@ from harness.orchestration.store import store_root
 from harness.orchestration.tracking import MlflowStore
 from harness.schema import FEATURE_FINGERPRINT, HASH, PARENT, ROLE, SEED
 from harness.sweeps.search import load_sweep, validate_sweep
-from harness.sweeps.space import PRUNERS
+from harness.sweeps.space import make_pruner
 from harness.sweeps.study import journal_path, open_storage, recover_dead_trials
 from harness.sweeps.sweep import run_sweep
 
@@ -155,7 +155,7 @@ BAD = [
     (_with(pruner="patient"), "search.pruner: unknown pruner 'patient'; valid: hyperband, median, none, threshold"),
     (
         _with(pruner={"name": "median", "patience": 3}),
-        "search.pruner: unknown option 'patience' for pruner median; valid: n_startup_trials, n_warmup_steps",
+        "search.pruner: unknown option 'patience' for pruner median; valid: n_startup_trials, n_warmup_steps, interval",
     ),
     (_with(pruner={"name": "threshold"}), "search.pruner: Either lower or upper must be specified"),
     (
@@ -231,7 +231,7 @@ def test_shipped_sweep_validates_in_every_profile(path):
 @pytest.mark.parametrize("name", ["median", "threshold", "none"])
 def test_pruners_judge_the_first_evaluation(name):
     options = {"threshold": {"upper": 1.0}}.get(name, {})
-    study = optuna.create_study(pruner=PRUNERS[name](TrainConfig(steps=4, eval_every=2), 1, **options))
+    study = optuna.create_study(pruner=make_pruner(name, options, TrainConfig(steps=4, eval_every=2), 1))
     for value in [0.5] * 5 + [2.0]:  # five good trials, then one far worse at the first evaluation
         trial = study.ask()
         trial.report(value, 2)
@@ -245,8 +245,24 @@ def test_pruners_judge_the_first_evaluation(name):
 
 def test_hyperband_counts_the_steps_of_every_seed():
     # Seeds train one after the other, so a trial's resource runs to steps x seeds (Sweep.prune_step).
-    pruner = PRUNERS["hyperband"](TrainConfig(steps=400, eval_every=100), 3)
+    pruner = make_pruner("hyperband", {}, TrainConfig(steps=400, eval_every=100), 3)
     assert (pruner._min_resource, pruner._max_resource) == (100, 1200)
+    assert (
+        make_pruner("hyperband", {"min_resource": 200}, TrainConfig(steps=400, eval_every=100), 3)._min_resource == 200
+    )
+
+
+def test_sampler_options_are_the_optuna_class_keywords_over_the_harness_defaults(tmp_path):
+    sweep = load_sweep(_write(tmp_path, _with(sampler={"name": "tpe", "n_startup_trials": 4})), "smoke")
+    sampler = sweep.sampler(0, 0)
+    assert isinstance(sampler, optuna.samplers.TPESampler) and sampler._n_startup_trials == 4
+    assert sampler._constant_liar  # the harness default stays unless the spec says otherwise
+    with pytest.raises(
+        ConfigError, match=r"search.sampler: unknown option 'startup' for sampler tpe; valid: .*consider"
+    ):
+        load_sweep(_write(tmp_path, _with(sampler={"name": "tpe", "startup": 4})), "smoke")
+    with pytest.raises(ConfigError, match="search.sampler: unknown option 'seed' for sampler random; valid: none"):
+        load_sweep(_write(tmp_path, _with(sampler={"name": "random", "seed": 4})), "smoke")
 
 
 # -- sweeps end to end ------------------------------------------------------------------------------------

@@ -36,9 +36,11 @@ from .space import (
     CategoricalParam,
     FloatParam,
     IntParam,
-    _pruner_options,
     _Strict,
     grid_size,
+    make_pruner,
+    make_sampler,
+    options,
 )
 
 # -- the search section ---------------------------------------------------------------------------------
@@ -77,7 +79,7 @@ class Search(_Strict):
     params: dict[str, dict[str, Any]] = Field(min_length=1)  # dotted key -> {type: float|int|categorical, ...}
     objective: list[Objective] = Field(min_length=1)  # one metric, or several for a multi-objective study
     n_trials: int = Field(ge=1)
-    sampler: str = "tpe"
+    sampler: str | dict[str, Any] = "tpe"  # a name, or {name: tpe, n_startup_trials: 4, ...}
     pruner: str | dict[str, Any] = "median"  # a name, or {name: median, n_startup_trials: 5, ...}
     seed: int = 0
     aggregate: Literal["mean", "median"] = "mean"  # a trial's value over the spec's seeds
@@ -98,28 +100,49 @@ class Search(_Strict):
 
     @field_validator("sampler")
     @classmethod
-    def _sampler(cls, v: str) -> str:
-        return one_of(v, SAMPLERS, "sampler")
+    def _sampler(cls, v):
+        return _named(v, SAMPLERS, "sampler")
 
     @field_validator("pruner")
     @classmethod
     def _pruner(cls, v):
-        options = dict(v) if isinstance(v, dict) else {"name": v}
-        name = options.pop("name", None)
-        one_of(name, PRUNERS, "pruner")
-        unknown = sorted(set(options) - set(_pruner_options(name)))
-        if unknown:
-            valid = ", ".join(_pruner_options(name)) or "none"
-            raise ValueError(f"unknown option {unknown[0]!r} for pruner {name}; valid: {valid}")
-        return v
+        return _named(v, PRUNERS, "pruner")
+
+    @property
+    def sampler_name(self) -> str:
+        return _name(self.sampler)
+
+    @property
+    def sampler_options(self) -> dict[str, Any]:
+        return _options(self.sampler)
 
     @property
     def pruner_name(self) -> str:
-        return self.pruner["name"] if isinstance(self.pruner, dict) else self.pruner
+        return _name(self.pruner)
 
     @property
     def pruner_options(self) -> dict[str, Any]:
-        return {k: v for k, v in self.pruner.items() if k != "name"} if isinstance(self.pruner, dict) else {}
+        return _options(self.pruner)
+
+
+def _named(v, classes: dict[str, type], what: str):
+    """A name, or {name: ..., option: value, ...} whose options are keywords of the named Optuna class."""
+    given = dict(v) if isinstance(v, dict) else {"name": v}
+    name = given.pop("name", None)
+    one_of(name, classes, what)
+    unknown = sorted(set(given) - set(options(classes[name])))
+    if unknown:
+        valid = ", ".join(options(classes[name])) or "none"
+        raise ValueError(f"unknown option {unknown[0]!r} for {what} {name}; valid: {valid}")
+    return v
+
+
+def _name(v) -> str:
+    return v["name"] if isinstance(v, dict) else v
+
+
+def _options(v) -> dict[str, Any]:
+    return {k: x for k, x in v.items() if k != "name"} if isinstance(v, dict) else {}
 
 
 class _SearchSection(_Strict):
@@ -201,13 +224,13 @@ class Sweep:
         seed = int(hashlib.sha256(f"{self.search.seed}-{worker}-{n_existing}".encode()).hexdigest()[:8], 16)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return SAMPLERS[self.search.sampler](seed, self.search.n_trials)
+            return make_sampler(self.search.sampler_name, self.search.sampler_options, seed, self.search.n_trials)
 
     def pruner(self) -> optuna.pruners.BasePruner:
         if not self.pruning:
             return optuna.pruners.NopPruner()
         train = build_config(self.base, self.source).train
-        return PRUNERS[self.search.pruner_name](train, len(self.seeds), **self.search.pruner_options)
+        return make_pruner(self.search.pruner_name, self.search.pruner_options, train, len(self.seeds))
 
 
 def load_sweep(path: str | Path, profile: str | None = None, overrides: dict[str, Any] | None = None) -> Sweep:
@@ -324,12 +347,14 @@ def _check_space(sweep: Sweep) -> None:
     for o in search.objective:
         if o.metric == "class_accuracy" and not sweep.base["model"]["conditional"]:
             raise ConfigError(f"{src}: search.objective: class_accuracy needs model.conditional: true")
-    if sweep.multi_objective and search.sampler in SINGLE_OBJECTIVE_SAMPLERS:
+    if sweep.multi_objective and search.sampler_name in SINGLE_OBJECTIVE_SAMPLERS:
         valid = ", ".join(sorted(set(SAMPLERS) - SINGLE_OBJECTIVE_SAMPLERS))
-        raise ConfigError(f"{src}: search.sampler: {search.sampler} optimizes one objective; for several use {valid}")
-    if search.sampler == "cmaes" and importlib.util.find_spec("cmaes") is None:
+        raise ConfigError(
+            f"{src}: search.sampler: {search.sampler_name} optimizes one objective; for several use {valid}"
+        )
+    if search.sampler_name == "cmaes" and importlib.util.find_spec("cmaes") is None:
         raise ConfigError(f"{src}: search.sampler: cmaes needs the package 'cmaes' (pip install cmaes)")
-    if search.sampler == "bruteforce":
+    if search.sampler_name == "bruteforce":
         size = 1
         for key, param in sweep.params.items():
             n = grid_size(param.distribution())
@@ -367,6 +392,10 @@ def _check_space(sweep: Sweep) -> None:
         sweep.pruner()
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{src}: search.pruner: {err}") from None
+    try:  # Optuna's own checks of the option values, before any worker starts
+        sweep.sampler(0, 0)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{src}: search.sampler: {' '.join(str(err).split())}") from None
 
 
 def validate_sweep(path: str | Path) -> list[Sweep]:

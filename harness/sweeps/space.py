@@ -4,7 +4,6 @@ pruners as plain dicts that specs name by key."""
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
 from typing import Any, Literal
 
 import optuna
@@ -97,79 +96,55 @@ def grid_size(dist) -> int | None:
     return None
 
 
-# -- samplers and pruners: plain dicts, specs name them by key ------------------------------------------
+# -- samplers and pruners: Optuna's own classes by the names specs use ----------------------------------
+# A spec names one (``sampler: tpe``) or gives its keyword options too (``{name: tpe, n_startup_trials: 4}``);
+# the options are the class's own keywords, over the harness defaults below. ``seed`` is the harness's:
+# each worker's sampler is seeded from ``search.seed`` (``Sweep.sampler``).
 
-
-def _startup(n_trials: int) -> int:
-    # Optuna's default is 10 random trials before modelling; a 12-trial sweep would be mostly random.
-    return max(2, min(10, n_trials // 3))
-
-
-def _tpe(seed: int, n_trials: int):
-    # constant_liar: running trials count as bad guesses, so parallel workers spread out.
-    return optuna.samplers.TPESampler(
-        seed=seed, n_startup_trials=_startup(n_trials), multivariate=True, constant_liar=True
-    )
-
-
-def _gp(seed: int, n_trials: int):
-    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=_startup(n_trials))
-
-
-def _cmaes(seed: int, n_trials: int):
-    return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=_startup(n_trials))
-
-
-def _random(seed: int, n_trials: int):
-    return optuna.samplers.RandomSampler(seed=seed)
-
-
-def _bruteforce(seed: int, n_trials: int):
-    return optuna.samplers.BruteForceSampler(seed=seed)
-
-
-SAMPLERS: dict[str, Callable[[int, int], optuna.samplers.BaseSampler]] = {
-    "tpe": _tpe,
-    "gp": _gp,
-    "cmaes": _cmaes,
-    "random": _random,
-    "bruteforce": _bruteforce,
+SAMPLERS: dict[str, type[optuna.samplers.BaseSampler]] = {
+    "tpe": optuna.samplers.TPESampler,
+    "gp": optuna.samplers.GPSampler,
+    "cmaes": optuna.samplers.CmaEsSampler,
+    "random": optuna.samplers.RandomSampler,
+    "bruteforce": optuna.samplers.BruteForceSampler,
 }
 SINGLE_OBJECTIVE_SAMPLERS = {"cmaes"}  # CMA-ES optimizes one value
-
-
-# A pruner sees ``n_seeds`` trainings one after the other (``Sweep.prune_step``): its resources are steps
-# of that sequence.
-def _median(train: TrainConfig, n_seeds: int, *, n_startup_trials: int = 5, n_warmup_steps: int = 0):
-    return optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps)
-
-
-def _hyperband(train: TrainConfig, n_seeds: int, *, min_resource: int | None = None, reduction_factor: int = 3):
-    # A resource is a training step; the first rung is the first periodic evaluation.
-    return optuna.pruners.HyperbandPruner(
-        min_resource=min_resource or train.eval_every,
-        max_resource=train.steps * n_seeds,
-        reduction_factor=reduction_factor,
-    )
-
-
-def _threshold(
-    train: TrainConfig, n_seeds: int, *, lower: float | None = None, upper: float | None = None, n_warmup_steps: int = 0
-):
-    return optuna.pruners.ThresholdPruner(lower=lower, upper=upper, n_warmup_steps=n_warmup_steps)
-
-
-def _none(train: TrainConfig, n_seeds: int):
-    return optuna.pruners.NopPruner()
-
-
-PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
-    "median": _median,
-    "hyperband": _hyperband,
-    "threshold": _threshold,
-    "none": _none,
+PRUNERS: dict[str, type[optuna.pruners.BasePruner]] = {
+    "median": optuna.pruners.MedianPruner,
+    "hyperband": optuna.pruners.HyperbandPruner,
+    "threshold": optuna.pruners.ThresholdPruner,
+    "none": optuna.pruners.NopPruner,
 }
+HARNESS_KEYWORDS = ("seed",)  # set by the harness, not by a spec
 
 
-def _pruner_options(name: str) -> list[str]:
-    return [p for p in inspect.signature(PRUNERS[name]).parameters if p not in ("train", "n_seeds")]
+def options(cls: type) -> list[str]:
+    """The keyword options a spec may give a sampler or pruner class."""
+    return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", *HARNESS_KEYWORDS)]
+
+
+def sampler_defaults(name: str, n_trials: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "n_startup_trials" in options(SAMPLERS[name]):
+        # Optuna's default is 10 random trials before modelling; a 12-trial sweep would be mostly random.
+        out["n_startup_trials"] = max(2, min(10, n_trials // 3))
+    if name == "tpe":
+        # constant_liar: running trials count as bad guesses, so parallel workers spread out.
+        out |= {"multivariate": True, "constant_liar": True}
+    return out
+
+
+def pruner_defaults(name: str, train: TrainConfig, n_seeds: int) -> dict[str, Any]:
+    if name == "hyperband":
+        # A resource is a training step of the seeds' sequence (``Sweep.prune_step``); the first rung is the
+        # first periodic evaluation.
+        return {"min_resource": train.eval_every, "max_resource": train.steps * n_seeds}
+    return {}
+
+
+def make_sampler(name: str, given: dict[str, Any], seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
+    return SAMPLERS[name](seed=seed, **(sampler_defaults(name, n_trials) | given))
+
+
+def make_pruner(name: str, given: dict[str, Any], train: TrainConfig, n_seeds: int) -> optuna.pruners.BasePruner:
+    return PRUNERS[name](**(pruner_defaults(name, train, n_seeds) | given))

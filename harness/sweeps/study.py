@@ -217,7 +217,7 @@ def open_parent(
                 STORAGE: where,
                 N_TRIALS: sweep.search.n_trials,
                 COMMIT: commit,
-                SAMPLER: sweep.search.sampler,
+                SAMPLER: sweep.search.sampler_name,
                 AGGREGATE: sweep.search.aggregate,
                 SEEDS: json.dumps(list(sweep.seeds)),
                 CONFIRM_SEEDS: json.dumps(sweep.search.confirm.seeds if sweep.search.confirm else []),

@@ -228,7 +228,7 @@ def run_sweep(
         for i in range(workers)
     ]
     print(
-        f"{sweep.study_name}: {sweep.search.n_trials} trials ({sweep.search.sampler}, pruner "
+        f"{sweep.study_name}: {sweep.search.n_trials} trials ({sweep.search.sampler_name}, pruner "
         f"{sweep.search.pruner_name if sweep.pruning else 'none'}), {workers} worker(s); study in {where}; "
         f"{counts(study)['COMPLETE'] + counts(study)['PRUNED']} finished so far",
         flush=True,
