@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 # `make test` (under 10 minutes on 2 cores) skips the tests marked slow; CI runs it, then `make test-slow`,
 # so every test runs once there. `make test-full` is both in one pytest run.
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" --durations=15
 
 # ruff's rules and line length are in pyproject.toml; `make format` rewrites what `lint` refuses.
 # lint-imports checks the layer contracts in pyproject.toml (no upward imports, heavy dependencies at the edges).
