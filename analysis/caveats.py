@@ -44,11 +44,12 @@ def missing_evaluations(data: AblationData) -> list[str]:
     if not data.planned:  # without a plan, a run never asked for a setting evaluated on another one
         return []
     have = set(zip(data.evals["run_id"], data.evals["setting"]))
+    wanted = {run.run_id: data.planned_settings.get(run.config_hash, data.settings) for run in data.runs.itertuples()}
     return [
         f"{run.arm_label} seed {run.seed} with {s}"
         for s in data.settings
         for run in data.runs.itertuples()
-        if (run.run_id, s) not in have
+        if s in wanted[run.run_id] and (run.run_id, s) not in have
     ]
 
 
@@ -174,16 +175,26 @@ def objective_groups(data: AblationData) -> list[list[str]]:
 # -- samplers ---------------------------------------------------------------------------------------
 
 
-def heun_sentence(evals: pd.DataFrame) -> str | None:
-    """What the 'heun' sampler is (harness.diffusion.samplers.heun), so it is not read as Karras' full Heun."""
-    if not (evals["sampler"] == "heun").any():
-        return None
-    nfe = evals.loc[evals["sampler"] == "heun"].groupby("setting", sort=False)["nfe"].mean()
-    counts = ", ".join(f"{s}: {int(n):,} NFE" for s, n in nfe.items() if pd.notna(n))
-    return (
-        f"The heun setting is Heun's 2nd-order solver (Karras et al. 2022, Algorithm 1) only below "
-        f"sigma_max = {HEUN_SIGMA_MAX:g}: steps from noise levels above it, and the last step, are Euler steps, "
-        f"so it is not Karras' full Heun, and its NFE is the counted number of network evaluations"
-        + (f" ({counts})" if counts else "")
-        + "; Karras' Heun with the same steps would use 2 x steps - 1."
-    )
+def heun_sentence(evals: pd.DataFrame, runs: pd.DataFrame) -> str | None:
+    """What a 'heun' setting is, per process: DDPM's (harness.diffusion.samplers.heun) is not Karras' full
+    Heun; flow's (harness.diffusion.flow) is, with an Euler last step, so neither is read as the other."""
+    heun = evals[evals["sampler"] == "heun"]
+    heun = heun.assign(process=heun["run_id"].map(runs.set_index("run_id")["process"]).fillna("ddpm"))
+    parts = []
+    for name, rows in heun.groupby("process", sort=True):
+        nfe = rows.groupby("setting", sort=False)["nfe"].mean()
+        counts = ", ".join(f"{s}: {int(n):,} NFE" for s, n in nfe.items() if pd.notna(n))
+        counts = f" ({counts})" if counts else ""
+        if name == "flow":
+            parts.append(
+                "For flow matching, heun is Heun's 2nd-order method on the time grid with an Euler last step "
+                f"(its velocity at t = 0 is not needed), so heun-k costs 2k - 1 network evaluations{counts}."
+            )
+            continue
+        parts.append(
+            f"The DDPM heun setting is Heun's 2nd-order solver (Karras et al. 2022, Algorithm 1) only below "
+            f"sigma_max = {HEUN_SIGMA_MAX:g}: steps from noise levels above it, and the last step, are Euler steps, "
+            f"so it is not Karras' full Heun, and its NFE is the counted number of network evaluations{counts}"
+            "; Karras' Heun with the same steps would use 2 x steps - 1."
+        )
+    return " ".join(parts) or None

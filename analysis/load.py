@@ -63,6 +63,7 @@ RUN_COLUMNS = [
     "steps_per_epoch",  # NaN where the run's config counts in steps (see epoch_length)
     "num_samples",
     "dataset",
+    "process",  # diffusion.process: ddpm | flow
     "device",
     "conditional",
     "recognizability_threshold",
@@ -123,6 +124,8 @@ class AblationData:
     # e.g. "failed: non-finite loss at step 3" (the newest training run's harness.error tag).
     missing: list[dict[str, Any]] = field(default_factory=list)
     planned: bool = True  # jobs and settings come from a plan.json (False: whatever the experiment holds)
+    # config hash -> the setting labels its job was planned with (plans before 2026-11 did not say: all)
+    planned_settings: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def unit(self) -> str:
@@ -190,6 +193,7 @@ def load_experiment(store: MlflowStore, experiment: str, *, latest_plan: bool = 
         parent_status=parent.info.status if parent is not None else None,
         missing=missing,
         planned=plan is not None,
+        planned_settings={j["config_hash"]: j["settings"] for j in (plan or {}).get("jobs", []) if "settings" in j},
     )
 
 
@@ -290,6 +294,7 @@ def _runs_table(train_runs: list, axes: list[str]) -> pd.DataFrame:
                 "steps_per_epoch": epoch_length(p),
                 "num_samples": int(p.get("eval.num_samples", 0)),
                 "dataset": p.get("data.dataset", "unknown"),
+                "process": p.get("diffusion.process", "ddpm"),  # runs tracked before flow existed are DDPM
                 # The device the run resolved to (the runner's tag); runs tracked without it give the setting.
                 "device": t.get(DEVICE, p.get("train.device", "unknown")),
                 "conditional": p.get("model.conditional") == "True",

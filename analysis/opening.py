@@ -7,6 +7,7 @@ import math
 
 import pandas as pd
 
+from . import matched
 from .answers import arms_answer, guidance_answer, recognizable_answer, recognizable_steps, settings_answer
 from .caveats import (
     code_sentence,
@@ -17,45 +18,10 @@ from .caveats import (
     heun_sentence,
     objective_groups,
 )
+from .families import first_setting, guidance_family, sampler_family, varies_guidance, varies_sampler
 from .load import AblationData
 from .stats import estimate
 from .words import and_list, num
-
-# -- which comparison the spec asks for ---------------------------------------------------------------
-
-
-def first_setting(data: AblationData) -> str | None:
-    return data.settings[0] if data.settings else None
-
-
-def guidance_family(data: AblationData) -> pd.DataFrame:
-    """Final evaluations of conditional models that differ from the first setting only in the guidance
-    weight (a weight whose class accuracy is NaN stays: it is named, not dropped)."""
-    e = data.evals
-    if e.empty:
-        return e
-    ref = e[e["setting"] == first_setting(data)].iloc[0] if (e["setting"] == first_setting(data)).any() else e.iloc[0]
-    same = (e["sampler"] == ref["sampler"]) & (e["steps"] == ref["steps"]) & (e["eta"] == ref["eta"])
-    conditional = e["run_id"].isin(data.runs.loc[data.runs["conditional"].astype(bool), "run_id"])
-    return e[same & (conditional | e["class_accuracy"].notna())]
-
-
-def sampler_family(data: AblationData) -> pd.DataFrame:
-    """Final evaluations at the first setting's guidance weight (the sampler / step-count comparison)."""
-    e = data.evals
-    if e.empty:
-        return e
-    w = e.loc[e["setting"] == first_setting(data), "guidance"]
-    return e[e["guidance"] == (w.iloc[0] if len(w) else 0.0)]
-
-
-def varies_guidance(data: AblationData) -> bool:
-    return guidance_family(data)["guidance"].nunique() > 1
-
-
-def varies_sampler(data: AblationData) -> bool:
-    return sampler_family(data)["setting"].nunique() > 1
-
 
 # -- the paragraph ------------------------------------------------------------------------------------
 
@@ -70,7 +36,11 @@ def answer(data: AblationData) -> str:
     reasons = failed_arms(data)
     at = data.evals[data.evals["setting"] == setting]
     recognizable = _cap(recognizable_answer(recognizable_steps(data, setting), data.arms, setting)) + "."
-    if len(data.arms) > 1:
+    if len(data.arms) > 1 and matched.disjoint(data):  # each arm sampled with its own settings: meet by NFE
+        sentences += matched.matched_sentences(data)
+        sentences += loss_sentences(data, reasons)
+        sentences.append(recognizable)
+    elif len(data.arms) > 1:
         sentences.append(fid_sentence(data, at, setting, reasons))
         sentences += loss_sentences(data, reasons)
         sentences.append(recognizable)
@@ -93,7 +63,7 @@ def answer(data: AblationData) -> str:
             f" (95% CI {num(e.low)} to {num(e.high)})" if e.has_interval else ""
         )
         sentences += [f"There is one arm and one setting, so nothing is compared: {fid} with {setting}.", recognizable]
-    sentences += [s for s in (heun_sentence(data.evals), code_sentence(data)) if s]
+    sentences += [s for s in (heun_sentence(data.evals, data.runs), code_sentence(data)) if s]
     sentences.append(budget_sentence(data))
     if data.profile == "smoke":
         sentences.append(

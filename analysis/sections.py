@@ -17,18 +17,10 @@ from . import figures
 from .answers import recognizable_answer, recognizable_steps, settings_front
 from .arms import arms_section
 from .caveats import failed_arms, fid_bases, fid_refusal, heun_sentence, missing_evaluations, objective_groups
+from .families import first_setting, guidance_family, sampler_family, varies_guidance, varies_sampler
 from .load import AblationData, arm_label
-from .opening import (
-    _cap,
-    _one,
-    _steps,
-    duration,
-    first_setting,
-    guidance_family,
-    sampler_family,
-    varies_guidance,
-    varies_sampler,
-)
+from .matched import disjoint, matched_section
+from .opening import _cap, _one, _steps, duration
 from .render import Picture, Section, Table
 from .stats import compare_to_reference, summarize
 from .words import LOWER_IS_BETTER, NO_DIFFERENCE, metric_label, num, scaled, untested_words, with_ci
@@ -113,7 +105,7 @@ def setup_section(data: AblationData) -> Section:
         f"{_one(r['recognizability_threshold'])}: noise, blobs and scrambled strokes are rejected (see the README "
         f"for the definition and its calibration)."
     )
-    if heun := heun_sentence(e):
+    if heun := heun_sentence(e, r):
         s.paragraphs.append(heun)
     notes = []
     if (~r["has_history"]).any():
@@ -139,7 +131,7 @@ def setup_section(data: AblationData) -> Section:
 
 def comparison_section(data: AblationData) -> Section | None:
     """Every metric: the best arm against each other arm (Holm-adjusted), at the first setting."""
-    if len(data.arms) < 2 or data.evals.empty:
+    if len(data.arms) < 2 or data.evals.empty or disjoint(data):  # disjoint: matched_section compares by NFE
         return None
     setting = first_setting(data)
     at = scaled(data.evals[data.evals["setting"] == setting])
@@ -414,6 +406,7 @@ SECTIONS: tuple[Callable[[AblationData], Section | None], ...] = (
     setup_section,
     arms_section,
     comparison_section,
+    matched_section,
     settings_section,
     guidance_section,
     final_metrics_section,

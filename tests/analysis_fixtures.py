@@ -64,6 +64,7 @@ def fixture_data(
                     "steps_per_epoch": steps_per_epoch,
                     "num_samples": 500,
                     "dataset": "mnist-5k",
+                    "process": arm if axis == "diffusion.process" else "ddpm",
                     "device": "cpu",
                     "conditional": conditional,
                     "recognizability_threshold": 0.9,
@@ -81,7 +82,7 @@ def fixture_data(
                     axis: arm,
                 }
             )
-            for setting in settings:
+            for setting in [s for s in settings if (arm, s) in final]:  # absent: not evaluated on this arm
                 m = {k: v[seed] for k, v in final[(arm, setting)].items()}
                 sampler, steps, eta, w = LABEL.match(setting).groups()
                 evals.append(
@@ -187,4 +188,7 @@ def fixture_data(
         grids=pd.DataFrame(grids, columns=GRID_COLUMNS),
         parent_run_id="parent",
         parent_status="FINISHED",
+        planned_settings={
+            f"h{a}-{seed}": [s for s in settings if (a, s) in final] for a in arms for seed in range(n_seeds)
+        },
     )

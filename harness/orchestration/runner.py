@@ -100,7 +100,11 @@ def describe(plan: Plan, store: MlflowStore | None, reuse: str = "same-code") ->
     for job in plan.jobs:
         js = job_state(store, exp_id, job.config, code_version(), reuse) if exp_id else JobState("new")
         state = "stale" if js.stale is not None and js.state == "new" else js.state
-        rows.append({"config_hash": job.config_hash, "arm": job.arm, "seed": job.seed, "state": state})
+        # Its own settings: arms of different processes are evaluated with different ones (spec.arm_settings).
+        settings = [s.label for s in job.config.eval.samplers]
+        rows.append(
+            {"config_hash": job.config_hash, "arm": job.arm, "seed": job.seed, "state": state, "settings": settings}
+        )
     return rows
 
 
