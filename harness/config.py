@@ -63,9 +63,9 @@ class AutoencoderConfig(Section):
     latent_channels: Int = Field(4, ge=1)  # c of the latents (c, H/f, W/f)
     downsample: Int = Field(4, ge=1)  # f, a power of two dividing the image side: 28 -> 7 at f = 4
     kl_weight: Float = Field(1e-4, ge=0)  # loss = mean squared error + kl_weight * KL, both per element
-    steps: Int = Field(600, ge=1)  # AdamW steps, once per data set and section (then cached)
-    channels: Int = Field(32, ge=1)  # the width of every encoder and decoder convolution
-    batch_size: Int = Field(128, ge=1)
+    steps: Int = Field(400, ge=1)  # AdamW steps, once per data set and section (then cached)
+    channels: Int = Field(16, ge=1)  # the width of every encoder and decoder convolution
+    batch_size: Int = Field(64, ge=1)
     lr: Float = Field(2e-3, gt=0)  # the peak of a one-cycle schedule
 
     def latent_shape(self, image_size: int) -> tuple[int, int]:

@@ -35,8 +35,13 @@ def data():
 
 @pytest.fixture(scope="module")
 def space(data, tmp_path_factory):
-    """The default autoencoder section's latent space, trained into a fresh cache directory."""
+    """The default autoencoder section's latent space, trained into a fresh cache directory (minutes on a CPU)."""
     return latent.latent_space(data, AutoencoderConfig(), tmp_path_factory.mktemp("ae"), progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_space(data, tmp_path_factory):
+    return latent.latent_space(data, AutoencoderConfig(**TINY_AE), tmp_path_factory.mktemp("tiny"), progress=False)
 
 
 # -- config -----------------------------------------------------------------------------------------
@@ -84,6 +89,7 @@ def test_kl_of_the_posterior_against_its_closed_form():
 # -- the autoencoder --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # 400 steps of the default autoencoder: about 5 minutes on a busy 2-core CPU
 def test_reconstructions_of_held_out_digits_are_recognizable(data, space):
     recognizer = domain_classifier(data, default_cache_dir() / "classifiers", reject=True, progress=False)
     x = data.images[latent.held_out(data)[1]]  # digits the autoencoder never trained on
@@ -92,13 +98,14 @@ def test_reconstructions_of_held_out_digits_are_recognizable(data, space):
     assert recognizability(recognizer.probs(x_hat), 0.9) >= 0.9
 
 
-def test_scaled_latents_have_unit_std(data, space):
-    z = space.latent_data(data).images  # (N, 4, 7, 7)
+def test_scaled_latents_have_unit_std(data, tiny_space):
+    z = tiny_space.latent_data(data).images  # (N, 4, 7, 7)
     assert z.shape == (len(data), 4, 7, 7)
     train_idx, held = latent.held_out(data)
     assert z[train_idx].std().item() == pytest.approx(1.0, abs=1e-4)  # s was computed on this split
-    assert z[held].std().item() == pytest.approx(1.0, abs=0.05)  # and carries over to unseen digits
-    assert space.scale != pytest.approx(1.0, abs=0.05)  # the raw latents were not unit-scaled already
+    assert z[held].std().item() == pytest.approx(1.0, abs=0.1)  # and carries over to unseen digits
+    raw = tiny_space.autoencoder.encode(data.images[train_idx]).mean  # E(x) before scaling
+    assert tiny_space.scale == pytest.approx(1 / raw.std().item(), rel=1e-4)
 
 
 def test_the_cache_is_reused_and_keyed_by_the_config(data, tmp_path, monkeypatch):

@@ -55,7 +55,7 @@ class Autoencoder(nn.Module):
         self.encoder = nn.Sequential(*enc, nn.Conv2d(channels, 2 * latent_channels, 1))  # -> mean, logvar
         dec = [_block(latent_channels, channels)]
         for _ in range(levels):  # (B, ch, h, w) -> (B, ch, 2h, 2w)
-            dec += [nn.Upsample(scale_factor=2, mode="nearest"), _block(channels, channels), _block(channels, channels)]
+            dec += [nn.Upsample(scale_factor=2, mode="nearest"), _block(channels, channels)]
         self.decoder = nn.Sequential(*dec, nn.Conv2d(channels, in_channels, 3, padding=1))
         self.latent_channels, self.downsample = latent_channels, downsample
 

@@ -106,6 +106,7 @@ def train_autoencoder(
         schedule.step()
         bar.update(1)
     bar.close()
+    optimizer.zero_grad(set_to_none=True)  # frozen from here on: no stale gradient is left on the weights
     if not math.isfinite(loss.item()):
         raise RuntimeError(f"autoencoder training diverged (loss {loss.item()}): lower autoencoder.lr")
     ae.eval().requires_grad_(False)
