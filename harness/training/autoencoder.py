@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from torch import Tensor
 
 from ..config import AutoencoderConfig
@@ -125,6 +126,13 @@ def latent_space(
 ) -> LatentSpace:
     """The latent space for ``data`` and ``ac``: loaded from ``cache_dir`` if trained before, else trained and saved."""
     path = cache_path(data, ac, cache_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Two jobs of one spec (the seeds of a latent arm) start together: one trains, the other waits and loads.
+    with FileLock(f"{path}.lock", thread_local=False):
+        return _load_or_train(path, data, ac, device, progress)
+
+
+def _load_or_train(path: Path, data: ImageData, ac: AutoencoderConfig, device, progress) -> LatentSpace:
     key = path.stem.removeprefix(f"{ARCH}-")
     if path.is_file():
         try:
