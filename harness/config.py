@@ -22,6 +22,7 @@ from .diffusion.parameterizations import PARAMETERIZATIONS
 from .diffusion.schedules import SCHEDULES
 from .dotted import flatten, merge, parse_override, parse_overrides, related, set_dotted  # noqa: F401 - re-exported
 from .fields import ConfigError, Float, Int, Section, Seed, one_of  # re-exported: harness.config.ConfigError, ...
+from .models.autoencoder import check_shape as check_autoencoder_shape
 from .models.registry import BACKBONES, SHARED_FIELDS
 from .setting import SamplerSetting
 from .yamlio import YamlError, load_text, read_bytes
@@ -36,17 +37,40 @@ MAX_EVAL_SAMPLES = 50_000  # the usual FID sample count; more only costs time
 # Fields that change where or how often things happen, never what is learned.
 OPERATIONAL = {"data": {"root", "download"}, "train": {"checkpoint_every", "log_every", "device"}}
 FLOW_UNUSED = ("schedule", "min_snr_gamma")  # diffusion fields that process flow does not read
+SPACES = ("pixel", "latent")  # data.space: what the diffusion model learns (training/autoencoder.py)
 
 
 class DataConfig(Section):
     dataset: str = "mnist-5k"
     root: str = "~/.cache/harness/data"
     download: bool = False
+    space: str = "pixel"  # pixel | latent: the diffusion model learns the frozen autoencoder's scaled latents
 
     @field_validator("dataset")
     @classmethod
     def _dataset(cls, v: str) -> str:
         return one_of(v, IMAGE_SIZES, "data set")
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, v: str) -> str:
+        return one_of(v, SPACES, "data space")
+
+
+class AutoencoderConfig(Section):
+    """The KL-regularized autoencoder of ``data.space: latent`` (models/autoencoder.py); unread for pixels."""
+
+    latent_channels: Int = Field(4, ge=1)  # c of the latents (c, H/f, W/f)
+    downsample: Int = Field(4, ge=1)  # f, a power of two dividing the image side: 28 -> 7 at f = 4
+    kl_weight: Float = Field(1e-4, ge=0)  # loss = mean squared error + kl_weight * KL, both per element
+    steps: Int = Field(400, ge=1)  # AdamW steps, once per data set and section (then cached)
+    channels: Int = Field(16, ge=1)  # the width of every encoder and decoder convolution
+    batch_size: Int = Field(64, ge=1)
+    lr: Float = Field(2e-3, gt=0)  # the peak of a one-cycle schedule
+
+    def latent_shape(self, image_size: int) -> tuple[int, int]:
+        """(channels, side) of the latents of (C, image_size, image_size) images."""
+        return self.latent_channels, image_size // self.downsample
 
 
 class ModelConfig(Section):
@@ -162,6 +186,7 @@ class EvalConfig(Section):
 
 class Config(Section):
     data: DataConfig = DataConfig()
+    autoencoder: AutoencoderConfig = AutoencoderConfig()
     model: ModelConfig = ModelConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
     train: TrainConfig = TrainConfig()
@@ -206,11 +231,17 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _cross_checks(self):
-        m = self.model
+        m, size = self.model, IMAGE_SIZES[self.data.dataset]
+        if self.data.space == "latent":  # the network's input is the latent, (c, size / f, size / f)
+            try:
+                check_autoencoder_shape(size, self.autoencoder.downsample)
+            except ValueError as err:
+                raise ValueError(f"autoencoder.{err}") from None
+            size = self.autoencoder.latent_shape(size)[1]
         try:
-            BACKBONES[m.backbone].check(m, IMAGE_SIZES[self.data.dataset])
+            BACKBONES[m.backbone].check(m, size)
         except ValueError as err:
-            raise ValueError(f"model.{err}") from None
+            raise ValueError(f"model.{err}" + (" (of the latents)" if self.data.space == "latent" else "")) from None
         for i, s in enumerate(self.eval.samplers):
             if why := s.misfit(self.diffusion.process):
                 raise ValueError(f"eval.samplers.{i}.{why[0]}: {why[1]}")
@@ -245,6 +276,8 @@ class Config(Section):
         del d["train"]["epochs"]  # resolved into steps, which the hash holds: `epochs: 10` is its steps' model
         if not d["train"]["eval_epochs"]:  # added later: while empty, every earlier config keeps its hash
             del d["train"]["eval_epochs"]
+        if d["data"]["space"] == "pixel":  # added later, and a pixel model reads no autoencoder: hashes as before
+            del d["data"]["space"], d["autoencoder"]
         return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
 
     def steps_per_epoch(self) -> int:
@@ -360,7 +393,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of sections (data, model, diffusion, train, eval)")
+        sections = ", ".join(Config.model_fields)
+        raise ConfigError(f"{source}: expected a mapping of sections ({sections})")
     parsed = parse_overrides(overrides)
     for key, value in parsed.items():
         try:

@@ -115,6 +115,19 @@ CURVE_METRICS = tuple(m.name for m in METRICS.values() if m.curve)
 # The size of a training run's network: parameters, and GFLOPs of one forward pass on one image
 # (models.registry.gflops_per_image), so that arms can be compared at equal parameters or compute.
 NUM_PARAMETERS, GFLOPS_PER_IMAGE = "model/num_parameters", "model/gflops_per_image"
+# The floor of a latent-diffusion arm (data.space: latent), logged once to its training run: the frozen
+# autoencoder's reconstructions of the held-out digits, scored as samples are (training/autoencoder.py).
+# No sample decoded from the latents can beat them; ``AUTOENCODER_SCALE`` is the latents' scale factor s.
+AUTOENCODER_PREFIX = "autoencoder/"
+AUTOENCODER_FLOOR = ("fid", "recognizability")  # logged as autoencoder/recon_<metric>, defined in METRICS
+AUTOENCODER_SCALE = "autoencoder/scale_factor"
+
+
+def floor_key(metric: str) -> str:
+    """A latent arm's floor for ``metric``: ``autoencoder/recon_<metric>``."""
+    return f"{AUTOENCODER_PREFIX}recon_{metric}"
+
+
 # Training-run metrics that reports compare across arms.
 RUN_METRICS: dict[str, Metric] = {"final_loss": Metric("final_loss", True, False, "final training loss")}
 

@@ -65,7 +65,7 @@ CASES = [  # (id, spec document or raw text, words the error line must contain)
     (
         "misspelled section",
         _with("base/trian", {"steps": 3}),
-        "trian: unknown key; valid keys here: data, diffusion, eval, model, train",
+        "trian: unknown key; valid keys here: autoencoder, data, diffusion, eval, model, train",
     ),
     ("misspelled field", _with("base/train", {"stpes": 3}), "train.stpes: unknown key; valid keys here: batch_size"),
     ("misspelled model field", _with("base/model", {"chanels": 8}), "model.chanels: unknown key"),

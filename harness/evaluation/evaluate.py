@@ -24,8 +24,10 @@ from ..progress import Progress, duration, say
 from ..result import EvalResult
 from ..schema import eval_key
 from ..tracker import NullTracker, Tracker
+from ..training.autoencoder import latent_space
 from ..training.data import ImageData
 from .features import domain_classifier, fidelity_extractor_prefix
+from .latent import reconstruction_floor
 from .metrics import class_accuracy, fidelity_metrics, inception_fid, recognizability, recognized_class_accuracy
 
 
@@ -66,8 +68,17 @@ class Evaluator:
         self.classifier = domain_classifier(data, classifiers, device=self.device, progress=progress)
         self.recognizer = domain_classifier(data, classifiers, device=self.device, reject=True, progress=progress)
         ec, dc = config.eval, config.diffusion
+        # data.space latent: the frozen autoencoder (trained once, cached); samples are decoded before every
+        # metric and grid, and its reconstructions' scores are logged once, as the floor (evaluation/latent.py).
+        self.space, self.floor = None, None
+        c, side = data.channels, data.image_size
+        if config.data.space == "latent":
+            self.space = latent_space(
+                data, config.autoencoder, self.cache_dir / "autoencoders", device=self.device, progress=progress
+            )
+            c, side = config.autoencoder.latent_shape(side)
         g = torch.Generator().manual_seed(ec.seed)
-        self.x_T = torch.randn((ec.num_samples, data.channels, data.image_size, data.image_size), generator=g)
+        self.x_T = torch.randn((ec.num_samples, c, side, side), generator=g)
         self.labels = torch.arange(ec.num_samples) % data.num_classes  # balanced classes
         self.schedule = make_schedule(dc.schedule, dc.timesteps, zero_terminal_snr=dc.zero_terminal_snr)
         # Sampling runs the network in the training precision; the sampler's own updates stay fp32.
@@ -104,6 +115,7 @@ class Evaluator:
         for i, lo in enumerate(range(0, ec.num_samples, ec.batch_size)):
             hi = min(lo + ec.batch_size, ec.num_samples)
             x = self._sample(counted, setting, lo, hi, torch.Generator().manual_seed(ec.seed + 1 + i))
+            x = x if self.space is None else self.space.decode(x)  # (B, c, h, w) latents -> (B, C, H, W) images
             out.append(x.clamp(-1, 1).cpu())
         bar.close()
         if self.device.type == "cuda":
@@ -122,7 +134,7 @@ class Evaluator:
             x_T=self.x_T[lo:hi],
             labels=self.labels[lo:hi] if conditional else None,
             null_label=self.data.num_classes if conditional else None,
-            clip_x0=ec.clip_x0,
+            clip_x0=ec.clip_x0 and self.space is None,  # latents have unit std, not the range [-1, 1]
             generator=generator,
             device=self.device,
         )
@@ -179,6 +191,17 @@ class Evaluator:
         was_training = getattr(model, "training", False)
         if hasattr(model, "eval"):
             model.eval()
+        if self.space is not None and self.floor is None:  # once per process: a constant of the run
+            self.floor = reconstruction_floor(
+                self.space,
+                self.data,
+                self.classifier,
+                self.recognizer,
+                cache_dir=self.cache_dir / "fidelity",
+                threshold=self.config.eval.recognizability_threshold,
+                device=self.device,
+            )
+            tracker.log_metrics(self.floor, step=step)
         results = []
         for setting in self.config.eval.samplers:
             result, grid = self.evaluate_setting(model, setting, step=step, final=final)

@@ -64,6 +64,10 @@ class PruningEvaluator:
     def classifier_accuracy(self) -> float:
         return self.inner.classifier_accuracy
 
+    @property
+    def space(self):  # data.space latent: the autoencoder training encodes with (training.train.Evaluation)
+        return self.inner.space
+
     def run(self, model, *, step: int, tracker=None, final: bool | None = None) -> list[EvalResult]:
         results = self.inner.run(model, step=step, tracker=tracker, final=final)
         result = results[0]  # a trial's config has one evaluation setting

@@ -30,6 +30,7 @@ from ..result import EvalResult
 from ..schema import GFLOPS_PER_IMAGE, NUM_PARAMETERS
 from ..tracker import LoggedAfter, NullTracker, StoreUnavailable, Tracker
 from . import checkpoint
+from .autoencoder import LatentSpace
 from .ema import EMA
 
 NUM_BUCKETS = 10  # the loss is also logged per tenth of [0, T): where each schedule spends its difficulty
@@ -83,6 +84,7 @@ class Evaluation(Protocol):
     """
 
     classifier_accuracy: float | None
+    space: LatentSpace | None  # data.space latent: the frozen autoencoder that samples are decoded with
 
     def run(self, model: torch.nn.Module, *, step: int, tracker: Tracker) -> list[EvalResult]: ...
 
@@ -92,13 +94,19 @@ class NoEvaluation:
 
     classifier_accuracy = None
 
+    def __init__(self, space: LatentSpace | None = None):
+        self.space = space
+
     def run(self, model, *, step, tracker):
         return []
 
 
 def build_model(config: Config, channels: int, image_size: int, num_classes: int) -> torch.nn.Module:
-    """The network of ``config.model.backbone`` (``models.registry.BACKBONES``) for images (channels, side, side)."""
+    """The network of ``config.model.backbone`` (``models.registry.BACKBONES``) for images (channels, side, side),
+    or for their latents under ``data.space: latent``."""
     m = config.model
+    if config.data.space == "latent":
+        channels, image_size = config.autoencoder.latent_shape(image_size)
     return BACKBONES[m.backbone].build(m, channels, image_size, num_classes if m.conditional else None)
 
 
@@ -139,6 +147,12 @@ def train(
             f"has {data.images.shape[0]:,}"
         )
 
+    x_data = data  # what the network learns: the images, or their scaled latents (training/autoencoder.py)
+    if config.data.space == "latent":
+        if getattr(evaluator, "space", None) is None:
+            raise ConfigError("data.space: latent needs an evaluator that holds the autoencoder (evaluator.space)")
+        x_data = evaluator.space.latent_data(data)
+
     torch.manual_seed(tc.seed)  # initial weights (and dropout masks until a checkpoint restores them)
     model = build_model(config, data.channels, data.image_size, data.num_classes).to(device)
     memory_format = torch.channels_last if tc.channels_last else torch.preserve_format
@@ -150,7 +164,7 @@ def train(
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, tc.warmup_steps)))
     gen = torch.Generator(device=device).manual_seed(tc.seed)
     schedule = make_schedule(dc.schedule, dc.timesteps, zero_terminal_snr=dc.zero_terminal_snr)
-    images = data.images.to(device, non_blocking=True)  # (N, C, H, W), the whole set on the device
+    images = x_data.images.to(device, non_blocking=True)  # (N, C, H, W), the whole set on the device
     labels = data.labels.to(device, non_blocking=True)
     null_label = data.num_classes
     step, evals, last_loss, seconds = 0, [], math.nan, 0.0
@@ -298,7 +312,7 @@ def train(
         checkpoint=str(ckpt_path),
         gflops_per_image=gflops_per_image(
             lambda: build_model(config, data.channels, data.image_size, data.num_classes),
-            (data.channels, data.image_size, data.image_size),
+            (x_data.channels, x_data.image_size, x_data.image_size),
         ),
         evals=evals,
         classifier_accuracy=evaluator.classifier_accuracy,
