@@ -212,14 +212,12 @@ class Config(Section):
         except ValueError as err:
             raise ValueError(f"model.{err}") from None
         for i, s in enumerate(self.eval.samplers):
-            if why := s.misfit(self.diffusion.process):
+            if why := s.misfit(self.diffusion.process, self.model.conditional):
                 raise ValueError(f"eval.samplers.{i}.{why[0]}: {why[1]}")
             if s.steps > self.diffusion.timesteps and self.diffusion.process == "ddpm":  # flow's t is continuous
                 raise ValueError(
                     f"eval.samplers.{i}.steps: {s.steps} is above diffusion.timesteps = {self.diffusion.timesteps}"
                 )
-            if s.guidance > 0 and not self.model.conditional:
-                raise ValueError(f"eval.samplers.{i}.guidance: {s.guidance} needs model.conditional: true")
         return self
 
     # -- identity -----------------------------------------------------------------------------------
