@@ -158,6 +158,9 @@ class EvalConfig(Section):
     recognizable_fraction: Float = Field(0.8, gt=0, le=1)  # "recognizable" once this many samples are
     grid_size: Int = Field(64, ge=1)
     inception_weights: str | None = None  # a local InceptionV3 weights file for fid_inception
+    # Optimizer steps of the noise-aware classifier p(y | x_t, t) that classifier guidance (a setting's
+    # classifier_scale > 0) trains once per data set and schedule (evaluation/noisy_classifier.py).
+    classifier_steps: Int = Field(600, ge=1)
 
 
 class Config(Section):

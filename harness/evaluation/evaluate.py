@@ -27,7 +27,7 @@ from ..tracker import NullTracker, Tracker
 from ..training.data import ImageData
 from .features import domain_classifier, fidelity_extractor_prefix
 from .metrics import class_accuracy, fidelity_metrics, inception_fid, recognizability, recognized_class_accuracy
-from .noisy_classifier import noisy_classifier
+from .noisy_classifier import Recipe, noisy_classifier
 
 
 def default_cache_dir() -> Path:
@@ -118,8 +118,14 @@ class Evaluator:
     def noise_aware_classifier(self):
         """p(y | x_t, t) for classifier guidance, on this data and schedule (evaluation/noisy_classifier.py)."""
         if self._noisy_classifier is None:
+            recipe = Recipe(steps=self.config.eval.classifier_steps)
             self._noisy_classifier = noisy_classifier(
-                self.data, self.schedule, self.cache_dir / "classifiers", device=self.device, progress=self.progress
+                self.data,
+                self.schedule,
+                self.cache_dir / "classifiers",
+                recipe,
+                device=self.device,
+                progress=self.progress,
             )
         return self._noisy_classifier
 

@@ -37,8 +37,8 @@ GROUPS = 8  # GroupNorm groups: batch statistics would mix noise levels
 class Recipe:
     """The classifier's width and training budget; part of its cache key."""
 
+    steps: int  # optimizer steps: eval.classifier_steps
     widths: tuple[int, ...] = (32, 64)  # channels per level: the stem halves H and W, each later level again
-    steps: int = 600
     batch_size: int = 128
     lr: float = 2e-3
     seed: int = 0
@@ -111,7 +111,7 @@ def _noised(x0: Tensor, t: Tensor, schedule: Schedule, generator: torch.Generato
 def train_noisy_classifier(
     data: ImageData,
     schedule: Schedule,
-    recipe: Recipe = Recipe(),
+    recipe: Recipe,
     *,
     device: str | torch.device = "cpu",
     progress: bool | None = None,
@@ -132,15 +132,16 @@ def train_noisy_classifier(
         enabled=progress,
     )
     net.train()
-    for _ in range(recipe.steps):
-        batch = torch.randint(len(x), (recipe.batch_size,), generator=generator).to(device)
-        t = torch.randint(schedule.T, (recipe.batch_size,), generator=generator).to(device)
-        loss = F.cross_entropy(net(_noised(x[batch], t, schedule, generator), t), y[batch])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        lr_schedule.step()
-        bar.update(1)
+    with torch.enable_grad():  # the evaluator asks for it while sampling, under no_grad
+        for _ in range(recipe.steps):
+            batch = torch.randint(len(x), (recipe.batch_size,), generator=generator).to(device)
+            t = torch.randint(schedule.T, (recipe.batch_size,), generator=generator).to(device)
+            loss = F.cross_entropy(net(_noised(x[batch], t, schedule, generator), t), y[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            lr_schedule.step()
+            bar.update(1)
     bar.close()
     net.eval().requires_grad_(False)
     x_held, y_held = data.images[held_idx].to(device), data.labels[held_idx].to(device)
@@ -158,7 +159,7 @@ def schedule_key(schedule: Schedule) -> str:
     return hashlib.sha256(schedule.alphas_cumprod.double().contiguous().numpy().tobytes()).hexdigest()[:12]
 
 
-def cache_path(data: ImageData, schedule: Schedule, cache_dir: str | Path, recipe: Recipe = Recipe()) -> Path:
+def cache_path(data: ImageData, schedule: Schedule, cache_dir: str | Path, recipe: Recipe) -> Path:
     """Where ``noisy_classifier`` keeps the weights for this data, schedule and recipe."""
     name = f"{ARCH}-{data.fingerprint}-{schedule_key(schedule)}-{recipe.key()}.pt"
     return Path(cache_dir).expanduser() / name
@@ -168,7 +169,7 @@ def noisy_classifier(
     data: ImageData,
     schedule: Schedule,
     cache_dir: str | Path,
-    recipe: Recipe = Recipe(),
+    recipe: Recipe,
     *,
     device: str | torch.device = "cpu",
     progress: bool | None = None,
