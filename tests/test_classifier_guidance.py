@@ -183,3 +183,13 @@ def test_noise_aware_classifier_is_trained_once_per_data_schedule_and_recipe(tmp
     assert path(r=Recipe(widths=(8, 16), steps=4, batch_size=8)) != path()
     logits = again.net(data.images[:4], torch.tensor([0, 10, 500, 999]))
     assert logits.shape == (4, 2) and torch.isfinite(logits).all()
+
+
+def test_classifier_calls_are_not_counted_as_network_evaluations():
+    from harness.evaluation.evaluate import sampling_nfe
+
+    config = build_config({}, "x.yaml")
+    assert sampling_nfe(config, SamplerSetting(steps=10, classifier_scale=2.0)) == 10
+    assert sampling_nfe(config, SamplerSetting(sampler="heun", steps=10, classifier_scale=2.0)) == sampling_nfe(
+        config, SamplerSetting(sampler="heun", steps=10)
+    )
