@@ -42,7 +42,7 @@ clean-venv:
 
 # -- ablations: `make ablation-schedules PROFILE=smoke|quick|full` ------------------------------------
 ABLATIONS := ablation-schedules ablation-parameterization ablation-samplers ablation-guidance recognizability \
-             ablation-precision ablation-backbone seed-exercise ablation-process ablation-latent
+             ablation-precision ablation-backbone seed-exercise ablation-process ablation-latent ablation-guidance-method
 .PHONY: $(ABLATIONS) ui validate
 
 # Run the spec, then write reports/<spec>/index.html and report.md (also when some jobs failed).

@@ -182,6 +182,9 @@ class EvalConfig(Section):
     recognizable_fraction: Float = Field(0.8, gt=0, le=1)  # "recognizable" once this many samples are
     grid_size: Int = Field(64, ge=1)
     inception_weights: str | None = None  # a local InceptionV3 weights file for fid_inception
+    # Optimizer steps of the noise-aware classifier p(y | x_t, t) that classifier guidance (a setting's
+    # classifier_scale > 0) trains once per data set and schedule (evaluation/noisy_classifier.py).
+    classifier_steps: Int = Field(600, ge=1)
 
 
 class Config(Section):
@@ -243,14 +246,14 @@ class Config(Section):
         except ValueError as err:
             raise ValueError(f"model.{err}" + (" (of the latents)" if self.data.space == "latent" else "")) from None
         for i, s in enumerate(self.eval.samplers):
-            if why := s.misfit(self.diffusion.process):
+            if why := s.misfit(self.diffusion.process, self.model.conditional):
                 raise ValueError(f"eval.samplers.{i}.{why[0]}: {why[1]}")
+            if s.classifier_scale and self.data.space == "latent":  # its classifier reads pixels, not latents
+                raise ValueError(f"eval.samplers.{i}.classifier_scale: applies to data.space pixel only")
             if s.steps > self.diffusion.timesteps and self.diffusion.process == "ddpm":  # flow's t is continuous
                 raise ValueError(
                     f"eval.samplers.{i}.steps: {s.steps} is above diffusion.timesteps = {self.diffusion.timesteps}"
                 )
-            if s.guidance > 0 and not self.model.conditional:
-                raise ValueError(f"eval.samplers.{i}.guidance: {s.guidance} needs model.conditional: true")
         return self
 
     # -- identity -----------------------------------------------------------------------------------

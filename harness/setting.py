@@ -24,6 +24,8 @@ class SamplerSetting(Section):
     variance: str = "fixed_small"
     # Flow's time-grid shift (diffusion/flow.py: time_grid); 1 = none. Not ``shift``: pandas rows have one.
     time_shift: Float = Field(1.0, gt=0)
+    # Classifier guidance (Dhariwal & Nichol 2021) with a noise-aware classifier; 0 = off. DDPM only.
+    classifier_scale: Float = Field(0.0, ge=0, json_schema_extra={"label": "cg"})
 
     @field_validator("sampler")
     @classmethod
@@ -46,12 +48,16 @@ class SamplerSetting(Section):
             raise ValueError(f"eta applies to the ddim sampler only, not {self.sampler!r}")
         return self
 
-    def misfit(self, process: str) -> tuple[str, str] | None:
-        """Why this setting cannot sample a model of ``process``, as (field, reason); None when it can."""
+    def misfit(self, process: str, conditional: bool = True) -> tuple[str, str] | None:
+        """Why this setting cannot sample a model of ``process`` (class-``conditional`` or not), as
+        (field, reason); None when it can."""
         why = misfit(process, self.sampler, self.time_shift)
-        for name in ("spacing", "variance") if process == "flow" and not why else ():  # DDPM's timesteps
+        # DDPM's timesteps; classifier guidance shifts eps_hat by sqrt(1 - abar_t) grad log p(y | x_t, t)
+        for name in ("spacing", "variance", "classifier_scale") if process == "flow" and not why else ():
             if getattr(self, name) != type(self).model_fields[name].default:
                 return name, f"{getattr(self, name)} applies to process ddpm only"
+        if not why and self.guidance > 0 and not conditional:
+            return "guidance", f"{self.guidance} needs model.conditional: true"
         return why
 
     # This model is the one schema of a sampler setting: the spec's ``evaluate`` grid, the setting key,
@@ -70,9 +76,11 @@ class SamplerSetting(Section):
 
     @property
     def label(self) -> str:
-        """A short unique name such as ``ddim-50-eta0-w2``; other fields are appended when not default."""
+        """A short unique name such as ``ddim-50-eta0-w2``; other fields are appended when not default
+        (``-cg2`` for a field whose schema names a label prefix, else the bare value)."""
         label = f"{self.sampler}-{self.steps}-eta{self.eta:g}-w{self.guidance:g}"
         for name, field in type(self).model_fields.items():
             if name not in ("sampler", "steps", "eta", "guidance") and getattr(self, name) != field.default:
-                label += f"-{getattr(self, name)}"
+                prefix = (field.json_schema_extra or {}).get("label")
+                label += f"-{prefix}{getattr(self, name):g}" if prefix else f"-{getattr(self, name)}"
         return label

@@ -43,7 +43,7 @@ def test_flat_uses_dotted_keys():
         ({"eval": {"samplers": [{"sampler": "plms"}]}}, "eval.samplers.0.sampler: unknown sampler 'plms'"),
         (
             {"eval": {"samplers": [{"sampler": "ddim", "stepz": 3}]}},
-            "eval.samplers.0.stepz: unknown key; valid keys here: eta, guidance",
+            "eval.samplers.0.stepz: unknown key; valid keys here: classifier_scale, eta, guidance",
         ),
         ({"eval": {"samplers": [{"steps": 2000}]}}, "eval.samplers.0.steps: 2000 is above diffusion.timesteps = 1000"),
         ({"eval": {"samplers": [{"guidance": 2}]}}, "eval.samplers.0.guidance: 2.0 needs model.conditional: true"),

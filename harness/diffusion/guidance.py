@@ -1,14 +1,20 @@
-"""Classifier-free guidance (Ho & Salimans 2022) as a wrapper around the model.
+"""Guidance as wrappers: classifier-free (Ho & Salimans 2022) around the model, classifier guidance
+(Dhariwal & Nichol 2021) around the denoiser.
 
-Samplers never know guidance exists: they call a model with the usual contract ``model(x_t, t, y)``.
-The guided output is (1 + w) * cond - w * uncond, so w = 0 is the conditional model alone; this is
-diffusers' ``guidance_scale`` s = 1 + w.
+Samplers never know guidance exists: they call a model with the usual contract ``model(x_t, t, y)``
+and a denoiser with ``denoise(x_t, t, abar_t) -> Prediction``. The classifier-free output is
+(1 + w) * cond - w * uncond, so w = 0 is the conditional model alone; this is diffusers'
+``guidance_scale`` s = 1 + w.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
+
+from .parameterizations import Prediction
 
 
 def classifier_free(model, w: float, null_label: int):
@@ -19,5 +25,36 @@ def classifier_free(model, w: float, null_label: int):
         out = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, y_null]))  # (2B, ...)
         cond, uncond = out.chunk(2)
         return cond + w * (cond - uncond)
+
+    return guided
+
+
+def grad_log_p(classifier, x_t: Tensor, t: Tensor, y: Tensor) -> Tensor:
+    """grad_x log p(y | x_t, t) of a classifier returning logits (B, K): (B, C, H, W), by autograd."""
+    with torch.enable_grad():  # samplers run under no_grad
+        x = x_t.detach().float().requires_grad_(True)
+        log_p = classifier(x, t).float().log_softmax(dim=1)  # (B, K)
+        (grad,) = torch.autograd.grad(log_p[torch.arange(len(y)), y].sum(), x)
+    return grad.to(x_t.dtype)
+
+
+def classifier_guided(denoise, classifier, s: float, y: Tensor):
+    """Return a denoiser with eps_hat - s sqrt(1 - abar_t) grad_x log p(y | x_t, t) (Dhariwal & Nichol 2021,
+    Algorithm 2) and the x0_hat that pairs with it in x_t = sqrt(abar) x0 + sqrt(1 - abar) eps.
+
+    eps_hat = -sqrt(1 - abar_t) score, so this is adding s grad log p(y | x_t) to the score: with s = 1
+    the exact classifier turns the score of p(x_t) into that of p(x_t | y). Every sampler reads this
+    shifted pair: DDIM as in Algorithm 2, DDPM ancestral sampling in this score-based form (its posterior
+    mean from the shifted x0_hat), not Algorithm 1's mean shift s Sigma grad. It wraps the denoiser after
+    any x0 clipping, as guided-diffusion's ``condition_score`` does, so x0 / v models are shifted in eps.
+    """
+
+    def guided(x_t: Tensor, t: int, abar: float) -> Prediction:
+        pred = denoise(x_t, t, abar)
+        if abar <= 0.0:  # zero terminal SNR: x_T carries no trace of x_0, p(y | x_T) is the prior
+            return pred
+        t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
+        eps = pred.eps - s * math.sqrt(1.0 - abar) * grad_log_p(classifier, x_t, t_batch, y)
+        return Prediction((x_t - math.sqrt(1.0 - abar) * eps) / math.sqrt(abar), eps)
 
     return guided

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .guidance import classifier_free
+from .guidance import classifier_free, classifier_guided
 from .parameterizations import Prediction, get_parameterization
 from .schedules import Schedule
 
@@ -216,13 +216,19 @@ def sample(
     guidance: float = 0.0,
     labels: Tensor | None = None,
     null_label: int | None = None,
+    classifier=None,
+    classifier_scale: float = 0.0,
     clip_x0: bool = False,
     generator: torch.Generator | None = None,
     x_T: Tensor | None = None,
     variance: str = "fixed_small",
     device: torch.device | str | None = None,
 ) -> Tensor:
-    """Generate a batch of shape ``shape`` (B, C, H, W) with ``model(x_t, t, y)``."""
+    """Generate a batch of shape ``shape`` (B, C, H, W) with ``model(x_t, t, y)``.
+
+    ``classifier(x_t, t) -> logits`` with ``classifier_scale`` > 0 steers toward ``labels`` (classifier
+    guidance); an unconditional model is handed the labels too and ignores them.
+    """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; valid: {', '.join(sorted(SAMPLERS))}")
     if variance not in VARIANCES:
@@ -235,6 +241,10 @@ def sample(
         raise ValueError(f"guidance weight must be >= 0, got {guidance}")
     if guidance > 0 and (labels is None or null_label is None):
         raise ValueError("guidance > 0 needs labels and a null_label (a class-conditional model)")
+    if classifier_scale < 0:
+        raise ValueError(f"classifier_scale must be >= 0, got {classifier_scale}")
+    if classifier_scale > 0 and (classifier is None or labels is None):
+        raise ValueError("classifier_scale > 0 needs a classifier and the labels to steer toward")
     t = timesteps(schedule.T, steps, spacing)
     traj = Trajectory.from_schedule(schedule, t)
     if traj.abar[0] <= 0.0 and parameterization == "eps":
@@ -251,6 +261,8 @@ def sample(
         labels = labels.to(device)
     net = classifier_free(model, guidance, null_label) if guidance > 0 else model
     denoise = make_denoiser(net, parameterization, labels, clip_x0)
+    if classifier_scale > 0:
+        denoise = classifier_guided(denoise, classifier, classifier_scale, labels)
     with torch.no_grad():
         return SAMPLERS[sampler](denoise, x, traj, SamplerOptions(eta=eta, variance=variance), generator)
 

@@ -29,6 +29,7 @@ from ..training.data import ImageData
 from .features import domain_classifier, fidelity_extractor_prefix
 from .latent import reconstruction_floor
 from .metrics import class_accuracy, fidelity_metrics, inception_fid, recognizability, recognized_class_accuracy
+from .noisy_classifier import Recipe, noisy_classifier
 
 
 def default_cache_dir() -> Path:
@@ -83,6 +84,7 @@ class Evaluator:
         self.schedule = make_schedule(dc.schedule, dc.timesteps, zero_terminal_snr=dc.zero_terminal_snr)
         # Sampling runs the network in the training precision; the sampler's own updates stay fp32.
         self.amp_dtype = resolve_precision(config.train.precision, self.device)
+        self._noisy_classifier = None  # trained (or loaded) when a setting first asks for classifier guidance
 
     @property
     def classifier_accuracy(self) -> float:
@@ -110,6 +112,8 @@ class Evaluator:
             with autocast(self.device, self.amp_dtype):
                 return model(x, t, y).float()
 
+        if setting.classifier_scale > 0:  # trained or loaded outside sample_seconds
+            self.noise_aware_classifier()
         out = []
         start = time.perf_counter()
         for i, lo in enumerate(range(0, ec.num_samples, ec.batch_size)):
@@ -123,20 +127,37 @@ class Evaluator:
         seconds = time.perf_counter() - start
         return torch.cat(out), calls // n_batches, seconds
 
+    def noise_aware_classifier(self):
+        """p(y | x_t, t) for classifier guidance, on this data and schedule (evaluation/noisy_classifier.py)."""
+        if self._noisy_classifier is None:
+            recipe = Recipe(steps=self.config.eval.classifier_steps)
+            self._noisy_classifier = noisy_classifier(
+                self.data,
+                self.schedule,
+                self.cache_dir / "classifiers",
+                recipe,
+                device=self.device,
+                progress=self.progress,
+            )
+        return self._noisy_classifier
+
     def _sample(self, model, setting: SamplerSetting, lo: int, hi: int, generator) -> Tensor:
         """Samples lo..hi of the fixed noise x_T (and labels) with ``setting``."""
         ec, conditional = self.config.eval, self.config.model.conditional
+        steered = setting.classifier_scale > 0  # classifier guidance needs target labels, conditional or not
+        guide = {"classifier": self.noise_aware_classifier().net} if steered else {}
         return draw(
             self.config,
             model,
             self.schedule,
             setting,
             x_T=self.x_T[lo:hi],
-            labels=self.labels[lo:hi] if conditional else None,
+            labels=self.labels[lo:hi] if conditional or steered else None,
             null_label=self.data.num_classes if conditional else None,
             clip_x0=ec.clip_x0 and self.space is None,  # latents have unit std, not the range [-1, 1]
             generator=generator,
             device=self.device,
+            **guide,
         )
 
     def reference_cached(self) -> bool:
@@ -171,7 +192,7 @@ class Evaluator:
             "nfe": nfe,
             "sample_seconds": seconds,
         }
-        if self.config.model.conditional:
+        if self.config.model.conditional or setting.classifier_scale > 0:
             metrics["class_accuracy"] = class_accuracy(probs, self.labels)
             metrics["recognized_class_accuracy"] = recognized_class_accuracy(recognized, self.labels, threshold)
         unavailable = {}
@@ -237,18 +258,21 @@ def sampling_nfe(config: Config, setting: SamplerSetting) -> int:
         calls += 1
         return torch.zeros_like(x)
 
-    guided = setting.guidance > 0
+    guided, steered = setting.guidance > 0, setting.classifier_scale > 0
+    # The classifier's forward and backward passes are not network evaluations of the diffusion model.
+    guide = {"classifier": lambda x, t: x.flatten(1)[:, :2]} if steered else {}
     draw(
         config,
         stand_in,
         schedule,
         setting,
         x_T=torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0)),
-        labels=torch.zeros(1, dtype=torch.long) if guided else None,
+        labels=torch.zeros(1, dtype=torch.long) if guided or steered else None,
         null_label=1 if guided else None,
         clip_x0=False,
         generator=torch.Generator().manual_seed(0),
         device="cpu",
+        **guide,
     )
     return calls
 
@@ -267,5 +291,6 @@ def draw(config: Config, model, schedule, setting: SamplerSetting, *, x_T: Tenso
         eta=setting.eta,
         spacing=setting.spacing,
         variance=setting.variance,
+        classifier_scale=setting.classifier_scale,  # flow has none: SamplerSetting.misfit
         **common,
     )

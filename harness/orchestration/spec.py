@@ -21,6 +21,7 @@ from ..config import (
     ConfigError,
     DiffusionConfig,
     Int,
+    ModelConfig,
     SamplerSetting,
     Seed,
     build_config,
@@ -118,9 +119,10 @@ class _EvaluateBase(_Strict):
 # Which settings an arm is evaluated with: those that fit its process (the sampler is one of that
 # process's samplers, time_shift only for flow, spacing and variance only for ddpm: SamplerSetting.misfit),
 # and of the explicit settings that name a ``process``, only the arms of that process (``heun`` samples
-# both). A grid combination that fits no arm is dropped, as eta on a sampler other than ddim is; an
-# explicit setting that fits no arm is an error, and so is an arm that no setting fits.
-def misfit_in(setting: dict[str, Any], process: str) -> tuple[str, str] | None:
+# both); an explicit setting with classifier-free guidance goes to the class-conditional arms only. A
+# grid combination that fits no arm is dropped, as eta on a sampler other than ddim is; an explicit
+# setting that fits no arm is an error, and so is an arm that no setting fits.
+def misfit_in(setting: dict[str, Any], process: str, conditional: bool = True) -> tuple[str, str] | None:
     """Why ``setting`` (a spec's, with its optional ``process``) skips arms of ``process``; None: it fits."""
     if setting.get("process", process) != process:
         return "process", f"{setting['process']} is not the arms' process ({process})"
@@ -128,16 +130,26 @@ def misfit_in(setting: dict[str, Any], process: str) -> tuple[str, str] | None:
         checked = SamplerSetting.model_validate({k: v for k, v in setting.items() if k != "process"})
     except ValidationError:
         return None  # every arm gets it, and the config check names what is wrong
-    return checked.misfit(process) if process in PROCESS_SAMPLERS else None
+    return checked.misfit(process, conditional) if process in PROCESS_SAMPLERS else None
 
 
 def arm_settings(
-    settings: list[tuple[str, dict[str, Any]]], processes: list[str], source: str, eval_path: str
+    settings: list[tuple[str, dict[str, Any]]],
+    processes: list[str],
+    source: str,
+    eval_path: str,
+    conditionals: list[bool] | None = None,
 ) -> list[list[tuple[str, dict[str, Any]]]]:
-    """The settings of each arm (given its process), each with the spec field it came from."""
-    per_arm = [[(p, s) for p, s in settings if not misfit_in(s, process)] for process in processes]
+    """The settings of each arm (given its process and whether its model is class-conditional), each with
+    the spec field it came from. The grid ignores ``conditionals``: guidance on an unconditional model
+    there is the config check's one-line error, not a silently dropped value."""
+    kinds = list(zip(processes, conditionals or [True] * len(processes)))
+    per_arm = [
+        [(p, s) for p, s in settings if not misfit_in(s, process, conditional or p == eval_path)]
+        for process, conditional in kinds
+    ]
     for path, s in settings:
-        whys = [misfit_in(s, process) for process in dict.fromkeys(processes)]
+        whys = [misfit_in(s, process, conditional) for process, conditional in dict.fromkeys(kinds)]
         if path != eval_path and all(whys):
             field, why = next((w for w in whys if w[0] != "process"), whys[0])
             raise ConfigError(f"{source}: {path}.{field}: {why}")
@@ -293,7 +305,9 @@ def make_plan(spec: Spec, source: str, profile: str | None = None, overrides: di
     default_process = DiffusionConfig.model_fields["process"].default
     sections = [cfg.get("diffusion") if isinstance(cfg.get("diffusion"), dict) else {} for cfg in configs]
     processes = [str(d.get("process", default_process)) for d in sections]
-    per_arm = arm_settings(evaluate.expand(eval_path), processes, source, eval_path)
+    models = [cfg.get("model") if isinstance(cfg.get("model"), dict) else {} for cfg in configs]
+    conditionals = [m.get("conditional", ModelConfig.model_fields["conditional"].default) is True for m in models]
+    per_arm = arm_settings(evaluate.expand(eval_path), processes, source, eval_path, conditionals)
 
     def origin_in_spec(field: str, arm: dict[str, Any], settings):
         m = re.fullmatch(r"eval\.samplers(?:\.(\d+))?(?:\.(.+))?", field)
