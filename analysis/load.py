@@ -193,7 +193,7 @@ def load_experiment(store: MlflowStore, experiment: str, *, latest_plan: bool = 
         parent_status=parent.info.status if parent is not None else None,
         missing=missing,
         planned=plan is not None,
-        planned_settings={j["config_hash"]: j["settings"] for j in (plan or {}).get("jobs", []) if "settings" in j},
+        planned_settings=_planned_settings(plan, runs),
     )
 
 
@@ -353,6 +353,19 @@ def _with_axes(df: pd.DataFrame, runs: pd.DataFrame, axes: list[str]) -> pd.Data
 def setting_label(params: dict[str, Any]) -> str:
     """``ddim-50-eta0-w0``: the label the evaluator logs under (harness.config.SamplerSetting.label)."""
     return SamplerSetting.from_params(params).label
+
+
+def _planned_settings(plan: dict | None, runs: pd.DataFrame) -> dict[str, list[str]]:
+    """Config hash -> the labels its job was planned with. Plans logged before jobs listed their own settings
+    gave every job the fitting ones of the plan's (spec.arm_settings): rebuilt here from each run's process."""
+    jobs = (plan or {}).get("jobs", [])
+    out = {j["config_hash"]: j["settings"] for j in jobs if "settings" in j}
+    fits = {h: (p, c) for h, p, c in zip(runs["config_hash"], runs["process"], runs["conditional"])}
+    for j in [j for j in jobs if "settings" not in j and j["config_hash"] in fits]:
+        process, conditional = fits[j["config_hash"]]
+        every = [SamplerSetting.model_validate(s) for s in plan.get("settings", [])]
+        out[j["config_hash"]] = [s.label for s in every if s.misfit(process, bool(conditional)) is None]
+    return out
 
 
 def _setting_labels(plan: dict | None, eval_runs: list, runs: pd.DataFrame) -> list[str]:

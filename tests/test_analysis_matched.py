@@ -67,3 +67,24 @@ def test_arms_that_share_a_setting_are_compared_at_it_as_before(tmp_path):
     assert not disjoint(data)
     assert "At 10 NFE" not in answer(data)
     assert "Arms compared at matched NFE" not in [s.title for s in build_document(data).sections]
+
+
+def test_plans_without_per_job_settings_give_each_run_the_settings_of_its_process():
+    """Plans logged before jobs listed their settings: a flow run was never planned with ddim."""
+    import pandas as pd
+
+    from analysis.load import _planned_settings
+    from harness.config import SamplerSetting
+
+    settings = [
+        SamplerSetting(sampler="ddim", steps=10).model_dump(),
+        SamplerSetting(sampler="euler", steps=10).model_dump(),
+    ]
+    plan = {
+        "jobs": [{"config_hash": "a"}, {"config_hash": "b"}, {"config_hash": "c", "settings": ["x"]}],
+        "settings": settings,
+    }
+    runs = pd.DataFrame(
+        {"config_hash": ["a", "b", "c"], "process": ["ddpm", "flow", "ddpm"], "conditional": [False] * 3}
+    )
+    assert _planned_settings(plan, runs) == {"a": ["ddim-10-eta0-w0"], "b": ["euler-10-eta0-w0"], "c": ["x"]}
