@@ -203,5 +203,8 @@ def test_classifier_guidance_of_a_latent_model_is_refused():
 
     with _pytest.raises(ValueError, match=r"eval.samplers.0.classifier_scale: applies to data.space pixel only"):
         Config.model_validate(
-            {"data": {"space": "latent"}, "eval": {"samplers": [{"sampler": "ddim", "steps": 10, "classifier_scale": 1.0}]}}
+            {
+                "data": {"space": "latent"},
+                "eval": {"samplers": [{"sampler": "ddim", "steps": 10, "classifier_scale": 1.0}]},
+            }
         )
