@@ -16,9 +16,10 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from .diffusion.flow import FLOW_TIMES, PROCESS_SAMPLERS
+from .diffusion.flow import FLOW_TIMES
 from .diffusion.losses import WEIGHTINGS
 from .diffusion.parameterizations import PARAMETERIZATIONS
+from .diffusion.processes import PROCESS_SAMPLERS
 from .diffusion.schedules import SCHEDULES
 from .dotted import flatten, merge, parse_override, parse_overrides, related, set_dotted  # noqa: F401 - re-exported
 from .fields import ConfigError, Float, Int, Section, Seed, one_of  # re-exported: harness.config.ConfigError, ...

@@ -261,3 +261,26 @@ def test_train_with_flow_end_to_end(tmp_path):
     assert math.isfinite(m["train"]["final_loss"])
     assert [(e["sampler"], e["nfe"]) for e in m["evals"]] == [("euler", 3), ("heun", 3)]
     assert all(math.isfinite(e["fid"]) and math.isfinite(e["recognizability"]) for e in m["evals"])
+
+
+@pytest.mark.parametrize("name", ["ddpm", "flow"])
+def test_every_process_keeps_the_shared_contract(name):
+    """The training loop and the evaluator use a process only through loss() and sample(): per-example loss
+    (B,), each example's time an integer in [0, T), and samples of x_T's shape (a new process must too)."""
+    from harness.diffusion.processes import PROCESSES
+    from harness.diffusion.schedules import make_schedule
+
+    process = PROCESSES[name]
+    config = Config(
+        diffusion={"process": name, "parameterization": "v" if name == "flow" else "eps"},
+        eval={"samplers": [{"sampler": next(iter(process.samplers)), "steps": 3}]},
+    )
+    dc, schedule = config.diffusion, make_schedule("linear", 1000)
+    net = lambda x, t, y: 0.5 * x  # noqa: E731 - any network of the (x, t, y) contract
+    x0 = torch.rand(8, 1, 4, 4) * 2 - 1
+    loss, t = process.loss(net, x0, None, generator=torch.Generator().manual_seed(0), schedule=schedule, diffusion=dc)
+    assert loss.shape == (8,) and torch.isfinite(loss).all()
+    assert t.dtype == torch.long and 0 <= int(t.min()) and int(t.max()) < schedule.T
+    x_T = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    out = process.sample(net, schedule, dc, config.eval.samplers[0], x_T=x_T)
+    assert out.shape == x_T.shape and torch.isfinite(out).all()

@@ -135,7 +135,7 @@ BAD = [
     ),
     (
         _param("eval.num_samples", {"type": "int", "low": 8, "high": 16}),
-        "search.params.eval.num_samples: eval.* keys set a field of the evaluation setting; valid: eval.eta",
+        "search.params.eval.num_samples: eval.* keys set a field of the evaluation setting; valid: eval.classifier_scale, eval.eta",
     ),
     (
         _param("eval.guidance", {"type": "float", "low": 0.0, "high": 2.0}),

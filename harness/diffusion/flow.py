@@ -10,8 +10,8 @@ was sized for: with t in [0, 1] its lower frequencies (periods up to 2 pi 10^4) 
 the embedding would barely tell times apart.
 
 Samplers share one signature, ``sampler(velocity, x, ts) -> x_0`` with ``velocity(x_t, t) -> v_hat``
-and ``ts`` the descending time grid from 1 to 0. ``PROCESS_SAMPLERS`` names each process's samplers,
-so a setting is checked against the process it would sample.
+and ``ts`` the descending time grid from 1 to 0. The process itself (training example, sampling) is the
+``Flow`` class of ``processes.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import torch
 from torch import Tensor
 
 from .guidance import classifier_free
-from .samplers import SAMPLERS
 
 Velocity = Callable[[Tensor, float], Tensor]
 
@@ -93,17 +92,6 @@ def heun(velocity: Velocity, x: Tensor, ts: list[float]) -> Tensor:
 
 
 FLOW_SAMPLERS: dict[str, Callable[[Velocity, Tensor, list[float]], Tensor]] = {"euler": euler, "heun": heun}
-PROCESS_SAMPLERS: dict[str, dict[str, Callable]] = {"ddpm": SAMPLERS, "flow": FLOW_SAMPLERS}
-
-
-def misfit(process: str, sampler: str, shift: float) -> tuple[str, str] | None:
-    """Why a sampler setting cannot sample a model of ``process``, as (field, reason); None when it can."""
-    valid = PROCESS_SAMPLERS[process]
-    if sampler not in valid:
-        return "sampler", f"{sampler!r} does not sample process {process}; valid for {process}: {', '.join(valid)}"
-    if shift != 1.0 and process != "flow":
-        return "time_shift", f"{shift:g} applies to process flow only (1 = no shift)"
-    return None
 
 
 def make_velocity(model, labels: Tensor | None, time_scale: float, clip_x0: bool) -> Velocity:

@@ -17,8 +17,7 @@ from torch import Tensor
 
 from ..config import Config, SamplerSetting
 from ..device import autocast, resolve_precision
-from ..diffusion.flow import sample_flow
-from ..diffusion.samplers import sample
+from ..diffusion.processes import PROCESSES
 from ..diffusion.schedules import make_schedule
 from ..progress import Progress, duration, say
 from ..result import EvalResult
@@ -278,19 +277,5 @@ def sampling_nfe(config: Config, setting: SamplerSetting) -> int:
 
 
 def draw(config: Config, model, schedule, setting: SamplerSetting, *, x_T: Tensor, **kw) -> Tensor:
-    """Sample from ``x_T`` with ``setting`` by the config's process: the one place that picks the sampler family."""
-    dc = config.diffusion
-    common = dict(sampler=setting.sampler, steps=setting.steps, guidance=setting.guidance, x_T=x_T, **kw)
-    if dc.process == "flow":  # the network's time input is t (T - 1), as training.train feeds it
-        return sample_flow(model, x_T.shape, time_scale=dc.timesteps - 1, shift=setting.time_shift, **common)
-    return sample(
-        model,
-        x_T.shape,
-        schedule,
-        parameterization=dc.parameterization,
-        eta=setting.eta,
-        spacing=setting.spacing,
-        variance=setting.variance,
-        classifier_scale=setting.classifier_scale,  # flow has none: SamplerSetting.misfit
-        **common,
-    )
+    """Sample from ``x_T`` with ``setting`` by the config's process (``diffusion.processes.PROCESSES``)."""
+    return PROCESSES[config.diffusion.process].sample(model, schedule, config.diffusion, setting, x_T=x_T, **kw)

@@ -33,7 +33,7 @@ from ..config import (
     related,
     set_dotted,
 )
-from ..diffusion.flow import PROCESS_SAMPLERS
+from ..diffusion.processes import PROCESS_SAMPLERS
 from ..schema import arm_text
 
 MAX_RUNS = 10_000  # evaluation runs in one plan (arms x seeds x settings), counted before any is built

@@ -21,8 +21,7 @@ import torch
 
 from ..config import DATASET_SIZES, Config, ConfigError
 from ..device import autocast, resolve_device, resolve_precision
-from ..diffusion.flow import FLOW_TIMES, flow_loss
-from ..diffusion.losses import diffusion_loss
+from ..diffusion.processes import PROCESSES
 from ..diffusion.schedules import make_schedule
 from ..models.registry import BACKBONES, gflops_per_image
 from ..progress import Progress
@@ -220,7 +219,7 @@ def train(
     net = torch.compile(model) if tc.compile else model
     amp_dtype = resolve_precision(tc.precision, device)
     T, B = schedule.T, tc.batch_size
-    flow = dc.process == "flow"
+    process = PROCESSES[dc.process]
     loss_buf = torch.zeros(tc.log_every, device=device)  # per-step losses since the last log
     bucket_sum = torch.zeros(NUM_BUCKETS, device=device)
     bucket_n = torch.zeros(NUM_BUCKETS, device=device)
@@ -234,19 +233,8 @@ def train(
         if config.model.conditional:
             drop = torch.rand(B, device=device, generator=gen) < tc.label_dropout
             y = torch.where(drop, null_label, labels[idx])  # dropped labels train p(x) for guidance
-        if flow:  # t in [0, 1); the network sees t (T - 1), the range of DDPM's integer timesteps
-            t = FLOW_TIMES[dc.flow_time](B, gen, device)
-            noise = torch.randn(x0.shape, device=device, generator=gen)
-            with autocast(device, amp_dtype):
-                per_example = flow_loss(net, x0, t, noise, y, time_scale=T - 1)
-            t = (t * T).long().clamp(max=T - 1)  # the loss buckets below: tenths of [0, 1]
-        else:
-            t = torch.randint(0, T, (B,), device=device, generator=gen)
-            noise = torch.randn(x0.shape, device=device, generator=gen)
-            with autocast(device, amp_dtype):
-                per_example = diffusion_loss(
-                    net, x0, t, noise, schedule, dc.parameterization, dc.loss_weighting, y, gamma=dc.min_snr_gamma
-                )
+        with autocast(device, amp_dtype):  # t: each example's time in [0, T), for the buckets below
+            per_example, t = process.loss(net, x0, y, generator=gen, schedule=schedule, diffusion=dc)
         loss = per_example.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,0 +1,97 @@
+"""The diffusion processes, one class each, named in ``PROCESSES`` (``diffusion.process`` picks one).
+
+A process decides two things: a training example (its time, its noisy input, its target, so its loss) and
+how a trained network is sampled. The training loop and the evaluator call these two methods and nothing
+else, so a new process (EDM's sigma-parameterized one, say) is one class here and one entry in
+``PROCESSES``; its ``samplers`` (name -> function) are what a sampler setting is validated against.
+
+Both methods share one signature across processes: ``loss(net, x0, y, *, generator, schedule, diffusion)``
+returns the per-example loss (B,) and each example's time as an integer in [0, T) (the report's loss by
+timestep buckets); ``sample(model, schedule, diffusion, setting, *, x_T, **kw)`` returns x_0 from x_T.
+``diffusion`` is the config's ``diffusion`` section and ``setting`` a ``SamplerSetting``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .flow import FLOW_SAMPLERS, FLOW_TIMES, flow_loss, sample_flow
+from .losses import diffusion_loss
+from .samplers import SAMPLERS, sample
+
+
+class DDPM:
+    """Ho et al. 2020's discrete process: t uniform in {0, ..., T - 1}, q(x_t | x_0) of the noise schedule."""
+
+    samplers: dict[str, Callable] = SAMPLERS
+
+    def loss(self, net, x0: Tensor, y: Tensor | None, *, generator, schedule, diffusion) -> tuple[Tensor, Tensor]:
+        t = torch.randint(0, schedule.T, (x0.shape[0],), device=x0.device, generator=generator)
+        noise = torch.randn(x0.shape, device=x0.device, generator=generator)
+        d = diffusion
+        per_example = diffusion_loss(
+            net, x0, t, noise, schedule, d.parameterization, d.loss_weighting, y, gamma=d.min_snr_gamma
+        )
+        return per_example, t
+
+    def sample(self, model, schedule, diffusion, setting, *, x_T: Tensor, **kw) -> Tensor:
+        return sample(
+            model,
+            x_T.shape,
+            schedule,
+            sampler=setting.sampler,
+            steps=setting.steps,
+            guidance=setting.guidance,
+            parameterization=diffusion.parameterization,
+            eta=setting.eta,
+            spacing=setting.spacing,
+            variance=setting.variance,
+            classifier_scale=setting.classifier_scale,
+            x_T=x_T,
+            **kw,
+        )
+
+
+class Flow:
+    """Flow matching on the linear interpolant (flow.py); t in [0, 1] drawn by ``diffusion.flow_time``."""
+
+    samplers: dict[str, Callable] = FLOW_SAMPLERS
+
+    def loss(self, net, x0: Tensor, y: Tensor | None, *, generator, schedule, diffusion) -> tuple[Tensor, Tensor]:
+        T = schedule.T
+        t = FLOW_TIMES[diffusion.flow_time](x0.shape[0], generator, x0.device)
+        noise = torch.randn(x0.shape, device=x0.device, generator=generator)
+        # The network sees t (T - 1), the range of DDPM's integer timesteps its embedding was sized for.
+        per_example = flow_loss(net, x0, t, noise, y, time_scale=T - 1)
+        return per_example, (t * T).long().clamp(max=T - 1)
+
+    def sample(self, model, schedule, diffusion, setting, *, x_T: Tensor, **kw) -> Tensor:
+        kw.pop("classifier", None)  # never given: classifier_scale applies to ddpm only (SamplerSetting.misfit)
+        return sample_flow(
+            model,
+            x_T.shape,
+            sampler=setting.sampler,
+            steps=setting.steps,
+            guidance=setting.guidance,
+            time_scale=diffusion.timesteps - 1,
+            shift=setting.time_shift,
+            x_T=x_T,
+            **kw,
+        )
+
+
+PROCESSES: dict[str, DDPM | Flow] = {"ddpm": DDPM(), "flow": Flow()}
+PROCESS_SAMPLERS: dict[str, dict[str, Callable]] = {name: p.samplers for name, p in PROCESSES.items()}
+
+
+def misfit(process: str, sampler: str, shift: float) -> tuple[str, str] | None:
+    """Why a sampler setting cannot sample a model of ``process``, as (field, reason); None when it can."""
+    valid = PROCESS_SAMPLERS[process]
+    if sampler not in valid:
+        return "sampler", f"{sampler!r} does not sample process {process}; valid for {process}: {', '.join(valid)}"
+    if shift != 1.0 and process != "flow":
+        return "time_shift", f"{shift:g} applies to process flow only (1 = no shift)"
+    return None
