@@ -165,3 +165,16 @@ def test_samples_are_decoded_and_the_floor_is_logged(data, tmp_path):
     assert all(tracker.metrics[k] == [(config.train.steps, evaluator.floor[k])] for k in floor)
     evaluator.run(model, step=config.train.steps + 1, tracker=tracker)  # a constant: logged once
     assert all(len(tracker.metrics[k]) == 1 for k in floor)
+
+
+def test_the_floor_scores_as_many_reconstructions_as_the_arms_score_samples(data, tiny_space, monkeypatch):
+    """FID's bias depends on N: the floor uses eval.num_samples held-out digits (at most the held-out tenth)."""
+    import harness.evaluation.latent as latent
+
+    seen = []
+    monkeypatch.setattr(latent, "fidelity_metrics", lambda x, *a, **k: seen.append(len(x)) or {"fid": 1.0})
+    monkeypatch.setattr(latent, "recognizability", lambda probs, threshold: 1.0)
+    fake = type("C", (), {"probs": staticmethod(lambda x: x)})()
+    for n in (64, 10_000):
+        latent.reconstruction_floor(tiny_space, data, fake, fake, cache_dir="unused", threshold=0.9, num_samples=n)
+    assert seen == [64, len(latent.held_out(data)[1])] and seen[1] == 500  # mnist-5k's held-out tenth

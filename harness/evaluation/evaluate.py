@@ -219,6 +219,7 @@ class Evaluator:
                 self.recognizer,
                 cache_dir=self.cache_dir / "fidelity",
                 threshold=self.config.eval.recognizability_threshold,
+                num_samples=self.config.eval.num_samples,
                 device=self.device,
             )
             tracker.log_metrics(self.floor, step=step)
