@@ -173,7 +173,8 @@ def test_noise_aware_classifier_is_trained_once_per_data_schedule_and_recipe(tmp
     assert again.accuracy == first.accuracy and again.train_seconds == first.train_seconds
     for a, b in zip(first.net.state_dict().values(), again.net.state_dict().values()):
         assert torch.equal(a, b)
-    assert [p.name for p in tmp_path.iterdir()] == [cache_path(data, SCHEDULE, tmp_path, recipe).name]  # no temp files
+    names = [p.name for p in tmp_path.iterdir() if p.suffix != ".lock"]  # the lock that serializes trainers stays
+    assert names == [cache_path(data, SCHEDULE, tmp_path, recipe).name]  # no temp files
 
     # Another schedule (even the same name with another T) or recipe is another classifier.
     def path(schedule=SCHEDULE, r=recipe):
@@ -208,3 +209,26 @@ def test_classifier_guidance_of_a_latent_model_is_refused():
                 "eval": {"samplers": [{"sampler": "ddim", "steps": 10, "classifier_scale": 1.0}]},
             }
         )
+
+
+def test_jobs_asking_together_train_the_classifier_once(tmp_path, monkeypatch):
+    """Two seeds of an unconditional arm evaluate side by side: one trains, the other waits and loads."""
+    import threading
+
+    import harness.evaluation.noisy_classifier as nc
+
+    trained, real = [], nc.train_noisy_classifier
+    monkeypatch.setattr(nc, "train_noisy_classifier", lambda *a, **k: trained.append(1) or real(*a, **k))
+    data, recipe = _tiny_data(), Recipe(widths=(8, 16), steps=3, batch_size=8)
+    results = []
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(noisy_classifier(data, SCHEDULE, tmp_path, recipe, progress=False))
+        )
+        for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(trained) == 1 and sorted(r.from_cache for r in results) == [False, True]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from filelock import FileLock
 from torch import Tensor, nn
 
 from ..diffusion.schedules import Schedule
@@ -176,6 +177,13 @@ def noisy_classifier(
 ) -> NoisyClassifierResult:
     """The noise-aware classifier for ``data`` and ``schedule``: loaded from ``cache_dir``, else trained and saved."""
     path = cache_path(data, schedule, cache_dir, recipe)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The seeds of an unconditional arm evaluate together: one trains it, the others wait and load it.
+    with FileLock(f"{path}.lock", thread_local=False):
+        return _load_or_train(path, data, schedule, recipe, device, progress)
+
+
+def _load_or_train(path: Path, data: ImageData, schedule: Schedule, recipe: Recipe, device, progress):
     if path.is_file():
         try:
             saved = torch.load(path, map_location=device, weights_only=True)  # tensors and plain data only
