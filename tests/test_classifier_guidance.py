@@ -232,3 +232,23 @@ def test_jobs_asking_together_train_the_classifier_once(tmp_path, monkeypatch):
     for t in threads:
         t.join()
     assert len(trained) == 1 and sorted(r.from_cache for r in results) == [False, True]
+
+
+def test_a_clipping_sampler_keeps_guided_x0_in_the_data_range():
+    """A learned classifier's gradient at high noise, scaled by (1 - abar) / sqrt(abar) in x0_hat, once
+    saturated every MNIST sample; with clip_x0 the shifted pair is clipped and stays consistent with x_t."""
+    import math
+
+    from harness.diffusion.guidance import classifier_guided
+    from harness.diffusion.parameterizations import Prediction
+
+    x_t = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    abar = 1e-4  # the cosine schedule's first step: x0_hat moves by ~100 x the gradient
+    denoise = lambda x, t, a: Prediction(torch.zeros_like(x), x / math.sqrt(1 - a))  # noqa: E731
+    steep = lambda x, t: torch.stack([x.flatten(1).sum(1), -x.flatten(1).sum(1)], dim=1)  # noqa: E731
+    y = torch.zeros(4, dtype=torch.long)
+    loose = classifier_guided(denoise, steep, 1.0, y)(x_t, 999, abar)
+    assert loose.x0.abs().max() > 10  # what the unclipped shift does
+    tight = classifier_guided(denoise, steep, 1.0, y, clip_x0=True)(x_t, 999, abar)
+    assert tight.x0.abs().max() <= 1.0
+    assert torch.allclose(math.sqrt(abar) * tight.x0 + math.sqrt(1 - abar) * tight.eps, x_t, atol=1e-5)

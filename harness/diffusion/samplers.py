@@ -262,7 +262,7 @@ def sample(
     net = classifier_free(model, guidance, null_label) if guidance > 0 else model
     denoise = make_denoiser(net, parameterization, labels, clip_x0)
     if classifier_scale > 0:
-        denoise = classifier_guided(denoise, classifier, classifier_scale, labels)
+        denoise = classifier_guided(denoise, classifier, classifier_scale, labels, clip_x0=clip_x0)
     with torch.no_grad():
         return SAMPLERS[sampler](denoise, x, traj, SamplerOptions(eta=eta, variance=variance), generator)
 
