@@ -259,11 +259,12 @@ def settings_front(evals: pd.DataFrame) -> pd.DataFrame:
 # -- guidance ---------------------------------------------------------------------------------------
 
 
-def guidance_answer(evals: pd.DataFrame) -> str:
+def guidance_answer(evals: pd.DataFrame, knob: str = "guidance", symbol: str = "w") -> str:
     """Best w by class accuracy, the smallest w not significantly below it, and what FID does. A weight
-    without class accuracy is named and kept in the Pareto front, marked: it cannot be ruled out."""
-    e = evals.assign(w=evals["guidance"].map("w = {:g}".format))
-    ws = list(dict.fromkeys(e.sort_values("guidance")["w"]))
+    without class accuracy is named and kept in the Pareto front, marked: it cannot be ruled out. ``knob``
+    and ``symbol``: the weight's column and name (``classifier_scale`` and s for classifier guidance)."""
+    e = evals.assign(w=evals[knob].map(f"{symbol} = {{:g}}".format))
+    ws = list(dict.fromkeys(e.sort_values(knob)["w"]))
     if len(ws) < 2:
         return "guidance does not vary"
     n = {w: usable_seeds(e, "class_accuracy", "w", w) for w in ws}
@@ -278,14 +279,14 @@ def guidance_answer(evals: pd.DataFrame) -> str:
         f"; {', '.join(unplaced)} cannot be placed or ruled out (a metric is missing)" if unplaced else ""
     )
     if not measured:
-        return f"class accuracy is not recorded at any w{blind_words}. {front_words}"
+        return f"class accuracy is not recorded at any {symbol}{blind_words}. {front_words}"
     by_acc = ranked(e, "class_accuracy", "w", measured)
     best = by_acc[0]
     acc = estimate(e.loc[e["w"] == best, "class_accuracy"])
     if (
         placed["class_accuracy"].nunique() == 1 and len(measured) > 1
     ):  # "highest at w = 0" would crown the first of equals
-        text = f"class accuracy is {num(acc.mean)} at every w where it is recorded"
+        text = f"class accuracy is {num(acc.mean)} at every {symbol} where it is recorded"
     else:
         text = f"class accuracy is highest at {best} ({with_ci(acc.mean, acc.low, acc.high)})"
     text += blind_words + recognized_words(e, measured)

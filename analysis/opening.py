@@ -18,7 +18,15 @@ from .caveats import (
     heun_sentence,
     objective_groups,
 )
-from .families import first_setting, guidance_family, sampler_family, varies_guidance, varies_sampler
+from .families import (
+    classifier_family,
+    first_setting,
+    guidance_family,
+    sampler_family,
+    varies_classifier,
+    varies_guidance,
+    varies_sampler,
+)
 from .load import AblationData
 from .stats import estimate
 from .words import and_list, num
@@ -53,6 +61,11 @@ def answer(data: AblationData) -> str:
         for arm in [a for a in data.arms if a in set(fam["arm_label"])]:
             words = guidance_answer(fam[fam["arm_label"] == arm])
             sentences.append((f"For {arm}: {words}" if len(data.arms) > 1 else _cap(words)) + ".")
+    if varies_classifier(data):  # classifier guidance (Dhariwal & Nichol): the scale s, any model
+        fam = classifier_family(data)
+        for arm in [a for a in data.arms if fam.loc[fam["arm_label"] == a, "classifier_scale"].nunique() > 1]:
+            words = guidance_answer(fam[fam["arm_label"] == arm], knob="classifier_scale", symbol="s")
+            sentences.append(f"Classifier guidance{f' of {arm}' if len(data.arms) > 1 else ''}: {words}.")
     if varies_sampler(data) and len(data.arms) == 1:
         fam = sampler_family(data)
         refusal = fid_refusal(fam, data.runs)

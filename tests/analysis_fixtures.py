@@ -18,7 +18,7 @@ from analysis.load import (
 from harness.config import SamplerSetting
 
 S = "ddim-50-eta0-w0"
-LABEL = re.compile(r"(\w+)-(\d+)-eta([\d.]+)-w([\d.]+)")
+LABEL = re.compile(r"(\w+)-(\d+)-eta([\d.]+)-w([\d.]+)(?:-cg([\d.]+))?")
 STEPS = (500, 1000, 1500, 2000)
 SIZE = (280_177, 0.0959)  # the quick profiles' UNet: parameters, GFLOPs per image
 
@@ -84,7 +84,7 @@ def fixture_data(
             )
             for setting in [s for s in settings if (arm, s) in final]:  # absent: not evaluated on this arm
                 m = {k: v[seed] for k, v in final[(arm, setting)].items()}
-                sampler, steps, eta, w = LABEL.match(setting).groups()
+                sampler, steps, eta, w, cg = LABEL.match(setting).groups()
                 evals.append(
                     {
                         "run_id": rid,
@@ -96,7 +96,11 @@ def fixture_data(
                         "setting": setting,
                         # every field of the one schema, as the loader writes them
                         **SamplerSetting(
-                            sampler=sampler, steps=int(steps), eta=float(eta), guidance=float(w)
+                            sampler=sampler,
+                            steps=int(steps),
+                            eta=float(eta),
+                            guidance=float(w),
+                            classifier_scale=float(cg or 0),
                         ).model_dump(),
                         "commit": "abc123",
                         "code_version": "v1",
