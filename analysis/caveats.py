@@ -12,7 +12,8 @@ import pandas as pd
 from harness.config import DiffusionConfig
 from harness.diffusion.samplers import HEUN_SIGMA_MAX
 
-from .load import AblationData, arm_label
+from .arm_labels import arm_label
+from .load import AblationData
 from .words import and_list
 
 # Every field of the diffusion section changes what the loss measures at a given t (the schedule and

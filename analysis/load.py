@@ -9,7 +9,6 @@ are never pooled into one comparison. All MLflow access goes through the ``Mlflo
 from __future__ import annotations
 
 import json
-import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ from harness.schema import (
     arm_text,
 )
 
+from .arm_labels import arm_dict, arm_keys, arm_label  # noqa: F401 - re-exported: the sections and tests read them here
 from .grids import grids_table
 
 NUM_BUCKETS = 10  # train/loss_t0 .. train/loss_t9: tenths of [0, T)
@@ -229,41 +229,6 @@ def _newest_per_hash(runs: list) -> list:
             seen.add(h)
             out.append(r)
     return out
-
-
-LEGACY_ARM_KEY = re.compile(r"(?:^|, )([A-Za-z_]\w*(?:\.\w+)+)=")  # a dotted key opening each "key=value"
-
-
-def arm_dict(arm: dict | str) -> dict[str, Any]:
-    """An arm as {dotted key: value}, from plan.json or the ``harness.arm`` tag (JSON).
-
-    Runs tracked before the tag became JSON hold the text ``key=value, key=value``; it is read by its
-    dotted keys (a list value such as ``model.channel_mult=[1, 2]`` contains ", " itself), so reports
-    of older stores keep their arms.
-    """
-    if isinstance(arm, dict):
-        return arm
-    try:
-        parsed = json.loads(arm)
-    except ValueError:
-        parsed = None
-    if isinstance(parsed, dict):
-        return parsed
-    if arm == "base":
-        return {}
-    keys, values = LEGACY_ARM_KEY.findall(arm), re.split(LEGACY_ARM_KEY, arm)[2::2]
-    return dict(zip(keys, values))
-
-
-def arm_keys(arm: dict | str) -> list[str]:
-    """The dotted keys of an arm, in axis order."""
-    return list(arm_dict(arm))
-
-
-def arm_label(arm: dict | str) -> str:
-    """A short name for plots and prose: the axis values in key order, ``v / min_snr`` for two axes."""
-    values = arm_dict(arm).values()
-    return " / ".join(str(v) for v in values) if values else "base"
 
 
 def _axes(train_runs: list, plan: dict | None) -> list[str]:

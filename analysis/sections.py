@@ -15,10 +15,11 @@ from harness import schema
 
 from . import figures
 from .answers import recognizable_answer, recognizable_steps, settings_front
+from .arm_labels import arm_label
 from .arms import arms_section
 from .caveats import failed_arms, fid_bases, fid_refusal, heun_sentence, missing_evaluations, objective_groups
 from .families import first_setting, guidance_family, sampler_family, varies_guidance, varies_sampler
-from .load import AblationData, arm_label
+from .load import AblationData
 from .matched import disjoint, matched_section
 from .opening import _cap, _one, _steps, duration
 from .render import Picture, Section, Table
