@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import Config, build_config
-from .device import autocast, resolve_device, resolve_precision
+from .device import autocast, cpu_identity, host_identity, native_bf16, resolve_device
 from .diffusion.samplers import sample
 from .diffusion.schedules import make_schedule
 from .schema import ROLE
@@ -203,30 +203,39 @@ def rotated(names: list[str], r: int) -> list[str]:
     return names[k:] + names[:k]
 
 
-def run_bench(*, quick: bool = False, device: str = "auto") -> dict[str, Any]:
+SPREAD = 0.10  # rounds disagreeing by more than this (max - min over the median) earn more rounds
+
+
+def spread(ratios: list[float]) -> float:
+    return (max(ratios) - min(ratios)) / median(ratios)
+
+
+def run_bench(*, quick: bool = False, device: str = "auto", peer: bool = False) -> dict[str, Any]:
     from .orchestration.tracking import MlflowStore
+    from .training import autotune
     from .training.data import load_dataset
 
     dev = resolve_device(device)
     data = load_dataset("mnist-5k")
     batch, steps, rounds = 128, (20 if quick else 40), (3 if quick else 5)
+    max_rounds = 2 * rounds
     out: dict[str, Any] = {
         "device": str(dev),
+        "host": host_identity(dev),
+        "cpu": cpu_identity()[0],
+        "cpu_flags": cpu_identity()[1],
         "batch_size": batch,
         "timed_steps": steps,
-        "rounds": rounds,
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
     variants = {
-        "fp32": {"precision": "fp32"},
-        "bf16": {"precision": "bf16"},
-        "fp32+channels_last": {"precision": "fp32", "channels_last": True},
-        "bf16+channels_last": {"precision": "bf16", "channels_last": True},
+        autotune.name(c): {"precision": c[0], "memory_format": c[1]}
+        for c in [(p, m) for p in autotune.PRECISIONS for m in autotune.LAYOUTS]
     }
     if not quick:
-        variants["bf16+compile"] = {"precision": "bf16", "compile": True}
-    elif resolve_precision("auto", dev) is None:
+        variants["bf16+compile"] = {"precision": "bf16", "memory_format": "contiguous", "compile": True}
+    elif not native_bf16(dev):
         # Without native bf16 (no AVX512-BF16/AMX, or an old GPU) torch emulates it several times slower than
         # fp32: the quick bench spends its minutes on what can win here; the full bench still measures it.
         out["skipped"] = {
@@ -235,7 +244,13 @@ def run_bench(*, quick: bool = False, device: str = "auto") -> dict[str, Any]:
             if "bf16" in k
         }
         variants = {k: v for k, v in variants.items() if k not in out["skipped"]}
-    base = _config(batch, steps + 10, str(dev), precision="fp32")
+    # What `auto` becomes here: the training probe itself, uncached, on this bench's model and batch (its
+    # timings are the probe's few steps; the speed-up it buys is measured below, in the same rounds as the rest).
+    _progress("autotune probe (what precision and memory_format auto resolve to)")
+    auto_config = _config(batch, steps, str(dev), precision="auto", memory_format="auto")
+    _, record = autotune.resolve(auto_config, dev, None)
+    out["auto_config"], out["auto_probe_seconds"] = record["choice"], record["seconds"]
+    base = _config(batch, steps + 10, str(dev), precision="fp32", memory_format="contiguous")
     # Every round measures the bare loop and each variant back to back, and every ratio is taken within a
     # round: on a shared machine the load changes over minutes, and a ratio of two measurements taken
     # minutes apart measures the load, not the harness. The reported figures are medians over rounds.
@@ -243,7 +258,8 @@ def run_bench(*, quick: bool = False, device: str = "auto") -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         store = MlflowStore(f"sqlite:///{tmp}/mlflow.db")
         exp = store.experiment_id("bench")
-        for r in range(rounds):
+        r = 0
+        while r < rounds or (r < max_rounds and _unsettled(timings, rounds)):
             for name in rotated(list(timings), r):
                 if name == BARE:
                     timings[name].append(bare_loop(data, base, steps))
@@ -259,6 +275,8 @@ def run_bench(*, quick: bool = False, device: str = "auto") -> dict[str, Any]:
                 except Exception as err:  # noqa: BLE001 - e.g. torch.compile without a compiler
                     out[f"{name}_error"] = f"{type(err).__name__}: {err}"[:300]
                 tracker.finish()
+            r += 1
+    out["rounds"] = rounds = r
     harness = {k: v for k, v in timings.items() if k != BARE and len(v) == rounds}
     ratios = {
         k: [h.images_per_second / b.images_per_second for h, b in zip(v, timings[BARE])] for k, v in harness.items()
@@ -273,6 +291,9 @@ def run_bench(*, quick: bool = False, device: str = "auto") -> dict[str, Any]:
     out["speedup_ranges"] = {k: [min(v), max(v)] for k, v in ratios.items()}
     best = max(out["speedups"], key=out["speedups"].get)
     out["best_config"], out["best_speedup"] = best, out["speedups"][best]
+    out["auto_speedup"] = out["speedups"][out["auto_config"]]
+    out["auto_speedup_range"] = out["speedup_ranges"][out["auto_config"]]
+    out["auto_vs_best"] = out["auto_speedup"] / out["best_speedup"]  # 1.0: auto picked the fastest variant
     seconds = {k: batch / v for k, v in out["variants"].items()}
 
     flops = step_flops(data, base)
@@ -285,7 +306,7 @@ def run_bench(*, quick: bool = False, device: str = "auto") -> dict[str, Any]:
     out["flop_utilization"] = achieved / peaks[best_dtype]
     out["fp32_flop_utilization"] = flops / seconds["fp32"] / 1e9 / peaks["fp32"]
 
-    amp = torch.bfloat16 if "bf16" in best else None
+    amp = torch.bfloat16 if out["auto_config"].startswith("bf16") else None  # sampling follows auto's choice
     _progress("sampling rates (DDPM-1000 takes longest)")
     rates = sampling_rates(data, base, 32 if quick else 128, dev, amp)
     out["samples_per_second"] = rates
@@ -297,9 +318,19 @@ def run_bench(*, quick: bool = False, device: str = "auto") -> dict[str, Any]:
     return out
 
 
+def _unsettled(timings: dict[str, list[Timing]], rounds: int) -> bool:
+    """Whether any variant's speed-up over the bare loop still spreads by more than ``SPREAD`` over the rounds."""
+    bare = [t.images_per_second for t in timings[BARE]]
+    for name, ts in timings.items():
+        if name != BARE and len(ts) == len(bare) >= rounds:
+            if spread([t.images_per_second / b for t, b in zip(ts, bare)]) > SPREAD:
+                return True
+    return False
+
+
 def format_table(r: dict[str, Any]) -> str:
     rows = [
-        ("device", r["device"]),
+        ("device", f"{r['device']}: {r['host']}"),
         ("rounds (figures are medians)", str(r["rounds"])),
         ("bare loop, fp32 eager", f"{r['bare_images_per_second']:.0f} img/s"),
     ]
@@ -316,6 +347,10 @@ def format_table(r: dict[str, Any]) -> str:
     rows += [
         ("overhead ratio (harness fp32 / bare)", f"{r['overhead_ratio']:.3f}"),
         ("best configuration", f"{r['best_config']}: {r['best_speedup']:.2f}x bare"),
+        (
+            "auto resolves to (probe)",
+            f"{r['auto_config']}: {r['auto_speedup']:.2f}x bare ({100 * r['auto_vs_best']:.0f}% of the best)",
+        ),
         ("training step", f"{r['gflop_per_image']:.3f} GFLOP per image"),
         (
             "matmul peak fp32 / bf16",

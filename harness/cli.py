@@ -26,13 +26,18 @@ def cmd_train(args) -> int:
     from .device import resolve_device
     from .evaluation.evaluate import Evaluator, default_cache_dir
     from .orchestration.jobs import TrainRun
+    from .orchestration.placement import autotune_cache, describe_record
     from .orchestration.store import shared_classifiers
     from .orchestration.tracking import MlflowStore
     from .tracker import NullTracker, StoreUnavailable
+    from .training.autotune import resolve
     from .training.data import DataUnavailable, load_dataset
     from .training.train import NonFiniteLoss, train
 
     config = load_config(args.config, args.set)
+    config, record = resolve(config, resolve_device(config.train.device), autotune_cache())
+    if record is not None and record.get("seconds"):
+        print(describe_record(record))
     run_dir = Path(args.run_dir) if args.run_dir else REPO / "runs" / config.train_hash()
     run = None
     try:
@@ -109,7 +114,7 @@ def cmd_run(args) -> int:
     spec = load_spec(args.spec)
     plan = make_plan(spec, args.spec, args.profile, _overrides(args.set))
     if args.dry_run:
-        return _print_plan(plan, args.tracking_uri, args.reuse)
+        return _print_plan(plan, args.tracking_uri, args.reuse, args.executor)
     from .orchestration.runner import preflight, refuse_local_stores, run_plan, sqlite_tracking_store
     from .orchestration.tracking import MlflowStore
     from .tracker import StoreUnavailable
@@ -143,7 +148,8 @@ def cmd_run(args) -> int:
     return 1 if failed else 0
 
 
-def _print_plan(plan, uri, reuse: str) -> int:
+def _print_plan(plan, uri, reuse: str, executor: str) -> int:
+    from .orchestration.placement import resolve_plan
     from .orchestration.runner import Budget, describe, estimate_seconds
     from .progress import duration
     from .tracker import StoreUnavailable
@@ -153,6 +159,7 @@ def _print_plan(plan, uri, reuse: str) -> int:
     except StoreUnavailable as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    plan, _ = resolve_plan(plan, executor=executor)  # the hashes the run will use
     rows = describe(plan, store, reuse)
     budgets = [Budget.of(job.config) for job in plan.jobs]
     print(f"{plan.spec.name} [{plan.profile}]: {plan.spec.question}")

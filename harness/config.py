@@ -31,12 +31,15 @@ from .yamlio import YamlError, load_text, read_bytes
 # The side of each data set's square images, which the model's shape is checked against before
 # anything runs; the names are training.data.DATASETS (tests/test_config.py checks that they agree).
 IMAGE_SIZES = {"mnist-5k": 28, "mnist": 28, "fashion-mnist": 28, "cifar10": 32}
+IMAGE_CHANNELS = {"mnist-5k": 1, "mnist": 1, "fashion-mnist": 1, "cifar10": 3}  # what autotune's probe builds
+NUM_CLASSES = {"mnist-5k": 10, "mnist": 10, "fashion-mnist": 10, "cifar10": 10}
 # The images of each data set's training split: an epoch is ceil(N / batch_size) steps, resolved here, before
 # the data is loaded, so the config (and its hash) holds the step count; training checks N against the data.
 DATASET_SIZES = {"mnist-5k": 5_000, "mnist": 60_000, "fashion-mnist": 60_000, "cifar10": 50_000}
 MAX_EVAL_SAMPLES = 50_000  # the usual FID sample count; more only costs time
 # Fields that change where or how often things happen, never what is learned.
 OPERATIONAL = {"data": {"root", "download"}, "train": {"checkpoint_every", "log_every", "device"}}
+AUTOTUNED = ("precision", "memory_format")  # train fields that ``auto`` leaves to a measurement (training/autotune.py)
 FLOW_UNUSED = ("schedule", "min_snr_gamma")  # diffusion fields that process flow does not read
 SPACES = ("pixel", "latent")  # data.space: what the diffusion model learns (training/autoencoder.py)
 
@@ -162,15 +165,33 @@ class TrainConfig(Section):
     grad_clip: Float = Field(1.0, ge=0)  # 0 disables clipping
     ema_decay: Float = Field(0.995, ge=0, lt=1)
     label_dropout: Float = Field(0.1, ge=0, le=1)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where native (train.resolve_precision)
+    # auto: the faster on this device and model, measured by a timed probe (training/autotune.py) and resolved
+    # before the config is hashed or trained, so a run's hash always names the precision and layout it ran with.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    memory_format: Literal["auto", "contiguous", "channels_last"] = "auto"
     compile: bool = False
-    channels_last: bool = False
     eval_every: Int = Field(0, ge=0)  # 0: evaluate at the end only
     eval_epochs: tuple[Int, ...] = ()  # instead of eval_every: evaluate (and checkpoint) at the end of these epochs
     checkpoint_every: Int = Field(0, ge=0)  # 0: every tenth of the run (train.train), so a kill loses at most 10%
     log_every: Int = Field(25, ge=1)
     seed: Seed = 0
     device: str = "auto"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _channels_last(cls, data):
+        """``channels_last: true | false``, the switch before ``memory_format``: stored runs and checkpoints hold it."""
+        if not isinstance(data, dict) or "channels_last" not in data:
+            return data
+        data = dict(data)
+        legacy = data.pop("channels_last")
+        if not isinstance(legacy, bool) or "memory_format" in data:
+            raise ValueError("train.channels_last: replaced by train.memory_format (auto, contiguous, channels_last)")
+        return {**data, "memory_format": "channels_last" if legacy else "contiguous"}
+
+    def unresolved(self) -> list[str]:
+        """The fields still ``auto``: training/autotune.py measures them on the device before anything is hashed."""
+        return [k for k in AUTOTUNED if getattr(self, k) == "auto"]
 
 
 class EvalConfig(Section):
@@ -277,12 +298,22 @@ class Config(Section):
         for section, keys in OPERATIONAL.items():
             for key in keys:
                 d[section].pop(key)
+        # memory_format replaced the switch channels_last: an explicit layout hashes as before it.
+        layout = d["train"].pop("memory_format")
+        d["train"]["channels_last"] = {"channels_last": True, "contiguous": False}.get(layout, layout)
         del d["train"]["epochs"]  # resolved into steps, which the hash holds: `epochs: 10` is its steps' model
         if not d["train"]["eval_epochs"]:  # added later: while empty, every earlier config keeps its hash
             del d["train"]["eval_epochs"]
         if d["data"]["space"] == "pixel":  # added later, and a pixel model reads no autoencoder: hashes as before
             del d["data"]["space"], d["autoencoder"]
         return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+
+    def network_input(self) -> tuple[int, int, int]:
+        """(C, H, W) of what the network denoises: the images, or their latents under ``data.space: latent``."""
+        channels, side = IMAGE_CHANNELS[self.data.dataset], IMAGE_SIZES[self.data.dataset]
+        if self.data.space == "latent":
+            channels, side = self.autoencoder.latent_shape(side)
+        return channels, side, side
 
     def steps_per_epoch(self) -> int:
         return steps_per_epoch(self.data.dataset, self.train.batch_size)
@@ -351,9 +382,11 @@ def format_validation_error(
     loc = tuple(e["loc"])
     field = ".".join(str(p) for p in loc)
     msg = e["msg"].removeprefix("Value error, ")
-    if not field:  # a check across sections; by convention its message starts with the field's path
-        head, sep, rest = msg.partition(": ")
-        if sep and all(part.isidentifier() or part.isdigit() for part in head.split(".")):
+    # A check across sections (no loc), or a section's own check naming its field: by convention its message
+    # starts with the field's whole path.
+    head, sep, rest = msg.partition(": ")
+    if sep and (not field or head.startswith(f"{field}.")):
+        if all(part.isidentifier() or part.isdigit() for part in head.split(".")):
             field, msg = head, rest
     if e["type"] == "extra_forbidden":
         msg = f"unknown key; valid keys here: {', '.join(_valid_keys(loc, root))}"

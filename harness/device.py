@@ -7,8 +7,14 @@ Both the training loop and the evaluator sample with the network, so both ask he
 from __future__ import annotations
 
 import contextlib
+import platform
+from pathlib import Path
 
 import torch
+
+# The CPU flags that decide which precisions and kernels oneDNN can use: part of a host's identity, so a probe's
+# result cached on one kind of machine is never read on another (tests/test_autotune.py).
+KERNEL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "asimd", "sve")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -17,19 +23,46 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for fp32.
+def resolve_precision(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a resolved ``train.precision``, or None for fp32.
 
-    ``auto`` is bf16 where the hardware computes it natively: CUDA devices with bf16 support, and CPUs
-    with AVX512-BF16 or AMX (oneDNN's check). Elsewhere bf16 is emulated and slower than fp32.
+    ``auto`` is resolved by measurement before a run (training/autotune.py); a config still holding it is a
+    run's from before that existed, whose precision was not recorded: it samples in fp32, never wrong, at worst slower.
     """
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
+    return torch.bfloat16 if precision == "bf16" else None
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 can be fast here: a CUDA device with bf16 support, or a CPU with AVX512-BF16 or AMX (oneDNN).
+
+    Necessary, not sufficient (issue 18: a Xeon with AVX512-BF16 trains this UNet slower in bf16): the probe
+    measures; this only spares it candidates that are emulated and several times slower.
+    """
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def cpu_identity() -> tuple[str, list[str]]:
+    """The CPU's model name and those of its flags in ``KERNEL_FLAGS`` (Linux's /proc/cpuinfo; elsewhere the
+    platform's processor string and no flags)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine(), []
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)  # the first CPU's values win last
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    name = fields.get("model name") or fields.get("Model") or fields.get("CPU part") or platform.machine()
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    return name, [f for f in KERNEL_FLAGS if f in flags]
+
+
+def host_identity(device: torch.device) -> str:
+    """What a measured speed belongs to: the GPU's name, or the CPU's model name and its kernel flags."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name, flags = cpu_identity()
+    return f"{name} [{' '.join(flags)}]"
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

@@ -2,7 +2,17 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from harness.config import IMAGE_SIZES, MAX_EVAL_SAMPLES, Config, ConfigError, SamplerSetting, build_config, load_config
+from harness.config import (
+    IMAGE_CHANNELS,
+    IMAGE_SIZES,
+    MAX_EVAL_SAMPLES,
+    NUM_CLASSES,
+    Config,
+    ConfigError,
+    SamplerSetting,
+    build_config,
+    load_config,
+)
 from harness.models.unet import UNet, check_shape, resolutions
 from harness.yamlio import YamlError, load_text
 
@@ -192,7 +202,13 @@ def test_image_sizes_name_every_data_set():
     from harness.training.data import DATASETS, load_dataset
 
     assert set(IMAGE_SIZES) == set(DATASETS)
-    assert load_dataset("mnist-5k").image_size == IMAGE_SIZES["mnist-5k"]
+    assert set(IMAGE_CHANNELS) == set(NUM_CLASSES) == set(DATASETS)
+    data = load_dataset("mnist-5k")
+    assert (data.channels, data.image_size, data.num_classes) == (
+        IMAGE_CHANNELS["mnist-5k"],
+        IMAGE_SIZES["mnist-5k"],
+        NUM_CLASSES["mnist-5k"],
+    )
 
 
 # -- YAML within limits ---------------------------------------------------------------------------

@@ -113,7 +113,14 @@ def test_training_resumes_from_the_checkpoint_that_survived(tmp_path, monkeypatc
     config = build_config(
         {
             "model": {"channels": 8, "channel_mult": [1, 2], "attention_resolutions": []},
-            "train": {"steps": 12, "batch_size": 8, "checkpoint_every": 4, "device": "cpu"},
+            "train": {
+                "steps": 12,
+                "batch_size": 8,
+                "checkpoint_every": 4,
+                "device": "cpu",
+                "precision": "fp32",
+                "memory_format": "contiguous",
+            },
         }
     )
     data = SimpleNamespace(
@@ -171,7 +178,15 @@ def test_training_checkpoints_and_stops_when_the_store_goes_away(tmp_path):
     config = build_config(
         {
             "model": {"channels": 8, "channel_mult": [1, 2], "attention_resolutions": []},
-            "train": {"steps": 12, "batch_size": 8, "checkpoint_every": 100, "log_every": 3, "device": "cpu"},
+            "train": {
+                "steps": 12,
+                "batch_size": 8,
+                "checkpoint_every": 100,
+                "log_every": 3,
+                "device": "cpu",
+                "precision": "fp32",
+                "memory_format": "contiguous",
+            },
         }
     )
     data = SimpleNamespace(

@@ -12,6 +12,7 @@ from harness.cli import main
 from harness.config import Config, SamplerSetting
 from harness.evaluation.evaluate import Evaluator, sampling_nfe
 from harness.evaluation.features import train_classifier
+from harness.orchestration.placement import resolve_plan
 from harness.orchestration.spec import load_spec, make_plan
 from harness.progress import Progress, duration, interactive
 from harness.schema import DEVICE, ROLE
@@ -81,7 +82,15 @@ def test_training_prints_a_line_per_tenth_with_images_per_second_and_eta(no_quie
     config = Config.model_validate(
         {
             "model": {"channels": 8, "channel_mult": [1], "attention_resolutions": []},
-            "train": {"steps": 10, "batch_size": 4, "log_every": 3, "checkpoint_every": 10, "device": "cpu"},
+            "train": {
+                "steps": 10,
+                "batch_size": 4,
+                "log_every": 3,
+                "checkpoint_every": 10,
+                "device": "cpu",
+                "precision": "fp32",
+                "memory_format": "contiguous",
+            },
         }
     )
     data = load_dataset("mnist-5k")
@@ -157,7 +166,8 @@ def test_dry_run_prints_the_budget_and_unknown_without_measurements(tmp_path, ca
 
 def test_dry_run_estimates_from_finished_runs_of_the_same_shape(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path}/m.db"
-    job = make_plan(load_spec(SMOKE_SPEC), SMOKE_SPEC, "smoke").jobs[0]
+    plan, _ = resolve_plan(make_plan(load_spec(SMOKE_SPEC), SMOKE_SPEC, "smoke"))  # what its runs log
+    job = plan.jobs[0]
     client = MlflowClient(uri)
     exp = client.create_experiment("elsewhere")  # any experiment: speed is a property of the shape and device
     run = client.create_run(exp, start_time=1_000_000, tags={ROLE: "train", DEVICE: "cpu"})

@@ -17,13 +17,21 @@ from harness.training import autoencoder as latent
 from harness.training.data import load_dataset
 from harness.training.train import NoEvaluation, train
 
-DEFAULT_HASH = "0c4377fab1b1"  # tests/test_flow.py pins the default config's hash
+DEFAULT_HASH = "f88bbec0d556"  # tests/test_flow.py pins the default config's hash
 TINY_AE = {"steps": 3, "channels": 8, "batch_size": 16}
 TINY = {
     "data": {"space": "latent"},
     "autoencoder": TINY_AE,
     "model": {"channels": 8, "channel_mult": [1, 2], "attention_resolutions": []},
-    "train": {"steps": 6, "batch_size": 8, "warmup_steps": 1, "device": "cpu", "log_every": 3},
+    "train": {
+        "steps": 6,
+        "batch_size": 8,
+        "warmup_steps": 1,
+        "device": "cpu",
+        "precision": "fp32",
+        "memory_format": "contiguous",
+        "log_every": 3,
+    },
     "eval": {"num_samples": 16, "batch_size": 16, "samplers": [{"sampler": "ddim", "steps": 3}]},
 }
 

@@ -111,7 +111,13 @@ def test_samples_of_a_model_trained_for_one_step_are_not_recognizable(mnist_5k, 
     config = build_config(
         {
             "model": {"channels": 8, "channel_mult": [1, 2], "attention_resolutions": [], "conditional": True},
-            "train": {"steps": 1, "batch_size": 16, "device": "cpu"},
+            "train": {
+                "steps": 1,
+                "batch_size": 16,
+                "device": "cpu",
+                "precision": "fp32",
+                "memory_format": "contiguous",
+            },
             "eval": {"num_samples": 64, "batch_size": 64, "samplers": [{"sampler": "ddim", "steps": 10}]},
         }
     )

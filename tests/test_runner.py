@@ -155,3 +155,46 @@ def test_finished_run_whose_checkpoint_is_gone_evaluates_its_logged_weights_else
     )
     assert [o.status for o in last] == ["failed"]
     assert last[0].error.startswith("checkpoint missing: retrain with --force") and "\n" not in last[0].error
+
+
+def test_auto_is_measured_once_and_plan_json_names_the_hashes_the_runs_carry(tmp_path, store, monkeypatch):
+    import json
+
+    from harness.orchestration import placement
+    from harness.training import autotune
+
+    monkeypatch.delenv(autotune.OFF)
+    monkeypatch.setattr(autotune, "native_bf16", lambda device: False)
+    monkeypatch.setattr(placement, "autotune_cache", lambda: tmp_path / "autotune")
+    calls = []
+
+    def probe(config, device, options):  # channels_last measured twice as fast
+        calls.append([autotune.name(c) for c in options])
+        return {"fp32": 1.0, "fp32+channels_last": 0.5}
+
+    monkeypatch.setattr(autotune, "probe", probe)
+    outcomes, parent = _run(_spec(tmp_path, name="tiny-auto"), store)
+    assert [o.status for o in outcomes] == ["trained", "trained"]
+    assert calls == [["fp32", "fp32+channels_last"]]  # two arms of one model shape: one probe
+    artifacts = store.client.download_artifacts(parent, "", str(tmp_path))
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    probes = json.loads((tmp_path / "autotune.json").read_text())["probes"]
+    assert [p["choice"] for p in probes] == ["fp32+channels_last"] and artifacts
+    runs = store.runs(store.experiment_id("tiny-auto"), {ROLE: "train"})
+    assert (
+        {r.data.tags[HASH] for r in runs}
+        == {j["config_hash"] for j in plan["jobs"]}
+        == {o.config_hash for o in outcomes}
+    )
+    assert {(r.data.params["train.precision"], r.data.params["train.memory_format"]) for r in runs} == {
+        ("fp32", "channels_last")
+    }
+
+
+def test_arms_that_auto_makes_one_configuration_are_refused_before_anything_is_tracked(tmp_path, store):
+    path = _spec(tmp_path, name="tiny-collapse", axes={"grid": {"train.precision": ["auto", "fp32"]}})
+    with pytest.raises(
+        ConfigError, match=r"tiny.yaml: axes: arms .* are one configuration here \(auto resolved to fp32"
+    ):
+        _run(path, store)
+    assert store.client.get_experiment_by_name("tiny-collapse") is None

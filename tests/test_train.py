@@ -21,6 +21,8 @@ TINY = {
         "log_every": 7,
         "ema_decay": 0.9,
         "device": "cpu",
+        "precision": "fp32",
+        "memory_format": "contiguous",
     },
 }
 

@@ -82,7 +82,7 @@ class Evaluator:
         self.labels = torch.arange(ec.num_samples) % data.num_classes  # balanced classes
         self.schedule = make_schedule(dc.schedule, dc.timesteps, zero_terminal_snr=dc.zero_terminal_snr)
         # Sampling runs the network in the training precision; the sampler's own updates stay fp32.
-        self.amp_dtype = resolve_precision(config.train.precision, self.device)
+        self.amp_dtype = resolve_precision(config.train.precision)
         self._noisy_classifier = None  # trained (or loaded) when a setting first asks for classifier guidance
 
     @property

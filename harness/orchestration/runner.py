@@ -8,7 +8,6 @@ spec, the plan and the outcomes; a parent left RUNNING by a dead process is clos
 from __future__ import annotations
 
 import math
-import os
 from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from ..schema import CODE_VERSION, COMMIT, DEVICE, DIRTY, HASH, PROFILE, QUESTIO
 from ..tracker import StoreUnavailable
 from .executors import array_result, submit_array, worker_pool
 from .jobs import JobState, Outcome, Task, job_state, run_task
+from .placement import resolve_plan, slots
 from .provenance import code_version, git_state
 from .spec import Plan
 from .store import hold_lock, lock_held, lock_path, shared_classifiers, store_root
@@ -28,15 +28,6 @@ from .tracking import MlflowStore, default_tracking_uri
 BAR_REFRESH_SECONDS = 5.0
 
 # -- executors --------------------------------------------------------------------------------------
-
-
-def _slots(cpu_jobs: int, jobs_per_gpu: int) -> tuple[int, int, int]:
-    """(visible GPUs, parallel jobs, torch threads per job) on this machine."""
-    import torch
-
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    jobs = gpus * jobs_per_gpu if gpus else max(1, cpu_jobs)
-    return gpus, jobs, max(1, (os.cpu_count() or 1) // jobs)
 
 
 def run_local(tasks: list[Task], jobs: int, *, gpus: int = 0, jobs_per_gpu: int = 1, on_event=print) -> list[Outcome]:
@@ -139,7 +130,7 @@ class Budget:
 
 
 # The fields that decide how fast a job trains and samples (with the device its runs record).
-SPEED_FIELDS = ("data.dataset", "train.batch_size", "train.precision", "train.compile", "train.channels_last")
+SPEED_FIELDS = ("data.dataset", "train.batch_size", "train.precision", "train.compile", "train.memory_format")
 
 
 def speed_key(config: Config) -> tuple[tuple[str, Any], ...]:
@@ -200,7 +191,7 @@ def estimate_seconds(plan: Plan, rows: list[dict[str, Any]], store: MlflowStore 
     """Wall seconds for the jobs still to do, and where the rates came from (or why there is no estimate)."""
     from ..device import resolve_device
 
-    gpus, slots, _ = _slots(plan.spec.cpu_jobs, plan.spec.jobs_per_gpu)
+    gpus, n_slots, _ = slots(plan.spec.cpu_jobs, plan.spec.jobs_per_gpu)
     seconds, sources = [], {}
     for job, row in zip(plan.jobs, rows):
         if row["state"] == "done":
@@ -227,8 +218,8 @@ def estimate_seconds(plan: Plan, rows: list[dict[str, Any]], store: MlflowStore 
         for t in sources.values()
     )
     text = f"measured by finished runs of the same model shape on this device type in {store.uri}: {rates}; "
-    text += f"{slots} job(s) at a time"
-    return max(max(seconds), sum(seconds) / slots), text
+    text += f"{n_slots} job(s) at a time"
+    return max(max(seconds), sum(seconds) / n_slots), text
 
 
 def run_plan(
@@ -247,9 +238,12 @@ def run_plan(
     from tqdm.auto import tqdm
 
     refuse_local_stores(executor, sqlite_tracking_store(store.uri), allow_local_store)
+    root = store_root(store.uri)
+    # Before anything is tracked: the hashes in plan.json and on the runs are those of the resolved configs.
+    say = _quiet if quiet else print
+    plan, autotuned = resolve_plan(plan, executor=executor, root=root, cluster=cluster, say=say)
     preflight(plan, store)  # data and domain classifiers first: a missing file fails before any run exists
     exp_id = store.experiment_id(plan.spec.name)
-    root = store_root(store.uri)
     close_orphaned_parents(store, exp_id, root)
     commit, dirty = git_state()
     parent = store.start_run(
@@ -272,8 +266,10 @@ def run_plan(
     rows = describe(plan, store, reuse)
     parent.log_dict({"profile": plan.profile, "jobs": rows, "settings": plan.settings}, "plan.json")
     parent.log_params({"profile": plan.profile, "jobs": len(plan.jobs), "settings": len(plan.settings)})
+    if autotuned:  # what train.precision / memory_format auto became, and the timings that decided it
+        parent.log_dict({"probes": autotuned}, "autotune.json")
 
-    gpus, jobs, threads = _slots(plan.spec.cpu_jobs, plan.spec.jobs_per_gpu)
+    gpus, jobs, threads = slots(plan.spec.cpu_jobs, plan.spec.jobs_per_gpu)
     tasks = [
         Task(
             job.config.model_dump_json(),
@@ -341,6 +337,10 @@ def run_plan(
     parent.finish("FAILED" if failed else "FINISHED")
     parent_lock.release()
     return outcomes, parent.run_id
+
+
+def _quiet(_: str) -> None:
+    pass
 
 
 def preflight(plan: Plan, store: MlflowStore | None = None) -> None:

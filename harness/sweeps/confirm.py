@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from ..orchestration.tracking import MlflowStore, MlflowTracker
 from ..result import EvalResult
 from ..schema import CONFIRM_RANK, ROLE, SEED, STUDY, TRIAL
-from .objective import WorkerTask, study_tags, train_and_evaluate
+from .objective import WorkerTask, measured, study_tags, train_and_evaluate
 from .search import Sweep
 
 
@@ -61,7 +61,7 @@ def run_confirmation(
     if done:
         MlflowTracker(store.client, done[0].info.run_id).set_tags({CONFIRM_RANK: job.rank})  # ranks move on resume
         return None
-    config = sweep.resolve(job.params, device=task.device, seed=job.seed)
+    config = measured(sweep.resolve(job.params, device=task.device, seed=job.seed))
     run = store.start_run(
         task.experiment_id,
         f"{sweep.study_name}-confirm-trial-{job.trial} seed={job.seed}",

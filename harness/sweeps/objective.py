@@ -151,7 +151,7 @@ class TrialObjective:
 
         sweep = self.sweep
         params = {key: self._suggest(trial, key, p) for key, p in sweep.params.items()}
-        configs = [sweep.resolve(params, device=self.task.device, seed=seed) for seed in sweep.seeds]
+        configs = [measured(sweep.resolve(params, device=self.task.device, seed=seed)) for seed in sweep.seeds]
         hashes = [c.train_hash() for c in configs]
         trial.set_user_attr("config_hash", hashes[0])
         trial.set_user_attr("config_hashes", hashes)
@@ -257,6 +257,16 @@ def end_run(run: MlflowTracker, state: str, reason: str | None = None) -> None:
         tags[ERROR if state == "FAIL" else STOPPED] = reason[:5000]
     run.set_tags(tags)
     run.finish("FAILED" if state == "FAIL" else "FINISHED")
+
+
+def measured(config: Config) -> Config:
+    """``config`` with ``train.precision`` / ``memory_format`` auto measured on this worker (training.autotune;
+    cached per model shape, so a study probes each shape once): the trial's hash names the precision that ran."""
+    from ..device import resolve_device
+    from ..orchestration.placement import autotune_cache
+    from ..training.autotune import resolve
+
+    return resolve(config, resolve_device(config.train.device), autotune_cache())[0]
 
 
 def objective_value(result: EvalResult, metric: str) -> float:

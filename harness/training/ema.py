@@ -19,16 +19,29 @@ class EMA:
         self.decay = decay
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         self.updates = 0
+        self._lists: tuple | None = None  # (source model, its tensors, ours): walked once, not every step
+
+    def _tensors(self, model: nn.Module) -> tuple[list, list, list, list]:
+        if self._lists is None or self._lists[0] is not model:
+            ours, theirs = self.model, model
+            self._lists = (
+                model,
+                list(ours.parameters()),
+                list(theirs.parameters()),
+                list(ours.buffers()),
+                list(theirs.buffers()),
+            )
+        return self._lists[1:]
 
     def current_decay(self) -> float:
         return min(self.decay, (1 + self.updates) / (10 + self.updates))
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        d = self.current_decay()
-        torch._foreach_lerp_(list(self.model.parameters()), list(model.parameters()), 1.0 - d)
-        for b_ema, b in zip(self.model.buffers(), model.buffers()):
-            b_ema.copy_(b)
+        ema_params, params, ema_buffers, buffers = self._tensors(model)
+        torch._foreach_lerp_(ema_params, params, 1.0 - self.current_decay())
+        if buffers:
+            torch._foreach_copy_(ema_buffers, buffers)
         self.updates += 1
 
     def state_dict(self) -> dict:

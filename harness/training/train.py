@@ -131,6 +131,7 @@ def train(
     what the store did not take, to be logged on resume, and the error is raised.
     """
     tracker = tracker or NullTracker()
+    check_resolved(config)
     tc, dc = config.train, config.diffusion
     device = resolve_device(tc.device)
     run_dir = Path(run_dir)
@@ -154,12 +155,12 @@ def train(
 
     torch.manual_seed(tc.seed)  # initial weights (and dropout masks until a checkpoint restores them)
     model = build_model(config, data.channels, data.image_size, data.num_classes).to(device)
-    memory_format = torch.channels_last if tc.channels_last else torch.preserve_format
+    memory_format = torch.channels_last if tc.memory_format == "channels_last" else torch.contiguous_format
     model = model.to(memory_format=memory_format)
+    params = list(model.parameters())  # taken once: the per-step clip and EMA walk no module tree
     ema = EMA(model, tc.ema_decay)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=device.type == "cuda"
-    )
+    # Fused: one kernel per step for all parameters, on the CPU too (a third fewer optimizer passes over memory).
+    optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay, fused=True)
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, tc.warmup_steps)))
     gen = torch.Generator(device=device).manual_seed(tc.seed)
     schedule = make_schedule(dc.schedule, dc.timesteps, zero_terminal_snr=dc.zero_terminal_snr)
@@ -217,7 +218,7 @@ def train(
         tracker.log_series("train/loss", losses, range(unlogged["start"] + 1, unlogged["start"] + 1 + len(losses)))
 
     net = torch.compile(model) if tc.compile else model
-    amp_dtype = resolve_precision(tc.precision, device)
+    amp_dtype = resolve_precision(tc.precision)
     T, B = schedule.T, tc.batch_size
     process = PROCESSES[dc.process]
     loss_buf = torch.zeros(tc.log_every, device=device)  # per-step losses since the last log
@@ -239,7 +240,7 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, tc.grad_clip, foreach=True)
         optimizer.step()
         warmup.step()
         ema.update(model)
@@ -316,6 +317,13 @@ def train(
         }
     )
     return result
+
+
+def check_resolved(config: Config) -> None:
+    """A run trains with a measured precision and layout, never ``auto``: its hash must say which ran."""
+    if config.train.unresolved():
+        fields = ", ".join(f"train.{k}" for k in config.train.unresolved())
+        raise ConfigError(f"{fields}: auto is resolved by training.autotune.resolve before a run is hashed or trained")
 
 
 def recognizable_at_step(evals: list[EvalResult], fraction: float) -> int | None:

@@ -1,0 +1,147 @@
+"""``precision: auto`` and ``memory_format: auto``: decided by a timed probe (faked here, so the decision and the
+cache are checked against known timings; a real probe of a tiny model checks that it measures), resolved before
+anything is hashed, and never trained unresolved."""
+
+import json
+
+import pytest
+import torch
+
+from harness.config import ConfigError, build_config
+from harness.training import autotune
+from harness.training.train import NoEvaluation, train
+
+CPU = torch.device("cpu")
+FP32, FP32_CL, BF16, BF16_CL = (
+    ("fp32", "contiguous"),
+    ("fp32", "channels_last"),
+    ("bf16", "contiguous"),
+    ("bf16", "channels_last"),
+)
+ALL = [FP32, FP32_CL, BF16, BF16_CL]
+TINY_MODEL = {"channels": 8, "channel_mult": [1, 2], "attention_resolutions": []}
+
+
+@pytest.fixture(autouse=True)
+def measuring(monkeypatch):
+    monkeypatch.delenv(autotune.OFF, raising=False)  # conftest turns the probe off for every other test
+
+
+def seconds(fp32=1.0, fp32_cl=1.0, bf16=1.0, bf16_cl=1.0):
+    return {"fp32": fp32, "fp32+channels_last": fp32_cl, "bf16": bf16, "bf16+channels_last": bf16_cl}
+
+
+@pytest.mark.parametrize(
+    "timings, expected",
+    [
+        (seconds(), FP32),  # all equal: the plain default
+        (seconds(bf16=0.94), BF16),  # 6% faster: beyond the 5% margin
+        (seconds(bf16=0.97), FP32),  # 3% faster: within noise, and bf16 changes the numerics
+        (seconds(fp32_cl=0.97), FP32_CL),  # the Xeon of issue 18: channels_last fp32 fastest
+        (seconds(fp32_cl=0.99), FP32),  # 1%: below the layout margin
+        (seconds(bf16=0.6, bf16_cl=0.7), BF16),  # the EPYC: bf16 fastest, channels_last hurts it
+        (seconds(fp32=1.0, fp32_cl=0.9, bf16=0.88, bf16_cl=1.2), FP32_CL),  # bf16 beats fp32 but not fp32+cl by 5%
+        (seconds(bf16=1.3, bf16_cl=1.6), FP32),  # bf16 emulated or slow (the Xeon: 0.81x)
+    ],
+)
+def test_auto_takes_the_fastest_candidate_beyond_its_margin(timings, expected):
+    chosen = autotune.choose(timings, ALL)
+    assert chosen == expected
+    fastest = min(timings.values())
+    assert timings[autotune.name(chosen)] <= fastest / (1 - autotune.BF16_MARGIN)  # within 5% of the fastest
+
+
+def test_a_field_set_explicitly_is_kept_and_bf16_is_tried_only_where_native(monkeypatch):
+    monkeypatch.setattr(autotune, "native_bf16", lambda device: False)
+    assert autotune.candidates(build_config({}), CPU) == [FP32, FP32_CL]
+    monkeypatch.setattr(autotune, "native_bf16", lambda device: True)
+    assert autotune.candidates(build_config({}), CPU) == ALL
+    assert autotune.candidates(build_config({"train": {"precision": "bf16"}}), CPU) == [BF16, BF16_CL]
+    layout = build_config({"train": {"memory_format": "contiguous"}})
+    assert autotune.candidates(layout, CPU) == [FP32, BF16]
+
+
+class FakeProbe:
+    def __init__(self, timings):
+        self.timings, self.calls = timings, 0
+
+    def __call__(self, config, device, options):
+        self.calls += 1
+        return {autotune.name(c): self.timings[autotune.name(c)] for c in options}
+
+
+def test_resolve_measures_once_per_host_and_model_and_the_hash_names_what_ran(tmp_path, monkeypatch):
+    monkeypatch.setattr(autotune, "native_bf16", lambda device: True)
+    probe = FakeProbe(seconds(bf16=0.5))
+    config = build_config({"model": TINY_MODEL})
+    resolved, record = autotune.resolve(config, CPU, tmp_path, measure=probe)
+    assert (resolved.train.precision, resolved.train.memory_format) == BF16 and probe.calls == 1
+    assert record["choice"] == "bf16" and record["seconds"]["bf16"] == 0.5
+    # bf16 chosen by auto is the model an explicit bf16 config trains: one hash, as it is one training.
+    explicit = build_config({"model": TINY_MODEL, "train": {"precision": "bf16", "memory_format": "contiguous"}})
+    assert resolved.train_hash() == explicit.train_hash() != config.train_hash()
+    again, cached = autotune.resolve(config, CPU, tmp_path, measure=probe)
+    assert again == resolved and probe.calls == 1 and cached["cached"]
+    # Another batch size, or another kind of machine, is measured anew.
+    autotune.resolve(build_config({"model": TINY_MODEL, "train": {"batch_size": 64}}), CPU, tmp_path, measure=probe)
+    assert probe.calls == 2
+    monkeypatch.setattr(autotune, "host_identity", lambda device: "Intel Xeon [avx512f avx512_bf16]")
+    autotune.resolve(config, CPU, tmp_path, measure=probe)
+    assert probe.calls == 3
+    assert len(list(tmp_path.glob("*.json"))) == 3
+
+
+def test_autotune_off_resolves_to_fp32_contiguous_without_measuring(tmp_path, monkeypatch):
+    monkeypatch.setenv(autotune.OFF, "off")
+    probe = FakeProbe(seconds(bf16=0.1))
+    resolved, _ = autotune.resolve(build_config({}), CPU, tmp_path, measure=probe)
+    assert (resolved.train.precision, resolved.train.memory_format) == FP32 and probe.calls == 0
+    bf16, _ = autotune.resolve(build_config({"train": {"precision": "bf16"}}), CPU, tmp_path, measure=probe)
+    assert (bf16.train.precision, bf16.train.memory_format) == BF16 and probe.calls == 0
+
+
+def test_a_damaged_cache_entry_is_measured_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(autotune, "native_bf16", lambda device: False)
+    probe = FakeProbe(seconds(fp32_cl=0.5))
+    config = build_config({"model": TINY_MODEL})
+    autotune.resolve(config, CPU, tmp_path, measure=probe)
+    (entry,) = tmp_path.glob("*.json")
+    entry.write_text("{not json")
+    resolved, _ = autotune.resolve(config, CPU, tmp_path, measure=probe)
+    assert probe.calls == 2 and resolved.train.memory_format == "channels_last"
+    assert json.loads(entry.read_text())["choice"] == "fp32+channels_last"
+
+
+def test_explicit_precisions_and_layouts_hash_as_before_memory_format_existed():
+    pins = {
+        ("fp32", "contiguous"): "1c165ee8e3d5",
+        ("bf16", "contiguous"): "2193bc51a3a1",
+        ("fp32", "channels_last"): "9d98238ef8c2",
+    }
+    for (precision, layout), pinned in pins.items():
+        config = build_config({"train": {"precision": precision, "memory_format": layout}})
+        assert config.train_hash() == pinned
+        legacy = build_config({"train": {"precision": precision, "channels_last": layout == "channels_last"}})
+        assert legacy == config  # stored runs and checkpoints still say channels_last: true | false
+
+
+def test_channels_last_with_memory_format_is_one_line_error():
+    with pytest.raises(ConfigError, match=r"^x.yaml: train.channels_last: replaced by train.memory_format") as err:
+        build_config({"train": {"channels_last": True, "memory_format": "contiguous"}}, "x.yaml")
+    assert "\n" not in str(err.value)
+
+
+def test_training_refuses_a_config_that_still_says_auto(tmp_path):
+    with pytest.raises(ConfigError, match=r"^train.precision, train.memory_format: auto is resolved by"):
+        train(build_config({}), run_dir=tmp_path, data=object(), evaluator=NoEvaluation(), progress=False)
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_real_probe_times_every_candidate_on_the_real_model(tmp_path, monkeypatch):
+    monkeypatch.setattr(autotune, "native_bf16", lambda device: True)  # bf16 autocast runs on any CPU, slowly or not
+    config = build_config({"model": TINY_MODEL, "train": {"batch_size": 4}})
+    timings = autotune.probe(config, CPU, ALL, rounds=1)
+    assert set(timings) == {autotune.name(c) for c in ALL} and all(0 < s < 5 for s in timings.values())
+    latent = build_config({"model": TINY_MODEL, "train": {"batch_size": 4}, "data": {"space": "latent"}})
+    assert latent.network_input() == (4, 7, 7)
+    assert set(autotune.probe(latent, CPU, [FP32], rounds=1)) == {"fp32"}
