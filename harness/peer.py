@@ -7,11 +7,12 @@ peer answers "is our UNet as efficient per FLOP as the reference implementation?
 two going up; attention at 7x7 and in the middle; sinusoidal time embedding through a 4x-wide MLP; a class
 embedding added to it) and about the same parameter count, on the same data, batch and device.
 
-Both sides run the loop of diffusers' basic training tutorial: ``DDPMScheduler.add_noise``,
-``model(x_t, t).sample``, MSE against the noise, AdamW, fp32, eager. That loop has no EMA, no label
-dropout, no loss buckets and no tracking, so the time per step is the network's forward and backward plus
-one optimizer step and nothing else; the harness's own extras are measured separately by the bench
-(harness loop against its bare loop). Comparing the two bare loops compares the two networks.
+The peer runs the loop of diffusers' basic training tutorial: ``DDPMScheduler.add_noise``,
+``model(x_t, t).sample``, MSE against the noise, AdamW, fp32, eager; ours runs the same loop as
+``bench.bare_loop``. That loop has no EMA, no label dropout, no loss buckets and no tracking, so the time
+per step is the network's forward and backward plus one optimizer step and nothing else; the harness's own
+extras are measured separately by the bench (harness loop against its bare loop). Comparing the two bare
+loops, FLOPs per second against FLOPs per second, compares the two networks.
 
 diffusers is optional (``pip install -e '.[peer]'``) and imported only inside the functions here.
 """
