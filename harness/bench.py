@@ -194,6 +194,7 @@ def fid_eval_seconds(data, n: int, device: torch.device) -> float:
 
 
 BARE = "bare"
+PEER = "peer"  # diffusers' UNet2DModel of the same size in the same loop (harness.peer), with --peer
 
 
 def rotated(names: list[str], r: int) -> list[str]:
@@ -244,17 +245,23 @@ def run_bench(*, quick: bool = False, device: str = "auto", peer: bool = False) 
             if "bf16" in k
         }
         variants = {k: v for k, v in variants.items() if k not in out["skipped"]}
+    base = _config(batch, steps + 10, str(dev), precision="fp32", memory_format="contiguous")
+    ours = build_model(base, data.channels, data.image_size, data.num_classes).num_parameters
+    if peer:  # before any measurement: without diffusers this is one line and exit 2, not a half-run bench
+        from .peer import peer_config
+
+        width, layers = peer_config(data.channels, data.image_size, data.num_classes, ours)
+        out["peer"] = {"model": "diffusers UNet2DModel", "width": width, "layers_per_block": layers}
     # What `auto` becomes here: the training probe itself, uncached, on this bench's model and batch (its
     # timings are the probe's few steps; the speed-up it buys is measured below, in the same rounds as the rest).
     _progress("autotune probe (what precision and memory_format auto resolve to)")
     auto_config = _config(batch, steps, str(dev), precision="auto", memory_format="auto")
     _, record = autotune.resolve(auto_config, dev, None)
     out["auto_config"], out["auto_probe_seconds"] = record["choice"], record["seconds"]
-    base = _config(batch, steps + 10, str(dev), precision="fp32", memory_format="contiguous")
     # Every round measures the bare loop and each variant back to back, and every ratio is taken within a
     # round: on a shared machine the load changes over minutes, and a ratio of two measurements taken
     # minutes apart measures the load, not the harness. The reported figures are medians over rounds.
-    timings: dict[str, list[Timing]] = {name: [] for name in [BARE, *variants]}
+    timings: dict[str, list[Timing]] = {name: [] for name in [BARE, *variants, *([PEER] if peer else [])]}
     with tempfile.TemporaryDirectory() as tmp:
         store = MlflowStore(f"sqlite:///{tmp}/mlflow.db")
         exp = store.experiment_id("bench")
@@ -264,6 +271,10 @@ def run_bench(*, quick: bool = False, device: str = "auto", peer: bool = False) 
                 if name == BARE:
                     timings[name].append(bare_loop(data, base, steps))
                     _progress(f"round {r + 1}/{rounds}: bare loop {timings[name][-1].images_per_second:.0f} img/s")
+                    continue
+                if name == PEER:
+                    timings[name].append(_peer_timing(data, batch, steps, dev, ours))
+                    _progress(f"round {r + 1}/{rounds}: peer {timings[name][-1].images_per_second:.0f} img/s")
                     continue
                 if f"{name}_error" in out:
                     continue
@@ -277,7 +288,7 @@ def run_bench(*, quick: bool = False, device: str = "auto", peer: bool = False) 
                 tracker.finish()
             r += 1
     out["rounds"] = rounds = r
-    harness = {k: v for k, v in timings.items() if k != BARE and len(v) == rounds}
+    harness = {k: v for k, v in timings.items() if k not in (BARE, PEER) and len(v) == rounds}
     ratios = {
         k: [h.images_per_second / b.images_per_second for h, b in zip(v, timings[BARE])] for k, v in harness.items()
     }
@@ -305,6 +316,8 @@ def run_bench(*, quick: bool = False, device: str = "auto", peer: bool = False) 
     out["achieved_gflops"] = achieved
     out["flop_utilization"] = achieved / peaks[best_dtype]
     out["fp32_flop_utilization"] = flops / seconds["fp32"] / 1e9 / peaks["fp32"]
+    if peer:
+        out["peer"].update(peer_comparison(data, flops, ours, timings[BARE], timings[PEER]))
 
     amp = torch.bfloat16 if out["auto_config"].startswith("bf16") else None  # sampling follows auto's choice
     _progress("sampling rates (DDPM-1000 takes longest)")
@@ -316,6 +329,39 @@ def run_bench(*, quick: bool = False, device: str = "auto", peer: bool = False) 
     out["fid_eval_seconds"] = fid_eval_seconds(data, 500 if quick else 2000, dev)
     out["fid_eval_samples"] = 500 if quick else 2000
     return out
+
+
+def _peer_timing(data, batch: int, steps: int, device: torch.device, parameters: int) -> Timing:
+    from .peer import peer_loop
+
+    seconds, _ = peer_loop(data, batch, steps, device, parameters)
+    return Timing(batch / seconds, seconds)
+
+
+def peer_comparison(data, flops: float, parameters: int, bare: list[Timing], peer: list[Timing]) -> dict[str, Any]:
+    """Achieved GFLOP/s of our UNet and of the peer, each in the tutorial loop, and ours / peer per round
+    (above 1: ours does more arithmetic per second). FLOPs are torch's flop counter's for both."""
+    from .peer import peer_model, peer_step_flops
+
+    batch = round(bare[0].images_per_second * bare[0].seconds_per_step)
+    peer_flops = peer_step_flops(data, batch, parameters)
+    ours = [flops / t.seconds_per_step / 1e9 for t in bare]
+    theirs = [peer_flops / t.seconds_per_step / 1e9 for t in peer]
+    ratios = [o / p for o, p in zip(ours, theirs)]
+    peer_parameters = sum(
+        p.numel() for p in peer_model(data.channels, data.image_size, data.num_classes, parameters).parameters()
+    )
+    return {
+        "parameters": {"ours": parameters, "peer": peer_parameters},
+        "gflop_per_image": {"ours": flops / batch / 1e9, "peer": peer_flops / batch / 1e9},
+        "images_per_second": {
+            "ours": median(t.images_per_second for t in bare),
+            "peer": median(t.images_per_second for t in peer),
+        },
+        "gflops": {"ours": median(ours), "peer": median(theirs)},
+        "ratio": median(ratios),
+        "ratio_range": [min(ratios), max(ratios)],
+    }
 
 
 def _unsettled(timings: dict[str, list[Timing]], rounds: int) -> bool:
@@ -368,12 +414,32 @@ def format_table(r: dict[str, Any]) -> str:
         ("guidance cost (guided / unguided)", f"{r['guidance_cost_ratio']:.2f}x"),
         (f"FID+KID+PR of {r['fid_eval_samples']} samples", f"{r['fid_eval_seconds']:.1f} s"),
     ]
+    if "peer" in r and "ratio" in r["peer"]:
+        p = r["peer"]
+        rows += [
+            (
+                "peer: diffusers UNet2DModel, tutorial loop",
+                f"{p['parameters']['peer']:,} vs our {p['parameters']['ours']:,} parameters, "
+                f"{p['images_per_second']['peer']:.0f} vs {p['images_per_second']['ours']:.0f} img/s",
+            ),
+            (
+                "achieved GFLOP/s ours / peer",
+                f"{p['gflops']['ours']:.0f} / {p['gflops']['peer']:.0f} = {p['ratio']:.2f}x "
+                f"(rounds {p['ratio_range'][0]:.2f}-{p['ratio_range'][1]:.2f})",
+            ),
+        ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def main(quick: bool, json_path: str | None, device: str) -> int:
-    result = run_bench(quick=quick, device=device)
+def main(quick: bool, json_path: str | None, device: str, peer: bool = False) -> int:
+    from .peer import PeerUnavailable
+
+    try:
+        result = run_bench(quick=quick, device=device, peer=peer)
+    except PeerUnavailable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(format_table(result))
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2))

@@ -307,7 +307,7 @@ def cmd_sweep(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import main as bench_main
 
-    return bench_main(args.quick, args.json, args.device)
+    return bench_main(args.quick, args.json, args.device, args.peer)
 
 
 def cmd_score(args) -> int:
@@ -400,6 +400,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     b.add_argument("--device", default="auto")
+    b.add_argument(
+        "--peer",
+        action="store_true",
+        help="also time diffusers' UNet2DModel of the same size (pip install -e '.[peer]')",
+    )
     b.set_defaults(func=cmd_bench)
 
     sc = sub.add_parser("score", help="score an image set (.npy, .npz, .pt or a folder of PNGs) against a data set")

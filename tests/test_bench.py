@@ -2,11 +2,13 @@
 (slow: about 7 minutes)."""
 
 import json
+import sys
 
 import pytest
 
 from harness.bench import rotated
 from harness.cli import main
+from harness.device import KERNEL_FLAGS
 
 KEYS = {
     "train_images_per_second",
@@ -19,6 +21,10 @@ KEYS = {
     "ddim50_vs_ddpm1000_speedup",
     "fid_eval_seconds",
     "device",
+    "host",
+    "cpu_flags",
+    "auto_config",
+    "auto_speedup",
 }
 
 
@@ -37,10 +43,22 @@ def test_bench_quick_writes_all_keys(tmp_path):
     result = json.loads(out.read_text())
     assert KEYS <= set(result)
     assert result["bare_images_per_second"] > 0 and 0 < result["flop_utilization"] < 1.5
-    assert result["rounds"] == 3 and set(result["speedups"]) == set(result["variants"])
+    # 3 rounds, up to 6 while a variant's rounds disagree by more than 10%.
+    assert 3 <= result["rounds"] <= 6 and set(result["speedups"]) == set(result["variants"])
+    # What auto resolves to is one of the measured variants, its speed-up measured in the same rounds.
+    assert result["auto_config"] in result["variants"]
+    assert result["auto_speedup"] == result["speedups"][result["auto_config"]]
+    assert result["host"].startswith(result["cpu"]) and set(result["cpu_flags"]) <= set(KERNEL_FLAGS)
     # Every variant is measured or skipped with its reason (bf16 only where the device computes it natively).
     measured, skipped = set(result["variants"]), set(result.get("skipped", {}))
     assert measured | skipped == {"fp32", "bf16", "fp32+channels_last", "bf16+channels_last"}
     assert "fp32" in measured and all("bf16" in k for k in skipped)
     low, high = result["overhead_ratio_range"]
     assert low <= result["overhead_ratio"] <= high
+
+
+def test_bench_peer_without_diffusers_is_one_line_and_exit_2(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # as if not installed
+    assert main(["bench", "--quick", "--peer"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: harness bench --peer needs diffusers: pip install -e '.[peer]'"

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 import harness.orchestration.runner as runner
+from harness.orchestration.placement import resolve_plan
 from harness.orchestration.provenance import code_version, source_hash
 from harness.orchestration.runner import run_plan
 from harness.orchestration.spec import load_spec, make_plan
@@ -88,7 +89,7 @@ def test_runs_made_by_other_code_are_retrained_unless_reuse_any(tmp_path, monkey
     monkeypatch.setattr(runner, "code_version", lambda: "bbbbbbbbbbbb")
     [kept], _ = _run(path, store, reuse="any")
     assert kept.status == "skipped" and kept.run_id == train.info.run_id
-    rows = runner.describe(make_plan(load_spec(path), str(path), "smoke"), store)
+    rows = runner.describe(resolve_plan(make_plan(load_spec(path), str(path), "smoke"))[0], store)
     assert rows[0]["state"] == "stale"
     [again], _ = _run(path, store)
     assert again.status == "trained" and again.run_id != train.info.run_id

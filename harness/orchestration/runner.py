@@ -83,6 +83,8 @@ def run_slurm(
 
 def describe(plan: Plan, store: MlflowStore | None, reuse: str = "same-code") -> list[dict[str, Any]]:
     """The plan as rows: hash, arm, seed and what is already done (needs the store)."""
+    if any(job.config.train.unresolved() for job in plan.jobs):  # its hashes would name no run
+        raise ValueError("describe: resolve the plan's auto fields first (placement.resolve_plan)")
     exp_id = None
     if store is not None:
         exp = store.client.get_experiment_by_name(plan.spec.name)
