@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .config import ConfigError, load_config
 from .orchestration.provenance import REUSE_POLICIES
-from .schema import METRICS, arm_text
+from .schema import METRICS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -149,9 +149,9 @@ def cmd_run(args) -> int:
 
 
 def _print_plan(plan, uri, reuse: str, executor: str) -> int:
+    from .orchestration.budget import dry_run
     from .orchestration.placement import resolve_plan
-    from .orchestration.runner import Budget, describe, estimate_seconds
-    from .progress import duration
+    from .orchestration.runner import describe
     from .tracker import StoreUnavailable
 
     try:
@@ -160,22 +160,7 @@ def _print_plan(plan, uri, reuse: str, executor: str) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     plan, _ = resolve_plan(plan, executor=executor)  # the hashes the run will use
-    rows = describe(plan, store, reuse)
-    budgets = [Budget.of(job.config) for job in plan.jobs]
-    print(f"{plan.spec.name} [{plan.profile}]: {plan.spec.question}")
-    for r, job, b in zip(rows, plan.jobs, budgets):
-        steps = f"{job.config.train.steps:,} x {job.config.train.batch_size}"
-        arm = arm_text(r["arm"])
-        print(f"  {r['config_hash']}  {r['state']:>8}  seed={r['seed']}  {arm}  {b.images:,} images ({steps})")
-    print("budget (every job from scratch):")
-    print(f"  training: {sum(b.images for b in budgets):,} images in {len(budgets)} jobs")
-    for label, (samples, nfe, n) in {k: v for b in budgets for k, v in b.sampling.items()}.items():  # all arms
-        print(
-            f"  sampling {label}: {samples:,} samples x {nfe} NFE x {n} evaluation(s) = {samples * nfe * n:,} per job"
-        )
-    print(f"  sampling in all: {sum(b.nfe for b in budgets):,} network evaluations (samples x NFE)")
-    seconds, source = estimate_seconds(plan, rows, store)
-    print(f"estimated time: {duration(seconds) if seconds is not None else 'unknown'} ({source})")
+    print("\n".join(dry_run(plan, describe(plan, store, reuse), store)))
     return 0
 
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from harness.bench import rotated
+from harness.bench import rotated, round_order
 from harness.cli import main
 from harness.device import KERNEL_FLAGS
 
@@ -26,6 +26,19 @@ KEYS = {
     "auto_config",
     "auto_speedup",
 }
+
+
+def test_the_overhead_and_peer_pairs_are_measured_back_to_back_and_the_rest_rotates():
+    names = ["bare", "fp32", "bf16", "fp32+channels_last", "bf16+channels_last", "peer"]
+    orders = [round_order(names, r) for r in range(8)]
+    for order in orders:
+        assert sorted(order) == sorted(names)
+        i = order.index("bare")
+        assert {order[i - 1], order[i + 1]} == {"fp32", "peer"}  # bare between its two partners
+    assert {o.index("fp32") < o.index("bare") for o in orders} == {True, False}  # sides swap
+    firsts = {o[0] for o in orders[:4]}
+    assert len(firsts) == 4  # four units (the group and three variants), each first once in four rounds
+    assert round_order(["bare", "fp32", "bf16"], 1) == ["bf16", "bare", "fp32"]
 
 
 def test_rounds_rotate_so_every_variant_takes_every_position():

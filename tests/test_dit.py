@@ -18,7 +18,7 @@ from harness.diffusion.samplers import sample
 from harness.diffusion.schedules import make_schedule
 from harness.models.dit import FREQUENCY_DIM, DiT, sincos_2d
 from harness.models.registry import BACKBONES, gflops_per_image
-from harness.orchestration.runner import speed_key
+from harness.orchestration.budget import speed_key
 from harness.orchestration.spec import load_spec, make_plan
 from harness.schema import GFLOPS_PER_IMAGE, HASH, NUM_PARAMETERS
 from harness.tracker import MemoryTracker

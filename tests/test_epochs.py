@@ -17,7 +17,7 @@ from harness.config import (
     load_config,
     steps_per_epoch,
 )
-from harness.orchestration.runner import Budget
+from harness.orchestration.budget import Budget
 from harness.orchestration.spec import load_spec, make_plan
 from harness.result import EvalResult
 from harness.tracker import MemoryTracker

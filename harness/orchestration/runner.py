@@ -7,15 +7,13 @@ spec, the plan and the outcomes; a parent left RUNNING by a dead process is clos
 
 from __future__ import annotations
 
-import math
 from concurrent.futures import FIRST_COMPLETED, wait
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config import Config, ConfigError
 from ..private import SUBMITIT_READS, private_dir
-from ..schema import CODE_VERSION, COMMIT, DEVICE, DIRTY, HASH, PROFILE, QUESTION, REUSE, ROLE, SPEC, arm_text
+from ..schema import CODE_VERSION, COMMIT, DIRTY, HASH, PROFILE, QUESTION, REUSE, ROLE, SPEC, arm_text
 from ..tracker import StoreUnavailable
 from .executors import array_result, submit_array, worker_pool
 from .jobs import JobState, Outcome, Task, job_state, run_task
@@ -99,129 +97,6 @@ def describe(plan: Plan, store: MlflowStore | None, reuse: str = "same-code") ->
             {"config_hash": job.config_hash, "arm": job.arm, "seed": job.seed, "state": state, "settings": settings}
         )
     return rows
-
-
-# -- the budget and an estimate of its time (``harness run --dry-run``) ------------------------------
-
-
-def evaluations(steps: int, eval_every: int) -> int:
-    """How many times training evaluates every setting: each ``eval_every`` steps and at the end."""
-    return len(set(range(eval_every, steps + 1, eval_every)) | {steps}) if eval_every else 1
-
-
-@dataclass
-class Budget:
-    """What one job costs: training images (steps x batch) and network evaluations of sampling per setting."""
-
-    images: int
-    sampling: dict[str, tuple[int, int, int]]  # setting label -> (samples, NFE per sample, evaluations)
-
-    @classmethod
-    def of(cls, config: Config, evaluate_only: bool = False) -> Budget:
-        from ..evaluation.evaluate import sampling_nfe
-
-        n = 1 if evaluate_only else evaluations(config.train.steps, config.train.eval_every)
-        if config.train.eval_epochs and not evaluate_only:  # instead of eval_every (Config allows one of them)
-            n = len({*config.eval_epoch_steps(), config.train.steps})
-        sampling = {s.label: (config.eval.num_samples, sampling_nfe(config, s), n) for s in config.eval.samplers}
-        return cls(0 if evaluate_only else config.train.steps * config.train.batch_size, sampling)
-
-    @property
-    def nfe(self) -> int:
-        return sum(samples * nfe * n for samples, nfe, n in self.sampling.values())
-
-
-# The fields that decide how fast a job trains and samples (with the device its runs record).
-SPEED_FIELDS = ("data.dataset", "train.batch_size", "train.precision", "train.compile", "train.memory_format")
-
-
-def speed_key(config: Config) -> tuple[tuple[str, Any], ...]:
-    """The model shape and the ``SPEED_FIELDS`` of ``config``, as (dotted key, logged param value) pairs."""
-    flat = config.flat()
-    # The fields the backbone reads (ModelConfig.identity): a DiT's hidden width does not slow a UNet, and
-    # UNet runs tracked before model.backbone existed still match.
-    shape = [f"model.{k}" for k in config.model.identity()]
-    return tuple((k, flat[k]) for k in [*shape, *SPEED_FIELDS])
-
-
-@dataclass
-class Throughput:
-    images_per_second: float  # training, per job, as finished runs logged it
-    nfe_per_second: float | None  # sampling: samples x NFE per second, per job
-    overhead_seconds: float  # the rest of a training run's wall time: checkpoints, metrics, grids, logging
-    runs: int
-
-
-def measured_throughput(store: MlflowStore | None, config: Config, device: str) -> Throughput | None:
-    """Medians over finished training runs of this model shape and speed-relevant fields on ``device`` (a
-    device type: cpu, cuda) in any experiment of ``store``; None where none was measured."""
-    import statistics
-
-    if store is None:
-        return None
-    where = " and ".join([f"tags.`{ROLE}` = 'train'", *(f"params.`{k}` = '{v}'" for k, v in speed_key(config))])
-    exps = [e.experiment_id for e in store.client.search_experiments()]
-    runs = [
-        r
-        for r in (store.client.search_runs(exps, where, max_results=200) if exps else [])
-        if r.info.status == "FINISHED"
-        and r.data.tags.get(DEVICE, "").split(":")[0] == device
-        and "train/images_per_second_mean" in r.data.metrics
-    ]
-    if not runs:
-        return None
-    rates, overheads = [], []
-    for r in runs:
-        m, busy = r.data.metrics, r.data.metrics.get("train/seconds", 0.0)
-        n = evaluations(int(r.data.params.get("train.steps", 0)), int(r.data.params.get("train.eval_every", 0)))
-        for key in m:
-            label = key.removeprefix("eval/").removesuffix("/sample_seconds")
-            if key.endswith("/sample_seconds") and m[key] > 0 and f"eval/{label}/nfe" in m:
-                rates.append(m.get(f"eval/{label}/num_generated", 0) * m[f"eval/{label}/nfe"] / m[key])
-                busy += n * m[key]  # the last evaluation's seconds stand for each of the run's n
-        if r.info.end_time and r.info.start_time:
-            overheads.append(max(0.0, (r.info.end_time - r.info.start_time) / 1000 - busy))
-    return Throughput(
-        statistics.median(r.data.metrics["train/images_per_second_mean"] for r in runs),
-        statistics.median(rates) if rates else None,
-        statistics.median(overheads) if overheads else 0.0,
-        len(runs),
-    )
-
-
-def estimate_seconds(plan: Plan, rows: list[dict[str, Any]], store: MlflowStore | None) -> tuple[float | None, str]:
-    """Wall seconds for the jobs still to do, and where the rates came from (or why there is no estimate)."""
-    from ..device import resolve_device
-
-    gpus, n_slots, _ = slots(plan.spec.cpu_jobs, plan.spec.jobs_per_gpu)
-    seconds, sources = [], {}
-    for job, row in zip(plan.jobs, rows):
-        if row["state"] == "done":
-            continue
-        device = "cuda" if gpus else resolve_device(job.config.train.device).type
-        key = (device, speed_key(job.config))
-        if key not in sources:
-            sources[key] = measured_throughput(store, job.config, device)
-        rate = sources[key]
-        if rate is None or (rate.nfe_per_second is None and job.config.eval.samplers):
-            where = store.uri if store else "the tracking store (none yet)"
-            return None, f"no finished run of this model shape on {device} in {where} measured its speed"
-        budget = Budget.of(job.config, evaluate_only=row["state"] == "evaluate")
-        seconds.append(
-            budget.images / rate.images_per_second
-            + budget.nfe / (rate.nfe_per_second or math.inf)
-            + rate.overhead_seconds
-        )
-    if not seconds:
-        return 0.0, "nothing left to do"
-    rates = "; ".join(
-        f"{t.images_per_second:.0f} images/s, {t.nfe_per_second or 0:.0f} NFE/s and {t.overhead_seconds:.0f} s "
-        f"of checkpoints and metrics per job, over {t.runs} run(s)"
-        for t in sources.values()
-    )
-    text = f"measured by finished runs of the same model shape on this device type in {store.uri}: {rates}; "
-    text += f"{n_slots} job(s) at a time"
-    return max(max(seconds), sum(seconds) / n_slots), text
 
 
 def run_plan(
