@@ -1,5 +1,5 @@
 """`harness bench`: its measurement order, and that `--quick` reports every figure the README table needs
-(slow: about 7 minutes)."""
+(slow: about 15 minutes with --peer)."""
 
 import json
 import sys
@@ -25,6 +25,7 @@ KEYS = {
     "cpu_flags",
     "auto_config",
     "auto_speedup",
+    "step_extras_ms",
 }
 
 
@@ -52,7 +53,7 @@ def test_rounds_rotate_so_every_variant_takes_every_position():
 @pytest.mark.slow
 def test_bench_quick_writes_all_keys(tmp_path):
     out = tmp_path / "bench.json"
-    assert main(["bench", "--quick", "--json", str(out)]) == 0
+    assert main(["bench", "--quick", "--peer", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert KEYS <= set(result)
     assert result["bare_images_per_second"] > 0 and 0 < result["flop_utilization"] < 1.5
@@ -66,6 +67,14 @@ def test_bench_quick_writes_all_keys(tmp_path):
     measured, skipped = set(result["variants"]), set(result.get("skipped", {}))
     assert measured | skipped == {"fp32", "bf16", "fp32+channels_last", "bf16+channels_last"}
     assert "fp32" in measured and all("bf16" in k for k in skipped)
+    peer = result["peer"]  # diffusers' UNet2DModel of the same size, in the same rounds
+    assert peer["parameters"]["peer"] == pytest.approx(peer["parameters"]["ours"], rel=0.15)
+    assert peer["gflops"]["ours"] > 0 and peer["gflops"]["peer"] > 0
+    assert peer["ratio"] == pytest.approx(peer["gflops"]["ours"] / peer["gflops"]["peer"], rel=0.5)
+    assert peer["ratio_range"][0] <= peer["ratio"] <= peer["ratio_range"][1]
+    extras = result["step_extras_ms"]
+    assert {"grad_clip", "ema_update", "adamw_fused", "adamw_foreach", "mlflow_per_interval"} <= set(extras)
+    assert all(v > 0 for v in extras.values())
     low, high = result["overhead_ratio_range"]
     assert low <= result["overhead_ratio"] <= high
 

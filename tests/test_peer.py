@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from harness.bench import _config
+from harness.measure import _config
 from harness.peer import PeerUnavailable, peer_config, peer_model, peer_step_flops
 from harness.training.data import from_uint8
 from harness.training.train import build_model
