@@ -102,8 +102,9 @@ def run_bench(*, quick: bool = False, device: str = "auto", peer: bool = False) 
     base = _config(batch, steps + 10, str(dev), precision="fp32", memory_format="contiguous")
     ours = build_model(base, data.channels, data.image_size, data.num_classes).num_parameters
     if peer:  # before any measurement: without diffusers this is one line and exit 2, not a half-run bench
-        from .peer import peer_config
+        from .peer import diffusers_module, peer_config
 
+        diffusers_module()  # peer_config is cached: it may not import diffusers again
         width, layers = peer_config(data.channels, data.image_size, data.num_classes, ours)
         out["peer"] = {"model": "diffusers UNet2DModel", "width": width, "layers_per_block": layers}
     # What `auto` becomes here: the training probe itself, uncached, on this bench's model and batch (its

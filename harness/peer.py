@@ -42,7 +42,8 @@ class PeerUnavailable(RuntimeError):
     """diffusers is not installed; the message says how to install it."""
 
 
-def _diffusers():
+def diffusers_module():
+    """diffusers, or ``PeerUnavailable``: asked before a bench starts, so it never fails after minutes of rounds."""
     try:
         import diffusers
     except ImportError as err:
@@ -51,7 +52,7 @@ def _diffusers():
 
 
 def _unet(width: int, layers_per_block: int, channels: int, image_size: int, num_classes: int) -> torch.nn.Module:
-    return _diffusers().UNet2DModel(
+    return diffusers_module().UNet2DModel(
         sample_size=image_size,
         in_channels=channels,
         out_channels=channels,
@@ -112,7 +113,7 @@ def peer_loop(
 
     The batches are drawn as in ``bench.bare_loop``: random indices into the data set held on the device.
     """
-    scheduler = _diffusers().DDPMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS)
+    scheduler = diffusers_module().DDPMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS)
     torch.manual_seed(0)
     model = peer_model(data.channels, data.image_size, data.num_classes, target_parameters).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=LR)
@@ -138,7 +139,7 @@ def peer_step_flops(data, batch: int, target_parameters: int) -> float:
     """FLOPs of one training step of the peer (forward and backward) from torch's flop counter."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    scheduler = _diffusers().DDPMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS)
+    scheduler = diffusers_module().DDPMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS)
     model = peer_model(data.channels, data.image_size, data.num_classes, target_parameters)
     x0, y = data.images[:batch], data.labels[:batch]
     t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (x0.shape[0],))
