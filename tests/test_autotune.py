@@ -148,3 +148,18 @@ def test_the_real_probe_times_every_candidate_on_the_real_model(tmp_path, monkey
     latent = build_config({"model": TINY_MODEL, "train": {"batch_size": 4}, "data": {"space": "latent"}})
     assert latent.network_input() == (4, 7, 7)
     assert set(autotune.probe(latent, CPU, [FP32], rounds=1)) == {"fp32"}
+
+
+def test_the_probe_is_reported_in_one_line(tmp_path, monkeypatch):
+    from harness.orchestration.placement import describe_record
+
+    monkeypatch.setattr(autotune, "native_bf16", lambda device: False)
+    monkeypatch.setattr(autotune, "host_identity", lambda device: "AMD EPYC [avx2 avx512f]")
+    config = build_config({"model": TINY_MODEL, "train": {"batch_size": 16}})
+    _, record = autotune.resolve(config, CPU, tmp_path, measure=FakeProbe(seconds(fp32=0.02, fp32_cl=0.01)))
+    assert describe_record(record) == (
+        "autotune (measured, AMD EPYC [avx2 avx512f]): unet 1x28x28 batch 16: "
+        "fp32+channels_last 10 ms, fp32 20 ms per step -> fp32+channels_last"
+    )
+    _, again = autotune.resolve(config, CPU, tmp_path)
+    assert describe_record(again).startswith("autotune (cached, AMD EPYC")

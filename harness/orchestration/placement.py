@@ -105,7 +105,6 @@ def describe_record(record: dict[str, Any]) -> str:
     key, seconds = record.get("key", {}), record["seconds"]
     times = ", ".join(f"{name} {1000 * s:.0f} ms" for name, s in sorted(seconds.items(), key=lambda kv: kv[1]))
     origin = "cached" if record.get("cached") else "measured"
-    model = key.get("model", {})
     shape = "x".join(str(d) for d in key.get("input", []))
-    what = f"{model.get('backbone', 'model')} {shape} batch {key.get('batch_size')}"
+    what = f"{key.get('backbone', 'model')} {shape} batch {key.get('batch_size')}"
     return f"autotune ({origin}, {key.get('host')}): {what}: {times} per step -> {record['choice']}"

@@ -123,6 +123,7 @@ def probe_key(config: Config, device: torch.device, options: list[Candidate]) ->
         "device": device.type,
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
         "torch": torch.__version__,
+        "backbone": config.model.backbone,
         "model": config.model.identity(),
         "input": list(config.network_input()),
         "batch_size": config.train.batch_size,
