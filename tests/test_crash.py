@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+from harness.orchestration.placement import resolve_plan
 from harness.orchestration.spec import load_spec, make_plan
 from harness.orchestration.store import store_root
 from harness.orchestration.tracking import MlflowStore
@@ -57,7 +58,8 @@ def _harness(*args):
 def _setup(tmp_path, uri, name="crash"):
     spec_path = tmp_path / f"{name}.yaml"
     spec_path.write_text(yaml.safe_dump({**SPEC, "name": name}))
-    jobs = make_plan(load_spec(spec_path), str(spec_path), "smoke").jobs
+    plan, _ = resolve_plan(make_plan(load_spec(spec_path), str(spec_path), "smoke"))  # the hashes the run uses
+    jobs = plan.jobs
     ckpts = [store_root(uri) / "checkpoints" / name / j.config_hash / "checkpoint.pt" for j in jobs]
     return spec_path, jobs, ckpts
 

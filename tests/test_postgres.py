@@ -22,6 +22,7 @@ import optuna
 import pytest
 import yaml
 
+from harness.orchestration.placement import resolve_plan
 from harness.orchestration.spec import load_spec, make_plan
 from harness.orchestration.store import lock_path, store_root
 from harness.orchestration.tracking import MlflowStore
@@ -145,7 +146,7 @@ def test_smoke_ablation_tracked_by_a_server_on_postgresql(server, postgres, tmp_
     uri, artifacts = server
     name = f"pg-schedules-{uri.rsplit(':', 1)[1]}"
     path = _spec_copy(tmp_path, "ablation-schedules.yaml", name)
-    jobs = make_plan(load_spec(path), str(path), "smoke").jobs
+    jobs = resolve_plan(make_plan(load_spec(path), str(path), "smoke"))[0].jobs  # the hashes the run resolves to
     locks = [j.config_hash for j in jobs]
     try:
         done = _harness("run", str(path), "--profile", "smoke", "--tracking-uri", uri)
