@@ -381,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="measure training, sampling and evaluation speed on this machine")
     b.add_argument(
-        "--quick", action="store_true", help="fewer rounds, steps and samples (about 7 minutes on 2 CPU cores)"
+        "--quick", action="store_true", help="fewer rounds, steps and samples (about 15 minutes on 2 CPU cores)"
     )
     b.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     b.add_argument("--device", default="auto")
