@@ -17,8 +17,7 @@ from typing import Any
 import pandas as pd
 
 from harness.config import DATASET_SIZES, SamplerSetting, steps_per_epoch
-from harness.orchestration.tracking import MlflowStore
-from harness.schema import (
+from harness.config.schema import (
     ARM,
     CHECKPOINT,
     CODE_VERSION,
@@ -39,6 +38,7 @@ from harness.schema import (
     SEED,
     arm_text,
 )
+from harness.orchestration.tracking import MlflowStore
 
 from .arm_labels import arm_dict, arm_keys, arm_label  # noqa: F401 - re-exported: the sections and tests read them here
 from .grids import grids_table

@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.config.schema import ROLE
 from harness.orchestration.tracking import MlflowStore
-from harness.schema import ROLE
 
 from .load import AblationData, load_experiment
 from .opening import answer
@@ -72,7 +72,7 @@ def write_report(store: MlflowStore, experiment: str, out_dir: Path, *, spec_pat
     """
     question = None
     if spec_path is not None:
-        from harness.orchestration.spec import load_spec
+        from harness.config.spec import load_spec
 
         question = load_spec(spec_path).question
     return save_document(build_document(load_experiment(store, experiment), question=question), out_dir)

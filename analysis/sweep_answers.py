@@ -7,7 +7,7 @@ import math
 
 import pandas as pd
 
-from harness.schema import arm_text, spread_key
+from harness.config.schema import arm_text, spread_key
 
 from .opening import _plural
 from .stats import compare, estimate

@@ -4,7 +4,7 @@ The report reads MLflow only, never the Optuna study (only ``harness.sweeps`` im
 run (role ``sweep``) holds the study's settings as tags and params, each trial is a child run (role
 ``trial``) whose objective metrics are the aggregate over its seeds, each seed's model is a child of its
 trial (role ``trial_seed``), and each confirmation is a child of the parent (role ``confirm``) trained
-with a fresh seed. The tag names are ``harness.schema``'s.
+with a fresh seed. The tag names are ``harness.config.schema``'s.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.orchestration.tracking import MlflowStore
-from harness.schema import (
+from harness.config.schema import (
     AGGREGATE,
     BEST_TRIAL,
     CODE_VERSION,
@@ -46,6 +45,7 @@ from harness.schema import (
     lower_is_better,
     spread_key,
 )
+from harness.orchestration.tracking import MlflowStore
 
 
 class NothingToReport(LookupError):

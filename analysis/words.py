@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from harness.schema import METRICS, RUN_METRICS, lower_is_better
+from harness.config.schema import METRICS, RUN_METRICS, lower_is_better
 
 from .stats import ZERO_VARIANCE, Comparison, estimate
 

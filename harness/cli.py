@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, load_config
+from .config.schema import METRICS
 from .orchestration.provenance import REUSE_POLICIES
-from .schema import METRICS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,7 +90,7 @@ def _overrides(items: list[str]) -> dict:
 
 
 def cmd_validate(args) -> int:
-    from .orchestration.spec import load_spec, make_plan
+    from .config.spec import load_spec, make_plan
     from .sweeps.search import is_sweep_spec, validate_sweep
 
     for path in args.specs:
@@ -108,7 +108,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .orchestration.spec import load_spec, make_plan
+    from .config.spec import load_spec, make_plan
     from .training.data import DataUnavailable
 
     spec = load_spec(args.spec)
@@ -205,7 +205,7 @@ def cmd_report(args) -> int:
             loaded = load_sweep(args.spec, args.profile)
             name, study, question, sweep = loaded.spec.name, loaded.study_name, loaded.spec.question, True
         else:
-            from .orchestration.spec import load_spec
+            from .config.spec import load_spec
 
             if args.profile:
                 raise ConfigError(f"--profile: {args.spec} is an ablation spec; its report covers its newest run")
@@ -290,7 +290,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import main as bench_main
+    from .tools.bench import main as bench_main
 
     return bench_main(args.quick, args.json, args.device, args.peer)
 

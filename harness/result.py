@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import SamplerSetting
-from .schema import METRICS
+from .config.schema import METRICS
 
 UNAVAILABLE = "_unavailable"  # ``fid_inception_unavailable``: why a metric has no value (offline weights)
 

@@ -27,7 +27,7 @@ from analysis.report import (
     training_section,
 )
 from analysis.words import LOWER_IS_BETTER, NO_DIFFERENCE
-from harness.schema import METRICS, RUN_METRICS
+from harness.config.schema import METRICS, RUN_METRICS
 
 NAN = float("nan")
 GOOD = {"fid": [55.0, 56.5, 54.8]}

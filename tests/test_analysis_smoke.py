@@ -23,10 +23,10 @@ from analysis.load import (
     load_experiment,
 )
 from analysis.report import build_document, log_report, write_report
+from harness.config.schema import CODE_VERSION, COMMIT, ERROR, HASH, ROLE
+from harness.config.spec import load_spec, make_plan
 from harness.orchestration.runner import run_plan
-from harness.orchestration.spec import load_spec, make_plan
 from harness.orchestration.tracking import MlflowStore
-from harness.schema import CODE_VERSION, COMMIT, ERROR, HASH, ROLE
 
 SPEC = Path(__file__).parents[1] / "experiments" / "ablation-schedules.yaml"
 NAME = "ablation-schedules"
@@ -226,7 +226,7 @@ def test_loader_carries_code_versions_and_failure_reasons(hand):
 
 def test_arm_tags_are_json_and_older_text_tags_still_read():
     from analysis.load import arm_dict, arm_keys, arm_label
-    from harness.schema import arm_text
+    from harness.config.schema import arm_text
 
     arm = {"model.channel_mult": [1, 2], "diffusion.schedule": "cosine", "train.lr": 0.001}
     tag = json.dumps(arm)  # what jobs.py writes

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from harness.cli import main
 from harness.config import ConfigError
-from harness.orchestration.spec import load_spec, make_plan
+from harness.config.spec import load_spec, make_plan
 
 INF, NAN = float("inf"), float("nan")
 

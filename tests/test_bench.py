@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from harness.bench import rotated, round_order
 from harness.cli import main
 from harness.device import KERNEL_FLAGS
+from harness.tools.bench import rotated, round_order
 
 KEYS = {
     "train_images_per_second",

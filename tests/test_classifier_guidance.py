@@ -6,10 +6,10 @@ import torch
 import yaml
 
 from harness.config import ConfigError, SamplerSetting, build_config
+from harness.config.spec import load_spec, make_plan
 from harness.diffusion.samplers import sample
 from harness.diffusion.schedules import make_schedule
 from harness.evaluation.noisy_classifier import Recipe, cache_path, noisy_classifier
-from harness.orchestration.spec import load_spec, make_plan
 from harness.training.data import ImageData, fingerprint
 
 # Data: x_0 ~ sum_y pi_y N(mu_y 1, SIGMA^2 I). Then x_t | y ~ N(sqrt(abar) mu_y 1, v_t I) with

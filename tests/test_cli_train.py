@@ -5,8 +5,8 @@ import json
 from mlflow import MlflowClient
 
 from harness.cli import main
+from harness.config.schema import CHECKPOINT, CODE_VERSION, COMMIT, HASH, PARENT, ROLE, SPEC
 from harness.orchestration.provenance import code_version
-from harness.schema import CHECKPOINT, CODE_VERSION, COMMIT, HASH, PARENT, ROLE, SPEC
 
 TINY = [
     "model.channels=8",

@@ -13,8 +13,8 @@ from harness.config import (
     build_config,
     load_config,
 )
+from harness.config.yamlio import YamlError, load_text
 from harness.models.unet import UNet, check_shape, resolutions
-from harness.yamlio import YamlError, load_text
 
 
 def test_defaults_and_hash_ignores_eval_and_operational_fields():

@@ -16,11 +16,11 @@ import pytest
 import torch
 import yaml
 
+from harness.config.schema import HASH, ROLE
+from harness.config.spec import load_spec, make_plan
 from harness.orchestration.placement import resolve_plan
-from harness.orchestration.spec import load_spec, make_plan
 from harness.orchestration.store import store_root
 from harness.orchestration.tracking import MlflowStore
-from harness.schema import HASH, ROLE
 
 STEPS = 300
 SPEC = {

@@ -13,14 +13,14 @@ from analysis.load import _runs_table
 from analysis.report import build_document
 from harness.cli import main
 from harness.config import Config, ConfigError, build_config
+from harness.config.schema import GFLOPS_PER_IMAGE, HASH, NUM_PARAMETERS
+from harness.config.spec import load_spec, make_plan
 from harness.diffusion.losses import diffusion_loss
 from harness.diffusion.samplers import sample
 from harness.diffusion.schedules import make_schedule
 from harness.models.dit import FREQUENCY_DIM, DiT, sincos_2d
 from harness.models.registry import BACKBONES, gflops_per_image
 from harness.orchestration.budget import speed_key
-from harness.orchestration.spec import load_spec, make_plan
-from harness.schema import GFLOPS_PER_IMAGE, HASH, NUM_PARAMETERS
 from harness.tracker import MemoryTracker
 from harness.training.train import NoEvaluation, build_model, train
 

@@ -17,8 +17,8 @@ from harness.config import (
     load_config,
     steps_per_epoch,
 )
+from harness.config.spec import load_spec, make_plan
 from harness.orchestration.budget import Budget
-from harness.orchestration.spec import load_spec, make_plan
 from harness.result import EvalResult
 from harness.tracker import MemoryTracker
 from harness.training import checkpoint

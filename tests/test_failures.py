@@ -15,8 +15,8 @@ import yaml
 
 from harness.cli import main
 from harness.config import build_config
+from harness.config.schema import ROLE
 from harness.orchestration.tracking import MlflowStore
-from harness.schema import ROLE
 from harness.tracker import MemoryTracker, StoreUnavailable
 from harness.training import checkpoint
 from harness.training.train import NoEvaluation, train

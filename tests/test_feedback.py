@@ -10,12 +10,12 @@ from mlflow import MlflowClient
 from harness import progress as progress_module
 from harness.cli import main
 from harness.config import Config, SamplerSetting
+from harness.config.schema import DEVICE, ROLE
+from harness.config.spec import load_spec, make_plan
 from harness.evaluation.evaluate import Evaluator, sampling_nfe
 from harness.evaluation.features import train_classifier
 from harness.orchestration.placement import resolve_plan
-from harness.orchestration.spec import load_spec, make_plan
 from harness.progress import Progress, duration, interactive
-from harness.schema import DEVICE, ROLE
 from harness.training.data import ImageData, load_dataset
 from harness.training.train import NoEvaluation, train
 

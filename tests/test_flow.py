@@ -10,9 +10,9 @@ from oracles import FlowOracle
 
 from harness.cli import main
 from harness.config import Config, ConfigError, SamplerSetting, build_config
+from harness.config.spec import load_spec, make_plan
 from harness.diffusion.flow import FLOW_SAMPLERS, FLOW_TIMES, flow_loss, sample_flow, time_grid
 from harness.evaluation.evaluate import sampling_nfe
-from harness.orchestration.spec import load_spec, make_plan
 
 MU = torch.linspace(-0.6, 0.6, 32).reshape(2, 4, 4)
 S = torch.linspace(0.3, 0.9, 32).flip(0).reshape(2, 4, 4)

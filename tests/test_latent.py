@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from harness.config import AutoencoderConfig, ConfigError, build_config, load_config
+from harness.config.schema import AUTOENCODER_FLOOR, AUTOENCODER_SCALE, floor_key
 from harness.evaluation.evaluate import Evaluator, default_cache_dir
 from harness.evaluation.features import domain_classifier
 from harness.evaluation.metrics import recognizability
 from harness.models.autoencoder import Posterior
-from harness.schema import AUTOENCODER_FLOOR, AUTOENCODER_SCALE, floor_key
 from harness.tracker import MemoryTracker
 from harness.training import autoencoder as latent
 from harness.training.data import load_dataset

@@ -9,13 +9,7 @@ import yaml
 
 from analysis.load import load_experiment
 from harness.config import SamplerSetting
-from harness.orchestration.environment import PACKAGES
-from harness.orchestration.jobs import log_final_on_training_run, run_name
-from harness.orchestration.runner import run_plan
-from harness.orchestration.spec import load_spec, make_plan
-from harness.orchestration.tracking import MlflowStore, SystemMetrics, print_arms_views
-from harness.result import EvalResult
-from harness.schema import (
+from harness.config.schema import (
     ARMS_VIEW,
     CUSTOM_MODEL_DEVELOPMENT,
     ENV,
@@ -25,6 +19,12 @@ from harness.schema import (
     SHARED_VIEW,
     eval_key,
 )
+from harness.config.spec import load_spec, make_plan
+from harness.orchestration.environment import PACKAGES
+from harness.orchestration.jobs import log_final_on_training_run, run_name
+from harness.orchestration.runner import run_plan
+from harness.orchestration.tracking import MlflowStore, SystemMetrics, print_arms_views
+from harness.result import EvalResult
 
 TINY = {
     "train.steps": 4,

@@ -17,10 +17,10 @@ import pytest
 import yaml
 from test_mlflow_native import TINY
 
+from harness.config.schema import ARMS_VIEW, SHARED_VIEW
+from harness.config.spec import load_spec, make_plan
 from harness.orchestration.runner import run_plan
-from harness.orchestration.spec import load_spec, make_plan
 from harness.orchestration.tracking import MlflowStore, arms_view_url
-from harness.schema import ARMS_VIEW, SHARED_VIEW
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 pytestmark = [

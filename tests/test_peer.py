@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from harness.measure import _config
-from harness.peer import PeerUnavailable, peer_config, peer_model, peer_step_flops
+from harness.tools.measure import _config
+from harness.tools.peer import PeerUnavailable, peer_config, peer_model, peer_step_flops
 from harness.training.data import from_uint8
 from harness.training.train import build_model
 

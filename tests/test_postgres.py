@@ -22,11 +22,11 @@ import optuna
 import pytest
 import yaml
 
+from harness.config.schema import ROLE, STUDY
+from harness.config.spec import load_spec, make_plan
 from harness.orchestration.placement import resolve_plan
-from harness.orchestration.spec import load_spec, make_plan
 from harness.orchestration.store import lock_path, store_root
 from harness.orchestration.tracking import MlflowStore
-from harness.schema import ROLE, STUDY
 
 REPO = Path(__file__).parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

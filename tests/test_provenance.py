@@ -6,12 +6,12 @@ import pytest
 import yaml
 
 import harness.orchestration.runner as runner
+from harness.config.schema import CODE_VERSION, COMMIT, ROLE
+from harness.config.spec import load_spec, make_plan
 from harness.orchestration.placement import resolve_plan
 from harness.orchestration.provenance import code_version, source_hash
 from harness.orchestration.runner import run_plan
-from harness.orchestration.spec import load_spec, make_plan
 from harness.orchestration.tracking import MlflowStore
-from harness.schema import CODE_VERSION, COMMIT, ROLE
 
 TINY = {
     "train.steps": 2,

@@ -6,11 +6,11 @@ import pytest
 import yaml
 
 from harness.config import ConfigError
+from harness.config.schema import HASH, ROLE
+from harness.config.spec import Axes, expand_arms, load_spec, make_plan
 from harness.orchestration.runner import run_plan
-from harness.orchestration.spec import Axes, expand_arms, load_spec, make_plan
 from harness.orchestration.store import store_root
 from harness.orchestration.tracking import MlflowStore
-from harness.schema import HASH, ROLE
 
 TINY = {
     "train.steps": 4,

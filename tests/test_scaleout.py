@@ -15,8 +15,8 @@ import harness.orchestration.runner
 import harness.sweeps.sweep
 from harness.cli import main
 from harness.config import ConfigError
+from harness.config.spec import load_spec, make_plan
 from harness.orchestration.runner import close_orphaned_parents, run_plan
-from harness.orchestration.spec import load_spec, make_plan
 from harness.orchestration.store import hold_lock, job_lock, lock_held, lock_path
 from harness.sweeps.study import open_storage, retry_dead_trials, trial_lock_name
 

@@ -6,10 +6,10 @@ import pytest
 import yaml
 
 from harness.config import ConfigError, SamplerSetting
+from harness.config.schema import ROLE
+from harness.config.spec import Evaluate, load_spec, make_plan
 from harness.orchestration.runner import run_plan
-from harness.orchestration.spec import Evaluate, load_spec, make_plan
 from harness.orchestration.tracking import MlflowStore
-from harness.schema import ROLE
 
 # Ablation specs; sweep-*.yaml are validated and smoke-run by tests/test_sweep.py.
 SPECS = [

@@ -18,11 +18,11 @@ import yaml
 
 from harness.cli import main
 from harness.config import ConfigError, TrainConfig
+from harness.config.schema import FEATURE_FINGERPRINT, HASH, PARENT, ROLE, SEED
+from harness.config.space import make_pruner
 from harness.orchestration.store import store_root
 from harness.orchestration.tracking import MlflowStore
-from harness.schema import FEATURE_FINGERPRINT, HASH, PARENT, ROLE, SEED
 from harness.sweeps.search import load_sweep, validate_sweep
-from harness.sweeps.space import make_pruner
 from harness.sweeps.study import journal_path, open_storage, recover_dead_trials
 from harness.sweeps.sweep import run_sweep
 

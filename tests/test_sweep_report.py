@@ -15,8 +15,7 @@ from analysis.sweep_answers import answer
 from analysis.sweep_load import NothingToReport, load_sweep_data
 from analysis.sweep_report import build_sweep_document
 from harness.cli import main
-from harness.orchestration.tracking import MlflowStore
-from harness.schema import (
+from harness.config.schema import (
     AGGREGATE,
     BEST_TRIAL,
     BEST_TRIAL_NUMBER,
@@ -40,6 +39,7 @@ from harness.schema import (
     eval_key,
     spread_key,
 )
+from harness.orchestration.tracking import MlflowStore
 
 SETTING = "ddim-3-eta0-w1"
 STEPS = 4

@@ -7,8 +7,8 @@ import pytest
 from test_sweep import SEARCH, _study, _uri, _with, _write, one_thread  # noqa: F401 - one torch thread here too
 
 from harness.config import ConfigError
+from harness.config.schema import CONFIRM_RANK, HASH, PARENT, ROLE, SEED, STUDY, TRIAL, spread_key
 from harness.orchestration.tracking import MlflowStore
-from harness.schema import CONFIRM_RANK, HASH, PARENT, ROLE, SEED, STUDY, TRIAL, spread_key
 from harness.sweeps.search import load_sweep
 from harness.sweeps.sweep import run_sweep
 

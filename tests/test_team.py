@@ -27,10 +27,10 @@ from analysis.grids import _logged_grids
 from analysis.load import load_experiment
 from analysis.report import write_report
 from harness.config import Config, ConfigError
+from harness.config.schema import FEATURE_FINGERPRINT, HASH, RECOGNIZER_FINGERPRINT, ROLE
 from harness.evaluation.features import cache_path, domain_classifier, read_classifier
 from harness.orchestration.store import EMA_ARTIFACT, EMA_FILE, FEATURES_EXPERIMENT, load_ema, shared_classifiers
 from harness.orchestration.tracking import MlflowStore
-from harness.schema import FEATURE_FINGERPRINT, HASH, RECOGNIZER_FINGERPRINT, ROLE
 from harness.training.checkpoint import CheckpointError
 from harness.training.data import load_dataset
 

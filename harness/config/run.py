@@ -16,15 +16,15 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from .diffusion.flow import FLOW_TIMES
-from .diffusion.losses import WEIGHTINGS
-from .diffusion.parameterizations import PARAMETERIZATIONS
-from .diffusion.processes import PROCESS_SAMPLERS
-from .diffusion.schedules import SCHEDULES
-from .dotted import flatten, merge, parse_override, parse_overrides, related, set_dotted  # noqa: F401 - re-exported
-from .fields import ConfigError, Float, Int, Section, Seed, one_of  # re-exported: harness.config.ConfigError, ...
-from .models.autoencoder import check_shape as check_autoencoder_shape
-from .models.registry import BACKBONES, SHARED_FIELDS
+from ..diffusion.flow import FLOW_TIMES
+from ..diffusion.losses import WEIGHTINGS
+from ..diffusion.parameterizations import PARAMETERIZATIONS
+from ..diffusion.processes import PROCESS_SAMPLERS
+from ..diffusion.schedules import SCHEDULES
+from ..models.autoencoder import check_shape as check_autoencoder_shape
+from ..models.registry import BACKBONES, SHARED_FIELDS
+from .dotted import flatten, parse_overrides, related, set_dotted
+from .fields import ConfigError, Float, Int, Section, Seed, one_of
 from .setting import SamplerSetting
 from .yamlio import YamlError, load_text, read_bytes
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from .diffusion.processes import PROCESS_SAMPLERS, misfit
-from .diffusion.samplers import SPACINGS, VARIANCES
+from ..diffusion.processes import PROCESS_SAMPLERS, misfit
+from ..diffusion.samplers import SPACINGS, VARIANCES
 from .fields import Float, Int, Section, one_of
 
 

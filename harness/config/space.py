@@ -10,10 +10,8 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..config import (
-    TrainConfig,
-)
-from ..schema import METRICS as SCHEMA_METRICS
+from .run import TrainConfig
+from .schema import METRICS as SCHEMA_METRICS
 
 # What a trial can be scored on: every evaluation metric but the bookkeeping ones, in its natural direction
 # (lower is better for FID and KID, and for the costs NFE and sampling seconds).

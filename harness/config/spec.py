@@ -16,25 +16,12 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
-from ..config import (
-    Config,
-    ConfigError,
-    DiffusionConfig,
-    Int,
-    ModelConfig,
-    SamplerSetting,
-    Seed,
-    build_config,
-    format_validation_error,
-    merge,
-    one_of,
-    override_origin,
-    read_yaml,
-    related,
-    set_dotted,
-)
 from ..diffusion.processes import PROCESS_SAMPLERS
-from ..schema import arm_text
+from .dotted import merge, related, set_dotted
+from .fields import ConfigError, Int, Seed, one_of
+from .run import Config, DiffusionConfig, ModelConfig, build_config, format_validation_error, override_origin, read_yaml
+from .schema import arm_text
+from .setting import SamplerSetting
 
 MAX_RUNS = 10_000  # evaluation runs in one plan (arms x seeds x settings), counted before any is built
 MAX_EXCLUDES = 100  # each arm is checked against every exclude

@@ -16,12 +16,12 @@ import torch
 from torch import Tensor
 
 from ..config import Config, SamplerSetting
+from ..config.schema import eval_key
 from ..device import autocast, resolve_precision
 from ..diffusion.processes import PROCESSES
 from ..diffusion.schedules import make_schedule
 from ..progress import Progress, duration, say
 from ..result import EvalResult
-from ..schema import eval_key
 from ..tracker import NullTracker, Tracker
 from ..training.autoencoder import latent_space
 from ..training.data import ImageData

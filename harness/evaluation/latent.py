@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..schema import AUTOENCODER_FLOOR, AUTOENCODER_SCALE, floor_key
+from ..config.schema import AUTOENCODER_FLOOR, AUTOENCODER_SCALE, floor_key
 from ..training.autoencoder import LatentSpace, held_out
 from ..training.data import ImageData
 from .features import DomainClassifier

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Config
+from ..config.schema import DEVICE, ROLE, arm_text
+from ..config.spec import Plan
 from ..progress import duration
-from ..schema import DEVICE, ROLE, arm_text
 from .placement import slots
-from .spec import Plan
 from .tracking import MlflowStore
 
 

@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, SamplerSetting
-from ..result import EvalResult
-from ..schema import (
+from ..config.schema import (
     ARM,
     CHECKPOINT,
     CODE_VERSION,
@@ -39,6 +38,7 @@ from ..schema import (
     SPEC,
     eval_key,
 )
+from ..result import EvalResult
 from ..tracker import StoreUnavailable
 from .environment import environment
 from .provenance import code_version, git_state, stale_reason

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, ConfigError
+from ..config.spec import Plan
 from ..private import SUBMITIT_READS, private_dir
 from .executors import array_result, submit_array
-from .spec import Plan
 
 
 def slots(cpu_jobs: int, jobs_per_gpu: int) -> tuple[int, int, int]:

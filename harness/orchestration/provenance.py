@@ -13,7 +13,7 @@ import hashlib
 import subprocess
 from pathlib import Path
 
-from ..schema import CODE_VERSION
+from ..config.schema import CODE_VERSION
 
 PACKAGES = ("harness", "analysis")
 REPO = Path(__file__).resolve().parents[2]

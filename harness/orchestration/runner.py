@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, ConfigError
+from ..config.schema import CODE_VERSION, COMMIT, DIRTY, HASH, PROFILE, QUESTION, REUSE, ROLE, SPEC, arm_text
+from ..config.spec import Plan
 from ..private import SUBMITIT_READS, private_dir
-from ..schema import CODE_VERSION, COMMIT, DIRTY, HASH, PROFILE, QUESTION, REUSE, ROLE, SPEC, arm_text
 from ..tracker import StoreUnavailable
 from .executors import array_result, submit_array, worker_pool
 from .jobs import JobState, Outcome, Task, job_state, run_task
 from .placement import resolve_plan, slots
 from .provenance import code_version, git_state
-from .spec import Plan
 from .store import hold_lock, lock_held, lock_path, shared_classifiers, store_root
 from .tracking import MlflowStore, default_tracking_uri
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from ..config import Config
-from ..schema import (
+from ..config.schema import (
     DATA_FINGERPRINT,
     FEATURE_FINGERPRINT,
     FEATURES_KEY,

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..schema import ARMS_VIEW, CUSTOM_MODEL_DEVELOPMENT, EXPERIMENT_KIND, PARENT, ROLE, SHARED_VIEW
+from ..config.schema import ARMS_VIEW, CUSTOM_MODEL_DEVELOPMENT, EXPERIMENT_KIND, PARENT, ROLE, SHARED_VIEW
 from ..tracker import StoreUnavailable
 
 REPO = Path(__file__).resolve().parents[2]

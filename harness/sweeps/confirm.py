@@ -14,9 +14,9 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from ..config.schema import CONFIRM_RANK, ROLE, SEED, STUDY, TRIAL
 from ..orchestration.tracking import MlflowStore, MlflowTracker
 from ..result import EvalResult
-from ..schema import CONFIRM_RANK, ROLE, SEED, STUDY, TRIAL
 from .objective import WorkerTask, measured, study_tags, train_and_evaluate
 from .search import Sweep
 

@@ -16,11 +16,7 @@ import optuna
 from ..config import (
     Config,
 )
-from ..orchestration.provenance import code_version, git_state
-from ..orchestration.store import hold_lock, job_lock, load_ema, lock_path
-from ..orchestration.tracking import MlflowStore, MlflowTracker
-from ..result import EvalResult
-from ..schema import (
+from ..config.schema import (
     CODE_VERSION,
     COMMIT,
     ERROR,
@@ -38,8 +34,12 @@ from ..schema import (
     WORKER,
     spread_key,
 )
+from ..config.space import FloatParam, IntParam
+from ..orchestration.provenance import code_version, git_state
+from ..orchestration.store import hold_lock, job_lock, load_ema, lock_path
+from ..orchestration.tracking import MlflowStore, MlflowTracker
+from ..result import EvalResult
 from .search import Sweep
-from .space import FloatParam, IntParam
 from .study import trial_lock_name
 
 # -- one trial ------------------------------------------------------------------------------------------

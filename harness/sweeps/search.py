@@ -26,8 +26,7 @@ from ..config import (
     read_yaml,
     set_dotted,
 )
-from ..orchestration.spec import Axes, Spec, make_plan
-from .space import (
+from ..config.space import (
     DISTRIBUTIONS,
     METRICS,
     PRUNERS,
@@ -42,6 +41,7 @@ from .space import (
     make_sampler,
     options,
 )
+from ..config.spec import Axes, Spec, make_plan
 
 # -- the search section ---------------------------------------------------------------------------------
 

@@ -19,10 +19,7 @@ from ..config import (
     ConfigError,
     SamplerSetting,
 )
-from ..orchestration.provenance import git_state
-from ..orchestration.store import hold_lock, lock_held, lock_path
-from ..orchestration.tracking import MlflowStore, MlflowTracker
-from ..schema import (
+from ..config.schema import (
     AGGREGATE,
     BEST_RUN_ID,
     BEST_TRIAL,
@@ -46,6 +43,9 @@ from ..schema import (
     TRIAL,
     TRIAL_STATE,
 )
+from ..orchestration.provenance import git_state
+from ..orchestration.store import hold_lock, lock_held, lock_path
+from ..orchestration.tracking import MlflowStore, MlflowTracker
 from .search import Sweep
 
 HEARTBEAT_SECONDS, GRACE_SECONDS = 60, 180  # RDB storage: a trial silent for 3 minutes is stale

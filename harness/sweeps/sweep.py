@@ -32,11 +32,11 @@ from optuna.trial import FrozenTrial
 from ..config import (
     ConfigError,
 )
+from ..config.schema import CONFIRM_RANK, ROLE, SEED, STUDY, TRIAL
 from ..orchestration.runner import refuse_local_stores, sqlite_tracking_store
 from ..orchestration.store import shared_classifiers, store_root
 from ..orchestration.tracking import MlflowStore, MlflowTracker, default_tracking_uri
 from ..private import SUBMITIT_READS, private_dir
-from ..schema import CONFIRM_RANK, ROLE, SEED, STUDY, TRIAL
 from ..tracker import StoreUnavailable
 from .confirm import confirm_jobs
 from .objective import WorkerTask

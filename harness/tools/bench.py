@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 
-from .device import cpu_identity, host_identity, native_bf16, resolve_device
+from ..config.schema import ROLE
+from ..device import cpu_identity, host_identity, native_bf16, resolve_device
+from ..training.train import build_model
 from .measure import (
     Timing,
     _config,
@@ -29,8 +31,6 @@ from .measure import (
     step_extras_ms,
     step_flops,
 )
-from .schema import ROLE
-from .training.train import build_model
 
 
 def _progress(message: str) -> None:
@@ -38,7 +38,7 @@ def _progress(message: str) -> None:
 
 
 BARE = "bare"
-PEER = "peer"  # diffusers' UNet2DModel of the same size in the same loop (harness.peer), with --peer
+PEER = "peer"  # diffusers' UNet2DModel of the same size in the same loop (harness.tools.peer), with --peer
 
 
 def rotated(names: list, r: int) -> list:
@@ -66,9 +66,9 @@ def spread(ratios: list[float]) -> float:
 
 
 def run_bench(*, quick: bool = False, device: str = "auto", peer: bool = False) -> dict[str, Any]:
-    from .orchestration.tracking import MlflowStore
-    from .training import autotune
-    from .training.data import load_dataset
+    from ..orchestration.tracking import MlflowStore
+    from ..training import autotune
+    from ..training.data import load_dataset
 
     dev = resolve_device(device)
     data = load_dataset("mnist-5k")

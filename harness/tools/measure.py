@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .config import Config, build_config
-from .device import autocast, resolve_device
-from .diffusion.samplers import sample
-from .diffusion.schedules import make_schedule
-from .training.ema import EMA
-from .training.train import NUM_BUCKETS, NoEvaluation, build_model, train
+from ..config import Config, build_config
+from ..device import autocast, resolve_device
+from ..diffusion.samplers import sample
+from ..diffusion.schedules import make_schedule
+from ..training.ema import EMA
+from ..training.train import NUM_BUCKETS, NoEvaluation, build_model, train
 
 MODEL = {"channels": 24, "channel_mult": [1, 2, 2], "attention_resolutions": [7], "conditional": True}
 
@@ -72,7 +72,7 @@ def bare_loop(data, config: Config, steps: int, warmup: int = 3) -> Timing:
 
 def harness_loop(data, config: Config, tracker, run_dir: Path) -> Timing:
     """The real ``train()``, timed by its own images/s per log interval with the first interval (warm-up) dropped."""
-    from .tracker import MemoryTracker
+    from ..tracker import MemoryTracker
 
     recorder = _Tee(tracker, MemoryTracker())
     train(config, recorder, run_dir=run_dir, data=data, evaluator=NoEvaluation(), progress=False)
@@ -118,7 +118,7 @@ def step_flops(data, config: Config) -> float:
     """FLOPs of one training step (forward and backward) from torch's flop counter."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .diffusion.losses import diffusion_loss
+    from ..diffusion.losses import diffusion_loss
 
     model = build_model(config, data.channels, data.image_size, data.num_classes)
     B = config.train.batch_size
@@ -166,9 +166,9 @@ def sampling_rates(data, config: Config, n: int, device: torch.device, dtype) ->
 
 def fid_eval_seconds(data, n: int, device: torch.device) -> float:
     """Seconds for FID, KID, precision and recall of ``n`` samples, the reference statistics cached."""
-    from .evaluation.evaluate import default_cache_dir
-    from .evaluation.features import domain_classifier
-    from .evaluation.metrics import fidelity_metrics
+    from ..evaluation.evaluate import default_cache_dir
+    from ..evaluation.features import domain_classifier
+    from ..evaluation.metrics import fidelity_metrics
 
     clf = domain_classifier(data, default_cache_dir() / "classifiers", device=device)
     fake = data.images[torch.randperm(data.images.shape[0], generator=torch.Generator().manual_seed(0))[:n]]

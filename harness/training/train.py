@@ -20,13 +20,13 @@ from typing import Any, Protocol
 import torch
 
 from ..config import DATASET_SIZES, Config, ConfigError
+from ..config.schema import GFLOPS_PER_IMAGE, NUM_PARAMETERS
 from ..device import autocast, resolve_device, resolve_precision
 from ..diffusion.processes import PROCESSES
 from ..diffusion.schedules import make_schedule
 from ..models.registry import BACKBONES, gflops_per_image
 from ..progress import Progress
 from ..result import EvalResult
-from ..schema import GFLOPS_PER_IMAGE, NUM_PARAMETERS
 from ..tracker import LoggedAfter, NullTracker, StoreUnavailable, Tracker
 from . import checkpoint
 from .autoencoder import LatentSpace
