@@ -23,64 +23,100 @@ TRAIN_EXPERIMENT = "harness-train"  # where `harness train` logs unless --experi
 
 
 def cmd_train(args) -> int:
+    """One configuration, trained and evaluated as a job of its own experiment (``harness.orchestration.jobs``):
+    tracked like any run of ``harness run``, reused or resumed the same way; ``--no-track`` logs nothing."""
     from .device import resolve_device
-    from .evaluation.evaluate import Evaluator, default_cache_dir
-    from .orchestration.jobs import TrainRun
     from .orchestration.placement import autotune_cache, describe_record
-    from .orchestration.store import shared_classifiers
-    from .orchestration.tracking import MlflowStore
-    from .tracker import NullTracker, StoreUnavailable
+    from .tracker import StoreUnavailable
     from .training.autotune import resolve
-    from .training.data import DataUnavailable, load_dataset
-    from .training.train import NonFiniteLoss, train
+    from .training.data import DataUnavailable
+    from .training.train import NonFiniteLoss
 
     config = load_config(args.config, args.set)
     config, record = resolve(config, resolve_device(config.train.device), autotune_cache())
     if record is not None and record.get("seconds"):
         print(describe_record(record))
     run_dir = Path(args.run_dir) if args.run_dir else REPO / "runs" / config.train_hash()
-    run = None
     try:
-        store = None if args.no_track else MlflowStore(args.tracking_uri)  # unreachable: one line, exit 2
-        if store:
-            store.check()
-        print(f"config {config.train_hash()}  run dir {run_dir}" + (f"  tracking {store.uri}" if store else ""))
-        data = load_dataset(config.data.dataset, config.data.root, config.data.download)
-        device = resolve_device(config.train.device)
-        if store:  # the server's classifiers: this run's FIDs compare with every other run on the store
-            shared_classifiers(store, data, default_cache_dir())
-        evaluator = Evaluator(config, data, device=device, out_dir=run_dir)
-        run = TrainRun(store, args.experiment or TRAIN_EXPERIMENT, config, run_dir, evaluator) if store else None
-        result = train(config, run.tracker if run else NullTracker(), run_dir=run_dir, data=data, evaluator=evaluator)
-        if run:
-            run.finish(result)
+        if args.no_track:
+            summary, evals, where = _train_untracked(config, run_dir), None, None
+        else:
+            summary, evals, where = _train_tracked(config, run_dir, args)
     except (DataUnavailable, StoreUnavailable) as err:  # a lost store: the checkpoint resumes the run later
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except BaseException as err:
-        if run:
-            run.fail(err)
-        if isinstance(err, NonFiniteLoss):
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-        raise
-    summary = result.to_json()
-    t = summary["train"]
-    print(
-        f"trained {t['steps']} steps, {t['num_parameters']:,} parameters: final loss {t['final_loss']:.4f}, "
-        f"{t['images_per_second']:.0f} images/s; domain classifier accuracy {summary['classifier_accuracy']:.4f}"
+    except NonFiniteLoss as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    _print_train(summary, evals)
+    if where:
+        print(where)
+    if args.json and summary is not None:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+def _train_tracked(config, run_dir: Path, args):
+    """Through the one job path: a finished run of this config in the experiment is reused, an unfinished resumed."""
+    from .orchestration.jobs import Task, run_job
+    from .orchestration.tracking import MlflowStore
+
+    store = MlflowStore(args.tracking_uri)  # unreachable: one line, exit 2
+    store.check()
+    experiment = args.experiment or TRAIN_EXPERIMENT
+    print(f"config {config.train_hash()}  run dir {run_dir}  tracking {store.uri}")
+    exp_id = store.experiment_id(experiment)
+    task = Task(
+        config.model_dump_json(),
+        {},
+        config.train.seed,
+        experiment,
+        exp_id,
+        "",
+        store.uri,
+        threads=0,
+        run_dir=str(run_dir),
+        progress=None,
     )
+    out = run_job(task, config)
+    where = f"tracked: run {out.run_id} in experiment {experiment!r} of {store.uri}"
+    if out.status != "trained":
+        where = f"nothing to train: a finished run of this config exists ({out.status}); " + where
+    return out.summary, out.evals, where
+
+
+def _train_untracked(config, run_dir: Path) -> dict:
+    from .device import resolve_device
+    from .evaluation.evaluate import Evaluator
+    from .tracker import NullTracker
+    from .training.data import load_dataset
+    from .training.train import train
+
+    print(f"config {config.train_hash()}  run dir {run_dir}")
+    data = load_dataset(config.data.dataset, config.data.root, config.data.download)
+    evaluator = Evaluator(config, data, device=resolve_device(config.train.device), out_dir=run_dir)
+    return train(config, NullTracker(), run_dir=run_dir, data=data, evaluator=evaluator).to_json()
+
+
+def _print_train(summary: dict | None, evals) -> None:
+    """What ``harness train`` prints: the training summary (when it trained) and each final evaluation."""
+    from .result import EvalResult
+
+    if summary is not None:
+        t = summary["train"]
+        print(
+            f"trained {t['steps']} steps, {t['num_parameters']:,} parameters: final loss {t['final_loss']:.4f}, "
+            f"{t['images_per_second']:.0f} images/s; domain classifier accuracy {summary['classifier_accuracy']:.4f}"
+        )
+    if evals is None:  # untracked: the summary holds them
+        evals = [EvalResult.from_dict(e) for e in summary["evals"]]
     keys = [k for k, m in METRICS.items() if m.lower_is_better is not None] + ["nfe", "sample_seconds"]
-    for e in result.final_evals():
+    for e in evals:
         print(f"  {e.label}: " + "  ".join(f"{k} {_fmt(e.metrics[k])}" for k in keys if k in e.metrics))
         for metric, why in e.unavailable.items():
             print(f"    {metric} unavailable: {why}")
-    print(f"recognizable at step: {summary['recognizable_at_step']}")
-    if run:
-        print(f"tracked: run {run.tracker.run_id} in experiment {run.experiment!r} of {run.store.uri}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=2))
-    return 0
+    if summary is not None:
+        print(f"recognizable at step: {summary['recognizable_at_step']}")
 
 
 def _overrides(items: list[str]) -> dict:

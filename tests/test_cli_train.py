@@ -72,7 +72,7 @@ def test_train_prints_writes_metrics_and_is_tracked(tmp_path, capsys, monkeypatc
     assert f"tracked: run {run.info.run_id} in experiment 'harness-train'" in printed
     tags = run.data.tags
     assert run.info.status == "FINISHED" and tags[HASH] == m["config_hash"] and tags[SPEC] == "harness-train"
-    assert tags[CODE_VERSION] == code_version() and COMMIT in tags
+    assert tags[CODE_VERSION] == code_version().train and COMMIT in tags
     assert tags[CHECKPOINT] == str(tmp_path / "run" / "checkpoint.pt")
     assert run.data.params["train.steps"] == "30" and run.data.params["model.conditional"] == "True"
     assert [x.step for x in client.get_metric_history(run.info.run_id, "train/loss")] == list(range(1, 31))

@@ -1,4 +1,4 @@
-"""Provenance: runs record the code that made them, and finished runs of other code are not reused."""
+"""Provenance: runs record the code that determines them; a result is redone only when that code changed."""
 
 import shutil
 
@@ -9,7 +9,7 @@ import harness.orchestration.runner as runner
 from harness.config.schema import CODE_VERSION, COMMIT, ROLE
 from harness.config.spec import load_spec, make_plan
 from harness.orchestration.placement import resolve_plan
-from harness.orchestration.provenance import code_version, source_hash
+from harness.orchestration.provenance import CodeVersion, code_version, code_version_of
 from harness.orchestration.runner import run_plan
 from harness.orchestration.tracking import MlflowStore
 
@@ -26,30 +26,30 @@ TINY = {
 }
 
 
-def _copy_sources(tmp_path):
-    import analysis
+def _edit(path):
+    path.write_text(path.read_text() + "\n# an edit\n")
+
+
+def test_each_result_is_keyed_by_the_code_that_determines_it(tmp_path):
     import harness
 
-    for pkg in (harness, analysis):
-        src = pkg.__path__[0]
-        shutil.copytree(src, tmp_path / pkg.__name__, ignore=shutil.ignore_patterns("__pycache__"))
-    (tmp_path / "README.md").write_text("# readme\n")
-    return {"harness": tmp_path / "harness", "analysis": tmp_path / "analysis"}
-
-
-def test_code_version_changes_with_a_source_file_and_not_with_the_readme(tmp_path):
-    roots = _copy_sources(tmp_path)
-    before = source_hash(roots)
-    assert before == code_version()  # the installed packages hash the same as their copy
-    (tmp_path / "README.md").write_text("# a new README\n")
-    (tmp_path / "harness" / "__pycache__").mkdir()
-    (tmp_path / "harness" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0")
-    assert source_hash(roots) == before
-    samplers = tmp_path / "harness" / "diffusion" / "samplers.py"
-    samplers.write_text(samplers.read_text() + "\n# a fixed bug\n")
-    assert source_hash(roots) != before
-    samplers.rename(tmp_path / "harness" / "diffusion" / "samplers2.py")  # a rename is a change of code too
-    assert source_hash(roots) != before
+    root = tmp_path / "harness"
+    shutil.copytree(harness.__path__[0], root, ignore=shutil.ignore_patterns("__pycache__"))
+    before = code_version_of(root)
+    assert before == code_version()  # the installed package hashes the same as its copy
+    (root / "__pycache__").mkdir()
+    (root / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0")
+    for never in ("cli.py", "orchestration/runner.py", "sweeps/sweep.py", "tools/bench.py", "config/spec.py"):
+        _edit(root / never)  # what runs and how it is shown, never what a number is
+    assert code_version_of(root) == before
+    _edit(root / "evaluation" / "metrics.py")  # re-evaluates, does not retrain
+    evaluated = code_version_of(root)
+    assert evaluated.train == before.train and evaluated.eval != before.eval
+    _edit(root / "diffusion" / "processes.py")  # retrains (and so re-evaluates)
+    retrained = code_version_of(root)
+    assert retrained.train != before.train and retrained.eval != evaluated.eval
+    (root / "diffusion" / "samplers.py").rename(root / "diffusion" / "samplers2.py")  # a rename is a change too
+    assert code_version_of(root).train != retrained.train
 
 
 def _spec(tmp_path, name="prov"):
@@ -71,38 +71,43 @@ def _run(path, store, **kw):
     return run_plan(plan, store, spec_path=str(path), quiet=True, **kw)
 
 
-def test_runs_made_by_other_code_are_retrained_unless_reuse_any(tmp_path, monkeypatch):
+def test_an_evaluation_edit_re_evaluates_and_a_training_edit_retrains(tmp_path, monkeypatch):
     store = MlflowStore(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
     path = _spec(tmp_path)
-    monkeypatch.setattr(runner, "code_version", lambda: "aaaaaaaaaaaa")
+    monkeypatch.setattr(runner, "code_version", lambda: CodeVersion("train-aaaaa1", "eval-aaaaaa1"))
     [first], _ = _run(path, store)
     assert first.status == "trained"
     exp = store.experiment_id("prov")
     [train] = store.runs(exp, {ROLE: "train"})
     [ev] = store.runs(exp, {ROLE: "eval"})
-    assert train.data.tags[CODE_VERSION] == ev.data.tags[CODE_VERSION] == "aaaaaaaaaaaa"
+    assert train.data.tags[CODE_VERSION] == "train-aaaaa1" and ev.data.tags[CODE_VERSION] == "eval-aaaaaa1"
     assert COMMIT in train.data.tags
 
     [same], _ = _run(path, store)
-    assert same.status == "skipped"  # same code: nothing to do
+    assert same.status == "skipped"  # same code (an edit of analysis/, the CLI, ...): nothing to do
+    spec = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**spec, "question": "A reworded question?"}))
+    [reworded], _ = _run(path, store)  # the question is not code: nothing re-runs
+    assert reworded.status == "skipped"
 
-    monkeypatch.setattr(runner, "code_version", lambda: "bbbbbbbbbbbb")
+    # evaluation/ changed: the model is kept, its settings are evaluated again
+    monkeypatch.setattr(runner, "code_version", lambda: CodeVersion("train-aaaaa1", "eval-bbbbbb2"))
+    [evaluated], _ = _run(path, store)
+    assert evaluated.status == "evaluated" and evaluated.run_id == train.info.run_id
+    assert {e.data.tags[CODE_VERSION] for e in store.runs(exp, {ROLE: "eval"})} == {"eval-aaaaaa1", "eval-bbbbbb2"}
+
+    # the training code changed: retrained, unless --reuse any
+    monkeypatch.setattr(runner, "code_version", lambda: CodeVersion("train-ccccc3", "eval-cccccc3"))
     [kept], _ = _run(path, store, reuse="any")
     assert kept.status == "skipped" and kept.run_id == train.info.run_id
     rows = runner.describe(resolve_plan(make_plan(load_spec(path), str(path), "smoke"))[0], store)
     assert rows[0]["state"] == "stale"
     [again], _ = _run(path, store)
     assert again.status == "trained" and again.run_id != train.info.run_id
-    assert "made by code aaaaaaaaaaaa, now bbbbbbbbbbbb" in again.note
-    newest = store.runs(exp, {ROLE: "train"})[0]
-    assert newest.data.tags[CODE_VERSION] == "bbbbbbbbbbbb"
-    assert {e.data.tags[CODE_VERSION] for e in store.runs(exp, {ROLE: "eval"})} == {"aaaaaaaaaaaa", "bbbbbbbbbbbb"}
+    assert "made by training code train-aaaaa1, now train-ccccc3" in again.note
+    assert store.runs(exp, {ROLE: "train"})[0].data.tags[CODE_VERSION] == "train-ccccc3"
     [done], _ = _run(path, store)
     assert done.status == "skipped"
-    spec = yaml.safe_load(path.read_text())
-    path.write_text(yaml.safe_dump({**spec, "question": "A reworded question?"}))
-    [reworded], _ = _run(path, store)  # the question is not code: nothing re-runs
-    assert reworded.status == "skipped"
 
 
 def test_two_settings_that_differ_only_in_variance_are_two_evaluations(tmp_path):

@@ -15,7 +15,9 @@ HASH = "harness.config_hash"  # Config.train_hash() of the trained model
 SPEC = "harness.spec"
 COMMIT = "git.commit"
 DIRTY = "git.dirty"
-CODE_VERSION = "harness.code_version"  # hash of the installed harness + analysis sources (provenance.py)
+# The hash of the sources that determine a run's numbers (orchestration/provenance.py): on a training run the
+# training code, on an evaluation run the evaluation code (which includes the training code).
+CODE_VERSION = "harness.code_version"
 ARM = "harness.arm"  # the arm as JSON, {dotted key: value} (plan.json's jobs hold the same); arm_text() names it
 SEED = "harness.seed"
 DEVICE = "harness.device"

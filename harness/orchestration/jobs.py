@@ -31,36 +31,47 @@ from ..config.schema import (
     FEATURE_FINGERPRINT,
     FID_INCEPTION_UNAVAILABLE,
     HASH,
+    METRICS,
     PARENT,
     RECOGNIZER_FINGERPRINT,
     ROLE,
     SEED,
     SPEC,
+    STOPPED,
     eval_key,
 )
 from ..result import EvalResult
 from ..tracker import StoreUnavailable
 from .environment import environment
-from .provenance import code_version, git_state, stale_reason
+from .provenance import CodeVersion, code_version, git_state, stale_reason
 from .store import EMA_ARTIFACT, job_lock, load_ema, publish_ema, shared_classifiers, store_root
 from .tracking import MlflowStore, MlflowTracker, SystemMetrics
 
 
 @dataclass
 class Task:
-    """Everything a worker needs, picklable (configs travel as canonical JSON)."""
+    """Everything a worker needs to run one job, picklable (configs travel as canonical JSON).
+
+    Whoever starts a training run fills this in: ``harness run`` (an arm and seed of a spec, below the
+    launch's parent run), ``harness train`` (arm ``{}``, its own run dir), a sweep's trial seed and its
+    confirmation (the trial's params as the arm, the study and trial as ``tags``). ``run_job`` does the rest
+    the same way for all of them, so their runs carry the same params and tags.
+    """
 
     config_json: str
     arm: dict[str, Any]
     seed: int
-    spec_name: str
+    spec_name: str  # the experiment's name; checkpoints live under checkpoints/<spec_name>/<hash>
     experiment_id: str
-    parent_run_id: str
+    parent_run_id: str  # "" for a top-level run
     uri: str
     force: bool = False
-    threads: int = 1
-    code_version: str = field(default_factory=code_version)  # of the launching process
+    threads: int = 1  # torch threads in the worker; 0 leaves the process's setting alone
+    code: CodeVersion = field(default_factory=code_version)  # of the launching process
     reuse: str = "same-code"  # or "any": accept finished runs made by other harness code
+    tags: dict[str, Any] = field(default_factory=dict)  # more tags on both kinds of run (a sweep's study, trial)
+    run_dir: str | None = None  # checkpoints and grids; default <store root>/checkpoints/<spec_name>/<hash>
+    progress: bool | None = False  # train's progress: lines in workers, a bar for `harness train`
 
 
 @dataclass
@@ -72,53 +83,83 @@ class Outcome:
     run_id: str | None = None
     error: str | None = None
     note: str | None = None  # why a finished run was not reused (stale code)
-    evals: list[EvalResult] = field(default_factory=list)
+    evals: list[EvalResult] = field(default_factory=list)  # the final evaluation of every setting of the config
     seconds: float = 0.0
     store_unavailable: bool = False  # stopped because the tracking store could not be reached
+    summary: dict[str, Any] | None = None  # TrainResult.to_json() when this job trained
 
 
 @dataclass
 class JobState:
     state: str  # done | evaluate | resume | new
     run: Any = None  # the training run to continue or evaluate, or None
-    done: set = field(default_factory=set)  # keys of the settings already evaluated
+    done: dict = field(default_factory=dict)  # setting key -> the finished evaluation run of it
     stale: Any = None  # a run that matches the config but was made by other code (not reused)
     why: str | None = None  # why ``stale`` is not reused
 
 
 def job_state(
-    store: MlflowStore, experiment_id: str, config: Config, code: str | None = None, reuse: str = "same-code"
+    store: MlflowStore, experiment_id: str, config: Config, code: CodeVersion | None = None, reuse: str = "same-code"
 ) -> JobState:
-    """What is left to do for ``config``. With ``reuse="same-code"`` only runs (and evaluations) made by
-    this ``code`` version count; a finished or unfinished run of other code is retrained from scratch."""
+    """What is left to do for ``config``. With ``reuse="same-code"`` a training run counts only if the
+    training code is the same (provenance.TRAINING), an evaluation only if the evaluation code is."""
     code = code or code_version()
+
+    def current(run, role: str) -> bool:
+        return reuse == "any" or stale_reason(run.data.tags, code, role) is None
+
     runs = store.runs(experiment_id, {ROLE: "train", HASH: config.train_hash()})
-    current = (lambda r: True) if reuse == "any" else (lambda r: stale_reason(r.data.tags, code) is None)
-    stale = next((r for r in runs if not current(r) and r.info.status in ("FINISHED", "RUNNING", "FAILED")), None)
-    runs = [r for r in runs if current(r)]
+    alive = ("FINISHED", "RUNNING", "FAILED")
+    stale = next((r for r in runs if not current(r, "train") and r.info.status in alive), None)
+    runs = [r for r in runs if current(r, "train")]
     finished = [r for r in runs if r.info.status == "FINISHED"]
     if finished:
         run = finished[0]
         evals = store.runs(experiment_id, {ROLE: "eval", PARENT: run.info.run_id})
-        done = {
-            SamplerSetting.from_params(e.data.params).key for e in evals if e.info.status == "FINISHED" and current(e)
-        }
+        done = {}
+        for e in evals:
+            if e.info.status == "FINISHED" and current(e, "eval"):
+                done.setdefault(SamplerSetting.from_params(e.data.params).key, e)
         wanted = {s.key for s in config.eval.samplers}
-        return JobState("done" if wanted <= done else "evaluate", run, done)
+        return JobState("done" if wanted <= set(done) else "evaluate", run, done)
     if runs:
         return JobState("resume", runs[0])
-    why = stale_reason(stale.data.tags, code) if stale is not None else None
+    why = stale_reason(stale.data.tags, code, "train") if stale is not None else None
     return JobState("new", stale=stale, why=why)
 
 
 def run_task(task: Task) -> Outcome:
-    """Train (or resume) one job and evaluate its missing settings. Runs in a worker process."""
-    import torch
-
+    """``run_job`` in a worker process: a failure is recorded in the outcome, never raised to the pool."""
     from ..training.checkpoint import CheckpointError
 
-    torch.set_num_threads(task.threads)
+    start = time.perf_counter()
     config = Config.model_validate_json(task.config_json)
+    try:
+        return run_job(task, config)
+    except StoreUnavailable as err:  # nothing more can be tracked: the run stays RUNNING and resumes later
+        out = Outcome(config.train_hash(), task.arm, task.seed, "failed", error=str(err), store_unavailable=True)
+    except Exception as err:  # noqa: BLE001 - a failed job must not take the others down
+        why = str(err) if isinstance(err, CheckpointError) else f"{type(err).__name__}: {err}"
+        out = Outcome(config.train_hash(), task.arm, task.seed, "failed", error=why)
+        if os.environ.get("HARNESS_DEBUG"):
+            traceback.print_exc()
+    out.seconds = time.perf_counter() - start
+    return out
+
+
+def run_job(task: Task, config: Config, *, data=None, wrap=None, stopped: tuple[type, ...] = ()) -> Outcome:
+    """The one implementation of a job: train (or resume) ``config`` and evaluate its missing settings.
+
+    Opens the training run (or finds the one to resume or reuse), tags it, logs the config, fingerprints,
+    data set, environment and system metrics, trains, logs the final weights, then one evaluation child run
+    per setting. ``data``: the data set if the caller holds it already; ``wrap(evaluator)`` may watch the
+    periodic evaluations (a sweep's pruning). An error ends the training run FAILED (KILLED for Ctrl-C and
+    for the ``stopped`` exceptions, such as a pruned trial, tagged with why) and is raised again.
+    """
+    import torch
+
+    if task.threads:
+        torch.set_num_threads(task.threads)
     root = store_root(task.uri)
     h = config.train_hash()
     out = Outcome(h, task.arm, task.seed, "skipped")
@@ -128,94 +169,120 @@ def run_task(task: Task) -> Outcome:
         try:
             store = MlflowStore(task.uri)
             close_stale_evals(store, task.experiment_id, h)
-            js = job_state(store, task.experiment_id, config, task.code_version, task.reuse)
-            state, run, done = js.state, js.run, js.done
-            if (task.force and state != "new") or js.stale is not None and state == "new":
+            js = job_state(store, task.experiment_id, config, task.code, task.reuse)
+            run_dir = Path(task.run_dir) if task.run_dir else root / "checkpoints" / task.spec_name / h
+            if (task.force and js.state != "new") or (js.stale is not None and js.state == "new"):
                 # Retrain from scratch: the checkpoint belongs to the run that is no longer reused.
-                if js.stale is not None and state == "new":
+                if js.stale is not None and js.state == "new":
                     out.note = f"retrained: run {js.stale.info.run_id[:8]} was {js.why} (--reuse any keeps it)"
                     if js.stale.info.status == "RUNNING":  # its process is gone: we hold the job lock
                         store.client.set_terminated(js.stale.info.run_id, status="KILLED")
-                state, run, done = "new", None, set()
-                shutil.rmtree(root / "checkpoints" / task.spec_name / h, ignore_errors=True)
-            from ..evaluation.evaluate import Evaluator, default_cache_dir, grid_key, save_png
-            from ..training.data import load_dataset
-            from ..training.train import train
-
-            run_dir = root / "checkpoints" / task.spec_name / h  # "never twice" holds per experiment
-            missing = [s for s in config.eval.samplers if s.key not in done]
-            if state == "done":
-                out.run_id = run.info.run_id
+                js = JobState("new")
+                shutil.rmtree(run_dir, ignore_errors=True)
+            elif js.run is not None and Path(js.run.data.tags.get(CHECKPOINT, "")).parent.is_dir():
+                run_dir = Path(js.run.data.tags[CHECKPOINT]).parent  # where that run keeps its checkpoint
+            if js.state == "done":
+                out.run_id = js.run.info.run_id
+                out.evals = [logged_eval(js.done[s.key], config) for s in config.eval.samplers]
                 return out
-            data = load_dataset(config.data.dataset, config.data.root, config.data.download)
+            from ..evaluation.evaluate import Evaluator, default_cache_dir
+            from ..training.data import load_dataset
+
+            if data is None:
+                data = load_dataset(config.data.dataset, config.data.root, config.data.download)
             device = _device(config)
             shared_classifiers(store, data, default_cache_dir())  # before the evaluator loads them from the cache
             evaluator = Evaluator(config, data, device=device, out_dir=run_dir)
             features = feature_tags(evaluator)
-            if state in ("new", "resume"):
-                if state == "resume":
-                    tracker = store.resume_run(run.info.run_id)
-                    tracker.set_tags(features)
-                else:
-                    tracker = store.start_run(
-                        task.experiment_id,
-                        run_name(task.arm, task.seed),
-                        parent=task.parent_run_id,
-                        tags={
-                            **run_tags(task, "train", h),
-                            CHECKPOINT: str(run_dir / "checkpoint.pt"),
-                            DEVICE: str(device),
-                            **features,
-                        },
-                    )
-                    tracker.log_params(config.flat())
-                    tracker.log_dict(config.to_dict(), "config.json")
-                    log_dataset(tracker, config, data)
-                    store.share_arms_view(task.experiment_id, list(task.arm))
-                log_environment(tracker, device)  # again on resume: the machine that finishes a run counts
-                with SystemMetrics(task.uri, tracker.run_id, resume=state == "resume"):
-                    result = train(config, tracker, run_dir=run_dir, data=data, evaluator=evaluator)  # lines, no bar
-                publish_ema(store, tracker.run_id, config, run_dir)
-                summary = {"classifier_accuracy": evaluator.classifier_accuracy}
-                if result.recognizable_at_step is not None:
-                    summary["recognizable_at_step"] = result.recognizable_at_step
-                tracker.log_metrics(summary)
-                tracker.finish("FINISHED")
-                out.status, out.run_id = "trained", tracker.run_id
-                finals = {e.setting.key: e for e in result.final_evals()}
+            finals: dict = {}
+            if js.state in ("new", "resume"):
+                tracker = open_training_run(store, task, js, config, data, run_dir, device, features)
+                finals = train_model(task, config, tracker, store, run_dir, data, evaluator, wrap, js.state, out)
+                tracker = None  # finished: a later error is the evaluation's, not the training run's
             else:
-                out.status, out.run_id, finals = "evaluated", run.info.run_id, {}
-            model = None
-            if any(s.key not in finals for s in missing):  # the local checkpoint, else the run's logged weights
-                fetch = lambda dest: store.download(out.run_id, EMA_ARTIFACT, dest) is not None  # noqa: E731
-                model = load_ema(config, data, run_dir, device, fetch=fetch)
-            for setting in missing:
-                result = finals.get(setting.key)
-                if result is None:
-                    result, grid = evaluator.evaluate_setting(model, setting, step=config.train.steps, final=True)
-                    save_png(grid, run_dir / "grids" / setting.label / f"step_{config.train.steps:07d}.png")
-                    # Beside the training run's own grids, so a report on any machine finds it.
-                    MlflowTracker(store.client, out.run_id).log_image(grid, grid_key(setting.label), config.train.steps)
-                    log_final_on_training_run(store, out.run_id, result)
-                log_eval(store, task, out.run_id, h, result, features)
-                out.evals.append(result)
-        except StoreUnavailable as err:  # nothing more can be tracked: the run stays RUNNING and resumes later
-            out.status, out.error, out.store_unavailable = "failed", str(err), True
-        except BaseException as err:  # noqa: BLE001 - a failed job must not take the others down
-            if tracker is not None:
-                tracker.set_tags({ERROR: str(err)[:5000]})
-                tracker.finish("FAILED")
-            out.status, out.error = (
-                "failed",
-                str(err) if isinstance(err, CheckpointError) else f"{type(err).__name__}: {err}",
-            )
-            if not isinstance(err, Exception):
-                raise
-            if os.environ.get("HARNESS_DEBUG"):
-                traceback.print_exc()
+                out.status, out.run_id = "evaluated", js.run.info.run_id
+            evaluate_missing(task, config, store, out, js, finals, evaluator, run_dir, data, device, features)
+        except BaseException as err:
+            if tracker is not None and not isinstance(err, StoreUnavailable):
+                killed = isinstance(err, (KeyboardInterrupt, *stopped))
+                tracker.set_tags({(STOPPED if killed else ERROR): str(err)[:5000] or type(err).__name__})
+                tracker.finish("KILLED" if killed else "FAILED")
+            raise
         finally:
             out.seconds = time.perf_counter() - start
     return out
+
+
+def open_training_run(store, task: Task, js: JobState, config: Config, data, run_dir: Path, device, features):
+    """The training run of a job: resumed as it was, or opened with its tags, params, config and data set."""
+    if js.state == "resume":
+        tracker = store.resume_run(js.run.info.run_id)
+        tracker.set_tags(features)
+    else:
+        tracker = store.start_run(
+            task.experiment_id,
+            run_name(task.arm, task.seed),
+            parent=task.parent_run_id or None,
+            tags={
+                **run_tags(task, "train", config.train_hash()),
+                CHECKPOINT: str(run_dir / "checkpoint.pt"),
+                DEVICE: str(device),
+                **features,
+            },
+        )
+        tracker.log_params(config.flat())
+        tracker.log_dict(config.to_dict(), "config.json")
+        log_dataset(tracker, config, data)
+        store.share_arms_view(task.experiment_id, list(task.arm))
+    log_environment(tracker, device)  # again on resume: the machine that finishes a run counts
+    return tracker
+
+
+def train_model(task, config, tracker, store, run_dir, data, evaluator, wrap, state, out) -> dict:
+    """Train to the end under ``tracker``, publish the EMA weights, end the run FINISHED; the final
+    evaluations the training loop made, by setting key."""
+    from ..training.train import train
+
+    with SystemMetrics(task.uri, tracker.run_id, resume=state == "resume"):
+        scorer = wrap(evaluator) if wrap else evaluator
+        result = train(config, tracker, run_dir=run_dir, data=data, evaluator=scorer, progress=task.progress)
+    publish_ema(store, tracker.run_id, config, run_dir)
+    summary = {"classifier_accuracy": evaluator.classifier_accuracy}
+    if result.recognizable_at_step is not None:
+        summary["recognizable_at_step"] = result.recognizable_at_step
+    tracker.log_metrics(summary)
+    tracker.finish("FINISHED")
+    out.status, out.run_id, out.summary = "trained", tracker.run_id, result.to_json()
+    return {e.setting.key: e for e in result.final_evals()}
+
+
+def evaluate_missing(task, config, store, out, js, finals, evaluator, run_dir, data, device, features) -> None:
+    """One evaluation run per setting of ``config`` that has none yet; ``out.evals`` gets every setting's."""
+    from ..evaluation.evaluate import grid_key, save_png
+
+    model = None
+    for setting in config.eval.samplers:
+        if setting.key in js.done:
+            out.evals.append(logged_eval(js.done[setting.key], config))
+            continue
+        result = finals.get(setting.key)
+        if result is None:
+            if model is None:  # the local checkpoint, else the run's logged weights
+                fetch = lambda dest: store.download(out.run_id, EMA_ARTIFACT, dest) is not None  # noqa: E731
+                model = load_ema(config, data, run_dir, device, fetch=fetch)
+            result, grid = evaluator.evaluate_setting(model, setting, step=config.train.steps, final=True)
+            save_png(grid, run_dir / "grids" / setting.label / f"step_{config.train.steps:07d}.png")
+            # Beside the training run's own grids, so a report on any machine finds it.
+            MlflowTracker(store.client, out.run_id).log_image(grid, grid_key(setting.label), config.train.steps)
+            log_final_on_training_run(store, out.run_id, result)
+        log_eval(store, task, out.run_id, config.train_hash(), result, features)
+        out.evals.append(result)
+
+
+def logged_eval(run, config: Config) -> EvalResult:
+    """A finished evaluation run read back as the result it logged."""
+    metrics = {k: v for k, v in run.data.metrics.items() if k in METRICS}
+    return EvalResult(config.train.steps, SamplerSetting.from_params(run.data.params), metrics)
 
 
 def _device(config: Config):
@@ -231,9 +298,10 @@ def run_tags(task: Task, role: str, h: str) -> dict[str, Any]:
         HASH: h,
         SPEC: task.spec_name,
         COMMIT: git_state()[0],
-        CODE_VERSION: task.code_version,
+        CODE_VERSION: task.code.of(role),
         ARM: json.dumps(task.arm),  # JSON, not "k=v" text: a list value holds ", " too
         SEED: task.seed,
+        **task.tags,
     }
 
 
@@ -301,46 +369,3 @@ def feature_tags(evaluator) -> dict[str, str]:
         FEATURE_FINGERPRINT: evaluator.classifier.fingerprint,
         RECOGNIZER_FINGERPRINT: evaluator.recognizer.fingerprint,
     }
-
-
-class TrainRun:
-    """The MLflow run of one ``harness train``, tagged as a job's training run is (``run_tags``: role
-    ``train``, config hash, commit, code version; the experiment stands for the spec, the arm is ``base``).
-
-    Running the same command again resumes the checkpoint in the run dir, and so the run that logged it.
-    """
-
-    def __init__(self, store: MlflowStore, experiment: str, config: Config, run_dir: Path, evaluator):
-        h, checkpoint = config.train_hash(), str(run_dir / "checkpoint.pt")
-        self.store, self.experiment, self.hash = store, experiment, h
-        self.features = feature_tags(evaluator)
-        exp_id = store.experiment_id(experiment)
-        self.task = Task(config.model_dump_json(), {}, config.train.seed, experiment, exp_id, "", store.uri)
-        runs = store.runs(exp_id, {ROLE: "train", HASH: h}) if Path(checkpoint).is_file() else []
-        earlier = next((r for r in runs if r.data.tags.get(CHECKPOINT) == checkpoint), None)
-        if earlier:
-            self.tracker = store.resume_run(earlier.info.run_id)
-            return
-        tags = {
-            **run_tags(self.task, "train", h),
-            CHECKPOINT: checkpoint,
-            DEVICE: str(evaluator.device),
-            **self.features,
-        }
-        self.tracker = store.start_run(exp_id, f"train-{h}", tags=tags)
-        self.tracker.log_params(config.flat())
-        self.tracker.log_dict(config.to_dict(), "config.json")
-
-    def finish(self, result) -> None:
-        """The run's summary metrics, one evaluation child run per final setting (as ``harness run``), FINISHED."""
-        summary = {"classifier_accuracy": result.classifier_accuracy}
-        if result.recognizable_at_step is not None:
-            summary["recognizable_at_step"] = result.recognizable_at_step
-        self.tracker.log_metrics(summary)
-        for e in result.final_evals():
-            log_eval(self.store, self.task, self.tracker.run_id, self.hash, e, self.features)
-        self.tracker.finish("FINISHED")
-
-    def fail(self, err: BaseException) -> None:
-        self.tracker.set_tags({ERROR: str(err)[:5000] or type(err).__name__})
-        self.tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")

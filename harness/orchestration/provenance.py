@@ -1,9 +1,16 @@
-"""Which code produced a result: a hash of the harness and analysis sources, and the git commit.
+"""Which code produced a result: hashes of the sources that determine its numbers, and the git commit.
 
-A finished run is only reused by code that would produce the same numbers. The git commit alone
-cannot tell: an installed copy has no git, and a dirty tree is the same commit with different code.
-So the sources themselves are hashed (every ``.py`` file of the two packages, by relative path and
-bytes); the README, specs and caches are not sources, so editing them changes nothing.
+A finished result is reused unless the code that made its numbers changed. The git commit cannot tell
+(an installed copy has no git; a dirty tree is one commit with many codes), and a hash of every file
+throws hours of training away for a reworded report sentence. So each kind of result is keyed by the
+sources that can change it, below ``harness/``:
+
+- a trained model (``TRAINING``): the diffusion process, the networks, the training loop and its data,
+  the run config's schema, and the device's precision rules;
+- an evaluation (``EVALUATION``): those, and ``evaluation/`` (samplers' callers, metrics, classifiers).
+
+Analysis, reports, the CLI, orchestration, sweeps, the bench, docs and tests decide what runs and how it
+is shown, never what a number is: editing them reuses every result. Tests check all three cases.
 """
 
 from __future__ import annotations
@@ -11,39 +18,62 @@ from __future__ import annotations
 import functools
 import hashlib
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config.schema import CODE_VERSION
 
-PACKAGES = ("harness", "analysis")
-REPO = Path(__file__).resolve().parents[2]
+HARNESS = Path(__file__).resolve().parents[1]  # the installed harness package
+REPO = HARNESS.parent
+# Paths below harness/: a folder counts with every .py file in it.
+TRAINING = ("diffusion", "models", "training", "config/run.py", "config/setting.py", "config/fields.py", "device.py")
+EVALUATION = (*TRAINING, "evaluation")
 REUSE_POLICIES = ("same-code", "any")  # harness run --reuse
 
 
-def source_hash(roots: dict[str, Path]) -> str:
-    """12 hex digits over the ``.py`` files under each root, named by package and relative path."""
+def source_hash(root: Path, parts: tuple[str, ...]) -> str:
+    """12 hex digits over the ``.py`` files of ``parts`` below ``root``, named by their relative path."""
     h = hashlib.sha256()
-    for name, root in sorted(roots.items()):
-        for path in sorted(root.rglob("*.py")):
-            if "__pycache__" in path.parts:
-                continue
-            h.update(f"{name}/{path.relative_to(root).as_posix()}\0".encode())
-            h.update(path.read_bytes())
-            h.update(b"\0")
+    files = set()
+    for part in parts:
+        path = root / part
+        files |= {path} if path.suffix == ".py" else set(path.rglob("*.py"))
+    for path in sorted(f for f in files if "__pycache__" not in f.parts):
+        h.update(f"{path.relative_to(root).as_posix()}\0".encode())
+        h.update(path.read_bytes())
+        h.update(b"\0")
     return h.hexdigest()[:12]
 
 
-@functools.cache
-def code_version() -> str:
-    """The hash of the installed ``harness`` and ``analysis`` packages (computed once per process)."""
-    import importlib.util
+@dataclass(frozen=True)
+class CodeVersion:
+    """The code of a training run (``train``) and of an evaluation (``eval``), as the tags that carry them."""
 
-    roots = {}
-    for name in PACKAGES:
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.submodule_search_locations:
-            roots[name] = Path(next(iter(spec.submodule_search_locations)))
-    return source_hash(roots)
+    train: str
+    eval: str
+
+    def of(self, role: str) -> str:
+        """The version a run of ``role`` carries: an evaluation's (or a launch's) covers its model's code too."""
+        return self.train if role == "train" else self.eval
+
+
+def code_version_of(root: Path) -> CodeVersion:
+    return CodeVersion(source_hash(root, TRAINING), source_hash(root, EVALUATION))
+
+
+@functools.cache
+def code_version() -> CodeVersion:
+    """The code of the installed harness (computed once per process)."""
+    return code_version_of(HARNESS)
+
+
+def stale_reason(tags: dict[str, str], current: CodeVersion, role: str) -> str | None:
+    """Why a run made by other code must not be reused (None: the code that determines it is the same)."""
+    theirs, mine = tags.get(CODE_VERSION), current.of(role)
+    if theirs == mine:
+        return None
+    what = "evaluation" if role == "eval" else "training"
+    return f"made by {what} code {theirs or 'of unknown version'}, now {mine}"
 
 
 def git_state() -> tuple[str, bool]:
@@ -64,11 +94,3 @@ def git_state() -> tuple[str, bool]:
         return commit or "unknown", dirty
     except (OSError, subprocess.SubprocessError):
         return "unknown", False
-
-
-def stale_reason(tags: dict[str, str], current: str) -> str | None:
-    """Why a run made by other code must not be reused (None: same code)."""
-    theirs = tags.get(CODE_VERSION)
-    if theirs == current:
-        return None
-    return f"made by code {theirs or 'of unknown version'}, now {current}"

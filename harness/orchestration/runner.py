@@ -132,7 +132,7 @@ def run_plan(
             SPEC: plan.spec.name,
             COMMIT: commit,
             DIRTY: dirty,
-            CODE_VERSION: code_version(),
+            CODE_VERSION: code_version().eval,
             REUSE: reuse,
             PROFILE: plan.profile,
             QUESTION: plan.spec.question,
@@ -156,10 +156,10 @@ def run_plan(
             exp_id,
             parent.run_id,
             store.uri,
-            force,
-            threads,
-            code_version(),
-            reuse,
+            force=force,
+            threads=threads,
+            code=code_version(),
+            reuse=reuse,
         )
         for job in plan.jobs
     ]

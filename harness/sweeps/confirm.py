@@ -2,8 +2,9 @@
 
 The best of N trials scored on noisy values is biased toward a lucky draw (the winner's curse), so its
 search value overstates what the configuration does; the same configuration on seeds that played no part
-in the selection gives an unbiased value and a confidence interval. One MLflow run per (trial, seed), role
-``confirm``, a child of the sweep's parent run; a finished one is never trained again.
+in the selection gives an unbiased value and a confidence interval. One job per (trial, seed): a training run
+below the sweep's parent, tagged with the study, the trial and its rank (``CONFIRM_RANK``); a finished one is
+never trained again.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import optuna
 from optuna.trial import TrialState
 
 from ..config.schema import CONFIRM_RANK, ROLE, SEED, STUDY, TRIAL
+from ..orchestration.jobs import run_job
 from ..orchestration.tracking import MlflowStore, MlflowTracker
 from ..result import EvalResult
-from .objective import WorkerTask, measured, study_tags, train_and_evaluate
+from .objective import WorkerTask, measured, sweep_task
 from .search import Sweep
 
 
@@ -52,26 +54,24 @@ def confirm_jobs(study: optuna.Study, sweep: Sweep) -> list[ConfirmJob]:
     ]
 
 
+def confirm_runs(store: MlflowStore, experiment_id: str, study: str) -> list:
+    """The training runs of a study's confirmations (newest first): those that carry a confirmation rank."""
+    return [r for r in store.runs(experiment_id, {ROLE: "train", STUDY: study}) if CONFIRM_RANK in r.data.tags]
+
+
 def run_confirmation(
     job: ConfirmJob, sweep: Sweep, task: WorkerTask, store: MlflowStore, root, data
 ) -> EvalResult | None:
     """Train and evaluate one (trial, fresh seed); None when a finished run of it exists already."""
-    key = {ROLE: "confirm", STUDY: sweep.study_name, TRIAL: str(job.trial), SEED: str(job.seed)}
-    done = [r for r in store.runs(task.experiment_id, key) if r.info.status == "FINISHED"]
+    mine = [
+        r
+        for r in confirm_runs(store, task.experiment_id, sweep.study_name)
+        if r.data.tags.get(TRIAL) == str(job.trial) and r.data.tags.get(SEED) == str(job.seed)
+    ]
+    done = [r for r in mine if r.info.status == "FINISHED"]
     if done:
         MlflowTracker(store.client, done[0].info.run_id).set_tags({CONFIRM_RANK: job.rank})  # ranks move on resume
         return None
     config = measured(sweep.resolve(job.params, device=task.device, seed=job.seed))
-    run = store.start_run(
-        task.experiment_id,
-        f"{sweep.study_name}-confirm-trial-{job.trial} seed={job.seed}",
-        parent=task.parent_run_id,
-        tags={
-            **study_tags(sweep, "confirm", config.train_hash()),
-            TRIAL: job.trial,
-            SEED: job.seed,
-            CONFIRM_RANK: job.rank,
-        },
-    )
-    run.log_params({**job.params, "seed": job.seed})
-    return train_and_evaluate(config, run, root, sweep.spec.name, data)
+    tags = {TRIAL: job.trial, CONFIRM_RANK: job.rank}
+    return run_job(sweep_task(sweep, task, config, job.params, task.parent_run_id, tags), config, data=data).evals[0]

@@ -13,19 +13,14 @@ from typing import Any
 
 import optuna
 
-from ..config import (
-    Config,
-)
+from ..config import Config
 from ..config.schema import (
     CODE_VERSION,
     COMMIT,
     ERROR,
-    FEATURE_FINGERPRINT,
     HASH,
-    RECOGNIZER_FINGERPRINT,
     RETRY_OF,
     ROLE,
-    SEED,
     SPEC,
     STOPPED,
     STUDY,
@@ -35,8 +30,9 @@ from ..config.schema import (
     spread_key,
 )
 from ..config.space import FloatParam, IntParam
+from ..orchestration.jobs import Task, run_job
 from ..orchestration.provenance import code_version, git_state
-from ..orchestration.store import hold_lock, job_lock, load_ema, lock_path
+from ..orchestration.store import hold_lock, lock_path
 from ..orchestration.tracking import MlflowStore, MlflowTracker
 from ..result import EvalResult
 from .search import Sweep
@@ -58,7 +54,6 @@ class PruningEvaluator:
     def __init__(self, inner, trial: optuna.Trial, metric: str | None, sweep: Sweep, index: int, history):
         self.inner, self.trial, self.metric, self.sweep, self.index = inner, trial, metric, sweep, index
         self.history: dict[int, list[float]] = history  # step -> the objective at that step, per seed so far
-        self.final: EvalResult | None = None  # the final evaluation, once it ran
 
     @property
     def classifier_accuracy(self) -> float:
@@ -71,8 +66,6 @@ class PruningEvaluator:
     def run(self, model, *, step: int, tracker=None, final: bool | None = None) -> list[EvalResult]:
         results = self.inner.run(model, step=step, tracker=tracker, final=final)
         result = results[0]  # a trial's config has one evaluation setting
-        if step >= self.sweep.base["train"]["steps"]:
-            self.final = result
         value = result.metrics.get(self.metric) if self.metric is not None else None
         if value is not None:
             seen = self.history.setdefault(step, [])
@@ -213,30 +206,39 @@ class TrialObjective:
         return self._data[key]
 
     def _train_seeds(self, trial: optuna.Trial, configs: list[Config], run: MlflowTracker) -> list[EvalResult]:
-        """Each seed's model, one after the other, in a child run of the trial; their final evaluations."""
+        """Each seed's model, one after the other, as a job below the trial's run (``run_job``: the same
+        training and evaluation runs as an ablation's); their final evaluations."""
+        from ..training.train import NonFiniteLoss
+
         metric = self.sweep.search.objective[0].metric if self.sweep.pruning else None
         history: dict[int, list[float]] = {}
         finals = []
         for index, config in enumerate(configs):
-            child = self.store.start_run(
-                self.task.experiment_id,
-                f"{self.sweep.study_name}-trial-{trial.number} seed={config.train.seed}",
-                parent=run.run_id,
-                tags={
-                    **study_tags(self.sweep, "trial_seed", config.train_hash()),
-                    TRIAL: trial.number,
-                    SEED: config.train.seed,
-                },
-            )
-            child.log_params({**trial.params, "seed": config.train.seed})
 
             def scorer(evaluator, index=index):
                 return PruningEvaluator(evaluator, trial, metric, self.sweep, index, history)
 
-            finals.append(
-                train_and_evaluate(config, child, self.root, self.sweep.spec.name, self._dataset(config), scorer)
+            task = sweep_task(self.sweep, self.task, config, trial.params, run.run_id, {TRIAL: trial.number})
+            out = run_job(
+                task, config, data=self._dataset(config), wrap=scorer, stopped=(optuna.TrialPruned, NonFiniteLoss)
             )
+            finals.append(out.evals[0])  # a trial's config has one evaluation setting
         return finals
+
+
+def sweep_task(sweep: Sweep, task: WorkerTask, config: Config, params: dict, parent: str, tags: dict) -> Task:
+    """The job of one seed of a point: its params are its arm, the study and ``tags`` mark it as the sweep's."""
+    return Task(
+        config.model_dump_json(),
+        dict(params),
+        config.train.seed,
+        sweep.spec.name,
+        task.experiment_id,
+        parent,
+        task.tracking_uri,
+        threads=0,
+        tags={STUDY: sweep.study_name, **tags},
+    )
 
 
 def study_tags(sweep: Sweep, role: str, config_hash: str) -> dict[str, Any]:
@@ -246,7 +248,7 @@ def study_tags(sweep: Sweep, role: str, config_hash: str) -> dict[str, Any]:
         HASH: config_hash,
         SPEC: sweep.spec.name,
         COMMIT: git_state()[0],
-        CODE_VERSION: code_version(),
+        CODE_VERSION: code_version().eval,
         STUDY: sweep.study_name,
     }
 
@@ -273,47 +275,3 @@ def objective_value(result: EvalResult, metric: str) -> float:
     if metric not in result.metrics:
         raise RuntimeError(f"objective metric {metric} is missing: {result.why_missing(metric)}")
     return float(result.metrics[metric])
-
-
-def train_and_evaluate(config: Config, run: MlflowTracker, root: Path, spec_name: str, data, wrap=None) -> EvalResult:
-    """Train ``config`` (or reuse its finished model), evaluate it with its one setting, log to ``run`` and
-    end it FINISHED; ``wrap(evaluator)`` may watch the periodic evaluations (pruning). Raises what train raises,
-    after ending ``run`` with the state it means."""
-    from ..device import resolve_device
-    from ..evaluation.evaluate import Evaluator
-    from ..training.train import NonFiniteLoss, train
-
-    h = config.train_hash()
-    run_dir = root / "checkpoints" / spec_name / h  # per experiment, as the runner's
-    device = resolve_device(config.train.device)
-    evaluator = Evaluator(config, data, device=device, out_dir=run_dir)
-    # The feature space of this FID, as on ablation runs: comparable only at equal fingerprints.
-    run.set_tags(
-        {
-            FEATURE_FINGERPRINT: evaluator.classifier.fingerprint,
-            RECOGNIZER_FINGERPRINT: evaluator.recognizer.fingerprint,
-        }
-    )
-    run.log_dict(config.to_dict(), "config.json")
-    scorer = wrap(evaluator) if wrap else None
-    try:
-        with job_lock(root, h):  # one trainer per config hash; a twin waits, then reuses the model
-            result = train(config, run, run_dir=run_dir, data=data, evaluator=scorer or evaluator, progress=False)
-            final = scorer.final if scorer else next(iter(result.final_evals()), None)
-            # Trained to the end before (by a trial differing only in eval.* keys, or a confirmation of the
-            # same point): only this evaluation runs.
-            if final is None or final.setting != config.eval.samplers[0]:
-                model = load_ema(config, data, run_dir, device)
-                final = evaluator.run(model, step=config.train.steps, tracker=run, final=True)[0]
-    except optuna.TrialPruned as err:
-        end_run(run, "PRUNED", str(err))
-        raise
-    except NonFiniteLoss as err:
-        end_run(run, "PRUNED", str(err))
-        raise
-    except Exception as err:
-        end_run(run, "FAIL", f"{type(err).__name__}: {err}")
-        raise
-    run.log_metrics(final.metrics, step=config.train.steps)
-    end_run(run, "COMPLETE")
-    return final

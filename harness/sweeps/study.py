@@ -245,7 +245,7 @@ def finish_study(
     """Close trial (and trial-seed) runs whose worker died, tag the best trial(s), log figures and the trials."""
     children = _child_runs(store, experiment_id, sweep.study_name)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    seed_runs = store.runs(experiment_id, {ROLE: "trial_seed", STUDY: sweep.study_name})
+    seed_runs = [r for r in store.runs(experiment_id, {ROLE: "train", STUDY: sweep.study_name}) if TRIAL in r.data.tags]
     for run in [*children.values(), *seed_runs]:
         t = trials.get(int(run.data.tags[TRIAL]))
         if run.info.status == "RUNNING" and t is not None and t.state.is_finished():

@@ -32,13 +32,13 @@ from optuna.trial import FrozenTrial
 from ..config import (
     ConfigError,
 )
-from ..config.schema import CONFIRM_RANK, ROLE, SEED, STUDY, TRIAL
+from ..config.schema import CONFIRM_RANK, PARENT, ROLE, SEED, TRIAL
 from ..orchestration.runner import refuse_local_stores, sqlite_tracking_store
 from ..orchestration.store import shared_classifiers, store_root
 from ..orchestration.tracking import MlflowStore, MlflowTracker, default_tracking_uri
 from ..private import SUBMITIT_READS, private_dir
 from ..tracker import StoreUnavailable
-from .confirm import confirm_jobs
+from .confirm import confirm_jobs, confirm_runs
 from .objective import WorkerTask
 from .search import Sweep, load_sweep
 from .study import counts, create_study, finish_study, local_storage, open_parent, open_storage, storage_label
@@ -113,7 +113,7 @@ def _confirm(study, sweep: Sweep, tasks: list[WorkerTask], executor: str, root, 
     """Train the confirmation jobs on the same workers (local processes or the Slurm array), round-robin."""
     jobs = confirm_jobs(study, sweep)
     current = {(j.trial, j.seed) for j in jobs}
-    for run in store.runs(tasks[0].experiment_id, {ROLE: "confirm", STUDY: sweep.study_name}):
+    for run in confirm_runs(store, tasks[0].experiment_id, sweep.study_name):
         if (int(run.data.tags[TRIAL]), int(run.data.tags[SEED])) not in current:  # no longer among the top
             MlflowTracker(store.client, run.info.run_id).set_tags({CONFIRM_RANK: "-"})
     if not jobs:
@@ -136,11 +136,16 @@ def _confirm(study, sweep: Sweep, tasks: list[WorkerTask], executor: str, root, 
 def _confirmed(store: MlflowStore, experiment_id: str, sweep: Sweep) -> list[Confirmed]:
     """The finished confirmation runs of the study that are among its current top trials."""
     out = []
-    for run in store.runs(experiment_id, {ROLE: "confirm", STUDY: sweep.study_name}):
+    for run in confirm_runs(store, experiment_id, sweep.study_name):
         rank = run.data.tags.get(CONFIRM_RANK, "-")
         if run.info.status != "FINISHED" or not rank.isdigit():
             continue
-        values = [run.data.metrics.get(o.metric, float("nan")) for o in sweep.search.objective]
+        # The objective as its evaluation run logged it (the config has one setting, so one evaluation).
+        evals = [
+            e for e in store.runs(experiment_id, {ROLE: "eval", PARENT: run.info.run_id}) if e.info.status == "FINISHED"
+        ]
+        metrics = evals[0].data.metrics if evals else {}
+        values = [metrics.get(o.metric, float("nan")) for o in sweep.search.objective]
         out.append(Confirmed(int(run.data.tags[TRIAL]), int(rank), int(run.data.tags[SEED]), values, run.info.run_id))
     return sorted(out, key=lambda c: (c.rank, c.seed))
 
