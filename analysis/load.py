@@ -30,6 +30,7 @@ from harness.config.schema import (
     FID_INCEPTION_UNAVAILABLE,
     GFLOPS_PER_IMAGE,
     HASH,
+    NUM_BUCKETS,
     NUM_PARAMETERS,
     PARENT,
     PROFILE,
@@ -37,13 +38,14 @@ from harness.config.schema import (
     ROLE,
     SEED,
     arm_text,
+    bucket_key,
+    eval_key,
 )
 from harness.orchestration.tracking import MlflowStore
 
 from .arm_labels import arm_dict, arm_keys, arm_label  # noqa: F401 - re-exported: the sections and tests read them here
 from .grids import grids_table
 
-NUM_BUCKETS = 10  # train/loss_t0 .. train/loss_t9: tenths of [0, T)
 SETTING_PARAMS = tuple(SamplerSetting.model_fields)  # the one schema of a sampler setting
 
 # Column order of each table (also the schema an empty table gets).
@@ -401,7 +403,7 @@ def _histories(store: MlflowStore, train_runs: list, runs: pd.DataFrame, setting
         keys = set(r.data.metrics)
         for label in settings:
             for metric in CURVE_METRICS:
-                key = f"eval/{label}/{metric}"
+                key = eval_key(label, metric)
                 if key in keys:
                     curves += [
                         {**ident, "step": m.step, "setting": label, "metric": metric, "value": m.value}
@@ -412,10 +414,10 @@ def _histories(store: MlflowStore, train_runs: list, runs: pd.DataFrame, setting
                 {**ident, "step": m.step, "loss": m.value} for m in store.client.get_metric_history(rid, "train/loss")
             ]
         for b in range(NUM_BUCKETS):
-            if f"train/loss_t{b}" in keys:
+            if bucket_key(b) in keys:
                 buckets += [
                     {**ident, "step": m.step, "bucket": b, "loss": m.value}
-                    for m in store.client.get_metric_history(rid, f"train/loss_t{b}")
+                    for m in store.client.get_metric_history(rid, bucket_key(b))
                 ]
     curves = pd.DataFrame(curves, columns=CURVE_COLUMNS).sort_values(["run_id", "setting", "metric", "step"])
     loss = pd.DataFrame(loss, columns=LOSS_COLUMNS).sort_values(["run_id", "step"])
