@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pydantic import ValidationError
 
-from harness.config import DATASET_SIZES, SamplerSetting, steps_per_epoch
+from harness.config import Config, ConfigError, SamplerSetting, format_validation_error, set_dotted
 from harness.config.schema import (
     ARM,
     CHECKPOINT,
@@ -242,7 +243,7 @@ def _runs_table(train_runs: list, axes: list[str]) -> pd.DataFrame:
     rows = []
     for r in train_runs:
         p, m, t = r.data.params, r.data.metrics, r.data.tags
-        steps, batch = int(p.get("train.steps", 0)), int(p.get("train.batch_size", 0))
+        config = run_config(p, r.info.run_id)
         arm = arm_text(arm_dict(t.get(ARM, "base")))
         rows.append(
             {
@@ -250,23 +251,23 @@ def _runs_table(train_runs: list, axes: list[str]) -> pd.DataFrame:
                 "config_hash": t[HASH],
                 "arm": arm,
                 "arm_label": arm_label(arm),
-                "seed": int(t.get(SEED, p.get("train.seed", 0))),
+                "seed": int(t.get(SEED, config.train.seed)),
                 "status": r.info.status,
                 "start": _time(r.info.start_time),
                 "end": _time(r.info.end_time),
                 "seconds": (r.info.end_time - r.info.start_time) / 1000 if r.info.end_time else float("nan"),
-                "steps": steps,
-                "batch_size": batch,
-                "images_seen": steps * batch,
-                "steps_per_epoch": epoch_length(p),
-                "num_samples": int(p.get("eval.num_samples", 0)),
-                "dataset": p.get("data.dataset", "unknown"),
-                "process": p.get("diffusion.process", "ddpm"),  # runs tracked before flow existed are DDPM
+                "steps": config.train.steps,
+                "batch_size": config.train.batch_size,
+                "images_seen": config.train.steps * config.train.batch_size,
+                "steps_per_epoch": epoch_length(config),
+                "num_samples": config.eval.num_samples,
+                "dataset": config.data.dataset,
+                "process": config.diffusion.process,
                 # The device the run resolved to (the runner's tag); runs tracked without it give the setting.
-                "device": t.get(DEVICE, p.get("train.device", "unknown")),
-                "conditional": p.get("model.conditional") == "True",
-                "recognizability_threshold": float(p.get("eval.recognizability_threshold", 0.9)),
-                "recognizable_fraction": float(p.get("eval.recognizable_fraction", 0.8)),
+                "device": t.get(DEVICE, config.train.device),
+                "conditional": config.model.conditional,
+                "recognizability_threshold": config.eval.recognizability_threshold,
+                "recognizable_fraction": config.eval.recognizable_fraction,
                 "classifier_accuracy": m.get("classifier_accuracy", float("nan")),
                 "final_loss": m.get("train/final_loss", float("nan")),
                 "images_per_second": m.get("train/images_per_second_mean", float("nan")),
@@ -286,16 +287,28 @@ def _runs_table(train_runs: list, axes: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=RUN_COLUMNS + axes)
 
 
-def epoch_length(params: dict[str, str]) -> float:
-    """Steps per epoch of a run whose config speaks in epochs (``train.epochs`` or ``train.eval_epochs``
-    logged), else NaN: the one place that decides whether a report counts a run's training in epochs."""
-    epochs, eval_epochs = params.get("train.epochs", "None"), json.loads(params.get("train.eval_epochs", "[]"))
-    if epochs not in ("None", None):
-        return int(params["train.steps"]) / int(epochs)
-    dataset = params.get("data.dataset")
-    if eval_epochs and dataset in DATASET_SIZES:
-        return float(steps_per_epoch(dataset, int(params["train.batch_size"])))
-    return float("nan")
+CONFIG_KEYS = frozenset(Config().flat())  # every dotted key of the run config
+
+
+def run_config(params: dict[str, str], run_id: str = "?") -> Config:
+    """The config a training run logged as MLflow params (``Config.flat()``, each value a string, lists as
+    JSON), validated by the config model: a field the run did not log takes its default from
+    harness/config/run.py, and a param that is no field (of an older harness) is ignored."""
+    nested: dict = {}
+    for key, text in params.items():
+        if key in CONFIG_KEYS:
+            value = None if text == "None" else json.loads(text) if text[:1] in "[{" else text
+            nested = set_dotted(nested, key, value)
+    try:
+        return Config.model_validate(nested)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, f"the logged config of training run {run_id}")) from None
+
+
+def epoch_length(config: Config) -> float:
+    """Steps per epoch of a run whose config speaks in epochs (``train.epochs`` or ``train.eval_epochs``),
+    else NaN: the one place that decides whether a report counts a run's training in epochs."""
+    return float(config.steps_per_epoch()) if config.counts_epochs() else float("nan")
 
 
 def _time(ms: int | None):
