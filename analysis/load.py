@@ -38,6 +38,7 @@ from harness.config.schema import (
     QUESTION,
     ROLE,
     SEED,
+    STUDY,
     arm_text,
     bucket_key,
     eval_key,
@@ -143,21 +144,30 @@ class AblationData:
         return df[column] / df["run_id"].map(self.runs.set_index("run_id")["steps_per_epoch"])
 
 
-def load_experiment(store: MlflowStore, experiment: str, *, latest_plan: bool = True) -> AblationData:
+def load_experiment(
+    store: MlflowStore, experiment: str, *, latest_plan: bool = True, study: str | None = None
+) -> AblationData:
     """Load every finished training run of ``experiment`` (newest per config hash) and its evaluations.
 
-    ``latest_plan``: keep only the jobs and settings of the newest ``harness run`` (its plan.json);
-    False keeps every finished training run and every evaluation in the experiment.
+    Every trained model is a run of role ``train`` with ``config.flat()`` as params, whoever started it
+    (``harness run``, ``harness train``, a sweep), and each evaluated setting a child of role ``eval``.
+    ``latest_plan``: keep only the jobs and settings of the newest ``harness run`` (its plan.json), if any;
+    False keeps every finished training run and every evaluation in the experiment. ``study``: the training
+    runs of that sweep study (its trials' seeds and confirmations) instead of those of no study.
     """
     exp = store.client.get_experiment_by_name(experiment)
     if exp is None:
         raise LookupError(f"no MLflow experiment named {experiment!r} in {store.uri}")
     exp_id = exp.experiment_id
-    parents = store.runs(exp_id, {ROLE: "ablation"})
+    parents = store.runs(exp_id, {ROLE: "ablation"}) if study is None else []
     parent = parents[0] if parents else None
     plan = _plan(store, parent.info.run_id) if parent is not None and latest_plan else None
 
-    all_train = store.runs(exp_id, {ROLE: "train"})
+    all_train = [  # a sweep's models are its report's, not an ablation's
+        r
+        for r in store.runs(exp_id, {ROLE: "train", **({STUDY: study} if study else {})})
+        if r.data.tags.get(STUDY) == study
+    ]
     train_runs = _newest_per_hash([r for r in all_train if r.info.status == "FINISHED"])
     if plan is not None:
         wanted = {job["config_hash"] for job in plan["jobs"]}
