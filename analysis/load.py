@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pydantic import ValidationError
 
-from harness.config import DATASET_SIZES, SamplerSetting, steps_per_epoch
+from harness.config import Config, ConfigError, SamplerSetting, format_validation_error, set_dotted
 from harness.config.schema import (
     ARM,
     CHECKPOINT,
@@ -30,20 +31,23 @@ from harness.config.schema import (
     FID_INCEPTION_UNAVAILABLE,
     GFLOPS_PER_IMAGE,
     HASH,
+    NUM_BUCKETS,
     NUM_PARAMETERS,
     PARENT,
     PROFILE,
     QUESTION,
     ROLE,
     SEED,
+    STUDY,
     arm_text,
+    bucket_key,
+    eval_key,
 )
 from harness.orchestration.tracking import MlflowStore
 
 from .arm_labels import arm_dict, arm_keys, arm_label  # noqa: F401 - re-exported: the sections and tests read them here
 from .grids import grids_table
 
-NUM_BUCKETS = 10  # train/loss_t0 .. train/loss_t9: tenths of [0, T)
 SETTING_PARAMS = tuple(SamplerSetting.model_fields)  # the one schema of a sampler setting
 
 # Column order of each table (also the schema an empty table gets).
@@ -140,21 +144,30 @@ class AblationData:
         return df[column] / df["run_id"].map(self.runs.set_index("run_id")["steps_per_epoch"])
 
 
-def load_experiment(store: MlflowStore, experiment: str, *, latest_plan: bool = True) -> AblationData:
+def load_experiment(
+    store: MlflowStore, experiment: str, *, latest_plan: bool = True, study: str | None = None
+) -> AblationData:
     """Load every finished training run of ``experiment`` (newest per config hash) and its evaluations.
 
-    ``latest_plan``: keep only the jobs and settings of the newest ``harness run`` (its plan.json);
-    False keeps every finished training run and every evaluation in the experiment.
+    Every trained model is a run of role ``train`` with ``config.flat()`` as params, whoever started it
+    (``harness run``, ``harness train``, a sweep), and each evaluated setting a child of role ``eval``.
+    ``latest_plan``: keep only the jobs and settings of the newest ``harness run`` (its plan.json), if any;
+    False keeps every finished training run and every evaluation in the experiment. ``study``: the training
+    runs of that sweep study (its trials' seeds and confirmations) instead of those of no study.
     """
     exp = store.client.get_experiment_by_name(experiment)
     if exp is None:
         raise LookupError(f"no MLflow experiment named {experiment!r} in {store.uri}")
     exp_id = exp.experiment_id
-    parents = store.runs(exp_id, {ROLE: "ablation"})
+    parents = store.runs(exp_id, {ROLE: "ablation"}) if study is None else []
     parent = parents[0] if parents else None
     plan = _plan(store, parent.info.run_id) if parent is not None and latest_plan else None
 
-    all_train = store.runs(exp_id, {ROLE: "train"})
+    all_train = [  # a sweep's models are its report's, not an ablation's
+        r
+        for r in store.runs(exp_id, {ROLE: "train", **({STUDY: study} if study else {})})
+        if r.data.tags.get(STUDY) == study
+    ]
     train_runs = _newest_per_hash([r for r in all_train if r.info.status == "FINISHED"])
     if plan is not None:
         wanted = {job["config_hash"] for job in plan["jobs"]}
@@ -240,7 +253,7 @@ def _runs_table(train_runs: list, axes: list[str]) -> pd.DataFrame:
     rows = []
     for r in train_runs:
         p, m, t = r.data.params, r.data.metrics, r.data.tags
-        steps, batch = int(p.get("train.steps", 0)), int(p.get("train.batch_size", 0))
+        config = run_config(p, r.info.run_id)
         arm = arm_text(arm_dict(t.get(ARM, "base")))
         rows.append(
             {
@@ -248,23 +261,23 @@ def _runs_table(train_runs: list, axes: list[str]) -> pd.DataFrame:
                 "config_hash": t[HASH],
                 "arm": arm,
                 "arm_label": arm_label(arm),
-                "seed": int(t.get(SEED, p.get("train.seed", 0))),
+                "seed": int(t.get(SEED, config.train.seed)),
                 "status": r.info.status,
                 "start": _time(r.info.start_time),
                 "end": _time(r.info.end_time),
                 "seconds": (r.info.end_time - r.info.start_time) / 1000 if r.info.end_time else float("nan"),
-                "steps": steps,
-                "batch_size": batch,
-                "images_seen": steps * batch,
-                "steps_per_epoch": epoch_length(p),
-                "num_samples": int(p.get("eval.num_samples", 0)),
-                "dataset": p.get("data.dataset", "unknown"),
-                "process": p.get("diffusion.process", "ddpm"),  # runs tracked before flow existed are DDPM
+                "steps": config.train.steps,
+                "batch_size": config.train.batch_size,
+                "images_seen": config.train.steps * config.train.batch_size,
+                "steps_per_epoch": epoch_length(config),
+                "num_samples": config.eval.num_samples,
+                "dataset": config.data.dataset,
+                "process": config.diffusion.process,
                 # The device the run resolved to (the runner's tag); runs tracked without it give the setting.
-                "device": t.get(DEVICE, p.get("train.device", "unknown")),
-                "conditional": p.get("model.conditional") == "True",
-                "recognizability_threshold": float(p.get("eval.recognizability_threshold", 0.9)),
-                "recognizable_fraction": float(p.get("eval.recognizable_fraction", 0.8)),
+                "device": t.get(DEVICE, config.train.device),
+                "conditional": config.model.conditional,
+                "recognizability_threshold": config.eval.recognizability_threshold,
+                "recognizable_fraction": config.eval.recognizable_fraction,
                 "classifier_accuracy": m.get("classifier_accuracy", float("nan")),
                 "final_loss": m.get("train/final_loss", float("nan")),
                 "images_per_second": m.get("train/images_per_second_mean", float("nan")),
@@ -284,16 +297,28 @@ def _runs_table(train_runs: list, axes: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=RUN_COLUMNS + axes)
 
 
-def epoch_length(params: dict[str, str]) -> float:
-    """Steps per epoch of a run whose config speaks in epochs (``train.epochs`` or ``train.eval_epochs``
-    logged), else NaN: the one place that decides whether a report counts a run's training in epochs."""
-    epochs, eval_epochs = params.get("train.epochs", "None"), json.loads(params.get("train.eval_epochs", "[]"))
-    if epochs not in ("None", None):
-        return int(params["train.steps"]) / int(epochs)
-    dataset = params.get("data.dataset")
-    if eval_epochs and dataset in DATASET_SIZES:
-        return float(steps_per_epoch(dataset, int(params["train.batch_size"])))
-    return float("nan")
+CONFIG_KEYS = frozenset(Config().flat())  # every dotted key of the run config
+
+
+def run_config(params: dict[str, str], run_id: str = "?") -> Config:
+    """The config a training run logged as MLflow params (``Config.flat()``, each value a string, lists as
+    JSON), validated by the config model: a field the run did not log takes its default from
+    harness/config/run.py, and a param that is no field (of an older harness) is ignored."""
+    nested: dict = {}
+    for key, text in params.items():
+        if key in CONFIG_KEYS:
+            value = None if text == "None" else json.loads(text) if text[:1] in "[{" else text
+            nested = set_dotted(nested, key, value)
+    try:
+        return Config.model_validate(nested)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, f"the logged config of training run {run_id}")) from None
+
+
+def epoch_length(config: Config) -> float:
+    """Steps per epoch of a run whose config speaks in epochs (``train.epochs`` or ``train.eval_epochs``),
+    else NaN: the one place that decides whether a report counts a run's training in epochs."""
+    return float(config.steps_per_epoch()) if config.counts_epochs() else float("nan")
 
 
 def _time(ms: int | None):
@@ -401,7 +426,7 @@ def _histories(store: MlflowStore, train_runs: list, runs: pd.DataFrame, setting
         keys = set(r.data.metrics)
         for label in settings:
             for metric in CURVE_METRICS:
-                key = f"eval/{label}/{metric}"
+                key = eval_key(label, metric)
                 if key in keys:
                     curves += [
                         {**ident, "step": m.step, "setting": label, "metric": metric, "value": m.value}
@@ -412,10 +437,10 @@ def _histories(store: MlflowStore, train_runs: list, runs: pd.DataFrame, setting
                 {**ident, "step": m.step, "loss": m.value} for m in store.client.get_metric_history(rid, "train/loss")
             ]
         for b in range(NUM_BUCKETS):
-            if f"train/loss_t{b}" in keys:
+            if bucket_key(b) in keys:
                 buckets += [
                     {**ident, "step": m.step, "bucket": b, "loss": m.value}
-                    for m in store.client.get_metric_history(rid, f"train/loss_t{b}")
+                    for m in store.client.get_metric_history(rid, bucket_key(b))
                 ]
     curves = pd.DataFrame(curves, columns=CURVE_COLUMNS).sort_values(["run_id", "setting", "metric", "step"])
     loss = pd.DataFrame(loss, columns=LOSS_COLUMNS).sort_values(["run_id", "step"])

@@ -92,13 +92,18 @@ def save_document(doc: Document, out_dir: Path) -> ReportPaths:
 
 
 def log_report(store: MlflowStore, experiment: str, paths: ReportPaths) -> str:
-    """Log the report (html, md and the md's PNGs) under ``report/`` of the experiment's newest harness run;
-    returns that run's id."""
+    """Log the report (html, md and the md's PNGs) under ``report/`` of the experiment's newest harness run,
+    or of a new run of role ``report`` when it has none (``harness train`` runs alone); returns that run's id."""
     exp = store.client.get_experiment_by_name(experiment)
-    parents = store.runs(exp.experiment_id, {ROLE: "ablation"}) if exp is not None else []
-    if not parents:
-        raise LookupError(f"experiment {experiment!r} has no harness run to attach a report to")
-    return log_to_run(store, parents[0].info.run_id, paths)
+    if exp is None:
+        raise LookupError(f"no experiment {experiment!r} to attach a report to")
+    parents = store.runs(exp.experiment_id, {ROLE: "ablation"})
+    if parents:
+        return log_to_run(store, parents[0].info.run_id, paths)
+    run = store.start_run(exp.experiment_id, "report", {ROLE: "report"})
+    log_to_run(store, run.run_id, paths)
+    run.finish("FINISHED")
+    return run.run_id
 
 
 def log_to_run(store: MlflowStore, run_id: str, paths: ReportPaths) -> str:

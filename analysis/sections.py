@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness import schema
+from harness.config import schema
 
 from . import figures
 from .answers import recognizable_answer, recognizable_steps, settings_front

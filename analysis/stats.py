@@ -85,8 +85,8 @@ def estimate(values, *, confidence: float = CONFIDENCE) -> Estimate:
         return Estimate(1, mean, float("nan"), float("nan"), "single seed")
     if np.ptp(x) == 0:  # s = 0: a zero-width interval would claim certainty that n seeds cannot give
         return Estimate(n, mean, float("nan"), float("nan"), ZERO_VARIANCE)
-    half = sps.t.ppf(0.5 + confidence / 2, n - 1) * x.std(ddof=1) / math.sqrt(n)
-    return Estimate(n, mean, mean - half, mean + half, "t")
+    ci = sps.ttest_1samp(x, 0.0).confidence_interval(confidence)
+    return Estimate(n, mean, float(ci.low), float(ci.high), "t")
 
 
 def compare(
@@ -102,8 +102,7 @@ def compare(
     xb = _by_seed(df, metric, by, b)
     ea, eb = estimate(xa), estimate(xb)
     if set(xa.index) == set(xb.index) and len(xa) >= 2:
-        d = (xa - xb.reindex(xa.index)).to_numpy()
-        (diff, p), test = _paired(d), "paired t"
+        (diff, p), test = _paired(xa.to_numpy(), xb.reindex(xa.index).to_numpy()), "paired t"
     elif len(xa) >= 2 and len(xb) >= 2:
         (diff, p), test = _welch(xa.to_numpy(), xb.to_numpy()), "Welch t"
     else:
@@ -152,31 +151,28 @@ def _by_seed(df: pd.DataFrame, metric: str, by: str, group: str) -> pd.Series:
     return rows.groupby("seed")[metric].mean().sort_index()  # one value per seed
 
 
-def _t(mean: float, se: float, dof: float, n: int) -> tuple[Estimate, float]:
-    """The 95% t-interval of ``mean`` and the two-sided p of t = mean / se on ``dof`` degrees of freedom:
-    one t, so "p < 0.05" and "the interval excludes 0" cannot disagree. se = 0: neither exists."""
-    if se == 0:
+def _tested(test, mean: float, n: int, flat: bool) -> tuple[Estimate, float]:
+    """The 95% interval and p of one scipy t-test (``test()``, with its own ``confidence_interval``): one t,
+    so "p < 0.05" and "the interval excludes 0" cannot disagree. ``flat`` (no variance): neither exists."""
+    if flat:
         return Estimate(n, mean, math.nan, math.nan, ZERO_VARIANCE), math.nan
-    half = sps.t.ppf(0.5 + CONFIDENCE / 2, dof) * se
-    return Estimate(n, mean, mean - half, mean + half, "t"), float(2 * sps.t.sf(abs(mean) / se, dof))
+    result = test()
+    ci = result.confidence_interval(CONFIDENCE)
+    return Estimate(n, mean, float(ci.low), float(ci.high), "t"), float(result.pvalue)
 
 
-def _sd(x: np.ndarray) -> float:
-    return 0.0 if np.ptp(x) == 0 else float(x.std(ddof=1))  # identical values: exactly 0, not rounding noise
-
-
-def _paired(d: np.ndarray) -> tuple[Estimate, float]:
-    """One-sample t on the per-seed differences d_s = a_s - b_s (scipy.stats.ttest_rel)."""
-    return _t(float(d.mean()), _sd(d) / math.sqrt(len(d)), len(d) - 1, len(d))
+def _paired(xa: np.ndarray, xb: np.ndarray) -> tuple[Estimate, float]:
+    """Paired t on the per-seed differences d_s = a_s - b_s (scipy.stats.ttest_rel)."""
+    d = xa - xb
+    return _tested(lambda: sps.ttest_rel(xa, xb), float(d.mean()), len(d), np.ptp(d) == 0)
 
 
 def _welch(xa: np.ndarray, xb: np.ndarray) -> tuple[Estimate, float]:
     """Welch's t for independent groups, Welch-Satterthwaite degrees of freedom (scipy.stats.ttest_ind,
     equal_var=False)."""
-    na, nb = len(xa), len(xb)
-    va, vb = _sd(xa) ** 2 / na, _sd(xb) ** 2 / nb
-    dof = (va + vb) ** 2 / ((va**2 / (na - 1)) + (vb**2 / (nb - 1))) if va + vb else 1.0
-    return _t(float(xa.mean() - xb.mean()), math.sqrt(va + vb), dof, min(na, nb))
+    flat = np.ptp(xa) == 0 and np.ptp(xb) == 0
+    test = lambda: sps.ttest_ind(xa, xb, equal_var=False)  # noqa: E731
+    return _tested(test, float(xa.mean() - xb.mean()), min(len(xa), len(xb)), flat)
 
 
 def summarize(df: pd.DataFrame, metric: str, by: list[str]) -> pd.DataFrame:
@@ -197,9 +193,11 @@ def band(df: pd.DataFrame, x: str, y: str, by: str) -> pd.DataFrame:
     """
     g = df.groupby([by, x], sort=False)[y]
     out = g.agg(n="count", mean="mean", sd="std").reset_index()
-    tq = sps.t.ppf(0.5 + CONFIDENCE / 2, np.maximum(out["n"] - 1, 1))
-    half = np.where(out["n"] >= 2, tq * out["sd"].fillna(0) / np.sqrt(out["n"]), 0.0)
-    out["low"], out["high"] = out["mean"] - half, out["mean"] + half
+    sem = np.where(out["n"] >= 2, out["sd"].fillna(0) / np.sqrt(out["n"]), 0.0)
+    low, high = sps.t.interval(
+        CONFIDENCE, np.maximum(out["n"] - 1, 1), loc=out["mean"], scale=np.where(sem > 0, sem, 1)
+    )
+    out["low"], out["high"] = np.where(sem > 0, low, out["mean"]), np.where(sem > 0, high, out["mean"])
     return out.drop(columns="sd")
 
 

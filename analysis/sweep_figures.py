@@ -3,6 +3,9 @@
 Built on ``figures.new_figure`` (seaborn's style on an Agg canvas, no pyplot) so they read like the
 ablation figures; seaborn itself stays imported in ``analysis.figures`` alone. Parameter importances
 are not drawn here: they need the Optuna study (fANOVA), so the report embeds the PNG the sweep logged.
+Not ``optuna.visualization.matplotlib``: its plots need the study (the report reads MLflow only, and optuna
+stays in ``harness.sweeps``), draw on pyplot's global figure, and show neither pruned trials' last periodic
+values nor the confirmed values with their intervals.
 """
 
 from __future__ import annotations

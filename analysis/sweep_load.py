@@ -118,20 +118,23 @@ class SweepData:
 
 
 def report_kind(store: MlflowStore, experiment: str, role: str | None = None) -> str:
-    """``sweep`` or ``ablation``: the role of the experiment's newest parent run (of ``role`` only, if given).
-    Raises ``NothingToReport`` when there is none (no experiment, or only runs of ``harness train``)."""
+    """``sweep`` or ``ablation``: the role of the experiment's newest parent run (of ``role`` only, if given);
+    an experiment of training runs alone (``harness train``) is an ``ablation`` without a plan.
+    Raises ``NothingToReport`` when there is nothing to report (no experiment, or no trained model)."""
     exp = store.client.get_experiment_by_name(experiment)
     if exp is None:
         raise NothingToReport(f"no experiment {experiment!r} in {store.uri}; run the spec first")
     roles = [role] if role else ["sweep", "ablation"]
     parents = [r for kind in roles for r in store.runs(exp.experiment_id, {ROLE: kind})]
-    if not parents:
-        what = {"sweep": "sweep", "ablation": "harness run"}.get(role, "harness run or sweep")
-        raise NothingToReport(
-            f"experiment {experiment!r} in {store.uri} has no {what} to report on; "
-            f"run a spec with `harness run` or `harness sweep` first"
-        )
-    return max(parents, key=lambda r: r.info.start_time).data.tags[ROLE]
+    if parents:
+        return max(parents, key=lambda r: r.info.start_time).data.tags[ROLE]
+    if role != "sweep" and any(STUDY not in r.data.tags for r in store.runs(exp.experiment_id, {ROLE: "train"})):
+        return "ablation"
+    what = {"sweep": "sweep", "ablation": "harness run"}.get(role, "harness run, harness train or sweep")
+    raise NothingToReport(
+        f"experiment {experiment!r} in {store.uri} has no {what} to report on; "
+        f"run a spec with `harness run` or `harness sweep` first"
+    )
 
 
 def sweep_parents(store: MlflowStore, experiment: str) -> list:

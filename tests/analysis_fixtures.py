@@ -196,3 +196,23 @@ def fixture_data(
             f"h{a}-{seed}": [s for s in settings if (a, s) in final] for a in arms for seed in range(n_seeds)
         },
     )
+
+
+def log_trained_model(store, exp: str, config, *, seed: int, tags: dict | None = None, parent=None, evals=None) -> str:
+    """One trained model as every caller logs it (``harness run``, ``harness train``, a sweep's seed or
+    confirmation): a run of role train with ``config.flat()`` as params and the shared tags (``tags`` adds
+    harness.arm, harness.study, harness.trial ...), and per ``evals[setting] = {metric: value}`` a child of
+    role eval with the setting's fields as params. Returns the training run's id."""
+    from harness.config.schema import ARM, HASH, ROLE, SEED, SPEC
+
+    tags = {ROLE: "train", HASH: f"{config.train_hash()}-{seed}", SPEC: exp, ARM: "{}", SEED: seed, **(tags or {})}
+    run = store.start_run(exp, f"seed-{seed}", tags, parent=parent)
+    run.log_params({k: str(v) for k, v in config.flat().items()})
+    run.log_metrics({"train/final_loss": 0.05})
+    for setting, metrics in (evals or {}).items():
+        ev = store.start_run(exp, "eval", {ROLE: "eval", HASH: tags[HASH]}, parent=run.run_id)
+        ev.log_params(setting.model_dump())
+        ev.log_metrics(metrics)
+        ev.finish("FINISHED")
+    run.finish("FINISHED")
+    return run.run_id

@@ -6,7 +6,7 @@ import pytest
 from analysis_fixtures import S, fixture_data
 
 from analysis import figures
-from analysis.load import epoch_length
+from analysis.load import epoch_length, run_config
 from analysis.report import answer, build_document, guidance_section, progress_section
 from harness.config import build_config
 
@@ -68,7 +68,7 @@ def test_seeds_are_listed_in_ascending_order_within_each_arm(tmp_path):
 @pytest.mark.parametrize(
     "params,expected",
     [
-        ({"train.epochs": "10", "train.steps": "790", "train.eval_epochs": "[]"}, 79.0),
+        ({"train.epochs": "10", "train.steps": "790", "train.batch_size": "64", "train.eval_epochs": "[]"}, 79.0),
         (
             {"train.epochs": "None", "train.steps": "1000", "train.eval_epochs": "[2, 5]", "data.dataset": "mnist-5k"}
             | {"train.batch_size": "64"},
@@ -79,7 +79,7 @@ def test_seeds_are_listed_in_ascending_order_within_each_arm(tmp_path):
     ],
 )
 def test_the_unit_comes_from_the_logged_config(params, expected):
-    got = epoch_length(params)
+    got = epoch_length(run_config(params))
     assert got == expected or (math.isnan(got) and math.isnan(expected))
 
 
@@ -101,6 +101,7 @@ def test_the_exercise_report_answers_both_questions(tmp_path):
 def test_the_logged_params_carry_the_unit():
     """What a training run logs (``config.flat()``, each value as a string) is what the loader reads."""
     logged = lambda config: {k: str(v) for k, v in config.flat().items()}  # noqa: E731 - as MlflowTracker.log_params
-    assert epoch_length(logged(build_config({"train": {"epochs": 3, "batch_size": 64}}))) == 79.0
-    assert epoch_length(logged(build_config({"train": {"steps": 790, "batch_size": 64, "eval_epochs": [5]}}))) == 79.0
-    assert math.isnan(epoch_length(logged(build_config({"train": {"steps": 790, "batch_size": 64}}))))
+    unit = lambda train: epoch_length(run_config(logged(build_config({"train": train}))))  # noqa: E731
+    assert unit({"epochs": 3, "batch_size": 64}) == 79.0
+    assert unit({"steps": 790, "batch_size": 64, "eval_epochs": [5]}) == 79.0
+    assert math.isnan(unit({"steps": 790, "batch_size": 64}))

@@ -87,18 +87,31 @@ def test_estimate_is_the_t_interval_at_any_number_of_seeds():
     assert flat.method == "zero variance" and not flat.has_interval  # no zero-width "certainty"
 
 
+def closed_form_t(d_mean: float, se: float, dof: float) -> tuple[float, float, float]:
+    """(p, low, high) of t = d_mean / se on ``dof`` degrees of freedom, by the textbook formulas: the oracle
+    for analysis.stats, which calls scipy.stats' tests (only the t distribution is shared)."""
+    q = sps.t.ppf(0.975, dof)
+    return 2 * sps.t.sf(abs(d_mean) / se, dof), d_mean - q * se, d_mean + q * se
+
+
 def test_paired_interval_agrees_with_its_test():
-    """The interval is the paired t-test's own: it excludes 0 exactly when p < 0.05."""
+    """The interval is the paired t-test's own: it excludes 0 exactly when p < 0.05; p and interval
+    match the closed-form paired and Welch t."""
     rng = np.random.default_rng(1)
     for _ in range(60):
         a, b = rng.normal(0, 1, 4), rng.normal(0.8, 1, 4)
         c = compare(table({"a": list(a), "b": list(b)}), "fid", "a", "b", lower_is_better=True)
         assert (c.diff.low > 0 or c.diff.high < 0) == (c.p < 0.05)
-        assert c.p == pytest.approx(sps.ttest_rel(a, b).pvalue, rel=1e-9)
+        d = a - b
+        p, low, high = closed_form_t(d.mean(), d.std(ddof=1) / 2, 3)
+        assert (c.p, c.diff.low, c.diff.high) == pytest.approx((p, low, high), rel=1e-9)
         w = compare(
             table({"a": list(a), "b": list(b[:3])}, seeds={"b": [7, 8, 9]}), "fid", "a", "b", lower_is_better=True
         )
-        assert w.test == "Welch t" and w.p == pytest.approx(sps.ttest_ind(a, b[:3], equal_var=False).pvalue, rel=1e-9)
+        va, vb = a.var(ddof=1) / 4, b[:3].var(ddof=1) / 3  # Welch-Satterthwaite degrees of freedom
+        dof = (va + vb) ** 2 / (va**2 / 3 + vb**2 / 2)
+        p, low, high = closed_form_t(a.mean() - b[:3].mean(), math.sqrt(va + vb), dof)
+        assert w.test == "Welch t" and (w.p, w.diff.low, w.diff.high) == pytest.approx((p, low, high), rel=1e-9)
         assert (w.diff.low > 0 or w.diff.high < 0) == (w.p < 0.05)
     welch = compare(
         table(CLEAR, seeds={"cosine": [0, 1, 2], "linear": [3, 4, 5]}), "fid", "cosine", "linear", lower_is_better=True

@@ -8,15 +8,19 @@ import time
 
 import pytest
 import yaml
+from analysis_fixtures import log_trained_model
 from mlflow.entities import Metric, Param
 from PIL import Image
 
+from analysis.load import load_experiment
 from analysis.sweep_answers import answer
-from analysis.sweep_load import NothingToReport, load_sweep_data
+from analysis.sweep_load import NothingToReport, load_sweep_data, report_kind
 from analysis.sweep_report import build_sweep_document
 from harness.cli import main
+from harness.config import SamplerSetting, build_config
 from harness.config.schema import (
     AGGREGATE,
+    ARM,
     BEST_TRIAL,
     BEST_TRIAL_NUMBER,
     CONFIRM_RANK,
@@ -348,12 +352,10 @@ def test_report_experiment_detects_the_sweep(store, sweep, tmp_path, capsys):
     assert "winner's curse" in md and (out / "index.html").exists()
 
 
-@pytest.mark.parametrize("experiment", ["empty", "missing", "trained-only"])
+@pytest.mark.parametrize("experiment", ["empty", "missing"])
 def test_nothing_to_report_is_one_line_and_exit_2(store, tmp_path, capsys, experiment):
     if experiment != "missing":
-        exp = store.experiment_id(experiment)
-        if experiment == "trained-only":  # what `harness train --experiment` leaves: no parent run
-            make_run(store, exp, "t", {ROLE: "train"})
+        store.experiment_id(experiment)
     out = tmp_path / "out"
     code, cap = _report(["--experiment", experiment, "--tracking-uri", store.uri, "--out", str(out)], capsys)
     assert code == 2 and not out.exists()
@@ -378,3 +380,35 @@ def test_a_best_value_at_the_edge_of_its_range_is_named(sweep):
     unconfirmed = sweep("unconfirmed")
     unconfirmed.trials.loc[unconfirmed.trials["trial"] == 1, "train.lr"] = "0.000105"
     assert "train.lr = 0.000105 at the lower end of its range" in answer(unconfirmed)
+
+
+def test_one_loader_reads_the_models_of_harness_train_harness_run_and_a_sweep(store):
+    """Every trained model is a run of role train with config.flat() as params (the one tag layout): an
+    experiment of harness train runs alone is an ablation without a plan; a sweep's models are its study's."""
+    config = build_config({"train": {"steps": STEPS, "batch_size": 8}, "diffusion": {"schedule": "cosine"}})
+    setting = SamplerSetting(sampler="ddim", steps=3, guidance=1.0)
+    trained = store.experiment_id("trained-only")  # what `harness train --experiment` leaves: no parent run
+    for seed in (0, 1):
+        log_trained_model(store, trained, config, seed=seed, evals={setting: {"fid": 40.0 + seed, "nfe": 3.0}})
+    assert report_kind(store, "trained-only") == report_kind(store, "trained-only", "ablation") == "ablation"
+    data = load_experiment(store, "trained-only")
+    assert data.parent_run_id is None and not data.planned and data.settings == [setting.label]
+    assert list(data.runs["seed"]) == [1, 0] and set(data.runs["steps"]) == {STEPS}
+    assert set(data.runs["process"]) == {"ddpm"} and set(data.runs["dataset"]) == {config.data.dataset}
+    assert sorted(data.evals["fid"]) == [40.0, 41.0]
+
+    ablation = store.experiment_id("ablation-layout")
+    parent = store.start_run(ablation, "parent", {ROLE: "ablation"})
+    arm = json.dumps({"diffusion.schedule": "cosine"})
+    log_trained_model(store, ablation, config, seed=0, tags={ARM: arm}, parent=parent.run_id, evals={setting: {}})
+    parent.finish("FINISHED")
+    assert report_kind(store, "ablation-layout") == "ablation"
+    assert load_experiment(store, "ablation-layout").arms == ["cosine"]
+
+    make_sweep(store, store.tmp, "sweep-layout")
+    for trial, seed in ((1, 0), (1, 1)):
+        sweep_tags = {STUDY: "sweep-layout", TRIAL: trial}
+        log_trained_model(store, store.experiment_id("sweep-layout"), config, seed=seed, tags=sweep_tags)
+    assert report_kind(store, "sweep-layout") == "sweep"
+    assert load_experiment(store, "sweep-layout").runs.empty  # no model of no study
+    assert len(load_experiment(store, "sweep-layout", study="sweep-layout").runs) == 2

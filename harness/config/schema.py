@@ -113,6 +113,20 @@ def eval_key(label: str, metric: str) -> str:
     return f"eval/{label}/{metric}"
 
 
+def parse_eval_key(key: str) -> tuple[str, str] | None:
+    """``(label, metric)`` of an ``eval_key``; None for any other metric name."""
+    head, label, metric = (key.split("/", 2) + ["", ""])[:3]
+    return (label, metric) if head == "eval" and label and metric and "/" not in metric else None
+
+
+NUM_BUCKETS = 10  # the training loss is also logged per tenth of [0, T), as bucket_key(0 .. 9)
+
+
+def bucket_key(bucket: int) -> str:
+    """A training run's loss on one tenth of the timestep range: ``train/loss_t<bucket>``."""
+    return f"train/loss_t{bucket}"
+
+
 CURVE_METRICS = tuple(m.name for m in METRICS.values() if m.curve)
 # The size of a training run's network: parameters, and GFLOPs of one forward pass on one image
 # (models.registry.gflops_per_image), so that arms can be compared at equal parameters or compute.

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Config
-from ..config.schema import DEVICE, ROLE, arm_text
+from ..config.schema import DEVICE, ROLE, arm_text, eval_key, parse_eval_key
 from ..config.spec import Plan
 from ..progress import duration
 from .placement import slots
@@ -87,9 +87,9 @@ def measured_throughput(store: MlflowStore | None, config: Config, device: str) 
         m, busy = r.data.metrics, r.data.metrics.get("train/seconds", 0.0)
         n = evaluations(int(r.data.params.get("train.steps", 0)), int(r.data.params.get("train.eval_every", 0)))
         for key in m:
-            label = key.removeprefix("eval/").removesuffix("/sample_seconds")
-            if key.endswith("/sample_seconds") and m[key] > 0 and f"eval/{label}/nfe" in m:
-                rates.append(m.get(f"eval/{label}/num_generated", 0) * m[f"eval/{label}/nfe"] / m[key])
+            label, metric = parse_eval_key(key) or ("", "")
+            if metric == "sample_seconds" and m[key] > 0 and eval_key(label, "nfe") in m:
+                rates.append(m.get(eval_key(label, "num_generated"), 0) * m[eval_key(label, "nfe")] / m[key])
                 busy += n * m[key]  # the last evaluation's seconds stand for each of the run's n
         if r.info.end_time and r.info.start_time:
             overheads.append(max(0.0, (r.info.end_time - r.info.start_time) / 1000 - busy))

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import torch
 
 from ..config import DATASET_SIZES, Config, ConfigError
-from ..config.schema import GFLOPS_PER_IMAGE, NUM_PARAMETERS
+from ..config.schema import GFLOPS_PER_IMAGE, NUM_BUCKETS, NUM_PARAMETERS
 from ..device import autocast, resolve_device, resolve_precision
 from ..diffusion.processes import PROCESSES
 from ..diffusion.schedules import make_schedule
@@ -31,8 +31,6 @@ from ..tracker import LoggedAfter, NullTracker, StoreUnavailable, Tracker
 from . import checkpoint
 from .autoencoder import LatentSpace
 from .ema import EMA
-
-NUM_BUCKETS = 10  # the loss is also logged per tenth of [0, T): where each schedule spends its difficulty
 
 
 class NonFiniteLoss(RuntimeError):
