@@ -43,6 +43,7 @@ from harness.config.schema import (
     TRIAL_STATE,
     eval_key,
     lower_is_better,
+    parse_eval_key,
     spread_key,
 )
 from harness.orchestration.tracking import MlflowStore
@@ -172,12 +173,15 @@ def load_sweep_data(
     params = list(space) or [k.strip() for k in p.get("search_space", "").split(",") if k.strip()]
 
     trial_runs = _newest(store.runs(exp_id, {ROLE: "trial", STUDY: name}), lambda r: int(r.data.tags[TRIAL]))
+    # Every model a study trained is a training run (harness.orchestration.jobs.run_job) tagged with the study:
+    # a trial's seed below its trial run, a confirmation (it carries its rank) below the sweep's parent.
+    trained = store.runs(exp_id, {ROLE: "train", STUDY: name})
     seed_runs = [
         r
-        for r in _newest(store.runs(exp_id, {ROLE: "trial_seed", STUDY: name}), _trial_seed)
+        for r in _newest([r for r in trained if CONFIRM_RANK not in r.data.tags], _trial_seed)
         if r.data.tags.get(PARENT) in {t.info.run_id for t in trial_runs}
     ]
-    confirm_runs = _newest(store.runs(exp_id, {ROLE: "confirm", STUDY: name}), _trial_seed)
+    confirm_runs = _newest([r for r in trained if CONFIRM_RANK in r.data.tags], _trial_seed)
     setting = p.get("setting", "")
     base = _json_artifact(store, parent.info.run_id, "base_config.json") or {}
     everything = [parent, *trial_runs, *seed_runs, *confirm_runs]
@@ -202,7 +206,7 @@ def load_sweep_data(
         base=base,
         trials=_trials_table(trial_runs, seed_runs, params, objectives, setting),
         trainings=_trainings_table(store, trial_runs, seed_runs, confirm_runs, base, objectives, setting),
-        confirms=_confirms_table(confirm_runs, params),
+        confirms=_confirms_table(confirm_runs, params, setting),
         importances=_importances(store, parent, objectives),
         unavailable={
             k.removeprefix(FIGURE_UNAVAILABLE): v for k, v in tags.items() if k.startswith(FIGURE_UNAVAILABLE)
@@ -273,6 +277,16 @@ def ranked_trials(data: SweepData) -> pd.DataFrame:
 
 
 # -- tables -----------------------------------------------------------------------------------------------
+
+
+def _final_metrics(run, setting: str) -> dict[str, float]:
+    """A training run's final evaluation of ``setting`` (its ``eval/<label>/<metric>`` keys), by metric name."""
+    out = {}
+    for key, value in run.data.metrics.items():
+        parsed = parse_eval_key(key)
+        if parsed is not None and parsed[0] == setting:
+            out[parsed[1]] = value
+    return out
 
 
 def _last_value(runs: list, setting: str, metric: str) -> float:
@@ -360,13 +374,13 @@ def _trainings_table(
                     "steps": _steps(store, r, state, int(planned) if planned else None, setting, objectives[0].metric),
                     "seconds": r.data.metrics.get("train/seconds", float("nan")),
                     "fingerprint": r.data.tags.get(FEATURE_FINGERPRINT) or trial.data.tags.get(FEATURE_FINGERPRINT),
-                    **{k: r.data.metrics.get(k, float("nan")) for k in ("num_generated", "num_reference")},
+                    **{k: _final_metrics(r, setting).get(k, float("nan")) for k in ("num_generated", "num_reference")},
                 }
             )
     return pd.DataFrame(rows, columns=TRAINING_COLUMNS)
 
 
-def _confirms_table(confirm_runs: list, params: list[str]) -> pd.DataFrame:
+def _confirms_table(confirm_runs: list, params: list[str], setting: str) -> pd.DataFrame:
     """Finished confirmation runs: trial, its search rank, seed, the searched params and every metric."""
     rows = []
     for r in confirm_runs:
@@ -381,7 +395,7 @@ def _confirms_table(confirm_runs: list, params: list[str]) -> pd.DataFrame:
                 "run_id": r.info.run_id,
                 "arm_label": f"trial {t[TRIAL]}",
                 **{k: r.data.params.get(k) for k in params},
-                **r.data.metrics,
+                **_final_metrics(r, setting),
             }
         )
     return pd.DataFrame(rows, columns=list(dict.fromkeys(CONFIRM_COLUMNS + params + [k for r in rows for k in r])))

@@ -142,7 +142,7 @@ def make_sweep(
                 store,
                 exp,
                 f"{study}-trial-{number}-seed-{seed}",
-                {ROLE: "trial_seed", STUDY: study, TRIAL: number, SEED: seed, HASH: f"h{number}-{seed}"},
+                {ROLE: "train", STUDY: study, TRIAL: number, SEED: seed, HASH: f"h{number}-{seed}"},
                 parent=trial,
                 metrics=seed_metrics,
             )
@@ -159,11 +159,11 @@ def make_sweep(
                 store,
                 exp,
                 f"{study}-confirm-{number}-{100 + i}",
-                {ROLE: "confirm", STUDY: study, TRIAL: number, CONFIRM_RANK: rank, SEED: 100 + i, HASH: "c"},
+                {ROLE: "train", STUDY: study, TRIAL: number, CONFIRM_RANK: rank, SEED: 100 + i, HASH: f"c{i}"},
                 parent=parent,
                 params=TRIALS[number][1],
                 metrics=[
-                    (k, v, STEPS)
+                    (eval_key(SETTING, k), v, STEPS)
                     for k, v in {"fid": fid, "kid": fid / 10, "num_generated": 16, "num_reference": 5000}.items()
                 ]
                 + [("train/seconds", 12.0, STEPS)],
@@ -405,10 +405,11 @@ def test_one_loader_reads_the_models_of_harness_train_harness_run_and_a_sweep(st
     assert report_kind(store, "ablation-layout") == "ablation"
     assert load_experiment(store, "ablation-layout").arms == ["cosine"]
 
-    make_sweep(store, store.tmp, "sweep-layout")
+    make_sweep(store, store.tmp, "sweep-layout")  # its trials' seeds and confirmations are training runs too
+    before = len(load_experiment(store, "sweep-layout", study="sweep-layout").runs)
     for trial, seed in ((1, 0), (1, 1)):
         sweep_tags = {STUDY: "sweep-layout", TRIAL: trial}
         log_trained_model(store, store.experiment_id("sweep-layout"), config, seed=seed, tags=sweep_tags)
     assert report_kind(store, "sweep-layout") == "sweep"
     assert load_experiment(store, "sweep-layout").runs.empty  # no model of no study
-    assert len(load_experiment(store, "sweep-layout", study="sweep-layout").runs) == 2
+    assert len(load_experiment(store, "sweep-layout", study="sweep-layout").runs) == before + 2

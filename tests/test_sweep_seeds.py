@@ -7,7 +7,22 @@ import pytest
 from test_sweep import SEARCH, _study, _uri, _with, _write, one_thread  # noqa: F401 - one torch thread here too
 
 from harness.config import ConfigError
-from harness.config.schema import CONFIRM_RANK, HASH, PARENT, ROLE, SEED, STUDY, TRIAL, spread_key
+from harness.config.schema import (
+    ARM,
+    CHECKPOINT,
+    CODE_VERSION,
+    COMMIT,
+    CONFIRM_RANK,
+    DEVICE,
+    HASH,
+    PARENT,
+    ROLE,
+    SEED,
+    SPEC,
+    STUDY,
+    TRIAL,
+    spread_key,
+)
 from harness.orchestration.tracking import MlflowStore
 from harness.sweeps.search import load_sweep
 from harness.sweeps.sweep import run_sweep
@@ -18,16 +33,31 @@ def _runs(uri, role, **tags):
     return store.runs(store.experiment_id("tiny-sweep"), {ROLE: role, STUDY: "tiny-sweep-smoke", **tags})
 
 
+def _trained(uri, confirmations: bool):
+    """The study's training runs (run_job's, as an ablation's): a trial's seeds, or the confirmations (ranked)."""
+    return [r for r in _runs(uri, "train") if (CONFIRM_RANK in r.data.tags) == confirmations]
+
+
+def _final(run, metric: str) -> float:
+    """The final evaluation of a sweep's one setting, as the training run logs it (``eval/<label>/<metric>``)."""
+    (value,) = [v for k, v in run.data.metrics.items() if k.startswith("eval/") and k.endswith(f"/{metric}")]
+    return value
+
+
 def test_a_two_seed_trial_trains_two_models_and_scores_their_mean(tmp_path):
     path = _write(tmp_path, _with(n_trials=1), seeds=[0, 1])
     result = run_sweep(path, profile="smoke", tracking_uri=_uri(tmp_path))
     assert result.ok and [t.state for t in result.trials] == ["COMPLETE"]
     (trial,) = _runs(_uri(tmp_path), "trial")
-    seeds = _runs(_uri(tmp_path), "trial_seed")
+    seeds = _trained(_uri(tmp_path), confirmations=False)
     assert sorted(r.data.tags[SEED] for r in seeds) == ["0", "1"]
+    # The same run as an ablation's training run of that config: every config field a param, the same tags.
+    config = load_sweep(path, "smoke").resolve({}, seed=0)
+    assert set(seeds[0].data.params) == set(config.flat())
+    assert {ROLE, HASH, SPEC, COMMIT, CODE_VERSION, ARM, SEED, CHECKPOINT, DEVICE} <= set(seeds[0].data.tags)
     assert {r.data.tags[PARENT] for r in seeds} == {trial.info.run_id}
     assert len({r.data.tags[HASH] for r in seeds}) == 2  # two trained models, not one evaluated twice
-    fids = [r.data.metrics["fid"] for r in seeds]
+    fids = [_final(r, "fid") for r in seeds]
     assert fids[0] != fids[1]
     assert result.trials[0].values[0] == pytest.approx(statistics.fmean(fids))
     assert trial.data.metrics["fid"] == pytest.approx(statistics.fmean(fids))
@@ -43,7 +73,7 @@ def test_pruning_watches_the_running_aggregate_over_seeds(tmp_path):
     store = MlflowStore(_uri(tmp_path))
     label = load_sweep(path, "smoke").resolve({}).eval.samplers[0].label
     at = {}  # seed -> step -> FID of that seed's model at that evaluation
-    for r in _runs(_uri(tmp_path), "trial_seed"):
+    for r in _trained(_uri(tmp_path), confirmations=False):
         history = store.client.get_metric_history(r.info.run_id, f"eval/{label}/fid")
         at[int(r.data.tags[SEED])] = {m.step: m.value for m in history}
     # Seed 1's step k is reported at 4 + k, as the median (here: the mean) of both seeds at step k.
@@ -64,18 +94,18 @@ def test_the_best_trials_are_confirmed_with_fresh_seeds_once(tmp_path, capsys):
         (2, ranked[1].number, 10),
         (2, ranked[1].number, 11),
     ]
-    runs = _runs(_uri(tmp_path), "confirm")
+    runs = _trained(_uri(tmp_path), confirmations=True)
     assert len(runs) == 4 and {r.data.tags[PARENT] for r in runs} == {result.parent_run_id}
     for r in runs:  # the trial's point, trained anew with the fresh seed
         trial = result.trials[int(r.data.tags[TRIAL])]
         assert {k: r.data.params[k] for k in trial.params} == {k: str(v) for k, v in trial.params.items()}
         assert r.data.tags[SEED] in ("10", "11") and r.data.tags[CONFIRM_RANK] in ("1", "2")
-        assert r.data.metrics["fid"] > 0 and r.data.tags[HASH] != trial.config_hash
+        assert _final(r, "fid") > 0 and r.data.tags[HASH] != trial.config_hash
     assert f"confirm trial   {ranked[0].number} seed 10  fid=" in capsys.readouterr().out
 
     again = run_sweep(path, profile="smoke", tracking_uri=_uri(tmp_path))
     assert [w.confirmed for w in again.workers if w.confirmed]  # looked at, but nothing trained again
-    assert len(_runs(_uri(tmp_path), "confirm")) == 4
+    assert len(_trained(_uri(tmp_path), confirmations=True)) == 4
 
 
 @pytest.mark.parametrize(
