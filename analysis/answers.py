@@ -183,15 +183,8 @@ SERIES_FIELDS = tuple(f for f in SamplerSetting.model_fields if f not in ("steps
 
 
 def series_name(row) -> str:
-    """The sampler of a setting without its step count: 'ddim eta=0', 'ddpm fixed_large'."""
-    setting = SamplerSetting.model_validate({f: getattr(row, f) for f in SERIES_FIELDS})
-    name = f"{setting.sampler} eta={setting.eta:g}" if setting.sampler == "ddim" else setting.sampler
-    extras = [
-        str(getattr(setting, f))
-        for f, info in SamplerSetting.model_fields.items()
-        if f in SERIES_FIELDS and f not in ("sampler", "eta") and getattr(setting, f) != info.default
-    ]
-    return " ".join([name, *extras])
+    """The sampler of a setting without its step count: 'ddim eta=0' (SamplerSetting.series)."""
+    return SamplerSetting.model_validate({f: getattr(row, f) for f in SERIES_FIELDS}).series
 
 
 def settings_answer(evals: pd.DataFrame, settings: list[str] | None = None) -> str:

@@ -20,6 +20,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from harness.config import SamplerSetting
+
 from .stats import band, pareto_front
 from .words import num
 
@@ -252,7 +254,7 @@ def _picture_cell(ax, image, title: str | None, ylabel: str | None) -> None:
 def fid_vs_nfe(evals: pd.DataFrame) -> Figure | None:
     """FID against network evaluations per sample, one series per sampler (and eta), with the Pareto front."""
     e = evals[evals["fid"].notna() & evals["nfe"].notna()].copy()
-    e["series"] = e["sampler"] + np.where(e["sampler"] == "ddim", " eta=" + e["eta"].map("{:g}".format), "")
+    e["series"] = [SamplerSetting.from_params(row).series for row in e.to_dict("records")]
     per = band(e, "setting", "fid", "series").merge(e.groupby("setting", as_index=False)["nfe"].mean(), on="setting")
     if per["setting"].nunique() < 2:
         return None

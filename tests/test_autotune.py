@@ -115,22 +115,19 @@ def test_a_damaged_cache_entry_is_measured_again(tmp_path, monkeypatch):
     assert json.loads(entry.read_text())["choice"] == "fp32+channels_last"
 
 
-def test_explicit_precisions_and_layouts_hash_as_before_memory_format_existed():
+def test_explicit_precisions_and_layouts_hash_by_their_values():
     pins = {
-        ("fp32", "contiguous"): "1c165ee8e3d5",
-        ("bf16", "contiguous"): "2193bc51a3a1",
-        ("fp32", "channels_last"): "9d98238ef8c2",
+        ("fp32", "contiguous"): "60091c69b4b4",
+        ("bf16", "contiguous"): "e24ae43385d0",
+        ("fp32", "channels_last"): "9af41302ad87",
     }
     for (precision, layout), pinned in pins.items():
-        config = build_config({"train": {"precision": precision, "memory_format": layout}})
-        assert config.train_hash() == pinned
-        legacy = build_config({"train": {"precision": precision, "channels_last": layout == "channels_last"}})
-        assert legacy == config  # stored runs and checkpoints still say channels_last: true | false
+        assert build_config({"train": {"precision": precision, "memory_format": layout}}).train_hash() == pinned
 
 
-def test_channels_last_with_memory_format_is_one_line_error():
-    with pytest.raises(ConfigError, match=r"^x.yaml: train.channels_last: replaced by train.memory_format") as err:
-        build_config({"train": {"channels_last": True, "memory_format": "contiguous"}}, "x.yaml")
+def test_the_old_channels_last_switch_is_an_unknown_key():
+    with pytest.raises(ConfigError, match=r"^x.yaml: train.channels_last: unknown key") as err:
+        build_config({"train": {"channels_last": True}}, "x.yaml")
     assert "\n" not in str(err.value)
 
 

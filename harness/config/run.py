@@ -41,6 +41,8 @@ MAX_EVAL_SAMPLES = 50_000  # the usual FID sample count; more only costs time
 OPERATIONAL = {"data": {"root", "download"}, "train": {"checkpoint_every", "log_every", "device"}}
 AUTOTUNED = ("precision", "memory_format")  # train fields that ``auto`` leaves to a measurement (training/autotune.py)
 FLOW_UNUSED = ("schedule", "min_snr_gamma")  # diffusion fields that process flow does not read
+# Under flow the network predicts the velocity eps - x_0 (v, the velocity of the process's own path), unweighted.
+FLOW_FIXES = {"parameterization": "v", "loss_weighting": "uniform", "zero_terminal_snr": False}
 SPACES = ("pixel", "latent")  # data.space: what the diffusion model learns (training/autoencoder.py)
 
 
@@ -100,9 +102,8 @@ class ModelConfig(Section):
 
         A field the chosen backbone does not read (``hidden`` of a UNet, ``channels`` of a DiT) changes
         nothing that is learned, so it is left out: two arms that differ only there are one model, not two.
-        ``backbone`` itself is left out for the UNet, so hashes made before the field existed still hold.
         """
-        keep = {*BACKBONES[self.backbone].fields, *SHARED_FIELDS} | ({"backbone"} if self.backbone != "unet" else set())
+        keep = {*BACKBONES[self.backbone].fields, *SHARED_FIELDS, "backbone"}
         return {k: v for k, v in self.model_dump(mode="json").items() if k in keep}
 
 
@@ -141,17 +142,23 @@ class DiffusionConfig(Section):
     def _weighting(cls, v: str) -> str:
         return one_of(v, WEIGHTINGS, "loss weighting")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _flow_defaults(cls, data):
+        """The fields flow fixes default to flow's values: ``process: flow`` alone is a complete choice."""
+        if isinstance(data, dict) and data.get("process") == "flow":
+            return {**FLOW_FIXES, **data}
+        return data
+
     @model_validator(mode="after")
     def _combinations(self):
+        for key, value in FLOW_FIXES.items() if self.process == "flow" else ():
+            if getattr(self, key) != value:  # given explicitly, since _flow_defaults filled the rest
+                raise ValueError(f"process flow needs {key}: {str(value).lower()} (the network predicts eps - x_0)")
         if self.zero_terminal_snr and self.parameterization == "eps":
             raise ValueError("zero_terminal_snr needs parameterization v or x0 (eps cannot recover x0 at abar_T = 0)")
         if self.process == "ddpm" and self.flow_time != "uniform":
             raise ValueError(f"flow_time {self.flow_time!r} applies to process flow only")
-        # Under flow the network predicts the velocity eps - x_0 (v, the velocity of the process's own path).
-        flow_needs = {"parameterization": "v", "loss_weighting": "uniform", "zero_terminal_snr": False}
-        for key, value in flow_needs.items() if self.process == "flow" else ():
-            if getattr(self, key) != value:
-                raise ValueError(f"process flow needs {key}: {str(value).lower()} (the network predicts eps - x_0)")
         return self
 
 
@@ -176,18 +183,6 @@ class TrainConfig(Section):
     log_every: Int = Field(25, ge=1)
     seed: Seed = 0
     device: str = "auto"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _channels_last(cls, data):
-        """``channels_last: true | false``, the switch before ``memory_format``: stored runs and checkpoints hold it."""
-        if not isinstance(data, dict) or "channels_last" not in data:
-            return data
-        data = dict(data)
-        legacy = data.pop("channels_last")
-        if not isinstance(legacy, bool) or "memory_format" in data:
-            raise ValueError("train.channels_last: replaced by train.memory_format (auto, contiguous, channels_last)")
-        return {**data, "memory_format": "channels_last" if legacy else "contiguous"}
 
     def unresolved(self) -> list[str]:
         """The fields still ``auto``: training/autotune.py measures them on the device before anything is hashed."""
@@ -287,25 +282,22 @@ class Config(Section):
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     def train_hash(self) -> str:
-        """12 hex digits identifying the trained model (not its evaluation)."""
+        """12 hex digits identifying the trained model (not its evaluation).
+
+        A field the model never reads is left out (a flow model's schedule, a pixel model's autoencoder), so
+        arms that differ only there are one model, not two.
+        """
         d = self.to_dict()
         del d["eval"]
         d["model"] = self.model.identity()
-        # process and flow_time came after runs were tracked: a DDPM config hashes as before them. A flow
-        # config leaves out what flow never reads, so arms differing only there are one model, not two.
-        for key in ("process", "flow_time") if d["diffusion"]["process"] == "ddpm" else FLOW_UNUSED:
+        for key in FLOW_UNUSED if self.diffusion.process == "flow" else ("flow_time",):
             d["diffusion"].pop(key)
+        if self.data.space == "pixel":
+            del d["autoencoder"]
         for section, keys in OPERATIONAL.items():
             for key in keys:
                 d[section].pop(key)
-        # memory_format replaced the switch channels_last: an explicit layout hashes as before it.
-        layout = d["train"].pop("memory_format")
-        d["train"]["channels_last"] = {"channels_last": True, "contiguous": False}.get(layout, layout)
         del d["train"]["epochs"]  # resolved into steps, which the hash holds: `epochs: 10` is its steps' model
-        if not d["train"]["eval_epochs"]:  # added later: while empty, every earlier config keeps its hash
-            del d["train"]["eval_epochs"]
-        if d["data"]["space"] == "pixel":  # added later, and a pixel model reads no autoencoder: hashes as before
-            del d["data"]["space"], d["autoencoder"]
         return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
 
     def network_input(self) -> tuple[int, int, int]:

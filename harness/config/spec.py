@@ -21,7 +21,7 @@ from .dotted import merge, related, set_dotted
 from .fields import ConfigError, Int, Seed, one_of
 from .run import Config, DiffusionConfig, ModelConfig, build_config, format_validation_error, override_origin, read_yaml
 from .schema import arm_text
-from .setting import SamplerSetting
+from .setting import SamplerSetting, unread
 
 MAX_RUNS = 10_000  # evaluation runs in one plan (arms x seeds x settings), counted before any is built
 MAX_EXCLUDES = 100  # each arm is checked against every exclude
@@ -92,7 +92,7 @@ class _EvaluateBase(_Strict):
         names = list(SamplerSetting.model_fields)
         defaults = {n: f.default for n, f in SamplerSetting.model_fields.items()}
         grid = [(path, dict(zip(names, combo))) for combo in itertools.product(*(getattr(self, n) for n in names))]
-        grid = [(p, s) for p, s in grid if not (s["eta"] != 0 and s["sampler"] != "ddim")]  # eta is DDIM's only
+        grid = [(p, s) for p, s in grid if not unread(s)]  # eta with ddpm: an option its sampler never reads
         extra = [(f"{path}.settings.{i}", {**defaults, **s}) for i, s in enumerate(self.settings)]
         out, seen = [], set()
         for p, s in grid + extra:
@@ -104,10 +104,10 @@ class _EvaluateBase(_Strict):
 
 
 # Which settings an arm is evaluated with: those that fit its process (the sampler is one of that
-# process's samplers, time_shift only for flow, spacing and variance only for ddpm: SamplerSetting.misfit),
+# process's samplers, and each option one that sampler reads there: SamplerSetting.misfit),
 # and of the explicit settings that name a ``process``, only the arms of that process (``heun`` samples
 # both); an explicit setting with classifier-free guidance goes to the class-conditional arms only. A
-# grid combination that fits no arm is dropped, as eta on a sampler other than ddim is; an explicit
+# grid combination that fits no arm is dropped, as one with an option its sampler never reads is; an explicit
 # setting that fits no arm is an error, and so is an arm that no setting fits.
 def misfit_in(setting: dict[str, Any], process: str, conditional: bool = True) -> tuple[str, str] | None:
     """Why ``setting`` (a spec's, with its optional ``process``) skips arms of ``process``; None: it fits."""

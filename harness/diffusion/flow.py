@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .guidance import classifier_free
+from .samplers import Sampler
 
 Velocity = Callable[[Tensor, float], Tensor]
 
@@ -91,7 +92,9 @@ def heun(velocity: Velocity, x: Tensor, ts: list[float]) -> Tensor:
     return x
 
 
-FLOW_SAMPLERS: dict[str, Callable[[Velocity, Tensor, list[float]], Tensor]] = {"euler": euler, "heun": heun}
+# sample_flow reads these for both: the grid's step count and shift, and the guidance around the network.
+_EVERY = frozenset({"steps", "guidance", "time_shift"})
+FLOW_SAMPLERS: dict[str, Sampler] = {"euler": Sampler(euler, _EVERY), "heun": Sampler(heun, _EVERY)}
 
 
 def make_velocity(model, labels: Tensor | None, time_scale: float, clip_x0: bool) -> Velocity:

@@ -3,7 +3,8 @@
 A process decides two things: a training example (its time, its noisy input, its target, so its loss) and
 how a trained network is sampled. The training loop and the evaluator call these two methods and nothing
 else, so a new process (EDM's sigma-parameterized one, say) is one class here and one entry in
-``PROCESSES``; its ``samplers`` (name -> function) are what a sampler setting is validated against.
+``PROCESSES``; its ``samplers`` (name -> ``Sampler``, the function and the options it reads) are what a
+sampler setting is validated against.
 
 Both methods share one signature across processes: ``loss(net, x0, y, *, generator, schedule, diffusion)``
 returns the per-example loss (B,) and each example's time as an integer in [0, T) (the report's loss by
@@ -13,20 +14,20 @@ timestep buckets); ``sample(model, schedule, diffusion, setting, *, x_T, **kw)``
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .flow import FLOW_SAMPLERS, FLOW_TIMES, flow_loss, sample_flow
 from .losses import diffusion_loss
-from .samplers import SAMPLERS, sample
+from .samplers import SAMPLERS, Sampler, only_for, sample
 
 
 class DDPM:
     """Ho et al. 2020's discrete process: t uniform in {0, ..., T - 1}, q(x_t | x_0) of the noise schedule."""
 
-    samplers: dict[str, Callable] = SAMPLERS
+    samplers: dict[str, Sampler] = SAMPLERS
 
     def loss(self, net, x0: Tensor, y: Tensor | None, *, generator, schedule, diffusion) -> tuple[Tensor, Tensor]:
         t = torch.randint(0, schedule.T, (x0.shape[0],), device=x0.device, generator=generator)
@@ -58,7 +59,7 @@ class DDPM:
 class Flow:
     """Flow matching on the linear interpolant (flow.py); t in [0, 1] drawn by ``diffusion.flow_time``."""
 
-    samplers: dict[str, Callable] = FLOW_SAMPLERS
+    samplers: dict[str, Sampler] = FLOW_SAMPLERS
 
     def loss(self, net, x0: Tensor, y: Tensor | None, *, generator, schedule, diffusion) -> tuple[Tensor, Tensor]:
         T = schedule.T
@@ -84,14 +85,23 @@ class Flow:
 
 
 PROCESSES: dict[str, DDPM | Flow] = {"ddpm": DDPM(), "flow": Flow()}
-PROCESS_SAMPLERS: dict[str, dict[str, Callable]] = {name: p.samplers for name, p in PROCESSES.items()}
+PROCESS_SAMPLERS: dict[str, dict[str, Sampler]] = {name: p.samplers for name, p in PROCESSES.items()}
 
 
-def misfit(process: str, sampler: str, shift: float) -> tuple[str, str] | None:
-    """Why a sampler setting cannot sample a model of ``process``, as (field, reason); None when it can."""
+def misfit(process: str, sampler: str, options: dict[str, Any]) -> tuple[str, str] | None:
+    """Why a sampler setting cannot sample a model of ``process``, as (field, reason); None when it can.
+
+    ``options`` are the setting's options away from their defaults; each must be one the sampler reads.
+    """
     valid = PROCESS_SAMPLERS[process]
     if sampler not in valid:
         return "sampler", f"{sampler!r} does not sample process {process}; valid for {process}: {', '.join(valid)}"
-    if shift != 1.0 and process != "flow":
-        return "time_shift", f"{shift:g} applies to process flow only (1 = no shift)"
+    for option, value in options.items():
+        if option in valid[sampler].reads:
+            continue
+        if any(option in s.reads for s in valid.values()):
+            return option, only_for(option, sampler, valid)
+        owners = [p for p, samplers in PROCESS_SAMPLERS.items() if any(option in s.reads for s in samplers.values())]
+        shown = f"{value:g}" if isinstance(value, float) else str(value)
+        return option, f"{shown} applies to process {' and '.join(owners)} only"
     return None

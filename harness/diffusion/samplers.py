@@ -7,14 +7,14 @@ Every sampler has the same signature, k-diffusion style:
 ``denoise(x_t, t, abar_t) -> Prediction(x0_hat, eps_hat)`` hides the network, its parameterization,
 guidance and clipping; ``traj`` lists the timesteps to visit with abar at each and at the next one
 (1.0 after the last, so every sampler's last step returns x0_hat). Adding a sampler is adding one
-function to ``SAMPLERS``.
+function to ``SAMPLERS``, with the options of a sampler setting it reads.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
@@ -83,6 +83,28 @@ class Trajectory:
 class SamplerOptions:
     eta: float = 0.0  # DDIM stochasticity (Song et al. 2021, eq. 16)
     variance: str = "fixed_small"  # DDPM reverse variance: posterior (small) or beta_t (large)
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A sampler function and the options of a sampler setting (``SamplerSetting``'s fields) it reads.
+
+    The one place that says which option belongs to which sampler: a setting that moves an option its
+    sampler does not read away from the default is an error (config/setting.py), not a silently ignored
+    value that would make two names for one evaluation.
+    """
+
+    fn: Callable[..., Tensor]
+    reads: frozenset[str]
+
+    def __call__(self, *args, **kw) -> Tensor:
+        return self.fn(*args, **kw)
+
+
+def only_for(option: str, sampler: str, samplers: dict[str, Sampler]) -> str:
+    """The error for ``option`` given to ``sampler``, which does not read it: which of ``samplers`` do."""
+    readers = [name for name, s in samplers.items() if option in s.reads]
+    return f"{option} applies to the {' and '.join(readers)} sampler only, not {sampler!r}"
 
 
 def _randn(x: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -178,11 +200,14 @@ def heun(denoise: Denoiser, x: Tensor, traj: Trajectory, opts: SamplerOptions, g
     return x
 
 
-SAMPLERS: dict[str, Callable[..., Tensor]] = {
-    "ddpm": ddpm,
-    "ddim": ddim,
-    "dpmpp_2m": dpmpp_2m,
-    "heun": heun,
+# What ``sample`` reads for every sampler: the step count and spacing of the trajectory, and the guidance
+# wrapped around the denoiser. SamplerOptions' fields are read by the samplers that say so.
+_EVERY = frozenset({"steps", "spacing", "guidance", "classifier_scale"})
+SAMPLERS: dict[str, Sampler] = {
+    "ddpm": Sampler(ddpm, _EVERY | {"variance"}),
+    "ddim": Sampler(ddim, _EVERY | {"eta"}),
+    "dpmpp_2m": Sampler(dpmpp_2m, _EVERY),
+    "heun": Sampler(heun, _EVERY),
 }
 
 VARIANCES = ("fixed_small", "fixed_large")
@@ -235,8 +260,10 @@ def sample(
         raise ValueError(f"unknown variance {variance!r}; valid: {', '.join(VARIANCES)}")
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
-    if eta != 0 and sampler != "ddim":
-        raise ValueError(f"eta applies to the ddim sampler only, not {sampler!r}")
+    opts = SamplerOptions(eta=eta, variance=variance)
+    for f in fields(opts):
+        if getattr(opts, f.name) != f.default and f.name not in SAMPLERS[sampler].reads:
+            raise ValueError(only_for(f.name, sampler, SAMPLERS))
     if guidance < 0:
         raise ValueError(f"guidance weight must be >= 0, got {guidance}")
     if guidance > 0 and (labels is None or null_label is None):
@@ -264,7 +291,7 @@ def sample(
     if classifier_scale > 0:
         denoise = classifier_guided(denoise, classifier, classifier_scale, labels, clip_x0=clip_x0)
     with torch.no_grad():
-        return SAMPLERS[sampler](denoise, x, traj, SamplerOptions(eta=eta, variance=variance), generator)
+        return SAMPLERS[sampler](denoise, x, traj, opts, generator)
 
 
 def _params(model):
