@@ -1,17 +1,8 @@
-"""What tests share: the tiny configuration (the shipped smoke profile's), a smoke spec on disk, a shipped spec
-to copy, and an ``mlflow server`` on a free loopback port."""
+"""What tests share: the tiny configuration (the shipped smoke profile's), a smoke spec on disk, and a shipped
+spec to copy."""
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 import yaml
 
 from harness.config.spec import with_shared_profiles
@@ -45,44 +36,3 @@ def write_spec(tmp_path: Path, name: str = "tiny", smoke: dict | None = None, **
 def shipped_spec(file: str) -> dict:
     """A shipped spec's data with the shared profiles it gets (``experiments/profiles/``): what to copy elsewhere."""
     return with_shared_profiles(yaml.safe_load((EXPERIMENTS / file).read_text()), EXPERIMENTS / file)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def mlflow_server(backend: str, log: Path, *options: str, timeout: float = 180):
-    """``mlflow server`` for the ``backend`` store on a free loopback port, in its own process group (its workers
-    share it: one signal ends them all); yields its URL once /health answers. ``options``: more server flags."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, *options]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"the MLflow server did not start (exit {proc.poll()}): {log.read_text()[-2000:]}")
-                time.sleep(0.5)
-        yield url
-    finally:
-        stop_group(proc)
-
-
-def stop_group(proc: subprocess.Popen) -> None:
-    """End ``proc`` and the helpers it started (its process group)."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:  # stopped already
-        pass
-    proc.wait()
