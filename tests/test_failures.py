@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import proc
 import pytest
 import torch
-import yaml
+from fixtures import TINY_MODEL, write_spec
 
 from harness.cli import main
 from harness.config import build_config
@@ -21,34 +21,10 @@ from harness.tracker import MemoryTracker, StoreUnavailable
 from harness.training import checkpoint
 from harness.training.train import NoEvaluation, train
 
-TINY = {
-    "train.steps": 6,
-    "train.batch_size": 8,
-    "train.warmup_steps": 1,
-    "train.device": "cpu",
-    "model.channels": 8,
-    "model.channel_mult": [1, 2],
-    "model.attention_resolutions": [],
-    "eval.num_samples": 16,
-    "eval.batch_size": 16,
-}
-
 
 def _spec(tmp_path, base=None, name="fail"):
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "name": name,
-                "question": "q?",
-                "base": base or {"data": {"dataset": "mnist-5k"}},
-                "axes": {"grid": {"diffusion.schedule": ["linear", "cosine"]}},
-                "evaluate": {"sampler": ["ddim"], "steps": [3]},
-                "profiles": {"smoke": {"set": TINY}},
-            }
-        )
-    )
-    return path
+    smoke = {"train.steps": 6, "train.eval_every": 0}
+    return write_spec(tmp_path, name, smoke, question="q?", base=base or {"data": {"dataset": "mnist-5k"}})
 
 
 def test_missing_data_fails_before_anything_is_tracked(tmp_path, capsys):
@@ -112,7 +88,7 @@ def test_torn_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
 def test_training_resumes_from_the_checkpoint_that_survived(tmp_path, monkeypatch):
     config = build_config(
         {
-            "model": {"channels": 8, "channel_mult": [1, 2], "attention_resolutions": []},
+            "model": TINY_MODEL,
             "train": {
                 "steps": 12,
                 "batch_size": 8,
@@ -177,7 +153,7 @@ class _StoreGoesAway(MemoryTracker):
 def test_training_checkpoints_and_stops_when_the_store_goes_away(tmp_path):
     config = build_config(
         {
-            "model": {"channels": 8, "channel_mult": [1, 2], "attention_resolutions": []},
+            "model": TINY_MODEL,
             "train": {
                 "steps": 12,
                 "batch_size": 8,

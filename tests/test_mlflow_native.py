@@ -5,7 +5,7 @@ import json
 import time
 
 import pytest
-import yaml
+from fixtures import TINY, write_spec
 
 from analysis.load import load_experiment
 from harness.config import SamplerSetting
@@ -26,33 +26,11 @@ from harness.orchestration.runner import run_plan
 from harness.orchestration.tracking import MlflowStore, SystemMetrics, print_arms_views
 from harness.result import EvalResult
 
-TINY = {
-    "train.steps": 4,
-    "train.batch_size": 8,
-    "train.warmup_steps": 1,
-    "train.eval_every": 2,
-    "model.channels": 8,
-    "model.channel_mult": [1, 2],
-    "model.attention_resolutions": [],
-    "eval.num_samples": 16,
-    "eval.batch_size": 16,
-    "train.device": "cpu",
-}
-
 
 def _spec(tmp_path, steps):
-    spec = {
-        "name": "native",
-        "question": "Does the MLflow UI see it?",
-        "base": {"data": {"dataset": "mnist-5k"}},
-        "axes": {"grid": {"diffusion.schedule": ["linear", "cosine"]}},
-        "seeds": [0],
-        "evaluate": {"sampler": ["ddim"], "steps": steps},
-        "profiles": {"smoke": {"set": TINY}},
-    }
-    path = tmp_path / "native.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+    return write_spec(
+        tmp_path, "native", question="Does the MLflow UI see it?", evaluate={"sampler": ["ddim"], "steps": steps}
+    )
 
 
 def _run(path, store):

@@ -21,6 +21,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from fixtures import shipped_spec
 
 from harness.config.schema import ROLE, STUDY
 from harness.config.spec import load_spec, make_plan
@@ -122,7 +123,7 @@ def server(postgres, tmp_path_factory):
 
 def _spec_copy(tmp_path: Path, shipped: str, name: str) -> Path:
     """A shipped spec under a name of its own: with a server, checkpoints live under the repository's mlruns/."""
-    spec = yaml.safe_load((REPO / "experiments" / shipped).read_text())
+    spec = shipped_spec(shipped)  # with experiments/profiles/, which a copy elsewhere does not find
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({**spec, "name": name}))
     return path

@@ -4,6 +4,7 @@ import shutil
 
 import pytest
 import yaml
+from fixtures import write_spec
 
 import harness.orchestration.runner as runner
 from harness.config.schema import CODE_VERSION, COMMIT, ROLE
@@ -13,17 +14,7 @@ from harness.orchestration.provenance import CodeVersion, code_version, code_ver
 from harness.orchestration.runner import run_plan
 from harness.orchestration.tracking import MlflowStore
 
-TINY = {
-    "train.steps": 2,
-    "train.batch_size": 8,
-    "train.warmup_steps": 1,
-    "model.channels": 8,
-    "model.channel_mult": [1, 2],
-    "model.attention_resolutions": [],
-    "eval.num_samples": 16,
-    "eval.batch_size": 16,
-    "train.device": "cpu",
-}
+SMOKE = {"train.steps": 2, "train.eval_every": 0}  # the tiny model, trained 2 steps, evaluated at the end
 
 
 def _edit(path):
@@ -53,17 +44,8 @@ def test_each_result_is_keyed_by_the_code_that_determines_it(tmp_path):
 
 
 def _spec(tmp_path, name="prov"):
-    spec = {
-        "name": name,
-        "question": "Is a stale run reused?",
-        "base": {"data": {"dataset": "mnist-5k"}},
-        "seeds": [0],
-        "evaluate": {"sampler": ["ddim"], "steps": [2]},
-        "profiles": {"smoke": {"set": TINY}},
-    }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+    evaluate = {"sampler": ["ddim"], "steps": [2]}
+    return write_spec(tmp_path, name, SMOKE, question="Is a stale run reused?", axes={}, evaluate=evaluate)
 
 
 def _run(path, store, **kw):
@@ -112,16 +94,8 @@ def test_an_evaluation_edit_re_evaluates_and_a_training_edit_retrains(tmp_path, 
 
 def test_two_settings_that_differ_only_in_variance_are_two_evaluations(tmp_path):
     store = MlflowStore(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
-    spec = {
-        "name": "variance",
-        "question": "fixed_small or fixed_large?",
-        "base": {"data": {"dataset": "mnist-5k"}},
-        "seeds": [0],
-        "evaluate": {"sampler": ["ddpm"], "steps": [3], "variance": ["fixed_small", "fixed_large"]},
-        "profiles": {"smoke": {"set": TINY}},
-    }
-    path = tmp_path / "variance.yaml"
-    path.write_text(yaml.safe_dump(spec))
+    evaluate = {"sampler": ["ddpm"], "steps": [3], "variance": ["fixed_small", "fixed_large"]}
+    path = write_spec(tmp_path, "variance", SMOKE, question="fixed_small or fixed_large?", axes={}, evaluate=evaluate)
     plan = make_plan(load_spec(path), str(path), "smoke")
     assert [s["variance"] for s in plan.settings] == ["fixed_small", "fixed_large"]
     [out], _ = run_plan(plan, store, spec_path=str(path), quiet=True)

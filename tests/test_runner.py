@@ -3,7 +3,7 @@
 import shutil
 
 import pytest
-import yaml
+from fixtures import write_spec
 
 from harness.config import ConfigError
 from harness.config.schema import HASH, ROLE
@@ -12,34 +12,9 @@ from harness.orchestration.runner import run_plan
 from harness.orchestration.store import store_root
 from harness.orchestration.tracking import MlflowStore
 
-TINY = {
-    "train.steps": 4,
-    "train.batch_size": 8,
-    "train.warmup_steps": 1,
-    "train.eval_every": 2,
-    "model.channels": 8,
-    "model.channel_mult": [1, 2],
-    "model.attention_resolutions": [],
-    "eval.num_samples": 16,
-    "eval.batch_size": 16,
-    "train.device": "cpu",
-}
-
 
 def _spec(tmp_path, **changes):
-    spec = {
-        "name": "tiny",
-        "question": "Does it run?",
-        "base": {"data": {"dataset": "mnist-5k"}},
-        "axes": {"grid": {"diffusion.schedule": ["linear", "cosine"]}},
-        "seeds": [0],
-        "evaluate": {"sampler": ["ddim"], "steps": [3]},
-        "profiles": {"smoke": {"set": TINY}},
-    }
-    spec.update(changes)
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+    return write_spec(tmp_path, **changes)
 
 
 def _run(path, store, **kw):
@@ -194,7 +169,7 @@ def test_auto_is_measured_once_and_plan_json_names_the_hashes_the_runs_carry(tmp
 def test_arms_that_auto_makes_one_configuration_are_refused_before_anything_is_tracked(tmp_path, store):
     path = _spec(tmp_path, name="tiny-collapse", axes={"grid": {"train.precision": ["auto", "fp32"]}})
     with pytest.raises(
-        ConfigError, match=r"tiny.yaml: axes: arms .* are one configuration here \(auto resolved to fp32"
+        ConfigError, match=r"tiny-collapse.yaml: axes: arms .* are one configuration here \(auto resolved to fp32"
     ):
         _run(path, store)
     assert store.client.get_experiment_by_name("tiny-collapse") is None

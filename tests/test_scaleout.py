@@ -2,6 +2,7 @@
 `--allow-local-store`), and the locks behind "train once", dead-trial recovery and orphaned parents
 (filelock) see other processes, and see them die."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -103,10 +104,11 @@ def test_shared_stores_local_executors_and_the_flag_pass(tmp_path, args):
         main([*args, *local, "--profile", "smoke"])
 
 
-def test_run_plan_refuses_before_it_tracks_anything():
+def test_run_plan_refuses_before_it_tracks_anything(tmp_path):
     plan = make_plan(load_spec(ABLATION), ABLATION, "smoke")
-    store = SimpleNamespace(uri="sqlite:///nowhere/mlflow.db")  # any use of the store would fail
-    with pytest.raises(ConfigError, match="--executor slurm with tracking store sqlite:///nowhere/mlflow.db"):
+    uri = f"sqlite:///{tmp_path}/nowhere/mlflow.db"  # no such store: any use of it would fail
+    store = SimpleNamespace(uri=uri)  # the executor's files (submitit's pickles) go under tmp_path/nowhere/
+    with pytest.raises(ConfigError, match=re.escape(f"--executor slurm with tracking store {uri}")):
         run_plan(plan, store, spec_path=ABLATION, executor="slurm")
     with pytest.raises(Reached):
         run_plan(plan, store, spec_path=ABLATION, executor="slurm", allow_local_store=True)

@@ -61,3 +61,21 @@ def test_evaluate_is_derived_from_the_sampler_setting_with_its_bounds(tmp_path):
         path.write_text(yaml.safe_dump({"name": "x", "question": "q", "evaluate": {field: [bad]}}))
         with pytest.raises(ConfigError, match=rf"spec.yaml: evaluate\.{field}\.0: "):
             load_spec(path)
+
+
+def test_a_specs_own_profile_extends_the_shared_one(tmp_path):
+    """profiles/<name>.yaml beside a spec is its profile <name>; the spec's own adds set keys, replaces the rest."""
+    (tmp_path / "profiles").mkdir()
+    shared = {"set": {"train.steps": 4, "model.channels": 8}, "seeds": [0], "evaluate": {"steps": [3]}}
+    (tmp_path / "profiles" / "smoke.yaml").write_text(yaml.safe_dump(shared))
+    own = {"smoke": {"set": {"model.channels": 16}, "evaluate": None}, "quick": {"seeds": [1]}}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "question": "q", "seeds": [5, 6], "profiles": own}))
+    spec = load_spec(path)
+    assert spec.profiles["smoke"].set == {"train.steps": 4, "model.channels": 16}
+    assert spec.profiles["smoke"].seeds == [0] and spec.profiles["smoke"].evaluate is None
+    assert spec.profiles["quick"].seeds == [1]
+    (tmp_path / "profiles" / "smoke.yaml").write_text(yaml.safe_dump({**shared, "seeds": []}))
+    with pytest.raises(ConfigError, match=r"^\S*profiles/smoke.yaml: seeds: ") as err:
+        load_spec(path)
+    assert "\n" not in str(err.value)

@@ -15,6 +15,7 @@ import optuna
 import pytest
 import torch
 import yaml
+from fixtures import TINY
 
 from harness.cli import main
 from harness.config import ConfigError, TrainConfig
@@ -27,18 +28,6 @@ from harness.sweeps.study import journal_path, open_storage, recover_dead_trials
 from harness.sweeps.sweep import run_sweep
 
 SWEEPS = sorted((Path(__file__).parents[1] / "experiments").glob("sweep-*.yaml"))
-TINY = {
-    "train.steps": 4,
-    "train.batch_size": 8,
-    "train.warmup_steps": 1,
-    "train.eval_every": 2,
-    "model.channels": 8,
-    "model.channel_mult": [1, 2],
-    "model.attention_resolutions": [],
-    "eval.num_samples": 16,
-    "eval.batch_size": 16,
-    "train.device": "cpu",
-}
 SEARCH = {
     "params": {
         "train.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from fixtures import TINY
 from PIL import Image
 
 from analysis.grids import _logged_grids
@@ -45,22 +46,7 @@ SPEC = {
     "seeds": [0],
     "evaluate": {"sampler": ["ddim"], "steps": [3]},
     "cpu_jobs": 1,
-    "profiles": {
-        "smoke": {
-            "set": {
-                "train.steps": 4,
-                "train.batch_size": 8,
-                "train.warmup_steps": 1,
-                "train.eval_every": 2,
-                "train.device": "cpu",
-                "model.channels": 8,
-                "model.channel_mult": [1, 2],
-                "model.attention_resolutions": [],
-                "eval.num_samples": 16,
-                "eval.batch_size": 16,
-            }
-        }
-    },
+    "profiles": {"smoke": {"set": TINY}},
 }
 
 

@@ -236,11 +236,54 @@ def merge_flat(parts) -> dict[str, Any]:
     return out
 
 
+SHARED_PROFILES = "profiles"  # the folder beside the specs: profiles/<name>.yaml is profile <name> of each of them
+
+
+def shared_profiles(spec_path: str | Path) -> dict[str, dict[str, Any]]:
+    """The profiles every spec in ``spec_path``'s folder starts from: ``profiles/<name>.yaml`` beside it, each
+    file one profile (``experiments/profiles/smoke.yaml`` is every shipped spec's ``smoke``). Each file is
+    validated on its own, so a mistake in it is a one-line error naming that file and field."""
+    out = {}
+    for file in sorted((Path(spec_path).parent / SHARED_PROFILES).glob("*.yaml")):
+        data = read_yaml(file)
+        try:
+            Profile.model_validate(data)
+        except ValidationError as err:
+            raise ConfigError(format_validation_error(err, str(file), root=Profile)) from None
+        out[file.stem] = data
+    return out
+
+
+def with_shared_profiles(data: dict[str, Any], spec_path: str | Path) -> dict[str, Any]:
+    """The spec's ``data`` with the shared profiles (``shared_profiles``) added.
+
+    A spec's own profile of the same name extends the shared one: its ``set`` keys are added to the shared
+    ``set`` (a key in both: the spec's value), and each other field it names (``seeds``, ``evaluate``,
+    ``cpu_jobs``) replaces the shared one's; ``evaluate: null`` there means the spec's own ``evaluate``.
+    """
+    shared = shared_profiles(spec_path)
+    own = data.get("profiles") or {}
+    if not shared or not isinstance(own, dict):
+        return data  # nothing to add, or a malformed profiles section the schema reports
+    profiles = dict(shared)
+    for name, prof in own.items():
+        base = shared.get(name)
+        if isinstance(base, dict) and isinstance(prof, dict):
+            merged = {**base, **prof}
+            if isinstance(prof.get("set"), dict):
+                merged["set"] = {**base.get("set", {}), **prof["set"]}
+            prof = merged
+        profiles[name] = prof
+    return {**data, "profiles": profiles}
+
+
 def load_spec(path: str | Path) -> Spec:
+    """Parse and validate an ablation spec, with the shared profiles beside it (``with_shared_profiles``)."""
     data = read_yaml(path)
     if not isinstance(data, dict):
         kind = "empty" if data is None else f"a {type(data).__name__}"
         raise ConfigError(f"{path}: a spec is a mapping with name, question, base, axes, ...; this file is {kind}")
+    data = with_shared_profiles(data, path)
     try:
         return Spec.model_validate(data)
     except ValidationError as err:
