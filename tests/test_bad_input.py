@@ -84,7 +84,7 @@ CASES = [  # (id, spec document or raw text, words the error line must contain)
     (
         "unknown sampler",
         _with("evaluate/sampler", ["euler_a"]),
-        "evaluate.sampler: unknown sampler 'euler_a'; valid: ddim, ddpm, dpmpp_2m, euler, heun",
+        "evaluate.sampler.0: unknown sampler 'euler_a'; valid: ddim, ddpm, dpmpp_2m, euler, heun",
     ),
     (
         "unknown parameterization",
@@ -92,7 +92,7 @@ CASES = [  # (id, spec document or raw text, words the error line must contain)
         "unknown parameterization 'score'; valid: eps, v, x0",
     ),
     ("unknown data set", _with("base/data", {"dataset": "imagenet"}), "unknown data set 'imagenet'; valid: cifar10"),
-    ("unknown spacing", _with("evaluate/spacing", ["uniform"]), "evaluate.spacing: unknown spacing 'uniform'"),
+    ("unknown spacing", _with("evaluate/spacing", ["uniform"]), "evaluate.spacing.0: unknown spacing 'uniform'"),
     ("unknown loss weighting", _with("base/diffusion", {"loss_weighting": "p2"}), "unknown loss weighting 'p2'"),
     (
         "sampler steps above T",

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from annotated_types import Ge, Le
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
 
 
 class ConfigError(ValueError):
@@ -29,6 +29,14 @@ def one_of(value: str, valid, what: str) -> str:
     if value not in valid:
         raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(sorted(valid))}")
     return value
+
+
+def Choice(valid, what: str):  # noqa: N802 - used as a type: ``schedule: Choice(SCHEDULES, "schedule")``
+    """A name that must be a key of the registry ``valid``; any other is "unknown <what> ...; valid: ...".
+
+    The registry is read when a value is checked, so entries added to it later are valid names too.
+    """
+    return Annotated[str, AfterValidator(lambda v: one_of(v, valid, what))]
 
 
 def _not_bool(v):

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from ..diffusion.flow import FLOW_TIMES
 from ..diffusion.losses import WEIGHTINGS
@@ -24,7 +24,7 @@ from ..diffusion.schedules import SCHEDULES
 from ..models.autoencoder import check_shape as check_autoencoder_shape
 from ..models.registry import BACKBONES, SHARED_FIELDS
 from .dotted import flatten, parse_overrides, related, set_dotted
-from .fields import ConfigError, Float, Int, Section, Seed, one_of
+from .fields import Choice, ConfigError, Float, Int, Section, Seed
 from .setting import SamplerSetting
 from .yamlio import YamlError, load_text, read_bytes
 
@@ -47,20 +47,11 @@ SPACES = ("pixel", "latent")  # data.space: what the diffusion model learns (tra
 
 
 class DataConfig(Section):
-    dataset: str = "mnist-5k"
+    dataset: Choice(IMAGE_SIZES, "data set") = "mnist-5k"
     root: str = "~/.cache/harness/data"
     download: bool = False
-    space: str = "pixel"  # pixel | latent: the diffusion model learns the frozen autoencoder's scaled latents
-
-    @field_validator("dataset")
-    @classmethod
-    def _dataset(cls, v: str) -> str:
-        return one_of(v, IMAGE_SIZES, "data set")
-
-    @field_validator("space")
-    @classmethod
-    def _space(cls, v: str) -> str:
-        return one_of(v, SPACES, "data space")
+    # pixel | latent: the diffusion model learns the frozen autoencoder's scaled latents
+    space: Choice(SPACES, "data space") = "pixel"
 
 
 class AutoencoderConfig(Section):
@@ -80,7 +71,7 @@ class AutoencoderConfig(Section):
 
 
 class ModelConfig(Section):
-    backbone: str = "unet"  # models.registry.BACKBONES
+    backbone: Choice(BACKBONES, "backbone") = "unet"  # models.registry.BACKBONES
     channels: Int = Field(24, ge=8)  # unet: the first level's width
     channel_mult: tuple[Int, ...] = (1, 2, 2)  # unet
     num_res_blocks: Int = Field(1, ge=1)  # unet
@@ -91,11 +82,6 @@ class ModelConfig(Section):
     heads: Int = Field(4, ge=1)  # dit
     dropout: Float = Field(0.0, ge=0.0, lt=1.0)
     conditional: bool = False
-
-    @field_validator("backbone")
-    @classmethod
-    def _backbone(cls, v: str) -> str:
-        return one_of(v, BACKBONES, "backbone")
 
     def identity(self) -> dict[str, Any]:
         """The fields that shape the network, as they enter the config hash.
@@ -109,38 +95,14 @@ class ModelConfig(Section):
 
 class DiffusionConfig(Section):
     timesteps: Int = Field(1000, ge=2)
-    schedule: str = "cosine"
+    schedule: Choice(SCHEDULES, "schedule") = "cosine"
     zero_terminal_snr: bool = False
-    parameterization: str = "eps"
-    loss_weighting: str = "uniform"
+    parameterization: Choice(PARAMETERIZATIONS, "parameterization") = "eps"
+    loss_weighting: Choice(WEIGHTINGS, "loss weighting") = "uniform"
     min_snr_gamma: Float = Field(5.0, gt=0)
-    process: str = "ddpm"  # ddpm | flow (diffusion/flow.py); flow reads neither schedule nor min_snr_gamma
-    flow_time: str = "uniform"  # flow's training times: uniform | logit_normal
-
-    @field_validator("process")
-    @classmethod
-    def _process(cls, v: str) -> str:
-        return one_of(v, PROCESS_SAMPLERS, "process")
-
-    @field_validator("flow_time")
-    @classmethod
-    def _flow_time(cls, v: str) -> str:
-        return one_of(v, FLOW_TIMES, "flow time")
-
-    @field_validator("schedule")
-    @classmethod
-    def _schedule(cls, v: str) -> str:
-        return one_of(v, SCHEDULES, "schedule")
-
-    @field_validator("parameterization")
-    @classmethod
-    def _param(cls, v: str) -> str:
-        return one_of(v, PARAMETERIZATIONS, "parameterization")
-
-    @field_validator("loss_weighting")
-    @classmethod
-    def _weighting(cls, v: str) -> str:
-        return one_of(v, WEIGHTINGS, "loss weighting")
+    # ddpm | flow (diffusion/flow.py); flow reads neither schedule nor min_snr_gamma
+    process: Choice(PROCESS_SAMPLERS, "process") = "ddpm"
+    flow_time: Choice(FLOW_TIMES, "flow time") = "uniform"  # flow's training times: uniform | logit_normal
 
     @model_validator(mode="before")
     @classmethod

@@ -8,39 +8,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from ..diffusion.processes import PROCESS_SAMPLERS, misfit
 from ..diffusion.samplers import SPACINGS, VARIANCES, only_for
-from .fields import Float, Int, Section, one_of
+from .fields import Choice, Float, Int, Section
 
 
 class SamplerSetting(Section):
-    sampler: str = "ddim"
+    sampler: Choice({name for samplers in PROCESS_SAMPLERS.values() for name in samplers}, "sampler") = "ddim"
     steps: Int = Field(50, ge=1)
     eta: Float = Field(0.0, ge=0)
     guidance: Float = Field(0.0, ge=0)
-    spacing: str = "trailing"
-    variance: str = "fixed_small"
+    spacing: Choice(SPACINGS, "spacing") = "trailing"
+    variance: Choice(VARIANCES, "variance") = "fixed_small"
     # Flow's time-grid shift (diffusion/flow.py: time_grid); 1 = none. Not ``shift``: pandas rows have one.
     time_shift: Float = Field(1.0, gt=0)
     # Classifier guidance (Dhariwal & Nichol 2021) with a noise-aware classifier; 0 = off.
     classifier_scale: Float = Field(0.0, ge=0, json_schema_extra={"label": "cg"})
-
-    @field_validator("sampler")
-    @classmethod
-    def _sampler(cls, v: str) -> str:
-        return one_of(v, {name for samplers in PROCESS_SAMPLERS.values() for name in samplers}, "sampler")
-
-    @field_validator("spacing")
-    @classmethod
-    def _spacing(cls, v: str) -> str:
-        return one_of(v, SPACINGS, "spacing")
-
-    @field_validator("variance")
-    @classmethod
-    def _variance(cls, v: str) -> str:
-        return one_of(v, VARIANCES, "variance")
 
     # Which sampler reads which option is declared once, with the sampler (diffusion/samplers.py SAMPLERS,
     # diffusion/flow.py FLOW_SAMPLERS); the checks below and the spec's grid read that declaration.
