@@ -303,8 +303,8 @@ def test_speed_estimates_match_runs_by_the_fields_the_backbone_reads():
     """--dry-run's estimate finds earlier runs of the same network; fields a backbone ignores do not split them."""
     unet = dict(speed_key(build_config({"model": {"hidden": 256}})))
     assert [k for k in unet if k.startswith("model.")] == [
-        "model.channels", "model.channel_mult", "model.num_res_blocks", "model.attention_resolutions",
-        "model.dropout", "model.conditional",
-    ]  # fmt: skip  # what runs tracked before model.backbone existed logged
+        "model.backbone", "model.channels", "model.channel_mult", "model.num_res_blocks",
+        "model.attention_resolutions", "model.dropout", "model.conditional",
+    ]  # fmt: skip  # the UNet's fields and the backbone's name: hidden, heads, ... are the DiT's
     dit = dict(speed_key(build_config({"model": {"backbone": "dit", "channels": 64}})))
     assert dit["model.backbone"] == "dit" and dit["model.hidden"] == 64 and "model.channels" not in dit

@@ -9,7 +9,7 @@ from harness.training import checkpoint
 
 
 def test_round_trips_through_a_weights_only_checkpoint(tmp_path):
-    setting = SamplerSetting(sampler="heun", steps=9, guidance=1.5, variance="fixed_large")
+    setting = SamplerSetting(sampler="ddpm", steps=9, guidance=1.5, variance="fixed_large")
     result = EvalResult(7, setting, {"fid": 12.5, "nfe": 17}, {"fid_inception": "weights not downloadable"})
     checkpoint.save_atomic({"evals": [result.to_dict()]}, tmp_path / "c.pt")
     saved = torch.load(tmp_path / "c.pt", weights_only=True)["evals"][0]
