@@ -27,6 +27,8 @@ def cmd_train(args) -> int:
     tracked like any run of ``harness run``, reused or resumed the same way; ``--no-track`` logs nothing."""
     from .device import resolve_device
     from .orchestration.placement import autotune_cache, describe_record
+    from .orchestration.single import train_tracked, train_untracked
+    from .orchestration.tracking import MlflowStore
     from .tracker import StoreUnavailable
     from .training.autotune import resolve
     from .training.data import DataUnavailable
@@ -39,9 +41,18 @@ def cmd_train(args) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else REPO / "runs" / config.train_hash()
     try:
         if args.no_track:
-            summary, evals, where = _train_untracked(config, run_dir), None, None
+            print(f"config {config.train_hash()}  run dir {run_dir}")
+            summary, evals, where = train_untracked(config, run_dir), None, None
         else:
-            summary, evals, where = _train_tracked(config, run_dir, args)
+            store = MlflowStore(args.tracking_uri)  # unreachable: one line, exit 2
+            store.check()
+            experiment = args.experiment or TRAIN_EXPERIMENT
+            print(f"config {config.train_hash()}  run dir {run_dir}  tracking {store.uri}")
+            out = train_tracked(config, run_dir, store, experiment)
+            summary, evals = out.summary, out.evals
+            where = f"tracked: run {out.run_id} in experiment {experiment!r} of {store.uri}"
+            if out.status != "trained":
+                where = f"nothing to train: a finished run of this config exists ({out.status}); " + where
     except (DataUnavailable, StoreUnavailable) as err:  # a lost store: the checkpoint resumes the run later
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -54,48 +65,6 @@ def cmd_train(args) -> int:
     if args.json and summary is not None:
         Path(args.json).write_text(json.dumps(summary, indent=2))
     return 0
-
-
-def _train_tracked(config, run_dir: Path, args):
-    """Through the one job path: a finished run of this config in the experiment is reused, an unfinished resumed."""
-    from .orchestration.jobs import Task, run_job
-    from .orchestration.tracking import MlflowStore
-
-    store = MlflowStore(args.tracking_uri)  # unreachable: one line, exit 2
-    store.check()
-    experiment = args.experiment or TRAIN_EXPERIMENT
-    print(f"config {config.train_hash()}  run dir {run_dir}  tracking {store.uri}")
-    exp_id = store.experiment_id(experiment)
-    task = Task(
-        config.model_dump_json(),
-        {},
-        config.train.seed,
-        experiment,
-        exp_id,
-        "",
-        store.uri,
-        threads=0,
-        run_dir=str(run_dir),
-        progress=None,
-    )
-    out = run_job(task, config)
-    where = f"tracked: run {out.run_id} in experiment {experiment!r} of {store.uri}"
-    if out.status != "trained":
-        where = f"nothing to train: a finished run of this config exists ({out.status}); " + where
-    return out.summary, out.evals, where
-
-
-def _train_untracked(config, run_dir: Path) -> dict:
-    from .device import resolve_device
-    from .evaluation.evaluate import Evaluator
-    from .tracker import NullTracker
-    from .training.data import load_dataset
-    from .training.train import train
-
-    print(f"config {config.train_hash()}  run dir {run_dir}")
-    data = load_dataset(config.data.dataset, config.data.root, config.data.download)
-    evaluator = Evaluator(config, data, device=resolve_device(config.train.device), out_dir=run_dir)
-    return train(config, NullTracker(), run_dir=run_dir, data=data, evaluator=evaluator).to_json()
 
 
 def _print_train(summary: dict | None, evals) -> None:
@@ -188,41 +157,17 @@ def _print_plan(plan, uri, reuse: str, executor: str) -> int:
     from .orchestration.budget import dry_run
     from .orchestration.placement import resolve_plan
     from .orchestration.runner import describe
+    from .orchestration.tracking import existing_store
     from .tracker import StoreUnavailable
 
     try:
-        store = _existing_store(uri)
+        store = existing_store(uri)
     except StoreUnavailable as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     plan, _ = resolve_plan(plan, executor=executor)  # the hashes the run will use
     print("\n".join(dry_run(plan, describe(plan, store, reuse), store)))
     return 0
-
-
-def _existing_store(uri: str | None):
-    """The store at ``uri`` if it exists already, else None: a dry run reads a store but never creates one."""
-    from urllib.parse import urlparse
-
-    from .orchestration.tracking import MlflowStore, default_tracking_uri
-    from .tracker import StoreUnavailable
-
-    uri = uri or default_tracking_uri()
-    if uri.startswith("sqlite:///"):
-        exists = Path(uri.removeprefix("sqlite:///")).is_file()
-    elif uri.startswith("file:") or "://" not in uri:  # MLflow's file store: a folder
-        exists = Path(urlparse(uri).path if uri.startswith("file:") else uri).is_dir()
-    else:  # a tracking server (http, databases): reading it creates nothing
-        exists = True
-    if not exists:
-        return None
-    try:
-        store = MlflowStore(uri)
-    except Exception as err:  # noqa: BLE001 - MLflow opens the store here: sqlalchemy and OS errors alike
-        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-        raise StoreUnavailable(f"tracking store {uri} is not usable: {reason}") from None
-    store.check()
-    return store
 
 
 def cmd_report(args) -> int:

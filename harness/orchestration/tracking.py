@@ -319,3 +319,25 @@ class MlflowStore:
                 [experiment_id], " and ".join(clauses), max_results=5000, order_by=["attributes.start_time DESC"]
             )
         )
+
+
+def existing_store(uri: str | None) -> MlflowStore | None:
+    """The store at ``uri`` if it exists already, else None: a dry run reads a store but never creates one."""
+    from urllib.parse import urlparse
+
+    uri = uri or default_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        exists = Path(uri.removeprefix("sqlite:///")).is_file()
+    elif uri.startswith("file:") or "://" not in uri:  # MLflow's file store: a folder
+        exists = Path(urlparse(uri).path if uri.startswith("file:") else uri).is_dir()
+    else:  # a tracking server (http, databases): reading it creates nothing
+        exists = True
+    if not exists:
+        return None
+    try:
+        store = MlflowStore(uri)
+    except Exception as err:  # noqa: BLE001 - MLflow opens the store here: sqlalchemy and OS errors alike
+        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise StoreUnavailable(f"tracking store {uri} is not usable: {reason}") from None
+    store.check()
+    return store
