@@ -282,7 +282,7 @@ def test_every_process_keeps_the_shared_contract(name):
     dc, schedule = config.diffusion, make_schedule("linear", 1000)
     net = lambda x, t, y: 0.5 * x  # noqa: E731 - any network of the (x, t, y) contract
     x0 = torch.rand(8, 1, 4, 4) * 2 - 1
-    loss, t = process.loss(net, x0, None, generator=torch.Generator().manual_seed(0), schedule=schedule, diffusion=dc)
+    loss, t = process.training_loss(dc, schedule)(net, x0, None, torch.Generator().manual_seed(0))
     assert loss.shape == (8,) and torch.isfinite(loss).all()
     assert t.dtype == torch.long and 0 <= int(t.min()) and int(t.max()) < schedule.T
     x_T = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(1))

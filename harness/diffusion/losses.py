@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .parameterizations import get_parameterization
+from .parameterizations import X0, Eps, V, get_parameterization
 from .schedules import Schedule
 
 
@@ -21,7 +21,8 @@ def min_snr(snr: Tensor, parameterization, gamma: float) -> Tensor:
     return parameterization.min_snr_weight(snr, gamma)
 
 
-WEIGHTINGS: dict[str, Callable[[Tensor, object, float], Tensor]] = {
+Weighting = Callable[[Tensor, object, float], Tensor]  # w(SNR_t, parameterization, gamma), (B,)
+WEIGHTINGS: dict[str, Weighting] = {
     "uniform": uniform,
     "min_snr": min_snr,
 }
@@ -33,20 +34,26 @@ def diffusion_loss(
     t: Tensor,
     noise: Tensor,
     schedule: Schedule,
-    parameterization: str = "eps",
-    weighting: str = "uniform",
+    parameterization: str | Eps | X0 | V = "eps",
+    weighting: str | Weighting = "uniform",
     y: Tensor | None = None,
     *,
     gamma: float = 5.0,
 ) -> Tensor:
-    """Per-example weighted MSE, shape (B,). ``t`` is long (B,) in [0, T); ``noise`` ~ N(0, I)."""
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"unknown loss weighting {weighting!r}; valid: {', '.join(sorted(WEIGHTINGS))}")
-    param = get_parameterization(parameterization)
+    """Per-example weighted MSE, shape (B,). ``t`` is long (B,) in [0, T); ``noise`` ~ N(0, I).
+
+    ``parameterization`` and ``weighting`` are names, or the objects they name (a training loop resolves them
+    once per run: processes.DDPM.training_loss).
+    """
+    if isinstance(weighting, str):
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown loss weighting {weighting!r}; valid: {', '.join(sorted(WEIGHTINGS))}")
+        weighting = WEIGHTINGS[weighting]
+    param = get_parameterization(parameterization) if isinstance(parameterization, str) else parameterization
     abar = schedule.abar(t, x0)  # (B, 1, 1, 1)
     x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
     target = param.target(x0, noise, abar)
     out = model(x_t, t, y)
     mse = (out.float() - target.float()).pow(2).flatten(1).mean(dim=1)  # (B,)
     snr = schedule.snr.to(t.device)[t].float()  # (B,)
-    return WEIGHTINGS[weighting](snr, param, gamma) * mse
+    return weighting(snr, param, gamma) * mse

@@ -6,22 +6,28 @@ else, so a new process (EDM's sigma-parameterized one, say) is one class here an
 ``PROCESSES``; its ``samplers`` (name -> ``Sampler``, the function and the options it reads) are what a
 sampler setting is validated against.
 
-Both methods share one signature across processes: ``loss(net, x0, y, *, generator, schedule, diffusion)``
-returns the per-example loss (B,) and each example's time as an integer in [0, T) (the report's loss by
-timestep buckets); ``sample(model, schedule, diffusion, setting, *, x_T, **kw)`` returns x_0 from x_T.
-``diffusion`` is the config's ``diffusion`` section and ``setting`` a ``SamplerSetting``.
+Both share one signature across processes. ``training_loss(diffusion, schedule)`` resolves the section's
+names once per run (the parameterization, the weighting, the time distribution) and returns the step's loss,
+``loss(net, x0, y, generator) -> (per-example loss (B,), each example's time as an integer in [0, T))`` (the
+report's loss by timestep buckets); ``sample(model, schedule, diffusion, setting, *, x_T, **kw)`` returns x_0
+from x_T. ``diffusion`` is the config's ``diffusion`` section and ``setting`` a ``SamplerSetting``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from .flow import FLOW_SAMPLERS, FLOW_TIMES, flow_loss, sample_flow
-from .losses import diffusion_loss
+from .losses import WEIGHTINGS, diffusion_loss
+from .parameterizations import get_parameterization
 from .samplers import SAMPLERS, Sampler, only_for, sample
+
+# (net, x0 (B, C, H, W), y (B,) or None, generator) -> (per-example loss (B,), time in [0, T) (B,) long)
+LossFn = Callable[..., tuple[Tensor, Tensor]]
 
 
 class DDPM:
@@ -29,14 +35,16 @@ class DDPM:
 
     samplers: dict[str, Sampler] = SAMPLERS
 
-    def loss(self, net, x0: Tensor, y: Tensor | None, *, generator, schedule, diffusion) -> tuple[Tensor, Tensor]:
-        t = torch.randint(0, schedule.T, (x0.shape[0],), device=x0.device, generator=generator)
-        noise = torch.randn(x0.shape, device=x0.device, generator=generator)
-        d = diffusion
-        per_example = diffusion_loss(
-            net, x0, t, noise, schedule, d.parameterization, d.loss_weighting, y, gamma=d.min_snr_gamma
-        )
-        return per_example, t
+    def training_loss(self, diffusion, schedule) -> LossFn:
+        param, weighting = get_parameterization(diffusion.parameterization), WEIGHTINGS[diffusion.loss_weighting]
+        gamma = diffusion.min_snr_gamma
+
+        def loss(net, x0: Tensor, y: Tensor | None, generator) -> tuple[Tensor, Tensor]:
+            t = torch.randint(0, schedule.T, (x0.shape[0],), device=x0.device, generator=generator)
+            noise = torch.randn(x0.shape, device=x0.device, generator=generator)
+            return diffusion_loss(net, x0, t, noise, schedule, param, weighting, y, gamma=gamma), t
+
+        return loss
 
     def sample(self, model, schedule, diffusion, setting, *, x_T: Tensor, **kw) -> Tensor:
         return sample(
@@ -61,13 +69,17 @@ class Flow:
 
     samplers: dict[str, Sampler] = FLOW_SAMPLERS
 
-    def loss(self, net, x0: Tensor, y: Tensor | None, *, generator, schedule, diffusion) -> tuple[Tensor, Tensor]:
-        T = schedule.T
-        t = FLOW_TIMES[diffusion.flow_time](x0.shape[0], generator, x0.device)
-        noise = torch.randn(x0.shape, device=x0.device, generator=generator)
-        # The network sees t (T - 1), the range of DDPM's integer timesteps its embedding was sized for.
-        per_example = flow_loss(net, x0, t, noise, y, time_scale=T - 1)
-        return per_example, (t * T).long().clamp(max=T - 1)
+    def training_loss(self, diffusion, schedule) -> LossFn:
+        T, draw = schedule.T, FLOW_TIMES[diffusion.flow_time]
+
+        def loss(net, x0: Tensor, y: Tensor | None, generator) -> tuple[Tensor, Tensor]:
+            t = draw(x0.shape[0], generator, x0.device)
+            noise = torch.randn(x0.shape, device=x0.device, generator=generator)
+            # The network sees t (T - 1), the range of DDPM's integer timesteps its embedding was sized for.
+            per_example = flow_loss(net, x0, t, noise, y, time_scale=T - 1)
+            return per_example, (t * T).long().clamp(max=T - 1)
+
+        return loss
 
     def sample(self, model, schedule, diffusion, setting, *, x_T: Tensor, **kw) -> Tensor:
         kw.pop("classifier", None)  # never given: classifier_scale applies to ddpm only (SamplerSetting.misfit)

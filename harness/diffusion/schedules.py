@@ -36,6 +36,10 @@ class Schedule:
         """SNR(t) = abar_t / (1 - abar_t) (Kingma et al. 2021)."""
         return self.alphas_cumprod / (1.0 - self.alphas_cumprod)
 
+    def to(self, device) -> Schedule:
+        """The same schedule with abar_t on ``device`` (float64 kept), moved once per run rather than per step."""
+        return Schedule(self.name, self.alphas_cumprod.to(device))
+
     def abar(self, t: Tensor, like: Tensor) -> Tensor:
         """abar_t for a batch of timesteps, shaped to broadcast against ``like`` (B, ...)."""
         abar = self.alphas_cumprod.to(device=t.device)[t].to(like.dtype)

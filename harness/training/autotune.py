@@ -86,8 +86,8 @@ def probe(config: Config, device: torch.device, options: list[Candidate], rounds
     warmup, steps = (5, 10) if device.type == "cuda" else (2, 3)
     tc, dc = config.train, config.diffusion
     B, shape, dataset = tc.batch_size, config.network_input(), config.data.dataset
-    schedule = make_schedule(dc.schedule, dc.timesteps, zero_terminal_snr=dc.zero_terminal_snr)
-    process = PROCESSES[dc.process]
+    schedule = make_schedule(dc.schedule, dc.timesteps, zero_terminal_snr=dc.zero_terminal_snr).to(device)
+    loss_fn = PROCESSES[dc.process].training_loss(dc, schedule)  # as train() steps
     num_classes = NUM_CLASSES[dataset]
     best: dict[str, float] = {}
     for r in range(rounds):
@@ -105,7 +105,7 @@ def probe(config: Config, device: torch.device, options: list[Candidate], rounds
                     _sync(device)
                     start = time.perf_counter()
                 with autocast(device, resolve_precision(c[0])):
-                    loss = process.loss(model, x0, y, generator=gen, schedule=schedule, diffusion=dc)[0].mean()
+                    loss = loss_fn(model, x0, y, gen)[0].mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -161,7 +161,8 @@ def train(
     optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay, fused=True)
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, tc.warmup_steps)))
     gen = torch.Generator(device=device).manual_seed(tc.seed)
-    schedule = make_schedule(dc.schedule, dc.timesteps, zero_terminal_snr=dc.zero_terminal_snr)
+    # On the device once: the loss indexes abar_t and SNR_t there every step without a host copy.
+    schedule = make_schedule(dc.schedule, dc.timesteps, zero_terminal_snr=dc.zero_terminal_snr).to(device)
     images = x_data.images.to(device, non_blocking=True)  # (N, C, H, W), the whole set on the device
     labels = data.labels.to(device, non_blocking=True)
     null_label = data.num_classes
@@ -218,7 +219,7 @@ def train(
     net = torch.compile(model) if tc.compile else model
     amp_dtype = resolve_precision(tc.precision)
     T, B = schedule.T, tc.batch_size
-    process = PROCESSES[dc.process]
+    loss_fn = PROCESSES[dc.process].training_loss(dc, schedule)  # names resolved once, not per step
     loss_buf = torch.zeros(tc.log_every, device=device)  # per-step losses since the last log
     bucket_sum = torch.zeros(NUM_BUCKETS, device=device)
     bucket_n = torch.zeros(NUM_BUCKETS, device=device)
@@ -233,7 +234,7 @@ def train(
             drop = torch.rand(B, device=device, generator=gen) < tc.label_dropout
             y = torch.where(drop, null_label, labels[idx])  # dropped labels train p(x) for guidance
         with autocast(device, amp_dtype):  # t: each example's time in [0, T), for the buckets below
-            per_example, t = process.loss(net, x0, y, generator=gen, schedule=schedule, diffusion=dc)
+            per_example, t = loss_fn(net, x0, y, gen)
         loss = per_example.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
