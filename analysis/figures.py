@@ -39,7 +39,10 @@ def new_figure(ncols: int = 1, nrows: int = 1, *, height: float = 3.6, width: fl
     return fig, axes
 
 
-def to_png(fig: Figure, dpi: int = 100) -> bytes:
+def to_png(fig: Figure | None, dpi: int = 100) -> bytes | None:
+    """The figure as PNG bytes; None for no figure (there was nothing to draw)."""
+    if fig is None:
+        return None
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()

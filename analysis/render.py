@@ -29,6 +29,11 @@ class Section:
     tables: list[Table] = field(default_factory=list)
     pictures: list[Picture] = field(default_factory=list)
 
+    def add_picture(self, name: str, caption: str, png: bytes | None) -> None:
+        """A figure under the section, unless there was nothing to draw (``png`` None)."""
+        if png is not None:
+            self.pictures.append(Picture(name, caption, png))
+
 
 @dataclass
 class Document:

@@ -22,7 +22,7 @@ from .families import first_setting, guidance_family, sampler_family, varies_gui
 from .load import AblationData
 from .matched import disjoint, matched_section
 from .opening import _cap, _one, _steps, duration
-from .render import Picture, Section, Table
+from .render import Section, Table
 from .stats import compare_to_reference, summarize
 from .words import LOWER_IS_BETTER, NO_DIFFERENCE, metric_label, num, scaled, untested_words, with_ci
 
@@ -206,15 +206,12 @@ def settings_section(data: AblationData) -> Section | None:
     ]
     s.tables.append(Table(["setting", "arm", "NFE", "FID", "seeds"], rows, CELL_CAPTION))
     fig = figures.fid_vs_nfe(fam)
-    if fig is not None:
-        s.pictures.append(
-            Picture(
-                "fid_vs_nfe",
-                "FID against network evaluations per sample (log scale), one line per "
-                "sampler; error bars: 95% CI over seeds; dashed: the Pareto front.",
-                figures.to_png(fig),
-            )
-        )
+    s.add_picture(
+        "fid_vs_nfe",
+        "FID against network evaluations per sample (log scale), one line per "
+        "sampler; error bars: 95% CI over seeds; dashed: the Pareto front.",
+        figures.to_png(fig),
+    )
     return s
 
 
@@ -247,15 +244,12 @@ def guidance_section(data: AblationData) -> Section | None:
             "are in the table but cannot be drawn in the figure."
         )
     fig = figures.guidance_tradeoff(fam, data.arms)
-    if fig is not None:
-        s.pictures.append(
-            Picture(
-                "guidance",
-                "FID and class accuracy against the guidance weight w (bands: 95% CI over "
-                "seeds), and the two against each other.",
-                figures.to_png(fig),
-            )
-        )
+    s.add_picture(
+        "guidance",
+        "FID and class accuracy against the guidance weight w (bands: 95% CI over "
+        "seeds), and the two against each other.",
+        figures.to_png(fig),
+    )
     return s
 
 
@@ -307,24 +301,18 @@ def training_section(data: AblationData) -> Section | None:
             + "."
         )
     fig = figures.loss_curves(data.loss.assign(step=data.to_unit(data.loss)), data.arms, unit=data.unit)
-    if fig is not None:
-        s.pictures.append(
-            Picture(
-                "loss",
-                f"Training loss against {data.unit} (running mean over ~1% of training); band: 95% CI over seeds.",
-                figures.to_png(fig),
-            )
-        )
+    s.add_picture(
+        "loss",
+        f"Training loss against {data.unit} (running mean over ~1% of training); band: 95% CI over seeds.",
+        figures.to_png(fig),
+    )
     fig = figures.bucket_losses(data.buckets, data.arms)
-    if fig is not None:
-        s.pictures.append(
-            Picture(
-                "loss_by_timestep",
-                "Loss per tenth of the timestep range over the last quarter of "
-                "training: where in t each arm's remaining error lies.",
-                figures.to_png(fig),
-            )
-        )
+    s.add_picture(
+        "loss_by_timestep",
+        "Loss per tenth of the timestep range over the last quarter of "
+        "training: where in t each arm's remaining error lies.",
+        figures.to_png(fig),
+    )
     if data.loss.empty:
         s.paragraphs.append("No training-loss history is logged in this experiment.")
     return s
@@ -343,15 +331,12 @@ def progress_section(data: AblationData) -> Section | None:
     fig = figures.metric_curves(
         curves, setting, metrics, data.arms, thresholds={"recognizability": threshold}, unit=data.unit
     )
-    if fig is not None:
-        s.pictures.append(
-            Picture(
-                "quality_over_training",
-                f"Metrics of the periodic evaluations with {setting}; bands: "
-                f"95% CI over seeds; dashed: the recognizability threshold {threshold:g}.",
-                figures.to_png(fig),
-            )
-        )
+    s.add_picture(
+        "quality_over_training",
+        f"Metrics of the periodic evaluations with {setting}; bands: "
+        f"95% CI over seeds; dashed: the recognizability threshold {threshold:g}.",
+        figures.to_png(fig),
+    )
     s.tables.append(
         Table(
             ["arm", "seed", f"first {data.unit} with recognizability >= threshold"],
@@ -374,28 +359,23 @@ def samples_section(data: AblationData) -> Section | None:
         return None
     s = Section("Samples")
     fig = figures.sample_strip(data.grids.assign(step=data.to_unit(data.grids)), setting, data.arms, unit=data.unit)
-    if fig is not None:
-        s.pictures.append(
-            Picture(
-                "samples_over_training",
-                f"Samples with {setting} at evaluation {data.unit}s over training, "
-                "one row per arm (lowest seed); the same noise x_T in every frame.",
-                figures.to_png(fig),
-            )
-        )
+    s.add_picture(
+        "samples_over_training",
+        f"Samples with {setting} at evaluation {data.unit}s over training, "
+        "one row per arm (lowest seed); the same noise x_T in every frame.",
+        figures.to_png(fig),
+    )
     if len(data.settings) > 1:
         fig = figures.final_samples(data.grids, data.settings, data.arms)
         if fig is not None:
             shown = set(data.grids["setting"])
             absent = [x for x in data.settings if x not in shown]
-            s.pictures.append(
-                Picture(
-                    "samples_by_setting",
-                    "The last saved sample grid of each evaluation setting "
-                    f"(same noise), {figures.SETTINGS_PER_ROW} settings per block of rows, one row "
-                    "per arm (lowest seed)" + (f"; no grid saved for {', '.join(absent)}" if absent else "") + ".",
-                    figures.to_png(fig),
-                )
+            s.add_picture(
+                "samples_by_setting",
+                "The last saved sample grid of each evaluation setting "
+                f"(same noise), {figures.SETTINGS_PER_ROW} settings per block of rows, one row "
+                "per arm (lowest seed)" + (f"; no grid saved for {', '.join(absent)}" if absent else "") + ".",
+                figures.to_png(fig),
             )
     if not s.pictures:
         dirs = sorted({str(Path(c).parent / "grids") for c in data.runs["checkpoint"] if c})

@@ -85,27 +85,16 @@ def test_torn_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left behind
 
 
+def _tiny_run(**train):
+    """A 12-step fp32 CPU config of the tiny model and 64 random images in memory (no data set read)."""
+    fields = {"steps": 12, "batch_size": 8, "device": "cpu", "precision": "fp32", "memory_format": "contiguous"}
+    config = build_config({"model": TINY_MODEL, "train": {**fields, **train}})
+    images, labels = torch.rand(64, 1, 28, 28) * 2 - 1, torch.arange(64) % 10
+    return config, SimpleNamespace(images=images, labels=labels, num_classes=10, channels=1, image_size=28)
+
+
 def test_training_resumes_from_the_checkpoint_that_survived(tmp_path, monkeypatch):
-    config = build_config(
-        {
-            "model": TINY_MODEL,
-            "train": {
-                "steps": 12,
-                "batch_size": 8,
-                "checkpoint_every": 4,
-                "device": "cpu",
-                "precision": "fp32",
-                "memory_format": "contiguous",
-            },
-        }
-    )
-    data = SimpleNamespace(
-        images=torch.rand(64, 1, 28, 28) * 2 - 1,
-        labels=torch.arange(64) % 10,
-        num_classes=10,
-        channels=1,
-        image_size=28,
-    )
+    config, data = _tiny_run(checkpoint_every=4)
     real_save, calls = checkpoint.save_atomic, []
 
     def fails_second_time(state, path):
@@ -151,27 +140,7 @@ class _StoreGoesAway(MemoryTracker):
 
 
 def test_training_checkpoints_and_stops_when_the_store_goes_away(tmp_path):
-    config = build_config(
-        {
-            "model": TINY_MODEL,
-            "train": {
-                "steps": 12,
-                "batch_size": 8,
-                "checkpoint_every": 100,
-                "log_every": 3,
-                "device": "cpu",
-                "precision": "fp32",
-                "memory_format": "contiguous",
-            },
-        }
-    )
-    data = SimpleNamespace(
-        images=torch.rand(64, 1, 28, 28) * 2 - 1,
-        labels=torch.arange(64) % 10,
-        num_classes=10,
-        channels=1,
-        image_size=28,
-    )
+    config, data = _tiny_run(checkpoint_every=100, log_every=3)
     tracker = _StoreGoesAway(fail_at=7)
     with pytest.raises(StoreUnavailable, match="tracking server unreachable"):
         train(config, tracker, run_dir=tmp_path / "a", data=data, evaluator=NoEvaluation(), progress=False)

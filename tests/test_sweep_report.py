@@ -17,32 +17,7 @@ from analysis.sweep_answers import answer
 from analysis.sweep_load import NothingToReport, load_sweep_data, report_kind
 from analysis.sweep_report import build_sweep_document
 from harness.cli import main
-from harness.config import SamplerSetting, build_config
-from harness.config.schema import (
-    AGGREGATE,
-    ARM,
-    BEST_TRIAL,
-    BEST_TRIAL_NUMBER,
-    CONFIRM_RANK,
-    CONFIRM_SEEDS,
-    FIGURE_UNAVAILABLE,
-    HASH,
-    N_TRIALS,
-    PROFILE,
-    PRUNER,
-    QUESTION,
-    ROLE,
-    SAMPLER,
-    SEED,
-    SEEDS,
-    STOPPED,
-    STORAGE,
-    STUDY,
-    TRIAL,
-    TRIAL_STATE,
-    eval_key,
-    spread_key,
-)
+from harness.config import SamplerSetting, build_config, schema
 from harness.orchestration.tracking import MlflowStore
 
 SETTING = "ddim-3-eta0-w1"
@@ -95,19 +70,23 @@ def make_sweep(
     confirm_seeds = sorted({s for vals in (confirms or {}).values() for s in range(100, 100 + len(vals))})
     figures = ("param_importances_fid", "param_importances_recognizability") if multi else ("param_importances",)
     tags = {
-        ROLE: "sweep",
-        STUDY: study,
-        QUESTION: "Which learning rate and width give the lowest FID?",
-        PROFILE: profile,
-        STORAGE: str(tmp / "optuna.log"),
-        N_TRIALS: len(TRIALS),
-        SAMPLER: "tpe",
-        PRUNER: "median",
-        AGGREGATE: "mean",
-        SEEDS: json.dumps([0, 1]),
-        CONFIRM_SEEDS: json.dumps(confirm_seeds),
-        BEST_TRIAL_NUMBER: 1,
-        **({} if importances else {FIGURE_UNAVAILABLE + f: "ValueError: too few complete trials" for f in figures}),
+        schema.ROLE: "sweep",
+        schema.STUDY: study,
+        schema.QUESTION: "Which learning rate and width give the lowest FID?",
+        schema.PROFILE: profile,
+        schema.STORAGE: str(tmp / "optuna.log"),
+        schema.N_TRIALS: len(TRIALS),
+        schema.SAMPLER: "tpe",
+        schema.PRUNER: "median",
+        schema.AGGREGATE: "mean",
+        schema.SEEDS: json.dumps([0, 1]),
+        schema.CONFIRM_SEEDS: json.dumps(confirm_seeds),
+        schema.BEST_TRIAL_NUMBER: 1,
+        **(
+            {}
+            if importances
+            else {schema.FIGURE_UNAVAILABLE + f: "ValueError: too few complete trials" for f in figures}
+        ),
     }
     parent = make_run(
         store,
@@ -125,24 +104,36 @@ def make_sweep(
         path.write_bytes(png())
         store.log_file(parent, path)
     for number, (state, params, fids) in TRIALS.items():
-        tags = {ROLE: "trial", STUDY: study, TRIAL: number, TRIAL_STATE: state, HASH: f"h{number}"}
-        tags[BEST_TRIAL] = str(number in ((1, 3) if multi else (1,))).lower()
+        tags = {
+            schema.ROLE: "trial",
+            schema.STUDY: study,
+            schema.TRIAL: number,
+            schema.TRIAL_STATE: state,
+            schema.HASH: f"h{number}",
+        }
+        tags[schema.BEST_TRIAL] = str(number in ((1, 3) if multi else (1,))).lower()
         if state == "PRUNED":
-            tags[STOPPED] = "fid 92 at step 2"
+            tags[schema.STOPPED] = "fid 92 at step 2"
         metrics = []
         if state == "COMPLETE":
-            metrics = [("fid", sum(fids) / len(fids), STEPS), (spread_key("fid"), 1.414, STEPS)]
+            metrics = [("fid", sum(fids) / len(fids), STEPS), (schema.spread_key("fid"), 1.414, STEPS)]
             metrics += [("n_seeds", len(fids), STEPS)] + ([("recognizability", REC[number], STEPS)] if multi else [])
         trial = store.start_run(exp, f"{study}-trial-{number}", tags=tags, parent=parent).run_id
         for seed, fid in enumerate(fids):
-            seed_metrics = [(eval_key(SETTING, "fid"), fid, 2 if state == "PRUNED" else STEPS)]
+            seed_metrics = [(schema.eval_key(SETTING, "fid"), fid, 2 if state == "PRUNED" else STEPS)]
             if state == "COMPLETE":
                 seed_metrics += [("fid", fid, STEPS), ("train/seconds", 10.0, STEPS)]
             make_run(
                 store,
                 exp,
                 f"{study}-trial-{number}-seed-{seed}",
-                {ROLE: "train", STUDY: study, TRIAL: number, SEED: seed, HASH: f"h{number}-{seed}"},
+                {
+                    schema.ROLE: "train",
+                    schema.STUDY: study,
+                    schema.TRIAL: number,
+                    schema.SEED: seed,
+                    schema.HASH: f"h{number}-{seed}",
+                },
                 parent=trial,
                 metrics=seed_metrics,
             )
@@ -159,11 +150,18 @@ def make_sweep(
                 store,
                 exp,
                 f"{study}-confirm-{number}-{100 + i}",
-                {ROLE: "train", STUDY: study, TRIAL: number, CONFIRM_RANK: rank, SEED: 100 + i, HASH: f"c{i}"},
+                {
+                    schema.ROLE: "train",
+                    schema.STUDY: study,
+                    schema.TRIAL: number,
+                    schema.CONFIRM_RANK: rank,
+                    schema.SEED: 100 + i,
+                    schema.HASH: f"c{i}",
+                },
                 parent=parent,
                 params=TRIALS[number][1],
                 metrics=[
-                    (eval_key(SETTING, k), v, STEPS)
+                    (schema.eval_key(SETTING, k), v, STEPS)
                     for k, v in {"fid": fid, "kid": fid / 10, "num_generated": 16, "num_reference": 5000}.items()
                 ]
                 + [("train/seconds", 12.0, STEPS)],
@@ -398,9 +396,11 @@ def test_one_loader_reads_the_models_of_harness_train_harness_run_and_a_sweep(st
     assert sorted(data.evals["fid"]) == [40.0, 41.0]
 
     ablation = store.experiment_id("ablation-layout")
-    parent = store.start_run(ablation, "parent", {ROLE: "ablation"})
+    parent = store.start_run(ablation, "parent", {schema.ROLE: "ablation"})
     arm = json.dumps({"diffusion.schedule": "cosine"})
-    log_trained_model(store, ablation, config, seed=0, tags={ARM: arm}, parent=parent.run_id, evals={setting: {}})
+    log_trained_model(
+        store, ablation, config, seed=0, tags={schema.ARM: arm}, parent=parent.run_id, evals={setting: {}}
+    )
     parent.finish("FINISHED")
     assert report_kind(store, "ablation-layout") == "ablation"
     assert load_experiment(store, "ablation-layout").arms == ["cosine"]
@@ -408,7 +408,7 @@ def test_one_loader_reads_the_models_of_harness_train_harness_run_and_a_sweep(st
     make_sweep(store, store.tmp, "sweep-layout")  # its trials' seeds and confirmations are training runs too
     before = len(load_experiment(store, "sweep-layout", study="sweep-layout").runs)
     for trial, seed in ((1, 0), (1, 1)):
-        sweep_tags = {STUDY: "sweep-layout", TRIAL: trial}
+        sweep_tags = {schema.STUDY: "sweep-layout", schema.TRIAL: trial}
         log_trained_model(store, store.experiment_id("sweep-layout"), config, seed=seed, tags=sweep_tags)
     assert report_kind(store, "sweep-layout") == "sweep"
     assert load_experiment(store, "sweep-layout").runs.empty  # no model of no study
