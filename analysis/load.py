@@ -15,15 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from pydantic import ValidationError
 
-from harness.config import Config, ConfigError, SamplerSetting, format_validation_error, set_dotted
+from harness.config import Config, SamplerSetting
 from harness.config.schema import (
     ARM,
     CHECKPOINT,
     CODE_VERSION,
     COMMIT,
-    CURVE_METRICS,
     DEVICE,
     ERROR,
     EVAL_METRICS,
@@ -31,7 +29,6 @@ from harness.config.schema import (
     FID_INCEPTION_UNAVAILABLE,
     GFLOPS_PER_IMAGE,
     HASH,
-    NUM_BUCKETS,
     NUM_PARAMETERS,
     PARENT,
     PROFILE,
@@ -40,13 +37,12 @@ from harness.config.schema import (
     SEED,
     STUDY,
     arm_text,
-    bucket_key,
-    eval_key,
 )
 from harness.orchestration.tracking import MlflowStore
 
 from .arm_labels import arm_dict, arm_keys, arm_label  # noqa: F401 - re-exported: the sections and tests read them here
 from .grids import grids_table
+from .histories import BUCKET_COLUMNS, CURVE_COLUMNS, LOSS_COLUMNS, histories  # noqa: F401 - columns re-exported
 
 SETTING_PARAMS = tuple(SamplerSetting.model_fields)  # the one schema of a sampler setting
 
@@ -100,9 +96,6 @@ EVAL_COLUMNS = [
     "commit",
     "code_version",
 ]
-CURVE_COLUMNS = ["run_id", "arm", "arm_label", "seed", "step", "setting", "metric", "value"]
-LOSS_COLUMNS = ["run_id", "arm", "arm_label", "seed", "step", "loss"]
-BUCKET_COLUMNS = ["run_id", "arm", "arm_label", "seed", "step", "bucket", "loss"]
 
 
 @dataclass
@@ -180,7 +173,7 @@ def load_experiment(
     evals = _evals_table(eval_runs, runs, settings if plan is not None else None)
     if plan is None:  # every setting evaluated anywhere in the experiment, in order of first appearance
         settings = list(dict.fromkeys(settings + list(evals["setting"])))
-    curves, loss, buckets = _histories(store, train_runs, runs, settings)
+    curves, loss, buckets = histories(store, train_runs, runs, settings)
     arms = _arm_order(plan, runs)
     done = set(runs["config_hash"])
     unfinished = {r.data.tags.get(HASH): r for r in reversed(all_train) if r.info.status != "FINISHED"}  # newest wins
@@ -297,22 +290,9 @@ def _runs_table(train_runs: list, axes: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=RUN_COLUMNS + axes)
 
 
-CONFIG_KEYS = frozenset(Config().flat())  # every dotted key of the run config
-
-
 def run_config(params: dict[str, str], run_id: str = "?") -> Config:
-    """The config a training run logged as MLflow params (``Config.flat()``, each value a string, lists as
-    JSON), validated by the config model: a field the run did not log takes its default from
-    harness/config/run.py, and a param that is no field (of an older harness) is ignored."""
-    nested: dict = {}
-    for key, text in params.items():
-        if key in CONFIG_KEYS:
-            value = None if text == "None" else json.loads(text) if text[:1] in "[{" else text
-            nested = set_dotted(nested, key, value)
-    try:
-        return Config.model_validate(nested)
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err, f"the logged config of training run {run_id}")) from None
+    """The config a training run logged as MLflow params, validated by the config model (Config.from_params)."""
+    return Config.from_params(params, f"the logged config of training run {run_id}")
 
 
 def epoch_length(config: Config) -> float:
@@ -406,43 +386,3 @@ def _evals_table(eval_runs: list, runs: pd.DataFrame, settings: list[str] | None
         df = df.sort_values(["setting", "arm", "seed"]).reset_index(drop=True)
         df["setting"] = df["setting"].astype(str)
     return df
-
-
-# -- histories --------------------------------------------------------------------------------------
-
-
-def _histories(store: MlflowStore, train_runs: list, runs: pd.DataFrame, settings: list[str]):
-    """(curves, loss, buckets) from the metric histories of the training runs."""
-    curves, loss, buckets = [], [], []
-    by_run = runs.set_index("run_id")
-    for r in train_runs:
-        rid = r.info.run_id
-        ident = {
-            "run_id": rid,
-            "arm": by_run.at[rid, "arm"],
-            "arm_label": by_run.at[rid, "arm_label"],
-            "seed": by_run.at[rid, "seed"],
-        }
-        keys = set(r.data.metrics)
-        for label in settings:
-            for metric in CURVE_METRICS:
-                key = eval_key(label, metric)
-                if key in keys:
-                    curves += [
-                        {**ident, "step": m.step, "setting": label, "metric": metric, "value": m.value}
-                        for m in store.client.get_metric_history(rid, key)
-                    ]
-        if "train/loss" in keys:
-            loss += [
-                {**ident, "step": m.step, "loss": m.value} for m in store.client.get_metric_history(rid, "train/loss")
-            ]
-        for b in range(NUM_BUCKETS):
-            if bucket_key(b) in keys:
-                buckets += [
-                    {**ident, "step": m.step, "bucket": b, "loss": m.value}
-                    for m in store.client.get_metric_history(rid, bucket_key(b))
-                ]
-    curves = pd.DataFrame(curves, columns=CURVE_COLUMNS).sort_values(["run_id", "setting", "metric", "step"])
-    loss = pd.DataFrame(loss, columns=LOSS_COLUMNS).sort_values(["run_id", "step"])
-    buckets = pd.DataFrame(buckets, columns=BUCKET_COLUMNS).sort_values(["run_id", "bucket", "step"])
-    return (curves.reset_index(drop=True), loss.reset_index(drop=True), buckets.reset_index(drop=True))

@@ -20,6 +20,17 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def unflatten(flat: dict[str, Any], keys) -> dict:
+    """``flatten`` read back from MLflow params (strings): lists and mappings from JSON, "None" as None. A key
+    not in ``keys`` (a field of another harness version) is left out."""
+    nested: dict = {}
+    for key, text in flat.items():
+        if key in keys:
+            value = None if text == "None" else json.loads(text) if str(text)[:1] in "[{" else text
+            nested = set_dotted(nested, key, value)
+    return nested
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     """``key.sub=value`` with the value read as YAML (so 1e-3, true, [1, 2] work), within yamlio's limits."""
     key, sep, raw = item.partition("=")

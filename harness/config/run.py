@@ -23,7 +23,7 @@ from ..diffusion.processes import PROCESS_SAMPLERS
 from ..diffusion.schedules import SCHEDULES
 from ..models.autoencoder import check_shape as check_autoencoder_shape
 from ..models.registry import BACKBONES, SHARED_FIELDS
-from .dotted import flatten, parse_overrides, related, set_dotted
+from .dotted import flatten, parse_overrides, related, set_dotted, unflatten
 from .fields import Choice, ConfigError, Float, Int, Section, Seed
 from .setting import SamplerSetting
 from .yamlio import YamlError, load_text, read_bytes
@@ -283,6 +283,11 @@ class Config(Section):
     def flat(self) -> dict[str, Any]:
         """Every field under its dotted key (``diffusion.schedule``), lists as JSON strings."""
         return flatten(self.to_dict())
+
+    @classmethod
+    def from_params(cls, params: dict[str, str], source: str) -> Config:
+        """The inverse of ``flat`` on logged MLflow params (strings): a field not logged takes its default."""
+        return build_config(unflatten(params, set(cls().flat())), source)
 
 
 def steps_per_epoch(dataset: str, batch_size: int) -> int:
