@@ -81,31 +81,35 @@ def failure_sentence(data: AblationData) -> str | None:
 
 
 def code_sentence(data: AblationData) -> str | None:
-    """Names the code versions (and git commits) a report mixes, and flags arms made by different code."""
-    kinds = {"trained": data.runs, "evaluated": data.evals}
-    cols = ["arm_label", "seed", "code_version", "commit"]
-    rows = pd.concat([df[cols].assign(kind=kind) for kind, df in kinds.items()])
-    rows = rows.fillna({"code_version": "unknown", "commit": "unknown"})
-    versions = list(dict.fromkeys(rows["code_version"]))
-    if len(versions) < 2:
+    """Names the code versions (and git commits) a report mixes, and flags arms made by different code.
+
+    A training run carries the version of the training code, an evaluation that of the evaluation code
+    (orchestration/provenance.py): each kind is compared within itself, never one kind with the other.
+    """
+    mixed, flagged, commits = [], False, set()
+    for kind, df in (("training", data.runs), ("evaluation", data.evals)):
+        rows = df[["arm_label", "seed", "code_version", "commit"]].fillna(
+            {"code_version": "unknown", "commit": "unknown"}
+        )
+        commits |= set(rows["commit"])
+        versions = list(dict.fromkeys(rows["code_version"]))
+        if len(versions) < 2:
+            continue
+        who = []
+        for v in versions:
+            seeds = rows[rows["code_version"] == v].groupby("arm_label", sort=False)["seed"].unique()
+            arms = [f"{a} seed{'s' if len(g) > 1 else ''} {', '.join(map(str, sorted(g)))}" for a, g in seeds.items()]
+            who.append(f"{v} ({'; '.join(arms)})")
+        mixed.append(f"{len(versions)} versions of the {kind} code: {', '.join(who)}")
+        per_arm = rows.groupby("arm_label", sort=False)["code_version"].agg(frozenset)
+        flagged |= len(set(per_arm)) > 1 or any(len(v) > 1 for v in per_arm)
+    if not mixed:
         return None
-    who = []
-    for v in versions:
-        parts = []
-        for kind, mine in rows[rows["code_version"] == v].groupby("kind", sort=False):
-            arms = [
-                f"{a} seed{'s' if len(g) > 1 else ''} {', '.join(map(str, sorted(g)))}"
-                for a, g in mine.groupby("arm_label", sort=False)["seed"].unique().items()
-            ]
-            parts.append(f"{kind}: {'; '.join(arms)}")
-        who.append(f"{v} ({'; '.join(parts)})")
-    commits = sorted(set(rows["commit"]))
-    per_arm = rows.groupby("arm_label", sort=False)["code_version"].agg(frozenset)
     text = (
-        f"These results mix {len(versions)} versions of the harness code: {', '.join(who)}; git "
-        f"commit{'s' if len(commits) > 1 else ''} {', '.join(commits)}."
+        f"These results mix {' and '.join(mixed)}; git commit{'s' if len(commits) > 1 else ''} "
+        f"{', '.join(sorted(commits))}."
     )
-    if len(set(per_arm)) > 1 or any(len(v) > 1 for v in per_arm):
+    if flagged:
         text += (
             " Comparisons between runs made by different code may show the change of code rather than the "
             "arm: re-run the stale jobs before trusting them."

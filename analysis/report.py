@@ -52,13 +52,16 @@ def build_document(data: AblationData, *, question: str | None = None) -> Docume
 
 
 def provenance(data: AblationData) -> str:
-    """The code versions (harness.code_version) and git commits of every run the report uses."""
+    """The code versions (harness.code_version: training code on training runs, evaluation code on evaluations)
+    and git commits of every run the report uses."""
 
-    def names(col: str) -> str:
-        values = sorted(set(data.runs[col].fillna("unknown")) | set(data.evals[col].fillna("unknown")))
-        return ", ".join(values) or "n/a"
+    def names(*frames) -> str:
+        return ", ".join(sorted(set().union(*(set(f.fillna("unknown")) for f in frames)))) or "n/a"
 
-    return f"code version {names('code_version')}; git commit {names('commit')}"
+    return (
+        f"training code {names(data.runs['code_version'])}; evaluation code {names(data.evals['code_version'])}; "
+        f"git commit {names(data.runs['commit'], data.evals['commit'])}"
+    )
 
 
 # -- files and MLflow ---------------------------------------------------------------------------------

@@ -103,8 +103,8 @@ def setup_section(data: AblationData) -> Section:
         )
         + f"Recognizability is the fraction of samples that the recognizer (the same CNN trained with an extra "
         f"reject class of synthetic non-digits) assigns to a digit class with probability at least "
-        f"{_one(r['recognizability_threshold'])}: noise, blobs and scrambled strokes are rejected (see the README "
-        f"for the definition and its calibration)."
+        f"{_one(r['recognizability_threshold'])}: noise, blobs and scrambled strokes are rejected (docs/metrics.md "
+        f"gives the definition and its calibration)."
     )
     if heun := heun_sentence(e, r):
         s.paragraphs.append(heun)

@@ -103,7 +103,7 @@ def fixture_data(
                             classifier_scale=float(cg or 0),
                         ).model_dump(),
                         "commit": "abc123",
-                        "code_version": "v1",
+                        "code_version": "e1",
                         "step": 2000,
                         "seconds": 5.0,
                         "kid": 0.01,

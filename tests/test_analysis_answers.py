@@ -246,16 +246,23 @@ def test_failure_reason_reads_the_error_tag():
 def test_mixed_code_versions_are_named_and_flagged(tmp_path):
     d = data(tmp_path, {("linear", S): GOOD, ("cosine", S): BETTER})
     d.runs.loc[d.runs["arm_label"] == "cosine", ["code_version", "commit"]] = ["v2", "def456"]
-    d.evals.loc[d.evals["arm_label"] == "cosine", ["code_version", "commit"]] = ["v2", "def456"]
+    d.evals.loc[d.evals["arm_label"] == "cosine", ["code_version", "commit"]] = ["e2", "def456"]
     doc = build_document(d)
     assert (
-        "These results mix 2 versions of the harness code: v1 (trained: linear seeds 0, 1, 2; evaluated: linear "
-        "seeds 0, 1, 2), v2 (trained: cosine seeds 0, 1, 2; evaluated: cosine seeds 0, 1, 2); git commits abc123, "
-        "def456. Comparisons between runs made by different code"
+        "These results mix 2 versions of the training code: v1 (linear seeds 0, 1, 2), v2 (cosine seeds 0, 1, 2) "
+        "and 2 versions of the evaluation code: e1 (linear seeds 0, 1, 2), e2 (cosine seeds 0, 1, 2); git commits "
+        "abc123, def456. Comparisons between runs made by different code"
     ) in doc.answer
-    assert "code version v1, v2; git commit abc123, def456" in doc.footer
+    assert "training code v1, v2; evaluation code e1, e2; git commit abc123, def456" in doc.footer
+    # One training code, one evaluation code (always two different hashes): nothing is mixed.
     same = data(tmp_path / "same", {("linear", S): GOOD, ("cosine", S): BETTER})
-    assert "versions of the harness code" not in answer(same)
+    assert "versions of the" not in answer(same)
+    # Re-evaluated by new evaluation code on one arm only: flagged, the training code is not named.
+    only = data(tmp_path / "only", {("linear", S): GOOD, ("cosine", S): BETTER})
+    only.evals.loc[only.evals["arm_label"] == "cosine", "code_version"] = "e2"
+    text = answer(only)
+    assert "mix 2 versions of the evaluation code: e1 (linear seeds 0, 1, 2), e2 (cosine seeds 0, 1, 2)" in text
+    assert "training code" not in text and "Comparisons between runs made by different code" in text
 
 
 def test_heun_is_explained_with_its_counted_nfe(tmp_path):

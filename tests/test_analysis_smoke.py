@@ -183,7 +183,7 @@ def hand(store):
         ev = store.start_run(
             exp,
             "eval",
-            {ROLE: "eval", HASH: job["config_hash"], CODE_VERSION: version, COMMIT: f"c-{version}"},
+            {ROLE: "eval", HASH: job["config_hash"], CODE_VERSION: f"e-{version}", COMMIT: f"c-{version}"},
             parent=run.run_id,
         )
         ev.log_params(SETTING)
@@ -209,7 +209,7 @@ def hand(store):
 def test_loader_carries_code_versions_and_failure_reasons(hand):
     data = load_experiment(hand, "hand")
     assert dict(zip(data.runs["arm_label"], data.runs["code_version"])) == {"linear": "v1", "cosine": "v2"}
-    assert dict(zip(data.evals["arm_label"], data.evals["code_version"])) == {"linear": "v1", "cosine": "v2"}
+    assert dict(zip(data.evals["arm_label"], data.evals["code_version"])) == {"linear": "e-v1", "cosine": "e-v2"}
     assert set(data.evals["commit"]) == {"c-v1", "c-v2"}
     assert data.arms == ["linear", "cosine", "sigmoid"]
     assert [(j["arm"], j["reason"]) for j in data.missing] == [
@@ -221,7 +221,7 @@ def test_loader_carries_code_versions_and_failure_reasons(hand):
         "failed: non-finite loss at step 3)"
     )
     assert "sigmoid: failed: non-finite loss at step 3" in doc.answer
-    assert "These results mix 2 versions of the harness code" in doc.answer
+    assert "These results mix 2 versions of the training code" in doc.answer
 
 
 def test_arm_tags_are_json_and_older_text_tags_still_read():
