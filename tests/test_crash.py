@@ -5,16 +5,15 @@ step once, and leaves no run RUNNING."""
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import proc
 import pytest
 import torch
 import yaml
+from fixtures import free_port, start_mlflow_server, stop_server
 
 from harness.config.schema import HASH, ROLE
 from harness.config.spec import load_spec, make_plan
@@ -135,58 +134,15 @@ def test_sigkill_stops_the_workers_and_the_rerun_resumes(tmp_path):
     _assert_resumed_once(store, exp, jobs)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _server(tmp_path, port):
-    """An MLflow tracking server on 127.0.0.1:port, in its own process group (it starts helpers)."""
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--default-artifact-root",
-            str(tmp_path / "server-artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        env={**ENV, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                return server
-        except OSError:
-            time.sleep(0.5)
-    _stop(server)
-    pytest.fail("the MLflow server did not start within 180 s")
-
-
-def _stop(server) -> None:
-    try:
-        os.killpg(server.pid, signal.SIGKILL)  # the server and the helpers it started
-    except ProcessLookupError:  # stopped already
-        pass
-    server.wait()
+    """An MLflow tracking server on 127.0.0.1:port whose artifacts the clients write directly (not proxied)."""
+    artifacts = ("--default-artifact-root", str(tmp_path / "server-artifacts"))
+    return start_mlflow_server(port, f"sqlite:///{tmp_path / 'server.db'}", *artifacts, log=tmp_path / "server.log")
 
 
 @pytest.mark.slow
 def test_tracking_server_dies_mid_run_then_the_rerun_resumes(tmp_path):
-    port = _free_port()
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
     # With a server, checkpoints live under the repository's mlruns/: a name of its own keeps this test's
     # apart from real runs, and the test removes them.
@@ -201,7 +157,7 @@ def test_tracking_server_dies_mid_run_then_the_rerun_resumes(tmp_path):
             store = MlflowStore(uri)
             exp = store.experiment_id(name)
             run_ids = {r.data.tags[HASH]: r.info.run_id for r in store.runs(exp, {ROLE: "train"})}
-            _stop(server)
+            stop_server(server)
             out, err = run.communicate(timeout=300)
         finally:
             run.kill()
@@ -216,7 +172,7 @@ def test_tracking_server_dies_mid_run_then_the_rerun_resumes(tmp_path):
         assert again.returncode == 0, again.stderr
         _assert_resumed_once(store, exp, jobs, run_ids)
     finally:
-        _stop(server)
+        stop_server(server)
         shutil.rmtree(ckpts[0].parents[1], ignore_errors=True)
         for job in jobs:
             (store_root(uri) / "locks" / f"{job.config_hash}.lock").unlink(missing_ok=True)

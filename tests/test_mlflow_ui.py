@@ -6,15 +6,12 @@ tests/test_mlflow_ui.py`` writes the chart view there (else into the test's temp
 
 import os
 import shutil
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
+from fixtures import mlflow_server
 from test_mlflow_native import TINY
 
 from harness.config.schema import ARMS_VIEW, SHARED_VIEW
@@ -27,12 +24,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(CHROMIUM is None, reason="no Chromium to render the UI (.ci/run installs it)"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -56,29 +47,8 @@ def server(tmp_path_factory):
     assert all(o.status == "trained" for o in outcomes), [o.error for o in outcomes]
     experiment_id = store.client.get_experiment_by_name("ablation-schedules").experiment_id
 
-    port = _free_port()
-    mlflow = Path(sys.executable).with_name("mlflow")
-    log = open(tmp / "server.log", "w")
-    cmd = [str(mlflow), "server", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen([*cmd, "--workers", "1"], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, (tmp / "server.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "mlflow server did not answer /health within 120 s"
-            time.sleep(0.5)
+    with mlflow_server(tmp / "server", uri) as url:
         yield url, experiment_id, store
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 def _chromium(tmp_path, url: str, *args: str, budget_ms: int = 25000) -> subprocess.CompletedProcess:

@@ -9,19 +9,15 @@ import glob
 import os
 import pwd
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
-from fixtures import shipped_spec
+from fixtures import free_port, mlflow_server, shipped_spec
 
 from harness.config.schema import ROLE, STUDY
 from harness.config.spec import load_spec, make_plan
@@ -38,12 +34,6 @@ pytestmark = pytest.mark.slow
 def _pg_bin(name: str) -> str | None:
     """A PostgreSQL server program: on PATH, or where Debian puts it (newest version first)."""
     return shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _as_user() -> dict:
@@ -70,7 +60,7 @@ def postgres():
     home = Path(tempfile.mkdtemp(prefix="harness-pg-"))  # in /tmp: the postgres user can reach it
     if user:
         os.chown(home, user["user"], user["group"])
-    data, port = home / "data", _free_port()
+    data, port = home / "data", free_port()
 
     def pg(*args):
         done = subprocess.run(args, cwd=home, capture_output=True, text=True, timeout=120, **user)
@@ -95,30 +85,11 @@ def postgres():
 @pytest.fixture(scope="module")
 def server(postgres, tmp_path_factory):
     """An MLflow tracking server on a free loopback port: runs in PostgreSQL, artifacts in a temporary folder."""
-    artifacts, port = tmp_path_factory.mktemp("artifacts"), _free_port()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"{postgres}/mlflow"]
-    cmd += ["--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    proc = subprocess.Popen(
-        cmd,
-        env={**ENV, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # it starts helpers: the whole group stops with it
-    )
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                    break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    pytest.fail(f"the MLflow server did not start (exit {proc.poll()})")
-                time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}", artifacts
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    with mlflow_server(
+        tmp_path_factory.mktemp("server"), f"{postgres}/mlflow", "--artifacts-destination", str(artifacts)
+    ) as url:
+        yield url, artifacts
 
 
 def _spec_copy(tmp_path: Path, shipped: str, name: str) -> Path:

@@ -9,19 +9,15 @@ so its FIDs carry machine 1's feature fingerprint.
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from fixtures import TINY
+from fixtures import TINY, mlflow_server
 from PIL import Image
 
 from analysis.grids import _logged_grids
@@ -50,48 +46,11 @@ SPEC = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path):
-    """``mlflow server`` on a free loopback port; its process group is ended after the test."""
-    port = _free_port()
-    (tmp_path / "server").mkdir()
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen(
-        [str(MLFLOW), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-        + ["--backend-store-uri", f"sqlite:///{tmp_path / 'server' / 'db.sqlite'}"]
-        + ["--artifacts-destination", str(tmp_path / "server" / "artifacts")],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its workers share the group: one signal ends them all
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                pytest.fail(f"mlflow server did not come up: {(tmp_path / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.25)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        log.close()
+    """``mlflow server`` on a free loopback port, SQLite and proxied artifacts under tmp_path/server."""
+    with mlflow_server(tmp_path / "server") as url:
+        yield url
 
 
 def _machine(tmp_path, name: str, cache: Path) -> dict:
