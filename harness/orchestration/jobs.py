@@ -171,9 +171,10 @@ def run_job(task: Task, config: Config, *, data=None, wrap=None, stopped: tuple[
             close_stale_evals(store, task.experiment_id, h)
             js = job_state(store, task.experiment_id, config, task.code, task.reuse)
             run_dir = Path(task.run_dir) if task.run_dir else root / "checkpoints" / task.spec_name / h
-            if (task.force and js.state != "new") or (js.stale is not None and js.state == "new"):
+            stale = js.state == "new" and js.stale is not None
+            if stale or (task.force and js.state != "new"):
                 # Retrain from scratch: the checkpoint belongs to the run that is no longer reused.
-                if js.stale is not None and js.state == "new":
+                if stale:
                     out.note = f"retrained: run {js.stale.info.run_id[:8]} was {js.why} (--reuse any keeps it)"
                     if js.stale.info.status == "RUNNING":  # its process is gone: we hold the job lock
                         store.client.set_terminated(js.stale.info.run_id, status="KILLED")
@@ -185,23 +186,15 @@ def run_job(task: Task, config: Config, *, data=None, wrap=None, stopped: tuple[
                 out.run_id = js.run.info.run_id
                 out.evals = [logged_eval(js.done[s.key], config) for s in config.eval.samplers]
                 return out
-            from ..evaluation.evaluate import Evaluator, default_cache_dir
-            from ..training.data import load_dataset
-
-            if data is None:
-                data = load_dataset(config.data.dataset, config.data.root, config.data.download)
-            device = _device(config)
-            shared_classifiers(store, data, default_cache_dir())  # before the evaluator loads them from the cache
-            evaluator = Evaluator(config, data, device=device, out_dir=run_dir)
-            features = feature_tags(evaluator)
+            job = _Job.build(task, config, store, run_dir, data)
             finals: dict = {}
             if js.state in ("new", "resume"):
-                tracker = open_training_run(store, task, js, config, data, run_dir, device, features)
-                finals = train_model(task, config, tracker, store, run_dir, data, evaluator, wrap, js.state, out)
+                tracker = job.open_training_run(js)
+                finals = job.train(tracker, wrap, js.state == "resume", out)
                 tracker = None  # finished: a later error is the evaluation's, not the training run's
             else:
                 out.status, out.run_id = "evaluated", js.run.info.run_id
-            evaluate_missing(task, config, store, out, js, finals, evaluator, run_dir, data, device, features)
+            job.evaluate_missing(out, js, finals)
         except BaseException as err:
             if tracker is not None and not isinstance(err, StoreUnavailable):
                 killed = isinstance(err, (KeyboardInterrupt, *stopped))
@@ -213,70 +206,95 @@ def run_job(task: Task, config: Config, *, data=None, wrap=None, stopped: tuple[
     return out
 
 
-def open_training_run(store, task: Task, js: JobState, config: Config, data, run_dir: Path, device, features):
-    """The training run of a job: resumed as it was, or opened with its tags, params, config and data set."""
-    if js.state == "resume":
-        tracker = store.resume_run(js.run.info.run_id)
-        tracker.set_tags(features)
-    else:
-        tracker = store.start_run(
-            task.experiment_id,
-            run_name(task.arm, task.seed),
-            parent=task.parent_run_id or None,
-            tags={
-                **run_tags(task, "train", config.train_hash()),
-                CHECKPOINT: str(run_dir / "checkpoint.pt"),
-                DEVICE: str(device),
-                **features,
-            },
-        )
-        tracker.log_params(config.flat())
-        tracker.log_dict(config.to_dict(), "config.json")
-        log_dataset(tracker, config, data)
-        store.share_arms_view(task.experiment_id, list(task.arm))
-    log_environment(tracker, device)  # again on resume: the machine that finishes a run counts
-    return tracker
+@dataclass
+class _Job:
+    """What the steps of a job that trains or evaluates share: its task and config, the store, where its files
+    go, the data, the device, the evaluator and the fingerprints of the classifiers it scores with."""
 
+    task: Task
+    config: Config
+    store: MlflowStore
+    run_dir: Path
+    data: Any
+    device: Any
+    evaluator: Any
+    features: dict[str, str]
 
-def train_model(task, config, tracker, store, run_dir, data, evaluator, wrap, state, out) -> dict:
-    """Train to the end under ``tracker``, publish the EMA weights, end the run FINISHED; the final
-    evaluations the training loop made, by setting key."""
-    from ..training.train import train
+    @classmethod
+    def build(cls, task: Task, config: Config, store: MlflowStore, run_dir: Path, data) -> _Job:
+        from ..evaluation.evaluate import Evaluator, default_cache_dir
+        from ..training.data import load_dataset
 
-    with SystemMetrics(task.uri, tracker.run_id, resume=state == "resume"):
-        scorer = wrap(evaluator) if wrap else evaluator
-        result = train(config, tracker, run_dir=run_dir, data=data, evaluator=scorer, progress=task.progress)
-    publish_ema(store, tracker.run_id, config, run_dir)
-    summary = {"classifier_accuracy": evaluator.classifier_accuracy}
-    if result.recognizable_at_step is not None:
-        summary["recognizable_at_step"] = result.recognizable_at_step
-    tracker.log_metrics(summary)
-    tracker.finish("FINISHED")
-    out.status, out.run_id, out.summary = "trained", tracker.run_id, result.to_json()
-    return {e.setting.key: e for e in result.final_evals()}
+        if data is None:
+            data = load_dataset(config.data.dataset, config.data.root, config.data.download)
+        device = _device(config)
+        shared_classifiers(store, data, default_cache_dir())  # before the evaluator loads them from the cache
+        evaluator = Evaluator(config, data, device=device, out_dir=run_dir)
+        return cls(task, config, store, run_dir, data, device, evaluator, feature_tags(evaluator))
 
+    def open_training_run(self, js: JobState) -> MlflowTracker:
+        """Resumed as it was, or opened with its tags, params, config and data set."""
+        task, config, store = self.task, self.config, self.store
+        if js.state == "resume":
+            tracker = store.resume_run(js.run.info.run_id)
+            tracker.set_tags(self.features)
+        else:
+            tags = {CHECKPOINT: str(self.run_dir / "checkpoint.pt"), DEVICE: str(self.device), **self.features}
+            tracker = store.start_run(
+                task.experiment_id,
+                run_name(task.arm, task.seed),
+                parent=task.parent_run_id or None,
+                tags={**run_tags(task, "train", config.train_hash()), **tags},
+            )
+            tracker.log_params(config.flat())
+            tracker.log_dict(config.to_dict(), "config.json")
+            log_dataset(tracker, config, self.data)
+            store.share_arms_view(task.experiment_id, list(task.arm))
+        log_environment(tracker, self.device)  # again on resume: the machine that finishes a run counts
+        return tracker
 
-def evaluate_missing(task, config, store, out, js, finals, evaluator, run_dir, data, device, features) -> None:
-    """One evaluation run per setting of ``config`` that has none yet; ``out.evals`` gets every setting's."""
-    from ..evaluation.evaluate import grid_key, save_png
+    def train(self, tracker: MlflowTracker, wrap, resume: bool, out: Outcome) -> dict:
+        """Train to the end under ``tracker``, publish the EMA weights, end the run FINISHED; the final
+        evaluations the training loop made, by setting key."""
+        from ..training.train import train
 
-    model = None
-    for setting in config.eval.samplers:
-        if setting.key in js.done:
-            out.evals.append(logged_eval(js.done[setting.key], config))
-            continue
-        result = finals.get(setting.key)
-        if result is None:
-            if model is None:  # the local checkpoint, else the run's logged weights
-                fetch = lambda dest: store.download(out.run_id, EMA_ARTIFACT, dest) is not None  # noqa: E731
-                model = load_ema(config, data, run_dir, device, fetch=fetch)
-            result, grid = evaluator.evaluate_setting(model, setting, step=config.train.steps, final=True)
-            save_png(grid, run_dir / "grids" / setting.label / f"step_{config.train.steps:07d}.png")
-            # Beside the training run's own grids, so a report on any machine finds it.
-            MlflowTracker(store.client, out.run_id).log_image(grid, grid_key(setting.label), config.train.steps)
-            log_final_on_training_run(store, out.run_id, result)
-        log_eval(store, task, out.run_id, config.train_hash(), result, features)
-        out.evals.append(result)
+        config, evaluator = self.config, self.evaluator
+        with SystemMetrics(self.task.uri, tracker.run_id, resume=resume):
+            scorer = wrap(evaluator) if wrap else evaluator
+            result = train(
+                config, tracker, run_dir=self.run_dir, data=self.data, evaluator=scorer, progress=self.task.progress
+            )
+        publish_ema(self.store, tracker.run_id, config, self.run_dir)
+        summary = {"classifier_accuracy": evaluator.classifier_accuracy}
+        if result.recognizable_at_step is not None:
+            summary["recognizable_at_step"] = result.recognizable_at_step
+        tracker.log_metrics(summary)
+        tracker.finish("FINISHED")
+        out.status, out.run_id, out.summary = "trained", tracker.run_id, result.to_json()
+        return {e.setting.key: e for e in result.final_evals()}
+
+    def evaluate_missing(self, out: Outcome, js: JobState, finals: dict) -> None:
+        """One evaluation run per setting that has none yet; ``out.evals`` gets every setting's result."""
+        from ..evaluation.evaluate import grid_key, save_png
+
+        config, store, steps = self.config, self.store, self.config.train.steps
+        model = None
+        for setting in config.eval.samplers:
+            if setting.key in js.done:
+                out.evals.append(logged_eval(js.done[setting.key], config))
+                continue
+            result = finals.get(setting.key)
+            if result is None:
+                if model is None:  # the local checkpoint, else the run's logged weights
+                    fetch = lambda dest: store.download(out.run_id, EMA_ARTIFACT, dest) is not None  # noqa: E731
+                    model = load_ema(config, self.data, self.run_dir, self.device, fetch=fetch)
+                result, grid = self.evaluator.evaluate_setting(model, setting, step=steps, final=True)
+                save_png(grid, self.run_dir / "grids" / setting.label / f"step_{steps:07d}.png")
+                # Beside the training run's own grids, so a report on any machine finds it.
+                MlflowTracker(store.client, out.run_id).log_image(grid, grid_key(setting.label), steps)
+                log_final_on_training_run(store, out.run_id, result)
+            log_eval(store, self.task, out.run_id, config.train_hash(), result, self.features)
+            out.evals.append(result)
 
 
 def logged_eval(run, config: Config) -> EvalResult:
