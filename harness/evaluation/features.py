@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..progress import Progress
 from ..training.checkpoint import save_atomic
 from ..training.data import ImageData, split_indices
+from ..training.one_cycle import OneCycle
 
 # Cached weights are keyed by these strings: change one whenever its network or training recipe
 # changes, so that old caches are not mistaken for the new classifier.
@@ -180,10 +180,8 @@ def train_classifier(
         net = DomainCNN(data.channels, data.images.shape[2], data.images.shape[3], num_outputs).to(device)
     generator = torch.Generator().manual_seed(seed)
     steps = epochs * math.ceil(len(x) / BATCH_SIZE)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=LR, total_steps=steps)
     what = "recognizer" if reject else "domain classifier"
-    bar = Progress(steps, f"{what} {data.name} (trained once, then cached)", enabled=progress)
+    loop = OneCycle(net.parameters(), LR, steps, f"{what} {data.name}", weight_decay=1e-4, progress=progress)
     net.train()
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=generator).to(device)
@@ -194,13 +192,8 @@ def train_classifier(
                 junk = non_digits(x_b[:NON_DIGITS_PER_BATCH], generator)
                 x_b = torch.cat([x_b, junk])
                 y_b = torch.cat([y_b, torch.full((len(junk),), data.num_classes, device=y_b.device)])
-            loss = F.cross_entropy(net(x_b), y_b)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            bar.update(1)
-    bar.close()
+            loop.step(F.cross_entropy(net(x_b), y_b))
+    loop.close()
     net.eval().requires_grad_(False)
     logits = _batched(net, data.images[held_idx], torch.device(device))
     accuracy = (logits.argmax(dim=1) == data.labels[held_idx]).float().mean().item()

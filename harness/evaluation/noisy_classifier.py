@@ -24,9 +24,9 @@ from torch import Tensor, nn
 
 from ..diffusion.schedules import Schedule
 from ..models.unet import timestep_embedding
-from ..progress import Progress
 from ..training.checkpoint import save_atomic
 from ..training.data import ImageData, split_indices
+from ..training.one_cycle import OneCycle
 
 # Change whenever the network changes, so old caches are not mistaken for the new classifier.
 ARCH = "noisyclf-v1"
@@ -125,25 +125,15 @@ def train_noisy_classifier(
         torch.manual_seed(recipe.seed)
         net = NoisyClassifier(data.channels, data.num_classes, recipe.widths).to(device)
     generator = torch.Generator().manual_seed(recipe.seed)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=recipe.lr, weight_decay=1e-4)
-    lr_schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=recipe.steps)
-    bar = Progress(
-        recipe.steps,
-        f"noise-aware classifier {data.name} {schedule.name} (trained once, then cached)",
-        enabled=progress,
-    )
+    what = f"noise-aware classifier {data.name} {schedule.name}"
+    loop = OneCycle(net.parameters(), recipe.lr, recipe.steps, what, weight_decay=1e-4, progress=progress)
     net.train()
     with torch.enable_grad():  # the evaluator asks for it while sampling, under no_grad
         for _ in range(recipe.steps):
             batch = torch.randint(len(x), (recipe.batch_size,), generator=generator).to(device)
             t = torch.randint(schedule.T, (recipe.batch_size,), generator=generator).to(device)
-            loss = F.cross_entropy(net(_noised(x[batch], t, schedule, generator), t), y[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            lr_schedule.step()
-            bar.update(1)
-    bar.close()
+            loop.step(F.cross_entropy(net(_noised(x[batch], t, schedule, generator), t), y[batch]))
+    loop.close()
     net.eval().requires_grad_(False)
     x_held, y_held = data.images[held_idx].to(device), data.labels[held_idx].to(device)
     accuracy = {}

@@ -27,9 +27,9 @@ from torch import Tensor
 
 from ..config import AutoencoderConfig
 from ..models.autoencoder import Autoencoder
-from ..progress import Progress
 from .checkpoint import save_atomic
 from .data import ImageData, split_indices
+from .one_cycle import OneCycle
 
 ARCH = "autoencoder-v1"  # change whenever the network or its recipe changes: old caches then miss
 HOLDOUT_FRACTION, SPLIT_SEED = 0.1, 0  # the held-out digits of the reconstruction floor
@@ -94,20 +94,13 @@ def train_autoencoder(
         torch.manual_seed(SPLIT_SEED)
         ae = Autoencoder(data.channels, ac.channels, ac.latent_channels, ac.downsample).to(device)
     gen = torch.Generator(device=device).manual_seed(SPLIT_SEED)
-    optimizer = torch.optim.AdamW(ae.parameters(), lr=ac.lr)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=ac.lr, total_steps=ac.steps)
-    bar = Progress(ac.steps, f"autoencoder {data.name} (trained once, then cached)", enabled=progress)
+    loop = OneCycle(ae.parameters(), ac.lr, ac.steps, f"autoencoder {data.name}", progress=progress)
     ae.train()
     for _ in range(ac.steps):
         idx = torch.randint(0, len(x), (ac.batch_size,), device=device, generator=gen)
         loss = ae.loss(x[idx], ac.kl_weight, gen).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        bar.update(1)
-    bar.close()
-    optimizer.zero_grad(set_to_none=True)  # frozen from here on: no stale gradient is left on the weights
+        loop.step(loss)
+    loop.close()
     if not math.isfinite(loss.item()):
         raise RuntimeError(f"autoencoder training diverged (loss {loss.item()}): lower autoencoder.lr")
     ae.eval().requires_grad_(False)
