@@ -44,7 +44,7 @@ def write_spec(tmp_path: Path, name: str = "tiny", smoke: dict | None = None, **
 
 def shipped_spec(file: str) -> dict:
     """A shipped spec's data with the shared profiles it gets (``experiments/profiles/``): what to copy elsewhere."""
-    return with_shared_profiles(yaml.safe_load((EXPERIMENTS / file).read_text()), EXPERIMENTS / file)
+    return with_shared_profiles(yaml.safe_load((EXPERIMENTS / file).read_text()), EXPERIMENTS / file)[0]
 
 
 # -- a tracking server ---------------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """Every shipped spec validates in every profile and runs its smoke profile end to end."""
 
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
+from fixtures import EXPERIMENTS
 
 from harness.config import ConfigError, SamplerSetting
 from harness.config.schema import ROLE
@@ -79,3 +81,29 @@ def test_a_specs_own_profile_extends_the_shared_one(tmp_path):
     with pytest.raises(ConfigError, match=r"^\S*profiles/smoke.yaml: seeds: ") as err:
         load_spec(path)
     assert "\n" not in str(err.value)
+
+
+def test_a_bad_key_inherited_from_the_shared_profile_names_that_file(tmp_path):
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "smoke.yaml").write_text(yaml.safe_dump({"set": {"train.stepz": 4}}))
+    path = tmp_path / "spec.yaml"
+    spec = {"name": "x", "question": "q", "profiles": {"smoke": {"set": {"train.lr": 0.01}}}}
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError) as err:
+        make_plan(load_spec(path), str(path), "smoke")
+    assert str(err.value).startswith(f"{tmp_path / 'profiles' / 'smoke.yaml'}: set.train.stepz: unknown key")
+    (tmp_path / "profiles" / "smoke.yaml").write_text(yaml.safe_dump({"set": {"train.steps": 4}}))
+    path.write_text(yaml.safe_dump({**spec, "profiles": {"smoke": {"set": {"train.lr": -1}}}}))
+    with pytest.raises(ConfigError) as err:  # the spec's own key: the spec's field
+        make_plan(load_spec(path), str(path), "smoke")
+    assert str(err.value).startswith(f"{path}: profiles.smoke.set.train.lr: ")
+
+
+def test_a_shipped_spec_copied_without_its_profiles_refuses_its_empty_smoke(tmp_path):
+    """Copied alone, ``smoke: {}`` would run the base (the quick-size model) under the name smoke."""
+    path = tmp_path / "ablation-schedules.yaml"
+    path.write_text((EXPERIMENTS / "ablation-schedules.yaml").read_text())
+    with pytest.raises(ConfigError, match=r"profiles.smoke: extends the shared profile profiles/smoke.yaml, which is"):
+        load_spec(path)
+    shutil.copytree(EXPERIMENTS / "profiles", tmp_path / "profiles")
+    assert make_plan(load_spec(path), str(path), "smoke").jobs[0].config.train.steps == 4

@@ -14,26 +14,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator
 
-from ..diffusion.processes import PROCESS_SAMPLERS
 from .dotted import merge, related, set_dotted
-from .fields import ConfigError, Int, Seed, one_of
+from .fields import ConfigError, Int, Section, Seed
+from .grid import MAX_RUNS, Evaluate, arm_settings
 from .run import Config, DiffusionConfig, ModelConfig, build_config, format_validation_error, override_origin, read_yaml
 from .schema import arm_text
-from .setting import SamplerSetting, unread
+from .setting import SamplerSetting
 
-MAX_RUNS = 10_000  # evaluation runs in one plan (arms x seeds x settings), counted before any is built
 MAX_EXCLUDES = 100  # each arm is checked against every exclude
 # A spec's name and profile names become directory and run names: a short, plain file name.
 NAME = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class Axes(_Strict):
+class Axes(Section):
     """Training-time choices. ``grid``: the cartesian product of dotted keys; ``zip``: groups of keys
     whose lists are paired element-wise (each group is one more grid dimension); ``include``: extra
     explicit arms; ``exclude``: partial arms removed from the product."""
@@ -66,109 +61,14 @@ class Axes(_Strict):
         return math.prod(len(v) for v in self.grid.values()) * math.prod(zips) + len(self.include)
 
 
-class _EvaluateBase(_Strict):
-    settings: list[dict[str, Any]] = Field([], max_length=MAX_RUNS)  # extra settings, e.g. {sampler: ddpm, steps: 1000}
-
-    @field_validator("settings")
-    @classmethod
-    def _setting_keys(cls, v):
-        for i, s in enumerate(v):
-            unknown = sorted(map(str, set(s) - {*SamplerSetting.model_fields, "process"}))
-            if unknown:
-                valid = ", ".join([*SamplerSetting.model_fields, "process"])
-                raise ValueError(f"{i}: unknown key {unknown[0]!r}; valid keys here: {valid}")
-            try:  # an explicit setting may name the process whose arms it is for (arm_settings)
-                one_of(str(s.get("process", "ddpm")), PROCESS_SAMPLERS, "process")
-            except ValueError as err:
-                raise ValueError(f"{i}.process: {err}") from None
-        return v
-
-    def size(self) -> int:
-        """How many settings at most, computed without building them."""
-        return math.prod(len(getattr(self, n)) for n in SamplerSetting.model_fields) + len(self.settings)
-
-    def expand(self, path: str = "evaluate") -> list[tuple[str, dict[str, Any]]]:
-        """Every distinct setting, each with the spec field it came from (``evaluate`` or ``evaluate.settings.2``)."""
-        names = list(SamplerSetting.model_fields)
-        defaults = {n: f.default for n, f in SamplerSetting.model_fields.items()}
-        grid = [(path, dict(zip(names, combo))) for combo in itertools.product(*(getattr(self, n) for n in names))]
-        grid = [(p, s) for p, s in grid if not unread(s)]  # eta with ddpm: an option its sampler never reads
-        extra = [(f"{path}.settings.{i}", {**defaults, **s}) for i, s in enumerate(self.settings)]
-        out, seen = [], set()
-        for p, s in grid + extra:
-            key = repr(sorted(s.items()))
-            if key not in seen:
-                seen.add(key)
-                out.append((p, s))
-        return out
-
-
-# Which settings an arm is evaluated with: those that fit its process (the sampler is one of that
-# process's samplers, and each option one that sampler reads there: SamplerSetting.misfit),
-# and of the explicit settings that name a ``process``, only the arms of that process (``heun`` samples
-# both); an explicit setting with classifier-free guidance goes to the class-conditional arms only. A
-# grid combination that fits no arm is dropped, as one with an option its sampler never reads is; an explicit
-# setting that fits no arm is an error, and so is an arm that no setting fits.
-def misfit_in(setting: dict[str, Any], process: str, conditional: bool = True) -> tuple[str, str] | None:
-    """Why ``setting`` (a spec's, with its optional ``process``) skips arms of ``process``; None: it fits."""
-    if setting.get("process", process) != process:
-        return "process", f"{setting['process']} is not the arms' process ({process})"
-    try:
-        checked = SamplerSetting.model_validate({k: v for k, v in setting.items() if k != "process"})
-    except ValidationError:
-        return None  # every arm gets it, and the config check names what is wrong
-    return checked.misfit(process, conditional) if process in PROCESS_SAMPLERS else None
-
-
-def arm_settings(
-    settings: list[tuple[str, dict[str, Any]]],
-    processes: list[str],
-    source: str,
-    eval_path: str,
-    conditionals: list[bool] | None = None,
-) -> list[list[tuple[str, dict[str, Any]]]]:
-    """The settings of each arm (given its process and whether its model is class-conditional), each with
-    the spec field it came from. The grid ignores ``conditionals``: guidance on an unconditional model
-    there is the config check's one-line error, not a silently dropped value."""
-    kinds = list(zip(processes, conditionals or [True] * len(processes)))
-    per_arm = [
-        [(p, s) for p, s in settings if not misfit_in(s, process, conditional or p == eval_path)]
-        for process, conditional in kinds
-    ]
-    for path, s in settings:
-        whys = [misfit_in(s, process, conditional) for process, conditional in dict.fromkeys(kinds)]
-        if path != eval_path and all(whys):
-            field, why = next((w for w in whys if w[0] != "process"), whys[0])
-            raise ConfigError(f"{source}: {path}.{field}: {why}")
-    for process, chosen in zip(processes, per_arm):
-        if not chosen:
-            valid = ", ".join(PROCESS_SAMPLERS[process])
-            raise ConfigError(f"{source}: {eval_path}: no setting fits process {process}; its samplers: {valid}")
-    return per_arm
-
-
-# A grid over sampler settings: one list per field of ``SamplerSetting`` (each list is one dimension,
-# defaulting to that field's default), plus explicit ``settings``. Derived, with each field's type and
-# bounds, so a new setting field is a new evaluation axis without touching this file.
-def _checked(f) -> Any:
-    return Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation  # the type with its bounds
-
-
-Evaluate = create_model(
-    "Evaluate",
-    __base__=_EvaluateBase,
-    **{n: (list[_checked(f)], [f.default]) for n, f in SamplerSetting.model_fields.items()},
-)
-
-
-class Profile(_Strict):
+class Profile(Section):
     set: dict[str, Any] = {}  # dotted overrides of the base configuration
     seeds: list[Seed] | None = Field(None, min_length=1)
     evaluate: Evaluate | None = None
     cpu_jobs: Int | None = Field(None, ge=1)
 
 
-class Spec(_Strict):
+class Spec(Section):
     name: NAME
     question: str = Field(max_length=2000)  # logged as an MLflow tag
     base: dict[str, Any] = {}
@@ -179,6 +79,7 @@ class Spec(_Strict):
     cpu_jobs: Int = Field(1, ge=1)  # jobs in parallel on the CPU (torch threads are divided)
     jobs_per_gpu: Int = Field(2, ge=1)  # small MNIST models need several per GPU to fill it
     slurm: dict[str, Any] = {}  # submitit parameters: partition, gpus_per_node, timeout_min, ...
+    _shared_sources: dict[str, dict[str, str]] = PrivateAttr(default_factory=dict)  # with_shared_profiles
 
 
 @dataclass(frozen=True)
@@ -237,25 +138,32 @@ def merge_flat(parts) -> dict[str, Any]:
 
 
 SHARED_PROFILES = "profiles"  # the folder beside the specs: profiles/<name>.yaml is profile <name> of each of them
+SHIPPED_PROFILES = Path(__file__).resolve().parents[2] / "experiments" / SHARED_PROFILES  # the shipped specs' own
 
 
-def shared_profiles(spec_path: str | Path) -> dict[str, dict[str, Any]]:
-    """The profiles every spec in ``spec_path``'s folder starts from: ``profiles/<name>.yaml`` beside it, each
-    file one profile (``experiments/profiles/smoke.yaml`` is every shipped spec's ``smoke``). Each file is
-    validated on its own, so a mistake in it is a one-line error naming that file and field."""
+def profiles_folder(spec_path: str | Path) -> Path:
+    """Where a spec's shared profiles are: ``profiles/`` beside it."""
+    return Path(spec_path).parent / SHARED_PROFILES
+
+
+def shared_profiles(spec_path: str | Path) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """Profile name -> (its file, its fields): each file of ``profiles_folder`` is one profile
+    (``experiments/profiles/smoke.yaml`` is every shipped spec's ``smoke``). Each file is validated on its
+    own, so a mistake in it is a one-line error naming that file and field."""
     out = {}
-    for file in sorted((Path(spec_path).parent / SHARED_PROFILES).glob("*.yaml")):
+    for file in sorted(profiles_folder(spec_path).glob("*.yaml")):
         data = read_yaml(file)
         try:
             Profile.model_validate(data)
         except ValidationError as err:
             raise ConfigError(format_validation_error(err, str(file), root=Profile)) from None
-        out[file.stem] = data
+        out[file.stem] = (file, data)
     return out
 
 
-def with_shared_profiles(data: dict[str, Any], spec_path: str | Path) -> dict[str, Any]:
-    """The spec's ``data`` with the shared profiles (``shared_profiles``) added.
+def with_shared_profiles(data: dict[str, Any], spec_path: str | Path) -> tuple[dict[str, Any], dict]:
+    """The spec's ``data`` with the shared profiles (``shared_profiles``) added, and where each inherited
+    ``set`` key came from ({profile: {key: file}}, so an error in one names the shared file).
 
     A spec's own profile of the same name extends the shared one: its ``set`` keys are added to the shared
     ``set`` (a key in both: the spec's value), and each other field it names (``seeds``, ``evaluate``,
@@ -263,31 +171,48 @@ def with_shared_profiles(data: dict[str, Any], spec_path: str | Path) -> dict[st
     """
     shared = shared_profiles(spec_path)
     own = data.get("profiles") or {}
-    if not shared or not isinstance(own, dict):
-        return data  # nothing to add, or a malformed profiles section the schema reports
-    profiles = dict(shared)
+    if not isinstance(own, dict):
+        return data, {}  # a malformed profiles section: the schema reports it
+    profiles = {name: fields for name, (_, fields) in shared.items()}
+    sources = {}
     for name, prof in own.items():
-        base = shared.get(name)
+        file, base = shared.get(name, (None, None))
+        if prof == {} and base is None and (SHIPPED_PROFILES / f"{name}.yaml").is_file():
+            # A shipped spec copied without its profiles/ folder: run as is, its smoke would train the base.
+            raise ConfigError(
+                f"{spec_path}: profiles.{name}: extends the shared profile {SHARED_PROFILES}/{name}.yaml, which "
+                f"is not beside this spec; copy {SHIPPED_PROFILES} next to it, or write the profile out"
+            )
         if isinstance(base, dict) and isinstance(prof, dict):
-            merged = {**base, **prof}
-            if isinstance(prof.get("set"), dict):
-                merged["set"] = {**base.get("set", {}), **prof["set"]}
+            own_set = prof.get("set") if isinstance(prof.get("set"), dict) else {}
+            merged = {**base, **prof, "set": {**base.get("set", {}), **own_set}}
+            sources[name] = {k: str(file) for k in base.get("set", {}) if k not in own_set}
             prof = merged
         profiles[name] = prof
-    return {**data, "profiles": profiles}
+    for name, (file, base) in shared.items():
+        if name not in own:
+            sources[name] = {k: str(file) for k in base.get("set", {})}
+    return {**data, "profiles": profiles}, sources
+
+
+def validate_spec(data: dict[str, Any], source: str | Path) -> Spec:
+    """The ``Spec`` of a spec file's ``data`` (ablation or sweep), with its shared profiles."""
+    data, sources = with_shared_profiles(data, source)
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, str(source), root=Spec)) from None
+    spec._shared_sources = sources
+    return spec
 
 
 def load_spec(path: str | Path) -> Spec:
-    """Parse and validate an ablation spec, with the shared profiles beside it (``with_shared_profiles``)."""
+    """Parse and validate an ablation spec, with its shared profiles (``with_shared_profiles``)."""
     data = read_yaml(path)
     if not isinstance(data, dict):
         kind = "empty" if data is None else f"a {type(data).__name__}"
         raise ConfigError(f"{path}: a spec is a mapping with name, question, base, axes, ...; this file is {kind}")
-    data = with_shared_profiles(data, path)
-    try:
-        return Spec.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err, str(path), root=Spec)) from None
+    return validate_spec(data, path)
 
 
 def make_plan(spec: Spec, source: str, profile: str | None = None, overrides: dict[str, Any] | None = None) -> Plan:
@@ -348,7 +273,9 @@ def make_plan(spec: Spec, source: str, profile: str | None = None, overrides: di
             return f"{source} (arm {arm_text(arm)})", field
         set_key = next((k for k in prof.set if related(k, field)), None)
         if set_key is not None:  # the longer of the two paths: the set key, or the field inside its value
-            return source, f"profiles.{profile}.set.{max(set_key, field, key=len)}"
+            path = f"set.{max(set_key, field, key=len)}"
+            shared = spec._shared_sources.get(profile, {}).get(set_key)  # inherited from profiles/<name>.yaml
+            return (shared, path) if shared else (source, f"profiles.{profile}.{path}")
         return source, f"base.{field}" if _has(spec.base, field) else field
 
     jobs, seen = [], set()

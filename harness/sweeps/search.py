@@ -41,7 +41,7 @@ from ..config.space import (
     make_sampler,
     options,
 )
-from ..config.spec import Axes, Spec, make_plan, with_shared_profiles
+from ..config.spec import Axes, Spec, make_plan, validate_spec
 
 # -- the search section ---------------------------------------------------------------------------------
 
@@ -257,11 +257,7 @@ def load_sweep(path: str | Path, profile: str | None = None, overrides: dict[str
     for name, prof in (data.get("profiles") or {}).items():
         if isinstance(prof, dict) and "search" in prof:
             profile_search[name] = prof.pop("search")
-    data = with_shared_profiles(data, source)  # as an ablation's: profiles/<name>.yaml beside the spec
-    try:
-        spec = Spec.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source, root=Spec)) from None
+    spec = validate_spec(data, source)  # as an ablation's, with the shared profiles
     if spec.axes != Axes():
         raise ConfigError(f"{source}: axes: a sweep has no axes; search.params replaces them")
     if profile is not None and profile in profile_search:
