@@ -177,12 +177,6 @@ def with_shared_profiles(data: dict[str, Any], spec_path: str | Path) -> tuple[d
     sources = {}
     for name, prof in own.items():
         file, base = shared.get(name, (None, None))
-        if prof == {} and base is None and (SHIPPED_PROFILES / f"{name}.yaml").is_file():
-            # A shipped spec copied without its profiles/ folder: run as is, its smoke would train the base.
-            raise ConfigError(
-                f"{spec_path}: profiles.{name}: extends the shared profile {SHARED_PROFILES}/{name}.yaml, which "
-                f"is not beside this spec; copy {SHIPPED_PROFILES} next to it, or write the profile out"
-            )
         if isinstance(base, dict) and isinstance(prof, dict):
             own_set = prof.get("set") if isinstance(prof.get("set"), dict) else {}
             merged = {**base, **prof, "set": {**base.get("set", {}), **own_set}}
@@ -212,7 +206,20 @@ def load_spec(path: str | Path) -> Spec:
     if not isinstance(data, dict):
         kind = "empty" if data is None else f"a {type(data).__name__}"
         raise ConfigError(f"{path}: a spec is a mapping with name, question, base, axes, ...; this file is {kind}")
+    refuse_orphaned_profiles(data, path)
     return validate_spec(data, path)
+
+
+def refuse_orphaned_profiles(data: dict[str, Any], path: str | Path) -> None:
+    """A shipped spec copied without its ``profiles/`` folder: its ``smoke: {}`` would train the base
+    configuration under the name smoke, so an empty profile named like a shipped shared one is an error."""
+    shared = shared_profiles(path)
+    for name, prof in (data.get("profiles") or {}).items() if isinstance(data.get("profiles"), dict) else ():
+        if prof == {} and name not in shared and (SHIPPED_PROFILES / f"{name}.yaml").is_file():
+            raise ConfigError(
+                f"{path}: profiles.{name}: extends the shared profile {SHARED_PROFILES}/{name}.yaml, which "
+                f"is not beside this spec; copy {SHIPPED_PROFILES} next to it, or write the profile out"
+            )
 
 
 def make_plan(spec: Spec, source: str, profile: str | None = None, overrides: dict[str, Any] | None = None) -> Plan:
