@@ -237,7 +237,8 @@ def spec_data(
         check(o)
     data = dict(base) if base is not None else {}
     if base is None:
-        data["profiles"] = {n: fields for n, (_, fields) in shared_profiles(SHIPPED_PROFILES.parent / "spec.yaml").items()}
+        shipped = shared_profiles(SHIPPED_PROFILES.parent / "spec.yaml")
+        data["profiles"] = {n: fields for n, (_, fields) in shipped.items()}
     data["name"] = name or default_name(overrides, base.get("name") if base else None)
     data["question"] = question or default_question(overrides, base.get("question") if base else None)
     axes = Axes.model_validate(data.get("axes") or {}).model_dump(exclude_defaults=True)  # a bad one: the spec's
@@ -264,8 +265,11 @@ def spec_data(
             if any(related(k, o.key) for k in own):
                 kept = {k: v for k, v in own.items() if not related(k, o.key)}
                 prof["set"] = kept if o.sweep else {**kept, o.key: o.value}
-    grid_fields = {o.key.removeprefix("evaluate."): evaluate[o.key.removeprefix("evaluate.")] for o in overrides
-                   if o.key.startswith("evaluate.")}
+    grid_fields = {
+        o.key.removeprefix("evaluate."): evaluate[o.key.removeprefix("evaluate.")]
+        for o in overrides
+        if o.key.startswith("evaluate.")
+    }
     for prof in profiles.values():
         if seeds and prof.get("seeds"):
             prof["seeds"] = seeds
@@ -302,4 +306,3 @@ def spec_yaml(data: dict[str, Any], command: str | None = None) -> str:
     if load_text(text) != ordered:  # a value YAML would read back differently: refuse rather than write it
         raise ConfigError("--print-spec: a value does not survive YAML; write the spec by hand")
     return head + text
-
