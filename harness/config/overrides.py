@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from .dotted import related, set_dotted
 from .fields import ConfigError
 from .grid import Evaluate
-from .run import Config
+from .run import OPERATIONAL, Config
 from .spec import NAME_PATTERN
 from .yamlio import YamlError, load_text
 
@@ -62,7 +62,7 @@ def split_top(text: str, what: str) -> list[str]:
             parts.append(text[start:i])
             start = i + 1
     if quote or depth:
-        raise ConfigError(f"{what}: unclosed {quote or depth[-1]!r}")
+        raise ConfigError(f"{what}: {f'unclosed quote {quote}' if quote else f'{depth[-1]!r} missing'}")
     return [*parts, text[start:]]
 
 
@@ -95,7 +95,7 @@ def hydra_range(args: list[Any], what: str) -> list[Any]:
     start, stop, step = (*args, 1) if len(args) == 2 else args
     if step == 0:
         raise ConfigError(f"{what}: range step 0")
-    n = max(0, math.ceil((stop - start) / step))
+    n = max(0, math.ceil(round((stop - start) / step, 9)))  # (0.4 - 0.1) / 0.1 is 3.0000000000000004
     if n == 0:
         raise ConfigError(f"{what}: range({start}, {stop}, {step}) is empty (stop is excluded)")
     if n > 1000:
@@ -187,15 +187,22 @@ CLI_PREFIX = "cli"  # the experiment name of a -m run over the default config st
 
 def default_name(overrides: list[Override], base_name: str | None = None) -> str:
     """The experiment name of a -m run: ``cli-diffusion.schedule-linear-cosine`` (or ``<spec>-...``), from the
-    overrides that change what is trained, in key order. Seeds and ``evaluate.*`` are left out: adding a seed or
-    a sampler setting extends the same experiment (its trained models are reused), as editing a spec does."""
-    trained = sorted((o for o in overrides if not o.key.startswith("evaluate.")), key=lambda o: o.key)
+    overrides that change what is trained, in key order. Seeds, ``evaluate.*`` and operational fields are left
+    out: adding a seed or a sampler setting extends the same experiment (its models are reused), as editing a
+    spec does."""
+    trained = sorted((o for o in overrides if _trains(o.key)), key=lambda o: o.key)
     words = [f"{o.key}-{'-'.join(_word(v) for v in o.values)}" for o in trained]
     name = f"{base_name or CLI_PREFIX}-{'_'.join(words)}" if words else (base_name or f"{CLI_PREFIX}-default")
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.")
     if len(name) > 80:  # NAME allows 100; the digest keeps long command lines apart
         name = f"{name[:70].rstrip('-._')}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
     return name
+
+
+def _trains(key: str) -> bool:
+    """Whether ``key`` changes what is trained (not ``evaluate.*``, nor where or how often: ``train.device``)."""
+    section, _, field = key.partition(".")
+    return section != "evaluate" and field not in OPERATIONAL.get(section, ())
 
 
 def _word(value: Any) -> str:
