@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from mlflow import MlflowClient
 
 from harness.cli import main
