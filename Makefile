@@ -12,7 +12,9 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "error: Python 3.11+ is needed ($(PYTHON) is older); run: make PYTHON=python3.11 ..."; exit 2; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q -e '.[dev]'
+	@echo "installing torch, torchvision, mlflow, optuna, pandas, scipy, matplotlib, seaborn, pytest, ruff into $(VENV)"
+	@echo "(once: about 4 minutes on a fresh machine, several GB with the CUDA build of torch; later calls skip this)"
+	$(BIN)/pip install --disable-pip-version-check --progress-bar on -e '.[dev]'
 	touch $(STAMP)
 
 # `make test` (under 10 minutes on 2 cores) skips the tests marked slow; CI runs it, then `make test-slow`,
@@ -41,12 +43,15 @@ clean-venv:
 	rm -rf $(VENV)
 
 # -- ablations: `make ablation-schedules PROFILE=smoke|quick|full` ------------------------------------
+# PROFILE defaults to quick, as `harness run SPEC` without --profile does (harness/config/spec.py DEFAULT_PROFILE);
+# `harness run` prints the profile and the estimated time before it trains.
 ABLATIONS := ablation-schedules ablation-parameterization ablation-samplers ablation-guidance recognizability \
              ablation-precision ablation-backbone seed-exercise ablation-process ablation-latent ablation-guidance-method
 .PHONY: $(ABLATIONS) ui validate
 
 # Run the spec, then write reports/<spec>/index.html and report.md (also when some jobs failed).
 $(ABLATIONS): $(STAMP)
+	@echo "make $@: profile $(PROFILE) (a pipeline check in about a minute: make $@ PROFILE=smoke)"
 	$(BIN)/harness run experiments/$@.yaml --profile $(PROFILE); status=$$?; \
 		[ $$status -eq 2 ] && exit 2; \
 		$(BIN)/harness report experiments/$@.yaml && exit $$status

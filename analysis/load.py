@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from harness.config import Config, SamplerSetting
+from harness.config.run import OPERATIONAL
 from harness.config.schema import (
     ARM,
     CHECKPOINT,
@@ -239,7 +240,19 @@ def _newest_per_hash(runs: list) -> list:
 
 def _axes(train_runs: list, plan: dict | None) -> list[str]:
     arms = [job["arm"] for job in plan["jobs"]] if plan else [r.data.tags.get(ARM, "base") for r in train_runs]
-    return list(dict.fromkeys(k for a in arms for k in arm_keys(a)))
+    keys = list(dict.fromkeys(k for a in arms for k in arm_keys(a)))
+    if keys or plan:
+        return keys
+    # `harness train` runs have no arm: theirs are the config fields that differ between them (not the seed, the
+    # evaluation or where it ran), so two trainings with different --set compare as two arms.
+    flats = [run_config(r.data.params, r.info.run_id).flat() for r in train_runs]
+    varying = [k for k in (flats[0] if flats else {}) if len({json.dumps(f.get(k)) for f in flats}) > 1]
+    return [k for k in varying if k != "train.seed" and not k.startswith("eval.") and not _operational(k)]
+
+
+def _operational(key: str) -> bool:
+    section, _, field = key.partition(".")
+    return field in OPERATIONAL.get(section, ())
 
 
 def _runs_table(train_runs: list, axes: list[str]) -> pd.DataFrame:
@@ -247,7 +260,7 @@ def _runs_table(train_runs: list, axes: list[str]) -> pd.DataFrame:
     for r in train_runs:
         p, m, t = r.data.params, r.data.metrics, r.data.tags
         config = run_config(p, r.info.run_id)
-        arm = arm_text(arm_dict(t.get(ARM, "base")))
+        arm = arm_text(arm_dict(t.get(ARM, "base")) or {k: p.get(k) for k in axes})  # {}: a `harness train` run
         rows.append(
             {
                 "run_id": r.info.run_id,

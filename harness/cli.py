@@ -3,171 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_config
-from .config.schema import METRICS
+from .commands import TRAIN_EXPERIMENT, cmd_run, cmd_train, cmd_validate
+from .config import ConfigError
+from .config.spec import DEFAULT_PROFILE
 from .orchestration.provenance import REUSE_POLICIES
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _fmt(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-TRAIN_EXPERIMENT = "harness-train"  # where `harness train` logs unless --experiment says otherwise
-
-
-def cmd_train(args) -> int:
-    """One configuration, trained and evaluated as a job of its own experiment (``harness.orchestration.jobs``):
-    tracked like any run of ``harness run``, reused or resumed the same way; ``--no-track`` logs nothing."""
-    from .device import resolve_device
-    from .orchestration.placement import autotune_cache, describe_record
-    from .orchestration.single import train_tracked, train_untracked
-    from .orchestration.tracking import MlflowStore
-    from .tracker import StoreUnavailable
-    from .training.autotune import resolve
-    from .training.data import DataUnavailable
-    from .training.train import NonFiniteLoss
-
-    config = load_config(args.config, args.set)
-    config, record = resolve(config, resolve_device(config.train.device), autotune_cache())
-    if record is not None and record.get("seconds"):
-        print(describe_record(record))
-    run_dir = Path(args.run_dir) if args.run_dir else REPO / "runs" / config.train_hash()
-    try:
-        if args.no_track:
-            print(f"config {config.train_hash()}  run dir {run_dir}")
-            summary, evals, where = train_untracked(config, run_dir), None, None
-        else:
-            store = MlflowStore(args.tracking_uri)  # unreachable: one line, exit 2
-            store.check()
-            experiment = args.experiment or TRAIN_EXPERIMENT
-            print(f"config {config.train_hash()}  run dir {run_dir}  tracking {store.uri}")
-            out = train_tracked(config, run_dir, store, experiment)
-            summary, evals = out.summary, out.evals
-            where = f"tracked: run {out.run_id} in experiment {experiment!r} of {store.uri}"
-            if out.status != "trained":
-                where = f"nothing to train: a finished run of this config exists ({out.status}); " + where
-    except (DataUnavailable, StoreUnavailable) as err:  # a lost store: the checkpoint resumes the run later
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except NonFiniteLoss as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    _print_train(summary, evals)
-    if where:
-        print(where)
-    if args.json and summary is not None:
-        Path(args.json).write_text(json.dumps(summary, indent=2))
-    return 0
-
-
-def _print_train(summary: dict | None, evals) -> None:
-    """What ``harness train`` prints: the training summary (when it trained) and each final evaluation."""
-    from .result import EvalResult
-
-    if summary is not None:
-        t = summary["train"]
-        print(
-            f"trained {t['steps']} steps, {t['num_parameters']:,} parameters: final loss {t['final_loss']:.4f}, "
-            f"{t['images_per_second']:.0f} images/s; domain classifier accuracy {summary['classifier_accuracy']:.4f}"
-        )
-    if evals is None:  # untracked: the summary holds them
-        evals = [EvalResult.from_dict(e) for e in summary["evals"]]
-    keys = [k for k, m in METRICS.items() if m.lower_is_better is not None] + ["nfe", "sample_seconds"]
-    for e in evals:
-        print(f"  {e.label}: " + "  ".join(f"{k} {_fmt(e.metrics[k])}" for k in keys if k in e.metrics))
-        for metric, why in e.unavailable.items():
-            print(f"    {metric} unavailable: {why}")
-    if summary is not None:
-        print(f"recognizable at step: {summary['recognizable_at_step']}")
 
 
 def _overrides(items: list[str]) -> dict:
     from .config import parse_overrides
 
     return parse_overrides(items)
-
-
-def cmd_validate(args) -> int:
-    from .config.spec import load_spec, make_plan
-    from .sweeps.search import is_sweep_spec, validate_sweep
-
-    for path in args.specs:
-        if is_sweep_spec(path):
-            validate_sweep(path)
-            print(f"{path}: ok (sweep)")
-            continue
-        spec = load_spec(path)
-        sizes = []
-        for profile in [None, *spec.profiles]:
-            plan = make_plan(spec, path, profile)
-            sizes.append(f"{plan.profile} {len(plan.jobs)} jobs x {len(plan.settings)} settings")
-        print(f"{path}: ok ({'; '.join(sizes)})")
-    return 0
-
-
-def cmd_run(args) -> int:
-    from .config.spec import load_spec, make_plan
-    from .training.data import DataUnavailable
-
-    spec = load_spec(args.spec)
-    plan = make_plan(spec, args.spec, args.profile, _overrides(args.set))
-    if args.dry_run:
-        return _print_plan(plan, args.tracking_uri, args.reuse, args.executor)
-    from .orchestration.runner import preflight, refuse_local_stores, run_plan, sqlite_tracking_store
-    from .orchestration.tracking import MlflowStore
-    from .tracker import StoreUnavailable
-
-    try:
-        refuse_local_stores(args.executor, sqlite_tracking_store(args.tracking_uri), args.allow_local_store)
-        preflight(plan)
-        store = MlflowStore(args.tracking_uri)
-        store.check()
-        print(
-            f"{spec.name} [{plan.profile}]: {len(plan.jobs)} training jobs x {len(plan.settings)} "
-            f"evaluation settings; tracking {store.uri}"
-        )
-        outcomes, parent = run_plan(
-            plan,
-            store,
-            spec_path=args.spec,
-            executor=args.executor,
-            force=args.force,
-            reuse=args.reuse,
-            allow_local_store=args.allow_local_store,
-        )
-    except (DataUnavailable, StoreUnavailable) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    failed = [o for o in outcomes if o.status == "failed"]
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("trained", "evaluated", "skipped", "failed")}
-    print("summary: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + f"; parent run {parent}")
-    for o in failed:
-        print(f"  failed {o.config_hash} seed={o.seed}: {o.error}", file=sys.stderr)
-    return 1 if failed else 0
-
-
-def _print_plan(plan, uri, reuse: str, executor: str) -> int:
-    from .orchestration.budget import dry_run
-    from .orchestration.placement import resolve_plan
-    from .orchestration.runner import describe
-    from .orchestration.tracking import existing_store
-    from .tracker import StoreUnavailable
-
-    try:
-        store = existing_store(uri)
-    except StoreUnavailable as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    plan, _ = resolve_plan(plan, executor=executor)  # the hashes the run will use
-    print("\n".join(dry_run(plan, describe(plan, store, reuse), store)))
-    return 0
 
 
 def cmd_report(args) -> int:
@@ -288,8 +139,38 @@ ALLOW_LOCAL_STORE = (
 )
 
 
+EPILOG = """words:
+  arm            one training-time choice of an ablation (an axis value, e.g. diffusion.schedule=cosine)
+  seed           one training of an arm from its own random start; arms x seeds are the training jobs
+  setting        one way of sampling a trained model (sampler, steps, eta, guidance); no retraining
+  profile        a size of the same spec: smoke (seconds, checks the pipeline), quick (a 2-core CPU), full (a GPU)
+  config hash    12 hex digits naming a trained model; equal hashes are one model, trained once and reused
+  label          a setting's short name: ddim-50-eta0-w2 = DDIM, 50 steps, eta 0, guidance weight 2
+
+examples:
+  harness run experiments/ablation-schedules.yaml --profile smoke
+  harness run -m diffusion.schedule=linear,cosine --seeds 0,1 --profile smoke
+  harness report experiments/ablation-schedules.yaml
+"""
+
+RUN_DESCRIPTION = """Run an ablation: every arm x seed trained once (a finished one is reused), each evaluated with
+every setting, all tracked in MLflow. The first line printed names the profile and the estimated time.
+
+  harness run SPEC [--profile P]                         a spec file
+  harness run -m KEY=VALUES [KEY=VALUES ...] [SPEC]      the same without a file (over SPEC's base if given)
+      diffusion.schedule=linear,cosine   a sweep: one axis      train.lr=1e-3         a fixed value
+      train.steps=range(500,2001,500)    500, 1000, 1500, 2000  evaluate.steps=10,20  sampler settings
+      eval.num_samples=200               brackets and quotes keep commas: model.channel_mult=[1,2] is one value
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="harness", description="Ablation studies of DDPM-family diffusion models.")
+    p = argparse.ArgumentParser(
+        prog="harness",
+        description="Ablation studies of DDPM-family diffusion models.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train and evaluate one configuration")
     t.add_argument("config", nargs="?", help="YAML file with data/model/diffusion/train/eval sections")
@@ -307,9 +188,34 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("specs", nargs="+")
     v.set_defaults(func=cmd_validate)
 
-    r = sub.add_parser("run", help="run an ablation spec: train every arm and seed, evaluate, track")
-    r.add_argument("spec")
-    r.add_argument("--profile", help="a profile of the spec (smoke, quick, full, ...)")
+    r = sub.add_parser(
+        "run",
+        help="run an ablation: a spec, or -m key=a,b ...; train every arm and seed, evaluate, track",
+        description=RUN_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument("spec", nargs="?", help="a spec file (with -m: the spec whose base, profiles and axes -m extends)")
+    r.add_argument(
+        "-m",
+        "--multirun",
+        nargs="+",
+        metavar="KEY=VALUES",
+        help="an ablation without a file, in Hydra's override grammar: key=value fixes a field, key=a,b or "
+        "key=range(1,4) sweeps it (one axis each), evaluate.steps=10,20 sweeps a sampler setting",
+    )
+    r.add_argument("--seeds", metavar="0,1,2", help="with -m: the seeds of every arm (default: 0)")
+    r.add_argument(
+        "--name",
+        help="with -m: the experiment name in MLflow (default: derived from the overrides that change what is "
+        "trained, e.g. cli-diffusion.schedule-linear-cosine; seeds and evaluate.* extend the same experiment)",
+    )
+    r.add_argument("--question", help="with -m: the question the report answers (default: derived from the sweeps)")
+    r.add_argument("--print-spec", action="store_true", help="with -m: write the equivalent spec YAML and run nothing")
+    r.add_argument(
+        "--profile",
+        help=f"a profile of the spec (smoke, quick, full, ...); default: the spec's {DEFAULT_PROFILE} profile where "
+        "it has one, else its base configuration",
+    )
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a base field")
     r.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlruns/mlflow.db)")
     r.add_argument("--executor", choices=["local", "slurm"], default="local")

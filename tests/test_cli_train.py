@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from mlflow import MlflowClient
 
 from harness.cli import main
@@ -116,3 +117,21 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "diffusion.schedule: unknown schedule 'quadratic'" in err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_two_trainings_with_different_set_are_two_arms_of_a_report(tmp_path, capsys):
+    """Issue 27: `harness train` runs have no arm; the loader makes the config fields that differ their arms."""
+    from analysis.load import load_experiment
+    from harness.orchestration.tracking import MlflowStore
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for schedule in ("linear", "cosine"):
+        sets = [*SHORT, f"diffusion.schedule={schedule}", "eval.samplers=[{sampler: ddim, steps: 3}]"]
+        args = ["train", *sum((["--set", s] for s in sets), []), "--run-dir", str(tmp_path / schedule)]
+        assert main([*args, "--tracking-uri", uri]) == 0
+    data = load_experiment(MlflowStore(uri), "harness-train")
+    assert data.axes == ["diffusion.schedule"] and sorted(data.arms) == ["cosine", "linear"]
+    out = ["--out", str(tmp_path / "report")]
+    assert main(["report", "--experiment", "harness-train", "--tracking-uri", uri, *out]) == 0
+    assert "cosine" in (tmp_path / "report" / "report.md").read_text()

@@ -25,7 +25,11 @@ from .setting import SamplerSetting
 
 MAX_EXCLUDES = 100  # each arm is checked against every exclude
 # A spec's name and profile names become directory and run names: a short, plain file name.
-NAME = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+NAME = Annotated[str, Field(pattern=NAME_PATTERN, max_length=100)]
+# ``harness run SPEC`` without --profile, and ``make ablation-...``: the spec's quick profile (sized for a 2-core
+# CPU) where it has one, else its base configuration (profile "default").
+DEFAULT_PROFILE = "quick"
 
 
 class Axes(Section):
@@ -189,15 +193,21 @@ def with_shared_profiles(data: dict[str, Any], spec_path: str | Path) -> tuple[d
     return {**data, "profiles": profiles}, sources
 
 
-def validate_spec(data: dict[str, Any], source: str | Path) -> Spec:
-    """The ``Spec`` of a spec file's ``data`` (ablation or sweep), with its shared profiles."""
-    data, sources = with_shared_profiles(data, source)
+def validate_spec(data: dict[str, Any], source: str | Path, *, shared: bool = True) -> Spec:
+    """The ``Spec`` of a spec file's ``data`` (ablation or sweep), with its shared profiles (``shared``: False
+    for data that holds them already, as a ``harness run -m`` spec does)."""
+    data, sources = with_shared_profiles(data, source) if shared else (data, {})
     try:
         spec = Spec.model_validate(data)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, str(source), root=Spec)) from None
     spec._shared_sources = sources
     return spec
+
+
+def default_profile(spec: Spec) -> str | None:
+    """The profile a run without ``--profile`` uses (``DEFAULT_PROFILE`` where the spec has it; None: the base)."""
+    return DEFAULT_PROFILE if DEFAULT_PROFILE in spec.profiles else None
 
 
 def load_spec(path: str | Path) -> Spec:

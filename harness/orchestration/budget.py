@@ -1,10 +1,13 @@
-"""A plan's cost before it runs (``harness run --dry-run``): training images and sampling network evaluations
-per job, and the wall time they take, estimated from finished runs of the same model shape on this store.
+"""A plan's cost before it runs (``harness run --dry-run``, and ``harness run`` before it trains): training images
+and sampling network evaluations per job, and the wall time they take, estimated from finished runs of the same
+model shape on this store or, before any has finished, from timing the model itself on this machine (the
+autotune probe's seconds per training step, and a timed forward pass at the evaluation batch for sampling).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +64,7 @@ class Throughput:
     images_per_second: float  # training, per job, as finished runs logged it
     nfe_per_second: float | None  # sampling: samples x NFE per second, per job
     overhead_seconds: float  # the rest of a training run's wall time: checkpoints, metrics, grids, logging
-    runs: int
+    runs: int  # 0: probed on this machine (``probed_throughput``), not measured by finished runs
 
 
 def measured_throughput(store: MlflowStore | None, config: Config, device: str) -> Throughput | None:
@@ -101,8 +104,53 @@ def measured_throughput(store: MlflowStore | None, config: Config, device: str) 
     )
 
 
-def estimate_seconds(plan: Plan, rows: list[dict[str, Any]], store: MlflowStore | None) -> tuple[float | None, str]:
-    """Wall seconds for the jobs still to do, and where the rates came from (or why there is no estimate)."""
+FORWARD_ROUNDS = 3  # timed forward passes at the evaluation batch, after one warm-up
+
+
+def probed_throughput(config: Config, device, records: list[dict[str, Any]] = ()) -> Throughput | None:
+    """Rates from timing this model here, before any run has finished: training from the autotune probe (the
+    record ``resolve_plan`` returned for this model shape, else ``autotune.step_seconds``, cached per host), sampling
+    from forward passes at the evaluation batch (each row of a batch is one NFE). Checkpoints, metrics and the
+    one-time steps (domain classifiers, reference statistics) are not counted. None under HARNESS_AUTOTUNE=off."""
+    import time
+
+    import torch
+
+    from ..config import IMAGE_CHANNELS, IMAGE_SIZES, NUM_CLASSES
+    from ..device import autocast, resolve_precision
+    from ..training.autotune import OFF, name, step_seconds
+    from ..training.train import build_model
+    from .placement import autotune_cache
+
+    if os.environ.get(OFF) == "off":
+        return None
+    tc, mine = config.train, name((config.train.precision, config.train.memory_format))
+    shape = {"model": config.model.identity(), "input": list(config.network_input()), "batch_size": tc.batch_size}
+    shape |= {"process": config.diffusion.process, "device": device.type}
+    record = next((r for r in records if all(r["key"].get(k) == v for k, v in shape.items())), None)
+    step = (record or {}).get("seconds", {}).get(mine) or step_seconds(config, device, autotune_cache())
+    dataset, rows = config.data.dataset, config.eval.batch_size
+    model = build_model(config, IMAGE_CHANNELS[dataset], IMAGE_SIZES[dataset], NUM_CLASSES[dataset]).to(device).eval()
+    x = torch.randn(rows, *config.network_input(), device=device)
+    t = torch.full((rows,), config.diffusion.timesteps // 2, device=device)
+    y = torch.zeros(rows, dtype=torch.long, device=device) if config.model.conditional else None
+    with torch.no_grad(), autocast(device, resolve_precision(tc.precision)):
+        for i in range(1 + FORWARD_ROUNDS):
+            if i == 1:
+                torch.cuda.synchronize(device) if device.type == "cuda" else None
+                start = time.perf_counter()
+            model(x, t, y)
+        torch.cuda.synchronize(device) if device.type == "cuda" else None
+    forward = (time.perf_counter() - start) / FORWARD_ROUNDS
+    return Throughput(tc.batch_size / step, rows / forward, 0.0, 0)
+
+
+def estimate_seconds(
+    plan: Plan, rows: list[dict[str, Any]], store: MlflowStore | None, records: list[dict[str, Any]] = ()
+) -> tuple[float | None, str]:
+    """Wall seconds for the jobs still to do, and where the rates came from (or why there is no estimate):
+    finished runs of the same model shape on this device type where the store has them, else this machine's
+    probe of the model (``probed_throughput``; ``records``: the autotune records ``resolve_plan`` returned)."""
     from ..device import resolve_device
 
     gpus, n_slots, _ = slots(plan.spec.cpu_jobs, plan.spec.jobs_per_gpu)
@@ -114,10 +162,15 @@ def estimate_seconds(plan: Plan, rows: list[dict[str, Any]], store: MlflowStore 
         key = (device, speed_key(job.config))
         if key not in sources:
             sources[key] = measured_throughput(store, job.config, device)
+            if sources[key] is None or (sources[key].nfe_per_second is None and job.config.eval.samplers):
+                sources[key] = probed_throughput(job.config, resolve_device(device), records)
         rate = sources[key]
-        if rate is None or (rate.nfe_per_second is None and job.config.eval.samplers):
+        if rate is None:
             where = store.uri if store else "the tracking store (none yet)"
-            return None, f"no finished run of this model shape on {device} in {where} measured its speed"
+            return None, (
+                f"no finished run of this model shape on {device} in {where} measured its speed, and "
+                "HARNESS_AUTOTUNE=off forbids probing it"
+            )
         budget = Budget.of(job.config, evaluate_only=row["state"] == "evaluate")
         seconds.append(
             budget.images / rate.images_per_second
@@ -126,17 +179,38 @@ def estimate_seconds(plan: Plan, rows: list[dict[str, Any]], store: MlflowStore 
         )
     if not seconds:
         return 0.0, "nothing left to do"
-    rates = "; ".join(
-        f"{t.images_per_second:.0f} images/s, {t.nfe_per_second or 0:.0f} NFE/s and {t.overhead_seconds:.0f} s "
-        f"of checkpoints and metrics per job, over {t.runs} run(s)"
-        for t in sources.values()
-    )
-    text = f"measured by finished runs of the same model shape on this device type in {store.uri}: {rates}; "
-    text += f"{n_slots} job(s) at a time"
+    measured = [t for t in sources.values() if t.runs]
+    probed = [t for t in sources.values() if not t.runs]
+    parts = []
+    if measured:
+        rates = "; ".join(
+            f"{t.images_per_second:.0f} images/s, {t.nfe_per_second or 0:.0f} NFE/s and {t.overhead_seconds:.0f} s "
+            f"of checkpoints and metrics per job, over {t.runs} run(s)"
+            for t in measured
+        )
+        parts.append(f"measured by finished runs of the same model shape on this device type in {store.uri}: {rates}")
+    if probed:
+        rates = "; ".join(f"{t.images_per_second:.0f} images/s, {t.nfe_per_second:.0f} NFE/s" for t in probed)
+        parts.append(
+            f"probed on this machine before any run (the autotune probe's training step, a timed forward pass for "
+            f"sampling): {rates}; checkpoints, metrics and one-time steps (classifiers, reference statistics) not "
+            "counted"
+        )
+    text = "; ".join(parts) + f"; {n_slots} job(s) at a time"
     return max(max(seconds), sum(seconds) / n_slots), text
 
 
-def dry_run(plan: Plan, rows: list[dict[str, Any]], store: MlflowStore | None) -> list[str]:
+def estimate_line(
+    plan: Plan, rows: list[dict[str, Any]], store: MlflowStore | None, records: list[dict[str, Any]] = ()
+) -> str:
+    """``estimated time: 12m (...)``: the line the dry run and ``harness run`` print before anything trains."""
+    seconds, source = estimate_seconds(plan, rows, store, records)
+    return f"estimated time: {duration(seconds) if seconds is not None else 'unknown'} ({source})"
+
+
+def dry_run(
+    plan: Plan, rows: list[dict[str, Any]], store: MlflowStore | None, records: list[dict[str, Any]] = ()
+) -> list[str]:
     """What ``harness run --dry-run`` prints: each job and its state, the budget, the estimated time."""
     budgets = [Budget.of(job.config) for job in plan.jobs]
     lines = [f"{plan.spec.name} [{plan.profile}]: {plan.spec.question}"]
@@ -153,6 +227,4 @@ def dry_run(plan: Plan, rows: list[dict[str, Any]], store: MlflowStore | None) -
             f"  sampling {label}: {samples:,} samples x {nfe} NFE x {n} evaluation(s) = {samples * nfe * n:,} per job"
         )
     lines.append(f"  sampling in all: {sum(b.nfe for b in budgets):,} network evaluations (samples x NFE)")
-    seconds, source = estimate_seconds(plan, rows, store)
-    lines.append(f"estimated time: {duration(seconds) if seconds is not None else 'unknown'} ({source})")
-    return lines
+    return [*lines, estimate_line(plan, rows, store, records)]

@@ -153,6 +153,17 @@ def resolve(
     return config.model_copy(update={"train": train}), record
 
 
+def step_seconds(config: Config, device: torch.device, cache_dir: str | Path | None) -> float | None:
+    """Seconds per training step of a resolved ``config`` (its own precision and layout) on ``device``, probed
+    and cached as ``resolve``'s choices are: the dry run's estimate before any run (orchestration/budget.py).
+    None under ``HARNESS_AUTOTUNE=off``, which promises that nothing is probed."""
+    if os.environ.get(OFF) == "off":
+        return None
+    chosen = (config.train.precision, config.train.memory_format)
+    record = _cached(probe_key(config, device, [chosen]), cache_dir, lambda: probe(config, device, [chosen], 1))
+    return record["seconds"][name(chosen)]
+
+
 def _cached(key: dict[str, Any], cache_dir: str | Path | None, measure: Callable[[], dict[str, float]]) -> dict:
     """The cached record for ``key``, measured once under a file lock (two workers never probe one model twice
     at once: they would also slow each other's measurement)."""
