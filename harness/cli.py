@@ -10,6 +10,7 @@ from pathlib import Path
 from .commands import TRAIN_EXPERIMENT, cmd_run, cmd_train, cmd_validate
 from .config import ConfigError
 from .config.spec import DEFAULT_PROFILE
+from .glossary import glossary_text
 from .orchestration.provenance import REUSE_POLICIES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,13 +140,8 @@ ALLOW_LOCAL_STORE = (
 )
 
 
-EPILOG = """words:
-  arm            one training-time choice of an ablation (an axis value, e.g. diffusion.schedule=cosine)
-  seed           one training of an arm from its own random start; arms x seeds are the training jobs
-  setting        one way of sampling a trained model (sampler, steps, eta, guidance); no retraining
-  profile        a size of the same spec: smoke (seconds, checks the pipeline), quick (a 2-core CPU), full (a GPU)
-  config hash    12 hex digits naming a trained model; equal hashes are one model, trained once and reused
-  label          a setting's short name: ddim-50-eta0-w2 = DDIM, 50 steps, eta 0, guidance weight 2
+EPILOG = f"""words (docs/glossary.md):
+{glossary_text()}
 
 examples:
   harness run experiments/ablation-schedules.yaml --profile smoke

@@ -21,3 +21,11 @@ def test_the_terminal_text_names_every_term_once():
     for term in GLOSSARY:
         assert sum(line.startswith(f"  {term} ") for line in text.splitlines()) == 1, term
     assert max(map(len, text.splitlines())) <= 100
+
+
+def test_harness_help_shows_the_glossary_and_examples():
+    from harness.cli import build_parser
+
+    help_text = build_parser().format_help()
+    assert glossary_text() in help_text
+    assert "harness run -m diffusion.schedule=linear,cosine" in help_text
