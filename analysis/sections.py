@@ -9,8 +9,6 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-import pandas as pd
-
 from harness.config import schema
 
 from . import figures
@@ -18,6 +16,7 @@ from .answers import recognizable_answer, recognizable_steps, settings_front
 from .arm_labels import arm_label
 from .arms import arms_section
 from .caveats import failed_arms, fid_bases, fid_refusal, heun_sentence, missing_evaluations, objective_groups
+from .crossing import crossing_table
 from .families import first_setting, guidance_family, sampler_family, varies_guidance, varies_sampler
 from .load import AblationData
 from .matched import disjoint, matched_section
@@ -337,19 +336,7 @@ def progress_section(data: AblationData) -> Section | None:
         f"95% CI over seeds; dashed: the recognizability threshold {threshold:g}.",
         figures.to_png(fig),
     )
-    s.tables.append(
-        Table(
-            ["arm", "seed", f"first {data.unit} with recognizability >= threshold"],
-            [
-                [
-                    r.arm_label,
-                    r.seed,
-                    num(r.at) if pd.notna(r.at) else "not logged here" if not r.logged else "not within this budget",
-                ]
-                for r in steps.itertuples()
-            ],
-        )
-    )
+    s.tables.append(crossing_table(steps, data.unit))
     return s
 
 
