@@ -148,9 +148,44 @@ def settings_answer(evals: pd.DataFrame, settings: list[str] | None = None) -> s
 
 
 def settings_front(evals: pd.DataFrame) -> pd.DataFrame:
-    """The Pareto front of mean NFE against mean FID over settings with a FID (columns setting, nfe, fid)."""
-    per = evals.groupby("setting", as_index=False, sort=False)[["nfe", "fid"]].mean().dropna(subset=["fid"])
-    return pareto_front(per, minimize=("nfe", "fid")).sort_values("nfe")
+    """Per arm, the Pareto front of its settings with a FID (columns arm_label, setting, nfe, classifier_passes,
+    fid: means over seeds). FID is never averaged across arms: different models, whose FIDs at one setting
+    are different quantities. Costs are per sample and not added up: ``nfe`` counts network evaluations as
+    batch rows (a classifier-free-guided step counts 2), ``classifier_passes`` the classifier's forward and
+    backward passes (0 without classifier guidance; NaN where an older run did not log it, so that setting
+    can neither dominate nor be dominated)."""
+    passes = evals["classifier_passes"] if "classifier_passes" in evals else pd.Series(math.nan, index=evals.index)
+    if "classifier_scale" in evals:
+        passes = passes.mask(passes.isna() & (evals["classifier_scale"] == 0), 0.0)  # no classifier, no passes
+    cols = ["nfe", "classifier_passes", "fid"]
+    per = evals.assign(classifier_passes=passes).groupby(["arm_label", "setting"], as_index=False, sort=False)[cols]
+    per = per.mean().dropna(subset=["fid"])
+    fronts = [pareto_front(g, minimize=tuple(cols)).sort_values("nfe") for _, g in per.groupby("arm_label", sort=False)]
+    return pd.concat(fronts, ignore_index=True) if fronts else per.reset_index(drop=True)
+
+
+def front_sentence(evals: pd.DataFrame) -> str:
+    """The Pareto fronts of ``settings_front`` in words, one clause per arm."""
+    front = settings_front(evals)
+    guided = bool(front["classifier_passes"].fillna(1).gt(0).any())  # NaN: a classifier-guided run of old
+
+    def point(r) -> str:
+        passes = f", {num(r.classifier_passes)} classifier passes" if pd.notna(r.classifier_passes) else ""
+        passes = passes or ", classifier passes not logged"
+        return f"{r.setting} ({num(r.nfe)} NFE{passes if guided else ''}, FID {num(r.fid)})"
+
+    arms = list(dict.fromkeys(front["arm_label"]))
+    clauses = ["; ".join(point(r) for r in front[front["arm_label"] == arm].itertuples()) for arm in arms]
+    if len(arms) > 1:
+        head = "Pareto front of each arm's settings (no setting of that arm is both cheaper and better; FIDs of "
+        head += "different arms are not averaged): "
+        clauses = [f"{arm}: {c}" for arm, c in zip(arms, clauses)]
+    else:
+        head = "Pareto front (no setting is both cheaper and better): "
+    cost = ". NFE counts network evaluations per sample as batch rows (a classifier-free-guided step counts 2)"
+    if guided:
+        cost += "; classifier passes (forward and backward per sample) are a separate cost, not added to NFE"
+    return head + (" | ".join(clauses) or "none") + cost + "."
 
 
 # -- guidance ---------------------------------------------------------------------------------------

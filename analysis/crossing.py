@@ -135,9 +135,9 @@ def _cells(runs: pd.DataFrame, suffix: str = "") -> list[Crossing]:
 
 
 def when(lo: float | None, hi: float, unit: str) -> str:
-    """'between step 500 and 1,000', or 'at or before step 500 (the first evaluation)'."""
+    """'between step 500 and 1,000', or 'at or before step 500, the first evaluation'."""
     if lo is None:
-        return f"at or before {unit} {num(hi)} (the first evaluation)"
+        return f"at or before {unit} {num(hi)}, the first evaluation"
     return f"between {unit} {num(lo)} and {num(hi)}"
 
 

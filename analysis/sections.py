@@ -12,7 +12,7 @@ from pathlib import Path
 from harness.config import schema
 
 from . import figures
-from .answers import recognizable_answer, recognizable_steps, settings_front
+from .answers import front_sentence, recognizable_answer, recognizable_steps
 from .arm_labels import arm_label
 from .arms import arms_section
 from .caveats import failed_arms, fid_bases, fid_refusal, heun_sentence, missing_evaluations, objective_groups
@@ -184,12 +184,7 @@ def settings_section(data: AblationData) -> Section | None:
         return None
     fam = sampler_family(data)
     s = Section("Sampler settings: quality against network evaluations")
-    front = settings_front(fam)
-    s.paragraphs.append(
-        "Pareto front (no setting is both cheaper and better): "
-        + "; ".join(f"{r.setting} ({num(r.nfe)} NFE, FID {num(r.fid)})" for r in front.itertuples())
-        + ". NFE is the counted number of network evaluations per sample."
-    )
+    s.paragraphs.append(front_sentence(fam))
     if refusal := fid_refusal(fam, data.runs):
         s.paragraphs.append(_cap(refusal) + ".")
     summary = summarize(fam, "fid", ["setting", "arm_label"]).set_index(["setting", "arm_label"])

@@ -138,7 +138,7 @@ def test_the_median_interval_holds_the_true_median_on_any_grid():
             "first evaluation by which half of the 4 seeds had) with base",
         ),
         ([1000], "between step 500 and 1,000 (1 seed: an observation, not an estimate) with base"),
-        ([500, 500], "at or before step 500 (the first evaluation) (all 2 seeds) with base"),
+        ([500, 500], "at or before step 500, the first evaluation (all 2 seeds) with base"),
     ],
 )
 def test_the_answer_names_the_interval_and_the_seeds_that_crossed(tmp_path, seeds, expected):
