@@ -15,12 +15,11 @@ import pandas as pd
 
 from harness.config import SamplerSetting
 
-from .load import AblationData
-from .stats import compare, compare_to_reference, estimate, first_step_reaching, pareto_front
+from .crossing import recognizable_answer, recognizable_steps  # noqa: F401 - re-exported: opening and sections read them here
+from .stats import compare, compare_to_reference, estimate, pareto_front
 from .words import (
     LOWER_IS_BETTER,
     NO_DIFFERENCE,
-    and_list,
     comparison_sentence,
     margin_of_b,
     num,
@@ -80,101 +79,6 @@ def arms_answer(
     if few:
         text += f"; {few_words}"
     return text + absent
-
-
-# -- recognizability --------------------------------------------------------------------------------
-
-
-def recognizable_steps(data: AblationData, setting: str) -> pd.DataFrame:
-    """Per training run, in plan order of arms and ascending seeds: ``at``, the first evaluation at which
-    recognizability reaches the run's ``eval.recognizable_fraction`` with ``setting`` (None: not within this
-    budget), and ``first_at``, the first evaluation, both in the report's ``unit`` (step or epoch, one per
-    experiment: ``AblationData.unit``); ``logged``: whether the run logged periodic evaluations here at all."""
-    rows = []
-    curve = data.curves[(data.curves["setting"] == setting) & (data.curves["metric"] == "recognizability")]
-    curve = curve.assign(at=data.to_unit(curve))
-    for run in data.runs.itertuples():
-        mine = curve[curve["run_id"] == run.run_id]
-        hit = first_step_reaching(mine, run.recognizable_fraction) if len(mine) else None
-        rows.append(
-            {
-                "run_id": run.run_id,
-                "arm_label": run.arm_label,
-                "seed": run.seed,
-                "at": None if hit is None else mine.loc[mine["step"] == hit, "at"].iloc[0],
-                "first_at": mine["at"].min() if len(mine) else None,
-                "unit": data.unit,
-                "logged": len(mine) > 0,
-                "reused": not run.has_history,
-                "threshold": run.recognizable_fraction,
-            }
-        )
-    columns = ["run_id", "arm_label", "seed", "at", "first_at", "unit", "logged", "reused", "threshold"]
-    order = {a: i for i, a in enumerate(data.arms)}
-    df = pd.DataFrame(rows, columns=columns)
-    df = df.sort_values(["arm_label", "seed"], key=lambda c: c.map(order) if c.name == "arm_label" else c)
-    return df.reset_index(drop=True)
-
-
-def recognizable_answer(steps: pd.DataFrame, arms: list[str], setting: str) -> str:
-    """'digits become recognizable at step 1,250 with cosine; at step 2,000 with linear' (medians over seeds;
-    'at epoch 10' where the runs count epochs)."""
-    if steps.empty or not steps["logged"].any():
-        why = (
-            ": its training runs resumed checkpoints that another experiment had already finished"
-            if steps["reused"].any()
-            else ""
-        )
-        return f"recognizability over training was not logged in this experiment{why}"
-    threshold, unit = steps["threshold"].iloc[0], steps["unit"].iloc[0]
-    phrases: dict[str, list[str]] = {}  # phrase -> arms, so arms that agree share one phrase
-    first_hit: dict[str, float] = {}  # phrase -> its step or epoch, to list the soonest first
-    at_first, reached = [], {}
-    for arm in [a for a in arms if a in set(steps["arm_label"])]:
-        mine = steps[(steps["arm_label"] == arm) & steps["logged"]]
-        if mine.empty:
-            phrases.setdefault("unknown for {arms} (no periodic evaluations logged here)", []).append(arm)
-            continue
-        hit = mine["at"].dropna().astype(float)
-        reached[arm] = list(hit) if len(hit) == len(mine) else None
-        if hit.empty:
-            phrases.setdefault("not within this budget with {arms}", []).append(arm)
-            continue
-        where = f"at {unit} {num(hit.median())}"
-        if len(hit) < len(mine):
-            where += f" in {len(hit)} of {len(mine)} seeds (median), not within this budget in the others,"
-        elif len(mine) > 1:
-            where += (
-                f" (all {len(hit)} seeds)"
-                if hit.nunique() == 1
-                else f" (median of {len(hit)} seeds, {num(hit.min())} to {num(hit.max())})"
-            )
-        phrases.setdefault(where + " with {arms}", []).append(arm)
-        first_hit[where + " with {arms}"] = hit.median()
-        if (mine["at"] == mine["first_at"]).all():
-            at_first.append(arm)
-    text = f"digits become recognizable (recognizability >= {threshold:g} with {setting}) " + "; ".join(
-        p.format(arms=and_list(a))
-        for p, a in sorted(
-            phrases.items(),
-            key=lambda pa: (0 if pa[0] in first_hit else 1 if pa[0].startswith("not") else 2, first_hit.get(pa[0], 0)),
-        )
-    )
-    if len(reached) == 2 and all(v is not None for v in reached.values()):
-        (a, sa), (b, sb) = reached.items()
-        one = " (one seed: an observation, not a test)" if min(len(sa), len(sb)) == 1 else ""
-        if max(sa) < min(sb) or max(sb) < min(sa):
-            text += f"; {a if max(sa) < min(sb) else b} is sooner in every seed{one}"
-        elif set(sa) == set(sb) == {sa[0]}:
-            text += f"; both reach it at the same evaluation{one}"
-        else:
-            text += "; neither is sooner in every seed"
-    if at_first:
-        text += (
-            f". For {and_list(at_first)} that is already the first evaluation, so it happened at or before that "
-            f"{unit}; evaluating earlier would place it more precisely"
-        )
-    return text
 
 
 # -- sampler settings -------------------------------------------------------------------------------
@@ -244,9 +148,44 @@ def settings_answer(evals: pd.DataFrame, settings: list[str] | None = None) -> s
 
 
 def settings_front(evals: pd.DataFrame) -> pd.DataFrame:
-    """The Pareto front of mean NFE against mean FID over settings with a FID (columns setting, nfe, fid)."""
-    per = evals.groupby("setting", as_index=False, sort=False)[["nfe", "fid"]].mean().dropna(subset=["fid"])
-    return pareto_front(per, minimize=("nfe", "fid")).sort_values("nfe")
+    """Per arm, the Pareto front of its settings with a FID (columns arm_label, setting, nfe, classifier_passes,
+    fid: means over seeds). FID is never averaged across arms: different models, whose FIDs at one setting
+    are different quantities. Costs are per sample and not added up: ``nfe`` counts network evaluations as
+    batch rows (a classifier-free-guided step counts 2), ``classifier_passes`` the classifier's forward and
+    backward passes (0 without classifier guidance; NaN where an older run did not log it, so that setting
+    can neither dominate nor be dominated)."""
+    passes = evals["classifier_passes"] if "classifier_passes" in evals else pd.Series(math.nan, index=evals.index)
+    if "classifier_scale" in evals:
+        passes = passes.mask(passes.isna() & (evals["classifier_scale"] == 0), 0.0)  # no classifier, no passes
+    cols = ["nfe", "classifier_passes", "fid"]
+    per = evals.assign(classifier_passes=passes).groupby(["arm_label", "setting"], as_index=False, sort=False)[cols]
+    per = per.mean().dropna(subset=["fid"])
+    fronts = [pareto_front(g, minimize=tuple(cols)).sort_values("nfe") for _, g in per.groupby("arm_label", sort=False)]
+    return pd.concat(fronts, ignore_index=True) if fronts else per.reset_index(drop=True)
+
+
+def front_sentence(evals: pd.DataFrame) -> str:
+    """The Pareto fronts of ``settings_front`` in words, one clause per arm."""
+    front = settings_front(evals)
+    guided = bool(front["classifier_passes"].fillna(1).gt(0).any())  # NaN: a classifier-guided run of old
+
+    def point(r) -> str:
+        passes = f", {num(r.classifier_passes)} classifier passes" if pd.notna(r.classifier_passes) else ""
+        passes = passes or ", classifier passes not logged"
+        return f"{r.setting} ({num(r.nfe)} NFE{passes if guided else ''}, FID {num(r.fid)})"
+
+    arms = list(dict.fromkeys(front["arm_label"]))
+    clauses = ["; ".join(point(r) for r in front[front["arm_label"] == arm].itertuples()) for arm in arms]
+    if len(arms) > 1:
+        head = "Pareto front of each arm's settings (no setting of that arm is both cheaper and better; FIDs of "
+        head += "different arms are not averaged): "
+        clauses = [f"{arm}: {c}" for arm, c in zip(arms, clauses)]
+    else:
+        head = "Pareto front (no setting is both cheaper and better): "
+    cost = ". NFE counts network evaluations per sample as batch rows (a classifier-free-guided step counts 2)"
+    if guided:
+        cost += "; classifier passes (forward and backward per sample) are a separate cost, not added to NFE"
+    return head + (" | ".join(clauses) or "none") + cost + "."
 
 
 # -- guidance ---------------------------------------------------------------------------------------

@@ -9,15 +9,14 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-import pandas as pd
-
 from harness.config import schema
 
 from . import figures
-from .answers import recognizable_answer, recognizable_steps, settings_front
+from .answers import front_sentence, recognizable_answer, recognizable_steps
 from .arm_labels import arm_label
 from .arms import arms_section
 from .caveats import failed_arms, fid_bases, fid_refusal, heun_sentence, missing_evaluations, objective_groups
+from .crossing import crossing_table
 from .families import first_setting, guidance_family, sampler_family, varies_guidance, varies_sampler
 from .load import AblationData
 from .matched import disjoint, matched_section
@@ -185,12 +184,7 @@ def settings_section(data: AblationData) -> Section | None:
         return None
     fam = sampler_family(data)
     s = Section("Sampler settings: quality against network evaluations")
-    front = settings_front(fam)
-    s.paragraphs.append(
-        "Pareto front (no setting is both cheaper and better): "
-        + "; ".join(f"{r.setting} ({num(r.nfe)} NFE, FID {num(r.fid)})" for r in front.itertuples())
-        + ". NFE is the counted number of network evaluations per sample."
-    )
+    s.paragraphs.append(front_sentence(fam))
     if refusal := fid_refusal(fam, data.runs):
         s.paragraphs.append(_cap(refusal) + ".")
     summary = summarize(fam, "fid", ["setting", "arm_label"]).set_index(["setting", "arm_label"])
@@ -337,19 +331,7 @@ def progress_section(data: AblationData) -> Section | None:
         f"95% CI over seeds; dashed: the recognizability threshold {threshold:g}.",
         figures.to_png(fig),
     )
-    s.tables.append(
-        Table(
-            ["arm", "seed", f"first {data.unit} with recognizability >= threshold"],
-            [
-                [
-                    r.arm_label,
-                    r.seed,
-                    num(r.at) if pd.notna(r.at) else "not logged here" if not r.logged else "not within this budget",
-                ]
-                for r in steps.itertuples()
-            ],
-        )
-    )
+    s.tables.append(crossing_table(steps, data.unit))
     return s
 
 

@@ -213,11 +213,3 @@ def pareto_front(df: pd.DataFrame, *, minimize: tuple[str, ...] = (), maximize: 
         not any(np.all(v[j] <= v[i]) and np.any(v[j] < v[i]) for j in range(len(v)) if j != i) for i in range(len(v))
     ]
     return df[np.asarray(keep, dtype=bool)] if len(df) else df
-
-
-def first_step_reaching(
-    curve: pd.DataFrame, threshold: float, *, step: str = "step", value: str = "value"
-) -> int | None:
-    """The first step at which ``value`` >= ``threshold``, or None if it never does."""
-    hit = curve[curve[value] >= threshold].sort_values(step)
-    return int(hit[step].iloc[0]) if len(hit) else None

@@ -1,5 +1,6 @@
-"""A sweep's answer in words: the confirmed best configuration and whether it beats the runner-up, or the
-search's best trial marked unconfirmed; a caveat when the best lies at the edge of the searched range."""
+"""A sweep's answer in words: the confirmed best configuration when it beats every other confirmed trial (else
+that the confirmations single out none), or the search's best trial marked unconfirmed; a caveat when the
+best lies at the edge of the searched range."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import pandas as pd
 from harness.config.schema import arm_text, spread_key
 
 from .opening import _plural
-from .stats import compare, estimate
+from .stats import compare_to_reference, estimate
 from .sweep_load import SweepData, ranked_trials, trial_row
-from .words import comparison_sentence, metric_label, num, seeds, with_ci
+from .words import comparison_sentence, metric_label, num, seeds, swap, with_ci
 
 STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running"}  # Optuna's -> words
 
@@ -114,25 +115,47 @@ def answer(data: SweepData) -> str:
         if best["trial"] in order
         else f"not among the {len(ranked)} complete trials"
     )
-    text = (
-        f"{head}{multi}: the confirmed best configuration is trial {best['trial']} ({config_text(data, row)}), "
-        f"{unit} {with_ci(best['mean'], best['low'], best['high'])} over {best['n']} fresh confirmation "
-        f"seed{'s' if best['n'] != 1 else ''}; in the search: {search_value(data, row)}, {rank}"
+    measured = (
+        f"trial {best['trial']} ({config_text(data, row)}), {unit} {with_ci(best['mean'], best['low'], best['high'])} "
+        f"over {best['n']} fresh confirmation seed{'s' if best['n'] != 1 else ''}; in the search: "
+        f"{search_value(data, row)}, {rank}"
     )
-    if len(confirmed) < 2:
-        text += "; it is the only confirmed trial, so there is no runner-up to compare it with"
+    comps = confirmation_comparisons(data, confirmed)
+    lead = f"{head}{multi}: "
+    if not comps:
+        text = f"{lead}the only confirmed trial is {measured}; there is no other confirmed trial to compare it with, "
+        text += "so this re-measures the search's pick rather than confirming a best"
+    elif all(c.winner == best["arm_label"] for c in comps):
+        text = f"{lead}the confirmed best configuration is {measured}. Against the other confirmed trials: "
+        text += "; ".join(comparison_sentence(swap(c), unit, len(comps)) for c in comps)
     else:
-        runner = confirmed.iloc[1]
-        c = compare(data.confirms, o.metric, best["arm_label"], runner["arm_label"], lower_is_better=o.lower_is_better)
-        if c.test == "none":
-            text += (
-                f"; the difference from the runner-up, {runner['arm_label']} ({unit} {num(runner['mean'])}), "
-                f"cannot be tested ({c.untested})"
-            )
-        else:
-            text += f". Against the runner-up: {comparison_sentence(c, unit)}"
+        text = (
+            f"{lead}the confirmations single out no best configuration (the best confirmed mean does not beat every "
+            f"other confirmed trial): the {'lowest' if o.lower_is_better else 'highest'} is {measured}; "
+        )
+        text += "; ".join(_against(c, unit, len(comps)) for c in comps)
     edge = edge_sentence(data, row)
     return text + running + "." + (f" {edge}" if edge else "")
+
+
+def confirmation_comparisons(data: SweepData, confirmed: pd.DataFrame) -> list:
+    """The best confirmed trial against every other confirmed one, paired over the confirmation seeds where
+    they share them, Holm-adjusted over the k - 1 comparisons. The best of k re-measurements is selected
+    again, so it is called the best only when it beats every other one. Under the null (k equal trials) that
+    names a false winner in 4.6% of studies at k = 2, 0.47% at k = 3 and 0.07% at k = 5 (1,500 simulated
+    studies each, 3 seeds, tests/test_sweep_confirmation.py): conservative for k > 2, at the price of power."""
+    if len(confirmed) < 2:
+        return []
+    o = data.objective
+    labels = list(confirmed["arm_label"])
+    return compare_to_reference(data.confirms, o.metric, labels[0], labels[1:], lower_is_better=o.lower_is_better)
+
+
+def _against(c, unit: str, family: int) -> str:
+    """Another confirmed trial (``c.a``) against the best (``c.b``) in words."""
+    if c.test == "none":
+        return f"the difference from {c.a} ({unit} {num(c.a_est.mean)}) cannot be tested ({c.untested})"
+    return comparison_sentence(swap(c), unit, family)
 
 
 EDGE = 0.05  # within 5% of a bound (of the log range for log-scale params): the optimum may lie outside

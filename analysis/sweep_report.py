@@ -3,8 +3,9 @@ history, slices, importances, every trial, the budget), as HTML and Markdown lik
 
 The winner is chosen on confirmation runs (fresh seeds), never on the search values: the best of N noisy
 trials is optimistic (the winner's curse). The statistics and their wording are the ablation report's
-(``stats.compare``, ``words.comparison_sentence``): a winner needs a test, p < 0.05 and an interval that
-excludes zero.
+(``stats.compare_to_reference``, ``words.comparison_sentence``): a winner needs a test, p < 0.05 after Holm
+and an interval that excludes zero against every other confirmed trial, since ranking the confirmations
+selects again.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .opening import _cap, _plural, duration
 from .render import Document, Picture, Section, Table
 from .report import ReportPaths, log_to_run, save_document
 from .sections import cell
-from .sweep_answers import STATES, answer, config_text, confirmed_table, search_value, trial_counts
+from .sweep_answers import STATES, answer, config_text, confirmed_table, counts, search_value, trial_counts
 from .sweep_load import SweepData, load_sweep_data, ranked_trials, trial_row
 from .words import metric_label, num, seeds
 
@@ -45,10 +46,13 @@ def confirmation_section(data: SweepData) -> Section:
         return s
     s.paragraphs.append(
         f"Each confirmed trial was trained again with fresh seeds ({', '.join(map(str, data.confirm_seeds))}), "
-        f"none of them among the search's ({', '.join(map(str, data.seeds)) or 'not recorded'}). The search value "
-        f"is what selected the trial; the confirmed value is an unbiased re-measurement, so the gap (confirmed - "
-        f"search) shows how much of the search value was favourable noise (the winner's curse). Confirmed: mean "
-        f"over confirmation seeds [95% t-interval] where there are 2+."
+        f"none of them among the search's ({', '.join(map(str, data.seeds)) or 'not recorded'}): a re-measurement "
+        f"of the search's top {len(confirmed)}. The search value is what selected each trial; its confirmed value "
+        f"does not share the search's noise, so the gap (confirmed - search) shows how much of the search value "
+        f"was favourable noise (the winner's curse). Ranking the confirmed values again selects anew: the best of "
+        f"{len(confirmed)} re-measurements is again optimistic, so a best is named only when it beats every other "
+        f"confirmed trial (paired over seeds, Holm-adjusted). Confirmed: mean over confirmation seeds "
+        f"[95% t-interval] where there are 2+."
     )
     rows = []
     for r in confirmed.itertuples():
@@ -124,11 +128,25 @@ def _space_words(key: str, spec: dict) -> str:
     return key
 
 
+# fANOVA (Hutter et al. 2014) fits a random forest to the complete trials and splits its variance among the
+# parameters; on a handful of points the forest fits the trials' noise, so shares drawn from fewer complete
+# trials than this are not shown (the search's own seeds average only a little of that noise away).
+MIN_TRIALS_FOR_IMPORTANCES = 10
+
+
 def importances_section(data: SweepData) -> Section:
     s = Section("Parameter importances")
+    complete = counts(data)["COMPLETE"]
+    if complete < MIN_TRIALS_FOR_IMPORTANCES:
+        s.paragraphs.append(
+            f"Not shown: {_plural(complete, 'complete trial')}, fewer than the {MIN_TRIALS_FOR_IMPORTANCES} this "
+            "report asks of Optuna's fANOVA importance, which fits a random forest to the complete trials and on "
+            "so few points would mostly apportion their noise among the parameters."
+        )
+        return s
     s.paragraphs.append(
-        "How much of the objective's variance over the complete trials each parameter explains (Optuna's "
-        "fANOVA importance, drawn by the sweep from its study). With few trials this is a rough guide."
+        f"How much of the objective's variance over the {complete} complete trials each parameter explains "
+        "(Optuna's fANOVA importance, drawn by the sweep from its study): a rough guide, without an interval."
     )
     names = (
         ["param_importances"]

@@ -295,7 +295,7 @@ def test_kid_scale_is_stated_and_compute_agrees_with_sample_seconds(tmp_path):
 def test_first_evaluation_note_no_longer_blames_noise(tmp_path):
     d = data(tmp_path, {("linear", S): GOOD, ("cosine", S): BETTER}, rec_at={"linear": 500, "cosine": 1000})
     words = answer(d)
-    assert "For linear that is already the first evaluation" in words and "noise" not in words
+    assert "at or before step 500, the first evaluation (all 3 seeds) with linear" in words and "noise" not in words
 
 
 def test_samples_by_setting_shows_every_setting_wrapped(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 from scipy import stats as sps
 
 from analysis.answers import arms_answer
-from analysis.stats import band, compare, compare_to_reference, estimate, first_step_reaching, holm, pareto_front
+from analysis.stats import band, compare, compare_to_reference, estimate, holm, pareto_front
 from analysis.words import NO_DIFFERENCE, comparison_sentence
 
 
@@ -139,6 +139,4 @@ def test_band_pareto_and_first_crossing():
     assert pareto_front(pts, minimize=("nfe", "fid")).index.tolist() == [0, 1, 4]
     guid = pd.DataFrame({"fid": [10, 12, 15, 16], "acc": [0.5, 0.8, 0.9, 0.85]})
     assert pareto_front(guid, minimize=("fid",), maximize=("acc",)).index.tolist() == [0, 1, 2]
-    curve = pd.DataFrame({"step": [500, 1000, 1500], "value": [0.2, 0.85, 0.9]})
-    assert first_step_reaching(curve, 0.8) == 1000 and first_step_reaching(curve, 0.95) is None
     assert np.isfinite(b["mean"]).all()

@@ -6,6 +6,7 @@ import json
 import re
 import time
 
+import pandas as pd
 import pytest
 import yaml
 from analysis_fixtures import log_trained_model
@@ -45,6 +46,14 @@ def png() -> bytes:
 
 
 REC = {0: 0.6, 1: 0.9, 3: 0.95}  # recognizability of the complete trials: 1 and 3 are Pareto-optimal with FID
+
+
+def with_complete_trials(data, n: int):
+    """``data`` with copies of its first complete trial renumbered until ``n`` trials are complete."""
+    done = data.trials[data.trials["state"] == "COMPLETE"]
+    extra = done.iloc[[0] * (n - len(done))].assign(trial=range(100, 100 + n - len(done)), best=False)
+    data.trials = pd.concat([data.trials, extra], ignore_index=True)
+    return data
 
 
 def make_run(store, exp, name, tags, *, parent=None, params=None, metrics=(), status="FINISHED") -> str:
@@ -221,13 +230,16 @@ def test_a_confirmed_trial_without_its_trial_run_keeps_its_configuration(sweep):
 
 def test_overlapping_confirmations_are_no_significant_difference(sweep):
     text = answer(sweep("overlap"))
+    assert "the confirmations single out no best configuration" in text and "confirmed best" not in text
+    assert "the lowest is trial 1 (train.lr=0.003, model.channels=16), FID 33" in text
     assert "no significant difference at this budget between trial 1" in text
     assert "beats" not in text
 
 
 def test_one_confirmation_seed_cannot_be_tested(sweep):
     text = answer(sweep("one-seed"))
-    assert "the confirmed best configuration is trial 1" in text
+    assert "single out no best configuration" in text and "the lowest is trial 1" in text
+    assert "confirmed best" not in text
     assert "cannot be tested (1 seed)" in text and "beats" not in text
 
 
@@ -251,7 +263,8 @@ def test_a_two_objective_study_names_its_pareto_optimal_trials(sweep):
     doc = build_sweep_document(data)
     history = next(s for s in doc.sections if s.title == "Optimization history")
     assert history.pictures  # one panel per objective
-    reasons = next(s for s in doc.sections if s.title == "Parameter importances").paragraphs
+    many = build_sweep_document(with_complete_trials(data, 10))
+    reasons = next(s for s in many.sections if s.title == "Parameter importances").paragraphs
     assert sum("too few complete trials" in p for p in reasons) == 2
 
 
@@ -270,7 +283,8 @@ def test_the_document_shows_confirmation_history_slices_importances_and_budget(s
     assert confirm.rows[0][:2] == ["1", "1"] and confirm.rows[0][4] == "31 [28.5, 33.5] (3 seeds)"
     assert confirm.rows[0][5] == "-4"  # confirmed 31 - search 35
     importances = doc.sections[3]
-    assert importances.pictures and importances.pictures[0].png == png()
+    assert not importances.pictures
+    assert importances.paragraphs[0].startswith("Not shown: 3 complete trials, fewer than the 10 this report asks")
     every = doc.sections[4].tables[0].rows
     assert every[2][1] == "pruned" and every[2][3] == "last periodic 92" and every[2][4] == "fid 92 at step 2"
     assert every[1][1] == "complete (best)"
@@ -281,8 +295,16 @@ def test_the_document_shows_confirmation_history_slices_importances_and_budget(s
     assert "N = 16 generated samples against 5,000 reference images" in budget
 
 
+def test_importances_are_shown_from_10_complete_trials_with_their_count(sweep):
+    section = build_sweep_document(with_complete_trials(sweep("clear"), 10)).sections[3]
+    assert section.pictures and section.pictures[0].png == png()
+    assert "over the 10 complete trials" in section.paragraphs[0]
+    section = build_sweep_document(with_complete_trials(sweep("clear"), 9)).sections[3]
+    assert not section.pictures and "Not shown: 9 complete trials" in section.paragraphs[0]
+
+
 def test_an_unavailable_importance_figure_says_why(sweep):
-    section = build_sweep_document(sweep("overlap")).sections[3]
+    section = build_sweep_document(with_complete_trials(sweep("overlap"), 10)).sections[3]
     assert not section.pictures
     assert "too few complete trials" in section.paragraphs[-1]
 
@@ -321,7 +343,7 @@ def test_report_spec_writes_both_files_and_logs_them_to_the_parent(store, tmp_pa
     md, html = (out / "report.md").read_text(), (out / "index.html").read_text()
     assert md.startswith("# sweep-spec: sweep report (study sweep-spec)")
     assert "**Which learning rate and width give the lowest FID?** Study sweep-spec" in md
-    assert "(optimization_history.png)" in md and "(param_importances.png)" in md
+    assert "(optimization_history.png)" in md and "(param_importances.png)" not in md  # 3 complete trials
     assert "data:image/png;base64," in html and "trial 1 beats trial 3" in html
     logged = {f.path for f in store.client.list_artifacts(parent, "report")}
     assert {"report/index.html", "report/report.md", "report/parameter_slices.png"} <= logged
