@@ -22,7 +22,7 @@ from matplotlib.ticker import MaxNLocator
 
 from harness.config import SamplerSetting
 
-from .stats import band, pareto_front
+from .stats import band
 from .words import num
 
 STYLE = "whitegrid"
@@ -254,11 +254,18 @@ def _picture_cell(ax, image, title: str | None, ylabel: str | None) -> None:
         ax.set_ylabel(ylabel, fontsize="small")
 
 
-def fid_vs_nfe(evals: pd.DataFrame) -> Figure | None:
-    """FID against network evaluations per sample, one series per sampler (and eta), with the Pareto front."""
+def fid_vs_nfe(evals: pd.DataFrame, front: pd.DataFrame) -> Figure | None:
+    """FID against network evaluations per sample, one series per arm and sampler (and eta), with each arm's
+    Pareto front ``front`` (answers.settings_front: FIDs of different arms are never averaged into one)."""
     e = evals[evals["fid"].notna() & evals["nfe"].notna()].copy()
-    e["series"] = [SamplerSetting.from_params(row).series for row in e.to_dict("records")]
-    per = band(e, "setting", "fid", "series").merge(e.groupby("setting", as_index=False)["nfe"].mean(), on="setting")
+    arms = list(dict.fromkeys(e["arm_label"]))
+    e["series"] = [
+        (f"{row['arm_label']}: " if len(arms) > 1 else "") + SamplerSetting.from_params(row).series
+        for row in e.to_dict("records")
+    ]
+    per = band(e, "setting", "fid", "series").merge(
+        e.groupby(["series", "setting"], as_index=False)["nfe"].mean(), on=["series", "setting"]
+    )
     if per["setting"].nunique() < 2:
         return None
     fig, ax = new_figure(height=4.2)
@@ -276,13 +283,15 @@ def fid_vs_nfe(evals: pd.DataFrame) -> Figure | None:
             lw=1.2,
             label=name,
         )
-    front = pareto_front(per, minimize=("nfe", "mean")).sort_values("nfe")
-    ax.step(front["nfe"], front["mean"], where="post", color="0.2", ls="--", lw=1, label="Pareto front")
-    for row in front.itertuples():
-        ax.annotate(row.setting, (row.nfe, row.mean), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
+    for i, (arm, f) in enumerate(front.groupby("arm_label", sort=False)):
+        f = f.sort_values("nfe")
+        label = "Pareto front" + (f" of {arm}" if len(arms) > 1 else "")
+        ax.step(f["nfe"], f["fid"], where="post", color="0.2", ls=("--", ":", "-.")[i % 3], lw=1, label=label)
+        for row in f.itertuples():
+            ax.annotate(row.setting, (row.nfe, row.fid), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
     ax.set_xscale("log")
     _log_if_wide(ax, per["mean"])
-    ax.set(xlabel="network evaluations per sample (NFE)", ylabel="FID (domain classifier)")
+    ax.set(xlabel="network evaluations per sample (NFE, batch rows)", ylabel="FID (domain classifier)")
     ax.legend(fontsize="small")
     return fig
 

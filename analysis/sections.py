@@ -12,7 +12,7 @@ from pathlib import Path
 from harness.config import schema
 
 from . import figures
-from .answers import front_sentence, recognizable_answer, recognizable_steps
+from .answers import front_sentence, recognizable_answer, recognizable_steps, settings_front
 from .arm_labels import arm_label
 from .arms import arms_section
 from .caveats import failed_arms, fid_bases, fid_refusal, heun_sentence, missing_evaluations, objective_groups
@@ -199,11 +199,11 @@ def settings_section(data: AblationData) -> Section | None:
         for setting, arm in fam[["setting", "arm_label"]].drop_duplicates().itertuples(index=False)
     ]
     s.tables.append(Table(["setting", "arm", "NFE", "FID", "seeds"], rows, CELL_CAPTION))
-    fig = figures.fid_vs_nfe(fam)
+    fig = figures.fid_vs_nfe(fam, settings_front(fam))
     s.add_picture(
         "fid_vs_nfe",
-        "FID against network evaluations per sample (log scale), one line per "
-        "sampler; error bars: 95% CI over seeds; dashed: the Pareto front.",
+        "FID against network evaluations per sample (log scale), one line per arm and "
+        "sampler; error bars: 95% CI over seeds; dashed: each arm's Pareto front.",
         figures.to_png(fig),
     )
     return s

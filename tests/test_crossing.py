@@ -217,3 +217,19 @@ def test_crossing_entries_name_arms_without_runs_or_curves(tmp_path):
     a, b = crossing_entries(data)
     assert a["reason"] == "no periodic evaluations logged" and a["median_step"] is None and a["seeds_total"] == 0
     assert b["reason"] == "no finished training run" and b["threshold"] is None
+
+
+def test_the_training_summary_counts_a_crossing_only_where_the_curve_stays_above():
+    from harness.config import SamplerSetting
+    from harness.result import EvalResult
+    from harness.training.train import recognizable_at_step
+
+    setting = SamplerSetting(sampler="ddim", steps=10)
+
+    def curve(*points):
+        return [EvalResult(step=s, setting=setting, metrics={"recognizability": r}) for s, r in points]
+
+    assert recognizable_at_step(curve((100, 0.6), (200, 0.3), (300, 0.7), (400, 0.8)), 0.5) == 300
+    assert recognizable_at_step(curve((100, 0.6), (200, 0.3)), 0.5) is None
+    assert recognizable_at_step(curve((100, 0.2), (200, 0.5)), 0.5) == 200
+    assert recognizable_at_step([], 0.5) is None

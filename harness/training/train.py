@@ -326,11 +326,14 @@ def check_resolved(config: Config) -> None:
 
 
 def recognizable_at_step(evals: list[EvalResult], fraction: float) -> int | None:
-    """The first evaluation step at which the first sampler setting's recognizability reaches ``fraction``."""
+    """The first evaluation step of the first sampler setting from which recognizability stays at or above
+    ``fraction`` to the end of training (a curve that reaches it and falls back has not become recognizable
+    there; analysis/crossing.py reads the curves the same way)."""
     if not evals:
         return None
     first = evals[0].label
+    reached = None
     for e in sorted((e for e in evals if e.label == first), key=lambda e: e.step):
-        if e.metrics.get("recognizability", 0.0) >= fraction:
-            return e.step
-    return None
+        above = e.metrics.get("recognizability", 0.0) >= fraction
+        reached = (reached if reached is not None else e.step) if above else None
+    return reached
