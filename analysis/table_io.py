@@ -153,29 +153,32 @@ def researcher_runs(df: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     """One run per run id of a table without run rows, with what its rows tell: its training steps (the last
     step seen), N, final loss (the last loss row), data set and code; the rest unknown (NaN), the run finished."""
     out = []
-    for rid, g in df[df["run_id"].notna() & (df["kind"] != "missing")].groupby("run_id", sort=False):
+    for _, g in df[df["run_id"].notna() & (df["kind"] != "missing")].groupby("run_id", sort=False):
         first, loss = g.iloc[0], g[g["kind"] == "loss"].sort_values("step")
-        known = lambda c, default: g[c].dropna().iloc[0] if g[c].notna().any() else default  # noqa: E731
         out.append(
             {
                 **{c: first[c] for c in ("run_id", "config_hash", "arm", "arm_label", "seed", *axes)},
                 "status": "FINISHED",
                 "steps": g["step"].max(),
                 "num_samples": g.loc[g["kind"] == "final", "N"].max(),
-                "dataset": known("dataset", "unspecified"),
+                "dataset": _known(g["dataset"], "unspecified"),
                 "conditional": False,
                 "recognizability_threshold": DEFAULTS.eval.recognizability_threshold,
                 "recognizable_fraction": DEFAULTS.eval.recognizable_fraction,
                 "final_loss": loss["value"].iloc[-1] if len(loss) else math.nan,
                 "has_history": len(loss) > 0,
-                "commit": known("commit", "unknown"),
-                "code_version": known("code_version", "unknown"),
+                "commit": _known(g["commit"], "unknown"),
+                "code_version": _known(g["code_version"], "unknown"),
             }
         )
     runs = pd.DataFrame(out, columns=RUN_COLUMNS + axes)
     for c, t in RUN_TYPES.items():
         runs[c] = cast(runs[c], t, c)
     return runs
+
+
+def _known(values: pd.Series, default: str) -> str:
+    return values.dropna().iloc[0] if values.notna().any() else default
 
 
 # -- types ------------------------------------------------------------------------------------------
