@@ -132,7 +132,7 @@ def from_table(df: pd.DataFrame) -> AblationData:
         curves=curves,
         loss=_frame(by_kind["loss"].rename(columns={"value": "loss"}), LOSS_COLUMNS),
         buckets=_frame(by_kind["bucket"].rename(columns={"value": "loss"}), BUCKET_COLUMNS),
-        grids=grids[[Path(p).is_file() for p in grids["path"]]].reset_index(drop=True),
+        grids=grids.loc[grids["path"].map(lambda p: Path(p).is_file()).astype(bool)].reset_index(drop=True),
         parent_run_id=fact.get("parent_run_id"),
         parent_status=fact.get("parent_status"),
         missing=[json.loads(d) for d in by_kind["missing"]["detail"]],

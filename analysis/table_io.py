@@ -162,6 +162,7 @@ def researcher_runs(df: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
                 "steps": g["step"].max(),
                 "num_samples": g.loc[g["kind"] == "final", "N"].max(),
                 "dataset": _known(g["dataset"], "unspecified"),
+                "device": "unknown",
                 "conditional": False,
                 "recognizability_threshold": DEFAULTS.eval.recognizability_threshold,
                 "recognizable_fraction": DEFAULTS.eval.recognizable_fraction,
