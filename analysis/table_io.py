@@ -116,10 +116,16 @@ def _identify(df: pd.DataFrame, axes: list[str]) -> None:
     rows = df["kind"].isna() | df["kind"].isin(["run", "final", "curve", "loss", "bucket", "grid"])
     if df.loc[rows, "seed"].isna().any():
         raise ConfigError(f"column 'seed' is empty in row {int(df.index[rows & df['seed'].isna()][0]) + 2}")
-    arms = [{k: row[k] for k in axes if pd.notna(row[k])} for _, row in df[axes].iterrows()]
+    untold = rows & (df["arm"].isna() | df["arm_label"].isna())
+    arms = {
+        i: {k: v for k, v in zip(axes, values) if v is not None}
+        for i, values in zip(df.index[untold], df.loc[untold, axes].itertuples(index=False))
+    }
     given = df["arm_label"]
-    df["arm"] = df["arm"].fillna(pd.Series([arm_text(a) if a else None for a in arms])).fillna(given).fillna("base")
-    df["arm_label"] = given.fillna(pd.Series([arm_label(a) if a else None for a in arms])).fillna("base")
+    df["arm"] = df["arm"].fillna(pd.Series({i: arm_text(a) for i, a in arms.items() if a}, dtype=object))
+    df["arm"] = df["arm"].fillna(given).where(~untold | df["arm"].notna() | given.notna(), "base")
+    df["arm_label"] = given.fillna(pd.Series({i: arm_label(a) for i, a in arms.items() if a}, dtype=object))
+    df["arm_label"] = df["arm_label"].where(~untold | df["arm_label"].notna(), "base")
     derived = df["arm_label"] + " seed " + df["seed"].astype("Int64").astype(str)
     df["run_id"] = df["run_id"].where(df["run_id"].notna() | ~rows, derived)
     df["config_hash"] = df["config_hash"].fillna(df["run_id"])
@@ -188,6 +194,7 @@ def _known(values: pd.Series, default: str) -> str:
 def cast(col: pd.Series, kind: str, name: str) -> pd.Series:
     """``col`` as ``kind`` (str, text: a str whose absence is "", int, float, bool, time); a value that is
     not of the kind raises ConfigError naming the column. Text is parsed with float(): exact for repr output."""
+    given = col.notna()
     if kind == "time":
         try:
             return pd.to_datetime(col, utc=True)
@@ -195,25 +202,24 @@ def cast(col: pd.Series, kind: str, name: str) -> pd.Series:
             raise ConfigError(f"column {name!r}: not a date and time") from None
     if kind in ("str", "text"):
         empty = "" if kind == "text" else None
-        return pd.Series([empty if _null(v) else str(v) for v in col], index=col.index, dtype=object)
+        return pd.Series([str(v) if ok else empty for v, ok in zip(col, given)], index=col.index, dtype=object)
     if kind == "bool":
         truth = {"true": True, "1": True, "1.0": True, "false": False, "0": False, "0.0": False}
         try:
-            return pd.Series([False if _null(v) else truth[str(v).lower()] for v in col], index=col.index)
+            return pd.Series([truth[str(v).lower()] if ok else False for v, ok in zip(col, given)], index=col.index)
         except KeyError as err:
             raise ConfigError(f"column {name!r}: {err.args[0]!r} is not true or false") from None
-    numbers = pd.Series([math.nan if _null(v) else _number(v, name) for v in col], index=col.index, dtype=float)
+    if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+        numbers = col.astype(float)
+    else:
+        numbers = pd.Series(math.nan, index=col.index, dtype=float)
+        numbers[given] = col[given].map(lambda v: _number(v, name)).astype(float)
     if kind == "float":
         return numbers
-    if not numbers.dropna().apply(float.is_integer).all():
-        raise ConfigError(
-            f"column {name!r}: {numbers[~numbers.fillna(0).apply(float.is_integer)].iloc[0]!r} is not an integer"
-        )
+    whole = numbers.isna() | (numbers == numbers.round())
+    if not whole.all():
+        raise ConfigError(f"column {name!r}: {numbers[~whole].iloc[0]!r} is not an integer")
     return numbers.astype("int64") if numbers.notna().all() else numbers
-
-
-def _null(v) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NaT or v is pd.NA
 
 
 def _number(v, name: str) -> float:
