@@ -218,7 +218,7 @@ def cast(col: pd.Series, kind: str, name: str) -> pd.Series:
         return numbers
     whole = numbers.isna() | (numbers == numbers.round())
     if not whole.all():
-        raise ConfigError(f"column {name!r}: {numbers[~whole].iloc[0]!r} is not an integer")
+        raise ConfigError(f"column {name!r}: {float(numbers[~whole].iloc[0])!r} is not an integer")
     return numbers.astype("int64") if numbers.notna().all() else numbers
 
 
