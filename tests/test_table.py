@@ -19,8 +19,12 @@ from harness.cli import main
 ROOT = Path(__file__).parents[1]
 SPEC = ROOT / "experiments" / "ablation-schedules.yaml"
 TWO = {("linear", S): {"fid": [30.0, 31.0, 29.5]}, ("cosine", S): {"fid": [20.0, 21.0, 19.0]}}
-GUIDED = {("base", f"ddim-50-eta0-w{w}"): {"fid": [10.0 + w, 11.0 + w], "class_accuracy": [0.5, 0.6]} for w in (0, 1, 3)}
-SAMPLERS = {("base", s): {"fid": [f, f + 1]} for s, f in ((S, 20.0), ("ddim-10-eta0-w0", 25.0), ("ddim-100-eta0-w0", 22.0))}
+GUIDED = {
+    ("base", f"ddim-50-eta0-w{w}"): {"fid": [10.0 + w, 11.0 + w], "class_accuracy": [0.5, 0.6]} for w in (0, 1, 3)
+}
+SAMPLERS = {
+    ("base", s): {"fid": [f, f + 1]} for s, f in ((S, 20.0), ("ddim-10-eta0-w0", 25.0), ("ddim-100-eta0-w0", 22.0))
+}
 
 
 def clear_with_a_missing_job(tmp_path):
@@ -191,5 +195,7 @@ def test_export_then_report_table_is_report_spec(smoke, tmp_path, capsys):
     fid = df.query("kind == 'final' and metric == 'fid'")
     assert sorted(fid["diffusion.schedule"]) == ["cosine", "linear"] and (fid["N"] == 16).all()
     assert fid["feature_fingerprint"].notna().all() and fid["commit"].notna().all()
-    assert main(["export", str(SPEC), "--profile", "full", "--tracking-uri", uri, "--out", str(tmp_path / "f.csv")]) == 2
+    assert (
+        main(["export", str(SPEC), "--profile", "full", "--tracking-uri", uri, "--out", str(tmp_path / "f.csv")]) == 2
+    )
     assert "no harness run of profile 'full'" in capsys.readouterr().err and not (tmp_path / "f.csv").exists()
