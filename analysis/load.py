@@ -47,39 +47,41 @@ from .histories import BUCKET_COLUMNS, CURVE_COLUMNS, LOSS_COLUMNS, histories  #
 
 SETTING_PARAMS = tuple(SamplerSetting.model_fields)  # the one schema of a sampler setting
 
-# Column order of each table (also the schema an empty table gets).
-RUN_COLUMNS = [
-    "run_id",
-    "config_hash",
-    "arm",
-    "arm_label",
-    "seed",
-    "status",
-    "start",
-    "end",
-    "seconds",
-    "steps",
-    "batch_size",
-    "images_seen",
-    "steps_per_epoch",  # NaN where the run's config counts in steps (see epoch_length)
-    "num_samples",
-    "dataset",
-    "process",  # diffusion.process: ddpm | flow
-    "device",
-    "conditional",
-    "recognizability_threshold",
-    "recognizable_fraction",
-    "classifier_accuracy",
-    "final_loss",
-    "images_per_second",
-    "num_parameters",  # of the network (NaN for runs tracked before it was logged)
-    "gflops_per_image",  # one forward pass, batch of 1
-    "has_history",
-    "checkpoint",
-    "commit",
-    "code_version",
-    "parent_run_id",
-]
+# Column -> type of the runs table, in column order (also the schema an empty table gets, and what the
+# results table casts its run rows back to: analysis/table.py). "text" is a string whose absence is "".
+RUN_TYPES = {
+    "run_id": "str",
+    "config_hash": "str",
+    "arm": "str",
+    "arm_label": "str",
+    "seed": "int",
+    "status": "str",
+    "start": "time",
+    "end": "time",
+    "seconds": "float",
+    "steps": "int",
+    "batch_size": "int",
+    "images_seen": "int",
+    "steps_per_epoch": "float",  # NaN where the run's config counts in steps (see epoch_length)
+    "num_samples": "int",
+    "dataset": "str",
+    "process": "str",  # diffusion.process: ddpm | flow
+    "device": "str",
+    "conditional": "bool",
+    "recognizability_threshold": "float",
+    "recognizable_fraction": "float",
+    "classifier_accuracy": "float",
+    "final_loss": "float",
+    "images_per_second": "float",
+    "num_parameters": "float",  # of the network (NaN for runs tracked before it was logged)
+    "gflops_per_image": "float",  # one forward pass, batch of 1
+    "has_history": "bool",
+    "checkpoint": "text",
+    "commit": "str",
+    "code_version": "str",
+    "parent_run_id": "str",
+}
+RUN_COLUMNS = list(RUN_TYPES)
 EVAL_COLUMNS = [
     "run_id",
     "eval_run_id",
@@ -139,7 +141,12 @@ class AblationData:
 
 
 def load_experiment(
-    store: MlflowStore, experiment: str, *, latest_plan: bool = True, study: str | None = None
+    store: MlflowStore,
+    experiment: str,
+    *,
+    latest_plan: bool = True,
+    study: str | None = None,
+    profile: str | None = None,
 ) -> AblationData:
     """Load every finished training run of ``experiment`` (newest per config hash) and its evaluations.
 
@@ -147,13 +154,16 @@ def load_experiment(
     (``harness run``, ``harness train``, a sweep), and each evaluated setting a child of role ``eval``.
     ``latest_plan``: keep only the jobs and settings of the newest ``harness run`` (its plan.json), if any;
     False keeps every finished training run and every evaluation in the experiment. ``study``: the training
-    runs of that sweep study (its trials' seeds and confirmations) instead of those of no study.
+    runs of that sweep study (its trials' seeds and confirmations) instead of those of no study. ``profile``:
+    the newest ``harness run`` of that profile instead of the newest of any (a smoke run beside a full one).
     """
     exp = store.client.get_experiment_by_name(experiment)
     if exp is None:
         raise LookupError(f"no MLflow experiment named {experiment!r} in {store.uri}")
     exp_id = exp.experiment_id
-    parents = store.runs(exp_id, {ROLE: "ablation"}) if study is None else []
+    parents = store.runs(exp_id, {ROLE: "ablation", **({PROFILE: profile} if profile else {})}) if study is None else []
+    if profile and not parents:
+        raise LookupError(f"experiment {experiment!r} in {store.uri} has no harness run of profile {profile!r}")
     parent = parents[0] if parents else None
     plan = _plan(store, parent.info.run_id) if parent is not None and latest_plan else None
 
@@ -191,8 +201,8 @@ def load_experiment(
         arms=arms,
         settings=settings,
         runs=runs,
-        evals=_with_axes(evals, runs, axes),
-        curves=_with_axes(curves, runs, axes),
+        evals=with_axes(evals, runs, axes),
+        curves=with_axes(curves, runs, axes),
         loss=loss,
         buckets=buckets,
         grids=grids_table(store, experiment, runs, settings),
@@ -323,7 +333,7 @@ def _arm_order(plan: dict | None, runs: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(arm_label(a) for a in arms))
 
 
-def _with_axes(df: pd.DataFrame, runs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+def with_axes(df: pd.DataFrame, runs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     """Add the arm's axis values (columns of ``runs``) to a table keyed by run_id."""
     if not axes:
         return df

@@ -10,6 +10,8 @@ Section | None``; a sweep report will be one more builder appended there.
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,7 @@ from .sections import (  # noqa: F401 - re-exported: tests and callers build sin
 class ReportPaths:
     html: Path
     md: Path
+    answers: Path | None = None  # answers.json (ablation reports)
 
 
 def build_document(data: AblationData, *, question: str | None = None) -> Document:
@@ -46,8 +49,12 @@ def build_document(data: AblationData, *, question: str | None = None) -> Docume
         question=question or data.question or "(no question recorded)",
         answer=answer(data),
         sections=sections,
-        footer=f"Built from MLflow experiment {data.experiment}, newest harness run {data.parent_run_id}; "
-        f"{provenance(data)}.",
+        footer=(
+            f"Built from MLflow experiment {data.experiment}, newest harness run {data.parent_run_id}; "
+            if data.parent_run_id
+            else f"Built from experiment {data.experiment}; "
+        )
+        + f"{provenance(data)}.",
     )
 
 
@@ -67,18 +74,73 @@ def provenance(data: AblationData) -> str:
 # -- files and MLflow ---------------------------------------------------------------------------------
 
 
-def write_report(store: MlflowStore, experiment: str, out_dir: Path, *, spec_path: str | None = None) -> ReportPaths:
-    """Write ``out_dir/index.html`` (self-contained) and ``out_dir/report.md`` with its PNG figures beside it.
+def write_report(
+    store: MlflowStore, experiment: str, out_dir: Path, *, spec_path: str | None = None, profile: str | None = None
+) -> ReportPaths:
+    """Write ``out_dir/index.html`` (self-contained), ``out_dir/report.md`` with its PNG figures beside it, and
+    ``out_dir/answers.json``.
 
     ``out_dir`` is the report's own directory, e.g. ``reports/<spec name>``. ``spec_path``: the spec whose
-    question heads the report (default: the question recorded with the newest harness run).
+    question heads the report (default: the question recorded with the newest harness run). ``profile``: the
+    newest harness run of that profile instead of the newest of any. The store's
+    tables go through the results table first (``harness export``), so ``harness report --table`` on an
+    exported table writes this same report: one path from runs to statistics.
     """
-    question = None
+    from .table import from_table, to_table
+
+    data = from_table(to_table(load_experiment(store, experiment, profile=profile)))
+    return write_data_report(data, out_dir, spec_path=spec_path)
+
+
+def write_data_report(data: AblationData, out_dir: Path, *, spec_path: str | None = None) -> ReportPaths:
+    """The report of ``data`` in ``out_dir``; the spec at ``spec_path`` (if any) gives the question and the
+    equivalence margins."""
+    question, margins = None, None
     if spec_path is not None:
         from harness.config.spec import load_spec
 
-        question = load_spec(spec_path).question
-    return save_document(build_document(load_experiment(store, experiment), question=question), out_dir)
+        spec = load_spec(spec_path)
+        question, margins = spec.question, getattr(spec, "margins", None)
+    # margins reach build_document only where a spec states them (the keyword is stats' part of report.py)
+    doc = build_document(data, question=question, **({"margins": margins} if margins else {}))
+    paths = save_document(doc, out_dir)
+    answers = paths.md.parent / "answers.json"
+    answers.write_text(json.dumps(_plain(report_answers(data, margins=margins)), indent=2, allow_nan=False) + "\n")
+    return ReportPaths(html=paths.html, md=paths.md, answers=answers)
+
+
+def report_answers(data: AblationData, *, margins: dict[str, float] | None = None) -> list[dict]:
+    """The entries of answers.json: one per comparison the answer makes (``analysis.verdicts.verdicts``:
+    metric, the arms or settings compared, estimate, interval, p, p_adjusted, winner or null, and the reason
+    when there is none), then one per arm for "when does it become recognizable"
+    (``analysis.crossing.crossing_entries``: median_step or null, the seeds that reached it)."""
+    entries: list[dict] = []
+    try:  # the two modules come from parallel branches; the integrator drops these guards when both are in
+        from .verdicts import verdicts
+    except ImportError:
+        pass
+    else:
+        entries += verdicts(data, margins=margins)
+    try:
+        from .crossing import crossing_entries
+    except ImportError:
+        pass
+    else:
+        entries += crossing_entries(data)
+    return entries
+
+
+def _plain(value):
+    """JSON values: numpy scalars as Python numbers, NaN and infinities as null."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def save_document(doc: Document, out_dir: Path) -> ReportPaths:
@@ -112,6 +174,7 @@ def log_report(store: MlflowStore, experiment: str, paths: ReportPaths) -> str:
 def log_to_run(store: MlflowStore, run_id: str, paths: ReportPaths) -> str:
     """Log the report (html, md and the md's PNGs) under ``report/`` of the run ``run_id``; returns it."""
     pngs = re.findall(r"\]\(([^)/]+\.png)\)", paths.md.read_text())  # the figures report.md links to
-    for path in [paths.html, paths.md, *(paths.md.parent / name for name in dict.fromkeys(pngs))]:
+    extra = [paths.answers] if paths.answers is not None else []
+    for path in [paths.html, paths.md, *extra, *(paths.md.parent / name for name in dict.fromkeys(pngs))]:
         store.client.log_artifact(run_id, str(path), "report")
     return run_id

@@ -28,8 +28,15 @@ def cmd_report(args) -> int:
     from .orchestration.tracking import MlflowStore
     from .tracker import StoreUnavailable
 
+    if args.table:
+        if args.spec or args.experiment:
+            raise ConfigError("report: give --table FILE or a SPEC / --experiment, not both (--spec SPEC: a question)")
+        from analysis.results import table_report_command
+
+        table_report_command(args.table, args.out, args.question_spec, REPO / "reports")
+        return 0
     if not args.spec and not args.experiment:
-        raise ConfigError("report: give a SPEC file or --experiment NAME")
+        raise ConfigError("report: give a SPEC file, --experiment NAME or --table FILE")
     name, study, question, sweep = args.experiment, None, None, False
     if args.spec:
         from .sweeps.search import is_sweep_spec, load_sweep
@@ -40,8 +47,6 @@ def cmd_report(args) -> int:
         else:
             from .config.spec import load_spec
 
-            if args.profile:
-                raise ConfigError(f"--profile: {args.spec} is an ablation spec; its report covers its newest run")
             name = load_spec(args.spec).name
     try:
         store = MlflowStore(args.tracking_uri)
@@ -49,7 +54,7 @@ def cmd_report(args) -> int:
     except StoreUnavailable as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from analysis.sweep_load import NothingToReport, report_kind
+    from analysis.sweep_load import report_kind
 
     out = Path(args.out) if args.out else REPO / "reports" / name
     try:
@@ -62,17 +67,21 @@ def cmd_report(args) -> int:
             )
             run_id = log_sweep_report(store, data, paths)
         else:
-            if args.profile:
-                raise ConfigError(f"--profile: experiment {name!r} holds an ablation, not a sweep; it has no profiles")
             from analysis.report import log_report, write_report
 
-            paths = write_report(store, name, out, spec_path=args.spec)
+            paths = write_report(store, name, out, spec_path=args.spec, profile=args.profile)
             run_id = log_report(store, name, paths)
-    except NothingToReport as err:
+    except LookupError as err:  # NothingToReport, or no harness run of --profile
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"report: {paths.html}\n        {paths.md}\n(also logged to run {run_id})")
     return 0
+
+
+def cmd_export(args) -> int:
+    from analysis.results import export_command
+
+    return export_command(args.spec, args.experiment, args.profile, args.out, args.tracking_uri)
 
 
 def cmd_sweep(args) -> int:
@@ -234,10 +243,20 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", metavar="DIR", help="output directory (default: reports/<experiment>)")
     rep.add_argument(
         "--profile",
-        help="a sweep's profile: its study (default with a SPEC: the spec's default profile; with --experiment: "
-        "the newest study)",
+        help="the newest harness run of this profile; a sweep's: its study (default with a sweep SPEC: the spec's "
+        "default profile; otherwise the newest run or study)",
     )
+    rep.add_argument("--table", metavar="FILE", help="a results table (.csv or .parquet) instead of MLflow")
+    rep.add_argument("--spec", dest="question_spec", metavar="SPEC", help="with --table: the spec with the question")
     rep.set_defaults(func=cmd_report)
+
+    ex = sub.add_parser("export", help="write an experiment's results table (CSV or Parquet) for pandas")
+    ex.add_argument("spec", nargs="?", help="the spec file (its name is the experiment)")
+    ex.add_argument("--experiment", help="an experiment name instead of a spec file")
+    ex.add_argument("--profile", help="the newest harness run of this profile (default: the newest of any)")
+    ex.add_argument("--out", required=True, metavar="FILE", help="results.csv or results.parquet")
+    ex.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlruns/mlflow.db)")
+    ex.set_defaults(func=cmd_export)
 
     sw = sub.add_parser("sweep", help="an Optuna sweep over a spec's search section, trials tracked in MLflow")
     sw.add_argument("spec", help="a sweep spec: an ablation spec with a search section")
