@@ -54,10 +54,12 @@ def server(tmp_path_factory):
         yield url, experiment_id, store
 
 
-def _chromium(tmp_path, url: str, *args: str, budget_ms: int = 25000) -> subprocess.CompletedProcess:
+def _chromium(
+    tmp_path, url: str, *args: str, budget_ms: int = 25000, size: str = "1600,900"
+) -> subprocess.CompletedProcess:
     # --virtual-time-budget lets the page's requests and rendering finish before the DOM or pixels are
     # taken; its own profile directory keeps the UI's saved state (localStorage) out of the test.
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1600,900"]
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--window-size={size}"]
     cmd += [f"--user-data-dir={tmp_path / 'profile'}", f"--virtual-time-budget={budget_ms}", *args, url]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
 
@@ -90,7 +92,8 @@ def test_a_run_link_opens_in_model_training_mode_with_its_sample_grids(server, t
     genai = link.replace("workflowType=machine_learning", "workflowType=genai")
     assert "Model registry" not in _chromium(tmp_path / "genai", genai, "--dump-dom").stdout
     charts = link.replace(f"/runs/{run.info.run_id}?", f"/runs/{run.info.run_id}/model-metrics?")
-    dom = _chromium(tmp_path / "charts", charts, "--dump-dom", budget_ms=60000).stdout
+    # Charts render as they scroll into view: a tall window renders them all, the image chart last.
+    dom = _chromium(tmp_path / "charts", charts, "--dump-dom", budget_ms=60000, size="1600,8000").stdout
     assert grid_key(SamplerSetting(steps=3).label) in dom  # the image chart of the setting's sample grids
 
 
