@@ -14,10 +14,13 @@ import yaml
 from fixtures import mlflow_server
 from test_mlflow_native import TINY
 
-from harness.config.schema import ARMS_VIEW, SHARED_VIEW
+from harness.config import SamplerSetting
+from harness.config.schema import ARMS_VIEW, ROLE, SHARED_VIEW, eval_key
 from harness.config.spec import load_spec, make_plan
+from harness.evaluation.evaluate import grid_key
+from harness.orchestration.mlflow_ui import arms_view_url, run_url
 from harness.orchestration.runner import run_plan
-from harness.orchestration.tracking import MlflowStore, arms_view_url
+from harness.orchestration.tracking import MlflowStore
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 pytestmark = [
@@ -51,10 +54,12 @@ def server(tmp_path_factory):
         yield url, experiment_id, store
 
 
-def _chromium(tmp_path, url: str, *args: str, budget_ms: int = 25000) -> subprocess.CompletedProcess:
+def _chromium(
+    tmp_path, url: str, *args: str, budget_ms: int = 25000, size: str = "1600,900"
+) -> subprocess.CompletedProcess:
     # --virtual-time-budget lets the page's requests and rendering finish before the DOM or pixels are
     # taken; its own profile directory keeps the UI's saved state (localStorage) out of the test.
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1600,900"]
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--window-size={size}"]
     cmd += [f"--user-data-dir={tmp_path / 'profile'}", f"--virtual-time-budget={budget_ms}", *args, url]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
 
@@ -69,6 +74,27 @@ def test_the_arms_view_shows_both_arms_grouped(server, tmp_path):
         assert f"Group: {schedule}" in dom  # grouped by the arm's parameter, not nested under the parent
     assert "Group by: diffusion.schedule" in dom and "Model training" in dom
     assert "mnist-5k" in dom  # the dataset input, in the runs table's Dataset column
+    label = SamplerSetting(steps=3).label
+    for metric in ("fid", "kid"):  # the first setting's final metrics are columns (the rest scroll in)
+        assert f'col-id="metrics.`{eval_key(label, metric)}`"' in dom
+    # The launch's parent run is not fetched into the view: no "Additional runs" group, no "Unassigned".
+    assert "ablation-schedules-smoke" not in dom and "Additional runs" not in dom and "Unassigned" not in dom
+
+
+def test_a_run_link_opens_in_model_training_mode_with_its_sample_grids(server, tmp_path):
+    url, experiment_id, store = server
+    for mode in ("ml", "genai", "charts"):
+        (tmp_path / mode).mkdir()
+    run = store.runs(experiment_id, {ROLE: "train"})[0]
+    link = run_url(url, experiment_id, run.info.run_id)
+    # The sidebar lists the model registry only in Model training mode; the same page in GenAI mode is the control.
+    assert "Model registry" in _chromium(tmp_path / "ml", link, "--dump-dom").stdout
+    genai = link.replace("workflowType=machine_learning", "workflowType=genai")
+    assert "Model registry" not in _chromium(tmp_path / "genai", genai, "--dump-dom").stdout
+    charts = link.replace(f"/runs/{run.info.run_id}?", f"/runs/{run.info.run_id}/model-metrics?")
+    # Charts render as they scroll into view: a tall window renders them all, the image chart last.
+    dom = _chromium(tmp_path / "charts", charts, "--dump-dom", budget_ms=60000, size="1600,8000").stdout
+    assert grid_key(SamplerSetting(steps=3).label) in dom  # the image chart of the setting's sample grids
 
 
 def test_screenshot_of_the_chart_view(server, tmp_path):

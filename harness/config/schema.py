@@ -101,6 +101,8 @@ METRICS: dict[str, Metric] = {
     )
 }
 EVAL_METRICS = tuple(METRICS)
+# Fixed by the setting and the evaluation config, the same at every step: a training run logs them as params.
+CONSTANT_METRICS = ("nfe", "num_generated", "num_reference")
 
 
 def spread_key(metric: str) -> str:

@@ -87,7 +87,9 @@ def measured_throughput(store: MlflowStore | None, config: Config, device: str) 
         return None
     rates, overheads = [], []
     for r in runs:
-        m, busy = r.data.metrics, r.data.metrics.get("train/seconds", 0.0)
+        # An evaluation's constants (nfe, num_generated) are params of the training run (tracking.MlflowTracker).
+        m = {k: float(v) for k, v in r.data.params.items() if parse_eval_key(k)} | r.data.metrics
+        busy = m.get("train/seconds", 0.0)
         n = evaluations(int(r.data.params.get("train.steps", 0)), int(r.data.params.get("train.eval_every", 0)))
         for key in m:
             label, metric = parse_eval_key(key) or ("", "")

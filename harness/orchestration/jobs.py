@@ -25,6 +25,7 @@ from ..config.schema import (
     CHECKPOINT,
     CODE_VERSION,
     COMMIT,
+    CONSTANT_METRICS,
     DEVICE,
     ENV,
     ERROR,
@@ -249,7 +250,7 @@ class _Job:
             tracker.log_params(config.flat())
             tracker.log_dict(config.to_dict(), "config.json")
             log_dataset(tracker, config, self.data)
-            store.share_arms_view(task.experiment_id, list(task.arm))
+            store.share_arms_view(task.experiment_id, list(task.arm), config.eval.samplers[0].label)
         log_environment(tracker, self.device)  # again on resume: the machine that finishes a run counts
         return tracker
 
@@ -349,7 +350,7 @@ def log_final_on_training_run(store: MlflowStore, run_id: str, result: EvalResul
     """
     step = result.step
     metrics = {eval_key(result.label, k): v for k, v in result.metrics.items()}
-    first = next(iter(metrics), None)
+    first = next((eval_key(result.label, k) for k in result.metrics if k not in CONSTANT_METRICS), None)
     # One batch writes them all: a launch that died before its evaluation run finished may have logged
     # them already, and a second value at the same step would draw the curve's end twice.
     if first is None or any(m.step == step for m in store.client.get_metric_history(run_id, first)):

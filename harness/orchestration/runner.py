@@ -18,6 +18,7 @@ from ..private import SUBMITIT_READS, private_dir
 from ..tracker import StoreUnavailable
 from .executors import array_result, submit_array, worker_pool
 from .jobs import JobState, Outcome, Task, job_state, run_task
+from .mlflow_ui import NOTE, arms_view_url, launch_note, ui_server
 from .placement import resolve_plan, slots
 from .provenance import code_version, git_state
 from .store import hold_lock, lock_held, lock_path, shared_classifiers, store_root
@@ -136,6 +137,7 @@ def run_plan(
             REUSE: reuse,
             PROFILE: plan.profile,
             QUESTION: plan.spec.question,
+            NOTE: launch_note(arms_view_url(ui_server(store.uri), exp_id)),
         },
     )
     parent_lock = hold_lock(root, f"parent-{parent.run_id}")  # held while this process lives
@@ -213,6 +215,8 @@ def run_plan(
     parent.log_dict({"outcomes": [o.__dict__ for o in outcomes]}, "outcomes.json")
     parent.finish("FAILED" if failed else "FINISHED")
     parent_lock.release()
+    served = "" if store.uri.startswith(("http://", "https://")) else " (`make ui` serves it)"
+    say(f"the arms compared in MLflow{served}: {arms_view_url(ui_server(store.uri), exp_id)}")
     return outcomes, parent.run_id
 
 

@@ -14,30 +14,30 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config.schema import ARMS_VIEW, CUSTOM_MODEL_DEVELOPMENT, EXPERIMENT_KIND, PARENT, ROLE, SHARED_VIEW
+from ..config.schema import (
+    ARMS_VIEW,
+    CONSTANT_METRICS,
+    CUSTOM_MODEL_DEVELOPMENT,
+    EXPERIMENT_KIND,
+    PARENT,
+    SHARED_VIEW,
+    parse_eval_key,
+)
 from ..tracker import StoreUnavailable
+from .mlflow_ui import arms_view, arms_view_url
 
 REPO = Path(__file__).resolve().parents[2]
 
 MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch call
+# Training metrics that are often constant (``train/lr`` after a warmup no longer than ``log_every``): held
+# back until a value differs from the first, so a run whose learning rate never changes has no flat chart
+# (its value is the ``train.lr`` param); once it changes, the held value and all later ones are logged.
+WHILE_VARYING = frozenset({"train/lr"})
 
 
 def default_tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` if set, else the SQLite store in this repository (absolute path)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO / 'mlruns' / 'mlflow.db'}"
-
-
-def arms_view_url(server: str, experiment_id: str, charts: bool = False) -> str:
-    """The MLflow UI page that compares the arms of an experiment (``MlflowStore.share_arms_view``).
-
-    ``workflowType=machine_learning``: MLflow 3.17 decides between its GenAI and model-training pages by
-    a per-browser switch, whatever the experiment's ``mlflow.experimentKind`` tag says.
-    """
-    mode = "&compareRunsMode=CHART" if charts else ""
-    return (
-        f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs"
-        f"?workflowType=machine_learning&viewStateShareKey={ARMS_VIEW}{mode}"
-    )
 
 
 def print_arms_views(server: str, uri: str | None = None) -> None:
@@ -53,14 +53,47 @@ class MlflowTracker:
 
     def __init__(self, client, run_id: str):
         self.client, self.run_id = client, run_id
+        self._held: dict[str, tuple[float, int] | None] = {}  # WHILE_VARYING key -> its first (value, step)
+        self._constants: set[str] = set()  # constant eval keys already logged as params by this tracker
 
     def _metrics(self, items) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, int(s or 0)) for k, v, s in items if math.isfinite(float(v))]
+        kept = []
+        for k, v, s in items:
+            v, s = float(v), int(s or 0)
+            if math.isfinite(v):
+                kept += self._route(k, v, s)
+        metrics = [Metric(k, v, now, s) for k, v, s in kept]
         for i in range(0, len(metrics), MAX_BATCH):
             self.client.log_batch(self.run_id, metrics=metrics[i : i + MAX_BATCH], synchronous=True)
+
+    def _route(self, key: str, value: float, step: int) -> list[tuple[str, float, int]]:
+        """What of one value is logged as a metric; a constant of the run becomes a param instead.
+
+        A metric the schema declares constant (``CONSTANT_METRICS``, such as ``eval/<label>/nfe``) is the
+        same at every step, so its chart would be a flat line: it is logged once, as a param of that name.
+        """
+        parsed = parse_eval_key(key)
+        if parsed is not None and parsed[1] in CONSTANT_METRICS:
+            if key not in self._constants:
+                self._constants.add(key)
+                self.log_params({key: int(value) if value.is_integer() else value})
+            return []
+        if key not in WHILE_VARYING:
+            return [(key, value, step)]
+        if key not in self._held:  # a resumed run whose value has varied already logs on
+            varied = key in self.client.get_run(self.run_id).data.metrics
+            self._held[key] = None if varied else (value, step)
+            return [(key, value, step)] if varied else []
+        first = self._held[key]
+        if first is None:
+            return [(key, value, step)]
+        if value == first[0]:
+            return []
+        self._held[key] = None
+        return [(key, first[0], first[1]), (key, value, step)]
 
     def log_params(self, params):
         from mlflow.entities import Param
@@ -253,24 +286,11 @@ class MlflowStore:
                 raise
             return exp.experiment_id
 
-    def share_arms_view(self, experiment_id: str, axes: list[str]) -> None:
-        """Save the runs page's view that compares arms: training runs only, grouped by the arm's params.
-
-        MLflow's UI nests training runs under their collapsed parent and cannot group by a parameter
-        across that nesting; this view (opened by ``arms_view_url``) filters to role ``train`` and groups
-        by the axes, so each arm is one group and its charts show the mean and spread over seeds. The
-        JSON is the subset of MLflow's own view state that its "share view" button writes.
-        """
-        view = {
-            "searchFilter": f"tags.`{ROLE}` = 'train'",
-            "groupBy": {
-                "aggregateFunction": "average",
-                "groupByKeys": [{"mode": "param", "groupByData": axis} for axis in axes],
-            }
-            if axes
-            else None,
-        }
-        self.client.set_experiment_tag(experiment_id, SHARED_VIEW + ARMS_VIEW, json.dumps(view))
+    def share_arms_view(self, experiment_id: str, axes: list[str], label: str | None = None) -> None:
+        """Save the runs page's view that compares arms (``mlflow_ui.arms_view``), opened by ``arms_view_url``:
+        the subset of MLflow's own view state that its "share view" button writes. ``label``: the setting
+        whose final metrics are the columns (the spec's first)."""
+        self.client.set_experiment_tag(experiment_id, SHARED_VIEW + ARMS_VIEW, json.dumps(arms_view(axes, label)))
 
     def start_run(
         self, experiment_id: str, name: str, tags: dict[str, Any], parent: str | None = None

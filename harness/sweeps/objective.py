@@ -31,6 +31,7 @@ from ..config.schema import (
 )
 from ..config.space import FloatParam, IntParam
 from ..orchestration.jobs import Task, run_job
+from ..orchestration.mlflow_ui import run_url, ui_server
 from ..orchestration.provenance import code_version, git_state
 from ..orchestration.store import hold_lock, lock_path
 from ..orchestration.tracking import MlflowStore, MlflowTracker
@@ -162,6 +163,9 @@ class TrialObjective:
             },
         )
         trial.set_user_attr("mlflow_run_id", run.run_id)
+        # optuna-dashboard lists a trial's user attrs: the link opens the run in MLflow's UI.
+        link = run_url(ui_server(self.task.tracking_uri), self.task.experiment_id, run.run_id)
+        trial.set_user_attr("mlflow_run", link)
         run.log_params({**params, "trial": trial.number})
         run.log_dict(configs[0].to_dict(), "config.json")
         try:

@@ -126,6 +126,9 @@ def create_study(sweep: Sweep, storage) -> optuna.Study:
             f"or scoring (fingerprint {mark} != {sweep.fingerprint()}); its trials would not compare. "
             f"Use another profile or remove the study from its storage"
         )
+    with warnings.catch_warnings():  # optuna-dashboard names the objectives by these ("Objective 0" without)
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([o.metric for o in sweep.search.objective])
     return study
 
 
