@@ -28,6 +28,7 @@ def cmd_train(args) -> int:
     """One configuration, trained and evaluated as a job of its own experiment (``harness.orchestration.jobs``):
     tracked like any run of ``harness run``, reused or resumed the same way; ``--no-track`` logs nothing."""
     from .device import resolve_device
+    from .orchestration.mlflow_ui import run_url, ui_server
     from .orchestration.placement import autotune_cache, describe_record
     from .orchestration.single import train_tracked, train_untracked
     from .orchestration.tracking import MlflowStore
@@ -52,7 +53,9 @@ def cmd_train(args) -> int:
             print(f"config {config.train_hash()}  run dir {run_dir}  tracking {store.uri}")
             out = train_tracked(config, run_dir, store, experiment)
             summary, evals = out.summary, out.evals
-            where = f"tracked: run {out.run_id} in experiment {experiment!r} of {store.uri}"
+            where = f"tracked: run {out.run_id} in experiment {experiment!r} of {store.uri}\n  " + run_url(
+                ui_server(store.uri), store.experiment_id(experiment), out.run_id
+            )
             if out.status != "trained":
                 where = f"nothing to train: a finished run of this config exists ({out.status}); " + where
     except (DataUnavailable, StoreUnavailable) as err:  # a lost store: the checkpoint resumes the run later
