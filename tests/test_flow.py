@@ -166,7 +166,8 @@ def test_nfe_is_counted_for_flow_samplers():
     )
     assert sampling_nfe(cfg, SamplerSetting(sampler="euler", steps=10)) == 10
     assert sampling_nfe(cfg, SamplerSetting(sampler="heun", steps=10)) == 19
-    assert sampling_nfe(cfg, SamplerSetting(sampler="heun", steps=5, time_shift=3.0, guidance=2.0)) == 9
+    # guided: each call runs a doubled batch, two network evaluations per sample
+    assert sampling_nfe(cfg, SamplerSetting(sampler="heun", steps=5, time_shift=3.0, guidance=2.0)) == 18
     assert SamplerSetting(sampler="heun", steps=5, time_shift=3.0).label == "heun-5-eta0-w0-3.0"
 
 

@@ -117,7 +117,6 @@ def fidelity_metrics(
     target = Gaussian.of(r)
     out = {
         "fid": frechet_distance(Gaussian.of(g), target),
-        "fid_inf": fid_inf(g, target),
         "fid_se": fid_se(g, target),
         "kid": kid["kernel_inception_distance_mean"],
         "kid_std": kid["kernel_inception_distance_std"],
@@ -126,8 +125,11 @@ def fidelity_metrics(
         "num_generated": n_gen,
         "num_reference": n_ref,
     }
-    floor = fid_floor(r, n_gen, seed=int(content, 16))  # the split is keyed by the reference's content
-    return out if floor is None else {**out, "fid_floor": floor}
+    extras = {
+        "fid_inf": fid_inf(g, target),  # None below N = 4 D
+        "fid_floor": fid_floor(r, n_gen, seed=int(content, 16)),  # None above N = M / 2; keyed by the content
+    }
+    return {**out, **{k: v for k, v in extras.items() if v is not None}}
 
 
 def features(u8: Tensor, clf: DomainClassifier, device: str | torch.device = "cpu") -> Tensor:
