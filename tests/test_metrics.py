@@ -81,10 +81,10 @@ def test_reference_features_are_cached_by_key(split, clf, tmp_path, monkeypatch)
 
     monkeypatch.setattr(torch_fidelity.utils, "get_featuresdict_from_dataset", counting)
     first = fidelity_metrics(held, train, clf, cache_dir=tmp_path, reference_key="mnist-5k-train")
-    assert extracted == [500, 4500]
+    assert extracted == [500, 500, 4500]  # the samples, one timed batch of the reference (the estimate), the reference
     assert any(p.name.startswith("mnist-5k-train-") and p.name.endswith("-features.pt") for p in tmp_path.iterdir())
     second = fidelity_metrics(held, train, clf, cache_dir=tmp_path, reference_key="mnist-5k-train")
-    assert extracted == [500, 4500, 500]  # the reference came from the cache
+    assert extracted == [500, 500, 4500, 500]  # the reference came from the cache
     assert second == first
     # A different reference under the same key is not served the stale statistics.
     fidelity_metrics(held, train[:1000], clf, cache_dir=tmp_path, reference_key="mnist-5k-train")
