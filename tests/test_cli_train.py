@@ -62,7 +62,8 @@ def test_train_prints_writes_metrics_and_is_tracked(tmp_path, capsys, monkeypatc
             "eta",
             "steps",
         } <= set(e)
-        assert e["fid"] > 0 and 0 <= e["recognizability"] <= 1 and e["nfe"] == 4
+        # guided (w > 0): each step runs a doubled batch, 2 network evaluations per sample
+        assert e["fid"] > 0 and 0 <= e["recognizability"] <= 1 and e["nfe"] == (8 if e["guidance"] else 4)
     grids = sorted(p.name for p in (tmp_path / "run" / "grids").rglob("*.png"))
     assert grids == ["step_0000015.png"] * 2 + ["step_0000030.png"] * 2
 

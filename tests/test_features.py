@@ -72,7 +72,8 @@ def test_training_leaves_global_rng_alone(small, tmp_path):
 def test_second_call_loads_from_cache(small, tmp_path, monkeypatch):
     first = domain_classifier(small, tmp_path, epochs=1)
     path = cache_path(small, tmp_path, epochs=1)
-    assert path.is_file() and os.listdir(tmp_path) == [path.name]  # no temp file left behind
+    # no temp file left behind, only the lock that made it once
+    assert path.is_file() and sorted(os.listdir(tmp_path)) == [path.name, f"{path.name}.lock"]
 
     def fail(*args, **kwargs):
         raise AssertionError("trained although a cached classifier exists")
@@ -94,7 +95,7 @@ def test_unreadable_cache_is_rebuilt(small, tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         rebuilt = domain_classifier(small, tmp_path, epochs=1)
-    assert not rebuilt.from_cache and any("retraining" in str(w.message) for w in caught)
+    assert not rebuilt.from_cache and any("making the domain classifier" in str(w.message) for w in caught)
     assert domain_classifier(small, tmp_path, epochs=1).from_cache
 
 
@@ -131,6 +132,6 @@ def test_recognizer_has_a_reject_class_and_its_own_cache(small, tmp_path):
     assert recognizer.net.head.out_features == small.num_classes + 1
     path = cache_path(small, tmp_path, epochs=1, reject=True)
     assert path.name.startswith("recognizer-") and path != cache_path(small, tmp_path, epochs=1)
-    assert os.listdir(tmp_path) == [path.name]
+    assert sorted(os.listdir(tmp_path)) == [path.name, f"{path.name}.lock"]
     again = domain_classifier(small, tmp_path, epochs=1, reject=True)
     assert again.from_cache and again.fingerprint == recognizer.fingerprint

@@ -141,8 +141,7 @@ def test_sampling_nfe_equals_what_evaluation_counts_and_sampling_reports_progres
     evaluator = Evaluator(config, data)
     model = lambda x, t, y: torch.zeros_like(x)  # noqa: E731 - the counts do not depend on the network
     for setting in config.eval.samplers:
-        _, nfe, _ = evaluator.generate(model, setting)
-        assert nfe == sampling_nfe(config, setting)
+        assert evaluator.generate(model, setting).cost.nfe == sampling_nfe(config, setting)
     heun = sampling_nfe(config, config.eval.samplers[0])
     assert 10 < heun < 20  # Euler steps above sigma_max take one call, the others two
     out = capsys.readouterr().out

@@ -166,7 +166,8 @@ def test_nfe_is_counted_for_flow_samplers():
     )
     assert sampling_nfe(cfg, SamplerSetting(sampler="euler", steps=10)) == 10
     assert sampling_nfe(cfg, SamplerSetting(sampler="heun", steps=10)) == 19
-    assert sampling_nfe(cfg, SamplerSetting(sampler="heun", steps=5, time_shift=3.0, guidance=2.0)) == 9
+    # guided: each call runs a doubled batch, two network evaluations per sample
+    assert sampling_nfe(cfg, SamplerSetting(sampler="heun", steps=5, time_shift=3.0, guidance=2.0)) == 18
     assert SamplerSetting(sampler="heun", steps=5, time_shift=3.0).label == "heun-5-eta0-w0-3.0"
 
 
@@ -263,7 +264,7 @@ def test_train_with_flow_end_to_end(tmp_path):
     assert main(args) == 0
     m = json.loads(out.read_text())
     assert math.isfinite(m["train"]["final_loss"])
-    assert [(e["sampler"], e["nfe"]) for e in m["evals"]] == [("euler", 3), ("heun", 3)]
+    assert [(e["sampler"], e["nfe"]) for e in m["evals"]] == [("euler", 3), ("heun", 6)]  # heun guided: a doubled batch
     assert all(math.isfinite(e["fid"]) and math.isfinite(e["recognizability"]) for e in m["evals"])
 
 

@@ -163,7 +163,8 @@ def test_samples_are_decoded_and_the_floor_is_logged(data, tmp_path):
     evaluator = Evaluator(config, data, cache_dir=None, progress=False)
     assert evaluator.x_T.shape == (16, 4, 7, 7)
     model = lambda x, t, y: torch.zeros_like(x)  # noqa: E731 - eps_hat = 0: any network will do
-    images, nfe, _ = evaluator.generate(model, config.eval.samplers[0])
+    generated = evaluator.generate(model, config.eval.samplers[0])
+    images, nfe = generated.images, generated.cost.nfe
     assert images.shape == (16, 1, 28, 28) and nfe == 3 and images.abs().max() <= 1
     tracker = MemoryTracker()
     evaluator.run(model, step=config.train.steps, tracker=tracker)

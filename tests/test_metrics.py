@@ -12,7 +12,7 @@ from harness.evaluation.features import HOLDOUT_FRACTION, DomainClassifier, doma
 from harness.evaluation.metrics import class_accuracy, fidelity_metrics, inception_fid, private_dir, to_uint8
 from harness.training.data import load_dataset, split_indices
 
-KEYS = {"fid", "kid", "kid_std", "precision", "recall", "num_generated", "num_reference"}
+KEYS = {"fid", "fid_se", "fid_floor", "kid", "kid_std", "precision", "recall", "num_generated", "num_reference"}
 
 
 @pytest.fixture(scope="module")
@@ -81,10 +81,10 @@ def test_reference_features_are_cached_by_key(split, clf, tmp_path, monkeypatch)
 
     monkeypatch.setattr(torch_fidelity.utils, "get_featuresdict_from_dataset", counting)
     first = fidelity_metrics(held, train, clf, cache_dir=tmp_path, reference_key="mnist-5k-train")
-    assert extracted == [500, 4500]
-    assert any(p.name.startswith("mnist-5k-train-") for p in tmp_path.iterdir())
+    assert extracted == [500, 500, 4500]  # the samples, one timed batch of the reference (the estimate), the reference
+    assert any(p.name.startswith("mnist-5k-train-") and p.name.endswith("-features.pt") for p in tmp_path.iterdir())
     second = fidelity_metrics(held, train, clf, cache_dir=tmp_path, reference_key="mnist-5k-train")
-    assert extracted == [500, 4500, 500]  # the reference came from the cache
+    assert extracted == [500, 500, 4500, 500]  # the reference came from the cache
     assert second == first
     # A different reference under the same key is not served the stale statistics.
     fidelity_metrics(held, train[:1000], clf, cache_dir=tmp_path, reference_key="mnist-5k-train")

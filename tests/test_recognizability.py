@@ -128,7 +128,7 @@ def test_samples_of_a_model_trained_for_one_step_are_not_recognizable(mnist_5k, 
         classifier_accuracy = None
 
         def run(self, model, *, step, tracker):
-            images, _, _ = evaluator.generate(model, config.eval.samplers[0])
+            images = evaluator.generate(model, config.eval.samplers[0]).images
             samples.append(images)
             setting = config.eval.samplers[0]
             return [EvalResult(step, setting, {"recognizability": rec(recognizer, images)})]

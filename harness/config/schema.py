@@ -86,6 +86,11 @@ METRICS: dict[str, Metric] = {
     m.name: m
     for m in (
         Metric("fid", True, True, "FID"),
+        # FID's companions at the same N (evaluation/frechet.py): the N-corrected FID_inf of Chong & Forsyth
+        # (2020), the bootstrap standard error over the generated samples, and the floor, held-out real images.
+        Metric("fid_inf", True, False, "FID_inf (N-corrected FID)"),
+        Metric("fid_se", None, False, "FID standard error"),
+        Metric("fid_floor", None, False, "FID floor (held-out real images)"),
         Metric("kid", True, True, "KID"),
         Metric("kid_std", None, False, "KID std"),
         Metric("precision", False, True, "precision"),
@@ -93,7 +98,8 @@ METRICS: dict[str, Metric] = {
         Metric("recognizability", False, True, "recognizability"),
         Metric("class_accuracy", False, True, "class accuracy"),
         Metric("recognized_class_accuracy", False, True, "class accuracy among recognizable samples"),
-        Metric("nfe", None, False, "NFE"),
+        Metric("nfe", None, False, "NFE"),  # batch rows per sample: a classifier-free-guided step counts 2
+        Metric("classifier_passes", None, False, "classifier passes"),  # forward + backward, classifier guidance
         Metric("sample_seconds", None, False, "sampling seconds"),
         Metric("fid_inception", True, False, "FID (InceptionV3)"),
         Metric("num_generated", None, False, "samples"),

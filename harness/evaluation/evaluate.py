@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,12 @@ from ..config.schema import eval_key
 from ..device import autocast, resolve_precision
 from ..diffusion.processes import PROCESSES
 from ..diffusion.schedules import make_schedule
-from ..progress import Progress, duration, say
+from ..progress import Progress
 from ..result import EvalResult
 from ..tracker import NullTracker, Tracker
 from ..training.autoencoder import latent_space
 from ..training.data import ImageData
-from .features import domain_classifier, fidelity_extractor_prefix
+from .features import domain_classifier
 from .latent import reconstruction_floor
 from .metrics import class_accuracy, fidelity_metrics, inception_fid, recognizability, recognized_class_accuracy
 from .noisy_classifier import Recipe, noisy_classifier
@@ -89,27 +90,32 @@ class Evaluator:
     def classifier_accuracy(self) -> float:
         return self.classifier.accuracy
 
-    def generate(self, model, setting: SamplerSetting) -> tuple[Tensor, int, float]:
-        """Samples (N, C, H, W) in [-1, 1], network evaluations per sample, and wall seconds."""
+    def generate(self, model, setting: SamplerSetting) -> Generated:
+        """Samples from the fixed noise with ``setting``, what they cost per sample, and wall seconds."""
         ec = self.config.eval
-        calls = 0
+        rows = {"network": 0, "classifier": 0}  # batch rows through each network, summed over batches
         n_batches = math.ceil(ec.num_samples / ec.batch_size)
-        # Counted in network calls: the unit of a sampler's cost, and fine-grained within one long batch.
-        nfe = sampling_nfe(self.config, setting)
+        # Counted in network calls per batch (a guided call on a doubled batch counts 2): the unit of a
+        # sampler's cost, and fine-grained within one long batch.
+        cost = sampling_cost(self.config, setting)
         bar = Progress(
-            n_batches * nfe,
+            n_batches * cost.nfe,
             f"evaluate {self.config.train_hash()} {setting.label}",
             unit="call",
             every=0.25,
             enabled=self.progress,
         )
+        batch = 0  # the rows of the batch being sampled
 
         def counted(x, t, y):
-            nonlocal calls
-            calls += 1
-            bar.update(1)
+            rows["network"] += x.shape[0]
+            bar.update(x.shape[0] // batch)
             with autocast(self.device, self.amp_dtype):
                 return model(x, t, y).float()
+
+        def classifier(x, t):  # one forward and one backward pass (guidance.grad_log_p)
+            rows["classifier"] += x.shape[0]
+            return self.noise_aware_classifier().net(x, t)
 
         if setting.classifier_scale > 0:  # trained or loaded outside sample_seconds
             self.noise_aware_classifier()
@@ -117,14 +123,16 @@ class Evaluator:
         start = time.perf_counter()
         for i, lo in enumerate(range(0, ec.num_samples, ec.batch_size)):
             hi = min(lo + ec.batch_size, ec.num_samples)
-            x = self._sample(counted, setting, lo, hi, torch.Generator().manual_seed(ec.seed + 1 + i))
+            batch = hi - lo
+            x = self._sample(counted, classifier, setting, lo, hi, torch.Generator().manual_seed(ec.seed + 1 + i))
             x = x if self.space is None else self.space.decode(x)  # (B, c, h, w) latents -> (B, C, H, W) images
             out.append(x.clamp(-1, 1).cpu())
         bar.close()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
-        return torch.cat(out), calls // n_batches, seconds
+        per_sample = Cost(rows["network"] // ec.num_samples, rows["classifier"] // ec.num_samples)
+        return Generated(torch.cat(out), per_sample, seconds)
 
     def noise_aware_classifier(self):
         """p(y | x_t, t) for classifier guidance, on this data and schedule (evaluation/noisy_classifier.py)."""
@@ -140,11 +148,11 @@ class Evaluator:
             )
         return self._noisy_classifier
 
-    def _sample(self, model, setting: SamplerSetting, lo: int, hi: int, generator) -> Tensor:
+    def _sample(self, model, classifier, setting: SamplerSetting, lo: int, hi: int, generator) -> Tensor:
         """Samples lo..hi of the fixed noise x_T (and labels) with ``setting``."""
         ec, conditional = self.config.eval, self.config.model.conditional
         steered = setting.classifier_scale > 0  # classifier guidance needs target labels, conditional or not
-        guide = {"classifier": self.noise_aware_classifier().net} if steered else {}
+        guide = {"classifier": classifier} if steered else {}
         return draw(
             self.config,
             model,
@@ -159,37 +167,29 @@ class Evaluator:
             **guide,
         )
 
-    def reference_cached(self) -> bool:
-        """Whether the reference statistics in this classifier's feature space are on disk already."""
-        name = f"{self.data.name}-{self.data.fingerprint}-*-{fidelity_extractor_prefix(self.classifier)}-*"
-        return any((self.cache_dir / "fidelity").glob(name))
-
     @torch.no_grad()
     def evaluate_setting(self, model, setting: SamplerSetting, *, step: int, final: bool) -> tuple[EvalResult, Any]:
         ec = self.config.eval
-        images, nfe, seconds = self.generate(model, setting)
-        announce = self.progress is not False and not self.reference_cached()
-        if announce:  # the first evaluation on this data also computes the reference statistics
-            say(f"reference statistics {self.data.name}: features of {len(self.data):,} images, cached after this")
-        start = time.perf_counter()
+        generated = self.generate(model, setting)
+        images = generated.images
         metrics = fidelity_metrics(
             images,
             self.data.images,
             self.classifier,
             cache_dir=self.cache_dir / "fidelity",
-            reference_key=f"{self.data.name}-{self.data.fingerprint}",  # reference_cached() globs this
+            reference_key=f"{self.data.name}-{self.data.fingerprint}",
             device=self.device,
+            progress=self.progress,
         )
-        if announce:
-            say(f"reference statistics {self.data.name}: done in {duration(time.perf_counter() - start)}")
         probs = self.classifier.probs(images)  # (N, K)
         recognized = self.recognizer.probs(images)  # (N, K + 1), the last column the reject class
         threshold = ec.recognizability_threshold
         metrics: dict[str, float] = {
             **metrics,
             "recognizability": recognizability(recognized, threshold),
-            "nfe": nfe,
-            "sample_seconds": seconds,
+            "nfe": generated.cost.nfe,
+            "classifier_passes": generated.cost.classifier_passes,
+            "sample_seconds": generated.seconds,
         }
         if self.config.model.conditional or setting.classifier_scale > 0:
             metrics["class_accuracy"] = class_accuracy(probs, self.labels)
@@ -243,38 +243,61 @@ def save_png(array, path: Path) -> None:
     Image.fromarray(array).save(path)
 
 
-def sampling_nfe(config: Config, setting: SamplerSetting) -> int:
-    """Network evaluations per sample with ``setting``, counted by running its sampler on a stand-in network.
+@dataclass(frozen=True)
+class Cost:
+    """What sampling costs per sample, in batch rows: a classifier-free-guided step runs the network on a
+    doubled batch and counts 2; each classifier-guided step is one forward and one backward pass of the
+    noise-aware classifier, counted apart (a smaller network, and not the diffusion model's evaluations)."""
+
+    nfe: int  # network evaluations of the diffusion model
+    classifier_passes: int  # forward + backward passes of the classifier of classifier guidance (0 without)
+
+
+@dataclass
+class Generated:
+    images: Tensor  # (N, C, H, W) in [-1, 1]
+    cost: Cost
+    seconds: float  # wall seconds of sampling (and decoding latents)
+
+
+def sampling_cost(config: Config, setting: SamplerSetting) -> Cost:
+    """The ``Cost`` per sample of ``setting``, counted by running its sampler on stand-in networks.
 
     The samplers themselves decide (Heun's Euler steps above sigma_max included); nothing here lists
-    which sampler takes how many. A guided call is one batched evaluation, as ``Evaluator`` counts it.
+    which sampler takes how many. ``Evaluator.generate`` counts the same rows on the real networks.
     """
     dc = config.diffusion
     schedule = make_schedule(dc.schedule, dc.timesteps, zero_terminal_snr=dc.zero_terminal_snr)
-    calls = 0
+    rows = {"network": 0, "classifier": 0}
 
     def stand_in(x, t, y):
-        nonlocal calls
-        calls += 1
+        rows["network"] += x.shape[0]
         return torch.zeros_like(x)
 
+    def classifier(x, t):  # logits of two classes that depend on x, so that a gradient exists
+        rows["classifier"] += x.shape[0]
+        return x.flatten(1)[:, :2]
+
     guided, steered = setting.guidance > 0, setting.classifier_scale > 0
-    # The classifier's forward and backward passes are not network evaluations of the diffusion model.
-    guide = {"classifier": lambda x, t: x.flatten(1)[:, :2]} if steered else {}
     draw(
         config,
         stand_in,
         schedule,
         setting,
-        x_T=torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0)),
+        x_T=torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0)),  # one sample: rows per sample
         labels=torch.zeros(1, dtype=torch.long) if guided or steered else None,
         null_label=1 if guided else None,
         clip_x0=False,
         generator=torch.Generator().manual_seed(0),
         device="cpu",
-        **guide,
+        **({"classifier": classifier} if steered else {}),
     )
-    return calls
+    return Cost(rows["network"], rows["classifier"])
+
+
+def sampling_nfe(config: Config, setting: SamplerSetting) -> int:
+    """Network evaluations per sample with ``setting`` (``Cost.nfe``): what the dry run's budget counts."""
+    return sampling_cost(config, setting).nfe
 
 
 def draw(config: Config, model, schedule, setting: SamplerSetting, *, x_T: Tensor, **kw) -> Tensor:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..once import made_once, step_seconds
 from ..training.checkpoint import save_atomic
 from ..training.data import ImageData, split_indices
 from ..training.one_cycle import OneCycle
@@ -186,18 +186,23 @@ def train_classifier(
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=generator).to(device)
         for batch in order.split(BATCH_SIZE):
-            x_b, y_b = _random_shift(x[batch], MAX_SHIFT, generator), y[batch]
-            if reject:
-                x_b = _random_rotation(x_b, MAX_ROTATION, generator)
-                junk = non_digits(x_b[:NON_DIGITS_PER_BATCH], generator)
-                x_b = torch.cat([x_b, junk])
-                y_b = torch.cat([y_b, torch.full((len(junk),), data.num_classes, device=y_b.device)])
-            loop.step(F.cross_entropy(net(x_b), y_b))
+            loop.step(_loss(net, x[batch], y[batch], reject, generator))
     loop.close()
     net.eval().requires_grad_(False)
     logits = _batched(net, data.images[held_idx], torch.device(device))
     accuracy = (logits.argmax(dim=1) == data.labels[held_idx]).float().mean().item()
     return net, accuracy
+
+
+def _loss(net: DomainCNN, x: Tensor, y: Tensor, reject: bool, generator: torch.Generator) -> Tensor:
+    """Cross-entropy of one augmented batch; with ``reject``, rotated digits and NON_DIGITS_PER_BATCH non-digits."""
+    x = _random_shift(x, MAX_SHIFT, generator)
+    if reject:
+        x = _random_rotation(x, MAX_ROTATION, generator)
+        junk = non_digits(x[:NON_DIGITS_PER_BATCH], generator)
+        x = torch.cat([x, junk])
+        y = torch.cat([y, torch.full((len(junk),), net.head.out_features - 1, device=y.device)])
+    return F.cross_entropy(net(x), y)
 
 
 def weights_fingerprint(net: nn.Module) -> str:
@@ -237,18 +242,39 @@ def domain_classifier(
 
     ``reject=True`` gives the recognizer instead: the same network with a reject class (see
     ``train_classifier``), which decides recognizability; the plain classifier defines the FID space.
+    Workers that start together train it once (``harness.once.made_once``).
     """
     path = cache_path(data, cache_dir, seed=seed, epochs=epochs, reject=reject)
-    if path.is_file():
-        try:
-            return read_classifier(path, device)
-        except Exception as e:  # a cache is only a cache: an unreadable one is rebuilt
-            warnings.warn(f"retraining the domain classifier: cannot read {path} ({e})", stacklevel=2)
-    net, accuracy = train_classifier(data, seed=seed, epochs=epochs, device=device, reject=reject, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.cpu() for k, v in net.state_dict().items()}
-    save_atomic({"arch": _arch(reject), "shape": net.shape, "state_dict": state, "accuracy": accuracy}, path)
-    return DomainClassifier(net=net, accuracy=accuracy, fingerprint=weights_fingerprint(net), from_cache=False)
+
+    def make() -> DomainClassifier:
+        net, accuracy = train_classifier(
+            data, seed=seed, epochs=epochs, device=device, reject=reject, progress=progress
+        )
+        state = {k: v.cpu() for k, v in net.state_dict().items()}
+        save_atomic({"arch": _arch(reject), "shape": net.shape, "state_dict": state, "accuracy": accuracy}, path)
+        return DomainClassifier(net=net, accuracy=accuracy, fingerprint=weights_fingerprint(net), from_cache=False)
+
+    why = "it decides recognizability" if reject else "its features are the space of FID, KID and precision/recall"
+    return made_once(
+        path,
+        lambda p: read_classifier(p, device),
+        make,
+        what=f"{'recognizer' if reject else 'domain classifier'} {data.name}",
+        why=f"{why}; once per data set",
+        estimate=lambda: _training_seconds(data, seed, epochs, reject, torch.device(device)),
+        progress=progress,
+    )
+
+
+def _training_seconds(data: ImageData, seed: int, epochs: int | None, reject: bool, device: torch.device) -> float:
+    """``train_classifier``'s seconds, from a few timed steps of a throwaway network on one batch."""
+    n_train = len(data) - len(split_indices(len(data), HOLDOUT_FRACTION, seed)[1])
+    epochs = default_epochs(n_train) if epochs is None else epochs
+    with torch.random.fork_rng(devices=[]):  # the caller's random stream is not touched
+        net = DomainCNN(data.channels, data.image_size, data.image_size, data.num_classes + int(reject)).to(device)
+    x, y = data.images[:BATCH_SIZE].to(device), data.labels[:BATCH_SIZE].to(device)
+    generator = torch.Generator().manual_seed(seed)  # its own: the training's stream is not touched
+    return step_seconds(net, lambda n: _loss(n, x, y, reject, generator), epochs * math.ceil(n_train / BATCH_SIZE))
 
 
 def read_classifier(path: str | Path, device: str | torch.device = "cpu") -> DomainClassifier:

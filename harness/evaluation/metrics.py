@@ -13,6 +13,7 @@ import hashlib
 import io
 import math
 import os
+import time
 import urllib.request
 from pathlib import Path
 
@@ -20,8 +21,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..once import made_once
 from ..private import private_dir
-from .features import DomainClassifier, fidelity_extractor_name
+from ..training.checkpoint import save_atomic
+from .features import DomainClassifier, fidelity_extractor_name, fidelity_extractor_prefix
+from .frechet import Gaussian, fid_floor, fid_inf, fid_se, frechet_distance
 
 KID_SUBSET_SIZE = 1000  # torch-fidelity's default, lowered to the sample count when there are fewer
 PRC_NEIGHBORHOOD = 3  # k of the k-NN balls in precision/recall (Kynkaanniemi et al. 2019)
@@ -75,17 +79,21 @@ def fidelity_metrics(
     reference_key: str,
     device: str | torch.device = "cpu",
     kid_subset_size: int | None = None,
+    progress: bool | None = None,
 ) -> dict:
     """FID (Heusel et al. 2017), KID (Binkowski et al. 2018) and precision/recall (Kynkaanniemi et
-    al. 2019) of ``generated`` against ``reference``, in the feature space of ``clf``.
+    al. 2019) of ``generated`` against ``reference``, in the feature space of ``clf``, with the FID's
+    N-corrected value, standard error and floor (``fid_inf``, ``fid_se``, ``fid_floor``: evaluation/frechet.py).
 
-    Computed by torch_fidelity.calculate_metrics. The reference's features and FID statistics are
-    cached by torch-fidelity in ``cache_dir`` (a ``private_dir``: those caches are pickles) under a
-    name made of ``reference_key``, a hash of the reference images and the classifier's fingerprint,
-    so they are computed once and reused, and a changed reference set or classifier can never be
-    served stale numbers. ``kid_subset_size`` defaults to min(1000, N_gen, N_ref).
+    Features come from torch-fidelity's extractor; KID and precision/recall from torch-fidelity's functions
+    of features (its ``calculate_metrics`` gives the same numbers), every FID from ``frechet_distance``.
+    The reference's features are made once (``reference_features``) and cached in ``cache_dir`` under a
+    name made of ``reference_key``, a hash of the reference images and the classifier's fingerprint, so a
+    changed reference set or classifier can never be served stale numbers. ``kid_subset_size`` defaults
+    to min(1000, N_gen, N_ref).
     """
-    import torch_fidelity
+    from torch_fidelity.metric_kid import kid_features_to_metric
+    from torch_fidelity.metric_prc import prc_features_to_metric
 
     _check_images("generated", generated, PRC_NEIGHBORHOOD + 1)  # k-NN radii need k other samples
     _check_images("reference", reference, PRC_NEIGHBORHOOD + 1)
@@ -99,34 +107,68 @@ def fidelity_metrics(
     if not 2 <= subset <= largest:  # the unbiased MMD estimate needs pairs within each subset
         raise ValueError(f"kid_subset_size must be in [2, min(N_gen, N_ref) = {largest}], got {subset}")
 
-    gen_u8, ref_u8 = to_uint8(generated), to_uint8(reference)
-    cuda, on_device = _torch_fidelity_device(device)
-    with on_device:
-        m = torch_fidelity.calculate_metrics(
-            input1=_Images(gen_u8),
-            input2=_Images(ref_u8),
-            input2_cache_name=f"{reference_key}-{_content_key(ref_u8)}",
-            cache_root=str(private_dir(cache_dir)),
-            feature_extractor=fidelity_extractor_name(clf),
-            fid=True,
-            kid=True,
-            prc=True,  # prc's convention: input1 generated, input2 real
-            kid_subset_size=subset,
-            prc_neighborhood=PRC_NEIGHBORHOOD,
-            batch_size=BATCH_SIZE,
-            cuda=cuda,
-            save_cpu_ram=True,  # DataLoader workers would fork the process to index an in-memory tensor
-            verbose=False,
-        )
-    return {
-        "fid": m["frechet_inception_distance"],
-        "kid": m["kernel_inception_distance_mean"],
-        "kid_std": m["kernel_inception_distance_std"],
-        "precision": m["precision"],
-        "recall": m["recall"],
+    ref_u8 = to_uint8(reference)
+    content = _content_key(ref_u8)
+    gen = features(to_uint8(generated), clf, device)  # (N, D)
+    ref = reference_features(ref_u8, clf, Path(cache_dir) / f"{reference_key}-{content}", device, progress)
+    kid = kid_features_to_metric(gen, ref, kid_subset_size=subset, verbose=False)
+    prc = prc_features_to_metric(gen, ref, prc_neighborhood=PRC_NEIGHBORHOOD, save_cpu_ram=True, verbose=False)
+    g, r = gen.double().numpy(), ref.double().numpy()
+    target = Gaussian.of(r)
+    out = {
+        "fid": frechet_distance(Gaussian.of(g), target),
+        "fid_se": fid_se(g, target),
+        "kid": kid["kernel_inception_distance_mean"],
+        "kid_std": kid["kernel_inception_distance_std"],
+        "precision": prc["precision"],  # prc's convention: features_1 generated, features_2 real
+        "recall": prc["recall"],
         "num_generated": n_gen,
         "num_reference": n_ref,
     }
+    extras = {
+        "fid_inf": fid_inf(g, target),  # None below N = 4 D
+        "fid_floor": fid_floor(r, n_gen, seed=int(content, 16)),  # None above N = M / 2; keyed by the content
+    }
+    return {**out, **{k: v for k, v in extras.items() if v is not None}}
+
+
+def features(u8: Tensor, clf: DomainClassifier, device: str | torch.device = "cpu") -> Tensor:
+    """(N, D) float32 features of uint8 images (N, C, H, W), through torch-fidelity's extractor for ``clf``."""
+    from torch_fidelity import utils
+
+    cuda, on_device = _torch_fidelity_device(device)
+    with on_device:
+        extractor = utils.create_feature_extractor(fidelity_extractor_name(clf), ["features"], cuda=cuda, verbose=False)
+        # save_cpu_ram: DataLoader workers would fork the process to index an in-memory tensor
+        return utils.get_featuresdict_from_dataset(_Images(u8), extractor, BATCH_SIZE, cuda, True, False)["features"]
+
+
+def reference_features(
+    u8: Tensor, clf: DomainClassifier, stem: Path, device: str | torch.device = "cpu", progress: bool | None = None
+) -> Tensor:
+    """The features of the reference images ``u8``, made once per reference and classifier (``made_once``)
+    and kept as a plain tensor at ``<stem>-<extractor>-features.pt`` in a ``private_dir``."""
+    path = private_dir(stem.parent) / f"{stem.name}-{fidelity_extractor_prefix(clf)}-features.pt"
+
+    def make() -> Tensor:
+        f = features(u8, clf, device)
+        save_atomic({"features": f}, path)
+        return f
+
+    def estimate() -> float:  # one batch timed, scaled to the set
+        start = time.perf_counter()
+        features(u8[:BATCH_SIZE], clf, device)
+        return (time.perf_counter() - start) * len(u8) / min(len(u8), BATCH_SIZE)
+
+    return made_once(
+        path,
+        lambda p: torch.load(p, map_location="cpu", weights_only=True)["features"],
+        make,
+        what=f"reference features {stem.name}",
+        why=f"FID, KID and precision/recall compare samples with these {len(u8):,} images; once per data set",
+        estimate=estimate,
+        progress=progress,
+    )
 
 
 class WeightsUnavailable(Exception):

@@ -13,17 +13,16 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from filelock import FileLock
 from torch import Tensor, nn
 
 from ..diffusion.schedules import Schedule
 from ..models.unet import timestep_embedding
+from ..once import made_once, step_seconds
 from ..training.checkpoint import save_atomic
 from ..training.data import ImageData, split_indices
 from ..training.one_cycle import OneCycle
@@ -167,25 +166,36 @@ def noisy_classifier(
 ) -> NoisyClassifierResult:
     """The noise-aware classifier for ``data`` and ``schedule``: loaded from ``cache_dir``, else trained and saved."""
     path = cache_path(data, schedule, cache_dir, recipe)
-    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def load(path: Path) -> NoisyClassifierResult:
+        saved = torch.load(path, map_location=device, weights_only=True)  # tensors and plain data only
+        net = NoisyClassifier(**{**saved["shape"], "widths": tuple(saved["shape"]["widths"])}).to(device)
+        net.load_state_dict(saved["state_dict"])
+        net.eval().requires_grad_(False)
+        accuracy = {int(k): float(v) for k, v in saved["accuracy"].items()}
+        return NoisyClassifierResult(net, accuracy, float(saved["train_seconds"]), from_cache=True)
+
+    def make() -> NoisyClassifierResult:
+        result = train_noisy_classifier(data, schedule, recipe, device=device, progress=progress)
+        state = {k: v.cpu() for k, v in result.net.state_dict().items()}
+        saved = {"arch": ARCH, "shape": result.net.shape, "state_dict": state, "accuracy": result.accuracy}
+        save_atomic({**saved, "train_seconds": result.train_seconds, "recipe": asdict(recipe)}, path)
+        return result
+
+    def estimate() -> float:
+        with torch.random.fork_rng(devices=[]):  # the caller's random stream is not touched
+            net = NoisyClassifier(data.channels, data.num_classes, recipe.widths).to(device)
+        x, y = data.images[: recipe.batch_size].to(device), data.labels[: recipe.batch_size].to(device)
+        t = torch.arange(len(x), device=device) % schedule.T
+        return step_seconds(net, lambda n: F.cross_entropy(n(x, t), y), recipe.steps)
+
     # The seeds of an unconditional arm evaluate together: one trains it, the others wait and load it.
-    with FileLock(f"{path}.lock", thread_local=False):
-        return _load_or_train(path, data, schedule, recipe, device, progress)
-
-
-def _load_or_train(path: Path, data: ImageData, schedule: Schedule, recipe: Recipe, device, progress):
-    if path.is_file():
-        try:
-            saved = torch.load(path, map_location=device, weights_only=True)  # tensors and plain data only
-            net = NoisyClassifier(**{**saved["shape"], "widths": tuple(saved["shape"]["widths"])}).to(device)
-            net.load_state_dict(saved["state_dict"])
-            net.eval().requires_grad_(False)
-            accuracy = {int(k): float(v) for k, v in saved["accuracy"].items()}
-            return NoisyClassifierResult(net, accuracy, float(saved["train_seconds"]), from_cache=True)
-        except Exception as e:  # a cache is only a cache: an unreadable one is rebuilt
-            warnings.warn(f"retraining the noise-aware classifier: cannot read {path} ({e})", stacklevel=2)
-    result = train_noisy_classifier(data, schedule, recipe, device=device, progress=progress)
-    state = {k: v.cpu() for k, v in result.net.state_dict().items()}
-    saved = {"arch": ARCH, "shape": result.net.shape, "state_dict": state, "accuracy": result.accuracy}
-    save_atomic({**saved, "train_seconds": result.train_seconds, "recipe": asdict(recipe)}, path)
-    return result
+    return made_once(
+        path,
+        load,
+        make,
+        what=f"noise-aware classifier {data.name} {schedule.name}",
+        why="classifier guidance steers by its gradient; once per data set, schedule and recipe",
+        estimate=estimate,
+        progress=progress,
+    )

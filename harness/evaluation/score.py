@@ -20,7 +20,7 @@ from .metrics import PRC_NEIGHBORHOOD
 
 MIN_IMAGES = 2 * PRC_NEIGHBORHOOD + 4  # 10: k-NN balls need k others; FID and KID need a spread, not one point
 SUFFIXES = (".npy", ".npz", ".pt", ".pth")
-KEYS = ("n", "fid", "kid", "precision", "recall", "recognizability")
+KEYS = ("n", "fid", "fid_se", "fid_floor", "fid_inf", "kid", "precision", "recall", "recognizability")
 
 
 def read_array(path: Path, channels: int) -> np.ndarray | Tensor:
@@ -108,7 +108,8 @@ def to_images(array: np.ndarray | Tensor, path: Path, channels: int, size: int) 
 
 
 def score(images: Tensor, data, *, cache_dir: str | Path, device: str | torch.device = "cpu") -> dict:
-    """n, FID, KID, precision, recall and recognizability of ``images`` against all of ``data``."""
+    """n, FID (with its standard error, floor and FID_inf where defined: evaluation/frechet.py), KID, precision,
+    recall and recognizability of ``images`` against all of ``data``."""
     from .features import domain_classifier
     from .metrics import fidelity_metrics, recognizability
 
@@ -127,6 +128,7 @@ def score(images: Tensor, data, *, cache_dir: str | Path, device: str | torch.de
     return {
         "n": len(images),
         "fid": m["fid"],
+        **{k: m[k] for k in ("fid_se", "fid_floor", "fid_inf") if k in m},
         "kid": m["kid"],
         "precision": m["precision"],
         "recall": m["recall"],
@@ -154,7 +156,9 @@ def main(images_path: str, dataset: str, json_path: str | None) -> int:
     result = score(images, data, cache_dir=default_cache_dir())
     print(
         f"{path} against {dataset} ({result['num_reference']} images): "
-        + "  ".join(f"{k} {result[k]:.4g}" if isinstance(result[k], float) else f"{k} {result[k]}" for k in KEYS)
+        + "  ".join(
+            f"{k} {result[k]:.4g}" if isinstance(result[k], float) else f"{k} {result[k]}" for k in KEYS if k in result
+        )
     )
     if json_path:
         try:
