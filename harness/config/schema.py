@@ -107,8 +107,9 @@ METRICS: dict[str, Metric] = {
     )
 }
 EVAL_METRICS = tuple(METRICS)
-# Fixed by the setting and the evaluation config, the same at every step: a training run logs them as params.
-CONSTANT_METRICS = ("nfe", "num_generated", "num_reference")
+# Fixed by the setting, the evaluation config and the reference, the same at every step: a training run logs
+# them as params (the floor depends only on N and the reference images).
+CONSTANT_METRICS = ("nfe", "classifier_passes", "num_generated", "num_reference", "fid_floor")
 
 
 def spread_key(metric: str) -> str:
