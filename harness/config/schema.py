@@ -108,8 +108,8 @@ METRICS: dict[str, Metric] = {
 }
 EVAL_METRICS = tuple(METRICS)
 # Fixed by the setting, the evaluation config and the reference, the same at every step: a training run logs
-# them as params (the floor depends only on N and the reference images).
-CONSTANT_METRICS = ("nfe", "classifier_passes", "num_generated", "num_reference", "fid_floor")
+# them as params. Only counts: a float recomputed on resume could differ in its last digit, which MLflow refuses.
+CONSTANT_METRICS = ("nfe", "classifier_passes", "num_generated", "num_reference")
 
 
 def spread_key(metric: str) -> str:
