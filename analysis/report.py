@@ -27,6 +27,7 @@ from .sections import (  # noqa: F401 - re-exported: tests and callers build sin
     guidance_section,
     progress_section,
     samples_section,
+    sections_for,
     settings_section,
     setup_section,
     training_section,
@@ -39,12 +40,14 @@ class ReportPaths:
     md: Path
 
 
-def build_document(data: AblationData, *, question: str | None = None) -> Document:
-    sections = [s for build in SECTIONS if (s := build(data)) is not None]
+def build_document(
+    data: AblationData, *, question: str | None = None, margins: dict[str, float] | None = None
+) -> Document:
+    sections = [s for build in sections_for(margins) if (s := build(data)) is not None]
     return Document(
         title=f"{data.experiment}: ablation report ({data.profile} profile)",
         question=question or data.question or "(no question recorded)",
-        answer=answer(data),
+        answer=answer(data, margins=margins),
         sections=sections,
         footer=f"Built from MLflow experiment {data.experiment}, newest harness run {data.parent_run_id}; "
         f"{provenance(data)}.",
