@@ -76,12 +76,14 @@ def write_report(store: MlflowStore, experiment: str, out_dir: Path, *, spec_pat
     ``out_dir`` is the report's own directory, e.g. ``reports/<spec name>``. ``spec_path``: the spec whose
     question heads the report (default: the question recorded with the newest harness run).
     """
-    question = None
+    question, margins = None, None
     if spec_path is not None:
         from harness.config.spec import load_spec
 
-        question = load_spec(spec_path).question
-    return save_document(build_document(load_experiment(store, experiment), question=question), out_dir)
+        spec = load_spec(spec_path)
+        question, margins = spec.question, spec.margins
+    data = load_experiment(store, experiment)
+    return save_document(build_document(data, question=question, margins=margins), out_dir)
 
 
 def save_document(doc: Document, out_dir: Path) -> ReportPaths:

@@ -35,6 +35,13 @@ METRICS = tuple(m for m in LOWER_IS_BETTER if m in schema.METRICS)
 # -- evidence -----------------------------------------------------------------------------------------
 
 CELL_CAPTION = "Mean over seeds [95% CI] where there are 2+ seeds."
+# What a sample costs, counted honestly (issue 26): network evaluations as batch rows, classifier passes apart.
+COST_NOTE = (
+    "NFE counts network evaluations per sample as batch rows (a classifier-free-guided step evaluates a doubled "
+    "batch and counts 2); classifier guidance adds the classifier's forward and backward passes, counted "
+    "separately (classifier passes), so NFE alone is not the cost of a guided setting; the sampling seconds are "
+    "measured."
+)
 
 
 def cell(mean: float, low: float, high: float, method: str = "") -> str:
@@ -143,14 +150,18 @@ def settings_section(data: AblationData) -> Section | None:
     s.paragraphs.append(
         "Pareto front (no setting is both cheaper and better): "
         + "; ".join(f"{r.setting} ({num(r.nfe)} NFE, FID {num(r.fid)})" for r in front.itertuples())
-        + ". NFE is the counted number of network evaluations per sample."
+        + ". "
+        + COST_NOTE
     )
     if refusal := fid_refusal(fam, data.runs):
         s.paragraphs.append(_cap(refusal) + ".")
     summary = summarize(fam, "fid", ["setting", "arm_label"]).set_index(["setting", "arm_label"])
     nfe = fam.groupby("setting")["nfe"].mean()
+    extra = [c for c in ("classifier_passes", "sample_seconds") if c in fam and fam[c].notna().any()]
+    cost = fam.groupby(["setting", "arm_label"])[extra].mean()  # optional columns: NaN for older runs
     rows = [
         [setting, arm, num(nfe[setting])]
+        + [num(cost.at[(setting, arm), c]) for c in extra]
         + (
             [
                 cell(*summary.loc[(setting, arm), ["mean", "low", "high", "method"]]),
@@ -161,7 +172,8 @@ def settings_section(data: AblationData) -> Section | None:
         )
         for setting, arm in fam[["setting", "arm_label"]].drop_duplicates().itertuples(index=False)
     ]
-    s.tables.append(Table(["setting", "arm", "NFE", "FID", "seeds"], rows, CELL_CAPTION))
+    names = {"classifier_passes": "classifier passes", "sample_seconds": "sampling seconds"}
+    s.tables.append(Table(["setting", "arm", "NFE", *(names[c] for c in extra), "FID", "seeds"], rows, CELL_CAPTION))
     fig = figures.fid_vs_nfe(fam)
     s.add_picture(
         "fid_vs_nfe",

@@ -28,10 +28,11 @@ from .stats import ZERO_VARIANCE, Comparison
 from .words import LOWER_IS_BETTER, metric_label, num, scaled
 
 # Metrics whose value depends on the number of samples, the reference set and the feature extractor.
-BASIS_METRICS = ("fid", "kid", "precision", "recall")
+BASIS_METRICS = ("fid", "kid", "precision", "recall", "fid_inception", "fid_inf")
 BASIS_WORDS = {"num_generated": "N", "num_reference": "reference set", "dataset": "data set"}
 BASIS_WORDS["feature_fingerprint"] = "feature space"
-QUALITY = tuple(m for m in LOWER_IS_BETTER if m != "final_loss")
+# The quality metrics compared across arms (a FID floor or a FID's standard error is no quality of the model).
+QUALITY = tuple(m for m in LOWER_IS_BETTER if m not in ("final_loss", "fid_floor", "fid_se"))
 
 
 @dataclass(frozen=True)
