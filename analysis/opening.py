@@ -30,7 +30,7 @@ from .families import (
 from .load import AblationData
 from .stats import estimate
 from .verdicts import family, shared_setting
-from .words import and_list, metric_label, num
+from .words import and_list, metric_label, num, pval
 
 # -- the paragraph ------------------------------------------------------------------------------------
 
@@ -104,7 +104,7 @@ def details(data: AblationData, fam: list) -> list[str]:
         shared = shared_setting(data)
         at = data.evals[data.evals["setting"] == shared]
         sentences.append(fid_sentence(data, at, shared, reasons, fam))
-        sentences += [s for s in (other_metrics_sentence(fam), design_sentence(fam)) if s]
+        sentences += [s for s in (equivalence_sentence(fam), other_metrics_sentence(fam), design_sentence(fam)) if s]
         sentences += loss_sentences(data, reasons, fam)
         sentences.append(recognizable)
         if others := [x for x in data.settings if x != setting and not varies_guidance(data)]:
@@ -143,6 +143,19 @@ def periodic(data: AblationData) -> bool:
 
 def _comps(fam: list, metric: str, question: str | None = None) -> list:
     return [v.comparison for v in fam if v.metric == metric and v.comparison and question in (None, v.question)]
+
+
+def equivalence_sentence(fam: list) -> str | None:
+    """The spec's margins (TOST): 'cosine and linear are equivalent within 2 FID (TOST p = 0.003)', or not shown."""
+    parts = []
+    for v in [v for v in fam if v.margin is not None and v.comparison is not None and v.comparison.test != "none"]:
+        a, b = v.compared
+        within = f"{num(v.margin)} {metric_label(v.metric)}"
+        if v.reason == "equivalent within margin":
+            parts.append(f"{a} and {b} are equivalent within {within} (TOST {pval(v.p_equivalence)})")
+        elif not v.winner:
+            parts.append(f"{a} and {b} are not shown equivalent within {within} (TOST {pval(v.p_equivalence)})")
+    return ("Against the spec's margins, adjusted in the same family: " + "; ".join(parts) + ".") if parts else None
 
 
 def other_metrics_sentence(fam: list) -> str | None:
