@@ -107,7 +107,7 @@ def test_welch_counts_both_arms_and_p_keeps_the_digits_that_matter():
     from analysis.words import comparison_sentence
 
     assert c.test == "Welch t" and "2 seeds of b, 3 of a, Welch t-test" in comparison_sentence(c, "FID")
-    assert pval(0.0495) == "p = 0.0495" and pval(0.0505) == "p = 0.0505" and pval(0.05) == "p = 0.05"
+    assert pval(0.0495) == "p = 0.0495" and pval(0.0505) == "p = 0.051" and pval(0.05) == "p = 0.05"
     assert pval(0.81338) == "p = 0.81" and pval(0.0061) == "p = 0.0061" and pval(0.0002) == "p < 0.001"
 
 
