@@ -184,10 +184,17 @@ def design_sentence(fam: list) -> str | None:
     lo, hi = min(v.mde for v in tested), max(v.mde for v in tested)
     size = num(lo) if num(lo) == num(hi) else f"{num(lo)} to {num(hi)}"
     seeds = f"{n[0]}" if len(n) == 1 else f"{n[0]} to {n[-1]}"
-    return (
+    text = (
         f"Design: with {seeds} seeds this design detects FID differences above {size} (80% power at the level "
-        f"used, from the seeds' own spread)."
+        f"used, from the seeds' own spread)"
     )
+    need = [v for v in tested if v.seeds_for_margin is not None]
+    if need:
+        most = max(v.seeds_for_margin for v in need)
+        text += (
+            f"; to detect the spec's margin of {num(need[0].margin)} FID as this pilot varies would take {most} seeds"
+        )
+    return text + "."
 
 
 def fid_sentence(data: AblationData, at: pd.DataFrame, setting: str, reasons: dict[str, str], fam: list) -> str:

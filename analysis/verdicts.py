@@ -23,7 +23,7 @@ from .caveats import FID_BASIS, objective_groups, objective_of
 from .families import first_setting
 from .load import AblationData
 from .multiplicity import all_pairs, holm_groups
-from .power import comparison_mde
+from .power import comparison_mde, seeds_needed
 from .stats import ZERO_VARIANCE, Comparison
 from .words import LOWER_IS_BETTER, metric_label, num, scaled
 
@@ -48,6 +48,7 @@ class Verdict:
     mde: float = math.nan
     margin: float | None = None
     p_equivalence: float = math.nan
+    seeds_for_margin: int | None = None  # seeds per arm that would detect the margin with 80% power
 
     @property
     def winner(self) -> str | None:
@@ -74,6 +75,7 @@ class Verdict:
             "mde": finite(self.mde),
             "margin": self.margin,
             "p_equivalence": finite(self.p_equivalence),
+            "seeds_for_margin": self.seeds_for_margin,
         }
 
 
@@ -187,11 +189,14 @@ def _verdict(question: str, c: Comparison, margins: dict[str, float] | None) -> 
         )
         return Verdict(question, c.metric, (c.a, c.b), c, why, margin=margin)
     mde = comparison_mde(c)
+    n = min(c.a_est.n, c.b_est.n)
+    # The pilot's spread of a per-seed difference (se * sqrt(n): paired, or Tukey's s * sqrt(2)).
+    need = seeds_needed(margin, c.diff.se * math.sqrt(n)) if margin is not None else None
     if c.winner:
-        return Verdict(question, c.metric, (c.a, c.b), c, "", mde, margin)
+        return Verdict(question, c.metric, (c.a, c.b), c, "", mde, margin, seeds_for_margin=need)
     p_eq = tost(c, margin) if margin is not None else math.nan
     why = "equivalent within margin" if p_eq < c.alpha else "not significant"
-    return Verdict(question, c.metric, (c.a, c.b), c, why, mde, margin, p_eq)
+    return Verdict(question, c.metric, (c.a, c.b), c, why, mde, margin, p_eq, need)
 
 
 def tost(c: Comparison, margin: float) -> float:
