@@ -228,9 +228,7 @@ def settings_answer(evals: pd.DataFrame, settings: list[str] | None = None) -> s
         return (
             f"{head}, no setting pair has 2 or more seeds with a FID each, so no tests; FID per setting: {values}{tail}"
         )
-    comps = {
-        c.a: c for c in compare_to_reference(evals, "fid", reference, testable[1:], by="setting", lower_is_better=True)
-    }
+    comps = {c.a: c for c in settings_comparisons(evals, settings)}
     meta = evals.drop_duplicates("setting").set_index("setting")
     sentences = []
     for name, group in meta.loc[[s for s in have if s != reference]].groupby(
@@ -261,6 +259,34 @@ def settings_answer(evals: pd.DataFrame, settings: list[str] | None = None) -> s
         ]
         sentences.append(f"{name}: " + "; ".join(parts))
     return f"{head}, paired over seeds and Holm-adjusted over {len(comps)} comparisons: " + "; ".join(sentences) + tail
+
+
+def settings_comparisons(evals: pd.DataFrame, settings: list[str] | None = None) -> list[Comparison]:
+    """Each setting with 2+ seeds of FID against the most expensive such setting (largest NFE), Holm-adjusted:
+    the comparisons ``settings_answer`` words and ``verdicts`` lists (one computation for both)."""
+    nfe = evals.groupby("setting", sort=False)["nfe"].mean()
+    settings = [s for s in dict.fromkeys([*(settings or []), *evals["setting"]]) if s in nfe.index]
+    testable = [s for s in sorted(settings, key=lambda s: -nfe[s]) if usable_seeds(evals, "fid", "setting", s) >= 2]
+    if len(testable) < 2:
+        return []
+    return compare_to_reference(evals, "fid", testable[0], testable[1:], by="setting", lower_is_better=True)
+
+
+def guidance_comparisons(evals: pd.DataFrame, knob: str = "guidance", symbol: str = "w") -> list[Comparison]:
+    """Class accuracy of each weight with 2+ seeds against the best one, Holm-adjusted (as ``guidance_answer``
+    words them; [] when the best weight has fewer than 2 seeds or nothing to compare it with)."""
+    e = evals.assign(w=evals[knob].map(f"{symbol} = {{:g}}".format))
+    ws = list(dict.fromkeys(e.sort_values(knob)["w"]))
+    n = {w: usable_seeds(e, "class_accuracy", "w", w) for w in ws}
+    measured = [w for w in ws if n[w]]
+    testable = [w for w in measured if n[w] >= 2]
+    if not measured:
+        return []
+    best = ranked(e, "class_accuracy", "w", measured)[0]
+    if best not in testable or len(testable) < 2:
+        return []
+    others = [w for w in testable if w != best]
+    return compare_to_reference(e, "class_accuracy", best, others, by="w", lower_is_better=False)
 
 
 def settings_front(evals: pd.DataFrame) -> pd.DataFrame:
@@ -314,9 +340,7 @@ def guidance_answer(evals: pd.DataFrame, knob: str = "guidance", symbol: str = "
             for r in per.itertuples()
         )
         return f"{text}. Too few seeds with class accuracy for tests: {values}. {front_words}"
-    comps = compare_to_reference(
-        e, "class_accuracy", best, [w for w in testable if w != best], by="w", lower_is_better=False
-    )
+    comps = guidance_comparisons(evals, knob, symbol)
     tied = [c.a for c in comps if c.test != "none" and c.winner is None]
     untested = [c for c in comps if c.test == "none"]
     pick = next(w for w in ws if w == best or w in tied)  # ws are in increasing w

@@ -19,8 +19,9 @@ import pandas as pd
 from scipy import stats as sps
 
 from . import matched
-from .caveats import FID_BASIS, objective_groups, objective_of
-from .families import first_setting
+from .answers import guidance_comparisons, settings_comparisons
+from .caveats import FID_BASIS, fid_refusal, objective_groups, objective_of
+from .families import first_setting, guidance_family, sampler_family, varies_guidance, varies_sampler
 from .load import AblationData
 from .multiplicity import all_pairs, holm_groups
 from .power import comparison_mde, seeds_needed
@@ -97,8 +98,10 @@ def shared_setting(data: AblationData) -> str | None:
 
 def family(data: AblationData, *, margins: dict[str, float] | None = None) -> list[Verdict]:
     """Every comparison of the arms question, adjusted as one family (empty: one arm or no evaluations)."""
-    if len(data.arms) < 2 or data.evals.empty:
+    if data.evals.empty:
         return []
+    if len(data.arms) < 2:
+        return other_questions(data, margins)
     groups: list[tuple[str, list[Comparison]]] = []  # (question, sub-family)
     refused: list[Verdict] = []
     if matched.disjoint(data):
@@ -114,7 +117,24 @@ def family(data: AblationData, *, margins: dict[str, float] | None = None) -> li
     _losses(data, groups, refused)
     adjusted = holm_groups([g for _, g in groups])
     out = [_verdict(q, c, margins) for (q, _), g in zip(groups, adjusted) for c in g]
-    return out + refused
+    return out + refused + other_questions(data, margins)
+
+
+def other_questions(data: AblationData, margins: dict[str, float] | None) -> list[Verdict]:
+    """The comparisons of the sampler and guidance answers (each its own question and family), computed by
+    the functions whose results those answers word. Settings compare within one arm only."""
+    out = []
+    if varies_sampler(data) and len(data.arms) == 1:
+        fam = sampler_family(data)
+        if fid_refusal(fam, data.runs) is None:
+            comps = settings_comparisons(fam, data.settings)
+            out += [_verdict(f"sampler settings against {c.b}", c, margins) for c in comps]
+    if varies_guidance(data):
+        fam = guidance_family(data)
+        for arm in [a for a in data.arms if a in set(fam["arm_label"])]:
+            comps = guidance_comparisons(fam[fam["arm_label"] == arm])
+            out += [_verdict(f"guidance weights of {arm}", c, margins) for c in comps]
+    return out
 
 
 def _metric(at: pd.DataFrame, metric: str, arms: list[str], question: str, groups: list, refused: list) -> None:

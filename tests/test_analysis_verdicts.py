@@ -158,3 +158,22 @@ def test_the_smoke_profile_opens_with_its_one_sentence(tmp_path):
     assert answer(d).startswith(f"**{SMOKE}** ") and SMOKE == (
         "Smoke profile: this run checks the pipeline and answers nothing."
     )
+
+
+def test_sampler_and_guidance_answers_have_their_entries(tmp_path):
+    final = {
+        ("base", "ddpm-1000-eta0-w0"): {"fid": [10.0, 11.0, 10.5]},
+        ("base", "ddim-50-eta0-w0"): {"fid": [10.2, 10.9, 10.8]},
+        ("base", "ddim-10-eta0-w0"): {"fid": [20.0, 22.0, 21.0]},
+    }
+    v = verdicts(fixture_data(tmp_path / "s", final))
+    assert [(e["compared"], e["winner"], e["reason"]) for e in v] == [
+        (["ddim-50-eta0-w0", "ddpm-1000-eta0-w0"], None, "not significant"),
+        (["ddim-10-eta0-w0", "ddpm-1000-eta0-w0"], "ddpm-1000-eta0-w0", ""),
+    ]
+    assert v[1]["p_adjusted"] == pytest.approx(2 * v[1]["p"]) and v[1]["level"] == pytest.approx(0.975)
+    acc = {0: [0.60, 0.62, 0.61], 2: [0.90, 0.93, 0.91], 4: [0.91, 0.92, 0.93]}
+    guided = {("base", f"ddim-50-eta0-w{w}"): {"fid": [10.0, 10.5, 10.2], "class_accuracy": acc[w]} for w in acc}
+    g = verdicts(fixture_data(tmp_path / "g", guided, conditional=True))
+    assert {tuple(e["compared"]): e["winner"] for e in g} == {("w = 0", "w = 4"): "w = 4", ("w = 2", "w = 4"): None}
+    assert all(e["metric"] == "class_accuracy" and e["question"] == "guidance weights of base" for e in g)
