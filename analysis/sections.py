@@ -26,7 +26,7 @@ from .matched import matched_section
 from .opening import _cap, _one, _steps, duration
 from .render import Section, Table
 from .stats import ZERO_VARIANCE, summarize
-from .words import LOWER_IS_BETTER, metric_label, num, scaled, with_ci
+from .words import LOWER_IS_BETTER, metric_label, num, scaled
 
 # The quality metrics a report compares across arms, in the registry's order.
 METRICS = tuple(m for m in LOWER_IS_BETTER if m in schema.METRICS)
@@ -259,8 +259,10 @@ def training_section(data: AblationData) -> Section | None:
     s = Section("Training loss")
     final = summarize(data.runs, "final_loss", ["arm_label"]).set_index("arm_label")
     s.paragraphs.append(
-        "Final training loss (mean of the last log interval): "
-        + "; ".join(f"{a} {with_ci(*final.loc[a, ['mean', 'low', 'high']])}" for a in data.arms if a in final.index)
+        "Final training loss (mean of the last log interval; mean over seeds [95% CI]): "
+        + "; ".join(
+            f"{a} {cell(*final.loc[a, ['mean', 'low', 'high', 'method']])}" for a in data.arms if a in final.index
+        )
         + "."
     )
     if len(groups := objective_groups(data)) > 1:

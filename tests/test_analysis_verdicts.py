@@ -177,3 +177,19 @@ def test_sampler_and_guidance_answers_have_their_entries(tmp_path):
     g = verdicts(fixture_data(tmp_path / "g", guided, conditional=True))
     assert {tuple(e["compared"]): e["winner"] for e in g} == {("w = 0", "w = 4"): "w = 4", ("w = 2", "w = 4"): None}
     assert all(e["metric"] == "class_accuracy" and e["question"] == "guidance weights of base" for e in g)
+
+
+def test_spec_margins_name_known_metrics(tmp_path):
+    from harness.config.fields import ConfigError
+    from harness.config.spec import load_spec
+
+    good = tmp_path / "good.yaml"
+    good.write_text("name: m\nquestion: Which?\nmargins: {fid: 2.0, recall: 0.02}\n")
+    assert load_spec(good).margins == {"fid": 2.0, "recall": 0.02}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: m\nquestion: Which?\nmargins: {fidd: 2.0}\n")
+    with pytest.raises(ConfigError, match=r"margins: unknown metric 'fidd'; valid: fid, kid"):
+        load_spec(bad)
+    bad.write_text("name: m\nquestion: Which?\nmargins: {fid: -1}\n")
+    with pytest.raises(ConfigError, match="margins"):
+        load_spec(bad)
