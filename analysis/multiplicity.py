@@ -18,7 +18,6 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import replace
-from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -40,6 +39,7 @@ from .stats import (
     flat,
     holm,
     metric_bounds,
+    range_critical,
 )
 
 
@@ -73,10 +73,9 @@ def pair_statistics(x: np.ndarray) -> np.ndarray:
     return np.abs(means[:, None] - means[None, :]) / (s * math.sqrt(2 / n))
 
 
-@lru_cache(maxsize=256)
 def critical(k: int, dof: float, alpha: float = ALPHA) -> float:
     """The |t| above which a pair among k arms is significant at family-wise ``alpha`` (Tukey's HSD)."""
-    return float(sps.studentized_range.ppf(1 - alpha, k, dof) / math.sqrt(2))
+    return range_critical(1 - alpha, k, dof)
 
 
 def tukey_p(t: float, k: int, dof: float) -> float:

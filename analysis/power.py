@@ -15,7 +15,7 @@ import math
 from scipy import integrate, optimize
 from scipy import stats as sps
 
-from .stats import ALPHA, Comparison
+from .stats import ALPHA, Comparison, range_critical
 
 POWER = 0.8
 
@@ -77,9 +77,5 @@ def comparison_mde(c: Comparison) -> float:
     d = c.diff
     if c.test == "none" or not math.isfinite(d.se):
         return math.nan
-    q = (
-        sps.studentized_range.ppf(d.level, d.arms, d.dof) / math.sqrt(2)
-        if d.arms
-        else sps.t.ppf((1 + d.level) / 2, d.dof)
-    )
+    q = range_critical(d.level, d.arms, d.dof) if d.arms else sps.t.ppf((1 + d.level) / 2, d.dof)
     return mde_se(d.se, d.dof, q=float(q))

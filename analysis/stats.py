@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -121,11 +122,18 @@ def at_level(e: Estimate, level: float, bounds: tuple[float, float] = (-math.inf
     if not (e.method == "t" and math.isfinite(e.se)):
         return e
     if e.arms:  # |t| * sqrt(2) is the studentized range of the pair
-        q = sps.studentized_range.ppf(level, e.arms, e.dof) / math.sqrt(2)
+        q = range_critical(level, e.arms, e.dof)
         low, high = e.mean - q * e.se, e.mean + q * e.se
     else:
         low, high = sps.t.interval(level, e.dof, loc=e.mean, scale=e.se) if e.se > 0 else (e.mean, e.mean)
     return replace(e, low=max(float(low), bounds[0]), high=min(float(high), bounds[1]), level=level)
+
+
+@lru_cache(maxsize=1024)
+def range_critical(level: float, arms: int, dof: float) -> float:
+    """|t| of a pair at the ``level`` quantile of the studentized range of ``arms`` means (Tukey), cached:
+    scipy integrates it numerically, ~0.1 s a call."""
+    return float(sps.studentized_range.ppf(level, arms, dof) / math.sqrt(2))
 
 
 def metric_bounds(metric: str) -> tuple[float, float]:
