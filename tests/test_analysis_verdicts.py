@@ -2,6 +2,7 @@
 answers: rounding noise, mixed N, pixel vs latent losses, partly overlapping settings, margins (TOST),
 Welch's seed counts, p near a threshold, intervals inside a metric's range, guided cost, the smoke profile."""
 
+import json
 import math
 
 import pandas as pd
@@ -47,7 +48,9 @@ def test_constant_differences_with_rounding_noise_are_not_tested(tmp_path):
 
 def test_every_entry_has_the_agreed_keys_and_the_report_reads_the_same_numbers(tmp_path):
     d = fixture_data(tmp_path, {("linear", S): GOOD, ("cosine", S): BETTER})
-    fid = by(verdicts(d), "fid")[0]
+    entries = verdicts(d)
+    assert json.loads(json.dumps(entries, allow_nan=False)) == entries  # answers.json: plain JSON, no NaN
+    fid = by(entries, "fid")[0]
     assert KEYS <= set(fid) and fid["compared"] == ["linear", "cosine"] and fid["winner"] == "cosine"
     assert fid["estimate"] == pytest.approx(4.433333, abs=1e-6) and fid["n"] == [3, 3] and fid["reason"] == ""
     assert fid["interval"] == pytest.approx([2.935966, 5.930700], abs=1e-5)
