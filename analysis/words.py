@@ -146,7 +146,11 @@ def swap(c: Comparison) -> Comparison:
 def test_words(c: Comparison, family: int = 1) -> str:
     family = max(family, c.family)
     holm = f", Holm-adjusted over {family} comparisons" if family > 1 else ""
-    n = f"{seeds(c.a_est.n)} of {c.a}, {c.b_est.n} of {c.b}" if c.test.startswith("Welch") else seeds(c.diff.n)
+    n = (
+        f"{seeds(c.a_est.n)} of {c.a}, {c.b_est.n} of {c.b}"
+        if c.test.startswith("Welch") or c.a_est.n != c.b_est.n
+        else seeds(c.diff.n)
+    )
     return f"{n}, {c.test}{'-test' if c.test.endswith(' t') else ''} {pval(c.p)}{holm}"
 
 
