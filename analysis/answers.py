@@ -16,26 +16,37 @@ import pandas as pd
 from harness.config import SamplerSetting
 
 from .crossing import recognizable_answer, recognizable_steps  # noqa: F401 - re-exported: opening and sections read them here
-from .stats import compare, compare_to_reference, estimate, pareto_front
+from .multiplicity import all_pairs, summary
+from .stats import Comparison, compare, compare_to_reference, estimate, holm_family, pareto_front
 from .words import (
     LOWER_IS_BETTER,
     NO_DIFFERENCE,
     comparison_sentence,
+    estimate_words,
     margin_of_b,
     num,
     ranked,
     seeds,
+    swap,
+    test_words,
     untested_words,
     usable_seeds,
     with_ci,
+    worst_case,
 )
 
 
 def arms_answer(
-    evals: pd.DataFrame, arms: list[str], metric: str = "fid", unit: str = "FID", reasons: dict[str, str] | None = None
+    evals: pd.DataFrame,
+    arms: list[str],
+    metric: str = "fid",
+    unit: str = "FID",
+    reasons: dict[str, str] | None = None,
+    comps: list[Comparison] | None = None,
 ) -> str:
     """Every arm of ``arms`` on ``metric`` (``evals``: one row per arm and seed, one setting). An arm without
-    a usable value is named with ``reasons[arm]`` (default 'no <metric> recorded')."""
+    a usable value is named with ``reasons[arm]`` (default 'no <metric> recorded'). ``comps``: the pairs
+    as the question's family adjusted them (``verdicts.family``); default: this metric's pairs alone."""
     lower = LOWER_IS_BETTER.get(metric, True)
     n = {a: usable_seeds(evals, metric, "arm_label", a) for a in arms}
     absent = "; ".join(f"{a}: {(reasons or {}).get(a, f'no {metric} recorded')}" for a in arms if not n[a])
@@ -55,24 +66,29 @@ def arms_answer(
             f"not tested ({why}), only the values: {unit} {values} ({'lower' if lower else 'higher'} is better); "
             f"a difference without a test is not evidence of a winner{absent}"
         )
-    best, others = testable[0], testable[1:]
-    comps = compare_to_reference(evals, metric, best, others, lower_is_better=lower)
-    if len(comps) == 1 and not few:
-        return comparison_sentence(comps[0], unit) + absent
-    e = estimate(evals.loc[evals["arm_label"] == best, metric])
+    if comps is None:
+        comps = holm_family(all_pairs(evals, metric, testable))
+    best = testable[0]
+    # Each other arm against the best, oriented (other, best) as the sentences read.
+    against = [c if c.b == best else swap(c) for c in comps if best in (c.a, c.b) and {c.a, c.b} <= set(testable)]
+    if len(against) == 1 and not few:
+        return comparison_sentence(against[0], unit) + absent
+    e = summary(evals, metric, best)
+    family = max((c.family for c in comps), default=1)
     text = (
         f"{best} has the {'lowest' if lower else 'highest'} mean {unit} of the arms with 2 or more seeds, "
-        f"{with_ci(e.mean, e.low, e.high)}"
+        f"{estimate_words(e)}"
     )
-    beaten = [c for c in comps if c.winner == best]
-    tied = [c for c in comps if c.test != "none" and c.winner is None]
-    untested = [c for c in comps if c.test == "none"]
+    beaten = [c for c in against if c.winner == best]
+    tied = [c for c in against if c.test != "none" and c.winner is None]
+    untested = [c for c in against if c.test == "none"]
     if beaten:
-        text += "; it beats " + "; ".join(f"{c.a} by {margin_of_b(c, unit, len(comps))}" for c in beaten)
+        text += "; it beats " + "; ".join(f"{c.a} by {margin_of_b(c, unit, family)}" for c in beaten)
     if tied:
         text += (
-            f"; against {', '.join(c.a for c in tied)} there is {NO_DIFFERENCE} "
-            f"(Holm-adjusted over {len(comps)} comparisons)"
+            f"; against {', '.join(c.a for c in tied)} there is {NO_DIFFERENCE} ("
+            + "; ".join(f"{c.a}: {test_words(c, family)}, {worst_case(c, unit)}" for c in tied)
+            + ")"
         )
     if untested:
         text += "; against " + "; ".join(f"{c.a} ({num(c.a_est.mean)}) {untested_words(c, unit)}" for c in untested)
@@ -116,9 +132,7 @@ def settings_answer(evals: pd.DataFrame, settings: list[str] | None = None) -> s
         return (
             f"{head}, no setting pair has 2 or more seeds with a FID each, so no tests; FID per setting: {values}{tail}"
         )
-    comps = {
-        c.a: c for c in compare_to_reference(evals, "fid", reference, testable[1:], by="setting", lower_is_better=True)
-    }
+    comps = {c.a: c for c in settings_comparisons(evals, settings)}
     meta = evals.drop_duplicates("setting").set_index("setting")
     sentences = []
     for name, group in meta.loc[[s for s in have if s != reference]].groupby(
@@ -130,7 +144,11 @@ def settings_answer(evals: pd.DataFrame, settings: list[str] | None = None) -> s
         tied = [s for s in ordered if s in comps and comps[s].test != "none" and comps[s].winner is None]
         untested = [s for s in ordered if s not in comps or comps[s].test == "none"]
         lowest_ok = [s for s in tied if all(nfe[w] < nfe[s] for w in worse)]
-        parts = [f"no significant loss down to {num(nfe[lowest_ok[-1]])} NFE"] if lowest_ok else []
+        parts = [
+            f"no significant loss down to {num(nfe[s])} NFE (not shown equal: the data allow it to be up to "
+            f"{num(comps[s].diff.high)} FID worse)"
+            for s in lowest_ok[-1:]
+        ]
         if worse:
             parts.append(
                 "worse "
@@ -145,6 +163,34 @@ def settings_answer(evals: pd.DataFrame, settings: list[str] | None = None) -> s
         ]
         sentences.append(f"{name}: " + "; ".join(parts))
     return f"{head}, paired over seeds and Holm-adjusted over {len(comps)} comparisons: " + "; ".join(sentences) + tail
+
+
+def settings_comparisons(evals: pd.DataFrame, settings: list[str] | None = None) -> list[Comparison]:
+    """Each setting with 2+ seeds of FID against the most expensive such setting (largest NFE), Holm-adjusted:
+    the comparisons ``settings_answer`` words and ``verdicts`` lists (one computation for both)."""
+    nfe = evals.groupby("setting", sort=False)["nfe"].mean()
+    settings = [s for s in dict.fromkeys([*(settings or []), *evals["setting"]]) if s in nfe.index]
+    testable = [s for s in sorted(settings, key=lambda s: -nfe[s]) if usable_seeds(evals, "fid", "setting", s) >= 2]
+    if len(testable) < 2:
+        return []
+    return compare_to_reference(evals, "fid", testable[0], testable[1:], by="setting", lower_is_better=True)
+
+
+def guidance_comparisons(evals: pd.DataFrame, knob: str = "guidance", symbol: str = "w") -> list[Comparison]:
+    """Class accuracy of each weight with 2+ seeds against the best one, Holm-adjusted (as ``guidance_answer``
+    words them; [] when the best weight has fewer than 2 seeds or nothing to compare it with)."""
+    e = evals.assign(w=evals[knob].map(f"{symbol} = {{:g}}".format))
+    ws = list(dict.fromkeys(e.sort_values(knob)["w"]))
+    n = {w: usable_seeds(e, "class_accuracy", "w", w) for w in ws}
+    measured = [w for w in ws if n[w]]
+    testable = [w for w in measured if n[w] >= 2]
+    if not measured:
+        return []
+    best = ranked(e, "class_accuracy", "w", measured)[0]
+    if best not in testable or len(testable) < 2:
+        return []
+    others = [w for w in testable if w != best]
+    return compare_to_reference(e, "class_accuracy", best, others, by="w", lower_is_better=False)
 
 
 def settings_front(evals: pd.DataFrame) -> pd.DataFrame:
@@ -233,9 +279,7 @@ def guidance_answer(evals: pd.DataFrame, knob: str = "guidance", symbol: str = "
             for r in per.itertuples()
         )
         return f"{text}. Too few seeds with class accuracy for tests: {values}. {front_words}"
-    comps = compare_to_reference(
-        e, "class_accuracy", best, [w for w in testable if w != best], by="w", lower_is_better=False
-    )
+    comps = guidance_comparisons(evals, knob, symbol)
     tied = [c.a for c in comps if c.test != "none" and c.winner is None]
     untested = [c for c in comps if c.test == "none"]
     pick = next(w for w in ws if w == best or w in tied)  # ws are in increasing w
@@ -249,9 +293,11 @@ def guidance_answer(evals: pd.DataFrame, knob: str = "guidance", symbol: str = "
             + [f"{w} not tested ({seeds(n[w])})" for w in measured if w not in testable]
         )
     if pick != best:
+        lowest = -next(c for c in comps if c.a == pick).diff.low  # how much lower pick's accuracy may be
         c = compare(e, "fid", pick, best, by="w", lower_is_better=True)
         text += (
-            f". The smallest such weight, {pick}, is not significantly below {best} in class accuracy; on FID "
+            f". The smallest such weight, {pick}, is not significantly below {best} in class accuracy (not shown "
+            f"equal: the data allow it to be up to {num(lowest)} lower); on FID "
             f"{comparison_sentence(c, 'FID')}"
         )
     return f"{text}. {front_words}"

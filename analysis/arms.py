@@ -14,8 +14,9 @@ from .words import num
 FLOPS_NOTE = (
     "GFLOPs: one forward pass on one image at the data's shape, as torch's FlopCounterMode counts them "
     "(matrix products, convolutions and attention; a multiply-add is 2 FLOPs, so the DiT paper's Gflops, "
-    "which count it once, are half of these; norms and activations are not counted). A sampler with NFE "
-    "network calls costs NFE times this per sample."
+    "which count it once, are half of these; norms and activations are not counted). A sample's network "
+    "cost is its NFE (batch rows: a classifier-free-guided step counts 2) times this, plus the classifier's "
+    "passes under classifier guidance; the sampling seconds measured are in the final-metrics table."
 )
 
 

@@ -19,7 +19,8 @@ from .words import and_list
 # Every field of the diffusion section changes what the loss measures at a given t (the schedule and
 # T rescale the noise levels, the parameterization the target, the weighting and its gamma the weights),
 # so only arms that agree on all of them share a loss scale.
-OBJECTIVE_KEYS = tuple(f"diffusion.{k}" for k in DiffusionConfig.model_fields)
+# The data space changes the target itself (pixels or an autoencoder's latents), so it is part of the objective.
+OBJECTIVE_KEYS = (*(f"diffusion.{k}" for k in DiffusionConfig.model_fields), "data.space")
 # What makes two FIDs comparable: the same number of generated samples, the same reference set and the
 # same feature extractor: the domain classifier, named by its fingerprint (harness.feature_fingerprint),
 # which differs between data sets and between machines that trained their own instead of sharing one.
@@ -175,6 +176,14 @@ def objective_groups(data: AblationData) -> list[list[str]]:
         if arm in objective.index:
             groups.setdefault(objective[arm], []).append(arm)
     return list(groups.values())
+
+
+def objective_of(data: AblationData, a: str, b: str) -> str:
+    """How the objectives of arms ``a`` and ``b`` differ: 'data.space pixel vs latent'."""
+    keys = [k for k in data.axes if k in OBJECTIVE_KEYS]
+    row = data.runs.drop_duplicates("arm_label").set_index("arm_label")
+    diff = [f"{k} {row.at[a, k]} vs {row.at[b, k]}" for k in keys if str(row.at[a, k]) != str(row.at[b, k])]
+    return "; ".join(diff) or "different objectives"
 
 
 # -- samplers ---------------------------------------------------------------------------------------

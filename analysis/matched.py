@@ -44,14 +44,17 @@ def matched_costs(c: pd.DataFrame) -> list[int]:
     return sorted(int(n) for n in arms[arms >= 2].index)
 
 
-def matched_sentences(data: AblationData) -> list[str]:
-    """One sentence per matched NFE, then one naming the NFEs only one arm reached."""
+def matched_sentences(data: AblationData, comps: list | None = None) -> list[str]:
+    """One sentence per matched NFE, then one naming the NFEs only one arm reached. ``comps``: the pairs of
+    candidates as the question's family adjusted them (``verdicts.family``)."""
     c = candidates(data)
     out = []
     for n in matched_costs(c):
         at = c[c["cost"] == n]
         refusal = fid_refusal(at, data.runs)  # before relabelling: it names arm and setting itself
-        words = refusal or arms_answer(at.assign(arm_label=at["candidate"]), list(dict.fromkeys(at["candidate"])))
+        cands = list(dict.fromkeys(at["candidate"]))
+        mine = [c for c in comps or [] if c.a in cands and c.b in cands] or None
+        words = refusal or arms_answer(at.assign(arm_label=at["candidate"]), cands, comps=mine)
         out.append(f"At {n} NFE (FID at the end of training): {words}.")
     lonely = sorted(set(c["cost"]) - set(matched_costs(c)))
     if lonely:
@@ -71,7 +74,8 @@ def matched_section(data: AblationData) -> Section | None:
     s.paragraphs.append(
         "The arms were sampled with settings of their own (a setting fits one process), so they are compared "
         "at equal cost: the same number of network evaluations per sample (NFE, as the sampler counted them). "
-        "Within each NFE the answer above tests the best candidate against each other one (Holm-adjusted). "
+        "Within each NFE the answer above tests every pair of candidates (Tukey's HSD with 3 or more), adjusted "
+        "with every other comparison of the answer (Holm). "
         "Heun's last step is an Euler step, so heun-k costs 2k - 1 evaluations."
     )
     rows = []

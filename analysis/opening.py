@@ -29,28 +29,83 @@ from .families import (
 )
 from .load import AblationData
 from .stats import estimate
-from .words import and_list, num
+from .verdicts import family, shared_setting
+from .words import and_list, metric_label, num, pval
 
 # -- the paragraph ------------------------------------------------------------------------------------
 
 
-def answer(data: AblationData) -> str:
-    """The answer to the spec's question; on a plan with failures the first sentence says so."""
+SMOKE = "Smoke profile: this run checks the pipeline and answers nothing."
+
+
+def answer(data: AblationData, *, margins: dict[str, float] | None = None) -> str:
+    """The answer to the spec's question: one bold sentence (the verdict), then the details; on a plan with
+    failures the first detail says so. Comparisons of arms come from ``verdicts.family`` (one family)."""
+    fam = family(data, margins=margins)
+    body = details(data, fam)
+    head = SMOKE if data.profile == "smoke" else headline(data, body, fam)
+    return f"**{head}** {' '.join(body)}"
+
+
+def headline(data: AblationData, body: list[str], fam: list) -> str:
+    """The verdict in one sentence: the FID comparison of the arms (the first answer sentence otherwise)."""
+    if data.runs.empty or data.evals.empty:
+        return "No answer yet: no finished training run with evaluations."
+    fid = [v for v in fam if v.metric == "fid"]
+    if fid:
+        return _fid_headline(fid)
+    # The answer proper: not the failures (a detail of their own), nor the model's progress before guidance.
+    skip = ("This plan has failures", "Digits become recognizable", "Recognizability over training")
+    first = next((b for b in body if not b.startswith(skip)), body[0])
+    return _first_clause(first).rstrip(".") + "."
+
+
+def _first_clause(text: str) -> str:
+    """``text`` up to its first '; ' outside parentheses."""
+    depth = 0
+    for i, ch in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth == 0 and text.startswith("; ", i):
+            return text[:i]
+    return text
+
+
+def _fid_headline(fid: list) -> str:
+    winners = [v.winner for v in fid if v.winner]
+    losers = {a for v in fid if v.winner for a in v.compared if a != v.winner}
+    arms = {a for v in fid for a in v.compared}
+    unbeaten = [w for w in dict.fromkeys(winners) if w not in losers]
+    if len(unbeaten) == 1 and losers | {unbeaten[0]} == arms:
+        return f"{unbeaten[0]} has the best FID: it beats every other arm, after adjustment for multiple comparisons."
+    if winners:
+        pairs = "; ".join(f"{v.winner} beats {[a for a in v.compared if a != v.winner][0]}" for v in fid if v.winner)
+        return f"On FID, {pairs}; the other pairs show no significant difference."
+    if all(v.comparison is None for v in fid):
+        return "FIDs are not ranked: " + fid[0].reason.removeprefix("refused: ") + "."
+    if all(v.comparison is None or v.comparison.test == "none" for v in fid):
+        return "No FID difference is tested (too few seeds or identical values), so no arm is called better."
+    return "No significant FID difference between the arms at this budget."
+
+
+def details(data: AblationData, fam: list) -> list[str]:
+    """The sentences after the headline."""
     sentences = [s for s in (failure_sentence(data),) if s]
     if data.runs.empty or data.evals.empty:
         nothing = "No finished training run with evaluations in this experiment yet, so there is no answer."
-        return " ".join([*sentences, nothing])
+        return [*sentences, nothing]
     setting = first_setting(data)
     reasons = failed_arms(data)
-    at = data.evals[data.evals["setting"] == setting]
     recognizable = _cap(recognizable_answer(recognizable_steps(data, setting), data.arms, setting)) + "."
     if len(data.arms) > 1 and matched.disjoint(data):  # each arm sampled with its own settings: meet by NFE
-        sentences += matched.matched_sentences(data)
-        sentences += loss_sentences(data, reasons)
+        sentences += matched.matched_sentences(data, _comps(fam, "fid"))
+        sentences += loss_sentences(data, reasons, fam)
         sentences.append(recognizable)
     elif len(data.arms) > 1:
-        sentences.append(fid_sentence(data, at, setting, reasons))
-        sentences += loss_sentences(data, reasons)
+        shared = shared_setting(data)
+        at = data.evals[data.evals["setting"] == shared]
+        sentences.append(fid_sentence(data, at, shared, reasons, fam))
+        sentences += [s for s in (equivalence_sentence(fam), other_metrics_sentence(fam), design_sentence(fam)) if s]
+        sentences += loss_sentences(data, reasons, fam)
         sentences.append(recognizable)
         if others := [x for x in data.settings if x != setting and not varies_guidance(data)]:
             sentences.append(f"The other evaluation settings ({', '.join(others)}) are in the tables below.")
@@ -78,12 +133,7 @@ def answer(data: AblationData) -> str:
         sentences += [f"There is one arm and one setting, so nothing is compared: {fid} with {setting}.", recognizable]
     sentences += [s for s in (heun_sentence(data.evals, data.runs), code_sentence(data)) if s]
     sentences.append(budget_sentence(data))
-    if data.profile == "smoke":
-        sentences.append(
-            "This is the smoke profile: its numbers check that the pipeline runs end to end and say "
-            "nothing about the question."
-        )
-    return " ".join(sentences)
+    return sentences
 
 
 def periodic(data: AblationData) -> bool:
@@ -91,7 +141,63 @@ def periodic(data: AblationData) -> bool:
     return bool(len(data.curves)) and data.curves.groupby("run_id")["step"].nunique().max() > 1
 
 
-def fid_sentence(data: AblationData, at: pd.DataFrame, setting: str, reasons: dict[str, str]) -> str:
+def _comps(fam: list, metric: str, question: str | None = None) -> list:
+    return [v.comparison for v in fam if v.metric == metric and v.comparison and question in (None, v.question)]
+
+
+def equivalence_sentence(fam: list) -> str | None:
+    """The spec's margins (TOST): 'cosine and linear are equivalent within 2 FID (TOST p = 0.003)', or not shown."""
+    parts = []
+    for v in [v for v in fam if v.margin is not None and v.comparison is not None and v.comparison.test != "none"]:
+        a, b = v.compared
+        within = f"{num(v.margin)} {metric_label(v.metric)}"
+        if v.reason == "equivalent within margin":
+            parts.append(f"{a} and {b} are equivalent within {within} (TOST {pval(v.p_equivalence)})")
+        elif not v.winner:
+            parts.append(f"{a} and {b} are not shown equivalent within {within} (TOST {pval(v.p_equivalence)})")
+    return ("Against the spec's margins, adjusted in the same family: " + "; ".join(parts) + ".") if parts else None
+
+
+def other_metrics_sentence(fam: list) -> str | None:
+    """The significant pairs on the metrics other than FID and the loss, adjusted in the same family."""
+    wins = [v for v in fam if v.metric not in ("fid", "final_loss") and v.winner]
+    if not wins:
+        return None
+    size = max(v.comparison.family for v in wins)
+    return (
+        f"On the other metrics (adjusted in the same family of {size} comparisons): "
+        + "; ".join(
+            f"{metric_label(v.metric)}: {v.winner} better than {[a for a in v.compared if a != v.winner][0]}"
+            for v in wins
+        )
+        + "; every other pair is not significant or not tested (the table below gives each)."
+    )
+
+
+def design_sentence(fam: list) -> str | None:
+    """What the FID comparisons could have detected: 'with 3 seeds this design detects FID differences
+    above 14 (80% power at the level used)'."""
+    tested = [v for v in fam if v.metric == "fid" and math.isfinite(v.mde)]
+    if not tested:
+        return None
+    n = sorted({min(v.comparison.a_est.n, v.comparison.b_est.n) for v in tested})
+    lo, hi = min(v.mde for v in tested), max(v.mde for v in tested)
+    size = num(lo) if num(lo) == num(hi) else f"{num(lo)} to {num(hi)}"
+    seeds = f"{n[0]}" if len(n) == 1 else f"{n[0]} to {n[-1]}"
+    text = (
+        f"Design: with {seeds} seeds this design detects FID differences above {size} (80% power at the level "
+        f"used, from the seeds' own spread)"
+    )
+    need = [v for v in tested if v.seeds_for_margin is not None]
+    if need:
+        most = max(v.seeds_for_margin for v in need)
+        text += (
+            f"; to detect the spec's margin of {num(need[0].margin)} FID as this pilot varies would take {most} seeds"
+        )
+    return text + "."
+
+
+def fid_sentence(data: AblationData, at: pd.DataFrame, setting: str, reasons: dict[str, str], fam: list) -> str:
     """The arms on FID at ``setting``, or a refusal to rank FIDs computed on different bases."""
     refusal = fid_refusal(at, data.runs)
     if refusal is not None:
@@ -104,16 +210,16 @@ def fid_sentence(data: AblationData, at: pd.DataFrame, setting: str, reasons: di
     basis = fid_bases(at, data.runs)
     return (
         f"On FID with {setting} at the end of training{f' ({basis[0]})' if basis else ''}, "
-        f"{arms_answer(at, data.arms, reasons=reasons)}."
+        f"{arms_answer(at, data.arms, reasons=reasons, comps=_comps(fam, 'fid'))}."
     )
 
 
-def loss_sentences(data: AblationData, reasons: dict[str, str]) -> list[str]:
+def loss_sentences(data: AblationData, reasons: dict[str, str], fam: list) -> list[str]:
     """Final losses compared within each group of arms that share the training objective only."""
     groups = objective_groups(data)
     out = [
         f"On final training loss{f' among {and_list(g)} (same objective)' if len(groups) > 1 else ''}, "
-        f"{arms_answer(data.runs, g, 'final_loss', 'loss', reasons)}."
+        f"{arms_answer(data.runs, g, 'final_loss', 'loss', reasons, comps=_comps(fam, 'final_loss'))}."
         for g in groups
         if len(g) > 1
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass, field
 
 
@@ -81,7 +82,10 @@ figcaption { font-style: italic; color: #555; font-size: 0.92em; } footer { colo
 
 def to_html(doc: Document) -> str:
     e = html.escape
-    body = [f"<h1>{e(doc.title)}</h1>", f'<p class="answer"><strong>{e(doc.question)}</strong> {e(doc.answer)}</p>']
+    body = [
+        f"<h1>{e(doc.title)}</h1>",
+        f'<p class="answer"><strong>{e(doc.question)}</strong> {_bold(e(doc.answer))}</p>',
+    ]
     for s in doc.sections:
         body.append(f"<section><h2>{e(s.title)}</h2>")
         body += [f"<p>{e(p)}</p>" for p in s.paragraphs]
@@ -101,3 +105,8 @@ def to_html(doc: Document) -> str:
         body.append(f"<footer><p>{e(doc.footer)}</p></footer>")
     head = f'<head><meta charset="utf-8"><title>{e(doc.title)}</title><style>{CSS}</style></head>'
     return f'<!DOCTYPE html>\n<html lang="en">{head}\n<body>\n' + "\n".join(body) + "\n</body></html>\n"
+
+
+def _bold(html: str) -> str:
+    """The answer's **verdict** (Markdown bold, the opening's first sentence) as <strong>."""
+    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html, count=1)

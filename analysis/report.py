@@ -19,6 +19,7 @@ from pathlib import Path
 from harness.config.schema import ROLE
 from harness.orchestration.tracking import MlflowStore
 
+from .crossing import crossing_entries
 from .load import AblationData, load_experiment
 from .opening import answer
 from .render import Document, to_html, to_markdown
@@ -29,10 +30,12 @@ from .sections import (  # noqa: F401 - re-exported: tests and callers build sin
     guidance_section,
     progress_section,
     samples_section,
+    sections_for,
     settings_section,
     setup_section,
     training_section,
 )
+from .verdicts import verdicts
 
 
 @dataclass(frozen=True)
@@ -42,12 +45,14 @@ class ReportPaths:
     answers: Path | None = None  # answers.json (ablation reports)
 
 
-def build_document(data: AblationData, *, question: str | None = None) -> Document:
-    sections = [s for build in SECTIONS if (s := build(data)) is not None]
+def build_document(
+    data: AblationData, *, question: str | None = None, margins: dict[str, float] | None = None
+) -> Document:
+    sections = [s for build in sections_for(margins) if (s := build(data)) is not None]
     return Document(
         title=f"{data.experiment}: ablation report ({data.profile} profile)",
         question=question or data.question or "(no question recorded)",
-        answer=answer(data),
+        answer=answer(data, margins=margins),
         sections=sections,
         footer=(
             f"Built from MLflow experiment {data.experiment}, newest harness run {data.parent_run_id}; "
@@ -100,9 +105,8 @@ def write_data_report(data: AblationData, out_dir: Path, *, spec_path: str | Non
         from harness.config.spec import load_spec
 
         spec = load_spec(spec_path)
-        question, margins = spec.question, getattr(spec, "margins", None)
-    # margins reach build_document only where a spec states them (the keyword is stats' part of report.py)
-    doc = build_document(data, question=question, **({"margins": margins} if margins else {}))
+        question, margins = spec.question, spec.margins
+    doc = build_document(data, question=question, margins=margins)
     paths = save_document(doc, out_dir)
     answers = paths.md.parent / "answers.json"
     answers.write_text(json.dumps(_plain(report_answers(data, margins=margins)), indent=2, allow_nan=False) + "\n")
@@ -114,20 +118,7 @@ def report_answers(data: AblationData, *, margins: dict[str, float] | None = Non
     metric, the arms or settings compared, estimate, interval, p, p_adjusted, winner or null, and the reason
     when there is none), then one per arm for "when does it become recognizable"
     (``analysis.crossing.crossing_entries``: median_step or null, the seeds that reached it)."""
-    entries: list[dict] = []
-    try:  # the two modules come from parallel branches; the integrator drops these guards when both are in
-        from .verdicts import verdicts
-    except ImportError:
-        pass
-    else:
-        entries += verdicts(data, margins=margins)
-    try:
-        from .crossing import crossing_entries
-    except ImportError:
-        pass
-    else:
-        entries += crossing_entries(data)
-    return entries
+    return verdicts(data, margins=margins) + crossing_entries(data)
 
 
 def _plain(value):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from harness.config import schema
@@ -15,15 +16,16 @@ from . import figures
 from .answers import front_sentence, recognizable_answer, recognizable_steps, settings_front
 from .arm_labels import arm_label
 from .arms import arms_section
-from .caveats import failed_arms, fid_bases, fid_refusal, heun_sentence, missing_evaluations, objective_groups
+from .caveats import fid_bases, fid_refusal, heun_sentence, missing_evaluations, objective_groups
+from .comparisons import comparison_section
 from .crossing import crossing_table
 from .families import first_setting, guidance_family, sampler_family, varies_guidance, varies_sampler
 from .load import AblationData
-from .matched import disjoint, matched_section
+from .matched import matched_section
 from .opening import _cap, _one, _steps, duration
 from .render import Section, Table
-from .stats import compare_to_reference, summarize
-from .words import LOWER_IS_BETTER, NO_DIFFERENCE, metric_label, num, scaled, untested_words, with_ci
+from .stats import ZERO_VARIANCE, summarize
+from .words import LOWER_IS_BETTER, metric_label, num, scaled
 
 # The quality metrics a report compares across arms, in the registry's order.
 METRICS = tuple(m for m in LOWER_IS_BETTER if m in schema.METRICS)
@@ -34,8 +36,10 @@ METRICS = tuple(m for m in LOWER_IS_BETTER if m in schema.METRICS)
 CELL_CAPTION = "Mean over seeds [95% CI] where there are 2+ seeds."
 
 
-def cell(mean: float, low: float, high: float) -> str:
-    """A table cell: '51.0 [48.5, 53.5]', or the bare mean without an interval."""
+def cell(mean: float, low: float, high: float, method: str = "") -> str:
+    """A table cell: '51.0 [48.5, 53.5]'; '0.7 (all seeds equal)' without variance; the bare mean of one seed."""
+    if method == ZERO_VARIANCE:
+        return f"{num(mean)} (all seeds equal)"
     return f"{num(mean)} [{num(low)}, {num(high)}]" if math.isfinite(low) else num(mean)
 
 
@@ -90,9 +94,9 @@ def setup_section(data: AblationData) -> Section:
         + ". "
         f"FID, KID, precision and recall are computed in the feature space of the harness's domain classifier (a "
         f"small CNN trained on the data set; {held_out}), so these FIDs are on that classifier's scale and are not "
-        f"comparable with published InceptionV3 FIDs. KID is unscaled: the unbiased squared MMD with the cubic "
-        f"polynomial kernel in those 128-dimensional features, so its unit is theirs (InceptionV3 KIDs, of "
-        f"order 10^-3, are usually quoted x 10^3; these are not). "
+        f"comparable with published InceptionV3 FIDs. KID is the unbiased squared MMD with the cubic polynomial "
+        f"kernel in those 128-dimensional features, so its unit is theirs; tables and sentences show it as "
+        f"KID x 10^3 (as InceptionV3 KIDs are usually quoted, though these are not on InceptionV3's scale). "
         + (
             "InceptionV3 FID is logged as fid_inception. "
             if inception
@@ -129,56 +133,6 @@ def setup_section(data: AblationData) -> Section:
     return s
 
 
-def comparison_section(data: AblationData) -> Section | None:
-    """Every metric: the best arm against each other arm (Holm-adjusted), at the first setting."""
-    if len(data.arms) < 2 or data.evals.empty or disjoint(data):  # disjoint: matched_section compares by NFE
-        return None
-    setting = first_setting(data)
-    at = scaled(data.evals[data.evals["setting"] == setting])
-    s = Section(f"Arms compared ({setting}, end of training)")
-    rows, failed = [], failed_arms(data)
-    for metric in [m for m in METRICS if at[m].notna().any()]:
-        lower = LOWER_IS_BETTER[metric]
-        means = at.groupby("arm_label")[metric].mean().dropna()
-        unrecorded = [a for a in data.arms if a not in means.index]
-        rows += [[metric_label(metric), a, "", "none", "", failed.get(a, f"no {metric} recorded")] for a in unrecorded]
-        if len(means) < 2:
-            continue
-        best = means.idxmin() if lower else means.idxmax()
-        for c in compare_to_reference(
-            at, metric, best, [a for a in data.arms if a != best and a in means.index], lower_is_better=lower
-        ):
-            verdict = (
-                untested_words(c, metric_label(metric))
-                if c.test == "none"
-                else f"{c.winner} better"
-                if c.winner
-                else NO_DIFFERENCE
-            )
-            rows.append(
-                [
-                    metric_label(metric),
-                    f"{c.a} - {c.b}",
-                    cell(c.diff.mean, c.diff.low, c.diff.high),
-                    c.test,
-                    "" if math.isnan(c.p) else f"{c.p:.3g}",
-                    verdict,
-                ]
-            )
-    s.paragraphs.append(
-        "Each row compares the arm with the best mean on that metric (second) with another arm (first): "
-        "the difference of means over seeds with its 95% t-interval, a paired t-test where both arms "
-        "have the same seeds with a value (else Welch's), p Holm-adjusted per metric. A winner is named "
-        "only when p < 0.05 and the interval excludes zero; with fewer than 2 seeds, or a difference "
-        "that is the same in every seed, there is no test. Lower is better for FID and KID, higher for "
-        "the rest."
-    )
-    if refusal := fid_refusal(at, data.runs):
-        s.paragraphs.append(_cap(refusal) + ": read the FID rows with that in mind.")
-    s.tables.append(Table(["metric", "arms", "difference [95% CI]", "test", "p", "verdict"], rows))
-    return s
-
-
 def settings_section(data: AblationData) -> Section | None:
     if not varies_sampler(data):
         return None
@@ -189,16 +143,23 @@ def settings_section(data: AblationData) -> Section | None:
         s.paragraphs.append(_cap(refusal) + ".")
     summary = summarize(fam, "fid", ["setting", "arm_label"]).set_index(["setting", "arm_label"])
     nfe = fam.groupby("setting")["nfe"].mean()
+    extra = [c for c in ("classifier_passes", "sample_seconds") if c in fam and fam[c].notna().any()]
+    cost = fam.groupby(["setting", "arm_label"])[extra].mean()  # optional columns: NaN for older runs
     rows = [
         [setting, arm, num(nfe[setting])]
+        + [num(cost.at[(setting, arm), c]) for c in extra]
         + (
-            [cell(*summary.loc[(setting, arm), ["mean", "low", "high"]]), int(summary.at[(setting, arm), "n"])]
+            [
+                cell(*summary.loc[(setting, arm), ["mean", "low", "high", "method"]]),
+                int(summary.at[(setting, arm), "n"]),
+            ]
             if (setting, arm) in summary.index
             else ["no FID recorded", 0]
         )
         for setting, arm in fam[["setting", "arm_label"]].drop_duplicates().itertuples(index=False)
     ]
-    s.tables.append(Table(["setting", "arm", "NFE", "FID", "seeds"], rows, CELL_CAPTION))
+    names = {"classifier_passes": "classifier passes", "sample_seconds": "sampling seconds"}
+    s.tables.append(Table(["setting", "arm", "NFE", *(names[c] for c in extra), "FID", "seeds"], rows, CELL_CAPTION))
     fig = figures.fid_vs_nfe(fam, settings_front(fam))
     s.add_picture(
         "fid_vs_nfe",
@@ -223,7 +184,10 @@ def guidance_section(data: AblationData) -> Section | None:
     keys = fam[["arm_label", "guidance"]].drop_duplicates().sort_values("guidance", kind="stable")
     rows = [
         [arm, f"{w:g}", int(tables[0].at[(arm, w), "n"]) if (arm, w) in tables[0].index else 0]
-        + [cell(*t.loc[(arm, w), ["mean", "low", "high"]]) if (arm, w) in t.index else "not recorded" for t in tables]
+        + [
+            cell(*t.loc[(arm, w), ["mean", "low", "high", "method"]]) if (arm, w) in t.index else "not recorded"
+            for t in tables
+        ]
         for arm, w in keys.itertuples(index=False)
     ]
     s.paragraphs.append(
@@ -258,7 +222,7 @@ def final_metrics_section(data: AblationData) -> Section | None:
     rows = [
         [setting, arm, int(e.loc[(e["setting"] == setting) & (e["arm_label"] == arm), "seed"].nunique())]
         + [
-            cell(*tables[m].loc[(setting, arm), ["mean", "low", "high"]])
+            cell(*tables[m].loc[(setting, arm), ["mean", "low", "high", "method"]])
             if (setting, arm) in tables[m].index
             else "not recorded"
             for m in metrics
@@ -281,8 +245,10 @@ def training_section(data: AblationData) -> Section | None:
     s = Section("Training loss")
     final = summarize(data.runs, "final_loss", ["arm_label"]).set_index("arm_label")
     s.paragraphs.append(
-        "Final training loss (mean of the last log interval): "
-        + "; ".join(f"{a} {with_ci(*final.loc[a, ['mean', 'low', 'high']])}" for a in data.arms if a in final.index)
+        "Final training loss (mean of the last log interval; mean over seeds [95% CI]): "
+        + "; ".join(
+            f"{a} {cell(*final.loc[a, ['mean', 'low', 'high', 'method']])}" for a in data.arms if a in final.index
+        )
         + "."
     )
     if len(groups := objective_groups(data)) > 1:
@@ -363,6 +329,11 @@ def samples_section(data: AblationData) -> Section | None:
         dirs = sorted({str(Path(c).parent / "grids") for c in data.runs["checkpoint"] if c})
         s.paragraphs.append("No sample grids found on disk" + (f" (looked in {', '.join(dirs)})." if dirs else "."))
     return s
+
+
+def sections_for(margins: dict[str, float] | None) -> tuple[Callable[[AblationData], Section | None], ...]:
+    """SECTIONS with the spec's equivalence margins given to the comparison table (one family, one TOST)."""
+    return tuple(partial(comparison_section, margins=margins) if b is comparison_section else b for b in SECTIONS)
 
 
 SECTIONS: tuple[Callable[[AblationData], Section | None], ...] = (

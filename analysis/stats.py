@@ -6,14 +6,19 @@ it is reported with (paired: the one-sample t-interval of the per-seed differenc
 Welch's), so "the interval excludes 0" and "p < 0.05" agree by construction. Without a test
 (``Comparison.test == "none"``) ``Comparison.untested`` says why: fewer than 2 usable seeds, or
 differences identical in every seed (zero variance), where the uncertainty cannot be estimated and
-a p-value of 0 would be a fiction. A winner needs a test, p < alpha after Holm and an interval
-that excludes zero, so a tie or an untested comparison is never reported as a win.
+a p-value of 0 would be a fiction. "Identical" is decided with a tolerance relative to the values
+(``flat``): differences like 0.01 +- 1e-17 (recognizabilities in multiples of 1/200) are constant up to
+rounding, and a t-test on rounding noise would print "p < 0.001" for a difference nobody measured.
+A winner needs a test, p < alpha after adjustment and an interval that excludes zero, so a tie or an
+untested comparison is never reported as a win. An interval printed beside an adjusted p is at the
+level that matches it (``at_level``): it excludes 0 exactly when the adjusted p < alpha.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -22,6 +27,23 @@ from scipy import stats as sps
 CONFIDENCE = 0.95
 ALPHA = 0.05
 ZERO_VARIANCE = "zero variance"
+RELATIVE_TOLERANCE = 1e-9  # spread below this fraction of the values' magnitude is rounding, not variance
+# The possible range of each metric, so that an interval never leaves it (class accuracy up to 1.12, a negative
+# FID). KID's unbiased estimator can be negative, so it has no bound; a metric not named here is unbounded.
+BOUNDS: dict[str, tuple[float, float]] = {
+    **{
+        m: (0.0, 1.0) for m in ("precision", "recall", "recognizability", "class_accuracy", "recognized_class_accuracy")
+    },
+    **{m: (0.0, math.inf) for m in ("fid", "fid_inception", "final_loss", "nfe", "sample_seconds")},
+}
+
+
+def flat(*groups, scale=None) -> bool:
+    """Whether every group is constant up to rounding: spread <= RELATIVE_TOLERANCE * max(|values|, 1).
+    ``scale``: the values the groups were computed from (for differences, the two arms' values)."""
+    ref = [np.abs(np.asarray(g, dtype=float)) for g in (scale if scale is not None else groups)]
+    size = max([1.0, *(float(r.max()) for r in ref if r.size)])
+    return all(np.ptp(np.asarray(g, dtype=float)) <= RELATIVE_TOLERANCE * size for g in groups if len(g))
 
 
 @dataclass(frozen=True)
@@ -33,6 +55,10 @@ class Estimate:
     low: float
     high: float
     method: str  # "t" | "zero variance" (all values equal) | "single seed" | "none" (no values)
+    se: float = math.nan  # standard error of the mean, and the t's degrees of freedom: intervals at any level
+    dof: float = math.nan
+    level: float = CONFIDENCE  # of [low, high]
+    arms: int = 0  # > 0: a Tukey pair among that many arms (critical value of the studentized range, not t)
 
     @property
     def has_interval(self) -> bool:
@@ -54,6 +80,8 @@ class Comparison:
     lower_is_better: bool
     alpha: float = ALPHA
     untested: str = ""  # why there is no test: "1 seed", "0 seeds", ZERO_VARIANCE; "" with a test
+    p_raw: float = math.nan  # the unadjusted p (``p`` is adjusted once the comparison joins a family)
+    family: int = 1  # how many comparisons ``p`` is adjusted over
 
     @property
     def significant(self) -> bool:
@@ -83,10 +111,39 @@ def estimate(values, *, confidence: float = CONFIDENCE) -> Estimate:
     mean = float(x.mean())
     if n == 1:
         return Estimate(1, mean, float("nan"), float("nan"), "single seed")
-    if np.ptp(x) == 0:  # s = 0: a zero-width interval would claim certainty that n seeds cannot give
+    if flat(x):  # s = 0 up to rounding: a zero-width interval would claim certainty that n seeds cannot give
         return Estimate(n, mean, float("nan"), float("nan"), ZERO_VARIANCE)
-    ci = sps.ttest_1samp(x, 0.0).confidence_interval(confidence)
-    return Estimate(n, mean, float(ci.low), float(ci.high), "t")
+    se = float(x.std(ddof=1) / math.sqrt(n))
+    return at_level(Estimate(n, mean, math.nan, math.nan, "t", se, n - 1.0), confidence)
+
+
+def at_level(e: Estimate, level: float, bounds: tuple[float, float] = (-math.inf, math.inf)) -> Estimate:
+    """``e`` with its t-interval at ``level`` (on its own se and dof), clipped to ``bounds``."""
+    if not (e.method == "t" and math.isfinite(e.se)):
+        return e
+    if e.arms:  # |t| * sqrt(2) is the studentized range of the pair
+        q = range_critical(level, e.arms, e.dof)
+        low, high = e.mean - q * e.se, e.mean + q * e.se
+    else:
+        low, high = sps.t.interval(level, e.dof, loc=e.mean, scale=e.se) if e.se > 0 else (e.mean, e.mean)
+    return replace(e, low=max(float(low), bounds[0]), high=min(float(high), bounds[1]), level=level)
+
+
+@lru_cache(maxsize=1024)
+def range_critical(level: float, arms: int, dof: float) -> float:
+    """|t| of a pair at the ``level`` quantile of the studentized range of ``arms`` means (Tukey), cached:
+    scipy integrates it numerically, ~0.1 s a call."""
+    return float(sps.studentized_range.ppf(level, arms, dof) / math.sqrt(2))
+
+
+def metric_bounds(metric: str) -> tuple[float, float]:
+    return BOUNDS.get(metric, (-math.inf, math.inf))
+
+
+def diff_bounds(metric: str) -> tuple[float, float]:
+    """The range of a difference of two values of ``metric``: [lo - hi, hi - lo]."""
+    lo, hi = metric_bounds(metric)
+    return lo - hi, hi - lo
 
 
 def compare(
@@ -100,7 +157,7 @@ def compare(
     """
     xa = _by_seed(df, metric, by, a)
     xb = _by_seed(df, metric, by, b)
-    ea, eb = estimate(xa), estimate(xb)
+    ea, eb = (at_level(estimate(x), CONFIDENCE, metric_bounds(metric)) for x in (xa, xb))
     if set(xa.index) == set(xb.index) and len(xa) >= 2:
         (diff, p), test = _paired(xa.to_numpy(), xb.reindex(xa.index).to_numpy()), "paired t"
     elif len(xa) >= 2 and len(xb) >= 2:
@@ -111,7 +168,18 @@ def compare(
         return Comparison(metric, a, b, ea, eb, diff, "none", math.nan, lower_is_better, alpha, seeds_word(n))
     if diff.method == ZERO_VARIANCE:
         return Comparison(metric, a, b, ea, eb, diff, "none", math.nan, lower_is_better, alpha, ZERO_VARIANCE)
-    return Comparison(metric, a, b, ea, eb, diff, test, p, lower_is_better, alpha)
+    diff = at_level(diff, CONFIDENCE, diff_bounds(metric))
+    return Comparison(metric, a, b, ea, eb, diff, test, p, lower_is_better, alpha, p_raw=p)
+
+
+def adjusted(c: Comparison, p_adjusted: float, family: int) -> Comparison:
+    """``c`` with its adjusted p and the interval that matches it: at level 1 - alpha * p_raw / p_adjusted,
+    which excludes 0 exactly when p_adjusted < alpha (each t-interval at level 1 - g excludes 0 iff p < g)."""
+    if c.test == "none" or not math.isfinite(c.p_raw):
+        return replace(c, family=family)
+    level = 1 - c.alpha * c.p_raw / p_adjusted if p_adjusted > 0 else CONFIDENCE
+    diff = at_level(c.diff, max(level, CONFIDENCE), diff_bounds(c.metric))
+    return replace(c, p=p_adjusted, diff=diff, family=family)
 
 
 def seeds_word(n: int) -> str:
@@ -131,8 +199,13 @@ def compare_to_reference(
     """Each of ``others`` against ``reference``, p-values Holm-adjusted over the family (k comparisons
     at alpha would otherwise find a false winner with probability up to k * alpha)."""
     comps = [compare(df, metric, o, reference, by=by, lower_is_better=lower_is_better, alpha=alpha) for o in others]
-    adjusted = holm([c.p for c in comps])
-    return [replace(c, p=p) for c, p in zip(comps, adjusted)]
+    return holm_family(comps)
+
+
+def holm_family(comps: list[Comparison]) -> list[Comparison]:
+    """Holm over ``comps`` (their raw p), each with the interval that matches its adjusted p."""
+    n = sum(math.isfinite(c.p_raw) for c in comps)
+    return [adjusted(c, p, n) for c, p in zip(comps, holm([c.p_raw for c in comps]))]
 
 
 def holm(p_values: list[float]) -> list[float]:
@@ -151,28 +224,29 @@ def _by_seed(df: pd.DataFrame, metric: str, by: str, group: str) -> pd.Series:
     return rows.groupby("seed")[metric].mean().sort_index()  # one value per seed
 
 
-def _tested(test, mean: float, n: int, flat: bool) -> tuple[Estimate, float]:
-    """The 95% interval and p of one scipy t-test (``test()``, with its own ``confidence_interval``): one t,
-    so "p < 0.05" and "the interval excludes 0" cannot disagree. ``flat`` (no variance): neither exists."""
-    if flat:
+def _tested(test, mean: float, n: int, is_flat: bool, se: float) -> tuple[Estimate, float]:
+    """The 95% interval and p of one scipy t-test (``test()``, with its own ``confidence_interval`` and
+    ``df``): one t, so "p < 0.05" and "the interval excludes 0" cannot disagree. ``is_flat``: neither exists."""
+    if is_flat:
         return Estimate(n, mean, math.nan, math.nan, ZERO_VARIANCE), math.nan
     result = test()
     ci = result.confidence_interval(CONFIDENCE)
-    return Estimate(n, mean, float(ci.low), float(ci.high), "t"), float(result.pvalue)
+    return Estimate(n, mean, float(ci.low), float(ci.high), "t", se, float(result.df)), float(result.pvalue)
 
 
 def _paired(xa: np.ndarray, xb: np.ndarray) -> tuple[Estimate, float]:
     """Paired t on the per-seed differences d_s = a_s - b_s (scipy.stats.ttest_rel)."""
     d = xa - xb
-    return _tested(lambda: sps.ttest_rel(xa, xb), float(d.mean()), len(d), np.ptp(d) == 0)
+    se = float(d.std(ddof=1) / math.sqrt(len(d)))
+    return _tested(lambda: sps.ttest_rel(xa, xb), float(d.mean()), len(d), flat(d, scale=(xa, xb)), se)
 
 
 def _welch(xa: np.ndarray, xb: np.ndarray) -> tuple[Estimate, float]:
     """Welch's t for independent groups, Welch-Satterthwaite degrees of freedom (scipy.stats.ttest_ind,
-    equal_var=False)."""
-    flat = np.ptp(xa) == 0 and np.ptp(xb) == 0
+    equal_var=False). ``n`` is the smaller group; the words name both (``Comparison.a_est.n``, ``b_est.n``)."""
+    se = math.sqrt(xa.var(ddof=1) / len(xa) + xb.var(ddof=1) / len(xb))
     test = lambda: sps.ttest_ind(xa, xb, equal_var=False)  # noqa: E731
-    return _tested(test, float(xa.mean() - xb.mean()), min(len(xa), len(xb)), flat)
+    return _tested(test, float(xa.mean() - xb.mean()), min(len(xa), len(xb)), flat(xa, xb), se)
 
 
 def summarize(df: pd.DataFrame, metric: str, by: list[str]) -> pd.DataFrame:
@@ -180,7 +254,7 @@ def summarize(df: pd.DataFrame, metric: str, by: list[str]) -> pd.DataFrame:
     rows = []
     per_seed = df[df[metric].notna()].groupby([*by, "seed"], sort=False)[metric].mean().reset_index()
     for key, group in per_seed.groupby(by, sort=False):
-        e = estimate(group[metric])
+        e = at_level(estimate(group[metric]), CONFIDENCE, metric_bounds(metric))
         key = key if isinstance(key, tuple) else (key,)
         rows.append({**dict(zip(by, key)), "n": e.n, "mean": e.mean, "low": e.low, "high": e.high, "method": e.method})
     return pd.DataFrame(rows, columns=[*by, "n", "mean", "low", "high", "method"])

@@ -7,7 +7,7 @@ builds the answers to a spec's question from them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 
@@ -21,10 +21,11 @@ LOWER_IS_BETTER = {
     for m in (*METRICS, *RUN_METRICS)
     if (METRICS.get(m) or RUN_METRICS[m]).lower_is_better is not None
 }
-# Metrics reported in another unit, e.g. {"kid": 1e3} for InceptionV3 KIDs of order 1e-3. None here: KID in
-# the domain classifier's 128-D features (unnormalized ReLU activations) is of order 1-100 as measured, so
-# it reads best unscaled; the report states its scale instead (report.setup_section).
-SCALE: dict[str, float] = {}
+# Metrics reported in another unit, the scale in the column header and sentence ("KID x 10^3"), so that no
+# number needs a long tail of zeros. KID in the domain classifier's features is of order 10^-2 to 10^2 as
+# measured across data sets and budgets; x 10^3 keeps the small ones readable (report.setup_section says so).
+SCALE: dict[str, float] = {"kid": 1e3}
+THRESHOLDS = (0.1, 0.05, 0.01, 0.001)  # a p printed as one of these must be that p
 
 
 def metric_label(metric: str) -> str:
@@ -59,15 +60,38 @@ def num(x: float) -> str:
 
 
 def pval(p: float) -> str:
-    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}" if p < 0.01 else f"p = {p:.2f}"
+    """'p = 0.0061', with the digits it takes never to print a threshold that p is not: 0.0495 and 0.0505
+    are 'p = 0.0495' and 'p = 0.0505', never both 'p = 0.05'."""
+    if p < 0.001:
+        return "p < 0.001"
+    for digits in range(2, 7):
+        text = f"{p:.{digits}g}"
+        if float(text) not in THRESHOLDS or float(text) == p:
+            return f"p = {text}"
+    return f"p = {p:.6g}"
 
 
 def seeds(n: int) -> str:
     return f"{n} seed" + ("" if n == 1 else "s")
 
 
-def with_ci(mean: float, low: float, high: float) -> str:
-    return f"{num(mean)} (95% CI {num(low)} to {num(high)})" if math.isfinite(low) else num(mean)
+def with_ci(mean: float, low: float, high: float, level: float = 0.95) -> str:
+    return f"{num(mean)} ({ci_name(level)} {num(low)} to {num(high)})" if math.isfinite(low) else num(mean)
+
+
+def ci_name(level: float) -> str:
+    """'95% CI', or '98.3% CI' for an interval widened to match an adjusted p."""
+    pct = f"{100 * level:.3g}"
+    return f"{pct}% CI"
+
+
+def estimate_words(e) -> str:
+    """A mean in words: with its interval, 'identical in all 3 seeds' (zero variance) or 'one seed'."""
+    if e.method == ZERO_VARIANCE:
+        return f"{num(e.mean)} (identical in all {e.n} seeds)"
+    if e.method == "single seed":
+        return f"{num(e.mean)} (1 seed)"
+    return with_ci(e.mean, e.low, e.high, e.level)
 
 
 def usable_seeds(df: pd.DataFrame, metric: str, by: str, group) -> int:
@@ -96,7 +120,7 @@ def gain(c: Comparison) -> Gain:
 def margin_of_b(c: Comparison, unit: str, family: int = 1) -> str:
     """How much better ``b`` is than ``a``: '3.1 FID (95% CI 1.2 to 5.0, 3 seeds, paired t-test p = 0.004)'."""
     g = gain(c)
-    return f"{num(-g.mean)} {unit} (95% CI {num(-g.high)} to {num(-g.low)}, {test_words(c, family)})"
+    return f"{num(-g.mean)} {unit} ({ci_name(c.diff.level)} {num(-g.high)} to {num(-g.low)}, {test_words(c, family)})"
 
 
 def swap(c: Comparison) -> Comparison:
@@ -108,26 +132,34 @@ def swap(c: Comparison) -> Comparison:
         c.a,
         c.b_est,
         c.a_est,
-        type(d)(d.n, -d.mean, -d.high, -d.low, d.method),
+        replace(d, mean=-d.mean, low=-d.high, high=-d.low),
         c.test,
         c.p,
         c.lower_is_better,
         c.alpha,
         c.untested,
+        c.p_raw,
+        c.family,
     )
 
 
 def test_words(c: Comparison, family: int = 1) -> str:
+    family = max(family, c.family)
     holm = f", Holm-adjusted over {family} comparisons" if family > 1 else ""
-    return f"{seeds(c.diff.n)}, {c.test}-test {pval(c.p)}{holm}"
+    n = (
+        f"{seeds(c.a_est.n)} of {c.a}, {c.b_est.n} of {c.b}"
+        if c.test.startswith("Welch") or c.a_est.n != c.b_est.n
+        else seeds(c.diff.n)
+    )
+    return f"{n}, {c.test}{'-test' if c.test.endswith(' t') else ''} {pval(c.p)}{holm}"
 
 
 def untested_words(c: Comparison, unit: str) -> str:
     """Why ``c`` has no test: 'not tested (1 seed)', or a constant difference (no uncertainty to estimate)."""
     if c.untested == ZERO_VARIANCE:
         return (
-            f"not tested: the difference {c.a} - {c.b} is {num(c.diff.mean)} {unit} in each of {seeds(c.diff.n)}, "
-            f"so its uncertainty cannot be estimated"
+            f"not tested: identical in every seed (difference {c.a} - {c.b} = {num(c.diff.mean)} {unit} in each of "
+            f"{seeds(c.diff.n)}, up to rounding), so its uncertainty cannot be estimated"
         )
     return f"not tested ({c.untested})"
 
@@ -135,16 +167,24 @@ def untested_words(c: Comparison, unit: str) -> str:
 def comparison_sentence(c: Comparison, unit: str, family: int = 1) -> str:
     """One comparison: a winner with its margin, a tested tie, or the values without a test and why."""
     if c.test == "none":
-        return f"{c.a} {num(c.a_est.mean)} and {c.b} {num(c.b_est.mean)} {unit}: {untested_words(c, unit)}"
+        return f"{c.a} {estimate_words(c.a_est)} and {c.b} {estimate_words(c.b_est)} {unit}: {untested_words(c, unit)}"
     if c.winner == c.a:
         return f"{c.a} beats {c.b} by {margin_of_b(swap(c), unit, family)}"
     if c.winner == c.b:
         return f"{c.b} beats {c.a} by {margin_of_b(c, unit, family)}"
     return (
-        f"{NO_DIFFERENCE} between {c.a} ({unit} {with_ci(c.a_est.mean, c.a_est.low, c.a_est.high)}) and {c.b} "
-        f"({with_ci(c.b_est.mean, c.b_est.low, c.b_est.high)}); difference "
-        f"{with_ci(c.diff.mean, c.diff.low, c.diff.high)} ({test_words(c, family)})"
+        f"{NO_DIFFERENCE} between {c.a} ({unit} {estimate_words(c.a_est)}) and {c.b} "
+        f"({estimate_words(c.b_est)}); difference "
+        f"{with_ci(c.diff.mean, c.diff.low, c.diff.high, c.diff.level)} ({test_words(c, family)}); "
+        + worst_case(c, unit)
     )
+
+
+def worst_case(c: Comparison, unit: str) -> str:
+    """What a non-significant interval still allows, both ways: absence of evidence is not equivalence."""
+    g = gain(c)  # a's gain over b: a can be worse by up to -g.low, b worse by up to g.high
+    parts = [f"{x} to be up to {num(w)} {unit} worse" for x, w in ((c.a, -g.low), (c.b, g.high)) if w > 0]
+    return "the data allow " + " or ".join(parts) if parts else "the interval is empty"
 
 
 def ranked(df: pd.DataFrame, metric: str, by: str, groups: list[str]) -> list[str]:

@@ -49,7 +49,7 @@ def test_an_arm_with_no_fid_in_any_seed_is_named(tmp_path):
     words = answer(d)
     assert "cosine beats linear by 4.43 FID" in words and "sigmoid: no fid recorded" in words
     rows = comparison_section(d).tables[0].rows
-    assert ["FID", "sigmoid", "", "none", "", "no fid recorded"] in rows
+    assert ["FID", "sigmoid", "", "none", "", "", "no fid recorded"] in rows
     final = final_metrics_section(d).tables[0]
     fid = final.header.index("FID")
     assert [r[fid] for r in final.rows if r[1] == "sigmoid"] == ["not recorded"]
@@ -75,13 +75,16 @@ def test_an_untested_comparison_is_never_no_significant_difference(tmp_path):
     words = answer(d)
     assert "not tested (1 seed per arm)" in words and NO_DIFFERENCE not in words
     verdicts = [r[-1] for r in comparison_section(d).tables[0].rows]
-    assert verdicts == ["not tested (1 seed)"] * len(verdicts) and verdicts
+    assert verdicts == ["not tested: 1 seed"] * len(verdicts) and verdicts
 
 
 def test_constant_differences_say_the_uncertainty_cannot_be_estimated(tmp_path):
     d = data(tmp_path, {("linear", S): {"fid": [52.0, 54.0, 53.0]}, ("cosine", S): {"fid": [50.0, 52.0, 51.0]}})
     words = answer(d)
-    assert "the difference linear - cosine is 2 FID in each of 3 seeds, so its uncertainty cannot be estimated" in words
+    assert (
+        "identical in every seed (difference linear - cosine = 2 FID in each of 3 seeds, up to rounding), so its "
+        "uncertainty cannot be estimated"
+    ) in words
     assert "p = 0" not in words and "beats" not in words
     assert "zero variance" not in " ".join(r[-1] for r in comparison_section(d).tables[0].rows if r[0] == "precision")
 
@@ -100,7 +103,7 @@ def test_a_setting_without_fid_is_named_not_counted_as_no_loss(tmp_path):
     assert "no significant loss down to 50" not in words and "ddim eta=0: worse at 10 NFE by 10.5 FID" in words
     assert list(settings_front(d.evals)["setting"]) == ["ddim-10-eta0-w0", "ddpm-1000-eta0-w0"]
     rows = settings_section(d).tables[0].rows
-    assert ["ddim-50-eta0-w0", "base", "50", "no FID recorded", 0] in rows
+    assert ["ddim-50-eta0-w0", "base", "50", "1", "no FID recorded", 0] in rows  # "1": sampling seconds
     none = settings_answer(d.evals[d.evals["setting"] == "ddim-50-eta0-w0"], ["ddim-50-eta0-w0", "ddim-20-eta0-w0"])
     assert none == (
         "no setting has a FID; no evaluation recorded with ddim-20-eta0-w0; "
@@ -157,7 +160,8 @@ def test_fids_at_different_sample_counts_are_not_ranked(tmp_path):
     )
     assert "beats" not in words.split("Final training")[0]
     assert "FID from 500 generated against 5,000 real images; 1,000 generated" in words
-    assert any("not ranked" in p for p in comparison_section(d).paragraphs)
+    rows = comparison_section(d).tables[0].rows
+    assert ["FID", "linear - cosine", "", "none", "", "", "refused: different N (500 vs 1,000)"] in rows
 
 
 def test_losses_are_compared_only_within_one_objective(tmp_path):
@@ -192,7 +196,7 @@ def test_a_failed_arm_is_named_with_its_reason_in_the_first_sentence(tmp_path):
         for i in range(3)
     ]
     d.evals = d.evals[~((d.evals["arm_label"] == "linear") & (d.evals["seed"] == 2))]
-    words = answer(d)
+    words = answer(d).split("** ", 1)[1]  # after the bold verdict
     assert words.startswith(
         "This plan has failures: 3 of 9 planned training runs did not finish (sigmoid seed 0: "
         "failed: non-finite loss at step 3;"
@@ -203,13 +207,17 @@ def test_a_failed_arm_is_named_with_its_reason_in_the_first_sentence(tmp_path):
         in words.split("This plan has failures")[1].split("Budget")[0].split("On FID")[1]
     )
     assert any("sigmoid seed 0 (failed: non-finite loss at step 3)" in p for p in setup_section(d).paragraphs)
-    assert ["FID", "sigmoid", "", "none", "", "failed: non-finite loss at step 3"] in comparison_section(d).tables[
+    assert ["FID", "sigmoid", "", "none", "", "", "failed: non-finite loss at step 3"] in comparison_section(d).tables[
         0
     ].rows
     d.runs, d.evals = d.runs.iloc[:0], d.evals.iloc[:0]  # every job failed: the reasons are the whole answer
     d.missing = [{"arm": "base", "seed": 0, "reason": "failed: out of memory"}]
-    assert answer(d).startswith(
-        "This plan has failures: 1 of 1 planned training runs did not finish (base seed 0: failed: out of memory)"
+    assert (
+        answer(d)
+        .split("** ", 1)[1]
+        .startswith(
+            "This plan has failures: 1 of 1 planned training runs did not finish (base seed 0: failed: out of memory)"
+        )
     )
     assert setup_section(d).paragraphs == ["No finished training run. base seed 0: failed: out of memory."]
 
@@ -225,9 +233,9 @@ def test_without_a_plan_an_unevaluated_setting_is_no_failure(tmp_path):
         },
     )
     d.evals = d.evals[~((d.evals["arm_label"] == "linear") & (d.evals["setting"] == "ddim-10-eta0-w0"))]
-    assert answer(d).startswith("This plan has failures: 3 planned evaluation(s) are missing")
+    assert answer(d).split("** ", 1)[1].startswith("This plan has failures: 3 planned evaluation(s) are missing")
     d.planned = False  # loaded with latest_plan=False: settings are whatever any run was evaluated with
-    assert not answer(d).startswith("This plan has failures")
+    assert "This plan has failures" not in answer(d)
 
 
 def test_failure_reason_reads_the_error_tag():
@@ -285,10 +293,10 @@ def test_kid_scale_is_stated_and_compute_agrees_with_sample_seconds(tmp_path):
     d = data(tmp_path, {("linear", S): GOOD, ("cosine", S): BETTER})
     d.evals["sample_seconds"] = 30.0
     table = final_metrics_section(d).tables[0]
-    assert table.rows[0][table.header.index("KID")] == "0.01"  # kid 0.01 in the fixture, unscaled
+    assert table.rows[0][table.header.index("KID x 10^3")] == "10 (all seeds equal)"  # kid 0.01 in the fixture
     setup = " ".join(setup_section(d).paragraphs)
     assert "Sampling the final evaluations took 3 min (the sum of their own sample_seconds" in setup
-    assert "KID is unscaled" in setup and "so its unit is theirs" in setup and "confident on some noise" not in setup
+    assert "KID x 10^3" in setup and "so its unit is theirs" in setup and "confident on some noise" not in setup
     assert "reject class of synthetic non-digits" in setup and "data manifold" not in setup
 
 

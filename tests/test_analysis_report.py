@@ -76,7 +76,10 @@ def test_final_loss_is_compared_only_when_arms_share_the_objective(tmp_path, cle
         axis="train.precision",
         final_loss={"fp32": [0.0300, 0.0310, 0.0305], "bf16": [0.0400, 0.0412, 0.0404]},
     )
-    assert "On final training loss, fp32 beats bf16 by 0.01 loss (95% CI 0.00965 to 0.0104" in answer(worse)
+    assert (
+        "On final training loss, fp32 beats bf16 by 0.01 loss (97.5% CI 0.00949 to 0.0106, 3 seeds, paired t-test "
+        "p < 0.001, Holm-adjusted over 2 comparisons)"
+    ) in answer(worse)
     # A schedule rescales the loss at every t, so a lower loss would not mean a better model.
     assert "final training loss" not in clear.answer
     assert any("different scales" in p for s in clear.sections for p in s.paragraphs)
@@ -102,7 +105,10 @@ def test_guidance_tradeoff_answer(tmp_path):
     assert "Class accuracy is highest at w = 4 (0.92 (95% CI" in words
     assert "FID is lowest at w = 0" in words
     assert f"Weights with {NO_DIFFERENCE} in class accuracy from w = 4: w = 2" in words
-    assert "The smallest such weight, w = 2, is not significantly below w = 4 in class accuracy; on FID" in words
+    assert (
+        "The smallest such weight, w = 2, is not significantly below w = 4 in class accuracy (not shown equal" in words
+    )
+    assert words.startswith("**Class accuracy is highest at w = 4")
     assert "w = 4 beats w = 2 by" not in words and "w = 2 beats w = 4 by 6.27 FID" in words
     assert "Pareto-optimal (FID against class accuracy): w = 0, w = 1, w = 2, w = 4" in words
     assert [p.name for p in guidance_section(data).pictures] == ["guidance"]
@@ -116,10 +122,11 @@ def test_sampler_settings_answer(tmp_path):
     }
     data = fixture_data(tmp_path, final, question="How much does each sampler lose?")
     words = answer(data)
-    assert words.startswith(
+    assert words.split("** ", 1)[1].startswith(
         "Against the most expensive setting with a FID, ddpm-1000-eta0-w0 (1,000 NFE; FID 10.5, 95% CI"
     )
-    assert "ddim eta=0: no significant loss down to 50 NFE; worse at 10 NFE by 10.5 FID (95% CI" in words
+    assert "ddim eta=0: no significant loss down to 50 NFE (not shown equal: the data allow it to be up to" in words
+    assert "worse at 10 NFE by 10.5 FID (97.5% CI 8.71 to 12.3, 3 seeds, paired t-test p = 0.0015" in words
     assert [p.name for p in settings_section(data).pictures] == ["fid_vs_nfe"]
 
 

@@ -216,7 +216,7 @@ def test_loader_carries_code_versions_and_failure_reasons(hand):
         ("diffusion.schedule=sigmoid", "failed: non-finite loss at step 3")
     ]
     doc = build_document(data)
-    assert doc.answer.startswith(
+    assert doc.answer.split("** ", 1)[1].startswith(  # after the bold verdict
         "This plan has failures: 1 of 3 planned training runs did not finish (sigmoid seed 0: "
         "failed: non-finite loss at step 3)"
     )

@@ -20,7 +20,7 @@ from .dotted import merge, related, set_dotted
 from .fields import ConfigError, Int, Section, Seed
 from .grid import MAX_RUNS, Evaluate, arm_settings
 from .run import Config, DiffusionConfig, ModelConfig, build_config, format_validation_error, override_origin, read_yaml
-from .schema import arm_text
+from .schema import METRICS, RUN_METRICS, arm_text
 from .setting import SamplerSetting
 
 MAX_EXCLUDES = 100  # each arm is checked against every exclude
@@ -83,7 +83,18 @@ class Spec(Section):
     cpu_jobs: Int = Field(1, ge=1)  # jobs in parallel on the CPU (torch threads are divided)
     jobs_per_gpu: Int = Field(2, ge=1)  # small MNIST models need several per GPU to fill it
     slurm: dict[str, Any] = {}  # submitit parameters: partition, gpus_per_node, timeout_min, ...
+    # Equivalence margins of the report, metric -> the difference that does not matter (TOST, analysis/verdicts.py).
+    margins: dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]] = {}
     _shared_sources: dict[str, dict[str, str]] = PrivateAttr(default_factory=dict)  # with_shared_profiles
+
+    @field_validator("margins")
+    @classmethod
+    def _known_metrics(cls, margins: dict[str, float]) -> dict[str, float]:
+        known = [m for m, d in {**METRICS, **RUN_METRICS}.items() if d.lower_is_better is not None]
+        for name in margins:
+            if name not in known:
+                raise ValueError(f"unknown metric {name!r}; valid: {', '.join(known)}")
+        return margins
 
 
 @dataclass(frozen=True)
