@@ -40,3 +40,17 @@ def arm_label(arm: dict | str) -> str:
     """A short name for plots and prose: the axis values in key order, ``v / min_snr`` for two axes."""
     values = arm_dict(arm).values()
     return " / ".join(str(v) for v in values) if values else "base"
+
+
+def varying_fields(flats: list[dict[str, Any]]) -> list[str]:
+    """The dotted config keys whose values differ between runs' flat configs: the arms of runs that have
+    none (``harness train``), so two trainings with different ``--set`` compare as two arms. The seed, the
+    evaluation and where a run ran are not what a comparison is about."""
+    from harness.config.run import OPERATIONAL
+
+    def operational(key: str) -> bool:
+        section, _, name = key.partition(".")
+        return name in OPERATIONAL.get(section, ())
+
+    varying = [k for k in (flats[0] if flats else {}) if len({json.dumps(f.get(k)) for f in flats}) > 1]
+    return [k for k in varying if k != "train.seed" and not k.startswith("eval.") and not operational(k)]

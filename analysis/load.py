@@ -17,7 +17,6 @@ from typing import Any
 import pandas as pd
 
 from harness.config import Config, SamplerSetting
-from harness.config.run import OPERATIONAL
 from harness.config.schema import (
     ARM,
     CHECKPOINT,
@@ -41,7 +40,7 @@ from harness.config.schema import (
 )
 from harness.orchestration.tracking import MlflowStore
 
-from .arm_labels import arm_dict, arm_keys, arm_label  # noqa: F401 - re-exported: the sections and tests read them here
+from .arm_labels import arm_dict, arm_keys, arm_label, varying_fields  # noqa: F401 - re-exported: the sections and tests read them here
 from .grids import grids_table
 from .histories import BUCKET_COLUMNS, CURVE_COLUMNS, LOSS_COLUMNS, histories  # noqa: F401 - columns re-exported
 
@@ -253,16 +252,8 @@ def _axes(train_runs: list, plan: dict | None) -> list[str]:
     keys = list(dict.fromkeys(k for a in arms for k in arm_keys(a)))
     if keys or plan:
         return keys
-    # `harness train` runs have no arm: theirs are the config fields that differ between them (not the seed, the
-    # evaluation or where it ran), so two trainings with different --set compare as two arms.
-    flats = [run_config(r.data.params, r.info.run_id).flat() for r in train_runs]
-    varying = [k for k in (flats[0] if flats else {}) if len({json.dumps(f.get(k)) for f in flats}) > 1]
-    return [k for k in varying if k != "train.seed" and not k.startswith("eval.") and not _operational(k)]
-
-
-def _operational(key: str) -> bool:
-    section, _, field = key.partition(".")
-    return field in OPERATIONAL.get(section, ())
+    # `harness train` runs have no arm: theirs are the config fields that differ between them
+    return varying_fields([run_config(r.data.params, r.info.run_id).flat() for r in train_runs])
 
 
 def _runs_table(train_runs: list, axes: list[str]) -> pd.DataFrame:
