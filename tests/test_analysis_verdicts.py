@@ -148,7 +148,11 @@ def test_guided_cost_is_counted_in_batch_rows_and_classifier_passes(tmp_path):
     d.evals["classifier_passes"] = 0.0
     s = settings_section(d)
     text = " ".join(s.paragraphs)
-    assert "a classifier-free-guided step evaluates a doubled batch and counts 2" in text
+    assert "as batch rows (a classifier-free-guided step counts 2)" in text
+    d.evals["classifier_passes"] = 20.0  # classifier guidance: its passes are a cost of their own, not NFE
+    assert "classifier passes (forward and backward per sample) are a separate cost" in " ".join(
+        settings_section(d).paragraphs
+    )
     assert "classifier passes" in s.tables[0].header and "sampling seconds" in s.tables[0].header
     from analysis.arms import FLOPS_NOTE
 
@@ -191,7 +195,7 @@ def test_spec_margins_name_known_metrics(tmp_path):
     assert load_spec(good).margins == {"fid": 2.0, "recall": 0.02}
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: m\nquestion: Which?\nmargins: {fidd: 2.0}\n")
-    with pytest.raises(ConfigError, match=r"margins: unknown metric 'fidd'; valid: fid, kid"):
+    with pytest.raises(ConfigError, match=r"margins: unknown metric 'fidd'; valid: fid, "):
         load_spec(bad)
     bad.write_text("name: m\nquestion: Which?\nmargins: {fid: -1}\n")
     with pytest.raises(ConfigError, match="margins"):
