@@ -109,19 +109,19 @@ def measured_throughput(store: MlflowStore | None, config: Config, device: str) 
 FORWARD_ROUNDS = 3  # timed forward passes at the evaluation batch, after one warm-up
 
 
-def probed_throughput(config: Config, device, records: list[dict[str, Any]] = ()) -> Throughput | None:
+def probed_throughput(
+    config: Config, device, records: list[dict[str, Any]] = (), threads: int | None = None
+) -> Throughput | None:
     """Rates from timing this model here, before any run has finished: training from the autotune probe (the
     record ``resolve_plan`` returned for this model shape, else ``autotune.step_seconds``, cached per host), sampling
     from forward passes at the evaluation batch (each row of a batch is one NFE). Checkpoints, metrics and the
-    one-time steps (domain classifiers, reference statistics) are not counted. None under HARNESS_AUTOTUNE=off."""
-    import time
+    one-time steps (domain classifiers, reference statistics) are not counted. None under HARNESS_AUTOTUNE=off.
+    ``threads``: the torch threads each job gets when jobs share the CPU (the autotune probe's too), so the
+    sampling rate is that of one job beside the others, not of one process alone on the machine."""
 
     import torch
 
-    from ..config import IMAGE_CHANNELS, IMAGE_SIZES, NUM_CLASSES
-    from ..device import autocast, resolve_precision
     from ..training.autotune import OFF, name, step_seconds
-    from ..training.train import build_model
     from .placement import autotune_cache
 
     if os.environ.get(OFF) == "off":
@@ -130,21 +130,39 @@ def probed_throughput(config: Config, device, records: list[dict[str, Any]] = ()
     shape = {"model": config.model.identity(), "input": list(config.network_input()), "batch_size": tc.batch_size}
     shape |= {"process": config.diffusion.process, "device": device.type}
     record = next((r for r in records if all(r["key"].get(k) == v for k, v in shape.items())), None)
-    step = (record or {}).get("seconds", {}).get(mine) or step_seconds(config, device, autotune_cache())
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)  # the probe's cache key and the timing below: one job's threads
+    try:
+        step = (record or {}).get("seconds", {}).get(mine) or step_seconds(config, device, autotune_cache())
+        forward = _forward_seconds(config, device)
+    finally:
+        torch.set_num_threads(before)
+    return Throughput(tc.batch_size / step, config.eval.batch_size / forward, 0.0, 0)
+
+
+def _forward_seconds(config: Config, device) -> float:
+    """Seconds of one forward pass of ``config``'s network at its evaluation batch (each row is one NFE)."""
+    import time
+
+    import torch
+
+    from ..config import IMAGE_CHANNELS, IMAGE_SIZES, NUM_CLASSES
+    from ..device import autocast, resolve_precision
+    from ..training.train import build_model
+
     dataset, rows = config.data.dataset, config.eval.batch_size
     model = build_model(config, IMAGE_CHANNELS[dataset], IMAGE_SIZES[dataset], NUM_CLASSES[dataset]).to(device).eval()
     x = torch.randn(rows, *config.network_input(), device=device)
     t = torch.full((rows,), config.diffusion.timesteps // 2, device=device)
     y = torch.zeros(rows, dtype=torch.long, device=device) if config.model.conditional else None
-    with torch.no_grad(), autocast(device, resolve_precision(tc.precision)):
+    with torch.no_grad(), autocast(device, resolve_precision(config.train.precision)):
         for i in range(1 + FORWARD_ROUNDS):
             if i == 1:
                 torch.cuda.synchronize(device) if device.type == "cuda" else None
                 start = time.perf_counter()
             model(x, t, y)
         torch.cuda.synchronize(device) if device.type == "cuda" else None
-    forward = (time.perf_counter() - start) / FORWARD_ROUNDS
-    return Throughput(tc.batch_size / step, rows / forward, 0.0, 0)
+    return (time.perf_counter() - start) / FORWARD_ROUNDS
 
 
 def estimate_seconds(
@@ -155,7 +173,7 @@ def estimate_seconds(
     probe of the model (``probed_throughput``; ``records``: the autotune records ``resolve_plan`` returned)."""
     from ..device import resolve_device
 
-    gpus, n_slots, _ = slots(plan.spec.cpu_jobs, plan.spec.jobs_per_gpu)
+    gpus, n_slots, threads = slots(plan.spec.cpu_jobs, plan.spec.jobs_per_gpu)
     seconds, sources = [], {}
     for job, row in zip(plan.jobs, rows):
         if row["state"] == "done":
@@ -165,7 +183,7 @@ def estimate_seconds(
         if key not in sources:
             sources[key] = measured_throughput(store, job.config, device)
             if sources[key] is None or (sources[key].nfe_per_second is None and job.config.eval.samplers):
-                sources[key] = probed_throughput(job.config, resolve_device(device), records)
+                sources[key] = probed_throughput(job.config, resolve_device(device), records, threads)
         rate = sources[key]
         if rate is None:
             where = store.uri if store else "the tracking store (none yet)"
