@@ -14,7 +14,7 @@ from harness.diffusion.samplers import HEUN_SIGMA_MAX
 
 from .arm_labels import arm_label
 from .load import AblationData
-from .words import and_list
+from .words import and_list, num
 
 # Every field of the diffusion section changes what the loss measures at a given t (the schedule and
 # T rescale the noise levels, the parameterization the target, the weighting and its gamma the weights),
@@ -124,20 +124,31 @@ def code_sentence(data: AblationData) -> str | None:
 def fid_basis(evals: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """Per evaluation with a FID: arm_label, setting and the FID_BASIS it was computed on."""
     e = evals[evals["fid"].notna()].merge(runs[["run_id", "dataset"]], on="run_id", how="left")
-    e = e[["arm_label", "setting", *FID_BASIS]].copy()
+    floor = e["fid_floor"] if "fid_floor" in e else pd.Series(float("nan"), index=e.index)  # NaN: runs before it
+    e = e[["arm_label", "setting", *FID_BASIS]].assign(fid_floor=floor)
     e["feature_fingerprint"] = e["feature_fingerprint"].astype(object).fillna("unlogged")  # runs before the tag
     return e
 
 
 def fid_bases(evals: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
-    """Each distinct FID basis in words: 'N = 500 samples against 5,000 mnist-5k images'."""
-    basis = fid_basis(evals, runs).drop_duplicates(FID_BASIS)
-    mixed = basis["feature_fingerprint"].nunique() > 1
-    return [
-        f"N = {_count(b.num_generated)} samples against {_count(b.num_reference)} {b.dataset} images"
-        + (f" in the features of classifier {b.feature_fingerprint}" if mixed else "")
-        for b in basis.itertuples()
-    ]
+    """Each distinct FID basis in words: 'N = 500 samples against 5,000 mnist-5k images; real images score
+    3.9 at this N (the floor)'. FID is biased upwards at small N by an amount that differs between models, so
+    the floor (held-out real images scored the same way, ``fid_floor``) says how much of a FID is that bias."""
+    bases = fid_basis(evals, runs)
+    mixed = bases["feature_fingerprint"].nunique() > 1
+    out = []
+    for (generated, reference, dataset, fingerprint), rows in bases.groupby(list(FID_BASIS), dropna=False, sort=False):
+        floor = rows["fid_floor"].mean()
+        out.append(
+            f"N = {_count(generated)} samples against {_count(reference)} {dataset} images"
+            + (f" in the features of classifier {fingerprint}" if mixed else "")
+            + (
+                f"; real images score {num(floor)} at this N (the floor: what a perfect model gets)"
+                if floor == floor
+                else ""
+            )
+        )
+    return out
 
 
 def fid_refusal(evals: pd.DataFrame, runs: pd.DataFrame) -> str | None:

@@ -13,7 +13,7 @@ The opening paragraph and the comparison table render these objects; answers.jso
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 from scipy import stats as sps
@@ -103,6 +103,7 @@ def family(data: AblationData, *, margins: dict[str, float] | None = None) -> li
     if len(data.arms) < 2:
         return other_questions(data, margins)
     groups: list[tuple[str, list[Comparison]]] = []  # (question, sub-family)
+    noise: dict[str, float] = {}
     refused: list[Verdict] = []
     if matched.disjoint(data):
         c = matched.candidates(data)
@@ -112,11 +113,12 @@ def family(data: AblationData, *, margins: dict[str, float] | None = None) -> li
     else:
         setting = shared_setting(data)
         at = scaled(data.evals[data.evals["setting"] == setting])
+        noise = sampling_noise(at)
         for metric in [m for m in QUALITY if m in at and at[m].notna().any()]:
             _metric(at, metric, data.arms, f"arms with {setting}", groups, refused)
     _losses(data, groups, refused)
     adjusted = holm_groups([g for _, g in groups])
-    out = [_verdict(q, c, margins) for (q, _), g in zip(groups, adjusted) for c in g]
+    out = [_verdict(q, with_sampling_noise(c, noise), margins) for (q, _), g in zip(groups, adjusted) for c in g]
     return out + refused + other_questions(data, margins)
 
 
@@ -199,6 +201,29 @@ def _losses(data: AblationData, groups: list, refused: list) -> None:
             refused += [Verdict("final training loss", "final_loss", (a, b), None, why) for a in ga for b in gb]
 
 
+def sampling_noise(at: pd.DataFrame) -> dict[str, float]:
+    """Per arm, the FID's own sampling noise at this N: the root mean square of its evaluations' bootstrap
+    standard errors (``fid_se``, over the generated samples of one evaluation). Empty for runs before it."""
+    if "fid_se" not in at:
+        return {}
+    se = at.dropna(subset=["fid_se"]).groupby("arm_label")["fid_se"]
+    return {arm: math.sqrt((v**2).mean()) for arm, v in se}
+
+
+def with_sampling_noise(c: Comparison, noise: dict[str, float]) -> Comparison:
+    """A FID difference whose interval also holds the metric's own sampling variance.
+
+    Every seed's FID is computed from one fixed noise set against one reference set, so the spread over
+    seeds leaves out how much the FID would move with another draw of N samples. That error is shared by
+    the seeds (the same x_T), so it does not average out over them: it is added to the interval's half width
+    in quadrature, z * sqrt(se_a^2 + se_b^2) at the interval's own level. A winner must clear both."""
+    if c.metric != "fid" or c.a not in noise or c.b not in noise or not c.diff.has_interval:
+        return c
+    extra = float(sps.norm.ppf(0.5 + c.diff.level / 2)) * math.hypot(noise[c.a], noise[c.b])
+    half = math.hypot((c.diff.high - c.diff.low) / 2, extra)
+    return replace(c, diff=replace(c.diff, low=c.diff.mean - half, high=c.diff.mean + half))
+
+
 def _verdict(question: str, c: Comparison, margins: dict[str, float] | None) -> Verdict:
     margin = (margins or {}).get(c.metric)
     if c.test == "none":
@@ -216,6 +241,8 @@ def _verdict(question: str, c: Comparison, margins: dict[str, float] | None) -> 
         return Verdict(question, c.metric, (c.a, c.b), c, "", mde, margin, seeds_for_margin=need)
     p_eq = tost(c, margin) if margin is not None else math.nan
     why = "equivalent within margin" if p_eq < c.alpha else "not significant"
+    if why == "not significant" and c.p < c.alpha:  # the seeds alone would say so; the N samples do not
+        why = "not significant once the FID's own sampling noise at this N is added (fid_se)"
     return Verdict(question, c.metric, (c.a, c.b), c, why, mde, margin, p_eq, need)
 
 

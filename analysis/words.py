@@ -175,7 +175,13 @@ def comparison_sentence(c: Comparison, unit: str, family: int = 1) -> str:
     return (
         f"{NO_DIFFERENCE} between {c.a} ({unit} {estimate_words(c.a_est)}) and {c.b} "
         f"({estimate_words(c.b_est)}); difference "
-        f"{with_ci(c.diff.mean, c.diff.low, c.diff.high, c.diff.level)} ({test_words(c, family)}); "
+        f"{with_ci(c.diff.mean, c.diff.low, c.diff.high, c.diff.level)} ({test_words(c, family)}"
+        + (
+            "; the interval adds the FID's own sampling noise at this N, which the seeds' test leaves out"
+            if c.p < c.alpha
+            else ""
+        )
+        + "); "
         + worst_case(c, unit)
     )
 

@@ -200,3 +200,35 @@ def test_spec_margins_name_known_metrics(tmp_path):
     bad.write_text("name: m\nquestion: Which?\nmargins: {fid: -1}\n")
     with pytest.raises(ConfigError, match="margins"):
         load_spec(bad)
+
+
+def test_the_fids_own_sampling_noise_widens_the_interval_and_can_take_the_winner_away(tmp_path):
+    """GOOD - BETTER is about 4.4 FID, clear over 3 seeds. A bootstrap standard error of 0.1 per evaluation
+    leaves the winner; one of 3 (the noise of a 200-sample FID) is larger than the difference can carry."""
+
+    def fid_verdict(se: float | None) -> dict:
+        d = fixture_data(tmp_path, {("linear", S): GOOD, ("cosine", S): BETTER})
+        if se is not None:
+            d.evals["fid_se"] = se
+        return by(verdicts(d), "fid")[0], answer(d)
+
+    bare, _ = fid_verdict(None)
+    small, _ = fid_verdict(0.1)
+    large, words = fid_verdict(3.0)
+    assert bare["winner"] == small["winner"] == "cosine"
+    half = lambda v: (v["interval"][1] - v["interval"][0]) / 2  # noqa: E731
+    assert half(bare) < half(small) < half(large)
+    # z(0.975) * sqrt(2) * 3 in quadrature with the seeds' half width
+    assert half(large) == pytest.approx(math.hypot(half(bare), 1.959964 * math.sqrt(2) * 3.0), rel=1e-4)
+    assert large["winner"] is None and large["interval"][0] < 0 < large["interval"][1]
+    assert large["p_adjusted"] < 0.05 and "sampling noise" in large["reason"]
+    assert "sampling noise at this N" in words and "cosine beats" not in words
+
+
+def test_every_fid_basis_names_its_floor(tmp_path):
+    """The floor (held-out real images at the same N) stands beside the FIDs it qualifies."""
+    d = fixture_data(tmp_path, {("linear", S): GOOD, ("cosine", S): BETTER})
+    d.evals["fid_floor"] = 4.79
+    assert "real images score 4.79 at this N (the floor" in answer(d)
+    d.evals = d.evals.drop(columns="fid_floor")  # runs before the floor: no claim about it
+    assert "the floor" not in answer(d)
