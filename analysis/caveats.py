@@ -131,23 +131,18 @@ def fid_basis(evals: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def fid_bases(evals: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
-    """Each distinct FID basis in words: 'N = 500 samples against 5,000 mnist-5k images; real images score
-    3.9 at this N (the floor)'. FID is biased upwards at small N by an amount that differs between models, so
+    """Each distinct FID basis in words: 'N = 500 samples against 5,000 mnist-5k images; the floor, real
+    images scored the same way at this N, is 3.9'. FID is biased upwards at small N by an amount that differs between models, so
     the floor (held-out real images scored the same way, ``fid_floor``) says how much of a FID is that bias."""
     bases = fid_basis(evals, runs)
     mixed = bases["feature_fingerprint"].nunique() > 1
     out = []
     for (generated, reference, dataset, fingerprint), rows in bases.groupby(list(FID_BASIS), dropna=False, sort=False):
         floor = rows["fid_floor"].mean()
-        out.append(
-            f"N = {_count(generated)} samples against {_count(reference)} {dataset} images"
-            + (f" in the features of classifier {fingerprint}" if mixed else "")
-            + (
-                f"; real images score {num(floor)} at this N (the floor: what a perfect model gets)"
-                if floor == floor
-                else ""
-            )
-        )
+        words = f"N = {_count(generated)} samples against {_count(reference)} {dataset} images"
+        words += f" in the features of classifier {fingerprint}" if mixed else ""
+        words += f"; the floor, real images scored the same way at this N, is {num(floor)}" if pd.notna(floor) else ""
+        out.append(words)
     return out
 
 

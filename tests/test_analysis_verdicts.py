@@ -229,6 +229,6 @@ def test_every_fid_basis_names_its_floor(tmp_path):
     """The floor (held-out real images at the same N) stands beside the FIDs it qualifies."""
     d = fixture_data(tmp_path, {("linear", S): GOOD, ("cosine", S): BETTER})
     d.evals["fid_floor"] = 4.79
-    assert "real images score 4.79 at this N (the floor" in answer(d)
+    assert "the floor, real images scored the same way at this N, is 4.79" in answer(d)
     d.evals = d.evals.drop(columns="fid_floor")  # runs before the floor: no claim about it
     assert "the floor" not in answer(d)
