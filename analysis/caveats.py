@@ -132,8 +132,8 @@ def fid_basis(evals: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
 
 def fid_bases(evals: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
     """Each distinct FID basis in words: 'N = 500 samples against 5,000 mnist-5k images; the floor, real
-    images scored the same way at this N, is 3.9'. FID is biased upwards at small N by an amount that differs between models, so
-    the floor (held-out real images scored the same way, ``fid_floor``) says how much of a FID is that bias."""
+    images scored the same way at this N, is 3.9'. FID is biased upwards at small N by an amount that differs
+    between models, so the floor (held-out real images, ``fid_floor``) says how much of a FID is that bias."""
     bases = fid_basis(evals, runs)
     mixed = bases["feature_fingerprint"].nunique() > 1
     out = []
