@@ -243,23 +243,29 @@ def _plural(n: int, word: str) -> str:
 def budget_sentence(data: AblationData) -> str:
     r, e = data.runs, data.evals
     seeds = sorted(set(r["seed"]))
-    basis = e.dropna(subset=["num_generated", "num_reference"]).drop_duplicates(["num_generated", "num_reference"])
+    basis = e.dropna(subset=["num_generated"]).drop_duplicates(["num_generated", "num_reference"])
     samples = (
         "FID sample counts not logged"
         if basis.empty
         else "FID from "
         + "; ".join(
-            f"{int(b.num_generated):,} generated against {int(b.num_reference):,} real images"
+            f"{int(b.num_generated):,} generated against {_one(pd.Series([b.num_reference]))} real images"
             for b in basis.itertuples()
         )
     )
+    images = (  # a results table of one's own may not say what a step is
+        f" x {_one(r['batch_size'])} images = {_one(r['images_seen'])} images seen per run"
+        if r["batch_size"].notna().any()
+        else ""
+    )
+    total = r["seconds"].sum(min_count=1)
+    wall = "training-run wall time not logged" if math.isnan(total) else f"{duration(total)} of training-run wall time"
     return (
-        f"Budget: the {data.profile} profile, {_steps(r)} training steps{_epochs(data)} x {_one(r['batch_size'])} "
-        f"images = "
-        f"{_one(r['images_seen'])} images seen per run, {_plural(len(r), 'training run')} "
+        f"Budget: the {data.profile} profile, {_steps(r)} training steps{_epochs(data)}{images}, "
+        f"{_plural(len(r), 'training run')} "
         f"({_plural(len(data.arms), 'arm')} x seed{'s' if len(seeds) != 1 else ''} {', '.join(map(str, seeds))}, "
-        f"{duration(r['seconds'].sum())} of training-run wall time); {samples}, in the feature space of a domain "
-        f"classifier, not InceptionV3."
+        f"{wall}); {samples}, in the feature space "
+        f"of a domain classifier, not InceptionV3."
     )
 
 
@@ -273,8 +279,11 @@ def duration(seconds: float) -> str:
 
 def _one(values: pd.Series) -> str:
     """The value shared by every run, or the range when runs differ."""
-    v = sorted(set(values))
-    return f"{v[0]:,}" if len(v) == 1 else f"{v[0]:,} to {v[-1]:,} (runs differ)"
+    v = sorted(set(values.dropna()))
+    if not v:
+        return "an unlogged number of"
+    show = lambda x: f"{int(x):,}" if float(x).is_integer() else f"{x:,}"  # noqa: E731 - 96,000 even as a float
+    return show(v[0]) if len(v) == 1 else f"{show(v[0])} to {show(v[-1])} (runs differ)"
 
 
 def _steps(runs: pd.DataFrame) -> str:

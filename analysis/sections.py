@@ -64,22 +64,28 @@ def setup_section(data: AblationData) -> Section:
             + "".join(f" {arm_label(j['arm'])} seed {j['seed']}: {j['reason']}." for j in data.missing)
         )
         return s
-    train_s = r["seconds"].sum()
+    train_s = r["seconds"].sum(min_count=1)
     eval_s = e["seconds"].sum() if len(e) else 0.0
     s.paragraphs.append(
         f"Experiment {data.experiment}, profile {data.profile}, data set {', '.join(sorted(set(r['dataset'])))}. "
         f"Axes: {' / '.join(data.axes) or 'none (one configuration)'}; arms: {'; '.join(data.arms)}; "
-        f"seeds: {', '.join(map(str, sorted(set(r['seed']))))}. Each run trains {_steps(r)} steps of "
-        f"{_one(r['batch_size'])} images ({_one(r['images_seen'])} images seen; "
-        f"{int(r['images_seen'].sum()):,} over all "
-        f"{len(r)} runs) at {num(r['images_per_second'].mean())} images/s on average."
+        f"seeds: {', '.join(map(str, sorted(set(r['seed']))))}. Each run trains {_steps(r)} steps"
+        + (
+            f" of {_one(r['batch_size'])} images ({_one(r['images_seen'])} images seen; "
+            f"{int(r['images_seen'].sum()):,} over all {len(r)} runs) at {num(r['images_per_second'].mean())} "
+            "images/s on average."
+            if r["batch_size"].notna().any()
+            else " (the images per step were not logged)."
+        )
     )
     sampling = e["sample_seconds"].sum() if len(e) else 0.0
     s.paragraphs.append(
-        f"Compute: {(train_s + eval_s) / 3600:.3g} device-hours of wall time summed over runs, so parallel jobs add "
-        f"up: {duration(train_s)} in training runs (with their periodic evaluations, and the final evaluations that "
-        f"ran at the end of training) and {duration(eval_s)} in separate evaluation runs. Sampling the final "
-        f"evaluations took {duration(sampling)} (the sum of their own sample_seconds, part of the above). "
+        "Compute: not logged (a results table without run times). "
+        if math.isnan(train_s)
+        else f"Compute: {(train_s + eval_s) / 3600:.3g} device-hours of wall time summed over runs, so parallel "
+        f"jobs add up: {duration(train_s)} in training runs (with their periodic evaluations, and the final "
+        f"evaluations that ran at the end of training) and {duration(eval_s)} in separate evaluation runs. Sampling "
+        f"the final evaluations took {duration(sampling)} (the sum of their own sample_seconds, part of the above). "
         f"{device_sentence(set(r['device']))}"
     )
     acc = r["classifier_accuracy"].dropna()

@@ -170,8 +170,11 @@ def researcher_runs(df: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
                 "dataset": _known(g["dataset"], "unspecified"),
                 "device": "unknown",
                 "conditional": False,
-                "recognizability_threshold": DEFAULTS.eval.recognizability_threshold,
-                "recognizable_fraction": DEFAULTS.eval.recognizable_fraction,
+                # a table may state its own (the quick profiles ask when half the samples are recognizable)
+                "recognizability_threshold": _known(
+                    g.get("recognizability_threshold"), DEFAULTS.eval.recognizability_threshold
+                ),
+                "recognizable_fraction": _known(g.get("recognizable_fraction"), DEFAULTS.eval.recognizable_fraction),
                 "final_loss": loss["value"].iloc[-1] if len(loss) else math.nan,
                 "has_history": len(loss) > 0,
                 "commit": _known(g["commit"], "unknown"),
@@ -184,8 +187,8 @@ def researcher_runs(df: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     return runs
 
 
-def _known(values: pd.Series, default: str) -> str:
-    return values.dropna().iloc[0] if values.notna().any() else default
+def _known(values: pd.Series | None, default):
+    return values.dropna().iloc[0] if values is not None and values.notna().any() else default
 
 
 # -- types ------------------------------------------------------------------------------------------
