@@ -54,6 +54,7 @@ def test_an_override_is_a_value_or_a_sweep(item, values, sweep):
         ("model.channel_mult=[1,2", "']' missing"),
         ("data.root='a,b", "unclosed quote '"),
         ("train.steps=1,", "an empty value"),
+        ("=x", "expected key=value"),
     ],
 )
 def test_a_malformed_override_is_one_line_naming_it(item, words):
@@ -152,6 +153,18 @@ def test_a_bad_override_is_one_line_exit_2_nothing_written(tmp_path, capsys, mon
         _one_line(capsys, ["run", "-m", override, "--profile", "smoke", "--tracking-uri", uri, *extra], *words)
         assert capsys.readouterr().out == ""
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_seed_twice_is_refused_as_a_seed_not_as_an_axis(tmp_path, capsys, monkeypatch):
+    """Two equal seeds are one job planned twice; the error names the seeds, not the arms."""
+    monkeypatch.chdir(tmp_path)
+    for extra in (["--dry-run"], ["--print-spec"]):
+        _one_line(
+            capsys, ["run", "-m", "diffusion.schedule=linear,cosine", "--seeds", "0,1,0", *extra], "seeds: seed 0"
+        )
+    spec = write_spec(tmp_path, seeds=[2, 2])
+    _one_line(capsys, ["validate", str(spec)], f"{spec}: seeds: seed 2 is listed twice")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [spec.name]
 
 
 def test_flags_of_one_form_refused_in_the_other(tmp_path, capsys):

@@ -109,7 +109,7 @@ def parse(item: str) -> Override:
     what = f"-m {item}"
     key, sep, raw = item.partition("=")
     key = key.strip()
-    if key[:1] in "+~":
+    if key[:1] and key[0] in "+~":
         raise ConfigError(f"{what}: {key[0]}key is Hydra's way to add or delete a field; here every field exists")
     if not sep or not re.fullmatch(r"[A-Za-z_]\w*(\.\w+)*", key):
         raise ConfigError(f"{what}: expected key=value or key=a,b, e.g. diffusion.schedule=linear,cosine")

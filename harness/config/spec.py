@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, PrivateAttr, ValidationError, field_validator
+from pydantic import AfterValidator, Field, PrivateAttr, ValidationError, field_validator
 
 from .dotted import merge, related, set_dotted
 from .fields import ConfigError, Int, Section, Seed
@@ -65,9 +65,19 @@ class Axes(Section):
         return math.prod(len(v) for v in self.grid.values()) * math.prod(zips) + len(self.include)
 
 
+def _distinct(seeds: list[int] | None) -> list[int] | None:
+    """A seed listed twice would be one job planned twice (the same config hash), not two replicates."""
+    if seeds is not None and (twice := sorted({s for s in seeds if seeds.count(s) > 1})):
+        raise ValueError(f"seed {twice[0]} is listed twice; seeds are the replicates, each once")
+    return seeds
+
+
+Seeds = Annotated[list[Seed], Field(min_length=1), AfterValidator(_distinct)]
+
+
 class Profile(Section):
     set: dict[str, Any] = {}  # dotted overrides of the base configuration
-    seeds: list[Seed] | None = Field(None, min_length=1)
+    seeds: Seeds | None = None
     evaluate: Evaluate | None = None
     cpu_jobs: Int | None = Field(None, ge=1)
 
@@ -77,7 +87,7 @@ class Spec(Section):
     question: str = Field(max_length=2000)  # logged as an MLflow tag
     base: dict[str, Any] = {}
     axes: Axes = Axes()
-    seeds: list[Seed] = Field([0], min_length=1)
+    seeds: Seeds = [0]
     evaluate: Evaluate = Evaluate()
     profiles: dict[NAME, Profile] = {}
     cpu_jobs: Int = Field(1, ge=1)  # jobs in parallel on the CPU (torch threads are divided)
