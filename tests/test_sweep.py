@@ -132,7 +132,7 @@ BAD = [
     ),
     (
         _with(objective={"metric": "fdi"}),
-        "search.objective.0.metric: unknown metric 'fdi'; valid: class_accuracy, fid,",
+        "search.objective.0.metric: unknown metric 'fdi'; valid: class_accuracy, classifier_passes, fid,",
     ),
     (_with(objective={"metric": "fid", "direction": "down"}), "search.objective.0.direction: Input should be"),
     (_with(objective=[{"metric": "fid"}, {"metric": "fid"}]), "search.objective: each metric once"),

@@ -15,7 +15,7 @@ from .schema import METRICS as SCHEMA_METRICS
 
 # What a trial can be scored on: every evaluation metric but the bookkeeping ones, in its natural direction
 # (lower is better for FID and KID, and for the costs NFE and sampling seconds).
-NOT_OBJECTIVES = ("kid_std", "num_generated", "num_reference")
+NOT_OBJECTIVES = ("kid_std", "fid_se", "fid_floor", "num_generated", "num_reference")  # about the metric, not the model
 METRICS = {
     name: "maximize" if m.lower_is_better is False else "minimize"
     for name, m in SCHEMA_METRICS.items()
