@@ -53,7 +53,10 @@ def test_a_two_seed_trial_trains_two_models_and_scores_their_mean(tmp_path):
     assert sorted(r.data.tags[SEED] for r in seeds) == ["0", "1"]
     # The same run as an ablation's training run of that config: every config field a param, the same tags.
     config = load_sweep(path, "smoke").resolve({}, seed=0)
-    assert set(seeds[0].data.params) == set(config.flat())
+    from harness.config.schema import CONSTANT_METRICS, parse_eval_key
+
+    constants = {k for k in seeds[0].data.params if (parsed := parse_eval_key(k)) and parsed[1] in CONSTANT_METRICS}
+    assert set(seeds[0].data.params) - constants == set(config.flat())  # constants of a setting: params too
     assert {ROLE, HASH, SPEC, COMMIT, CODE_VERSION, ARM, SEED, CHECKPOINT, DEVICE} <= set(seeds[0].data.tags)
     assert {r.data.tags[PARENT] for r in seeds} == {trial.info.run_id}
     assert len({r.data.tags[HASH] for r in seeds}) == 2  # two trained models, not one evaluated twice
