@@ -44,6 +44,7 @@ def answer(data: AblationData, *, margins: dict[str, float] | None = None) -> st
     fam = family(data, margins=margins)
     body = details(data, fam)
     head = SMOKE if data.profile == "smoke" else headline(data, body, fam)
+    body = [b for b in body if b.rstrip(".") + "." != head]  # a detail that became the verdict is said once
     return f"**{head}** {' '.join(body)}"
 
 
@@ -52,6 +53,10 @@ def headline(data: AblationData, body: list[str], fam: list) -> str:
     if data.runs.empty or data.evals.empty:
         return "No answer yet: no finished training run with evaluations."
     fid = [v for v in fam if v.metric == "fid"]
+    untested = bool(fid) and all(v.comparison is not None and v.comparison.test == "none" for v in fid)
+    when = next((b for b in body if b.startswith("Digits become recognizable")), None)
+    if untested and when:  # no FID verdict to give, but the curves answer "when does it become recognizable?"
+        return when.rstrip(".") + "."
     if fid:
         return _fid_headline(fid)
     # The answer proper: not the failures (a detail of their own), nor the model's progress before guidance.

@@ -232,3 +232,14 @@ def test_every_fid_basis_names_its_floor(tmp_path):
     assert "the floor, real images scored the same way at this N, is 4.79" in answer(d)
     d.evals = d.evals.drop(columns="fid_floor")  # runs before the floor: no claim about it
     assert "the floor" not in answer(d)
+
+
+def test_without_a_fid_verdict_the_curves_answer_when_in_bold(tmp_path):
+    """One seed per arm: no FID test to state, but "when does it become recognizable?" has an answer."""
+    d = fixture_data(
+        tmp_path, {("linear", S): {"fid": [40.0]}, ("cosine", S): {"fid": [45.0]}}, rec_at={"linear": 1000}
+    )
+    words = answer(d)
+    head = words.split("**")[1]
+    assert head.startswith("Digits become recognizable") and "with linear" in head, head
+    assert words.count("Digits become recognizable") == 1
