@@ -20,6 +20,7 @@ from harness.config.schema import ROLE
 from harness.orchestration.tracking import MlflowStore
 
 from .crossing import crossing_entries
+from .literature import literature_answers, literature_section
 from .load import AblationData, load_experiment
 from .opening import answer
 from .render import Document, to_html, to_markdown
@@ -46,9 +47,11 @@ class ReportPaths:
 
 
 def build_document(
-    data: AblationData, *, question: str | None = None, margins: dict[str, float] | None = None
+    data: AblationData, *, question: str | None = None, margins: dict[str, float] | None = None, literature=()
 ) -> Document:
-    sections = [s for build in sections_for(margins) if (s := build(data)) is not None]
+    """``literature``: the spec's entries (config/literature.py), checked in "Against the literature"."""
+    builders = [*sections_for(margins), lambda d: literature_section(d, list(literature))]
+    sections = [s for build in builders if (s := build(data)) is not None]
     return Document(
         title=f"{data.experiment}: ablation report ({data.profile} profile)",
         question=question or data.question or "(no question recorded)",
@@ -100,16 +103,17 @@ def write_report(
 def write_data_report(data: AblationData, out_dir: Path, *, spec_path: str | None = None) -> ReportPaths:
     """The report of ``data`` in ``out_dir``; the spec at ``spec_path`` (if any) gives the question and the
     equivalence margins."""
-    question, margins = None, None
+    question, margins, literature = None, None, []
     if spec_path is not None:
         from harness.config.spec import load_spec
 
         spec = load_spec(spec_path)
-        question, margins = spec.question, spec.margins
-    doc = build_document(data, question=question, margins=margins)
+        question, margins, literature = spec.question, spec.margins, spec.literature
+    doc = build_document(data, question=question, margins=margins, literature=literature)
     paths = save_document(doc, out_dir)
     answers = paths.md.parent / "answers.json"
-    answers.write_text(json.dumps(_plain(report_answers(data, margins=margins)), indent=2, allow_nan=False) + "\n")
+    entries = report_answers(data, margins=margins) + literature_answers(data, literature)
+    answers.write_text(json.dumps(_plain(entries), indent=2, allow_nan=False) + "\n")
     return ReportPaths(html=paths.html, md=paths.md, answers=answers)
 
 

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import AfterValidator, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .dotted import merge, related, set_dotted
 from .fields import ConfigError, Int, Section, Seed
 from .grid import MAX_RUNS, Evaluate, arm_settings
+from .literature import MAX_ENTRIES, Entry, check_selections
 from .run import Config, DiffusionConfig, ModelConfig, build_config, format_validation_error, override_origin, read_yaml
 from .schema import METRICS, RUN_METRICS, arm_text
 from .setting import SamplerSetting
@@ -59,6 +60,14 @@ class Axes(Section):
                 raise ValueError(f"zip group {sorted(group)} needs lists of one common, non-zero length")
         return v
 
+    def values(self) -> dict[str, list[Any]]:
+        """Every key an arm sets, with the values the arms give it."""
+        out: dict[str, list[Any]] = {k: list(v) for k, v in self.grid.items()}
+        for part in [*self.zip, *({k: [v] for k, v in arm.items()} for arm in self.include)]:
+            for key, vals in part.items():
+                out.setdefault(str(key), []).extend(vals)
+        return out
+
     def size(self) -> int:
         """How many arms the axes define at most (before excludes), computed without building them."""
         zips = [len(next(iter(group.values()), [])) for group in self.zip]
@@ -95,6 +104,8 @@ class Spec(Section):
     slurm: dict[str, Any] = {}  # submitit parameters: partition, gpus_per_node, timeout_min, ...
     # Equivalence margins of the report, metric -> the difference that does not matter (TOST, analysis/verdicts.py).
     margins: dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]] = {}
+    # What the papers found, as expectations on this spec's metrics (config/literature.py).
+    literature: list[Entry] = Field([], max_length=MAX_ENTRIES)
     _shared_sources: dict[str, dict[str, str]] = PrivateAttr(default_factory=dict)  # with_shared_profiles
 
     @field_validator("margins")
@@ -105,6 +116,12 @@ class Spec(Section):
             if name not in known:
                 raise ValueError(f"unknown metric {name!r}; valid: {', '.join(known)}")
         return margins
+
+    @model_validator(mode="after")
+    def _literature_fits(self):
+        if why := check_selections(self.literature, self.axes.values()):
+            raise ValueError(why)
+        return self
 
 
 @dataclass(frozen=True)
