@@ -107,3 +107,22 @@ def test_a_shipped_spec_copied_without_its_profiles_refuses_its_empty_smoke(tmp_
         load_spec(path)
     shutil.copytree(EXPERIMENTS / "profiles", tmp_path / "profiles")
     assert make_plan(load_spec(path), str(path), "smoke").jobs[0].config.train.steps == 4
+
+
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_spec_states_what_the_literature_found(path):
+    """Issue 28: an entry for every shipped spec (sweeps too), each saying where its figures come from and
+    how the paper's setting differs; the validation of the section is tests/test_literature.py's."""
+    from harness.sweeps.search import is_sweep_spec, load_sweep
+
+    spec = load_sweep(path).spec if is_sweep_spec(path) else load_spec(path)
+    assert spec.literature, f"{path.name} has no literature section"
+    for entry in spec.literature:
+        assert entry.source.checked and entry.differences
+        assert entry.expect is not None or entry.unchecked
+
+
+@pytest.mark.parametrize("table", sorted((EXPERIMENTS / "results").glob("*/results.csv")), ids=lambda p: p.parent.name)
+def test_committed_quick_reports_carry_the_literature_section(table):
+    report = (table.parent / "report.md").read_text()
+    assert "## Against the literature" in report
