@@ -35,7 +35,7 @@ from .load import AblationData
 from .power import comparison_mde, seeds_needed
 from .render import Section, Table
 from .stats import ALPHA, Comparison, compare, holm_family
-from .verdicts import tost
+from .verdicts import sampling_noise, tost, with_sampling_noise
 from .words import estimate_words, metric_label, num, pval
 
 AGREES, DISAGREES, CANNOT_TELL, NOT_CHECKED = "agrees", "disagrees", "cannot tell at this budget", "not checked"
@@ -78,10 +78,9 @@ def check(data: AblationData, entry: Entry) -> Check:
         if isinstance(exp, Monotone):
             return _monotone(entry, exp, table, data)
         if isinstance(exp, Equivalent):
-            pair = _pair(table, data, exp.metric, exp.a, exp.b, exp.lower)
-            return _equivalent(entry, exp, pair)
+            return _equivalent(entry, exp, _family([_pair(table, data, exp.metric, exp.a, exp.b, exp.lower)])[0])
         sels = [exp.better, exp.than] if isinstance(exp, Direction) else list(exp.order)
-        comps = holm_family([_pair(table, data, exp.metric, a, b, exp.lower) for a, b in zip(sels, sels[1:])])
+        comps = _family([_pair(table, data, exp.metric, a, b, exp.lower) for a, b in zip(sels, sels[1:])])
         return _all_pairs(entry, comps)
     except LookupError as err:
         return Check(entry, CANNOT_TELL, statistics=[str(err)])
@@ -126,7 +125,15 @@ def _pair(table, data, metric: str, a: dict, b: dict, lower: bool) -> Comparison
     """``a`` against ``b`` on ``metric``, one value per seed each."""
     ra, rb = _select(table, data, a, metric), _select(table, data, b, metric)
     df = pd.concat([ra.assign(_g=_name(a)), rb.assign(_g=_name(b))])
-    return compare(df, metric, _name(a), _name(b), by="_g", lower_is_better=lower)
+    return compare(df, metric, _name(a), _name(b), by="_g", lower_is_better=lower), df
+
+
+def _family(pairs: list[tuple[Comparison, pd.DataFrame]]) -> list[Comparison]:
+    """Holm within the entry, then a FID difference also carries the FID's own sampling noise at this N at
+    the adjusted level, as in the comparison table (``verdicts.with_sampling_noise``): a claim is not
+    confirmed by a difference that one redraw of the N samples could undo."""
+    comps = holm_family([c for c, _ in pairs])
+    return [with_sampling_noise(c, sampling_noise(df.assign(arm_label=df["_g"]))) for c, (_, df) in zip(comps, pairs)]
 
 
 # -- verdicts -------------------------------------------------------------------------------------------
@@ -154,11 +161,12 @@ def _monotone(entry: Entry, exp: Monotone, table: pd.DataFrame, data: AblationDa
     better_lower = exp.lower if exp.gets == "better" else not exp.lower
     per_x = {x: rows[rows[exp.along] == x].assign(_g=f"{exp.along}={num(x)}") for x in xs}
     pairs = [*zip(xs[1:], xs), (xs[-1], xs[0])] if len(xs) > 2 else [(xs[1], xs[0])]
-    comps = holm_family(
+    frames = [pd.concat([per_x[a], per_x[b]]) for a, b in pairs]
+    comps = _family(
         [
-            compare(pd.concat([per_x[a], per_x[b]]), exp.metric, f"{exp.along}={num(a)}", f"{exp.along}={num(b)}",
-                    by="_g", lower_is_better=better_lower)
-            for a, b in pairs
+            (compare(df, exp.metric, f"{exp.along}={num(a)}", f"{exp.along}={num(b)}", by="_g",
+                     lower_is_better=better_lower), df)
+            for (a, b), df in zip(pairs, frames)
         ]
     )  # fmt: skip
     steps, ends = comps[:-1] if len(xs) > 2 else comps, comps[-1]
@@ -270,9 +278,10 @@ def literature_section(data: AblationData, entries: list[Entry]) -> Section | No
     s.paragraphs.append(
         "Each entry of the spec's literature section: the paper's claim, its published figures (their data, "
         "features and scale, shown beside ours, never compared with them), our values with 95% intervals over "
-        "seeds, and a verdict from tests over seeds, Holm-adjusted within each entry (docs/literature.md). A claim "
-        "was stated before the data and is tested on its own, so its p can fall below 0.05 where the comparison "
-        "table, adjusted over every pair and metric, finds no difference."
+        "seeds, and a verdict from tests over seeds, Holm-adjusted within each entry, with a FID's own sampling "
+        "noise at this N added as in the comparison table (docs/literature.md). A claim was stated before the "
+        "data and is tested on its own, so its p can fall below 0.05 where the comparison table, adjusted over "
+        "every pair and metric, finds no difference."
     )
     rows = []
     for chk in (check(data, e) for e in entries):

@@ -88,6 +88,16 @@ def test_a_true_effect_agrees_and_its_reverse_disagrees(tmp_path):
     assert disagree.verdict == DISAGREES and "against the claim" in disagree.statistics[0]
 
 
+def test_a_difference_within_the_fids_own_sampling_noise_is_not_confirmed(tmp_path):
+    """As in the comparison table: fid_se at this N is added to the interval, so a 10-FID seed effect agrees
+    with se 0.1 per evaluation and cannot be told apart with se 8."""
+    data = schedules([40.0, 42.0, 41.0, 43.0], [50.0, 51.5, 52.0, 53.0], tmp_path)
+    data.evals["fid_se"] = 0.1
+    assert check(data, entry(COSINE_BETTER)).verdict == AGREES
+    data.evals["fid_se"] = 8.0
+    assert check(data, entry(COSINE_BETTER)).verdict == CANNOT_TELL
+
+
 def test_no_effect_cannot_tell_and_says_what_budget_could(tmp_path):
     chk = check(schedules([40.0, 45.0, 38.0], [41.0, 43.0, 42.0], tmp_path), entry(COSINE_BETTER))
     assert chk.verdict == CANNOT_TELL
