@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from fixtures import TINY, write_spec
+from fixtures import write_spec
 from test_train import TINY as TINY_TRAIN
 from test_train import NoEvaluation, _data, _state
 
@@ -57,3 +57,88 @@ def test_a_stop_request_checkpoints_at_the_next_step_and_the_resumed_run_equals_
     assert [s for s, _ in b.metrics["train/loss"]] == list(range(1, 21))
     assert a.metrics["train/loss"] == b.metrics["train/loss"]
     assert resumed.final_loss == full.final_loss and resumed.steps == 20
+
+
+# -- a real launch: 4 jobs on 2 workers, interrupted by Ctrl-C at the terminal (SIGINT to the process group) ------
+
+
+def _launch(spec, uri):
+    cmd = [sys.executable, "-m", "harness.cli", "run", str(spec), "--profile", "smoke", "--tracking-uri", uri]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HARNESS_AUTOTUNE": "off"}
+    # A session of its own: the test sends the terminal's Ctrl-C to its whole process group, workers included.
+    return subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+
+
+def _training(store, name) -> list:
+    """The training runs that have logged a loss: they are inside the training loop."""
+    exp = store.client.get_experiment_by_name(name)
+    runs = store.runs(exp.experiment_id, {ROLE: "train"}) if exp else []
+    return [r for r in runs if r.info.status == "RUNNING" and "train/loss" in r.data.metrics]
+
+
+def _wait_until_training(launch, store, name, n, timeout=300):
+    deadline = time.time() + timeout
+    while len(_training(store, name)) < n:
+        assert launch.poll() is None, launch.communicate()[1][-3000:]
+        assert time.time() < deadline, "the jobs never started training"
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_four_jobs_on_two_workers_within_seconds_and_the_rerun_resumes_each_once(tmp_path):
+    steps = 300  # long enough to be interrupted mid-training, short enough to finish on the rerun
+    spec = write_spec(
+        tmp_path,
+        name="ctrlc",
+        seeds=[0, 1],
+        cpu_jobs=2,
+        smoke={"train.steps": steps, "train.eval_every": 0, "train.log_every": 5},
+    )
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = MlflowStore(uri)
+    launch = _launch(spec, uri)
+    try:
+        _wait_until_training(launch, store, "ctrlc", 2)
+        sent = time.time()
+        os.killpg(launch.pid, signal.SIGINT)
+        jobs_stopped = None  # when no training run is RUNNING any more
+        while launch.poll() is None and time.time() - sent < 60:
+            exp = store.client.get_experiment_by_name("ctrlc")
+            running = [r for r in store.runs(exp.experiment_id, {ROLE: "train"}) if r.info.status == "RUNNING"]
+            if not running and jobs_stopped is None:
+                jobs_stopped = time.time() - sent
+            time.sleep(0.25)
+        out, err = launch.communicate(timeout=60)
+        exited = time.time() - sent
+    finally:
+        if launch.poll() is None:
+            os.killpg(launch.pid, signal.SIGKILL)
+    assert launch.returncode == 130, err[-3000:]
+    print(f"jobs stopped {jobs_stopped:.1f} s after Ctrl-C, the launcher exited after {exited:.1f} s")
+    # The issue's bound; on a machine shared with other loads the launcher's exit (MLflow, torch teardown) lags.
+    assert jobs_stopped is not None and jobs_stopped < 10, f"{jobs_stopped} s to stop the jobs: {err[-3000:]}"
+    assert exited < 30
+    assert "no job starts now" in err and "interrupted: " in err and "run the same command again" in err
+    assert "2 stopped, 2 not started" in err, err[-2000:]
+    exp = store.experiment_id("ctrlc")
+    train_runs = store.runs(exp, {ROLE: "train"})
+    assert len(train_runs) == 2 and {r.info.status for r in train_runs} == {"KILLED"}
+    assert all("stopped at step" in r.data.tags["harness.stopped"] for r in train_runs)
+    (parent,) = store.runs(exp, {ROLE: "ablation"})
+    assert parent.info.status == "KILLED"
+    stopped = {r.data.tags[HASH]: r.info.run_id for r in train_runs}
+
+    rerun = _launch(spec, uri)
+    out, err = rerun.communicate(timeout=900)
+    assert rerun.returncode == 0, err[-3000:]
+    assert "summary: 4 trained" in out
+    train_runs = store.runs(exp, {ROLE: "train"})
+    assert len(train_runs) == 4 and {r.info.status for r in train_runs} == {"FINISHED"}  # one run per job
+    for h, run_id in stopped.items():  # the stopped jobs resumed in their own runs, from their checkpoints
+        (run,) = store.runs(exp, {ROLE: "train", HASH: h})
+        assert run.info.run_id == run_id
+        history = store.client.get_metric_history(run_id, "train/loss")
+        assert sorted(m.step for m in history) == list(range(1, steps + 1))  # every step logged once
+    assert [r.info.status for r in store.runs(exp, {ROLE: "ablation"})] == ["FINISHED", "KILLED"]
