@@ -309,8 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; the last checkpoint is kept and the run resumes from it", file=sys.stderr)
+    except KeyboardInterrupt as err:  # a launch says what finished (stop.Interrupted); else the generic line
+        print(str(err) or "interrupted; the last checkpoint is kept and the run resumes from it", file=sys.stderr)
         return 130
 
 

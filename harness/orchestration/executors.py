@@ -5,6 +5,7 @@ requeue themselves on preemption. The runner's jobs and the sweep's workers both
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import pickle
@@ -18,9 +19,12 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from .. import stop
+
 
 def _worker_init(parent: int, devices) -> None:
     die_with_parent(parent)
+    stop.worker_signals()
     # Each worker pins itself to one device slot taken from the shared queue, for its whole life.
     if devices is not None:
         os.environ["HARNESS_DEVICE"] = devices.get()
@@ -61,15 +65,42 @@ def worker_pool(jobs: int, devices: list[str] | None = None) -> ProcessPoolExecu
     )
 
 
+# After the grace, the seconds a worker gets to close its runs before the launcher kills it.
+KILL_MARGIN_SECONDS = 3.0
+
+
+def signal_workers(signum: int = signal.SIGTERM) -> list[int]:
+    """Send ``signum`` to this process's worker processes (the pool's and ``run_each``'s); their pids.
+
+    SIGTERM asks each to checkpoint and stop (``harness.stop``); SIGKILL ends them where they are, and the
+    launcher then closes their runs.
+    """
+    import multiprocessing as mp
+
+    pids = []
+    for p in mp.active_children():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p.pid, signum)
+            pids.append(p.pid)
+    if signum == signal.SIGKILL:
+        for p in mp.active_children():
+            p.join(timeout=5)  # dead, so its locks are free before its runs are closed
+    return pids
+
+
 # -- one process per item ------------------------------------------------------------------------------
 
 
 def _spawned(fn: Callable, item: Any, out: str, parent: int) -> None:
     die_with_parent(parent)  # a launcher killed by SIGKILL leaves no worker training on
+    stop.worker_signals()
     try:
-        result: Any = fn(item)
+        with stop.job():
+            result: Any = fn(item)
     except Exception as err:  # noqa: BLE001 - reported by the parent, the other processes go on
         result = RuntimeError(f"{type(err).__name__}: {err}")
+    except KeyboardInterrupt as err:  # the launcher's stop: reported like any other reason for no result
+        result = RuntimeError(f"interrupted: {err}" if str(err) else "interrupted")
     Path(out).write_bytes(pickle.dumps(result))
 
 
@@ -85,12 +116,31 @@ def run_each(fn: Callable, items: list) -> list[Any]:
         procs = [ctx.Process(target=_spawned, args=(fn, it, o, os.getpid())) for it, o in zip(items, outs)]
         for p in procs:
             p.start()
-        for p in procs:
-            p.join()
+        try:
+            join_or_kill(procs)
+        except BaseException:  # a second Ctrl-C: no worker outlives the launcher's cleanup
+            signal_workers(signal.SIGKILL)
+            raise
         return [
             pickle.loads(Path(o).read_bytes()) if Path(o).exists() else RuntimeError(f"died (exit code {p.exitcode})")
             for o, p in zip(outs, procs)
         ]
+
+
+def join_or_kill(procs: list) -> None:
+    """Wait for ``procs``; once a stop is requested, SIGKILL those still alive after the grace (and a margin for
+    their checkpoint and MLflow calls)."""
+    from multiprocessing.connection import wait
+
+    deadline = None
+    while alive := [p for p in procs if p.exitcode is None and p.is_alive()]:
+        wait([p.sentinel for p in alive], timeout=0.25)
+        if stop.requested():
+            deadline = deadline or time.monotonic() + stop.GRACE_SECONDS + KILL_MARGIN_SECONDS
+            if time.monotonic() > deadline:
+                signal_workers(signal.SIGKILL)
+    for p in procs:
+        p.join()
 
 
 # -- Slurm --------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import stop
 from ..config import Config, SamplerSetting
 from ..config.schema import (
     ARM,
@@ -45,7 +46,16 @@ from ..result import EvalResult
 from ..tracker import StoreUnavailable
 from .environment import environment
 from .provenance import CodeVersion, code_version, git_state, stale_reason
-from .store import EMA_ARTIFACT, job_lock, load_ema, publish_ema, shared_classifiers, store_root
+from .store import (
+    EMA_ARTIFACT,
+    job_lock,
+    load_ema,
+    lock_held,
+    lock_path,
+    publish_ema,
+    shared_classifiers,
+    store_root,
+)
 from .tracking import MlflowStore, MlflowTracker, SystemMetrics
 
 
@@ -75,12 +85,19 @@ class Task:
     progress: bool | None = False  # train's progress: lines in workers, a bar for `harness train`
 
 
+# What became of a job when the launch was interrupted (its training run, if any, is KILLED).
+STOPPED_STATUS = "stopped"  # checkpointed at a step, then stopped
+KILLED_STATUS = "killed"  # interrupted between checkpoints: the last one is kept
+NOT_STARTED = "not started"
+INTERRUPTED = (STOPPED_STATUS, KILLED_STATUS, NOT_STARTED)
+
+
 @dataclass
 class Outcome:
     config_hash: str
     arm: dict[str, Any]
     seed: int
-    status: str  # trained | evaluated | skipped | failed
+    status: str  # trained | evaluated | skipped | failed, or after an interrupt: stopped | killed | not started
     run_id: str | None = None
     error: str | None = None
     note: str | None = None  # why a finished run was not reused (stale code)
@@ -135,8 +152,16 @@ def run_task(task: Task) -> Outcome:
 
     start = time.perf_counter()
     config = Config.model_validate_json(task.config_json)
+    if stop.requested():  # the launch is stopping: a job not begun is left whole for the rerun
+        return Outcome(config.train_hash(), task.arm, task.seed, NOT_STARTED)
     try:
-        return run_job(task, config)
+        with stop.job():
+            return run_job(task, config)
+    except stop.Stopped as err:  # checkpointed at a step; its run is KILLED and the rerun resumes it
+        out = Outcome(config.train_hash(), task.arm, task.seed, STOPPED_STATUS, note=str(err))
+    except KeyboardInterrupt as err:  # between checkpoints (the grace ran out, or a second Ctrl-C)
+        why = f"{err}; it resumes from its last checkpoint" if str(err) else "interrupted"
+        out = Outcome(config.train_hash(), task.arm, task.seed, KILLED_STATUS, note=why)
     except StoreUnavailable as err:  # nothing more can be tracked: the run stays RUNNING and resumes later
         out = Outcome(config.train_hash(), task.arm, task.seed, "failed", error=str(err), store_unavailable=True)
     except Exception as err:  # noqa: BLE001 - a failed job must not take the others down
@@ -380,6 +405,20 @@ def close_stale_evals(store: MlflowStore, experiment_id: str, config_hash: str) 
     for run in store.runs(experiment_id, {ROLE: "eval", HASH: config_hash}):
         if run.info.status == "RUNNING":
             store.client.set_terminated(run.info.run_id, status="KILLED")
+
+
+def close_killed_job(store: MlflowStore, experiment_id: str, config_hash: str, why: str) -> None:
+    """Mark KILLED the runs of a job whose worker the launcher killed (the grace ran out, a second Ctrl-C).
+
+    A job lock still held means a live process (another launch) is running this hash: its runs are left alone.
+    """
+    if lock_held(lock_path(store_root(store.uri), config_hash)):
+        return
+    for run in store.runs(experiment_id, {ROLE: "train", HASH: config_hash}):
+        if run.info.status == "RUNNING":
+            MlflowTracker(store.client, run.info.run_id).set_tags({STOPPED: why})
+            store.client.set_terminated(run.info.run_id, status="KILLED")
+    close_stale_evals(store, experiment_id, config_hash)
 
 
 def feature_tags(evaluator) -> dict[str, str]:

@@ -7,17 +7,31 @@ spec, the plan and the outcomes; a parent left RUNNING by a dead process is clos
 
 from __future__ import annotations
 
+import signal
+import sys
+import time
 from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
 from typing import Any
 
+from .. import stop
 from ..config import Config, ConfigError
 from ..config.schema import CODE_VERSION, COMMIT, DIRTY, HASH, PROFILE, QUESTION, REUSE, ROLE, SPEC, arm_text
 from ..config.spec import Plan
 from ..private import SUBMITIT_READS, private_dir
 from ..tracker import StoreUnavailable
-from .executors import array_result, submit_array, worker_pool
-from .jobs import JobState, Outcome, Task, job_state, run_task
+from .executors import KILL_MARGIN_SECONDS, array_result, signal_workers, submit_array, worker_pool
+from .jobs import (
+    INTERRUPTED,
+    KILLED_STATUS,
+    NOT_STARTED,
+    JobState,
+    Outcome,
+    Task,
+    close_killed_job,
+    job_state,
+    run_task,
+)
 from .mlflow_ui import NOTE, arms_view_url, launch_note, ui_server
 from .placement import resolve_plan, slots
 from .provenance import code_version, git_state
@@ -25,39 +39,66 @@ from .store import hold_lock, lock_held, lock_path, shared_classifiers, store_ro
 from .tracking import MlflowStore, default_tracking_uri
 
 BAR_REFRESH_SECONDS = 5.0
+POLL_SECONDS = 0.5  # how soon the launcher sees a finished job or a stop request
 
 # -- executors --------------------------------------------------------------------------------------
 
 
 def run_local(tasks: list[Task], jobs: int, *, gpus: int = 0, jobs_per_gpu: int = 1, on_event=print) -> list[Outcome]:
+    """Each task on a local worker (in this process when ``jobs`` is 1 on the CPU). After a stop request
+    (``harness.stop``) no task starts; running ones get the grace to checkpoint, then their workers are killed."""
     if jobs <= 1 and gpus == 0:
         outcomes = []
-        for task in tasks:
+        for task in tasks:  # run_task stops at a step on request, and starts nothing after one
             on_event("start", task)
             outcomes.append(run_task(task))
             on_event("end", outcomes[-1])
         return outcomes
     devices = [f"cuda:{slot % gpus}" for slot in range(jobs)] if gpus else None  # jobs_per_gpu slots per device
     outcomes: list[Outcome] = []
-    with worker_pool(jobs, devices) as pool:
-        pending = {}
-        for task in tasks:
-            pending[pool.submit(run_task, task)] = task
-            on_event("start", task)
-        while pending:
-            done, _ = wait(pending, timeout=BAR_REFRESH_SECONDS, return_when=FIRST_COMPLETED)
-            if not done:  # workers' progress lines may have wiped the bar: draw it again
+    queue, pending, deadline, tick = list(tasks), {}, None, time.monotonic()
+    pool = worker_pool(jobs, devices)
+    try:
+        while queue or pending:
+            # At most one task per worker: none waits in the pool's queue, where a stop could not hold it back.
+            while queue and len(pending) < jobs and not stop.requested():
+                task = queue.pop(0)
+                pending[pool.submit(run_task, task)] = task
+                on_event("start", task)
+            if stop.requested():
+                deadline = deadline or time.monotonic() + stop.GRACE_SECONDS + KILL_MARGIN_SECONDS
+                if not pending or time.monotonic() > deadline:
+                    break
+            done, _ = wait(pending, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
+            if not done and time.monotonic() - tick > BAR_REFRESH_SECONDS:  # workers' lines may have wiped the bar
                 on_event("tick", None)
+                tick = time.monotonic()
             for fut in done:
                 task = pending.pop(fut)
                 try:
                     outcome = fut.result()
                 except Exception as err:  # the worker process died (OOM, signal)
-                    config = Config.model_validate_json(task.config_json)
-                    outcome = Outcome(config.train_hash(), task.arm, task.seed, "failed", error=f"worker died: {err}")
+                    outcome = _outcome(task, "failed", error=f"worker died: {err}")
+                    if stop.requested():  # killed while it started, before it could hear the request
+                        outcome = _outcome(task, KILLED_STATUS, note="its worker was stopped while starting")
                 outcomes.append(outcome)
                 on_event("end", outcome)
+    except KeyboardInterrupt:  # a second Ctrl-C: the running jobs are killed below, at once
+        pass
+    finally:
+        if pending:  # past the grace, or a second Ctrl-C: the checkpoint on disk is what remains
+            signal_workers(signal.SIGKILL)
+        pool.shutdown(wait=not pending, cancel_futures=True)
+    for task in pending.values():
+        outcomes.append(_outcome(task, KILLED_STATUS, note="killed by the launcher; resumes from its last checkpoint"))
+        on_event("end", outcomes[-1])
+    for task in queue:
+        outcomes.append(_outcome(task, NOT_STARTED))
     return outcomes
+
+
+def _outcome(task: Task, status: str, **fields) -> Outcome:
+    return Outcome(Config.model_validate_json(task.config_json).train_hash(), task.arm, task.seed, status, **fields)
 
 
 def run_slurm(
@@ -70,8 +111,7 @@ def run_slurm(
     for task, job in zip(tasks, jobs):
         outcome = array_result(job)
         if isinstance(outcome, Exception):
-            config = Config.model_validate_json(task.config_json)
-            outcome = Outcome(config.train_hash(), task.arm, task.seed, "failed", error=str(outcome))
+            outcome = _outcome(task, "failed", error=str(outcome))
         outcomes.append(outcome)
         on_event("end", outcome)
     return outcomes
@@ -176,6 +216,8 @@ def run_plan(
             counts["running"] += 1
             return
         counts["running"] -= 1
+        if obj.status == NOT_STARTED:
+            return
         counts["failed" if obj.status == "failed" else "done"] += 1
         line = f"{obj.status:>9} {obj.config_hash} {arm_text(obj.arm)} seed={obj.seed}"
         if obj.note:
@@ -191,19 +233,33 @@ def run_plan(
         bar.set_postfix(counts)
         bar.update(1)
 
+    serial = executor != "slurm" and jobs <= 1 and gpus == 0  # the jobs run in this process
     try:
-        if executor == "slurm":
-            outcomes = run_slurm(
-                tasks, plan.spec.slurm, private_dir(root / "slurm", SUBMITIT_READS), cluster=cluster, on_event=on_event
-            )
-        else:
-            outcomes = run_local(tasks, jobs, gpus=gpus, jobs_per_gpu=plan.spec.jobs_per_gpu, on_event=on_event)
+        with stop.launcher_signals(on_first=_stopping, grace=stop.GRACE_SECONDS if serial else None):
+            if executor == "slurm":
+                outcomes = run_slurm(
+                    tasks,
+                    plan.spec.slurm,
+                    private_dir(root / "slurm", SUBMITIT_READS),
+                    cluster=cluster,
+                    on_event=on_event,
+                )
+            else:
+                outcomes = run_local(tasks, jobs, gpus=gpus, jobs_per_gpu=plan.spec.jobs_per_gpu, on_event=on_event)
     except BaseException:
         parent.finish("KILLED")
         parent_lock.release()
         raise
     finally:
         bar.close()
+    if stop.requested() or any(o.status in INTERRUPTED for o in outcomes):
+        for o in outcomes:  # a worker killed before it could close its run: closed here, once it is dead
+            if o.status == KILLED_STATUS:
+                close_killed_job(store, exp_id, o.config_hash, o.note or "interrupted")
+        parent.log_dict({"outcomes": [o.__dict__ for o in outcomes]}, "outcomes.json")
+        parent.finish("KILLED")
+        parent_lock.release()
+        raise stop.Interrupted(interrupted_summary(outcomes, parent.run_id))
     lost = [o for o in outcomes if o.store_unavailable]
     if lost:  # nothing more can be logged; the next launch marks the parent KILLED and resumes the jobs
         parent_lock.release()
@@ -215,6 +271,7 @@ def run_plan(
     parent.log_dict({"outcomes": [o.__dict__ for o in outcomes]}, "outcomes.json")
     parent.finish("FAILED" if failed else "FINISHED")
     parent_lock.release()
+    close_orphaned_parents(store, exp_id, root)  # a launch that died while this one ran
     served = "" if store.uri.startswith(("http://", "https://")) else " (`make ui` serves it)"
     say(f"the arms compared in MLflow{served}: {arms_view_url(ui_server(store.uri), exp_id)}")
     return outcomes, parent.run_id
@@ -222,6 +279,28 @@ def run_plan(
 
 def _quiet(_: str) -> None:
     pass
+
+
+def _stopping(signum: int) -> None:
+    """The first Ctrl-C or SIGTERM: say what happens now, and ask the workers to checkpoint and stop."""
+    name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    print(
+        f"\n{name}: stopping; no job starts now, running jobs checkpoint and stop (Ctrl-C again stops at once)",
+        file=sys.stderr,
+        flush=True,
+    )
+    signal_workers(signal.SIGTERM)
+
+
+def interrupted_summary(outcomes: list[Outcome], parent_run_id: str) -> str:
+    """One line after an interrupt: what finished, what stopped, and that a rerun resumes."""
+    statuses = ("trained", "evaluated", "skipped", "failed", *INTERRUPTED)
+    counts = {s: sum(o.status == s for o in outcomes) for s in statuses}
+    words = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    return (
+        f"interrupted: {words or 'nothing ran'}; parent run {parent_run_id} KILLED; run the same command again: "
+        "finished jobs are kept, stopped ones resume from their checkpoints"
+    )
 
 
 def preflight(plan: Plan, store: MlflowStore | None = None) -> None:

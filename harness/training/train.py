@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import torch
 
+from .. import stop
 from ..config import DATASET_SIZES, Config, ConfigError
 from ..config.schema import GFLOPS_PER_IMAGE, NUM_BUCKETS, NUM_PARAMETERS
 from ..device import autocast, resolve_device, resolve_precision
@@ -227,6 +228,12 @@ def train(
     bar = Progress(tc.steps, f"train {config.train_hash()}", initial=step, enabled=progress)
     model.train()
     while step < tc.steps:
+        if stop.requested():  # the first Ctrl-C or SIGTERM: keep every step trained so far, log it on resume
+            bar.close()
+            seconds += time.perf_counter() - interval_start
+            pending = {"start": buf_start, "losses": loss_buf[: step - buf_start].tolist(), "eval": False}
+            save(unlogged=pending if step > buf_start else None)
+            raise stop.Stopped(f"stopped at step {step} of {tc.steps} and checkpointed")
         idx = torch.randint(0, images.shape[0], (B,), device=device, generator=gen)
         x0 = images[idx].contiguous(memory_format=memory_format)  # (B, C, H, W)
         y = None
