@@ -28,6 +28,7 @@ def cmd_train(args) -> int:
     """One configuration, trained and evaluated as a job of its own experiment (``harness.orchestration.jobs``):
     tracked like any run of ``harness run``, reused or resumed the same way; ``--no-track`` logs nothing."""
     from .device import resolve_device
+    from .orchestration.memory import check as check_memory
     from .orchestration.mlflow_ui import run_url, ui_server
     from .orchestration.placement import autotune_cache, describe_record
     from .orchestration.single import train_tracked, train_untracked
@@ -38,6 +39,7 @@ def cmd_train(args) -> int:
     from .training.train import NonFiniteLoss
 
     config = load_config(args.config, args.set)
+    check_memory([(args.config or "--set", config)], resolve_device(config.train.device), 1)  # before the probe
     config, record = resolve(config, resolve_device(config.train.device), autotune_cache())
     if record is not None and record.get("seconds"):
         print(describe_record(record))
@@ -177,10 +179,12 @@ def cmd_run(args) -> int:
     if args.dry_run:
         print(_profile_line(spec, args.profile, profile))
         return _print_plan(plan, args.tracking_uri, args.reuse, args.executor)
+    from .orchestration.budget import check_memory
     from .orchestration.runner import preflight, refuse_local_stores, run_plan, sqlite_tracking_store
     from .orchestration.tracking import MlflowStore
     from .tracker import StoreUnavailable
 
+    check_memory(plan, args.executor)  # before anything is loaded, probed or written
     try:
         refuse_local_stores(args.executor, sqlite_tracking_store(args.tracking_uri), args.allow_local_store)
         preflight(plan)
@@ -227,7 +231,7 @@ def _estimate(plan, store, reuse: str) -> str:
 
 
 def _print_plan(plan, uri, reuse: str, executor: str) -> int:
-    from .orchestration.budget import dry_run
+    from .orchestration.budget import check_memory, dry_run
     from .orchestration.placement import resolve_plan
     from .orchestration.runner import describe
     from .orchestration.tracking import existing_store
@@ -238,8 +242,9 @@ def _print_plan(plan, uri, reuse: str, executor: str) -> int:
     except StoreUnavailable as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    memory = check_memory(plan, executor)  # before the autotune probe allocates a batch
     plan, records = resolve_plan(plan, executor=executor)  # the hashes the run will use
-    print("\n".join(dry_run(plan, describe(plan, store, reuse), store, records)))
+    print("\n".join([*dry_run(plan, describe(plan, store, reuse), store, records), *memory]))
     return 0
 
 

@@ -12,15 +12,41 @@ from pathlib import Path
 
 import torch
 
+from .config import ConfigError
+
 # The CPU flags that decide which precisions and kernels oneDNN can use: part of a host's identity, so a probe's
 # result cached on one kind of machine is never read on another (tests/test_autotune.py).
 KERNEL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "asimd", "sve")
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, field: str = "train.device") -> torch.device:
+    """The device ``name`` (a validated ``train.device``) on this machine; one that does not exist here (``cuda:7``
+    with one GPU or none, ``mps`` off a Mac) is a one-line ``ConfigError`` naming ``field``, before anything runs."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):  # HARNESS_DEVICE is not validated with the config
+        raise ConfigError(f"{field}: unknown device {name!r}; valid: auto, cpu, cuda, cuda:N, mps") from None
+    if missing := _missing(device):
+        raise ConfigError(f"{field}: {name!r} {missing}")
+    return device
+
+
+def _missing(device: torch.device) -> str | None:
+    """Why ``device`` does not exist on this machine, or None."""
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            return f"but torch sees no CUDA GPU here (torch {torch.__version__}, {build}); use cpu or auto"
+        if (device.index or 0) >= count:
+            return f"but this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}"
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        return "but Apple's MPS is not available here; use cpu or auto"
+    if device.type == "cpu" and device.index not in (None, 0):
+        return "but there is one cpu device, cpu or cpu:0"
+    return None
 
 
 def resolve_precision(precision: str) -> torch.dtype | None:

@@ -667,3 +667,31 @@ def test_dry_run_on_a_broken_store_is_one_line(tmp_path, capsys):
         "tracking store",
         "is not usable",
     )
+
+
+# -- resources: memory and device checked before anything is written (issue 29 item 4) --------------------
+
+
+@pytest.mark.parametrize(
+    "items,words",
+    [
+        (["train.batch_size=60000", "model.channels=512"], "lower train.batch_size"),
+        (["train.device=cuda:7"], "train.device: 'cuda:7' but"),
+        (["eval.num_samples=3"], "precision and recall need at least 4 samples"),
+    ],
+    ids=["memory", "device", "num_samples"],
+)
+def test_what_cannot_run_here_exits_2_before_anything_is_written(tmp_path, capsys, monkeypatch, items, words):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    run, _ = _spec_files(tmp_path)
+    sets = [a for item in items for a in ("--set", item)]
+    store, run_dir = tmp_path / "store", tmp_path / "run"
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    _fails_cleanly(capsys, ["train", *sets, "--run-dir", str(run_dir)], "", words)
+    _fails_cleanly(capsys, ["run", str(run), "--profile", "smoke", "--tracking-uri", uri, *sets], "", words)
+    _fails_cleanly(
+        capsys, ["run", str(run), "--profile", "smoke", "--dry-run", "--tracking-uri", uri, *sets], "", words
+    )
+    assert not store.exists() and not run_dir.exists()

@@ -256,3 +256,83 @@ def test_config_errors_are_one_printable_line():
     err = ConfigError("x.yaml: a\nb: unknown key \x1b[31m" + "z" * 5000)
     assert "\n" not in str(err) and "\x1b" not in str(err) and "a\\nb" in str(err) and "\\x1b[31m" in str(err)
     assert len(str(err)) == ConfigError.MAX_CHARS and str(err).endswith("...")
+
+
+# -- bounds where a value can only be a mistake (issue 29 item 4) -------------------------------------------
+
+
+def test_num_samples_lower_bound_is_the_most_any_metric_needs():
+    from harness.config.schema import METRICS, MIN_EVAL_SAMPLES, PRC_NEIGHBORHOOD
+
+    # precision/recall's k-NN radius needs k others (Kynkaanniemi et al. 2019): k + 1 samples, and no metric more
+    assert MIN_EVAL_SAMPLES == PRC_NEIGHBORHOOD + 1 == max(m.min_samples for m in METRICS.values())
+    assert build_config({"eval": {"num_samples": MIN_EVAL_SAMPLES}}).eval.num_samples == MIN_EVAL_SAMPLES
+    with pytest.raises(ConfigError, match=r"x.yaml: eval.num_samples: 3 is too few: precision and recall need at le"):
+        build_config({"eval": {"num_samples": MIN_EVAL_SAMPLES - 1}}, "x.yaml")
+
+
+def test_num_samples_bound_is_what_the_metrics_accept(tmp_path):
+    """The bound is tight: the fidelity metrics run on MIN_EVAL_SAMPLES images and refuse one fewer."""
+    from harness.config.schema import MIN_EVAL_SAMPLES
+    from harness.evaluation.features import DomainClassifier, DomainCNN
+    from harness.evaluation.metrics import fidelity_metrics
+
+    g = torch.Generator().manual_seed(0)
+    clf = DomainClassifier(DomainCNN(1, 28, 28, 10).eval(), 0.1, "untrained", False)  # any feature space will do
+    ref = torch.rand(16, 1, 28, 28, generator=g) * 2 - 1
+    gen = torch.rand(MIN_EVAL_SAMPLES, 1, 28, 28, generator=g) * 2 - 1
+    out = fidelity_metrics(gen, ref, clf, cache_dir=tmp_path, reference_key="r")
+    assert out["num_generated"] == MIN_EVAL_SAMPLES and out["fid"] >= 0 and 0 <= out["precision"] <= 1
+    with pytest.raises(ValueError, match=f"at least {MIN_EVAL_SAMPLES}"):
+        fidelity_metrics(gen[:-1], ref, clf, cache_dir=tmp_path, reference_key="r")
+
+
+@pytest.mark.parametrize(
+    "section,field,value",
+    [
+        ("diffusion", "timesteps", 100_001),
+        ("train", "batch_size", 2**16 + 1),
+        ("eval", "batch_size", 2**40),
+        ("autoencoder", "batch_size", 2**20),
+        ("model", "channels", 2**14 + 8),
+        ("model", "hidden", 10**9),
+        ("model", "depth", 2**11),
+        ("model", "num_res_blocks", 5000),
+        ("train", "log_every", 10**12),
+    ],
+)
+def test_sizes_that_can_only_be_mistakes_are_one_line(section, field, value):
+    with pytest.raises(ConfigError, match=rf"^c.yaml: {section}.{field}: Input should be less than or equal to"):
+        build_config({section: {field: value}}, "c.yaml")
+
+
+@pytest.mark.parametrize("name", ["cdua", "cuda:-1", "meta", "gpu", " cpu", "cuda:0:1", "", "cuda:x"])
+def test_device_names_torch_cannot_read_are_one_line(name):
+    with pytest.raises(ConfigError, match=r"^c.yaml: train.device: unknown device .*; valid: auto, cpu, cuda"):
+        build_config({"train": {"device": name}}, "c.yaml")
+
+
+@pytest.mark.parametrize("name", ["auto", "cpu", "cuda", "cuda:7", "mps", "cpu:0"])
+def test_device_names_are_valid_anywhere_whether_or_not_present(name):
+    # A Slurm node may have the GPU a login node lacks: existence is resolve_device's check, where the run is.
+    assert build_config({"train": {"device": name}}).train.device == name
+
+
+def test_a_device_this_machine_lacks_is_one_line_naming_the_field(monkeypatch):
+    from harness.device import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(ConfigError, match=r"^train.device: 'cuda:7' but torch sees no CUDA GPU here"):
+        resolve_device("cuda:7")
+    assert resolve_device("auto").type == "cpu" and resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"'cuda:7' but this machine has 2 GPU\(s\), cuda:0 to cuda:1"):
+        resolve_device("cuda:7")
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ConfigError, match=r"^HARNESS_DEVICE: unknown device 'cdua'"):
+        resolve_device("cdua", "HARNESS_DEVICE")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="MPS is not available"):
+        resolve_device("mps")

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+import torch
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from ..diffusion.flow import FLOW_TIMES
 from ..diffusion.losses import WEIGHTINGS
@@ -25,6 +26,7 @@ from ..models.autoencoder import check_shape as check_autoencoder_shape
 from ..models.registry import BACKBONES, SHARED_FIELDS
 from .dotted import flatten, parse_overrides, related, set_dotted, unflatten
 from .fields import Choice, ConfigError, Float, Int, Section, Seed
+from .schema import METRICS, MIN_EVAL_SAMPLES
 from .setting import SamplerSetting
 from .yamlio import YamlError, load_text, read_bytes
 
@@ -37,6 +39,14 @@ NUM_CLASSES = {"mnist-5k": 10, "mnist": 10, "fashion-mnist": 10, "cifar10": 10}
 # the data is loaded, so the config (and its hash) holds the step count; training checks N against the data.
 DATASET_SIZES = {"mnist-5k": 5_000, "mnist": 60_000, "fashion-mnist": 60_000, "cifar10": 50_000}
 MAX_EVAL_SAMPLES = 50_000  # the usual FID sample count; more only costs time
+# Upper bounds where a larger value can only be a mistake (a typo, a unit slip) and would otherwise fail deep in
+# the first allocation; what fits a given machine is orchestration/memory.py's estimate, checked before a run.
+MAX_TIMESTEPS = 100_000  # 25 x the largest published discrete T (iDDPM's 4000)
+MAX_BATCH = 2**16  # images per batch: 32 x the largest published diffusion batch (2048)
+MAX_WIDTH = 2**14  # channels or token width: 10 x DiT-XL's 1152, 40 x ADM's 256
+MAX_DEPTH = 2**10  # transformer blocks, residual blocks per level
+MAX_LOG_EVERY = 100_000  # the training loop buffers log_every losses on the device between logs
+DEVICE_TYPES = ("cpu", "cuda", "mps")  # train.device: auto, a type, or type:index (device.py checks it exists)
 # Fields that change where or how often things happen, never what is learned.
 OPERATIONAL = {"data": {"root", "download"}, "train": {"checkpoint_every", "log_every", "device"}}
 AUTOTUNED = ("precision", "memory_format")  # train fields that ``auto`` leaves to a measurement (training/autotune.py)
@@ -61,8 +71,8 @@ class AutoencoderConfig(Section):
     downsample: Int = Field(4, ge=1)  # f, a power of two dividing the image side: 28 -> 7 at f = 4
     kl_weight: Float = Field(1e-4, ge=0)  # loss = mean squared error + kl_weight * KL, both per element
     steps: Int = Field(400, ge=1)  # AdamW steps, once per data set and section (then cached)
-    channels: Int = Field(16, ge=1)  # the width of every encoder and decoder convolution
-    batch_size: Int = Field(64, ge=1)
+    channels: Int = Field(16, ge=1, le=MAX_WIDTH)  # the width of every encoder and decoder convolution
+    batch_size: Int = Field(64, ge=1, le=MAX_BATCH)
     lr: Float = Field(2e-3, gt=0)  # the peak of a one-cycle schedule
 
     def latent_shape(self, image_size: int) -> tuple[int, int]:
@@ -72,13 +82,13 @@ class AutoencoderConfig(Section):
 
 class ModelConfig(Section):
     backbone: Choice(BACKBONES, "backbone") = "unet"  # models.registry.BACKBONES
-    channels: Int = Field(24, ge=8)  # unet: the first level's width
+    channels: Int = Field(24, ge=8, le=MAX_WIDTH)  # unet: the first level's width
     channel_mult: tuple[Int, ...] = (1, 2, 2)  # unet
-    num_res_blocks: Int = Field(1, ge=1)  # unet
+    num_res_blocks: Int = Field(1, ge=1, le=MAX_DEPTH)  # unet
     attention_resolutions: tuple[Int, ...] = (7,)  # unet
     patch_size: Int = Field(2, ge=1)  # dit
-    depth: Int = Field(4, ge=1)  # dit: transformer blocks
-    hidden: Int = Field(64, ge=4)  # dit: token width
+    depth: Int = Field(4, ge=1, le=MAX_DEPTH)  # dit: transformer blocks
+    hidden: Int = Field(64, ge=4, le=MAX_WIDTH)  # dit: token width
     heads: Int = Field(4, ge=1)  # dit
     dropout: Float = Field(0.0, ge=0.0, lt=1.0)
     conditional: bool = False
@@ -94,7 +104,7 @@ class ModelConfig(Section):
 
 
 class DiffusionConfig(Section):
-    timesteps: Int = Field(1000, ge=2)
+    timesteps: Int = Field(1000, ge=2, le=MAX_TIMESTEPS)
     schedule: Choice(SCHEDULES, "schedule") = "cosine"
     zero_terminal_snr: bool = False
     parameterization: Choice(PARAMETERIZATIONS, "parameterization") = "eps"
@@ -127,7 +137,7 @@ class DiffusionConfig(Section):
 class TrainConfig(Section):
     steps: Int = Field(1500, ge=1)
     epochs: Int | None = Field(None, ge=1)  # instead of steps: Config resolves it into steps (steps_per_epoch)
-    batch_size: Int = Field(128, ge=1)
+    batch_size: Int = Field(128, ge=1, le=MAX_BATCH)
     lr: Float = Field(1e-3, gt=0)
     weight_decay: Float = Field(0.0, ge=0)
     warmup_steps: Int = Field(100, ge=0)
@@ -142,9 +152,25 @@ class TrainConfig(Section):
     eval_every: Int = Field(0, ge=0)  # 0: evaluate at the end only
     eval_epochs: tuple[Int, ...] = ()  # instead of eval_every: evaluate (and checkpoint) at the end of these epochs
     checkpoint_every: Int = Field(0, ge=0)  # 0: every tenth of the run (train.train), so a kill loses at most 10%
-    log_every: Int = Field(25, ge=1)
+    log_every: Int = Field(25, ge=1, le=MAX_LOG_EVERY)
     seed: Seed = 0
     device: str = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, v: str) -> str:
+        """A name torch reads as a device of ``DEVICE_TYPES``; whether this machine has it is device.py's check,
+        made where the run happens (a Slurm node may have the GPU that the login node lacks)."""
+        if v == "auto":
+            return v
+        try:
+            d = torch.device(v)
+        except (RuntimeError, TypeError):
+            d = None
+        if d is None or d.type not in DEVICE_TYPES or str(d) != v.strip():
+            valid = ", ".join(["auto", *DEVICE_TYPES, "cuda:N"])
+            raise ValueError(f"unknown device {v!r}; valid: {valid}")
+        return v
 
     def unresolved(self) -> list[str]:
         """The fields still ``auto``: training/autotune.py measures them on the device before anything is hashed."""
@@ -152,8 +178,8 @@ class TrainConfig(Section):
 
 
 class EvalConfig(Section):
-    num_samples: Int = Field(1000, ge=2, le=MAX_EVAL_SAMPLES)
-    batch_size: Int = Field(128, ge=1)
+    num_samples: Int = Field(1000, le=MAX_EVAL_SAMPLES)  # at least MIN_EVAL_SAMPLES (_enough_samples)
+    batch_size: Int = Field(128, ge=1, le=MAX_BATCH)
     samplers: tuple[SamplerSetting, ...] = (SamplerSetting(),)
     clip_x0: bool = True
     seed: Seed = 1234  # fixed noise and labels, the same at every evaluation
@@ -164,6 +190,15 @@ class EvalConfig(Section):
     # Optimizer steps of the noise-aware classifier p(y | x_t, t) that classifier guidance (a setting's
     # classifier_scale > 0) trains once per data set and schedule (evaluation/noisy_classifier.py).
     classifier_steps: Int = Field(600, ge=1)
+
+    @field_validator("num_samples")
+    @classmethod
+    def _enough_samples(cls, n: int) -> int:
+        """Each evaluation computes every metric of schema.METRICS: refused here rather than after training."""
+        if n < MIN_EVAL_SAMPLES:
+            needy = [m.text for m in METRICS.values() if m.min_samples == MIN_EVAL_SAMPLES]
+            raise ValueError(f"{n} is too few: {' and '.join(needy)} need at least {MIN_EVAL_SAMPLES} samples")
+        return n
 
 
 class Config(Section):

@@ -74,27 +74,34 @@ def arm_text(arm: dict) -> str:
 # -- evaluation metrics -----------------------------------------------------------------------------
 
 
+PRC_NEIGHBORHOOD = 3  # k of the k-NN balls in precision/recall (Kynkaanniemi et al. 2019)
+
+
 @dataclass(frozen=True)
 class Metric:
     name: str
     lower_is_better: bool | None  # None: not a quality (counts, seconds)
     curve: bool  # worth a history over training (the rest are constant or bookkeeping)
     text: str  # how a report names it
+    # The fewest generated samples its definition allows: ``eval.num_samples`` is bounded below by the largest
+    # (MIN_EVAL_SAMPLES), so a config that validates never fails after training for want of samples.
+    min_samples: int = 1
 
 
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in (
-        Metric("fid", True, True, "FID"),
+        Metric("fid", True, True, "FID", 2),  # a covariance needs two points
         # FID's companions at the same N (evaluation/frechet.py): the N-corrected FID_inf of Chong & Forsyth
         # (2020), the bootstrap standard error over the generated samples, and the floor, held-out real images.
         Metric("fid_inf", True, False, "FID_inf (N-corrected FID)"),
-        Metric("fid_se", None, False, "FID standard error"),
+        Metric("fid_se", None, False, "FID standard error", 2),
         Metric("fid_floor", None, False, "FID floor (held-out real images)"),
-        Metric("kid", True, True, "KID"),
-        Metric("kid_std", None, False, "KID std"),
-        Metric("precision", False, True, "precision"),
-        Metric("recall", False, True, "recall"),
+        Metric("kid", True, True, "KID", 2),  # the unbiased MMD^2 estimate needs pairs within a subset
+        Metric("kid_std", None, False, "KID std", 2),
+        # a sample's k-NN radius needs k other samples
+        Metric("precision", False, True, "precision", PRC_NEIGHBORHOOD + 1),
+        Metric("recall", False, True, "recall", PRC_NEIGHBORHOOD + 1),
         Metric("recognizability", False, True, "recognizability"),
         Metric("class_accuracy", False, True, "class accuracy"),
         Metric("recognized_class_accuracy", False, True, "class accuracy among recognizable samples"),
@@ -107,6 +114,7 @@ METRICS: dict[str, Metric] = {
     )
 }
 EVAL_METRICS = tuple(METRICS)
+MIN_EVAL_SAMPLES = max(m.min_samples for m in METRICS.values())  # every evaluation computes every metric
 # Fixed by the setting, the evaluation config and the reference, the same at every step: a training run logs
 # them as params. Only counts: a float recomputed on resume could differ in its last digit, which MLflow refuses.
 CONSTANT_METRICS = ("nfe", "classifier_passes", "num_generated", "num_reference")

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..config.schema import METRICS, PRC_NEIGHBORHOOD
 from ..once import made_once
 from ..private import private_dir
 from ..training.checkpoint import save_atomic
@@ -28,7 +29,6 @@ from .features import DomainClassifier, fidelity_extractor_name, fidelity_extrac
 from .frechet import Gaussian, fid_floor, fid_inf, fid_se, frechet_distance
 
 KID_SUBSET_SIZE = 1000  # torch-fidelity's default, lowered to the sample count when there are fewer
-PRC_NEIGHBORHOOD = 3  # k of the k-NN balls in precision/recall (Kynkaanniemi et al. 2019)
 BATCH_SIZE = 500
 DOWNLOAD_PROBE_TIMEOUT = 5.0  # seconds; offline, name resolution fails at once, a blackholed route waits this long
 
@@ -95,8 +95,9 @@ def fidelity_metrics(
     from torch_fidelity.metric_kid import kid_features_to_metric
     from torch_fidelity.metric_prc import prc_features_to_metric
 
-    _check_images("generated", generated, PRC_NEIGHBORHOOD + 1)  # k-NN radii need k other samples
-    _check_images("reference", reference, PRC_NEIGHBORHOOD + 1)
+    fewest = max(METRICS[m].min_samples for m in ("fid", "kid", "precision", "recall"))  # the ones computed here
+    _check_images("generated", generated, fewest)
+    _check_images("reference", reference, fewest)
     if generated.shape[1:] != reference.shape[1:]:
         raise ValueError(f"generated {tuple(generated.shape[1:])} and reference {tuple(reference.shape[1:])} differ")
     if not reference_key or os.sep in reference_key or "/" in reference_key:

@@ -228,6 +228,25 @@ def estimate_line(
     return f"estimated time: {duration(seconds) if seconds is not None else 'unknown'} ({source})"
 
 
+def check_memory(plan: Plan, executor: str = "local") -> list[str]:
+    """Refuse a plan whose largest jobs, as many at a time as the executor runs, cannot fit this machine's memory
+    (``memory.DoesNotFit``, one line naming the job and the field to lower), before the autotune probe allocates
+    the first batch or anything is written; else the line the dry run prints. A Slurm plan runs on its nodes, whose
+    memory is Slurm's to check, so it is not held against this machine's."""
+    import torch
+
+    from ..device import resolve_device
+    from .memory import check
+
+    if executor == "slurm" or not plan.jobs:
+        return []
+    gpus, n_slots, _ = slots(plan.spec.cpu_jobs, plan.spec.jobs_per_gpu)
+    # Every GPU is taken to be the first one's size; each holds jobs_per_gpu of the plan's jobs.
+    device = torch.device("cuda", 0) if gpus else resolve_device(plan.jobs[0].config.train.device)
+    named = [(f"job seed={j.seed} ({arm_text(j.arm)})", j.config) for j in plan.jobs]  # hashes come after autotune
+    return check(named, device, plan.spec.jobs_per_gpu if gpus else n_slots)
+
+
 def dry_run(
     plan: Plan, rows: list[dict[str, Any]], store: MlflowStore | None, records: list[dict[str, Any]] = ()
 ) -> list[str]:
