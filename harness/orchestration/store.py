@@ -22,6 +22,7 @@ from ..config.schema import (
     ROLE,
 )
 from .tracking import MlflowStore
+from .uris import sqlite_path
 
 EMA_FILE = "ema.pt"  # final EMA weights, in the run directory and in the training run's artifacts
 EMA_ARTIFACT = f"weights/{EMA_FILE}"
@@ -35,8 +36,9 @@ def store_root(uri: str) -> Path:
     """Local directory for checkpoints, caches and locks: beside a SQLite store; for a tracking server,
     ``$HARNESS_STORE_ROOT`` or ``mlruns/`` of this clone. With a server it is only a cache of what the
     server holds (final EMA weights, sample grids): a fresh root downloads what it lacks."""
-    if uri.startswith("sqlite:///"):
-        return Path(uri.removeprefix("sqlite:///")).parent
+    db = sqlite_path(uri)  # absolute: a relative one is resolved as the store resolves it
+    if db is not None:
+        return db.parent
     return Path(os.environ.get("HARNESS_STORE_ROOT") or Path(__file__).resolve().parents[2] / "mlruns")
 
 
