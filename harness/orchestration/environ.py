@@ -1,6 +1,6 @@
 """The ``HARNESS_*`` environment variables, each declared once with what it means and what it may hold.
 
-A mistyped name (``HARNESS_CACHEDIR``) would be ignored and a wrong value (``HARNESS_AUTOTUNE=of``, a cache
+A mistyped name would be ignored and a wrong value (``HARNESS_AUTOTUNE=of``, a cache
 root that is a file) would surface as a traceback deep in a job: ``check_environment`` refuses both in
 one line naming the variable before anything runs. The tests read the tree for every ``HARNESS_`` name, so
 a variable read anywhere without a row here fails the build.

@@ -21,6 +21,7 @@ from ..config.schema import (
     RECOGNIZER_FINGERPRINT,
     ROLE,
 )
+from ..writes import writing
 from .tracking import MlflowStore
 from .uris import sqlite_path
 
@@ -106,7 +107,8 @@ def publish_ema(store: MlflowStore, run_id: str, config: Config, run_dir: Path) 
     if state is None or state["step"] != config.train.steps:
         raise checkpoint.CheckpointError(f"no final checkpoint in {run_dir} to log the EMA weights from")
     path, part = run_dir / EMA_FILE, run_dir / f".{EMA_FILE}.part"  # complete or absent, as downloads are
-    torch.save({"config_hash": config.train_hash(), "step": state["step"], "model": state["ema"]["model"]}, part)
+    with writing(part):
+        torch.save({"config_hash": config.train_hash(), "step": state["step"], "model": state["ema"]["model"]}, part)
     os.replace(part, path)
     store.log_file(run_id, path, EMA_ARTIFACT.rpartition("/")[0])
 

@@ -24,6 +24,7 @@ from ..config.schema import (
     parse_eval_key,
 )
 from ..tracker import StoreUnavailable
+from ..writes import DiskFull, is_disk_full
 from .mlflow_ui import arms_view, arms_view_url
 from .uris import DATABASES, check_tracking_uri, not_mlflow, sqlite_path
 
@@ -229,6 +230,9 @@ class GuardedClient:
             try:
                 return attr(*args, **kwargs)
             except Exception as err:  # noqa: BLE001 - classified just below
+                db = sqlite_path(self._uri)
+                if db is not None and is_disk_full(err):  # SQLite: "database or disk is full"
+                    raise DiskFull(db) from None
                 reason = _unreachable(err)
                 if reason is None:
                     raise
@@ -245,14 +249,14 @@ class MlflowStore:
         """Open the store at ``uri`` (default: ``default_tracking_uri``), checked first (``uris``): a bad URI is
         a one-line ``ConfigError``, a store that cannot be opened a one-line ``StoreUnavailable``.
         ``read_only``: only read (the dry run), so a store in a folder this user cannot write is fine."""
-        from mlflow import MlflowClient
-
         given = uri or default_tracking_uri()
         source = "--tracking-uri" if uri else "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else ""
         checked = check_tracking_uri(given, source or "default tracking store", write=not read_only)
         if checked.note:
             print(checked.note, file=sys.stderr)
         self.uri = checked.uri
+        from mlflow import MlflowClient  # after the check: a bad URI is refused without importing MLflow
+
         # An unreachable server should fail in seconds, not after MLflow's minutes of retries.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")

@@ -60,9 +60,9 @@ def check_tracking_uri(uri: str, source: str = "--tracking-uri", *, write: bool 
 
     ``write``: the store will be written (a run, not a dry run), so its file must be writable too.
     """
-    where = f"{source} {uri}" if uri else source
-    if not uri or not uri.strip() or any(c.isspace() or not c.isprintable() for c in uri):
-        raise ConfigError(f"{where!r}: not a URI (empty, or with spaces or control characters)")
+    if not uri.strip() or not uri.isprintable():
+        raise ConfigError(f"{source} {uri!r}: not a URI (empty, or with control characters)")
+    where = f"{source} {uri}"
     scheme = urlsplit(uri).scheme.lower() if ":" in uri else ""
     dialect = scheme.partition("+")[0]
     if scheme == "sqlite":
