@@ -379,3 +379,18 @@ def test_a_checkpoint_on_a_full_disk_names_the_checkpoint(tmp_path, monkeypatch)
     with pytest.raises(DiskFull, match=re.escape(f"while writing {tmp_path / 'checkpoint.pt'}")):
         checkpoint.save_atomic({"w": torch.zeros(100_000)}, tmp_path / "checkpoint.pt")
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_a_full_sqlite_store_names_the_database(tmp_path):
+    """SQLite says ``database or disk is full``; the job's line says which file."""
+    import sqlalchemy.exc
+
+    from harness.orchestration.tracking import GuardedClient
+
+    class Full:
+        def log_batch(self, *args, **kwargs):
+            raise sqlalchemy.exc.OperationalError("INSERT", {}, Exception("database or disk is full"))
+
+    db = tmp_path / "mlflow.db"
+    with pytest.raises(DiskFull, match=re.escape(f"while writing {db}")):
+        GuardedClient(Full(), f"sqlite:///{db}").log_batch("run")
