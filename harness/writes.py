@@ -42,7 +42,7 @@ def is_disk_full(err: BaseException) -> bool:
     while seen is not None:
         if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
-        if isinstance(seen, RuntimeError) and any(t in str(seen) for t in FULL_TEXTS):
+        if any(t in str(seen) for t in FULL_TEXTS):  # torch's RuntimeError, SQLAlchemy's OperationalError
             return True
         seen = seen.__cause__ or seen.__context__
     return False
