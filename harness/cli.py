@@ -303,8 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .orchestration.environ import check_environment
+
     args = build_parser().parse_args(argv)
     try:
+        check_environment()  # a mistyped HARNESS_* name or a wrong value: one line before anything runs
         return args.func(args)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

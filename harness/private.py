@@ -19,7 +19,12 @@ def private_dir(path: str | Path, reads: str = "torch-fidelity unpickles its cac
     refused. ``reads`` says what unpickles the files, for the error line.
     """
     path = Path(path).expanduser()
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as err:  # a file where the directory or one of its parents should be, no permission
+        in_way = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        why = f"{in_way} is a file, not a directory" if in_way else err.strerror or str(err)
+        raise ConfigError(f"{path}: cannot be used as a directory: {why}") from None
     path = path.resolve()  # the checks apply to the directory actually used, not to a symlink
     uid, st = os.getuid(), path.stat()
     if st.st_uid != uid:

@@ -650,11 +650,16 @@ def test_an_override_the_spec_does_not_own_still_applies(tmp_path):
 # -- a dry run reads a store and never creates one -------------------------------------------------
 
 
-def test_dry_run_never_creates_a_store(tmp_path, capsys):
+def test_dry_run_never_creates_a_store(tmp_path, capsys, monkeypatch):
     run, _ = _spec_files(tmp_path)
-    for uri in [f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}", (tmp_path / "files").as_uri(), str(tmp_path / "plain")]:
+    assert main(["run", str(run), "--dry-run", "--tracking-uri", f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"]) == 0
+    assert "new  seed=0  diffusion.schedule=linear" in capsys.readouterr().out
+    for uri in [(tmp_path / "files").as_uri(), str(tmp_path / "plain")]:  # MLflow 3 refuses its file store
+        _fails_cleanly(capsys, ["run", str(run), "--dry-run", "--tracking-uri", uri], "--tracking-uri", "file store")
+        monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
         assert main(["run", str(run), "--dry-run", "--tracking-uri", uri]) == 0
         assert "new  seed=0  diffusion.schedule=linear" in capsys.readouterr().out
+        monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml", "sweep.yaml"]
 
 
@@ -664,8 +669,8 @@ def test_dry_run_on_a_broken_store_is_one_line(tmp_path, capsys):
     _fails_cleanly(
         capsys,
         ["run", str(run), "--dry-run", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
-        "tracking store",
-        "is not usable",
+        "--tracking-uri",
+        "is not an SQLite database",
     )
 
 

@@ -51,7 +51,7 @@ def test_unusable_store_is_one_line(tmp_path, capsys):
         )
         == 2
     )
-    assert "cannot create" in capsys.readouterr().err
+    assert "a-file is a file, not a directory" in capsys.readouterr().err
 
 
 def test_corrupt_store_file_is_one_line_that_says_what_is_wrong(tmp_path, capsys):
@@ -59,7 +59,7 @@ def test_corrupt_store_file_is_one_line_that_says_what_is_wrong(tmp_path, capsys
     argv = ["run", str(_spec(tmp_path)), "--profile", "smoke", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "is not usable: (sqlite3.DatabaseError) file is not a database" in err
+    assert err.count("\n") == 1 and "is not an SQLite database" in err
     assert (tmp_path / "mlflow.db").read_text() == "not a database"
 
 

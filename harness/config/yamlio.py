@@ -9,6 +9,8 @@ Every refusal is a ``YamlError`` of one line; callers add the file or the overri
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,15 @@ from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 MAX_BYTES = 1_000_000  # a spec is a page of text; anything near this is not one
 MAX_DEPTH = 32  # nesting levels after aliases are expanded (specs use about 5)
 MAX_VALUES = 10_000  # scalars, lists and mappings after aliases are expanded (specs have a few hundred)
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 class YamlError(ValueError):
@@ -116,8 +127,19 @@ def load_text(text: str) -> Any:
 
 
 def read_bytes(path: Path) -> str:
-    """The file's text: strict UTF-8 (a byte-order mark is allowed), at most ``MAX_BYTES``."""
-    with path.open("rb") as f:
+    """The file's text: strict UTF-8 (a byte-order mark is allowed), at most ``MAX_BYTES``.
+
+    Only a regular file: a FIFO would block the read until someone writes to it (forever, if nobody does),
+    a device never ends. It is opened without blocking and checked on the open descriptor, so what is read
+    is what was checked.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = next((k for test, k in _KINDS if test(mode)), "not a regular file")
+        raise YamlError(f"is {kind}, not a file; write the YAML to a file")
+    with os.fdopen(fd, "rb") as f:
         data = f.read(MAX_BYTES + 1)
     if len(data) > MAX_BYTES:
         raise YamlError(f"larger than {MAX_BYTES:,} bytes; a spec is a page of text")

@@ -21,7 +21,9 @@ from ..config.schema import (
     RECOGNIZER_FINGERPRINT,
     ROLE,
 )
+from ..writes import writing
 from .tracking import MlflowStore
+from .uris import sqlite_path
 
 EMA_FILE = "ema.pt"  # final EMA weights, in the run directory and in the training run's artifacts
 EMA_ARTIFACT = f"weights/{EMA_FILE}"
@@ -35,8 +37,9 @@ def store_root(uri: str) -> Path:
     """Local directory for checkpoints, caches and locks: beside a SQLite store; for a tracking server,
     ``$HARNESS_STORE_ROOT`` or ``mlruns/`` of this clone. With a server it is only a cache of what the
     server holds (final EMA weights, sample grids): a fresh root downloads what it lacks."""
-    if uri.startswith("sqlite:///"):
-        return Path(uri.removeprefix("sqlite:///")).parent
+    db = sqlite_path(uri)  # absolute: a relative one is resolved as the store resolves it
+    if db is not None:
+        return db.parent
     return Path(os.environ.get("HARNESS_STORE_ROOT") or Path(__file__).resolve().parents[2] / "mlruns")
 
 
@@ -104,7 +107,8 @@ def publish_ema(store: MlflowStore, run_id: str, config: Config, run_dir: Path) 
     if state is None or state["step"] != config.train.steps:
         raise checkpoint.CheckpointError(f"no final checkpoint in {run_dir} to log the EMA weights from")
     path, part = run_dir / EMA_FILE, run_dir / f".{EMA_FILE}.part"  # complete or absent, as downloads are
-    torch.save({"config_hash": config.train_hash(), "step": state["step"], "model": state["ema"]["model"]}, part)
+    with writing(part):
+        torch.save({"config_hash": config.train_hash(), "step": state["step"], "model": state["ema"]["model"]}, part)
     os.replace(part, path)
     store.log_file(run_id, path, EMA_ARTIFACT.rpartition("/")[0])
 

@@ -24,7 +24,9 @@ from ..config.schema import (
     parse_eval_key,
 )
 from ..tracker import StoreUnavailable
+from ..writes import DiskFull, is_disk_full
 from .mlflow_ui import arms_view, arms_view_url
+from .uris import DATABASES, check_tracking_uri, not_mlflow, sqlite_path
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -174,7 +176,7 @@ class SystemMetrics:
 def _last_line(err: BaseException) -> str:
     # SQLAlchemy puts the cause first and then "[SQL: ...]" and "(Background on this error at: <url>)".
     noise = ("[SQL:", "[parameters:", "(Background on this error")
-    lines = [x for x in str(err).strip().splitlines() if x.strip() and not x.startswith(noise)]
+    lines = [x for x in str(err).strip().splitlines() if any(c.isalnum() for c in x) and not x.startswith(noise)]
     return lines[-1][:300] if lines else type(err).__name__
 
 
@@ -191,6 +193,22 @@ def _unreachable(err: BaseException) -> str | None:
             return errno.group(1).strip() if errno else (text.strip().splitlines() or [type(seen).__name__])[0][:200]
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def _reach_database(uri: str) -> None:
+    """One connection attempt with a timeout: MLflow's own opening retries a refused one for 100 seconds,
+    printing a warning each time."""
+    import sqlalchemy
+
+    timeout = {"postgresql": {"connect_timeout": 10}, "mysql": {"connect_timeout": 10}}
+    engine = sqlalchemy.create_engine(uri, connect_args=timeout.get(uri.partition(":")[0].partition("+")[0], {}))
+    try:
+        with engine.connect():
+            pass
+    except Exception as err:  # noqa: BLE001 - refused, unknown host, bad password: all one line
+        raise StoreUnavailable(f"tracking store {uri} is not usable: {_unreachable(err) or _last_line(err)}") from None
+    finally:
+        engine.dispose()
 
 
 class GuardedClient:
@@ -212,6 +230,9 @@ class GuardedClient:
             try:
                 return attr(*args, **kwargs)
             except Exception as err:  # noqa: BLE001 - classified just below
+                db = sqlite_path(self._uri)
+                if db is not None and is_disk_full(err):  # SQLite: "database or disk is full"
+                    raise DiskFull(db) from None
                 reason = _unreachable(err)
                 if reason is None:
                     raise
@@ -224,33 +245,46 @@ class GuardedClient:
 class MlflowStore:
     """An MLflow tracking store: experiments, runs, and finding runs by config hash."""
 
-    def __init__(self, uri: str | None = None):
-        from mlflow import MlflowClient
+    def __init__(self, uri: str | None = None, *, read_only: bool = False):
+        """Open the store at ``uri`` (default: ``default_tracking_uri``), checked first (``uris``): a bad URI is
+        a one-line ``ConfigError``, a store that cannot be opened a one-line ``StoreUnavailable``.
+        ``read_only``: only read (the dry run), so a store in a folder this user cannot write is fine."""
+        given = uri or default_tracking_uri()
+        source = "--tracking-uri" if uri else "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else ""
+        checked = check_tracking_uri(given, source or "default tracking store", write=not read_only)
+        if checked.note:
+            print(checked.note, file=sys.stderr)
+        self.uri = checked.uri
+        from mlflow import MlflowClient  # after the check: a bad URI is refused without importing MLflow
 
-        self.uri = uri or default_tracking_uri()
         # An unreachable server should fail in seconds, not after MLflow's minutes of retries.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-        if not self.uri.startswith("sqlite:///"):
-            self._open(MlflowClient)
+        db = sqlite_path(self.uri)
+        if db is None or read_only:  # a reader neither creates the folder nor migrates, so it takes no lock
+            if db is None and self.uri.partition(":")[0].partition("+")[0] in DATABASES:
+                _reach_database(self.uri)
+            self._open_guarded(MlflowClient)
+            if read_only:
+                self.check()
             return
-        db = Path(self.uri.removeprefix("sqlite:///"))
         try:
             db.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise StoreUnavailable(f"tracking store {self.uri}: cannot create {db.parent}: {err.strerror}") from None
-        if not os.access(db.parent, os.W_OK):
-            raise StoreUnavailable(f"tracking store {self.uri}: {db.parent} is not writable")
         # MLflow creates and migrates a new database when a client first opens it; two processes doing
         # that at once collide in the migration, so opening is one process at a time.
         from filelock import FileLock
 
         with FileLock(db.with_name(db.name + ".lock")):
-            try:
-                self._open(MlflowClient)
-            except Exception as err:  # noqa: BLE001 - not a database, a newer schema, a full disk
-                raise StoreUnavailable(f"tracking store {self.uri} is not usable: {_last_line(err)}") from None
+            self._open_guarded(MlflowClient)
             self.check()
+
+    def _open_guarded(self, client_class) -> None:
+        try:
+            self._open(client_class)
+        except Exception as err:  # noqa: BLE001 - not a database, a newer schema, a full disk
+            raise StoreUnavailable(f"tracking store {self.uri} is not usable: {_last_line(err)}") from None
 
     def _open(self, client_class) -> None:
         self._raw = client_class(tracking_uri=self.uri)  # for sqlite this opens (and creates) the database
@@ -261,7 +295,9 @@ class MlflowStore:
         try:
             self._raw.search_experiments(max_results=1)
         except Exception as err:  # noqa: BLE001 - sqlalchemy, HTTP and OS errors alike
-            raise StoreUnavailable(f"tracking store {self.uri} is not usable: {_last_line(err)}") from None
+            server = self.uri.startswith(("http://", "https://"))
+            reason = (server and not_mlflow(self.uri)) or _unreachable(err) or _last_line(err)
+            raise StoreUnavailable(f"tracking store {self.uri} is not usable: {reason}") from None
 
     def experiment_id(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
@@ -342,22 +378,17 @@ class MlflowStore:
 
 
 def existing_store(uri: str | None) -> MlflowStore | None:
-    """The store at ``uri`` if it exists already, else None: a dry run reads a store but never creates one."""
+    """The store at ``uri`` if it exists already, else None: a dry run reads a store but never creates one,
+    and reads one it cannot write (opened ``read_only``)."""
     from urllib.parse import urlparse
 
-    uri = uri or default_tracking_uri()
-    if uri.startswith("sqlite:///"):
-        exists = Path(uri.removeprefix("sqlite:///")).is_file()
-    elif uri.startswith("file:") or "://" not in uri:  # MLflow's file store: a folder
-        exists = Path(urlparse(uri).path if uri.startswith("file:") else uri).is_dir()
+    given = uri or default_tracking_uri()
+    check_tracking_uri(given, "--tracking-uri" if uri else "MLFLOW_TRACKING_URI", write=False)  # garbage: one line
+    db = sqlite_path(given)
+    if db is not None:
+        exists = db.is_file()
+    elif given.startswith("file:") or "://" not in given:  # MLflow's file store: a folder
+        exists = Path(urlparse(given).path if given.startswith("file:") else given).is_dir()
     else:  # a tracking server (http, databases): reading it creates nothing
         exists = True
-    if not exists:
-        return None
-    try:
-        store = MlflowStore(uri)
-    except Exception as err:  # noqa: BLE001 - MLflow opens the store here: sqlalchemy and OS errors alike
-        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-        raise StoreUnavailable(f"tracking store {uri} is not usable: {reason}") from None
-    store.check()
-    return store
+    return MlflowStore(uri, read_only=True) if exists else None

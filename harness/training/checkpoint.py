@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from ..writes import writing
+
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint where one is needed; the message is one line for the user."""
@@ -29,7 +31,7 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with writing(path), os.fdopen(fd, "wb") as f:  # a full disk: one line naming the checkpoint
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
