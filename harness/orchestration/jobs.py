@@ -149,6 +149,7 @@ def job_state(
 def run_task(task: Task) -> Outcome:
     """``run_job`` in a worker process: a failure is recorded in the outcome, never raised to the pool."""
     from ..training.checkpoint import CheckpointError
+    from ..writes import DiskFull
 
     start = time.perf_counter()
     config = Config.model_validate_json(task.config_json)
@@ -165,7 +166,7 @@ def run_task(task: Task) -> Outcome:
     except StoreUnavailable as err:  # nothing more can be tracked: the run stays RUNNING and resumes later
         out = Outcome(config.train_hash(), task.arm, task.seed, "failed", error=str(err), store_unavailable=True)
     except Exception as err:  # noqa: BLE001 - a failed job must not take the others down
-        why = str(err) if isinstance(err, CheckpointError) else f"{type(err).__name__}: {err}"
+        why = str(err) if isinstance(err, (CheckpointError, DiskFull)) else f"{type(err).__name__}: {err}"
         out = Outcome(config.train_hash(), task.arm, task.seed, "failed", error=why)
         if os.environ.get("HARNESS_DEBUG"):
             traceback.print_exc()
