@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -76,6 +77,18 @@ def cache_folder(path: str | Path, mode: int = 0o777) -> Path:
             raise ConfigError(f"{blocker}: is a file, so the cache folder {path} cannot be made") from None
         raise ConfigError(f"{path}: cannot make the cache folder ({e.strerror or e})") from None
     return path
+
+
+def load_entry(path: Path, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain data only, so no file can run code here.
+
+    torch's own warnings about a file's format (an unusual pickle protocol, sparse tensors) are silenced: a file
+    that does not read is made again after ``unreadable``'s one line, which is all a user needs to hear."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def check_tensors(tensors: Mapping[str, Any]) -> None:

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import io
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
 
-from harness.config import AutoencoderConfig, ConfigError
 from harness import make_schedule
+from harness.config import AutoencoderConfig, ConfigError
 from harness.evaluation import features, metrics, noisy_classifier
 from harness.evaluation.noisy_classifier import Recipe
 from harness.training import autoencoder as latent
@@ -167,7 +167,7 @@ def test_the_payload_is_armed(tmp_path):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("loc", LOCATIONS, ids=[loc.name for loc in LOCATIONS])
-def test_an_unreadable_entry_is_made_again_with_one_warning_and_never_run(loc, kind, good, tmp_path, capsys):
+def test_an_unreadable_entry_is_made_again_with_one_warning_and_never_run(loc, kind, good, tmp_path, capsys, recwarn):
     cache, marker = tmp_path / "cache", tmp_path / "ran"
     if loc.name == "reference-features":  # its classifier must be there and good, so only the features are bad
         features.domain_classifier(DATA, cache / "classifiers", epochs=1, progress=False)
@@ -181,6 +181,7 @@ def test_an_unreadable_entry_is_made_again_with_one_warning_and_never_run(loc, k
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert warnings == [warnings[0]] and warnings[0].startswith(f"warning: making the {loc.what} again: cannot read")
     assert str(path) in warnings[0]
+    assert [str(w.message) for w in recwarn] == []  # nor a Python warning beside the line: torch's are silenced
     assert not marker.exists()
     assert getattr(made, "from_cache", False) is False
     assert _tensors(path.read_bytes()) == _tensors(good[loc.name])  # the same seeded entry, readable again

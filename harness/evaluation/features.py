@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..once import check_tensors, made_once, step_seconds
+from ..once import check_tensors, load_entry, made_once, step_seconds
 from ..training.checkpoint import save_atomic
 from ..training.data import ImageData, split_indices
 from ..training.one_cycle import OneCycle
@@ -288,7 +288,7 @@ def read_classifier(
     tracking server cannot run code here. Raises on any file that is not such a classifier: another
     ``shape`` than the one given (a classifier of other images or classes), non-finite weights or accuracy.
     """
-    saved = torch.load(path, map_location=device, weights_only=True)
+    saved = load_entry(path, device)
     if shape is not None and saved["shape"] != shape:
         raise ValueError(f"a classifier of shape {saved['shape']}, expected {shape}")
     check_tensors(saved["state_dict"])

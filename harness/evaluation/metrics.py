@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..once import cache_folder, check_tensors, made_once
+from ..once import cache_folder, check_tensors, load_entry, made_once
 from ..private import private_dir
 from ..training.checkpoint import save_atomic
 from .features import DomainClassifier, fidelity_extractor_name, fidelity_extractor_prefix
@@ -151,7 +151,7 @@ def reference_features(
     path = private_dir(cache_folder(stem.parent, 0o700)) / f"{stem.name}-{fidelity_extractor_prefix(clf)}-features.pt"
 
     def load(p: Path) -> Tensor:
-        f = torch.load(p, map_location="cpu", weights_only=True)["features"]
+        f = load_entry(p)["features"]
         check_tensors({"features": f})
         if f.shape != (len(u8), clf.net.head.in_features):  # (N, D), one row per reference image
             raise ValueError(f"features of shape {tuple(f.shape)}, expected ({len(u8)}, {clf.net.head.in_features})")

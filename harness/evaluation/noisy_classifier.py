@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..diffusion.schedules import Schedule
 from ..models.unet import timestep_embedding
-from ..once import check_tensors, made_once, step_seconds
+from ..once import check_tensors, load_entry, made_once, step_seconds
 from ..training.checkpoint import save_atomic
 from ..training.data import ImageData, split_indices
 from ..training.one_cycle import OneCycle
@@ -168,7 +168,7 @@ def noisy_classifier(
     path = cache_path(data, schedule, cache_dir, recipe)
 
     def load(path: Path) -> NoisyClassifierResult:
-        saved = torch.load(path, map_location=device, weights_only=True)  # tensors and plain data only
+        saved = load_entry(path, device)  # tensors and plain data only
         net = NoisyClassifier(data.channels, data.num_classes, recipe.widths).to(device)
         if saved["shape"] != net.shape:  # the name says which recipe; the file must agree with it
             raise ValueError(f"a classifier of shape {saved['shape']}, expected {net.shape}")

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..config import AutoencoderConfig
 from ..models.autoencoder import Autoencoder
-from ..once import cache_folder, check_tensors, unreadable
+from ..once import cache_folder, check_tensors, load_entry, unreadable
 from .checkpoint import save_atomic
 from .data import ImageData, split_indices
 from .one_cycle import OneCycle
@@ -128,7 +128,7 @@ def _load_or_train(path: Path, data: ImageData, ac: AutoencoderConfig, device, p
     key = path.stem.removeprefix(f"{ARCH}-")
     if path.is_file():
         try:
-            saved = torch.load(path, map_location=device, weights_only=True)  # tensors and plain data only
+            saved = load_entry(path, device)  # tensors and plain data only
             scale = float(saved["scale"])
             # A NaN or zero s would only show as a diffusion loss error that names no file.
             if not (math.isfinite(scale) and scale > 0):
