@@ -114,6 +114,8 @@ def _identify(df: pd.DataFrame, axes: list[str]) -> None:
     """Fill arm, arm label and run id where a table leaves them out: an arm is its axis values (or the
     ``arm_label`` given, or ``base``), a run is an arm and a seed."""
     rows = df["kind"].isna() | df["kind"].isin(["run", "final", "curve", "loss", "bucket", "grid"])
+    if not rows.any():  # a launch that died before its first job: nothing to identify (the report says so)
+        return
     if df.loc[rows, "seed"].isna().any():
         raise ConfigError(f"column 'seed' is empty in row {int(df.index[rows & df['seed'].isna()][0]) + 2}")
     untold = rows & (df["arm"].isna() | df["arm_label"].isna())

@@ -57,6 +57,7 @@ def cmd_report(args) -> int:
     from analysis.sweep_load import report_kind
 
     out = Path(args.out) if args.out else REPO / "reports" / name
+    _close_dead_launches(store, name)
     try:
         kind = report_kind(store, name, "sweep" if sweep else "ablation" if args.spec else None)
         if kind == "sweep":
@@ -76,6 +77,17 @@ def cmd_report(args) -> int:
         return 2
     print(f"report: {paths.html}\n        {paths.md}\n(also logged to run {run_id})")
     return 0
+
+
+def _close_dead_launches(store, name: str) -> None:
+    """A launch killed outright (SIGKILL, a lost node) leaves its parent run RUNNING; the report is often the
+    next command, so it closes such parents (their launch lock is free) before reading them."""
+    from .orchestration.runner import close_orphaned_parents
+    from .orchestration.store import store_root
+
+    experiment = store.client.get_experiment_by_name(name)
+    if experiment is not None:
+        close_orphaned_parents(store, experiment.experiment_id, store_root(store.uri))
 
 
 def cmd_export(args) -> int:

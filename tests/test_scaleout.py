@@ -196,3 +196,18 @@ def test_only_parents_whose_process_died_are_marked_killed(tmp_path):
             _kill(h)
     assert killed == [("dead", "KILLED")]
     assert live.exists() and not dead.exists()
+
+
+def test_a_report_closes_the_parent_of_a_launch_that_died(tmp_path, capsys):
+    """A SIGKILLed launch leaves its parent RUNNING with a free lock: the next `harness report` marks it
+    KILLED before reading it, so the report says the plan was KILLED instead of calling it running."""
+    from harness.cli import main
+    from harness.config.schema import ROLE
+    from harness.orchestration.tracking import MlflowStore
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = MlflowStore(uri)
+    parent = store.start_run(store.experiment_id("died"), "parent", {ROLE: "ablation"})
+    assert main(["report", "--experiment", "died", "--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 0
+    assert store.client.get_run(parent.run_id).info.status == "KILLED"
+    assert "the newest harness run of this experiment is KILLED" in (tmp_path / "r" / "report.md").read_text()

@@ -2,6 +2,7 @@
 
 import json
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,7 @@ def test_every_format_reads_to_the_same_images(mnist_5k, digits_u8, tmp_path):
     expected = torch.from_numpy(u8).float().unsqueeze(1) / 127.5 - 1
     for name in ("a.npy", "b.npz", "c.pt", "pngs"):
         path = tmp_path / name
-        x = to_images(read_array(path, 1), path, 1, 28)
+        x = to_images(read_array(path, 1, 28), path, 1, 28)
         assert x.shape == (12, 1, 28, 28), name
         torch.testing.assert_close(x, expected, atol=1e-6, rtol=0)
 
@@ -80,6 +81,13 @@ def _save(path: Path, value):
         np.save(path, value)
     else:
         torch.save(value, path)
+
+
+def _quietly(make):
+    """``make()`` without torch's prototype and deprecation warnings: the tensors are built only to be refused."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return make()
 
 
 BAD = [
@@ -100,6 +108,19 @@ BAD = [
     ("dict.pt", {"images": torch.zeros(20, 28, 28)}, "holds a dict, expected one tensor"),
     ("junk.npy", b"\x93NUMPY garbage", "cannot read it as .npy"),
     ("images.txt", b"1 2 3", "unknown kind of file"),
+    # Tensors that torch.load(weights_only=True) accepts but that hold no plain image values.
+    ("sparse.pt", torch.zeros(20, 1, 28, 28, dtype=torch.uint8).to_sparse(), "holds a sparse_coo tensor"),
+    ("csr.pt", _quietly(lambda: torch.zeros(20 * 28, 28).to_sparse_csr()), "holds a sparse_csr tensor"),
+    (
+        "quantized.pt",
+        _quietly(lambda: torch.quantize_per_tensor(torch.zeros(20, 1, 28, 28), 0.01, 0, torch.quint8)),
+        "holds a quantized tensor (quint8)",
+    ),
+    ("meta.pt", torch.empty(20, 1, 28, 28, device="meta"), "holds a meta tensor, which holds no values"),
+    ("nested.pt", _quietly(lambda: torch.nested.nested_tensor([torch.zeros(1, 28, 28)] * 20)), "holds a nested tensor"),
+    ("complex.pt", torch.zeros(20, 1, 28, 28, dtype=torch.complex64), "dtype complex64, expected uint8"),
+    ("complex.npy", np.zeros((20, 28, 28), np.complex64), "dtype complex64, expected uint8"),
+    ("bool.pt", torch.zeros(20, 1, 28, 28, dtype=torch.bool), "dtype bool, expected uint8"),
 ]
 
 
@@ -146,9 +167,56 @@ def test_bad_folders_files_and_data_sets(tmp_path, capsys):
     mixed.mkdir()
     Image.new("L", (28, 28)).save(mixed / "a.png")
     Image.new("L", (32, 32)).save(mixed / "b.png")
-    assert "the PNGs differ in size" in error_line(capsys, ["score", str(mixed)])
+    assert error_line(capsys, ["score", str(mixed)]) == f"error: {mixed / 'b.png'}: 32x32 pixels, expected 28x28"
     (mixed / "b.png").write_bytes(b"not a png")
     assert error_line(capsys, ["score", str(mixed)]).startswith(f"error: {mixed / 'b.png'}: not a readable PNG")
     np.save(tmp_path / "ok.npy", np.zeros((20, 28, 28), np.uint8))
     line = error_line(capsys, ["score", str(tmp_path / "ok.npy"), "--dataset", "mnist-6k"])
     assert line.startswith("error: --dataset: unknown data set 'mnist-6k'; valid: ") and "mnist-5k" in line
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width x height 8-bit grey pixels and holds none: only its header is ever read."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_image_bombs_are_refused_from_the_header(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i in range(MIN_IMAGES):
+        Image.new("L", (28, 28)).save(folder / f"{i:03d}.png")
+    bomb = folder / "zz.png"
+    # 2 * MAX_IMAGE_PIXELS + 1 pixels (about 179 million, 179 MB decoded): PIL itself refuses to open it.
+    side = int((2 * Image.MAX_IMAGE_PIXELS) ** 0.5) + 1
+    bomb.write_bytes(_png_header(side, side))
+    line = error_line(capsys, ["score", str(folder), "--json", str(tmp_path / "out.json")])
+    assert line.startswith(f"error: {bomb}: refused as a decompression bomb (Image size ({side * side} pixels)")
+    # Between the limit and twice it, PIL only warns (and would decode): refused in one line all the same.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 28 * 28 - 1)
+    Image.new("L", (28, 28)).save(bomb)
+    line = error_line(capsys, ["score", str(folder), "--json", str(tmp_path / "out.json")])
+    assert line.startswith(f"error: {folder / '000.png'}: refused as a decompression bomb")
+    # Below the limit, a PNG of the wrong size is refused from its header, before its pixels are decoded.
+    monkeypatch.undo()
+    bomb.write_bytes(_png_header(29, 28))
+    assert error_line(capsys, ["score", str(folder)]) == f"error: {bomb}: 29x28 pixels, expected 28x28"
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_big_endian_arrays_read_as_their_values(digits_u8, tmp_path):
+    floats = digits_u8[:12].astype(np.float32) / 255
+    np.save(tmp_path / "be.npy", floats.astype(">f4"))
+    x = to_images(read_array(tmp_path / "be.npy", 1, 28), tmp_path / "be.npy", 1, 28)
+    torch.testing.assert_close(x, torch.from_numpy(floats).unsqueeze(1) * 2 - 1)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..once import made_once, step_seconds
+from ..once import check_tensors, load_entry, made_once, step_seconds
 from ..training.checkpoint import save_atomic
 from ..training.data import ImageData, split_indices
 from ..training.one_cycle import OneCycle
@@ -255,9 +255,11 @@ def domain_classifier(
         return DomainClassifier(net=net, accuracy=accuracy, fingerprint=weights_fingerprint(net), from_cache=False)
 
     why = "it decides recognizability" if reject else "its features are the space of FID, KID and precision/recall"
+    shape = {"in_channels": data.channels, "height": data.images.shape[2], "width": data.images.shape[3]}
+    shape["num_classes"] = data.num_classes + int(reject)
     return made_once(
         path,
-        lambda p: read_classifier(p, device),
+        lambda p: read_classifier(p, device, shape=shape),
         make,
         what=f"{'recognizer' if reject else 'domain classifier'} {data.name}",
         why=f"{why}; once per data set",
@@ -277,19 +279,26 @@ def _training_seconds(data: ImageData, seed: int, epochs: int | None, reject: bo
     return step_seconds(net, lambda n: _loss(n, x, y, reject, generator), epochs * math.ceil(n_train / BATCH_SIZE))
 
 
-def read_classifier(path: str | Path, device: str | torch.device = "cpu") -> DomainClassifier:
+def read_classifier(
+    path: str | Path, device: str | torch.device = "cpu", *, shape: dict[str, int] | None = None
+) -> DomainClassifier:
     """A classifier file as ``domain_classifier`` writes it (and the tracking store holds it).
 
     Only tensors and plain data are unpickled (``weights_only=True``), so a file downloaded from a shared
-    tracking server cannot run code here. Raises on any file that is not such a classifier.
+    tracking server cannot run code here. Raises on any file that is not such a classifier: another
+    ``shape`` than the one given (a classifier of other images or classes), non-finite weights or accuracy.
     """
-    saved = torch.load(path, map_location=device, weights_only=True)
+    saved = load_entry(path, device)
+    if shape is not None and saved["shape"] != shape:
+        raise ValueError(f"a classifier of shape {saved['shape']}, expected {shape}")
+    check_tensors(saved["state_dict"])
+    accuracy = float(saved["accuracy"])
+    if not 0.0 <= accuracy <= 1.0:  # NaN fails too
+        raise ValueError(f"accuracy {accuracy} is not in [0, 1]")
     net = DomainCNN(**saved["shape"]).to(device)
     net.load_state_dict(saved["state_dict"])
     net.eval().requires_grad_(False)
-    return DomainClassifier(
-        net=net, accuracy=float(saved["accuracy"]), fingerprint=weights_fingerprint(net), from_cache=True
-    )
+    return DomainClassifier(net=net, accuracy=accuracy, fingerprint=weights_fingerprint(net), from_cache=True)
 
 
 def fidelity_extractor_prefix(clf: DomainClassifier) -> str:

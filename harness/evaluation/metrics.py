@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..config.schema import METRICS, PRC_NEIGHBORHOOD
-from ..once import made_once
+from ..once import cache_folder, check_tensors, load_entry, made_once
 from ..private import private_dir
 from ..training.checkpoint import save_atomic
 from .features import DomainClassifier, fidelity_extractor_name, fidelity_extractor_prefix
@@ -149,7 +149,14 @@ def reference_features(
 ) -> Tensor:
     """The features of the reference images ``u8``, made once per reference and classifier (``made_once``)
     and kept as a plain tensor at ``<stem>-<extractor>-features.pt`` in a ``private_dir``."""
-    path = private_dir(stem.parent) / f"{stem.name}-{fidelity_extractor_prefix(clf)}-features.pt"
+    path = private_dir(cache_folder(stem.parent, 0o700)) / f"{stem.name}-{fidelity_extractor_prefix(clf)}-features.pt"
+
+    def load(p: Path) -> Tensor:
+        f = load_entry(p)["features"]
+        check_tensors({"features": f})
+        if f.shape != (len(u8), clf.net.head.in_features):  # (N, D), one row per reference image
+            raise ValueError(f"features of shape {tuple(f.shape)}, expected ({len(u8)}, {clf.net.head.in_features})")
+        return f
 
     def make() -> Tensor:
         f = features(u8, clf, device)
@@ -163,7 +170,7 @@ def reference_features(
 
     return made_once(
         path,
-        lambda p: torch.load(p, map_location="cpu", weights_only=True)["features"],
+        load,
         make,
         what=f"reference features {stem.name}",
         why=f"FID, KID and precision/recall compare samples with these {len(u8):,} images; once per data set",

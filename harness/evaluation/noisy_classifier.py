@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..diffusion.schedules import Schedule
 from ..models.unet import timestep_embedding
-from ..once import made_once, step_seconds
+from ..once import check_tensors, load_entry, made_once, step_seconds
 from ..training.checkpoint import save_atomic
 from ..training.data import ImageData, split_indices
 from ..training.one_cycle import OneCycle
@@ -168,11 +168,16 @@ def noisy_classifier(
     path = cache_path(data, schedule, cache_dir, recipe)
 
     def load(path: Path) -> NoisyClassifierResult:
-        saved = torch.load(path, map_location=device, weights_only=True)  # tensors and plain data only
-        net = NoisyClassifier(**{**saved["shape"], "widths": tuple(saved["shape"]["widths"])}).to(device)
+        saved = load_entry(path, device)  # tensors and plain data only
+        net = NoisyClassifier(data.channels, data.num_classes, recipe.widths).to(device)
+        if saved["shape"] != net.shape:  # the name says which recipe; the file must agree with it
+            raise ValueError(f"a classifier of shape {saved['shape']}, expected {net.shape}")
+        check_tensors(saved["state_dict"])
         net.load_state_dict(saved["state_dict"])
         net.eval().requires_grad_(False)
         accuracy = {int(k): float(v) for k, v in saved["accuracy"].items()}
+        if not all(0.0 <= a <= 1.0 for a in accuracy.values()):
+            raise ValueError(f"accuracies {accuracy} are not in [0, 1]")
         return NoisyClassifierResult(net, accuracy, float(saved["train_seconds"]), from_cache=True)
 
     def make() -> NoisyClassifierResult:

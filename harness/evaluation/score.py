@@ -3,12 +3,14 @@
 The images are compared with the whole data set (the reference of every training evaluation), in
 the domain classifier's feature space, and judged by the same recognizer, so a number printed here
 can be put next to a number from a run. Files are read without unpickling anything: ``.npy`` and
-``.npz`` with ``allow_pickle=False``, ``.pt`` with ``torch.load(weights_only=True)``.
+``.npz`` with ``allow_pickle=False``, ``.pt`` with ``torch.load(weights_only=True)``. A PNG's size is read
+from its header and checked before any pixel is decoded, so a decompression bomb is one line, not the memory.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +25,10 @@ SUFFIXES = (".npy", ".npz", ".pt", ".pth")
 KEYS = ("n", "fid", "fid_se", "fid_floor", "fid_inf", "kid", "precision", "recall", "recognizability")
 
 
-def read_array(path: Path, channels: int) -> np.ndarray | Tensor:
-    """The array stored at ``path``: a tensor file, or a folder of PNGs stacked as (N, H, W[, 3]) uint8."""
+def read_array(path: Path, channels: int, size: int) -> np.ndarray | Tensor:
+    """The array stored at ``path``: a tensor file, or a folder of size x size PNGs stacked as (N, H, W[, 3]) uint8."""
     if path.is_dir():
-        return _read_pngs(path, channels)
+        return _read_pngs(path, channels, size)
     if not path.is_file():
         raise ConfigError(f"{path}: no such file or folder")
     suffix = path.suffix.lower()
@@ -40,7 +42,9 @@ def read_array(path: Path, channels: int) -> np.ndarray | Tensor:
                 if not archive.files:
                     raise ConfigError(f"{path}: the .npz archive holds no array")
                 return archive[archive.files[0]]
-        value = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about sparse and storage types: the check below says it once
+            warnings.simplefilter("ignore")
+            value = torch.load(path, map_location="cpu", weights_only=True)
     except ConfigError:
         raise
     except Exception as e:  # a truncated file, a pickle, not an array at all
@@ -50,7 +54,7 @@ def read_array(path: Path, channels: int) -> np.ndarray | Tensor:
     return value
 
 
-def _read_pngs(folder: Path, channels: int) -> np.ndarray:
+def _read_pngs(folder: Path, channels: int, size: int) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png" and p.is_file())
@@ -59,18 +63,41 @@ def _read_pngs(folder: Path, channels: int) -> np.ndarray:
     arrays = []
     for f in files:
         try:
-            with Image.open(f) as im:
-                arrays.append(np.asarray(im.convert("L" if channels == 1 else "RGB")))  # 8 bits per channel
-        except (UnidentifiedImageError, OSError) as e:
+            with warnings.catch_warnings():
+                # PIL only warns between its pixel limit and twice it; here both are refused in one line.
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(f) as im:  # reads the header; pixels are decoded by convert()
+                    if im.size != (size, size):
+                        raise ConfigError(f"{f}: {im.size[0]}x{im.size[1]} pixels, expected {size}x{size}")
+                    arrays.append(np.asarray(im.convert("L" if channels == 1 else "RGB")))  # 8 bits per channel
+        except ConfigError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise ConfigError(f"{f}: refused as a decompression bomb ({' '.join(str(e).split())[:160]})") from None
+        except (UnidentifiedImageError, OSError, ValueError) as e:
             raise ConfigError(f"{f}: not a readable PNG ({' '.join(str(e).split())[:160]})") from None
-    sizes = sorted({a.shape for a in arrays})
-    if len(sizes) > 1:
-        raise ConfigError(f"{folder}: the PNGs differ in size ({', '.join(map(str, sizes))})")
     return np.stack(arrays)  # (N, H, W) or (N, H, W, 3)
+
+
+def _exotic(x: Tensor) -> str | None:
+    """What makes ``x`` other than a dense tensor of values on a device, in words; None for a plain tensor."""
+    if x.is_nested:
+        return "a nested tensor"
+    if x.layout != torch.strided:
+        return f"a {str(x.layout).removeprefix('torch.')} tensor"  # sparse_coo, sparse_csr, jagged, ...
+    if x.is_quantized:
+        return f"a quantized tensor ({str(x.dtype).removeprefix('torch.')})"
+    if x.is_meta:
+        return "a meta tensor, which holds no values"
+    return None
 
 
 def to_images(array: np.ndarray | Tensor, path: Path, channels: int, size: int) -> Tensor:
     """(N, C, H, W) float in [-1, 1] from uint8 in [0, 255] or float in [0, 1], checked against (C, H, W)."""
+    if isinstance(array, Tensor) and (kind := _exotic(array)):
+        raise ConfigError(f"{path}: holds {kind}; expected a dense tensor of uint8 in [0, 255] or float in [0, 1]")
+    if isinstance(array, np.ndarray) and not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))  # big-endian files are data too; torch reads native only
     try:
         x = torch.from_numpy(np.ascontiguousarray(array)) if isinstance(array, np.ndarray) else array.detach().cpu()
     except TypeError:  # strings, structured records: nothing torch can hold
@@ -152,7 +179,7 @@ def main(images_path: str, dataset: str, json_path: str | None) -> int:
         data = load_dataset(dataset)
     except DataUnavailable as err:
         raise ConfigError(str(err)) from None
-    images = to_images(read_array(path, data.channels), path, data.channels, data.image_size)
+    images = to_images(read_array(path, data.channels, data.image_size), path, data.channels, data.image_size)
     result = score(images, data, cache_dir=default_cache_dir())
     print(
         f"{path} against {dataset} ({result['num_reference']} images): "

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from torch import Tensor
 
 from ..config import AutoencoderConfig
 from ..models.autoencoder import Autoencoder
+from ..once import cache_folder, check_tensors, load_entry, unreadable
 from .checkpoint import save_atomic
 from .data import ImageData, split_indices
 from .one_cycle import OneCycle
@@ -118,8 +118,7 @@ def latent_space(
     progress: bool | None = None,
 ) -> LatentSpace:
     """The latent space for ``data`` and ``ac``: loaded from ``cache_dir`` if trained before, else trained and saved."""
-    path = cache_path(data, ac, cache_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = cache_folder(Path(cache_dir)) / cache_path(data, ac, cache_dir).name
     # Two jobs of one spec (the seeds of a latent arm) start together: one trains, the other waits and loads.
     with FileLock(f"{path}.lock", thread_local=False):
         return _load_or_train(path, data, ac, device, progress)
@@ -129,12 +128,17 @@ def _load_or_train(path: Path, data: ImageData, ac: AutoencoderConfig, device, p
     key = path.stem.removeprefix(f"{ARCH}-")
     if path.is_file():
         try:
-            saved = torch.load(path, map_location=device, weights_only=True)  # tensors and plain data only
+            saved = load_entry(path, device)  # tensors and plain data only
+            scale = float(saved["scale"])
+            # A NaN or zero s would only show as a diffusion loss error that names no file.
+            if not (math.isfinite(scale) and scale > 0):
+                raise ValueError(f"scale factor s = {scale} is not a positive finite number")
+            check_tensors(saved["state_dict"])
             ae = Autoencoder(data.channels, ac.channels, ac.latent_channels, ac.downsample).to(device)
             ae.load_state_dict(saved["state_dict"])
-            return LatentSpace(ae.eval().requires_grad_(False), float(saved["scale"]), key, from_cache=True)
+            return LatentSpace(ae.eval().requires_grad_(False), scale, key, from_cache=True)
         except Exception as e:  # a cache is only a cache: an unreadable one is rebuilt
-            warnings.warn(f"retraining the autoencoder: cannot read {path} ({e})", stacklevel=2)
+            unreadable(f"autoencoder {data.name}", path, e)
     ae, scale = train_autoencoder(data, ac, device=device, progress=progress)
     state = {k: v.cpu() for k, v in ae.state_dict().items()}
     save_atomic({"arch": ARCH, "config": ac.model_dump(mode="json"), "state_dict": state, "scale": scale}, path)
