@@ -3,6 +3,7 @@ cache are checked against known timings; a real probe of a tiny model checks tha
 anything is hashed, and never trained unresolved."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -65,12 +66,15 @@ def test_a_field_set_explicitly_is_kept_and_bf16_is_tried_only_where_native(monk
 
 
 class FakeProbe:
+    """A probe whose rounds agree: the same ``timings`` in every one of ``autotune.ROUNDS``."""
+
     def __init__(self, timings):
         self.timings, self.calls = timings, 0
 
     def __call__(self, config, device, options):
         self.calls += 1
-        return {autotune.name(c): self.timings[autotune.name(c)] for c in options}
+        per_round = {autotune.name(c): [self.timings[autotune.name(c)]] * autotune.ROUNDS for c in options}
+        return autotune.agreement(per_round, options)
 
 
 def test_resolve_measures_once_per_host_and_model_and_the_hash_names_what_ran(tmp_path, monkeypatch):
@@ -103,14 +107,27 @@ def test_autotune_off_resolves_to_fp32_contiguous_without_measuring(tmp_path, mo
     assert (bf16.train.precision, bf16.train.memory_format) == BF16 and probe.calls == 0
 
 
-def test_a_damaged_cache_entry_is_measured_again(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "damage",
+    [
+        b"{not json",  # a write cut short
+        b"\xff\xfe\x00garbage",  # not text
+        b"[]",  # JSON, not an entry
+        b'{"key": {}, "seconds": {"fp32": -1.0}, "choice": "fp32"}',  # a negative time
+        b'{"key": {}, "seconds": {"fp32": 1.0}, "choice": "bf16"}',  # a choice it did not time
+        b'{"key": {"version": 0}, "seconds": {"fp32": 1.0}, "choice": "fp32"}',  # another probe's entry
+    ],
+)
+def test_an_unreadable_or_misshapen_cache_entry_is_measured_again_with_one_warning(tmp_path, monkeypatch, damage):
     monkeypatch.setattr(autotune, "native_bf16", lambda device: False)
     probe = FakeProbe(seconds(fp32_cl=0.5))
     config = build_config({"model": TINY_MODEL})
     autotune.resolve(config, CPU, tmp_path, measure=probe)
     (entry,) = tmp_path.glob("*.json")
-    entry.write_text("{not json")
-    resolved, _ = autotune.resolve(config, CPU, tmp_path, measure=probe)
+    entry.write_bytes(damage)
+    with pytest.warns(UserWarning, match=rf"^measuring again: {re.escape(str(entry))}: ") as caught:
+        resolved, _ = autotune.resolve(config, CPU, tmp_path, measure=probe)
+    assert len(caught) == 1
     assert probe.calls == 2 and resolved.train.memory_format == "channels_last"
     assert json.loads(entry.read_text())["choice"] == "fp32+channels_last"
 
@@ -140,11 +157,11 @@ def test_training_refuses_a_config_that_still_says_auto(tmp_path):
 def test_the_real_probe_times_every_candidate_on_the_real_model(tmp_path, monkeypatch):
     monkeypatch.setattr(autotune, "native_bf16", lambda device: True)  # bf16 autocast runs on any CPU, slowly or not
     config = build_config({"model": TINY_MODEL, "train": {"batch_size": 4}})
-    timings = autotune.probe(config, CPU, ALL, rounds=1)
+    timings = autotune.probe(config, CPU, ALL, rounds=1).seconds
     assert set(timings) == {autotune.name(c) for c in ALL} and all(0 < s < 5 for s in timings.values())
     latent = build_config({"model": TINY_MODEL, "train": {"batch_size": 4}, "data": {"space": "latent"}})
     assert latent.network_input() == (4, 7, 7)
-    assert set(autotune.probe(latent, CPU, [FP32], rounds=1)) == {"fp32"}
+    assert set(autotune.probe(latent, CPU, [FP32], rounds=1).seconds) == {"fp32"}
 
 
 def test_the_probe_is_reported_in_one_line(tmp_path, monkeypatch):
@@ -155,7 +172,7 @@ def test_the_probe_is_reported_in_one_line(tmp_path, monkeypatch):
     config = build_config({"model": TINY_MODEL, "train": {"batch_size": 16}})
     _, record = autotune.resolve(config, CPU, tmp_path, measure=FakeProbe(seconds(fp32=0.02, fp32_cl=0.01)))
     assert describe_record(record) == (
-        "autotune (measured, AMD EPYC [avx2 avx512f]): unet 1x28x28 batch 16: "
+        "autotune (measured in 5 rounds, AMD EPYC [avx2 avx512f]): unet 1x28x28 batch 16: "
         "fp32+channels_last 10 ms, fp32 20 ms per step -> fp32+channels_last"
     )
     _, again = autotune.resolve(config, CPU, tmp_path)
