@@ -290,6 +290,8 @@ def test_a_run_far_from_its_prediction_marks_the_entry_stale_and_the_next_plan_m
     assert autotune.check_run(resolved, CPU, tmp_path, _rates(resolved, 0.6)) is None
     assert autotune.check_run(resolved, CPU, tmp_path, _rates(resolved, 0.41)) is None
     assert autotune.check_run(resolved, CPU, tmp_path, _rates(resolved, 5.0, intervals=2)) is None
+    compiled = resolved.model_copy(update={"train": resolved.train.model_copy(update={"compile": True})})
+    assert autotune.check_run(compiled, CPU, tmp_path, _rates(resolved, 5.0)) is None  # the probe does not compile
     assert "stale" not in json.loads(entry.read_text())
     # 0.7 s a step, 1.4x the prediction (the first interval, kernel selection, does not count: a median).
     rates = [1.0] + _rates(resolved, 0.7)

@@ -261,6 +261,8 @@ def check_run(
     marked stale, so the next plan measures again; this run keeps its hash. Returns the line that says so."""
     if os.environ.get(OFF) == "off" or cache_dir is None or len(interval_rates) < MIN_INTERVALS:
         return None
+    if config.train.compile:  # the probe times eager steps: a compiled run's speed is no evidence against it
+        return None
     chosen = (config.train.precision, config.train.memory_format)
     run_seconds = config.train.batch_size / median(interval_rates)
     lines = []
