@@ -2,7 +2,9 @@
 cache are checked against known timings; a real probe of a tiny model checks that it measures), resolved before
 anything is hashed, and never trained unresolved."""
 
+import functools
 import json
+import re
 
 import pytest
 import torch
@@ -65,12 +67,15 @@ def test_a_field_set_explicitly_is_kept_and_bf16_is_tried_only_where_native(monk
 
 
 class FakeProbe:
+    """A probe whose rounds agree: the same ``timings`` in every one of ``autotune.ROUNDS``."""
+
     def __init__(self, timings):
         self.timings, self.calls = timings, 0
 
     def __call__(self, config, device, options):
         self.calls += 1
-        return {autotune.name(c): self.timings[autotune.name(c)] for c in options}
+        per_round = {autotune.name(c): [self.timings[autotune.name(c)]] * autotune.ROUNDS for c in options}
+        return autotune.agreement(per_round, options)
 
 
 def test_resolve_measures_once_per_host_and_model_and_the_hash_names_what_ran(tmp_path, monkeypatch):
@@ -103,14 +108,27 @@ def test_autotune_off_resolves_to_fp32_contiguous_without_measuring(tmp_path, mo
     assert (bf16.train.precision, bf16.train.memory_format) == BF16 and probe.calls == 0
 
 
-def test_a_damaged_cache_entry_is_measured_again(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "damage",
+    [
+        b"{not json",  # a write cut short
+        b"\xff\xfe\x00garbage",  # not text
+        b"[]",  # JSON, not an entry
+        b'{"key": {}, "seconds": {"fp32": -1.0}, "choice": "fp32"}',  # a negative time
+        b'{"key": {}, "seconds": {"fp32": 1.0}, "choice": "bf16"}',  # a choice it did not time
+        b'{"key": {"version": 0}, "seconds": {"fp32": 1.0}, "choice": "fp32"}',  # another probe's entry
+    ],
+)
+def test_an_unreadable_or_misshapen_cache_entry_is_measured_again_with_one_warning(tmp_path, monkeypatch, damage):
     monkeypatch.setattr(autotune, "native_bf16", lambda device: False)
     probe = FakeProbe(seconds(fp32_cl=0.5))
     config = build_config({"model": TINY_MODEL})
     autotune.resolve(config, CPU, tmp_path, measure=probe)
     (entry,) = tmp_path.glob("*.json")
-    entry.write_text("{not json")
-    resolved, _ = autotune.resolve(config, CPU, tmp_path, measure=probe)
+    entry.write_bytes(damage)
+    with pytest.warns(UserWarning, match=rf"^measuring again: {re.escape(str(entry))}: ") as caught:
+        resolved, _ = autotune.resolve(config, CPU, tmp_path, measure=probe)
+    assert len(caught) == 1
     assert probe.calls == 2 and resolved.train.memory_format == "channels_last"
     assert json.loads(entry.read_text())["choice"] == "fp32+channels_last"
 
@@ -140,11 +158,11 @@ def test_training_refuses_a_config_that_still_says_auto(tmp_path):
 def test_the_real_probe_times_every_candidate_on_the_real_model(tmp_path, monkeypatch):
     monkeypatch.setattr(autotune, "native_bf16", lambda device: True)  # bf16 autocast runs on any CPU, slowly or not
     config = build_config({"model": TINY_MODEL, "train": {"batch_size": 4}})
-    timings = autotune.probe(config, CPU, ALL, rounds=1)
+    timings = autotune.probe(config, CPU, ALL, rounds=1).seconds
     assert set(timings) == {autotune.name(c) for c in ALL} and all(0 < s < 5 for s in timings.values())
     latent = build_config({"model": TINY_MODEL, "train": {"batch_size": 4}, "data": {"space": "latent"}})
     assert latent.network_input() == (4, 7, 7)
-    assert set(autotune.probe(latent, CPU, [FP32], rounds=1)) == {"fp32"}
+    assert set(autotune.probe(latent, CPU, [FP32], rounds=1).seconds) == {"fp32"}
 
 
 def test_the_probe_is_reported_in_one_line(tmp_path, monkeypatch):
@@ -155,8 +173,178 @@ def test_the_probe_is_reported_in_one_line(tmp_path, monkeypatch):
     config = build_config({"model": TINY_MODEL, "train": {"batch_size": 16}})
     _, record = autotune.resolve(config, CPU, tmp_path, measure=FakeProbe(seconds(fp32=0.02, fp32_cl=0.01)))
     assert describe_record(record) == (
-        "autotune (measured, AMD EPYC [avx2 avx512f]): unet 1x28x28 batch 16: "
+        "autotune (measured in 5 rounds, AMD EPYC [avx2 avx512f]): unet 1x28x28 batch 16: "
         "fp32+channels_last 10 ms, fp32 20 ms per step -> fp32+channels_last"
     )
     _, again = autotune.resolve(config, CPU, tmp_path)
     assert describe_record(again).startswith("autotune (cached, AMD EPYC")
+
+
+# The probe against a machine whose load changes: a fake clock that each candidate's step advances by its
+# true seconds times the load at that moment, so the right answer is known.
+EPYC = seconds(fp32=1.0, fp32_cl=0.9, bf16=0.6, bf16_cl=0.7)  # bf16 the choice (tests above: this host)
+
+
+class Machine:
+    def __init__(self, true_seconds, load=lambda t, name, call: 1.0):
+        self.true, self.load, self.now, self.calls = true_seconds, load, 0.0, dict.fromkeys(true_seconds, 0)
+
+    def clock(self) -> float:
+        return self.now
+
+    def steps(self, options):
+        def step(n):
+            self.now += self.true[n] * self.load(self.now, n, self.calls[n])
+            self.calls[n] += 1
+
+        return {n: functools.partial(step, n) for n in map(autotune.name, options)}
+
+    def measure(self, options, **kw):
+        return autotune.measure_rounds(self.steps(options), options, self.clock, **kw)
+
+
+def old_probe(found_per_round: dict[str, list[float]], options) -> tuple[str, str]:
+    """Issue 30's probe: the fastest of two rounds per candidate."""
+    return autotune.choose({n: min(ts[:2]) for n, ts in found_per_round.items()}, options)
+
+
+def test_an_idle_machine_settles_in_the_first_rounds_on_the_true_times():
+    found = Machine(EPYC).measure(ALL)
+    assert found.settled and found.rounds == autotune.ROUNDS and found.seconds == pytest.approx(EPYC)
+    assert autotune.choose(found.seconds, ALL) == BF16
+
+
+@pytest.mark.parametrize("spiked", ["bf16", "bf16+channels_last", "fp32"])
+@pytest.mark.parametrize("round_", [0, 2, 4])
+def test_a_load_spike_during_one_candidates_steps_does_not_decide(spiked, round_):
+    steps = 2  # the probe's timed steps per candidate and round on a CPU
+    spike = lambda t, n, call: 4.0 if n == spiked and call // steps == round_ else 1.0  # noqa: E731
+    found = Machine(EPYC, spike).measure(ALL, steps=steps)
+    assert autotune.choose(found.seconds, ALL) == BF16 and found.seconds == pytest.approx(EPYC)
+    # The spiked round strays: more rounds, until the window of the last ROUNDS is clean, then cached.
+    assert found.settled
+    assert found.rounds == (autotune.ROUNDS + round_ + 1 if spiked in ("bf16", "bf16+channels_last") else 5)
+
+
+@pytest.mark.parametrize("busy_until", [3.0, 6.0, 9.0, 14.0, 20.0])
+def test_a_neighbour_busy_for_the_first_seconds_does_not_decide_and_the_choice_is_cached(busy_until):
+    """Issue 30's case: two CPU-bound processes during the probe's first seconds (about 3x slower steps)."""
+    busy = lambda t, n, call: 3.0 if t < busy_until else 1.0  # noqa: E731
+    machine = Machine(EPYC, busy)
+    found = machine.measure(ALL)
+    assert found.settled and autotune.choose(found.seconds, ALL) == BF16
+    assert found.seconds == pytest.approx(EPYC)  # the window slid past the load
+
+
+def test_the_old_probe_was_fooled_by_a_load_that_ended_during_it():
+    # Busy while bf16 was timed in the first two rounds (A B C D, D C B A: bf16 sits in the middle of both).
+    busy = lambda t, n, call: 3.0 if n.startswith("bf16") and call < 4 else 1.0  # noqa: E731
+    first_two = {n: 3.0 * s if n.startswith("bf16") else s for n, s in EPYC.items()}  # what both rounds saw
+    assert autotune.choose(first_two, ALL) == FP32_CL  # the old rule (fastest of 2 rounds): fooled
+    found = Machine(EPYC, busy).measure(ALL)
+    assert autotune.choose(found.seconds, ALL) == BF16 and found.settled
+
+
+def test_a_noisy_probe_decides_for_its_plan_only_and_is_not_cached(tmp_path, monkeypatch):
+    import random
+
+    from harness.orchestration.placement import describe_record
+
+    monkeypatch.setattr(autotune, "native_bf16", lambda device: True)
+    rng = random.Random(0)
+    noisy = lambda t, n, call: rng.uniform(1.0, 3.0)  # noqa: E731 - every step under another load
+    calls = []
+
+    def probe(config, device, options):
+        calls.append(1)
+        return Machine(EPYC, noisy).measure(options)
+
+    config = build_config({"model": TINY_MODEL})
+    session = {}
+    resolved, record = autotune.resolve(config, CPU, tmp_path, measure=probe, session=session)
+    assert record["settled"] is False and record["rounds"] == autotune.MAX_ROUNDS
+    assert not list(tmp_path.glob("*.json"))  # nothing cached
+    line = describe_record(record)
+    assert f"noisy: {autotune.MAX_ROUNDS} rounds strayed" in line and "for this plan only, not cached" in line
+    # The plan's other jobs of this model shape get the same choice without probing again ...
+    again, _ = autotune.resolve(config, CPU, tmp_path, measure=probe, session=session)
+    assert again == resolved and len(calls) == 1
+    # ... and the next plan measures again.
+    autotune.resolve(config, CPU, tmp_path, measure=probe)
+    assert len(calls) == 2
+
+
+def _rates(config, step_seconds, intervals=5):
+    return [config.train.batch_size / step_seconds] * intervals
+
+
+def test_a_run_far_from_its_prediction_marks_the_entry_stale_and_the_next_plan_measures_again(tmp_path, monkeypatch):
+    from harness.orchestration.placement import describe_record
+
+    monkeypatch.setattr(autotune, "native_bf16", lambda device: True)
+    probe = FakeProbe(seconds(bf16=0.5))  # predicted: bf16 at 0.5 s per step
+    config = build_config({"model": TINY_MODEL})
+    resolved, _ = autotune.resolve(config, CPU, tmp_path, measure=probe)
+    (entry,) = tmp_path.glob("*.json")
+    # Within 25% either way, or too few intervals to tell: the entry stands.
+    assert autotune.check_run(resolved, CPU, tmp_path, _rates(resolved, 0.6)) is None
+    assert autotune.check_run(resolved, CPU, tmp_path, _rates(resolved, 0.41)) is None
+    assert autotune.check_run(resolved, CPU, tmp_path, _rates(resolved, 5.0, intervals=2)) is None
+    compiled = resolved.model_copy(update={"train": resolved.train.model_copy(update={"compile": True})})
+    assert autotune.check_run(compiled, CPU, tmp_path, _rates(resolved, 5.0)) is None  # the probe does not compile
+    assert "stale" not in json.loads(entry.read_text())
+    # 0.7 s a step, 1.4x the prediction (the first interval, kernel selection, does not count: a median).
+    rates = [1.0] + _rates(resolved, 0.7)
+    line = autotune.check_run(resolved, CPU, tmp_path, rates)
+    assert line == (
+        f"autotune: run {resolved.train_hash()} stepped in 700 ms, the probe predicted 500 ms for bf16 (1.40x): "
+        f"{entry.name} marked stale, the next plan measures again"
+    )
+    assert json.loads(entry.read_text())["stale"]["run"] == resolved.train_hash()
+    assert autotune.check_run(resolved, CPU, tmp_path, rates) is None  # marked once
+    # The next plan measures again, and says why; the new entry is not stale.
+    probe.timings = seconds(fp32_cl=0.5)
+    again, record = autotune.resolve(config, CPU, tmp_path, measure=probe)
+    assert probe.calls == 2 and record["remeasured"] == "stale" and again.train.memory_format == "channels_last"
+    assert "the cached entry was stale" in describe_record(record)
+    assert "stale" not in json.loads(entry.read_text())
+    # A run much faster than predicted (the probe ran under load) marks it too.
+    assert autotune.check_run(again, CPU, tmp_path, _rates(again, 0.3)) is not None
+
+
+def test_the_dry_runs_estimate_entry_is_marked_stale_as_well(tmp_path, monkeypatch):
+    config = build_config({"model": TINY_MODEL, "train": {"precision": "fp32", "memory_format": "contiguous"}})
+    monkeypatch.setattr(autotune, "probe", lambda config, device, options, rounds: {"fp32": 0.2})
+    assert autotune.step_seconds(config, CPU, tmp_path) == 0.2
+    assert "marked stale" in autotune.check_run(config, CPU, tmp_path, _rates(config, 0.4))
+    monkeypatch.setattr(autotune, "probe", lambda config, device, options, rounds: {"fp32": 0.4})
+    assert autotune.step_seconds(config, CPU, tmp_path) == 0.4
+
+
+def test_autotune_off_checks_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv(autotune.OFF, "off")
+    config = build_config({"model": TINY_MODEL, "train": {"precision": "fp32", "memory_format": "contiguous"}})
+    assert autotune.check_run(config, CPU, tmp_path, _rates(config, 100.0)) is None
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_training_loop_reports_its_images_per_second_per_log_interval(tmp_path):
+    from types import SimpleNamespace
+
+    from harness.training.train import NoEvaluation
+
+    train_fields = {"steps": 6, "log_every": 2, "checkpoint_every": 6, "batch_size": 2}
+    train_fields |= {"precision": "fp32", "memory_format": "contiguous"}
+    config = build_config({"model": TINY_MODEL, "train": train_fields})
+    data = SimpleNamespace(
+        images=torch.rand(8, 1, 28, 28) * 2 - 1,
+        labels=torch.zeros(8, dtype=torch.long),
+        channels=1,
+        image_size=28,
+        num_classes=10,
+    )
+    result = train(config, run_dir=tmp_path, data=data, evaluator=NoEvaluation(), progress=False)
+    assert len(result.interval_rates) == 3 and all(r > 0 for r in result.interval_rates)
+    # The run's mean rate is the steps' images over the intervals' summed time.
+    seconds = sum(2 * 2 / r for r in result.interval_rates)
+    assert result.images_per_second == pytest.approx(6 * 2 / seconds)

@@ -25,6 +25,9 @@ KEYS = {
     "cpu_flags",
     "auto_config",
     "auto_speedup",
+    "auto_vs_best",
+    "auto_fail",
+    "auto_probe",
     "step_extras_ms",
 }
 
@@ -53,8 +56,9 @@ def test_rounds_rotate_so_every_variant_takes_every_position():
 @pytest.mark.slow
 def test_bench_quick_writes_all_keys(tmp_path):
     out = tmp_path / "bench.json"
-    assert main(["bench", "--quick", "--peer", "--json", str(out)]) == 0
+    code = main(["bench", "--quick", "--peer", "--json", str(out)])
     result = json.loads(out.read_text())
+    assert code == result["auto_fail"] == int(result["auto_vs_best"] < 0.95)
     assert KEYS <= set(result)
     assert result["bare_images_per_second"] > 0 and 0 < result["flop_utilization"] < 1.5
     # 3 rounds, up to 6 while a variant's rounds disagree by more than 10%.
@@ -84,3 +88,51 @@ def test_bench_peer_without_diffusers_is_one_line_and_exit_2(monkeypatch, capsys
     assert main(["bench", "--quick", "--peer"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: harness bench --peer needs diffusers: pip install -e '.[peer]'"
+
+
+def test_auto_more_than_5_percent_behind_the_best_fails_loudly(tmp_path, monkeypatch, capsys):
+    from harness.tools import bench
+
+    # Issue 30's bench: auto chose fp32+channels_last at 1.15x the bare loop, bf16 measured 1.61x.
+    result = {"auto_config": "fp32+channels_last", "best_config": "bf16", "auto_vs_best": 1.15 / 1.61}
+    result["auto_fail"] = int(result["auto_vs_best"] < 1 - bench.AUTO_TOLERANCE)
+    monkeypatch.setattr(bench, "run_bench", lambda **kw: result)
+    monkeypatch.setattr(bench, "format_table", lambda r: "the table")
+    out = tmp_path / "bench.json"
+    assert bench.main(True, str(out), "cpu") == 1
+    assert json.loads(out.read_text())["auto_fail"] == 1  # written all the same: the figures are the evidence
+    assert capsys.readouterr().err.strip() == (
+        "error: FAIL: auto resolved to fp32+channels_last at 71% of the best variant (bf16) in the same rounds, "
+        "below 95% (auto_fail = 1)"
+    )
+    result.update(auto_config="bf16", auto_vs_best=1.0, auto_fail=0)
+    assert bench.main(True, None, "cpu") == 0 and capsys.readouterr().err == ""
+
+
+def test_the_benchs_rounds_replace_the_cache_entry_of_its_model_when_they_agree(tmp_path, monkeypatch):
+    import torch
+
+    from harness.tools.measure import _config
+    from harness.training import autotune
+
+    monkeypatch.delenv(autotune.OFF, raising=False)
+    monkeypatch.setattr(autotune, "native_bf16", lambda device: True)
+    cpu = torch.device("cpu")
+    auto = _config(128, 20, "cpu", precision="auto", memory_format="auto")
+    # What a probe under load had cached: fp32+channels_last.
+    fooled = {"fp32": 1.0, "fp32+channels_last": 0.8, "bf16": 0.9, "bf16+channels_last": 1.1}
+    autotune.resolve(auto, cpu, tmp_path, measure=lambda c, d, o: fooled)
+    # The bench's rounds (seconds per step by variant; its compiled variant is no candidate of auto).
+    rounds = {"fp32": [0.90, 0.95, 0.92], "fp32+channels_last": [0.80, 0.85, 0.82], "bf16": [0.55, 0.57, 0.56]}
+    rounds |= {"bf16+channels_last": [0.75, 0.8, 0.7], "bf16+compile": [0.5, 0.5, 0.5]}
+    record = autotune.refresh(auto, cpu, tmp_path, rounds)
+    assert record["settled"] and record["choice"] == "bf16" and record["source"] == "bench"
+    assert record["seconds"] == {"fp32": 0.92, "fp32+channels_last": 0.82, "bf16": 0.56, "bf16+channels_last": 0.75}
+    resolved, cached = autotune.resolve(auto, cpu, tmp_path, measure=lambda c, d, o: pytest.fail("probed"))
+    assert cached["cached"] and resolved.train.precision == "bf16"
+    # Rounds that disagree (bf16 fastest in one, slowest in another) leave the entry as it was.
+    noisy = {**rounds, "bf16": [0.5, 1.2, 0.56]}
+    assert not autotune.refresh(auto, cpu, tmp_path, noisy)["settled"]
+    assert autotune.resolve(auto, cpu, tmp_path)[1]["choice"] == "bf16"
+    # A variant the bench did not time (it failed): nothing to refresh from.
+    assert autotune.refresh(auto, cpu, tmp_path, {"fp32": [1.0]}) is None

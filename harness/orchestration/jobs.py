@@ -283,7 +283,10 @@ class _Job:
     def train(self, tracker: MlflowTracker, wrap, resume: bool, out: Outcome) -> dict:
         """Train to the end under ``tracker``, publish the EMA weights, end the run FINISHED; the final
         evaluations the training loop made, by setting key."""
+        from ..progress import say
+        from ..training.autotune import check_run
         from ..training.train import train
+        from .placement import autotune_cache
 
         config, evaluator = self.config, self.evaluator
         with SystemMetrics(self.task.uri, tracker.run_id, resume=resume):
@@ -291,6 +294,9 @@ class _Job:
             result = train(
                 config, tracker, run_dir=self.run_dir, data=self.data, evaluator=scorer, progress=self.task.progress
             )
+        stale = check_run(config, self.device, autotune_cache(), result.interval_rates)
+        if stale:  # the cached choice this run trained with no longer matches this machine
+            say(stale)
         publish_ema(self.store, tracker.run_id, config, self.run_dir)
         summary = {"classifier_accuracy": evaluator.classifier_accuracy}
         if result.recognizable_at_step is not None:

@@ -49,11 +49,11 @@ def resolve_configs(item: tuple[list[str], int, str]) -> list[tuple[str, dict[st
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        out = []
+        out, session = [], {}  # a noisy probe is not cached: it is still made once for the whole plan
         for text in configs:
             config = Config.model_validate_json(text)
             device = resolve_device(os.environ.get("HARNESS_DEVICE") or config.train.device)
-            resolved, record = resolve(config, device, cache)
+            resolved, record = resolve(config, device, cache, session=session)
             out.append((resolved.model_dump_json(), record))
         return out
     finally:
@@ -105,6 +105,15 @@ def describe_record(record: dict[str, Any]) -> str:
     key, seconds = record.get("key", {}), record["seconds"]
     times = ", ".join(f"{name} {1000 * s:.0f} ms" for name, s in sorted(seconds.items(), key=lambda kv: kv[1]))
     origin = "cached" if record.get("cached") else "measured"
+    if "rounds" in record and not record.get("cached"):
+        origin += f" in {record['rounds']} rounds"
+    if record.get("remeasured"):  # a run had stepped far from this entry's prediction
+        origin += ", the cached entry was stale"
+    if record.get("settled") is False:
+        origin += (
+            f", noisy: {record['rounds']} rounds strayed {100 * record['spread']:.0f}% > the deciding margin "
+            f"{100 * record['margin']:.0f}%; for this plan only, not cached"
+        )
     shape = "x".join(str(d) for d in key.get("input", []))
     what = f"{key.get('backbone', 'model')} {shape} batch {key.get('batch_size')}"
     return f"autotune ({origin}, {key.get('host')}): {what}: {times} per step -> {record['choice']}"

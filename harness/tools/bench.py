@@ -19,6 +19,7 @@ import torch
 
 from ..config.schema import ROLE
 from ..device import cpu_identity, host_identity, native_bf16, resolve_device
+from ..orchestration.placement import autotune_cache, describe_record
 from ..training.train import build_model
 from .measure import (
     Timing,
@@ -58,6 +59,7 @@ def round_order(names: list[str], r: int) -> list[str]:
     return [n for unit in rotated(units, r) for n in unit]
 
 
+AUTO_TOLERANCE = 0.05  # auto's choice slower than the best variant of the same rounds by more: the bench fails
 SPREAD = 0.10  # rounds disagreeing by more than this (max - min over the median) earn more rounds
 
 
@@ -113,6 +115,8 @@ def run_bench(*, quick: bool = False, device: str = "auto", peer: bool = False) 
     auto_config = _config(batch, steps, str(dev), precision="auto", memory_format="auto")
     _, record = autotune.resolve(auto_config, dev, None)
     out["auto_config"], out["auto_probe_seconds"] = record["choice"], record["seconds"]
+    out["auto_probe"] = describe_record(record)
+    _progress(out["auto_probe"])
     # Every round measures the bare loop and each variant back to back, and every ratio is taken within a
     # round: on a shared machine the load changes over minutes, and a ratio of two measurements taken
     # minutes apart measures the load, not the harness. The reported figures are medians over rounds.
@@ -166,6 +170,16 @@ def run_bench(*, quick: bool = False, device: str = "auto", peer: bool = False) 
     out["auto_speedup"] = out["speedups"][out["auto_config"]]
     out["auto_speedup_range"] = out["speedup_ranges"][out["auto_config"]]
     out["auto_vs_best"] = out["auto_speedup"] / out["best_speedup"]  # 1.0: auto picked the fastest variant
+    out["auto_fail"] = int(out["auto_vs_best"] < 1 - AUTO_TOLERANCE)
+    if out["auto_fail"]:
+        _progress(auto_failure(out))
+    # These rounds time every variant more carefully than the probe: the cache entry for this model becomes them.
+    per_round = {k: [batch / t.images_per_second for t in timings[k]] for k in harness}
+    refreshed = autotune.refresh(auto_config, dev, autotune_cache(), per_round)
+    if refreshed is not None:
+        out["autotune_refreshed"] = describe_record(refreshed) + (
+            "" if refreshed["settled"] else " (rounds disagree: the cache entry was left as it was)"
+        )
     seconds = {k: batch / v for k, v in out["variants"].items()}
 
     flops = step_flops(data, base)
@@ -235,6 +249,13 @@ def _unsettled(timings: dict[str, list[Timing]], rounds: int) -> bool:
     return False
 
 
+def auto_failure(r: dict[str, Any]) -> str:
+    return (
+        f"FAIL: auto resolved to {r['auto_config']} at {100 * r['auto_vs_best']:.0f}% of the best variant "
+        f"({r['best_config']}) in the same rounds, below {100 * (1 - AUTO_TOLERANCE):.0f}% (auto_fail = 1)"
+    )
+
+
 def format_table(r: dict[str, Any]) -> str:
     rows = [
         ("device", f"{r['device']}: {r['host']}"),
@@ -262,8 +283,11 @@ def format_table(r: dict[str, Any]) -> str:
         ("best configuration", f"{r['best_config']}: {r['best_speedup']:.2f}x bare"),
         (
             "auto resolves to (probe)",
-            f"{r['auto_config']}: {r['auto_speedup']:.2f}x bare ({100 * r['auto_vs_best']:.0f}% of the best)",
+            f"{r['auto_config']}: {r['auto_speedup']:.2f}x bare ({100 * r['auto_vs_best']:.0f}% of the best)"
+            + (", FAIL" if r["auto_fail"] else ""),
         ),
+        ("the probe", r["auto_probe"]),
+        *[("autotune cache, from these rounds", r[k]) for k in ["autotune_refreshed"] if k in r],
         ("training step", f"{r['gflop_per_image']:.3f} GFLOP per image"),
         (
             "matmul peak fp32 / bf16",
@@ -310,4 +334,7 @@ def main(quick: bool, json_path: str | None, device: str, peer: bool = False) ->
     print(format_table(result))
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2))
+    if result["auto_fail"]:
+        print(f"error: {auto_failure(result)}", file=sys.stderr)
+        return 1
     return 0

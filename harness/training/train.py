@@ -52,6 +52,7 @@ class TrainResult:
     evals: list[EvalResult] = field(default_factory=list)  # every evaluation, with its step
     classifier_accuracy: float | None = None
     recognizable_at_step: int | None = None
+    interval_rates: list[float] = field(default_factory=list)  # images/s per log interval (training.autotune)
 
     def final_evals(self) -> list[EvalResult]:
         return [e for e in self.evals if e.step == self.steps]
@@ -167,7 +168,7 @@ def train(
     images = x_data.images.to(device, non_blocking=True)  # (N, C, H, W), the whole set on the device
     labels = data.labels.to(device, non_blocking=True)
     null_label = data.num_classes
-    step, evals, last_loss, seconds = 0, [], math.nan, 0.0
+    step, evals, last_loss, seconds, rates = 0, [], math.nan, 0.0, []
     checkpoint_every = tc.checkpoint_every or max(1, tc.steps // 10)  # 0: a kill loses at most a tenth
     epoch_ends = set(config.eval_epoch_steps())
 
@@ -269,6 +270,7 @@ def train(
             now = time.perf_counter()
             seconds += now - interval_start
             ips = len(losses) * B / max(now - interval_start, 1e-9)
+            rates.append(ips)
             last_loss = sum(losses) / len(losses)
             per_bucket = (bucket_sum / bucket_n.clamp(min=1)).tolist()
             interval = {
@@ -312,6 +314,7 @@ def train(
         evals=evals,
         classifier_accuracy=evaluator.classifier_accuracy,
         recognizable_at_step=recognizable_at_step(evals, config.eval.recognizable_fraction),
+        interval_rates=rates,
     )
     tracker.log_metrics(
         {
