@@ -199,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlruns/mlflow.db)")
     t.add_argument("--experiment", metavar="NAME", help=f"MLflow experiment to log to (default: {TRAIN_EXPERIMENT})")
     t.add_argument("--no-track", action="store_true", help="log nothing to the tracking store")
+    t.add_argument(
+        "--force",
+        action="store_true",
+        help="retrain a finished run of this config; a checkpoint of another config in the run dir is moved aside",
+    )
     t.set_defaults(func=cmd_train)
 
     v = sub.add_parser("validate", help="check specs without running anything")
@@ -237,7 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlruns/mlflow.db)")
     r.add_argument("--executor", choices=["local", "slurm"], default="local")
     r.add_argument("--allow-local-store", action="store_true", help=ALLOW_LOCAL_STORE)
-    r.add_argument("--force", action="store_true", help="retrain jobs that already finished")
+    r.add_argument(
+        "--force",
+        action="store_true",
+        help="retrain jobs that already finished; a checkpoint of another config in a run dir is moved aside",
+    )
     r.add_argument("--dry-run", action="store_true", help="print the plan and what is already done, run nothing")
     r.add_argument(
         "--reuse",

@@ -35,6 +35,7 @@ def cmd_train(args) -> int:
     from .orchestration.tracking import MlflowStore
     from .tracker import StoreUnavailable
     from .training.autotune import resolve
+    from .training.checkpoint import CheckpointError
     from .training.data import DataUnavailable
     from .training.train import NonFiniteLoss
 
@@ -47,20 +48,22 @@ def cmd_train(args) -> int:
     try:
         if args.no_track:
             print(f"config {config.train_hash()}  run dir {run_dir}")
-            summary, evals, where = train_untracked(config, run_dir), None, None
+            summary, evals, where = train_untracked(config, run_dir, force=args.force), None, None
         else:
             store = MlflowStore(args.tracking_uri)  # unreachable: one line, exit 2
             store.check()
             experiment = args.experiment or TRAIN_EXPERIMENT
             print(f"config {config.train_hash()}  run dir {run_dir}  tracking {store.uri}")
-            out = train_tracked(config, run_dir, store, experiment)
+            out = train_tracked(config, run_dir, store, experiment, force=args.force)
             summary, evals = out.summary, out.evals
             where = f"tracked: run {out.run_id} in experiment {experiment!r} of {store.uri}\n  " + run_url(
                 ui_server(store.uri), store.experiment_id(experiment), out.run_id
             )
             if out.status != "trained":
                 where = f"nothing to train: a finished run of this config exists ({out.status}); " + where
-    except (DataUnavailable, StoreUnavailable) as err:  # a lost store: the checkpoint resumes the run later
+    # A lost store: the checkpoint resumes the run later. A checkpoint of another config or architecture in the
+    # run dir, or one that cannot be moved aside: the user's to resolve (--force, another --run-dir).
+    except (DataUnavailable, StoreUnavailable, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except NonFiniteLoss as err:

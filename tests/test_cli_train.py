@@ -136,3 +136,57 @@ def test_two_trainings_with_different_set_are_two_arms_of_a_report(tmp_path, cap
     out = ["--out", str(tmp_path / "report")]
     assert main(["report", "--experiment", "harness-train", "--tracking-uri", uri, *out]) == 0
     assert "cosine" in (tmp_path / "report" / "report.md").read_text()
+
+
+FIXED = [*SHORT, "train.precision=fp32", "train.memory_format=contiguous", "eval.samplers=[{sampler: ddim, steps: 2}]"]
+
+
+def _train_args(sets, run_dir, uri):
+    return ["train", *sum((["--set", s] for s in sets), []), "--run-dir", str(run_dir), "--tracking-uri", uri]
+
+
+def test_a_run_dir_of_another_config_is_refused_in_one_line_or_moved_aside_with_force(tmp_path, capsys):
+    """Issue 29: another configuration's checkpoint is never adopted (0 steps trained, its FID logged as ours)."""
+    from harness.config import load_config
+    from harness.training.checkpoint import ASIDE
+
+    uri, run_dir = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "r"
+    assert main(_train_args(FIXED, run_dir, uri)) == 0
+    ours = load_config(None, FIXED).train_hash()
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("harness-train").experiment_id
+    for change in ("train.lr=3e-4", "model.channels=16"):  # another optimization; another architecture
+        sets = [*(s for s in FIXED if s.split("=")[0] != change.split("=")[0]), change]
+        other = load_config(None, sets).train_hash()
+        capsys.readouterr()
+        assert main(_train_args(sets, run_dir, uri)) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"holds config {ours}, not this config {other}" in err, err
+        assert "--force moves it aside" in err and "Traceback" not in err
+        assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before  # nothing written
+        assert not client.search_runs([exp], f"tags.`{HASH}` = '{other}'")  # no run opened
+    assert main([*_train_args([*FIXED, "train.lr=3e-4"], run_dir, uri), "--force"]) == 0
+    assert "trained 2 steps" in capsys.readouterr().out
+    (aside,) = (run_dir / ASIDE).iterdir()
+    assert {p.name: p.read_bytes() for p in aside.iterdir() if p.is_file()} == before  # moved, not deleted
+
+
+def test_force_through_a_symlinked_run_dir_retrains_what_it_points_to(tmp_path, capsys):
+    """Issue 29: rmtree(ignore_errors=True) did nothing on a link, and the old checkpoint was reused as "trained"."""
+    uri, real, link = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "real", tmp_path / "link"
+    real.mkdir()
+    link.symlink_to(real, target_is_directory=True)
+    assert main(_train_args(FIXED, link, uri)) == 0
+    first = (real / "checkpoint.pt").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main([*_train_args(FIXED, link, uri), "--force"]) == 0
+    assert "trained 2 steps" in capsys.readouterr().out
+    assert link.is_symlink() and (real / "checkpoint.pt").stat().st_mtime_ns != first  # a new checkpoint
+    client = MlflowClient(uri)
+    runs = client.search_runs(
+        [client.get_experiment_by_name("harness-train").experiment_id], f"tags.`{ROLE}` = 'train'"
+    )
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    for r in runs:  # each trained its own 2 steps
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "train/loss")] == [1, 2]

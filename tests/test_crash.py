@@ -2,6 +2,7 @@
 its workers stop with it, the rerun resumes from the checkpoints in the same MLflow runs, logs every
 step once, and leaves no run RUNNING."""
 
+import json
 import os
 import shutil
 import signal
@@ -176,3 +177,48 @@ def test_tracking_server_dies_mid_run_then_the_rerun_resumes(tmp_path):
         shutil.rmtree(ckpts[0].parents[1], ignore_errors=True)
         for job in jobs:
             (store_root(uri) / "locks" / f"{job.config_hash}.lock").unlink(missing_ok=True)
+
+
+def test_a_run_whose_only_checkpoint_is_unreadable_restarts_in_a_new_run(tmp_path, monkeypatch, capsys):
+    """Issue 29: a kill during the first save (or a truncated file) used to fail the job until --force; now the file
+    is moved aside with one warning, the old run ends KILLED and the job trains again from step 0 in a new run."""
+    from fixtures import TINY
+
+    from harness.config import load_config
+    from harness.config.schema import STOPPED
+    from harness.orchestration.single import train_tracked
+    from harness.training import checkpoint
+
+    fixed = ["train.precision=fp32", "train.memory_format=contiguous", "eval.samplers=[{sampler: ddim, steps: 3}]"]
+    config = load_config(None, [*(f"{k}={json.dumps(v)}" for k, v in TINY.items()), *fixed])
+    uri, run_dir = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "run"
+    store = MlflowStore(uri)
+    real_save = checkpoint.save_atomic
+
+    def torn_first_save(state, path):
+        real_save(state, path)
+        path.write_bytes(path.read_bytes()[:300])  # what a crash of the file system leaves of the first save
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(checkpoint, "save_atomic", torn_first_save)
+    with pytest.raises(OSError):
+        train_tracked(config, run_dir, store, "torn")
+    monkeypatch.undo()
+    exp = store.experiment_id("torn")
+    (failed,) = store.runs(exp, {ROLE: "train"})
+    assert failed.info.status == "FAILED" and sorted(p.name for p in run_dir.iterdir() if p.is_file()) == [
+        "checkpoint.pt"
+    ]
+    capsys.readouterr()
+    out = train_tracked(config, run_dir, store, "torn")
+    err = capsys.readouterr().err
+    assert out.status == "trained" and out.summary["train"]["steps"] == 4
+    assert err.count("warning: no readable checkpoint") == 1 and "training starts again at step 0" in err
+    runs = {r.info.run_id: r for r in store.runs(exp, {ROLE: "train"})}
+    assert runs[out.run_id].info.status == "FINISHED"
+    old = runs[failed.info.run_id]
+    assert old.info.status == "KILLED" and "retrained from step 0 in a new run" in old.data.tags[STOPPED]
+    steps = [m.step for m in store.client.get_metric_history(out.run_id, "train/loss")]
+    assert steps == [1, 2, 3, 4]  # each step once, in the new run
+    (aside,) = (run_dir / checkpoint.ASIDE).iterdir()
+    assert aside.name.endswith("-unreadable") and (aside / "checkpoint.pt").stat().st_size == 300

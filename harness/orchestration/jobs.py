@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -185,6 +184,9 @@ def run_job(task: Task, config: Config, *, data=None, wrap=None, stopped: tuple[
     """
     import torch
 
+    from ..training.checkpoint import remove_run_dir
+    from ..training.train import claim_run_dir
+
     if task.threads:
         torch.set_num_threads(task.threads)
     root = store_root(task.uri)
@@ -206,9 +208,12 @@ def run_job(task: Task, config: Config, *, data=None, wrap=None, stopped: tuple[
                     if js.stale.info.status == "RUNNING":  # its process is gone: we hold the job lock
                         store.client.set_terminated(js.stale.info.run_id, status="KILLED")
                 js = JobState("new")
-                shutil.rmtree(run_dir, ignore_errors=True)
+                remove_run_dir(run_dir)  # what the path points to, or one line: never silently nothing
             elif js.run is not None and Path(js.run.data.tags.get(CHECKPOINT, "")).parent.is_dir():
                 run_dir = Path(js.run.data.tags[CHECKPOINT]).parent  # where that run keeps its checkpoint
+            if js.state != "done" and claim_run_dir(config, run_dir, force=task.force) and js.state == "resume":
+                restart_run(store, js.run.info.run_id)  # its checkpoint was unreadable: its steps are not ours
+                js = JobState("new")
             if js.state == "done":
                 out.run_id = js.run.info.run_id
                 out.evals = [logged_eval(js.done[s.key], config) for s in config.eval.samplers]
@@ -402,6 +407,14 @@ def log_eval(store: MlflowStore, task: Task, train_run_id: str, h: str, result: 
     if "fid_inception" in result.unavailable:
         child.set_tags({FID_INCEPTION_UNAVAILABLE: result.unavailable["fid_inception"]})
     child.finish("FINISHED")
+
+
+def restart_run(store: MlflowStore, run_id: str) -> None:
+    """End KILLED a training run that cannot be resumed because its checkpoint was moved aside unreadable; the
+    job trains again from step 0 in a new run, so no step is logged twice in one run. Called under the job's lock."""
+    why = "its checkpoint was unreadable (moved aside): retrained from step 0 in a new run"
+    MlflowTracker(store.client, run_id).set_tags({STOPPED: why})
+    store.client.set_terminated(run_id, status="KILLED")
 
 
 def close_stale_evals(store: MlflowStore, experiment_id: str, config_hash: str) -> None:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import torch
 
 from .. import stop
-from ..config import DATASET_SIZES, Config, ConfigError
+from ..config import DATASET_SIZES, IMAGE_CHANNELS, IMAGE_SIZES, NUM_CLASSES, Config, ConfigError
 from ..config.schema import GFLOPS_PER_IMAGE, NUM_BUCKETS, NUM_PARAMETERS
 from ..device import autocast, resolve_device, resolve_precision
 from ..diffusion.processes import PROCESSES
@@ -172,7 +172,8 @@ def train(
     checkpoint_every = tc.checkpoint_every or max(1, tc.steps // 10)  # 0: a kill loses at most a tenth
     epoch_ends = set(config.eval_epoch_steps())
 
-    state = checkpoint.load(ckpt_path, map_location=device)
+    # Only this config's checkpoint, of this network: another's is refused before any of it is loaded.
+    state = checkpoint.resume_state(run_dir, config.train_hash(), parameter_shapes(model), map_location=device)
     if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
@@ -202,6 +203,7 @@ def train(
                 "last_loss": last_loss,
                 "seconds": seconds,
                 "config": config.canonical_json(),
+                "config_hash": config.train_hash(),  # what resume_state compares: a run resumes only its own
                 "unlogged": unlogged or {},
             },
             ckpt_path,
@@ -326,6 +328,29 @@ def train(
         }
     )
     return result
+
+
+def parameter_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor in ``model``'s state dict: what a checkpoint's network must match."""
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def claim_run_dir(config: Config, run_dir: str | Path, *, force: bool = False) -> bool:
+    """Before a job opens its run: leave in ``run_dir`` only a checkpoint that ``config`` resumes (one of another
+    config or architecture: ``checkpoint.ForeignCheckpoint``, or moved aside with ``force``; unreadable ones:
+    moved aside with a warning). True when checkpoint files were there and were moved aside (the run starts
+    again at step 0).
+
+    The network is built on the meta device: its shapes without its memory or its data set.
+    """
+    run_dir = Path(run_dir)
+    ckpt = run_dir / "checkpoint.pt"
+    had = ckpt.exists() or checkpoint.previous(ckpt).exists()
+    ds = config.data.dataset
+    with torch.device("meta"):
+        model = build_model(config, IMAGE_CHANNELS[ds], IMAGE_SIZES[ds], NUM_CLASSES[ds])
+    state = checkpoint.resume_state(run_dir, config.train_hash(), parameter_shapes(model), force=force)
+    return had and state is None
 
 
 def check_resolved(config: Config) -> None:
