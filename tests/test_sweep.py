@@ -443,3 +443,33 @@ def test_rdb_storage_and_the_slurm_executor(tmp_path):
         allow_local_store=True,  # the "cluster" is this process
     )
     assert [t.state for t in result.trials] == ["PRUNED"] and result.storage.endswith("optuna.db")
+
+
+@pytest.mark.slow  # two sweeps end to end
+def test_a_stopped_sweep_marks_its_runs_killed_and_the_rerun_resumes_the_trial(tmp_path, monkeypatch):
+    """The first Ctrl-C (here: the stop request it sets, from the third check on, so the first trial's training
+    stops at step 2): no trial starts, the trial's run and the parent are KILLED, its parameters are enqueued
+    again; the rerun trains that copy from its checkpoint and finishes the study."""
+    from harness import stop
+
+    path, uri = _write(tmp_path), _uri(tmp_path)
+    checks = iter(range(10**6))
+    monkeypatch.setattr(stop, "requested", lambda: next(checks) >= 3)
+    with pytest.raises(stop.Interrupted, match="interrupted: .* KILLED; run the same command again"):
+        run_sweep(path, profile="smoke", tracking_uri=uri)
+    monkeypatch.undo()
+    store, runs = _trial_runs(uri, "tiny-sweep", "tiny-sweep-smoke")
+    assert [r.info.status for r in runs] == ["KILLED"] and "stopped" in runs[0].data.tags["harness.stopped"]
+    sweep_parent = store.runs(store.experiment_id("tiny-sweep"), {ROLE: "sweep"})[0]
+    assert sweep_parent.info.status == "KILLED"
+    study = _study(uri, "tiny-sweep", "tiny-sweep-smoke")
+    assert [t.state.name for t in study.trials] == ["FAIL", "WAITING"]
+    assert study.trials[1].params == study.trials[0].params
+
+    done = run_sweep(path, profile="smoke", tracking_uri=uri)
+    assert done.ok and [t.state for t in done.trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert done.trials[1].params == study.trials[0].params
+    train = store.runs(store.experiment_id("tiny-sweep"), {ROLE: "train"})
+    for r in train:
+        own = [m.step for m in store.client.get_metric_history(r.info.run_id, "train/loss")]
+        assert len(own) == len(set(own)), own  # resumed, never trained twice

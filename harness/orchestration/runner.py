@@ -235,7 +235,7 @@ def run_plan(
 
     serial = executor != "slurm" and jobs <= 1 and gpus == 0  # the jobs run in this process
     try:
-        with stop.launcher_signals(on_first=_stopping, grace=stop.GRACE_SECONDS if serial else None):
+        with stop.launcher_signals(on_first=stopping, grace=stop.GRACE_SECONDS if serial else None):
             if executor == "slurm":
                 outcomes = run_slurm(
                     tasks,
@@ -281,7 +281,7 @@ def _quiet(_: str) -> None:
     pass
 
 
-def _stopping(signum: int) -> None:
+def stopping(signum: int) -> None:
     """The first Ctrl-C or SIGTERM: say what happens now, and ask the workers to checkpoint and stop."""
     name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
     print(

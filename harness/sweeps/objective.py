@@ -37,7 +37,7 @@ from ..orchestration.store import hold_lock, lock_path
 from ..orchestration.tracking import MlflowStore, MlflowTracker
 from ..result import EvalResult
 from .search import Sweep
-from .study import trial_lock_name
+from .study import enqueue_again, trial_lock_name
 
 # -- one trial ------------------------------------------------------------------------------------------
 
@@ -181,6 +181,10 @@ class TrialObjective:
         except Exception as err:
             end_run(run, "FAIL", f"{type(err).__name__}: {err}")
             raise
+        except KeyboardInterrupt as err:  # Ctrl-C / SIGTERM: Optuna records FAIL; a copy resumes on the rerun
+            end_run(run, "FAIL", f"stopped: {err or 'interrupted'}; the rerun resumes it", status="KILLED")
+            enqueue_again(trial.study, trial.study.get_trials(deepcopy=True)[trial.number])
+            raise
         values = []
         for o in sweep.search.objective:
             per_seed = [objective_value(f, o.metric) for f in finals]
@@ -257,12 +261,13 @@ def study_tags(sweep: Sweep, role: str, config_hash: str) -> dict[str, Any]:
     }
 
 
-def end_run(run: MlflowTracker, state: str, reason: str | None = None) -> None:
+def end_run(run: MlflowTracker, state: str, reason: str | None = None, status: str | None = None) -> None:
+    """End a trial's run: ``state`` is Optuna's, ``status`` MLflow's (by default from the state)."""
     tags = {TRIAL_STATE: state}
     if reason:
-        tags[ERROR if state == "FAIL" else STOPPED] = reason[:5000]
+        tags[STOPPED if status == "KILLED" or state != "FAIL" else ERROR] = reason[:5000]
     run.set_tags(tags)
-    run.finish("FAILED" if state == "FAIL" else "FINISHED")
+    run.finish(status or ("FAILED" if state == "FAIL" else "FINISHED"))
 
 
 def measured(config: Config) -> Config:

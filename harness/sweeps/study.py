@@ -149,9 +149,6 @@ def retry_dead_trials(study: optuna.Study, root: Path) -> list[int]:
     Call with the study's claim lock held: a worker takes its trial lock before it lets go of the
     claim, so a RUNNING trial with a free lock has no live worker.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
     dead = []
     for t in study.get_trials(deepcopy=True, states=(TrialState.RUNNING,)):
         if lock_held(lock_path(root, trial_lock_name(study.study_name, t.number))):
@@ -160,11 +157,17 @@ def retry_dead_trials(study: optuna.Study, root: Path) -> list[int]:
             study.tell(t.number, state=TrialState.FAIL)
         except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
             continue  # it finished after all
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry(study, t)  # a WAITING copy with the same parameters (and the retry history)
+        enqueue_again(study, t)
         dead.append(t.number)
     return dead
+
+
+def enqueue_again(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """A WAITING copy of ``trial`` with the same parameters and its retry history (at most ``MAX_RETRY``):
+    the next worker to ask takes it first, and its configurations' checkpoints resume it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, trial)
 
 
 def recover_dead_trials(study: optuna.Study, storage, root: Path) -> None:

@@ -29,11 +29,12 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
+from .. import stop
 from ..config import (
     ConfigError,
 )
 from ..config.schema import CONFIRM_RANK, PARENT, ROLE, SEED, TRIAL
-from ..orchestration.runner import refuse_local_stores, sqlite_tracking_store
+from ..orchestration.runner import refuse_local_stores, sqlite_tracking_store, stopping
 from ..orchestration.store import shared_classifiers, store_root
 from ..orchestration.tracking import MlflowStore, MlflowTracker, default_tracking_uri
 from ..private import SUBMITIT_READS, private_dir
@@ -239,15 +240,24 @@ def run_sweep(
         flush=True,
     )
     try:
-        if executor == "slurm":
-            reports = run_slurm(
-                tasks, sweep.spec.slurm, private_dir(root / "slurm" / sweep.study_name, SUBMITIT_READS), cluster
+        # As in an ablation: the first Ctrl-C or SIGTERM starts no new trial and stops the running ones at a
+        # step (checkpointed, enqueued again); a second one stops at once.
+        serial = executor != "slurm" and len(tasks) == 1
+        with stop.launcher_signals(on_first=stopping, grace=stop.GRACE_SECONDS if serial else None):
+            if executor == "slurm":
+                reports = run_slurm(
+                    tasks, sweep.spec.slurm, private_dir(root / "slurm" / sweep.study_name, SUBMITIT_READS), cluster
+                )
+            else:
+                reports = run_local(tasks)
+            study = optuna.load_study(study_name=sweep.study_name, storage=optuna_storage)
+            if sweep.search.confirm is not None and not any(r.error for r in reports) and not stop.requested():
+                reports += _confirm(study, sweep, tasks, executor, root, cluster, store)
+        if stop.requested():
+            raise stop.Interrupted(
+                f"interrupted: {sweep.study_name} stopped with {counts(study)['COMPLETE']} complete trial(s); parent "
+                f"run {parent.run_id} KILLED; run the same command again: stopped trials resume from their checkpoints"
             )
-        else:
-            reports = run_local(tasks)
-        study = optuna.load_study(study_name=sweep.study_name, storage=optuna_storage)
-        if sweep.search.confirm is not None and not any(r.error for r in reports):
-            reports += _confirm(study, sweep, tasks, executor, root, cluster, store)
     except BaseException:
         parent.finish("KILLED")
         raise

@@ -10,6 +10,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from .. import stop
 from ..orchestration.executors import array_result, run_each, submit_array
 from ..orchestration.store import hold_lock, store_root
 from ..orchestration.tracking import MlflowStore
@@ -51,7 +52,7 @@ def run_worker(task: WorkerTask) -> WorkerReport:
     )
     objective = TrialObjective(sweep, task, store, root)
     report, failures = WorkerReport(task.worker, name=worker_name()), 0
-    while True:
+    while not stop.requested():  # after a Ctrl-C or SIGTERM no trial starts
         # The claim serializes, among this machine's workers, the dead-trial check, the count and the
         # ask, so the study never holds more than n_trials finished or running trials.
         objective.claim = hold_lock(root, f"sweep-{sweep.study_name}")
@@ -64,6 +65,9 @@ def run_worker(task: WorkerTask) -> WorkerReport:
             study.optimize(
                 objective, n_trials=1, catch=(Exception,), callbacks=[objective.release], gc_after_trial=True
             )
+        except KeyboardInterrupt as err:  # stopped in a trial: it is enqueued again (objective) for the rerun
+            report.error = f"stopped in trial {objective.ran[-1] if objective.ran else '?'}: {err or 'interrupted'}"
+            break
         finally:
             objective.release()
         if len(objective.ran) == ran_before:  # Optuna stopped before the objective (a sampler's study.stop())
@@ -78,6 +82,8 @@ def run_worker(task: WorkerTask) -> WorkerReport:
         if failures >= MAX_FAILURES_IN_A_ROW:
             report.error = f"{failures} trials in a row failed; the last: {objective.last_error}"
             break
+    if stop.requested() and not report.error:
+        report.error = "stopped before its next trial"
     report.trials = list(objective.ran)
     return report
 
@@ -87,6 +93,9 @@ def _confirm_worker(task: WorkerTask, sweep: Sweep, store: MlflowStore, root: Pa
     objective = TrialObjective(sweep, task, store, root)  # for its data set cache
     report, errors = WorkerReport(task.worker, name=worker_name()), []
     for job in task.confirm:
+        if stop.requested():
+            errors.append("stopped before its next confirmation")
+            break
         config = sweep.resolve(job.params, seed=job.seed)
         try:
             result = run_confirmation(job, sweep, task, store, root, objective._dataset(config))
