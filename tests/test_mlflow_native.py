@@ -28,7 +28,7 @@ from harness.config.schema import (
 from harness.config.spec import load_spec, make_plan
 from harness.evaluation.evaluate import grid_key
 from harness.orchestration.environment import PACKAGES
-from harness.orchestration.jobs import log_final_on_training_run, run_name
+from harness.orchestration.job_runs import log_final_on_training_run, run_name
 from harness.orchestration.mlflow_ui import (
     BY_RUN_NAME,
     LOCAL_UI,

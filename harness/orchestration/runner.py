@@ -21,6 +21,7 @@ from ..config.spec import Plan
 from ..private import SUBMITIT_READS, private_dir
 from ..tracker import StoreUnavailable
 from .executors import KILL_MARGIN_SECONDS, array_result, signal_workers, submit_array, worker_pool
+from .job_runs import close_killed_job
 from .jobs import (
     INTERRUPTED,
     KILLED_STATUS,
@@ -28,7 +29,6 @@ from .jobs import (
     JobState,
     Outcome,
     Task,
-    close_killed_job,
     job_state,
     run_task,
 )
