@@ -201,6 +201,11 @@ def slurm_cluster(timeout_s: float = 120) -> Iterator[Cluster]:
         _wait("the node", lambda: cluster.node_state() == "idle", timeout_s, cluster.logs)
         yield cluster
     finally:
+        if procs and procs[-1].args[0] == "slurmd" and procs[-1].poll() is None:
+            # A job of a failed test must not train on: the node ends them before it stops.
+            subprocess.run(["scancel", "--full", f"--user={user}"], env=env, capture_output=True, timeout=60)
+            with contextlib.suppress(Exception):
+                _wait("the queue to empty", lambda: not cluster.jobs(), 30, cluster.logs)
         for p in reversed(procs):  # slurmd first: it ends the jobs' processes with it
             if p.poll() is None:
                 os.killpg(p.pid, 15)
