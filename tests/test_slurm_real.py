@@ -99,7 +99,7 @@ def test_smoke_sweep(cluster, tmp_path):
 
 # -- faults ------------------------------------------------------------------------------------------------
 
-STEPS = 160  # long enough to fault between the first checkpoint and the end
+STEPS = 120  # long enough to fault between the first checkpoint and the end
 FAULTS = {
     "name": "slurm-faults",
     "question": "Does a job that Slurm requeues, cancels or holds on a drained node resume once?",
@@ -112,8 +112,8 @@ FAULTS = {
                 "train.steps": STEPS,
                 "train.batch_size": 8,
                 "train.warmup_steps": 1,
-                "train.checkpoint_every": 10,
-                "train.log_every": 5,
+                "train.checkpoint_every": 20,
+                "train.log_every": 20,  # few writes to SQLite: four jobs share it
                 "train.device": "cpu",
                 "model.channels": 8,
                 "model.channel_mult": [1, 2],
@@ -162,7 +162,7 @@ def test_requeue_cancel_and_drain_each_resume_once(cluster, tmp_path):
     launch = _harness(cluster, "run", str(path), "--profile", "smoke", "--tracking-uri", uri, wait=False)
     try:
         # Jobs 0 and 1 train side by side (a CPU each); job 2 waits for a CPU.
-        _until("jobs 0 and 1 to checkpoint", lambda: _step(ckpts[0]) >= 10 and _step(ckpts[1]) >= 10, launch)
+        _until("jobs 0 and 1 to checkpoint", lambda: _step(ckpts[0]) >= 20 and _step(ckpts[1]) >= 20, launch)
         tasks = _array(cluster)
         assert [tasks[i]["state"] for i in range(3)] == ["RUNNING", "RUNNING", "PENDING"], tasks
         requeued, cancelled = tasks[0]["id"], tasks[1]["id"]
@@ -175,19 +175,19 @@ def test_requeue_cancel_and_drain_each_resume_once(cluster, tmp_path):
         time.sleep(3)
         tasks = _array(cluster)  # nothing starts on a drained node
         assert [tasks[i]["state"] for i in (0, 2)] == ["PENDING", "PENDING"] and 1 not in tasks, tasks
-        assert _step(ckpts[2]) == 0 and STEPS > _step(ckpts[0]) >= 10
+        assert _step(ckpts[2]) == 0 and STEPS > _step(ckpts[0]) >= 20
 
         cluster.run("scontrol", "update", f"nodename={NODE}", "state=resume")
         # Slurm holds a requeued job back for a while (reason BeginTime); an operator may release it at once.
         cluster.run("scontrol", "update", f"jobid={requeued}", "starttime=now")
-        out, err = launch.communicate(timeout=420)
+        out, err = launch.communicate(timeout=900)
     finally:
         if launch.poll() is None:
             launch.kill()
             launch.communicate()
     assert launch.returncode == 1, out + err + cluster.logs()  # one job failed: the cancelled one
     assert _summary(out) == "2 trained, 0 evaluated, 0 skipped, 1 failed", out + err
-    assert f"failed {jobs[1].config_hash} seed=1" in err and "CANCELLED" in err, err
+    assert f"failed {jobs[1].config_hash} seed=1: Slurm job {cancelled} ended without a result (state: CANCELLED" in err
     _until_accounted(cluster, requeued, ["REQUEUED", "COMPLETED"])
     _until_accounted(cluster, cancelled, ["CANCELLED"])
     store = MlflowStore(uri)
