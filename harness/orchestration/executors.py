@@ -178,7 +178,12 @@ def submit_array(fn: Callable, items: list, params: dict[str, Any], folder: Path
 
 def array_result(job) -> Any:
     """A job's result, or an exception with the last line of why it has none."""
+    from submitit.core.utils import UncompletedJobError
+
     try:
         return job.result()
+    except UncompletedJobError:  # ended by Slurm (scancel, node failure): its state says so, its log's end rarely
+        why = f"Slurm job {job.job_id} ended without a result (state: {job.state})"
+        return RuntimeError(f"{why}; log: {job.paths.stderr}")
     except Exception as err:  # noqa: BLE001
         return RuntimeError(str(err).splitlines()[-1][:500] if str(err) else type(err).__name__)
