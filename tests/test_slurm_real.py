@@ -193,6 +193,8 @@ def test_requeue_cancel_and_drain_each_resume_once(cluster, tmp_path):
     store = MlflowStore(uri)
     exp = store.experiment_id(FAULTS["name"])
     assert [r.info.status for r in store.runs(exp, {ROLE: "ablation"})] == ["FAILED"]
+    (killed,) = store.runs(exp, {ROLE: "train", HASH: jobs[1].config_hash})  # closed by the launcher, not RUNNING
+    assert killed.info.status == "KILLED" and "CANCELLED" in killed.data.tags["harness.stopped"]
 
     again = _harness(cluster, "run", str(path), "--profile", "smoke", "--tracking-uri", uri)
     assert again.returncode == 0, again.stdout + again.stderr + cluster.logs()

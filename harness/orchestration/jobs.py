@@ -99,6 +99,7 @@ class Outcome:
     evals: list[EvalResult] = field(default_factory=list)  # the final evaluation of every setting of the config
     seconds: float = 0.0
     store_unavailable: bool = False  # stopped because the tracking store could not be reached
+    died: bool = False  # its process ended without a result (OOM, a signal, scancel): its runs are closed for it
     summary: dict[str, Any] | None = None  # TrainResult.to_json() when this job trained
 
 

@@ -78,7 +78,7 @@ def run_local(tasks: list[Task], jobs: int, *, gpus: int = 0, jobs_per_gpu: int 
                 try:
                     outcome = fut.result()
                 except Exception as err:  # the worker process died (OOM, signal)
-                    outcome = _outcome(task, "failed", error=f"worker died: {err}")
+                    outcome = _outcome(task, "failed", error=f"worker died: {err}", died=True)
                     if stop.requested():  # killed while it started, before it could hear the request
                         outcome = _outcome(task, KILLED_STATUS, note="its worker was stopped while starting")
                 outcomes.append(outcome)
@@ -111,7 +111,7 @@ def run_slurm(
     for task, job in zip(tasks, jobs):
         outcome = array_result(job)
         if isinstance(outcome, Exception):
-            outcome = _outcome(task, "failed", error=str(outcome))
+            outcome = _outcome(task, "failed", error=str(outcome), died=True)
         outcomes.append(outcome)
         on_event("end", outcome)
     return outcomes
@@ -260,6 +260,9 @@ def run_plan(
         parent.finish("KILLED")
         parent_lock.release()
         raise stop.Interrupted(interrupted_summary(outcomes, parent.run_id))
+    for o in outcomes:  # a job whose process died (OOM, scancel) left its runs RUNNING: KILLED now, resumed later
+        if o.died:
+            close_killed_job(store, exp_id, o.config_hash, o.error or "its process died")
     lost = [o for o in outcomes if o.store_unavailable]
     if lost:  # nothing more can be logged; the next launch marks the parent KILLED and resumes the jobs
         parent_lock.release()
