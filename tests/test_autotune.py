@@ -312,6 +312,23 @@ def test_a_run_far_from_its_prediction_marks_the_entry_stale_and_the_next_plan_m
     assert autotune.check_run(again, CPU, tmp_path, _rates(again, 0.3)) is not None
 
 
+def test_a_stale_entry_measured_again_keeps_a_choice_within_the_margin_so_finished_runs_keep_their_hashes(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(autotune, "native_bf16", lambda device: True)
+    probe = FakeProbe(seconds(bf16=0.5))
+    config = build_config({"model": TINY_MODEL})
+    first, _ = autotune.resolve(config, CPU, tmp_path, measure=probe)
+    assert autotune.check_run(first, CPU, tmp_path, _rates(first, 0.9)) is not None  # marked stale
+    probe.timings = seconds(bf16=0.52, fp32_cl=0.5)  # bf16 now 4% behind: within the 5% margin, kept
+    again, record = autotune.resolve(config, CPU, tmp_path, measure=probe)
+    assert again.train_hash() == first.train_hash() and record["kept"] and record["remeasured"] == "stale"
+    assert autotune.check_run(again, CPU, tmp_path, _rates(again, 0.9)) is not None  # stale again
+    probe.timings = seconds(bf16=0.6, fp32_cl=0.5)  # 20% behind: the new fastest wins
+    third, record = autotune.resolve(config, CPU, tmp_path, measure=probe)
+    assert third.train.precision == "fp32" and "kept" not in record
+
+
 def test_the_dry_runs_estimate_entry_is_marked_stale_as_well(tmp_path, monkeypatch):
     config = build_config({"model": TINY_MODEL, "train": {"precision": "fp32", "memory_format": "contiguous"}})
     monkeypatch.setattr(autotune, "probe", lambda config, device, options, rounds: {"fp32": 0.2})

@@ -108,7 +108,9 @@ def describe_record(record: dict[str, Any]) -> str:
     if "rounds" in record and not record.get("cached"):
         origin += f" in {record['rounds']} rounds"
     if record.get("remeasured"):  # a run had stepped far from this entry's prediction
-        origin += ", the cached entry was stale"
+        origin += ", the cached entry was stale" + (
+            "; its choice is kept, within 5% of the fastest, so runs keep their hashes" if record.get("kept") else ""
+        )
     if record.get("settled") is False:
         origin += (
             f", noisy: {record['rounds']} rounds strayed {100 * record['spread']:.0f}% > the deciding margin "

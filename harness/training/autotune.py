@@ -360,11 +360,24 @@ def _cached(
             out = _record(key, measure())
             if old is not None:
                 out["remeasured"] = "stale"  # what describe_record says: why this was not read from the cache
+                out = _keep_incumbent(out, old["choice"])
             if out["settled"]:
                 _write(path, out)
     if session is not None:
         session[path.name] = out
     return out
+
+
+def _keep_incumbent(record: dict[str, Any], incumbent: str) -> dict[str, Any]:
+    """A stale entry measured again keeps its earlier choice while that is within ``BF16_MARGIN`` of the fastest:
+    a new choice changes every config's hash, so finished runs would train again for a few percent (or for
+    noise). The bench's ``auto_vs_best`` tolerance is the same 5%."""
+    seconds = record["seconds"]
+    if record["choice"] == incumbent or incumbent not in seconds:
+        return record
+    if seconds[incumbent] <= (1 + BF16_MARGIN) * min(seconds.values()):
+        return {**record, "choice": incumbent, "kept": "within the margin of the fastest, so runs keep their hashes"}
+    return record
 
 
 def _path(cache_dir: Path, key: dict[str, Any]) -> Path:
