@@ -145,6 +145,7 @@ def _train_args(sets, run_dir, uri):
     return ["train", *sum((["--set", s] for s in sets), []), "--run-dir", str(run_dir), "--tracking-uri", uri]
 
 
+@pytest.mark.slow  # trains end to end; test_checkpoint_identity.py checks the same rules in seconds
 def test_a_run_dir_of_another_config_is_refused_in_one_line_or_moved_aside_with_force(tmp_path, capsys):
     """Issue 29: another configuration's checkpoint is never adopted (0 steps trained, its FID logged as ours)."""
     from harness.config import load_config
@@ -172,6 +173,7 @@ def test_a_run_dir_of_another_config_is_refused_in_one_line_or_moved_aside_with_
     assert {p.name: p.read_bytes() for p in aside.iterdir() if p.is_file()} == before  # moved, not deleted
 
 
+@pytest.mark.slow  # trains end to end; test_checkpoint_identity.py checks the same rules in seconds
 def test_force_through_a_symlinked_run_dir_retrains_what_it_points_to(tmp_path, capsys):
     """Issue 29: rmtree(ignore_errors=True) did nothing on a link, and the old checkpoint was reused as "trained"."""
     uri, real, link = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "real", tmp_path / "link"

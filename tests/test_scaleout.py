@@ -111,7 +111,8 @@ def test_run_plan_refuses_before_it_tracks_anything(tmp_path):
     with pytest.raises(ConfigError, match=re.escape(f"--executor slurm with tracking store {uri}")):
         run_plan(plan, store, spec_path=ABLATION, executor="slurm")
     with pytest.raises(Reached):
-        run_plan(plan, store, spec_path=ABLATION, executor="slurm", allow_local_store=True)
+        # submitit's in-process cluster: where sbatch is installed (CI installs Slurm) "auto" would submit to it
+        run_plan(plan, store, spec_path=ABLATION, executor="slurm", allow_local_store=True, cluster="debug")
 
 
 # -- the locks ------------------------------------------------------------------------------------------
