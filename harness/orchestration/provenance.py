@@ -7,7 +7,8 @@ sources that can change it, below ``harness/``:
 
 - a trained model (``TRAINING``): the diffusion process, the networks, the training loop and its data,
   the run config's schema, and the device's precision rules;
-- an evaluation (``EVALUATION``): those, and ``evaluation/`` (samplers' callers, metrics, classifiers).
+- an evaluation (``EVALUATION``): those, and ``evaluation/`` (samplers' callers, metrics, classifiers);
+- less ``NOT_NUMBERS``: code inside those folders whose output the config already records.
 
 Analysis, reports, the CLI, orchestration, sweeps, the bench, docs and tests decide what runs and how it
 is shown, never what a number is: editing them reuses every result. Tests check all three cases.
@@ -28,6 +29,9 @@ REPO = HARNESS.parent
 # Paths below harness/: a folder counts with every .py file in it.
 TRAINING = ("diffusion", "models", "training", "config/run.py", "config/setting.py", "config/fields.py", "device.py")
 EVALUATION = (*TRAINING, "evaluation")
+# Inside those folders, but never a number: autotune decides precision and layout, and the config records its
+# choice before it is hashed, so a change to how it measures changes no trained model (the hash has it).
+NOT_NUMBERS = ("training/autotune.py",)
 REUSE_POLICIES = ("same-code", "any")  # harness run --reuse
 
 
@@ -38,6 +42,7 @@ def source_hash(root: Path, parts: tuple[str, ...]) -> str:
     for part in parts:
         path = root / part
         files |= {path} if path.suffix == ".py" else set(path.rglob("*.py"))
+    files -= {root / part for part in NOT_NUMBERS}
     for path in sorted(f for f in files if "__pycache__" not in f.parts):
         h.update(f"{path.relative_to(root).as_posix()}\0".encode())
         h.update(path.read_bytes())
