@@ -241,6 +241,8 @@ def _stat(c: Comparison) -> str:
         return f"{diff}; no test ({c.untested})"
     adj = f", Holm-adjusted over {c.family}: {pval(c.p)}" if c.family > 1 else ""
     side = "as claimed" if c.winner == c.a else "against the claim" if c.winner else "no significant difference"
+    if c.winner is None and c.p < c.alpha:  # the seeds alone would decide; one redraw of the N samples could not
+        side = "not significant once the FID's own sampling noise at this N is added (fid_se)"
     return f"{diff}; {c.test} {pval(c.p_raw)}{adj}: {side}"
 
 

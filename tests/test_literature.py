@@ -95,7 +95,8 @@ def test_a_difference_within_the_fids_own_sampling_noise_is_not_confirmed(tmp_pa
     data.evals["fid_se"] = 0.1
     assert check(data, entry(COSINE_BETTER)).verdict == AGREES
     data.evals["fid_se"] = 8.0
-    assert check(data, entry(COSINE_BETTER)).verdict == CANNOT_TELL
+    noisy = check(data, entry(COSINE_BETTER))
+    assert noisy.verdict == CANNOT_TELL and "once the FID's own sampling noise" in noisy.statistics[0]
 
 
 def test_no_effect_cannot_tell_and_says_what_budget_could(tmp_path):
