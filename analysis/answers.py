@@ -17,7 +17,7 @@ from harness.config import SamplerSetting
 
 from .crossing import recognizable_answer, recognizable_steps  # noqa: F401 - re-exported: opening and sections read them here
 from .multiplicity import all_pairs, summary
-from .stats import Comparison, compare, compare_to_reference, estimate, holm_family, pareto_front
+from .stats import Comparison, compare, compare_to_reference, estimate, holm_family, metric_estimate, pareto_front
 from .words import (
     LOWER_IS_BETTER,
     NO_DIFFERENCE,
@@ -114,7 +114,7 @@ def settings_answer(evals: pd.DataFrame, settings: list[str] | None = None) -> s
     settings = list(dict.fromkeys([*(settings or []), *evals["setting"]]))
     nfe = evals.groupby("setting", sort=False)["nfe"].mean()
     n = {s: usable_seeds(evals, "fid", "setting", s) for s in settings}
-    fid = {s: estimate(evals.loc[evals["setting"] == s, "fid"]) for s in settings}
+    fid = {s: metric_estimate(evals.loc[evals["setting"] == s, "fid"], "fid") for s in settings}
     nothing = [f"no evaluation recorded with {s}" for s in settings if s not in nfe.index]
     nothing += [f"no FID recorded with {s} ({num(nfe[s])} NFE)" for s in settings if s in nfe.index and not n[s]]
     tail = ("; " + "; ".join(nothing)) if nothing else ""
@@ -260,7 +260,7 @@ def guidance_answer(evals: pd.DataFrame, knob: str = "guidance", symbol: str = "
         return f"class accuracy is not recorded at any {symbol}{blind_words}. {front_words}"
     by_acc = ranked(e, "class_accuracy", "w", measured)
     best = by_acc[0]
-    acc = estimate(e.loc[e["w"] == best, "class_accuracy"])
+    acc = metric_estimate(e.loc[e["w"] == best, "class_accuracy"], "class_accuracy")
     if (
         placed["class_accuracy"].nunique() == 1 and len(measured) > 1
     ):  # "highest at w = 0" would crown the first of equals
@@ -270,7 +270,7 @@ def guidance_answer(evals: pd.DataFrame, knob: str = "guidance", symbol: str = "
     text += blind_words + recognized_words(e, measured)
     by_fid = ranked(e, "fid", "w", ws)
     if by_fid:
-        fid_best = estimate(e.loc[e["w"] == by_fid[0], "fid"])
+        fid_best = metric_estimate(e.loc[e["w"] == by_fid[0], "fid"], "fid")
         text += f"; FID is lowest at {by_fid[0]} ({with_ci(fid_best.mean, fid_best.low, fid_best.high)})"
     testable = [w for w in measured if n[w] >= 2]
     if best not in testable or len(testable) < 2:

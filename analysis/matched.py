@@ -18,7 +18,7 @@ from .caveats import fid_refusal
 from .families import sampler_family
 from .load import AblationData
 from .render import Section, Table
-from .stats import estimate
+from .stats import metric_estimate
 from .words import and_list, num, with_ci
 
 
@@ -83,7 +83,7 @@ def matched_section(data: AblationData) -> Section | None:
         at = c[c["cost"] == n]
         for cand in dict.fromkeys(at["candidate"]):
             mine = at[at["candidate"] == cand]
-            e = estimate(mine["fid"])
+            e = metric_estimate(mine["fid"], "fid")
             rows.append(
                 [
                     str(n),

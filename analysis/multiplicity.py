@@ -35,10 +35,9 @@ from .stats import (
     at_level,
     compare,
     diff_bounds,
-    estimate,
     flat,
     holm,
-    metric_bounds,
+    metric_estimate,
     range_critical,
 )
 
@@ -144,4 +143,4 @@ def holm_groups(groups: list[list[Comparison]]) -> list[list[Comparison]]:
 
 def summary(df: pd.DataFrame, metric: str, group: str, by: str = "arm_label") -> Estimate:
     """One arm's mean with its 95% interval, clipped to the metric's range."""
-    return at_level(estimate(df.loc[df[by] == group, metric]), CONFIDENCE, metric_bounds(metric))
+    return metric_estimate(df.loc[df[by] == group, metric], metric)

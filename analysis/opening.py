@@ -28,7 +28,7 @@ from .families import (
     varies_sampler,
 )
 from .load import AblationData
-from .stats import estimate
+from .stats import metric_estimate
 from .verdicts import family, shared_setting
 from .words import and_list, metric_label, num, pval
 
@@ -131,7 +131,7 @@ def details(data: AblationData, fam: list) -> list[str]:
         refusal = fid_refusal(fam, data.runs)
         sentences.append(_cap(refusal or settings_answer(fam)) + ".")
     if len(data.arms) == 1 and not varies_guidance(data) and not varies_sampler(data):
-        e = estimate(data.evals.loc[data.evals["setting"] == setting, "fid"])
+        e = metric_estimate(data.evals.loc[data.evals["setting"] == setting, "fid"], "fid")
         fid = f"FID {num(e.mean) if e.n else 'not recorded'}" + (
             f" (95% CI {num(e.low)} to {num(e.high)})" if e.has_interval else ""
         )

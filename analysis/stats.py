@@ -117,6 +117,12 @@ def estimate(values, *, confidence: float = CONFIDENCE) -> Estimate:
     return at_level(Estimate(n, mean, math.nan, math.nan, "t", se, n - 1.0), confidence)
 
 
+def metric_estimate(values, metric: str) -> Estimate:
+    """``estimate`` of a metric's values, its interval clipped to the metric's range (a FID is never negative,
+    an accuracy never above 1: with 2 seeds a t-interval easily reaches past either)."""
+    return at_level(estimate(values), CONFIDENCE, metric_bounds(metric))
+
+
 def at_level(e: Estimate, level: float, bounds: tuple[float, float] = (-math.inf, math.inf)) -> Estimate:
     """``e`` with its t-interval at ``level`` (on its own se and dof), clipped to ``bounds``."""
     if not (e.method == "t" and math.isfinite(e.se)):
@@ -157,7 +163,7 @@ def compare(
     """
     xa = _by_seed(df, metric, by, a)
     xb = _by_seed(df, metric, by, b)
-    ea, eb = (at_level(estimate(x), CONFIDENCE, metric_bounds(metric)) for x in (xa, xb))
+    ea, eb = (metric_estimate(x, metric) for x in (xa, xb))
     if set(xa.index) == set(xb.index) and len(xa) >= 2:
         (diff, p), test = _paired(xa.to_numpy(), xb.reindex(xa.index).to_numpy()), "paired t"
     elif len(xa) >= 2 and len(xb) >= 2:
@@ -254,7 +260,7 @@ def summarize(df: pd.DataFrame, metric: str, by: list[str]) -> pd.DataFrame:
     rows = []
     per_seed = df[df[metric].notna()].groupby([*by, "seed"], sort=False)[metric].mean().reset_index()
     for key, group in per_seed.groupby(by, sort=False):
-        e = at_level(estimate(group[metric]), CONFIDENCE, metric_bounds(metric))
+        e = metric_estimate(group[metric], metric)
         key = key if isinstance(key, tuple) else (key,)
         rows.append({**dict(zip(by, key)), "n": e.n, "mean": e.mean, "low": e.low, "high": e.high, "method": e.method})
     return pd.DataFrame(rows, columns=[*by, "n", "mean", "low", "high", "method"])

@@ -11,7 +11,7 @@ import pandas as pd
 from harness.config.schema import arm_text, spread_key
 
 from .opening import _plural
-from .stats import compare_to_reference, estimate
+from .stats import compare_to_reference, metric_estimate
 from .sweep_load import SweepData, ranked_trials, trial_row
 from .words import comparison_sentence, metric_label, num, seeds, swap, with_ci
 
@@ -66,7 +66,7 @@ def confirmed_table(data: SweepData) -> pd.DataFrame:
         return pd.DataFrame(columns=["trial", "rank", "arm_label", "n", "mean", "low", "high"])
     rows = []
     for trial, group in c.groupby("trial"):
-        e = estimate(group[o.metric])
+        e = metric_estimate(group[o.metric], o.metric)
         rank = group["rank"].dropna()
         rows.append(
             {

@@ -140,3 +140,13 @@ def test_band_pareto_and_first_crossing():
     guid = pd.DataFrame({"fid": [10, 12, 15, 16], "acc": [0.5, 0.8, 0.9, 0.85]})
     assert pareto_front(guid, minimize=("fid",), maximize=("acc",)).index.tolist() == [0, 1, 2]
     assert np.isfinite(b["mean"]).all()
+
+
+def test_a_metrics_interval_stays_within_its_range():
+    """Two seeds give a wide t-interval: a FID's is cut at 0 and an accuracy's at 1, the mean untouched."""
+    from analysis.stats import metric_estimate
+
+    fid = metric_estimate([5.0, 60.0], "fid")
+    assert fid.low == 0.0 and fid.high > 60 and fid.mean == 32.5
+    acc = metric_estimate([0.95, 1.0], "class_accuracy")
+    assert acc.high == 1.0 and acc.low < 0.95 and acc.mean == 0.975
