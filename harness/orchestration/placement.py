@@ -102,6 +102,11 @@ def resolve_plan(
 
 def describe_record(record: dict[str, Any]) -> str:
     """One line: what was measured, where, and what ``auto`` became."""
+    if not record.get("measured", True):  # HARNESS_AUTOTUNE=off, or a single candidate: nothing was timed
+        from ..training.autotune import OFF
+
+        why = "HARNESS_AUTOTUNE=off" if os.environ.get(OFF) == "off" else "one candidate"
+        return f"autotune (not measured: {why}) -> {record['choice']}"
     key, seconds = record.get("key", {}), record["seconds"]
     times = ", ".join(f"{name} {1000 * s:.0f} ms" for name, s in sorted(seconds.items(), key=lambda kv: kv[1]))
     origin = "cached" if record.get("cached") else "measured"
