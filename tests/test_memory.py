@@ -103,11 +103,11 @@ MEASURE = textwrap.dedent(
 
 
 @pytest.mark.slow  # about 30 s each on a shared 2-core CPU (a subprocess that imports torch and trains a batch)
-@pytest.mark.parametrize("name,over", [("convolutions", 2), ("dit", 3)])
+@pytest.mark.parametrize("name,over", [("convolutions", 2), ("dit", 4)])
 def test_activations_bound_a_measured_training_step(name, over):
     """The activation part against the peak RSS that one training step adds (resource.getrusage): never below it,
-    and not more than ``over`` times it (measured 0.86-1.15 x the saved bytes, estimated at 1.25 x; attention on
-    meta saves its whole matrix, so an attention-heavy network is over-estimated 2-3 x)."""
+    and not more than ``over`` times it (measured 0.86-1.35 x the saved bytes, estimated at 1.5 x; attention on
+    meta saves its whole matrix, so an attention-heavy network is over-estimated 2-3.3 x)."""
     data = {**CONFIGS[name], "train": {"batch_size": 256}}
     out = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(data)], capture_output=True, text=True, check=True)
     measured, estimated = int(out.stdout), estimate(build_config(data)).activations

@@ -26,7 +26,9 @@ from ..config import DATASET_SIZES, IMAGE_CHANNELS, IMAGE_SIZES, NUM_CLASSES, Co
 GB = 1e9
 FP32 = 4
 WEIGHT_COPIES = 5  # weights, gradients, AdamW's m and v, the EMA: each one fp32 number per parameter
-BACKWARD_PEAK = 1.25  # a training step's peak / the bytes its forward saves: 0.86-1.15 measured, rounded up
+# A training step's peak / the bytes its forward saves: 0.86-1.34 measured with 1 torch thread, 1.35 with 2
+# (each thread's scratch buffers), so 1.5: an estimate may refuse early, never late.
+BACKWARD_PEAK = 1.5
 SAMPLING_PEAK = 0.3  # a no-grad forward's peak / a training forward's saved bytes at that batch: 0.10-0.27 measured
 # The process without the job: Python, torch, torchvision, mlflow, torch-fidelity, the harness (about 0.75 GB of
 # RSS measured after importing the training loop, more once the evaluation and tracking modules load).
