@@ -111,6 +111,8 @@ def test_activations_bound_a_measured_training_step(name, over):
     data = {**CONFIGS[name], "train": {"batch_size": 256}}
     out = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(data)], capture_output=True, text=True, check=True)
     measured, estimated = int(out.stdout), estimate(build_config(data)).activations
+    if measured == 0:  # seen once in CI: the process's peak before the batch step already exceeded the step's
+        pytest.skip("peak RSS did not rise during the batch step (the allocator held more before it): no measurement")
     assert measured <= estimated <= over * measured, (measured, estimated)
 
 
