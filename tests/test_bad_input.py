@@ -3,6 +3,7 @@
 import re
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -315,6 +316,13 @@ def test_missing_file_and_unknown_profile(tmp_path, capsys):
     path.write_text(yaml.safe_dump(GOOD))
     assert main(["run", str(path), "--profile", "huge", "--dry-run"]) == 2
     assert "profiles: unknown profile 'huge'; valid: smoke" in capsys.readouterr().err
+
+
+def test_a_sweep_spec_given_to_run_names_the_command_it_needs(capsys):
+    """Read as an ablation, a sweep's ``profiles.*.search`` would be reported as an unknown key."""
+    path = str(Path(__file__).parents[1] / "experiments" / "sweep-lr-ema.yaml")
+    err = _fails_cleanly(capsys, ["run", path, "--profile", "smoke", "--dry-run"], f"{path}: search:")
+    assert f"run it with `harness sweep {path}`" in err
 
 
 def test_validate_reports_bad_spec_and_accepts_good(tmp_path, capsys):

@@ -254,6 +254,8 @@ def load_spec(path: str | Path) -> Spec:
     if not isinstance(data, dict):
         kind = "empty" if data is None else f"a {type(data).__name__}"
         raise ConfigError(f"{path}: a spec is a mapping with name, question, base, axes, ...; this file is {kind}")
+    if "search" in data:  # otherwise its profiles' search sections read as typos
+        raise ConfigError(f"{path}: search: this is a sweep spec; run it with `harness sweep {path}`")
     refuse_orphaned_profiles(data, path)
     return validate_spec(data, path)
 
