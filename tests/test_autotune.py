@@ -308,6 +308,9 @@ def test_a_run_far_from_its_prediction_marks_the_entry_stale_and_the_next_plan_m
     assert probe.calls == 2 and record["remeasured"] == "stale" and again.train.memory_format == "channels_last"
     assert "the cached entry was stale" in describe_record(record)
     assert "stale" not in json.loads(entry.read_text())
+    # The plan after that reads the fresh entry: nothing about the earlier staleness.
+    _, cached = autotune.resolve(config, CPU, tmp_path, measure=probe)
+    assert probe.calls == 2 and cached["cached"] and "stale" not in describe_record(cached)
     # A run much faster than predicted (the probe ran under load) marks it too.
     assert autotune.check_run(again, CPU, tmp_path, _rates(again, 0.3)) is not None
 

@@ -52,6 +52,7 @@ OFF = "HARNESS_AUTOTUNE"  # =off: auto becomes fp32, contiguous unmeasured (the 
 PROBE_VERSION = 2  # bump when the probe measures differently: older cached choices are then measured again
 ROUNDS = 5  # the rounds that decide: the last ROUNDS of up to MAX_ROUNDS, while they disagree
 MAX_ROUNDS = 12
+PLAN_ONLY = ("remeasured", "kept")  # said by the plan that measured again, never read back from the cache
 STALE_RATIO = 1.25  # a run stepping this much slower or faster than its probe predicted marks the entry stale
 MIN_INTERVALS = 3  # log intervals a run needs before its speed is held against the probe's
 
@@ -355,14 +356,15 @@ def _cached(
             warnings.warn(f"measuring again: {path}: the entry of another probe", stacklevel=2)
             old = None
         if old is not None and not old.get("stale"):
-            out = {**old, "cached": True}
+            # Why an earlier plan measured again was that plan's news (entries written before this was dropped).
+            out = {**{k: v for k, v in old.items() if k not in PLAN_ONLY}, "cached": True}
         else:
             out = _record(key, measure())
             if old is not None:
                 out["remeasured"] = "stale"  # what describe_record says: why this was not read from the cache
                 out = _keep_incumbent(out, old["choice"])
             if out["settled"]:
-                _write(path, out)
+                _write(path, {k: v for k, v in out.items() if k not in PLAN_ONLY})
     if session is not None:
         session[path.name] = out
     return out
