@@ -32,7 +32,7 @@ from harness.config.schema import RUN_METRICS
 from harness.config.setting import SamplerSetting
 
 from .load import AblationData
-from .power import comparison_mde, seeds_needed
+from .power import comparison_mde, comparison_seeds
 from .render import Section, Table
 from .stats import ALPHA, Comparison, compare, holm_family
 from .verdicts import sampling_noise, tost, with_sampling_noise
@@ -214,7 +214,7 @@ def _equivalent(entry: Entry, exp: Equivalent, c: Comparison) -> Check:
     stat = f"{_stat(c)}; equivalence within {num(exp.margin)} (TOST): {tested}"
     budget = ""
     if verdict == CANNOT_TELL:
-        need = _seeds_for(c, exp.margin)
+        need = comparison_seeds(c, exp.margin)
         budget = (
             f"equivalence within {num(exp.margin)} needs about {need} seeds per arm" if need else _budget([c], verdict)
         )
@@ -246,15 +246,6 @@ def _stat(c: Comparison) -> str:
     return f"{diff}; {c.test} {pval(c.p_raw)}{adj}: {side}"
 
 
-def _seeds_for(c: Comparison, effect: float) -> int | None:
-    d = c.diff
-    if not (math.isfinite(d.se) and d.se > 0 and effect > 0):
-        return None
-    paired = c.test == "paired t"
-    sd = d.se * math.sqrt(d.n) if paired else d.se * math.sqrt(d.n / 2)
-    return seeds_needed(effect, sd, paired=paired)
-
-
 def _budget(undecided: list[Comparison], verdict: str) -> str:
     if verdict != CANNOT_TELL or not undecided:
         return ""
@@ -263,7 +254,7 @@ def _budget(undecided: list[Comparison], verdict: str) -> str:
         if c.test == "none":
             parts.append(f"{c.a} vs {c.b}: {c.untested}, so no interval; a test needs at least 2 seeds per arm")
             continue
-        need = _seeds_for(c, abs(c.diff.mean))
+        need = comparison_seeds(c, abs(c.diff.mean))
         mde = comparison_mde(c)
         parts.append(
             f"{c.a} vs {c.b}: this design detects differences above {num(mde)}; the {num(abs(c.diff.mean))} seen "

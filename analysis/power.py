@@ -71,11 +71,36 @@ def seeds_needed(
     return None
 
 
+def _critical(c: Comparison, dof: float) -> float:
+    """The critical value of ``c``'s printed interval at ``dof``: the t's, or Tukey's studentized range over the
+    arms, at the level matching its adjusted p."""
+    d = c.diff
+    return float(range_critical(d.level, d.arms, dof) if d.arms else sps.t.ppf((1 + d.level) / 2, dof))
+
+
 def comparison_mde(c: Comparison) -> float:
-    """The MDE of a tested comparison with the critical value its verdict used: that of its printed interval
-    (the t's, or Tukey's studentized range over the arms, at the level matching its adjusted p)."""
+    """The MDE of a tested comparison with the critical value its verdict used."""
     d = c.diff
     if c.test == "none" or not math.isfinite(d.se):
         return math.nan
-    q = range_critical(d.level, d.arms, d.dof) if d.arms else sps.t.ppf((1 + d.level) / 2, d.dof)
-    return mde_se(d.se, d.dof, q=float(q))
+    return mde_se(d.se, d.dof, q=_critical(c, d.dof))
+
+
+def comparison_seeds(c: Comparison, effect: float, most: int = 10_000) -> int | None:
+    """The fewest seeds per arm at which ``c``'s design, with this pilot's spread, detects ``effect`` with 80%
+    power at the level of ``c``'s verdict (that of ``comparison_mde``: an effect below the MDE never needs
+    fewer seeds than ``c`` had). None: untested, or more than ``most``."""
+    d = c.diff
+    if c.test == "none" or not (math.isfinite(d.se) and d.se > 0 and effect > 0):
+        return None
+    paired = c.test == "paired t"
+    n = min(c.a_est.n, c.b_est.n)
+    # The pilot's per-seed spread: of a paired difference, or of one arm's values (se = s * sqrt(2 / n)).
+    sd = d.se * math.sqrt(n) if paired else d.se * math.sqrt(n / 2)
+    k = 2
+    while k <= most:
+        se, dof = design(sd, k, paired=paired)
+        if power_se(effect, se, dof, q=_critical(c, dof)) >= POWER:
+            return k
+        k = k + 1 if k < 64 else int(k * 1.1)
+    return None

@@ -24,7 +24,7 @@ from .caveats import FID_BASIS, fid_refusal, objective_groups, objective_of
 from .families import first_setting, guidance_family, sampler_family, varies_guidance, varies_sampler
 from .load import AblationData
 from .multiplicity import all_pairs, holm_groups
-from .power import comparison_mde, seeds_needed
+from .power import comparison_mde, comparison_seeds
 from .stats import ZERO_VARIANCE, Comparison
 from .words import LOWER_IS_BETTER, metric_label, num, scaled
 
@@ -234,9 +234,7 @@ def _verdict(question: str, c: Comparison, margins: dict[str, float] | None) -> 
         )
         return Verdict(question, c.metric, (c.a, c.b), c, why, margin=margin)
     mde = comparison_mde(c)
-    n = min(c.a_est.n, c.b_est.n)
-    # The pilot's spread of a per-seed difference (se * sqrt(n): paired, or Tukey's s * sqrt(2)).
-    need = seeds_needed(margin, c.diff.se * math.sqrt(n)) if margin is not None else None
+    need = comparison_seeds(c, margin) if margin is not None else None
     if c.winner:
         return Verdict(question, c.metric, (c.a, c.b), c, "", mde, margin, seeds_for_margin=need)
     p_eq = tost(c, margin) if margin is not None else math.nan

@@ -9,8 +9,8 @@ import pytest
 from scipy import stats as sps
 
 from analysis.multiplicity import all_pairs, critical, holm_groups, pair_statistics, tukey_pairs
-from analysis.power import comparison_mde, mde, power_se, seeds_needed
-from analysis.stats import compare
+from analysis.power import comparison_mde, comparison_seeds, mde, power_se, seeds_needed
+from analysis.stats import adjusted, compare
 
 
 def closed_form_power(delta: float, sd: float, n: int) -> float:
@@ -60,6 +60,20 @@ def test_comparison_mde_uses_the_comparisons_own_spread():
     c = compare(df, "fid", "a", "b", lower_is_better=True)
     d = np.array([50.0, 52.0, 51.0]) - np.array([55.0, 56.5, 54.8])
     assert comparison_mde(c) == pytest.approx(mde(d.std(ddof=1), 3), rel=1e-6)
+
+
+@pytest.mark.parametrize("family", [1, 6])
+def test_comparison_seeds_agrees_with_the_mde_at_the_seeds_it_had(family):
+    """An effect just above the MDE needs no more seeds than the comparison had; one just below needs more, at
+    the unadjusted level and once Holm-adjusted (where counting seeds at 0.05 once asked for the seeds it had)."""
+    df = pd.DataFrame(
+        {"arm_label": ["a"] * 3 + ["b"] * 3, "seed": [0, 1, 2] * 2, "fid": [50.0, 52.0, 51.0, 55.0, 56.5, 54.8]}
+    )
+    c = compare(df, "fid", "a", "b", lower_is_better=True)
+    c = adjusted(c, min(1.0, c.p_raw * family), family)
+    m = comparison_mde(c)
+    assert comparison_seeds(c, m * 1.001) <= 3 < comparison_seeds(c, m * 0.999)
+    assert comparison_seeds(c, 0.0) is None
 
 
 def test_tukey_matches_scipy_tukey_hsd_for_independent_seeds():

@@ -1,6 +1,8 @@
 """The spec's literature section: its validation (one line, exit 2) and its verdicts on data whose right
 answer is known (a true effect, a reversed one, none under the null, a curve that flattens or does not)."""
 
+import re
+
 import numpy as np
 import pytest
 import yaml
@@ -105,6 +107,32 @@ def test_no_effect_cannot_tell_and_says_what_budget_could(tmp_path):
     assert "this design detects differences above" in chk.budget and "seeds per arm" in chk.budget
     one = check(schedules([40.0], [41.0], tmp_path), entry(COSINE_BETTER))
     assert one.verdict == CANNOT_TELL and "a test needs at least 2 seeds per arm" in one.budget
+
+
+@pytest.mark.parametrize(
+    "fids",
+    [
+        # 2 seeds whose steps agree closely: each raw p near 0.03, none significant once Holm-adjusted over 4
+        {10: [20.0, 20.05], 20: [19.0, 18.95], 50: [18.0, 18.1], 100: [17.0, 16.9]},
+        # 3 noisy seeds: nothing near significance
+        {10: [20.0, 21.0, 19.0], 20: [20.5, 19.5, 19.8], 50: [19.0, 21.0, 19.9], 100: [20.2, 19.1, 20.6]},
+    ],
+)
+def test_the_seeds_a_budget_asks_for_are_more_than_it_had_when_the_effect_is_below_its_mde(tmp_path, fids):
+    """Monotone makes several comparisons, Holm-adjusted: the seeds that would detect an effect are counted at
+    the adjusted level the MDE uses, so an effect this design cannot detect never asks for the seeds it has."""
+    seeds = len(fids[10])
+    data = fixture_data(tmp_path, {("base", f"ddim-{s}-eta0-w0"): {"fid": v} for s, v in fids.items()}, axis="none",
+                        pngs=False)  # fmt: skip
+    chk = check(data, entry(MONOTONE))
+    assert chk.verdict == CANNOT_TELL, chk.statistics
+    parts = re.findall(
+        r"detects differences above ([\d.]+); the ([\d.]+) seen would need about (\d+) seeds", chk.budget
+    )
+    assert parts, chk.budget
+    for mde, seen, need in parts:
+        if float(seen) < float(mde):
+            assert int(need) > seeds, chk.budget
 
 
 def test_false_verdicts_under_the_null_stay_near_alpha(tmp_path):
