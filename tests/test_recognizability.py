@@ -71,36 +71,56 @@ def garbage(kind: str, held_images, seed: int):
     if kind == "pixel-shuffled digits":
         order = torch.rand(N, 784, generator=g).argsort(dim=1)
         return held_images.flatten(1).gather(1, order).view(shape)
+    if kind == "block speckle":  # 2x2 dots under a centred Gaussian: neither the dot size nor the envelope trained
+        yy, xx = torch.meshgrid(torch.arange(14.0), torch.arange(14.0), indexing="ij")
+        envelope = torch.exp(-((yy - 6.5) ** 2 + (xx - 6.5) ** 2) / (2 * 3.5**2))
+        dots = torch.rand(N, 1, 14, 14, generator=g) < 0.4 * envelope
+        return F.interpolate(torch.where(dots, 1.0, -1.0), scale_factor=2, mode="nearest")
     raise KeyError(kind)
+
+
+# 100 samples of the ablation-backbone quick profile's DiT (seed 0, EMA weights after 800 steps, DDIM-25),
+# uint8: scattered dots on black, not digits. The recognizer before speckle joined its non-digits called
+# 38% of them recognizable, 68 of 76 an "8".
+UNDERTRAINED_DIT = Path(__file__).parent / "data" / "dit_speckle_samples.npy"
 
 
 def test_held_out_digits_are_recognizable(recognizer, held):
     images, labels = held
     assert rec(recognizer, images) >= 0.9  # 0.960 measured
-    assert recognized_class_accuracy(recognizer.probs(images), labels) >= 0.98  # 0.996 measured
+    assert recognized_class_accuracy(recognizer.probs(images), labels) >= 0.98  # 0.998 measured
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_shifted_digits_are_recognizable(recognizer, held, seed):
-    assert rec(recognizer, shifted(held[0], seed)) >= 0.9  # 0.938 and 0.956 measured
+    assert rec(recognizer, shifted(held[0], seed)) >= 0.9  # 0.940 and 0.950 measured
 
 
 @pytest.mark.parametrize("degrees", [-10, 10])
 def test_rotated_digits_are_recognizable(recognizer, held, degrees):
-    assert rec(recognizer, rotated(held[0], degrees)) >= 0.9  # 0.954 and 0.946 measured
+    assert rec(recognizer, rotated(held[0], degrees)) >= 0.9  # 0.952 and 0.928 measured
 
 
 @pytest.mark.parametrize(
-    "kind", ["uniform noise", "gaussian noise", "smooth blobs", "binary blobs", "constant", "pixel-shuffled digits"]
-)
+    "kind",
+    ["uniform noise", "gaussian noise", "smooth blobs", "binary blobs", "constant", "pixel-shuffled digits",
+     "block speckle"],
+)  # fmt: skip
 @pytest.mark.parametrize("seed", [0, 1])
 def test_garbage_is_not_recognizable(recognizer, held, kind, seed):
-    assert rec(recognizer, garbage(kind, held[0], seed)) <= 0.05  # at most 0.010 measured (binary blobs, seed 1)
+    assert rec(recognizer, garbage(kind, held[0], seed)) <= 0.05  # 0.000 measured for every case (recognizer-v2)
+
+
+def test_an_undertrained_dits_speckle_is_not_recognizable(recognizer):
+    import numpy as np
+
+    images = torch.from_numpy(np.load(UNDERTRAINED_DIT)).float().div(127.5).sub(1).unsqueeze(1)  # (100, 1, 28, 28)
+    assert rec(recognizer, images) <= 0.05  # 0.010 measured (0.02 of the run's 200 samples, 100 not in this file)
 
 
 def test_half_digits_half_noise_scores_about_half(recognizer, held):
     mix = torch.cat([held[0][:250], garbage("uniform noise", held[0], 0)[:250]])
-    assert abs(rec(recognizer, mix) - 0.5) <= 0.1  # 0.48 measured
+    assert abs(rec(recognizer, mix) - 0.5) <= 0.1  # 0.488 measured
 
 
 @pytest.mark.slow  # about 20 s here: 64 samples x 10 steps of an untrained U-Net on a shared CPU
