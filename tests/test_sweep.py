@@ -185,6 +185,25 @@ def test_other_bad_sweep_specs(tmp_path):
     assert main(["sweep", str(bad), "--profile", "smoke"]) == 2
 
 
+@pytest.mark.parametrize(
+    "storage,words",
+    [
+        ("bogus://x", ["Can't load plugin"]),
+        ("sqlite:////nonexistent/folder/optuna.db", ["unable to open database file"]),
+        ("postgresql://user:secret@127.0.0.1:9/db", ["postgresql://127.0.0.1:9/db", "accepting TCP/IP connections"]),
+    ],
+    ids=["unknown scheme", "missing folder", "no server"],
+)
+def test_an_unusable_optuna_storage_is_one_line_and_writes_nothing(tmp_path, capsys, storage, words):
+    store = tmp_path / "store"
+    argv = ["sweep", str(_write(tmp_path)), "--profile", "smoke", "--storage", storage]
+    assert main([*argv, "--tracking-uri", f"sqlite:///{store / 'mlflow.db'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: optuna storage") and err.count("\n") == 1 and all(w in err for w in words), err
+    assert "secret" not in err and "Background on this error" not in err
+    assert not store.exists()  # a typo in the storage URL writes nothing, not even the tracking store
+
+
 def test_profiles_and_overrides_reach_the_search_and_the_config(tmp_path):
     path = _write(
         tmp_path, profiles={"smoke": {"set": TINY, "search": {"n_trials": 5, "params": {"train.lr": {"high": 1.0e-3}}}}}

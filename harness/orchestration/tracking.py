@@ -23,6 +23,7 @@ from ..config.schema import (
     SHARED_VIEW,
     parse_eval_key,
 )
+from ..errors import last_line
 from ..tracker import StoreUnavailable
 from ..writes import DiskFull, is_disk_full
 from .mlflow_ui import arms_view, arms_view_url
@@ -163,7 +164,7 @@ class SystemMetrics:
         try:
             self.monitor = SystemMetricsMonitor(self.run_id, resume_logging=self.resume, tracking_uri=self.uri)
         except Exception as err:  # noqa: BLE001 - a job trains without system metrics rather than not at all
-            print(f"system metrics off for run {self.run_id[:8]}: {_last_line(err)}", file=sys.stderr)
+            print(f"system metrics off for run {self.run_id[:8]}: {last_line(err)}", file=sys.stderr)
             return self
         self.monitor.start()
         return self
@@ -171,13 +172,6 @@ class SystemMetrics:
     def __exit__(self, *exc) -> None:
         if self.monitor is not None:
             self.monitor.finish()
-
-
-def _last_line(err: BaseException) -> str:
-    # SQLAlchemy puts the cause first and then "[SQL: ...]" and "(Background on this error at: <url>)".
-    noise = ("[SQL:", "[parameters:", "(Background on this error")
-    lines = [x for x in str(err).strip().splitlines() if any(c.isalnum() for c in x) and not x.startswith(noise)]
-    return lines[-1][:300] if lines else type(err).__name__
 
 
 def _unreachable(err: BaseException) -> str | None:
@@ -206,7 +200,7 @@ def _reach_database(uri: str) -> None:
         with engine.connect():
             pass
     except Exception as err:  # noqa: BLE001 - refused, unknown host, bad password: all one line
-        raise StoreUnavailable(f"tracking store {uri} is not usable: {_unreachable(err) or _last_line(err)}") from None
+        raise StoreUnavailable(f"tracking store {uri} is not usable: {_unreachable(err) or last_line(err)}") from None
     finally:
         engine.dispose()
 
@@ -284,7 +278,7 @@ class MlflowStore:
         try:
             self._open(client_class)
         except Exception as err:  # noqa: BLE001 - not a database, a newer schema, a full disk
-            raise StoreUnavailable(f"tracking store {self.uri} is not usable: {_last_line(err)}") from None
+            raise StoreUnavailable(f"tracking store {self.uri} is not usable: {last_line(err)}") from None
 
     def _open(self, client_class) -> None:
         self._raw = client_class(tracking_uri=self.uri)  # for sqlite this opens (and creates) the database
@@ -296,7 +290,7 @@ class MlflowStore:
             self._raw.search_experiments(max_results=1)
         except Exception as err:  # noqa: BLE001 - sqlalchemy, HTTP and OS errors alike
             server = self.uri.startswith(("http://", "https://"))
-            reason = (server and not_mlflow(self.uri)) or _unreachable(err) or _last_line(err)
+            reason = (server and not_mlflow(self.uri)) or _unreachable(err) or last_line(err)
             raise StoreUnavailable(f"tracking store {self.uri} is not usable: {reason}") from None
 
     def experiment_id(self, name: str) -> str:

@@ -34,6 +34,7 @@ from ..config import (
     ConfigError,
 )
 from ..config.schema import CONFIRM_RANK, PARENT, ROLE, SEED, TRIAL
+from ..errors import last_line
 from ..orchestration.runner import refuse_local_stores, sqlite_tracking_store, stopping
 from ..orchestration.store import shared_classifiers, store_root
 from ..orchestration.tracking import MlflowStore, MlflowTracker, default_tracking_uri
@@ -151,6 +152,13 @@ def _confirmed(store: MlflowStore, experiment_id: str, sweep: Sweep) -> list[Con
     return sorted(out, key=lambda c: (c.rank, c.seed))
 
 
+def _open_storage(storage: str | None, root: Path, spec_name: str, where: str) -> optuna.storages.BaseStorage:
+    try:
+        return open_storage(storage, root, spec_name)
+    except Exception as err:  # noqa: BLE001 - sqlalchemy and OS errors alike
+        raise StoreUnavailable(f"optuna storage {where} is not usable: {last_line(err)}") from None
+
+
 def preflight(sweep: Sweep, store: MlflowStore | None = None):
     """Load the data set (a missing one fails here, in one line) and, given the store, get its domain
     classifiers once before the workers start: the server's, as every ablation on this data uses
@@ -195,17 +203,15 @@ def run_sweep(
     local = {**sqlite_tracking_store(uri), **local_storage(storage, store_root(uri), sweep.spec.name)}
     refuse_local_stores(executor, local, allow_local_store)
     preflight(sweep)  # before anything is tracked: a missing data set fails here, in one line
+    root = store_root(uri)
+    where = storage_label(storage, root, sweep.spec.name)
+    # A database URL is opened before the tracking store is touched, so that a typo in it writes nothing; a
+    # journal file (its folder made on opening) waits until the tracking store has proved usable.
+    optuna_storage = _open_storage(storage, root, sweep.spec.name, where) if storage and "://" in storage else None
     store = MlflowStore(tracking_uri)
     store.check()
     preflight(sweep, store)  # the classifiers, before the workers
-    root = store_root(store.uri)
-    where = storage_label(storage, root, sweep.spec.name)
-    try:
-        optuna_storage = open_storage(storage, root, sweep.spec.name)
-    except Exception as err:  # noqa: BLE001 - sqlalchemy and OS errors alike
-        raise StoreUnavailable(
-            f"optuna storage {where} is not usable: {str(err).strip().splitlines()[-1][:300]}"
-        ) from None
+    optuna_storage = optuna_storage or _open_storage(storage, root, sweep.spec.name, where)
     study = create_study(sweep, optuna_storage)
     experiment_id = store.experiment_id(sweep.spec.name)
     parent = open_parent(store, experiment_id, sweep, root, spec_path, where)
