@@ -64,3 +64,11 @@ def test_docs_pages_exist():
         "performance.md", "failures.md", "measured-results.md", "architecture.md",
     }  # fmt: skip
     assert expected <= names, f"missing docs pages: {sorted(expected - names)}"
+
+
+def test_no_merge_conflict_markers_were_committed():
+    # A conflict resolved by keeping both sides once left its markers in the module map, and no test noticed.
+    texts = [ROOT / "README.md", ROOT / "Makefile", *DOCS, *ROOT.glob("experiments/*.yaml")]
+    texts += [*ROOT.glob("harness/**/*.py"), *ROOT.glob("analysis/*.py"), *ROOT.glob("tests/*.py")]
+    marker = re.compile(r"^(<{7} |>{7} |={7}$)", re.MULTILINE)
+    assert [str(p.relative_to(ROOT)) for p in texts if marker.search(p.read_text())] == []
