@@ -10,6 +10,7 @@ from __future__ import annotations
 import pandas as pd
 
 from harness.config import DiffusionConfig
+from harness.config.schema import MIXED_CODE
 from harness.diffusion.samplers import HEUN_SIGMA_MAX
 
 from .arm_labels import arm_label
@@ -116,6 +117,36 @@ def code_sentence(data: AblationData) -> str | None:
             "arm: re-run the stale jobs before trusting them."
         )
     return text
+
+
+def curve_sentence(data: AblationData) -> str | None:
+    """Flags training runs whose curves were scored by other evaluation code than their final evaluations.
+
+    A model is reused while the training code is unchanged, and its final evaluations are redone by the current
+    evaluation code, but its in-training evaluations cannot be (only the last checkpoint is kept): they keep the
+    code of their time (harness.curve_code_version; "unknown" for runs tracked before it was recorded).
+    """
+    if not periodic(data):
+        return None
+    finals = data.evals.groupby("run_id")["code_version"].agg(lambda v: set(v.dropna()))
+    runs = data.runs[data.runs["run_id"].isin(set(data.curves["run_id"])) & data.runs["curve_code"].notna()]
+    pairs = zip(runs["run_id"], runs["curve_code"])
+    other = runs[[c in ("unknown", MIXED_CODE) or c not in finals.get(r, {c}) for r, c in pairs]]
+    if other.empty:
+        return None
+    who = and_list([f"{a} seed {s}" for a, s in zip(other["arm_label"], other["seed"])])
+    codes = and_list(sorted(set(other["curve_code"])))
+    return (
+        f"The curves during training (and when a metric reaches its threshold) of {len(other)} of {len(runs)} "
+        f"training runs ({who}) were scored by evaluation code {codes}, not the code of their final evaluations "
+        f'("unknown": tracked before the harness recorded it; "mixed": a resume crossed a change): read them '
+        f"as that code's numbers; `harness run --force` retrains and rescores them."
+    )
+
+
+def periodic(data: AblationData) -> bool:
+    """Whether some run logged evaluations before its last step (``eval_every`` or ``eval_epochs``)."""
+    return bool(len(data.curves)) and data.curves.groupby("run_id")["step"].nunique().max() > 1
 
 
 # -- comparability ----------------------------------------------------------------------------------

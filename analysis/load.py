@@ -22,6 +22,7 @@ from harness.config.schema import (
     CHECKPOINT,
     CODE_VERSION,
     COMMIT,
+    CURVE_CODE,
     DEVICE,
     ERROR,
     EVAL_METRICS,
@@ -78,6 +79,7 @@ RUN_TYPES = {
     "checkpoint": "text",
     "commit": "str",
     "code_version": "str",
+    "curve_code": "str",  # the evaluation code of its in-training evaluations (harness.curve_code_version)
     "parent_run_id": "str",
 }
 RUN_COLUMNS = list(RUN_TYPES)
@@ -296,6 +298,7 @@ def _runs_table(train_runs: list, axes: list[str]) -> pd.DataFrame:
                 "checkpoint": t.get(CHECKPOINT, ""),
                 "commit": t.get(COMMIT, "unknown"),
                 "code_version": t.get(CODE_VERSION, "unknown"),
+                "curve_code": t.get(CURVE_CODE, "unknown"),
                 "parent_run_id": t.get(PARENT),
             }
         )

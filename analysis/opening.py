@@ -11,12 +11,14 @@ from . import matched
 from .answers import arms_answer, guidance_answer, recognizable_answer, recognizable_steps, settings_answer
 from .caveats import (
     code_sentence,
+    curve_sentence,
     failed_arms,
     failure_sentence,
     fid_bases,
     fid_refusal,
     heun_sentence,
     objective_groups,
+    periodic,
 )
 from .families import (
     classifier_family,
@@ -136,14 +138,9 @@ def details(data: AblationData, fam: list) -> list[str]:
             f" (95% CI {num(e.low)} to {num(e.high)})" if e.has_interval else ""
         )
         sentences += [f"There is one arm and one setting, so nothing is compared: {fid} with {setting}.", recognizable]
-    sentences += [s for s in (heun_sentence(data.evals, data.runs), code_sentence(data)) if s]
+    sentences += [s for s in (heun_sentence(data.evals, data.runs), code_sentence(data), curve_sentence(data)) if s]
     sentences.append(budget_sentence(data))
     return sentences
-
-
-def periodic(data: AblationData) -> bool:
-    """Whether some run logged evaluations before its last step (``eval_every`` or ``eval_epochs``)."""
-    return bool(len(data.curves)) and data.curves.groupby("run_id")["step"].nunique().max() > 1
 
 
 def _comps(fam: list, metric: str, question: str | None = None) -> list:

@@ -127,3 +127,33 @@ def test_settings_rebuild_from_logged_params(params, label):
 
     s = SamplerSetting.from_params(params)
     assert s.label == label and SamplerSetting.from_params(s.model_dump()).key == s.key
+
+
+def test_a_reused_model_keeps_the_curve_its_own_code_scored_and_the_report_says_so(tmp_path, monkeypatch):
+    from analysis.caveats import curve_sentence
+    from analysis.load import load_experiment
+    from harness.config.schema import CURVE_CODE
+
+    store = MlflowStore(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    evaluate = {"sampler": ["ddim"], "steps": [2]}
+    path = write_spec(
+        tmp_path, "curves", {**SMOKE, "train.eval_every": 1}, question="Curves?", axes={}, evaluate=evaluate
+    )
+    monkeypatch.setattr(runner, "code_version", lambda: CodeVersion("train-aaaaa1", "eval-aaaaaa1"))
+    _run(path, store)
+    [train] = store.runs(store.experiment_id("curves"), {ROLE: "train"})
+    assert train.data.tags[CURVE_CODE] == "eval-aaaaaa1"
+    assert curve_sentence(load_experiment(store, "curves")) is None  # curve and final evaluation: one code
+
+    monkeypatch.setattr(runner, "code_version", lambda: CodeVersion("train-aaaaa1", "eval-bbbbbb2"))
+    [evaluated], _ = _run(path, store)
+    assert evaluated.status == "evaluated"  # the model is kept, so its curve is the old code's
+    words = curve_sentence(load_experiment(store, "curves"))
+    assert "of 1 of 1 training runs (base seed 0) were scored by evaluation code eval-aaaaaa1" in words, words
+
+    store.client.delete_tag(train.info.run_id, CURVE_CODE)  # a run tracked before the tag existed
+    assert "by evaluation code unknown" in curve_sentence(load_experiment(store, "curves"))
+
+    monkeypatch.setattr(runner, "code_version", lambda: CodeVersion("train-ccccc3", "eval-cccccc3"))
+    [again], _ = _run(path, store)  # retrained: curve and final evaluation by one code again
+    assert again.status == "trained" and curve_sentence(load_experiment(store, "curves")) is None

@@ -18,6 +18,11 @@ DIRTY = "git.dirty"
 # The hash of the sources that determine a run's numbers (orchestration/provenance.py): on a training run the
 # training code, on an evaluation run the evaluation code (which includes the training code).
 CODE_VERSION = "harness.code_version"
+# On a training run, the evaluation code that scored its in-training evaluations (its curves, when digits became
+# recognizable): a reused model keeps curves scored by the code of its time, which the report names. "mixed"
+# when a resume crossed a change of that code.
+CURVE_CODE = "harness.curve_code_version"
+MIXED_CODE = "mixed"
 ARM = "harness.arm"  # the arm as JSON, {dotted key: value} (plan.json's jobs hold the same); arm_text() names it
 SEED = "harness.seed"
 DEVICE = "harness.device"

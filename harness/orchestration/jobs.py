@@ -21,10 +21,12 @@ from .. import stop
 from ..config import Config, SamplerSetting
 from ..config.schema import (
     CHECKPOINT,
+    CURVE_CODE,
     DEVICE,
     ERROR,
     HASH,
     METRICS,
+    MIXED_CODE,
     PARENT,
     ROLE,
     STOPPED,
@@ -267,8 +269,14 @@ class _Job:
         if js.state == "resume":
             tracker = store.resume_run(js.run.info.run_id)
             tracker.set_tags(self.features)
+            # The curve continues: scored by two codes if this one is not the code that began it (a run from
+            # before the tag stays without it: its curve's code is unknown either way).
+            curve = js.run.data.tags.get(CURVE_CODE)
+            if curve not in (None, task.code.eval, MIXED_CODE):
+                tracker.set_tags({CURVE_CODE: MIXED_CODE})
         else:
             tags = {CHECKPOINT: str(self.run_dir / "checkpoint.pt"), DEVICE: str(self.device), **self.features}
+            tags[CURVE_CODE] = task.code.eval
             tracker = store.start_run(
                 task.experiment_id,
                 run_name(task.arm, task.seed),
