@@ -135,12 +135,14 @@ def curve_sentence(data: AblationData) -> str | None:
     if other.empty:
         return None
     who = and_list([f"{a} seed {s}" for a, s in zip(other["arm_label"], other["seed"])])
-    codes = and_list(sorted(set(other["curve_code"])))
+    codes = sorted(set(other["curve_code"]))
+    meaning = {"unknown": "tracked before the harness recorded it", MIXED_CODE: "a resume crossed a change of it"}
+    said = "; ".join(f'"{c}": {meaning[c]}' for c in codes if c in meaning)
     return (
         f"The curves during training (and when a metric reaches its threshold) of {len(other)} of {len(runs)} "
-        f"training runs ({who}) were scored by evaluation code {codes}, not the code of their final evaluations "
-        f'("unknown": tracked before the harness recorded it; "mixed": a resume crossed a change): read them '
-        f"as that code's numbers; `harness run --force` retrains and rescores them."
+        f"training runs ({who}) were scored by evaluation code {and_list(codes)}, not the code of their final "
+        f"evaluations{f' ({said})' if said else ''}: read them as that code's numbers; `harness run --force` "
+        "retrains and rescores them."
     )
 
 

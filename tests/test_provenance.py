@@ -149,10 +149,12 @@ def test_a_reused_model_keeps_the_curve_its_own_code_scored_and_the_report_says_
     [evaluated], _ = _run(path, store)
     assert evaluated.status == "evaluated"  # the model is kept, so its curve is the old code's
     words = curve_sentence(load_experiment(store, "curves"))
-    assert "of 1 of 1 training runs (base seed 0) were scored by evaluation code eval-aaaaaa1" in words, words
+    assert "of 1 of 1 training runs (base seed 0) were scored by evaluation code eval-aaaaaa1, not" in words, words
+    assert "unknown" not in words and "--force" in words
 
     store.client.delete_tag(train.info.run_id, CURVE_CODE)  # a run tracked before the tag existed
-    assert "by evaluation code unknown" in curve_sentence(load_experiment(store, "curves"))
+    words = curve_sentence(load_experiment(store, "curves"))
+    assert 'by evaluation code unknown, not the code of their final evaluations ("unknown": tracked before' in words
 
     monkeypatch.setattr(runner, "code_version", lambda: CodeVersion("train-ccccc3", "eval-cccccc3"))
     [again], _ = _run(path, store)  # retrained: curve and final evaluation by one code again
