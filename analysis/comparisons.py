@@ -12,7 +12,7 @@ from .matched import disjoint
 from .render import Section, Table
 from .stats import ZERO_VARIANCE
 from .verdicts import QUALITY, Verdict, family, shared_setting
-from .words import ci_name, metric_label, num, pval, scaled, worst_case
+from .words import ci_name, metric_label, num, pval, worst_case
 
 
 def cell(mean: float, low: float, high: float) -> str:
@@ -56,7 +56,7 @@ def comparison_section(data: AblationData, *, margins: dict[str, float] | None =
     if len(data.arms) < 2 or data.evals.empty or disjoint(data):  # disjoint: matched_section compares by NFE
         return None
     setting = shared_setting(data)
-    at = scaled(data.evals[data.evals["setting"] == setting])
+    at = data.evals[data.evals["setting"] == setting]
     s = Section(f"Arms compared ({setting}, end of training)")
     fam = [v for v in family(data, margins=margins) if v.metric != "final_loss"]
     failed, rows = failed_arms(data), []

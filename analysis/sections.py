@@ -25,7 +25,7 @@ from .matched import matched_section
 from .opening import _cap, _one, _steps, duration
 from .render import Section, Table
 from .stats import ZERO_VARIANCE, summarize
-from .words import LOWER_IS_BETTER, metric_label, num, scaled
+from .words import LOWER_IS_BETTER, metric_label, num
 
 # The quality metrics a report compares across arms, in the registry's order.
 METRICS = tuple(m for m in LOWER_IS_BETTER if m in schema.METRICS)
@@ -101,8 +101,8 @@ def setup_section(data: AblationData) -> Section:
         f"FID, KID, precision and recall are computed in the feature space of the harness's domain classifier (a "
         f"small CNN trained on the data set; {held_out}), so these FIDs are on that classifier's scale and are not "
         f"comparable with published InceptionV3 FIDs. KID is the unbiased squared MMD with the cubic polynomial "
-        f"kernel in those 128-dimensional features, so its unit is theirs; tables and sentences show it as "
-        f"KID x 10^3 (as InceptionV3 KIDs are usually quoted, though these are not on InceptionV3's scale). "
+        f"kernel in those 128-dimensional features, so its unit is theirs and it is shown unscaled (published "
+        f"InceptionV3 KIDs, often quoted x 10^3, are on another scale). "
         + (
             "InceptionV3 FID is logged as fid_inception. "
             if inception
@@ -221,7 +221,7 @@ def final_metrics_section(data: AblationData) -> Section | None:
     if data.evals.empty:
         return None
     s = Section("Final metrics")
-    e = scaled(data.evals)
+    e = data.evals
     metrics = [m for m in (*METRICS, "nfe", "sample_seconds", "num_generated") if e[m].notna().any()]
     tables = {m: summarize(e, m, ["setting", "arm_label"]).set_index(["setting", "arm_label"]) for m in metrics}
     keys = e[["setting", "arm_label"]].drop_duplicates().itertuples(index=False)

@@ -26,7 +26,7 @@ from .load import AblationData
 from .multiplicity import all_pairs, holm_groups
 from .power import comparison_mde, comparison_seeds
 from .stats import ZERO_VARIANCE, Comparison
-from .words import LOWER_IS_BETTER, metric_label, num, scaled
+from .words import LOWER_IS_BETTER, metric_label, num
 
 # Metrics whose value depends on the number of samples, the reference set and the feature extractor.
 BASIS_METRICS = ("fid", "kid", "precision", "recall", "fid_inception", "fid_inf")
@@ -108,11 +108,11 @@ def family(data: AblationData, *, margins: dict[str, float] | None = None) -> li
     if matched.disjoint(data):
         c = matched.candidates(data)
         for n in matched.matched_costs(c):
-            at = scaled(c[c["cost"] == n]).assign(arm_label=lambda d: d["candidate"])
+            at = c[c["cost"] == n].assign(arm_label=lambda d: d["candidate"])
             _metric(at, "fid", list(dict.fromkeys(at["candidate"])), f"{n} NFE", groups, refused)
     else:
         setting = shared_setting(data)
-        at = scaled(data.evals[data.evals["setting"] == setting])
+        at = data.evals[data.evals["setting"] == setting]
         noise = sampling_noise(at)
         for metric in [m for m in QUALITY if m in at and at[m].notna().any()]:
             _metric(at, metric, data.arms, f"arms with {setting}", groups, refused)

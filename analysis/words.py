@@ -21,23 +21,13 @@ LOWER_IS_BETTER = {
     for m in (*METRICS, *RUN_METRICS)
     if (METRICS.get(m) or RUN_METRICS[m]).lower_is_better is not None
 }
-# Metrics reported in another unit, the scale in the column header and sentence ("KID x 10^3"), so that no
-# number needs a long tail of zeros. KID in the domain classifier's features is of order 10^-2 to 10^2 as
-# measured across data sets and budgets; x 10^3 keeps the small ones readable (report.setup_section says so).
-SCALE: dict[str, float] = {"kid": 1e3}
 THRESHOLDS = (0.1, 0.05, 0.01, 0.001)  # a p printed as one of these must be that p
 
 
 def metric_label(metric: str) -> str:
     """How a column or sentence names ``metric``: 'FID', 'KID', 'final training loss'."""
     m = METRICS.get(metric) or RUN_METRICS.get(metric)
-    text = m.text if m else metric
-    return f"{text} x 10^{round(math.log10(SCALE[metric]))}" if metric in SCALE else text
-
-
-def scaled(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` with every scaled metric (SCALE) in its reported unit."""
-    return df.assign(**{m: df[m] * f for m, f in SCALE.items() if m in df})
+    return m.text if m else metric
 
 
 # -- numbers ----------------------------------------------------------------------------------------

@@ -289,14 +289,18 @@ def test_heun_is_explained_with_its_counted_nfe(tmp_path):
     assert "heun" not in no, no
 
 
-def test_kid_scale_is_stated_and_compute_agrees_with_sample_seconds(tmp_path):
+def test_kid_unit_is_stated_and_compute_agrees_with_sample_seconds(tmp_path):
     d = data(tmp_path, {("linear", S): GOOD, ("cosine", S): BETTER})
     d.evals["sample_seconds"] = 30.0
     table = final_metrics_section(d).tables[0]
-    assert table.rows[0][table.header.index("KID x 10^3")] == "10 (all seeds equal)"  # kid 0.01 in the fixture
+    assert table.rows[0][table.header.index("KID")] == "0.01 (all seeds equal)"  # kid 0.01 in the fixture: unscaled
     setup = " ".join(setup_section(d).paragraphs)
     assert "Sampling the final evaluations took 3 min (the sum of their own sample_seconds" in setup
-    assert "KID x 10^3" in setup and "so its unit is theirs" in setup and "confident on some noise" not in setup
+    assert (
+        not any("10^" in h for h in table.header)
+        and "so its unit is theirs and it is shown unscaled" in setup
+        and "confident on some noise" not in setup
+    )
     assert "reject class of synthetic non-digits" in setup and "data manifold" not in setup
 
 
