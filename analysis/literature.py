@@ -69,7 +69,8 @@ class Check:
         }
 
 
-def check(data: AblationData, entry: Entry) -> Check:
+def check(data: AblationData | None, entry: Entry) -> Check:
+    """``data`` may be None where no entry has an ``expect`` (a sweep's)."""
     exp = entry.expect
     if exp is None:
         return Check(entry, NOT_CHECKED, budget=entry.unchecked)
@@ -267,8 +268,7 @@ def _budget(undecided: list[Comparison], verdict: str) -> str:
 def literature_section(data: AblationData, entries: list[Entry]) -> Section | None:
     if not entries:
         return None
-    s = Section("Against the literature")
-    s.paragraphs.append(
+    intro = (
         "Each entry of the spec's literature section: the paper's claim, its published figures (their data, "
         "features and scale, shown beside ours, never compared with them), our values with 95% intervals over "
         "seeds, and a verdict from tests over seeds, Holm-adjusted within each entry, with a FID's own sampling "
@@ -276,11 +276,31 @@ def literature_section(data: AblationData, entries: list[Entry]) -> Section | No
         "data and is tested on its own, so its p can fall below 0.05 where the comparison table, adjusted over "
         "every pair and metric, finds no difference."
     )
+    return checks_section(intro, [check(data, e) for e in entries])
+
+
+def context_section(entries: list[Entry]) -> Section | None:
+    """A sweep report's "Against the literature": a sweep has no arms to test a claim on (``harness validate``
+    refuses an ``expect`` in a sweep spec), so each entry is shown as the context it is, with why."""
+    if not entries:
+        return None
+    intro = (
+        "Each entry of the spec's literature section, with the paper's claim and why this sweep does not test it: "
+        "a sweep searches one configuration space and has no arms to compare, so the claims are context for "
+        "reading the parameter slices and the trials above, not verdicts (docs/literature.md)."
+    )
+    return checks_section(intro, [check(None, e) for e in entries])
+
+
+def checks_section(intro: str, checks: list[Check]) -> Section:
+    s = Section("Against the literature")
+    s.paragraphs.append(intro)
     rows = []
-    for chk in (check(data, e) for e in entries):
+    for chk in checks:
         e, src = chk.entry, chk.entry.source
         published = "; ".join(f"{f.setting}: {f.value:g} ({f.metric})" for f in e.figures) or "none"
-        evidence = "; ".join(chk.statistics + ([f"would decide it: {chk.budget}"] if chk.budget else []))
+        decide = f"why not: {chk.budget}" if chk.verdict == NOT_CHECKED else f"would decide it: {chk.budget}"
+        evidence = "; ".join(chk.statistics + ([decide] if chk.budget else []))
         rows.append(
             [
                 f"{src.authors} ({src.year}), {src.where}",

@@ -18,6 +18,7 @@ from harness.orchestration.tracking import MlflowStore
 
 from . import sweep_figures
 from .figures import to_png
+from .literature import context_section
 from .opening import _cap, _plural, duration
 from .render import Document, Picture, Section, Table
 from .report import ReportPaths, log_to_run, save_document
@@ -243,8 +244,10 @@ SECTIONS = (confirmation_section, history_section, slices_section, importances_s
 # -- the document, files and MLflow -----------------------------------------------------------------------
 
 
-def build_sweep_document(data: SweepData, *, question: str | None = None) -> Document:
+def build_sweep_document(data: SweepData, *, question: str | None = None, literature=()) -> Document:
+    """``literature``: the spec's entries (config/literature.py), shown as context after the evidence."""
     sections = [s for build in SECTIONS if (s := build(data)) is not None]
+    sections += [s for s in [context_section(list(literature))] if s is not None]
     others = [x for x in data.studies if x != data.study]
     return Document(
         title=f"{data.experiment}: sweep report (study {data.study})",
@@ -266,11 +269,12 @@ def write_sweep_report(
     study: str | None = None,
     profile: str | None = None,
     question: str | None = None,
+    literature=(),
 ) -> tuple[ReportPaths, SweepData]:
     """Write ``out_dir/index.html`` and ``out_dir/report.md`` (PNGs beside it) for one study (default: the
     newest); raises ``NothingToReport`` before writing anything when the experiment holds no such sweep."""
     data = load_sweep_data(store, experiment, study=study, profile=profile)
-    return save_document(build_sweep_document(data, question=question), out_dir), data
+    return save_document(build_sweep_document(data, question=question, literature=literature), out_dir), data
 
 
 def log_sweep_report(store: MlflowStore, data: SweepData, paths: ReportPaths) -> str:

@@ -37,13 +37,14 @@ def cmd_report(args) -> int:
         return 0
     if not args.spec and not args.experiment:
         raise ConfigError("report: give a SPEC file, --experiment NAME or --table FILE")
-    name, study, question, sweep = args.experiment, None, None, False
+    name, study, question, sweep, literature = args.experiment, None, None, False, []
     if args.spec:
         from .sweeps.search import is_sweep_spec, load_sweep
 
         if is_sweep_spec(args.spec):
             loaded = load_sweep(args.spec, args.profile)
             name, study, question, sweep = loaded.spec.name, loaded.study_name, loaded.spec.question, True
+            literature = loaded.spec.literature
         else:
             from .config.spec import load_spec
 
@@ -64,7 +65,13 @@ def cmd_report(args) -> int:
             from analysis.sweep_report import log_sweep_report, write_sweep_report
 
             paths, data = write_sweep_report(
-                store, name, out, study=study, profile=None if sweep else args.profile, question=question
+                store,
+                name,
+                out,
+                study=study,
+                profile=None if sweep else args.profile,
+                question=question,
+                literature=literature,
             )
             run_id = log_sweep_report(store, data, paths)
         else:

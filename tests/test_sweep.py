@@ -185,6 +185,20 @@ def test_other_bad_sweep_specs(tmp_path):
     assert main(["sweep", str(bad), "--profile", "smoke"]) == 2
 
 
+def test_a_literature_expectation_in_a_sweep_is_refused_in_one_line(tmp_path, capsys):
+    source = {"authors": "A & B", "year": 2024, "title": "T", "where": "Section 3", "checked": "read from its text"}
+    expect = {"kind": "direction", "metric": "fid", "better": {"steps": 3}, "than": {"steps": 3}}
+    entry = {"source": source, "claim": "EMA and learning rate interact", "differences": "ImageNet vs MNIST"}
+    context = _write(tmp_path, literature=[{**entry, "unchecked": "a sweep has no arms"}])
+    assert [e.unchecked for e in load_sweep(context, "smoke").spec.literature] == ["a sweep has no arms"]
+    bad = _write(tmp_path, literature=[{**entry, "expect": expect}])
+    with pytest.raises(ConfigError, match=r"literature\.0\.expect: a sweep has no arms to test a claim on"):
+        load_sweep(bad)
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "literature.0.expect" in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize(
     "storage,words",
     [

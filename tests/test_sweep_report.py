@@ -309,7 +309,7 @@ def test_an_unavailable_importance_figure_says_why(sweep):
     assert "too few complete trials" in section.paragraphs[-1]
 
 
-def _sweep_spec(tmp_path, name):
+def _sweep_spec(tmp_path, name, **changes):
     spec = {
         "name": name,
         "question": "Which learning rate and width give the lowest FID?",
@@ -322,6 +322,7 @@ def _sweep_spec(tmp_path, name):
         "evaluate": {"sampler": ["ddim"], "steps": [3], "guidance": [1.0]},
         "search": {"params": SPACE, "objective": {"metric": "fid"}, "n_trials": 5},
         "profiles": {"smoke": {"search": {"n_trials": 2}}},
+        **changes,
     }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -345,9 +346,28 @@ def test_report_spec_writes_both_files_and_logs_them_to_the_parent(store, tmp_pa
     assert "**Which learning rate and width give the lowest FID?** Study sweep-spec" in md
     assert "(optimization_history.png)" in md and "(param_importances.png)" not in md  # 3 complete trials
     assert "data:image/png;base64," in html and "trial 1 beats trial 3" in html
+    assert "Against the literature" not in md  # the spec has no literature section
     logged = {f.path for f in store.client.list_artifacts(parent, "report")}
     assert {"report/index.html", "report/report.md", "report/parameter_slices.png"} <= logged
     assert f"logged to run {parent}" in cap.out
+
+
+def test_a_sweep_report_shows_its_specs_literature_as_context_with_why(store, tmp_path, capsys):
+    make_sweep(store, store.tmp, "sweep-papers", confirms=CLEAR)
+    source = {"authors": "Karras et al.", "year": 2024, "title": "T", "where": "Section 3", "checked": "its text"}
+    why = "a sweep has no arms to compare, so this is context for the slices"
+    entry = {"source": source, "claim": "EMA length and learning rate interact", "differences": "ImageNet latents"}
+    spec = _sweep_spec(tmp_path, "sweep-papers", literature=[{**entry, "unchecked": why}])
+    out = tmp_path / "out"
+    code, cap = _report([str(spec), "--tracking-uri", store.uri, "--out", str(out)], capsys)
+    assert code == 0, cap.err
+    md = (out / "report.md").read_text()
+    section = md.split("## Against the literature", 1)[1]
+    row = next(line for line in section.splitlines() if line.startswith("| Karras et al. (2024), Section 3"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "EMA length and learning rate interact" and cells[4] == "not checked"
+    assert cells[5] == f"why not: {why}" and cells[6] == "ImageNet latents"
+    assert md.index("## Every trial") < md.index("## Against the literature")
 
 
 def test_report_spec_profile_picks_the_profiles_study(store, tmp_path, capsys):

@@ -257,6 +257,13 @@ def load_sweep(path: str | Path, profile: str | None = None, overrides: dict[str
     for name, prof in (data.get("profiles") or {}).items():
         if isinstance(prof, dict) and "search" in prof:
             profile_search[name] = prof.pop("search")
+    entries = data.get("literature")
+    for i, entry in enumerate(entries if isinstance(entries, list) else []):
+        if isinstance(entry, dict) and entry.get("expect") is not None:  # it would select arms; a sweep has none
+            raise ConfigError(
+                f"{source}: literature.{i}.expect: a sweep has no arms to test a claim on; drop expect and say "
+                "why in unchecked (the report shows the entry as context)"
+            )
     spec = validate_spec(data, source)  # as an ablation's, with the shared profiles
     if spec.axes != Axes():
         raise ConfigError(f"{source}: axes: a sweep has no axes; search.params replaces them")
