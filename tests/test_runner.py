@@ -86,6 +86,10 @@ def test_run_tracks_parent_train_and_eval_runs_and_never_retrains(tmp_path, stor
     assert sorted(m.step for m in history) == [2, 4]
     evals = store.runs(exp, {ROLE: "eval"})
     assert len(evals) == 2 and {e.data.tags["mlflow.parentRunId"] for e in evals} == {r.info.run_id for r in train_runs}
+    # Evaluated at the end of training: the training run's wall time holds it, so its own run starts after
+    # the training run ended and adds no time of its own.
+    ended = {r.info.run_id: r.info.end_time for r in train_runs}
+    assert all(e.info.start_time >= ended[e.data.tags["mlflow.parentRunId"]] for e in evals)
     assert evals[0].data.params["sampler"] == "ddim" and "fid" in evals[0].data.metrics
 
     again, _ = _run(path, store)  # everything is done: nothing trains
@@ -93,6 +97,11 @@ def test_run_tracks_parent_train_and_eval_runs_and_never_retrains(tmp_path, stor
     more, _ = _run(_spec(tmp_path, evaluate={"sampler": ["ddim", "heun"], "steps": [3]}), store)
     assert [o.status for o in more] == ["evaluated", "evaluated"]  # only the new setting, on the checkpoint
     assert len(store.runs(exp, {ROLE: "train"})) == 2 and len(store.runs(exp, {ROLE: "eval"})) == 4
+    # Evaluated after training: its run's wall time is its compute (loading, sampling, metrics), so reports
+    # count it in "separate evaluation runs".
+    heun = [e for e in store.runs(exp, {ROLE: "eval"}) if e.data.params["sampler"] == "heun"]
+    assert len(heun) == 2
+    assert all(e.info.end_time - e.info.start_time >= 1000 * e.data.metrics["sample_seconds"] for e in heun)
 
 
 def test_failed_job_does_not_stop_the_others(tmp_path, store):

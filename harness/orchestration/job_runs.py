@@ -82,12 +82,23 @@ def log_final_on_training_run(store: MlflowStore, run_id: str, result: EvalResul
     MlflowTracker(store.client, run_id).log_metrics(metrics, step=step)
 
 
-def log_eval(store: MlflowStore, task: Task, train_run_id: str, h: str, result: EvalResult, features: dict) -> None:
+def log_eval(
+    store: MlflowStore,
+    task: Task,
+    train_run_id: str,
+    h: str,
+    result: EvalResult,
+    features: dict,
+    started: float | None = None,
+) -> None:
+    """``started``: when an evaluation made after training began, so its run's wall time is its compute; None
+    for one made at the end of training, whose time the training run's wall time already holds."""
     child = store.start_run(
         task.experiment_id,
         f"{run_name(task.arm, task.seed)} {result.label}",
         parent=train_run_id,
         tags={**run_tags(task, "eval", h), **features},  # features: the fingerprints of the classifiers it used
+        started=started,
     )
     child.log_params(result.setting.model_dump())
     child.log_metrics(result.metrics, step=result.step)

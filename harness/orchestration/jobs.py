@@ -326,8 +326,9 @@ class _Job:
             if setting.key in js.done:
                 out.evals.append(logged_eval(js.done[setting.key], config))
                 continue
-            result = finals.get(setting.key)
+            result, started = finals.get(setting.key), None
             if result is None:
+                started = time.time()  # the first setting's time holds loading the model
                 if model is None:  # the local checkpoint, else the run's logged weights
                     fetch = lambda dest: store.download(out.run_id, EMA_ARTIFACT, dest) is not None  # noqa: E731
                     model = load_ema(config, self.data, self.run_dir, self.device, fetch=fetch)
@@ -336,7 +337,7 @@ class _Job:
                 # Beside the training run's own grids, so a report on any machine finds it.
                 MlflowTracker(store.client, out.run_id).log_image(grid, grid_key(setting.label), steps)
                 log_final_on_training_run(store, out.run_id, result)
-            log_eval(store, self.task, out.run_id, config.train_hash(), result, self.features)
+            log_eval(store, self.task, out.run_id, config.train_hash(), result, self.features, started)
             out.evals.append(result)
 
 

@@ -323,12 +323,20 @@ class MlflowStore:
         self.client.set_experiment_tag(experiment_id, SHARED_VIEW + ARMS_VIEW, json.dumps(arms_view(axes, label)))
 
     def start_run(
-        self, experiment_id: str, name: str, tags: dict[str, Any], parent: str | None = None
+        self,
+        experiment_id: str,
+        name: str,
+        tags: dict[str, Any],
+        parent: str | None = None,
+        started: float | None = None,
     ) -> MlflowTracker:
+        """``started``: when the work the run records began (``time.time()``), where it began before the run
+        could be created; the run's wall time (end - start) is then that work's."""
         tags = {k: str(v) for k, v in tags.items()}
         if parent:
             tags[PARENT] = parent
-        run = self.client.create_run(experiment_id, tags=tags, run_name=name)
+        start_time = round(started * 1000) if started is not None else None
+        run = self.client.create_run(experiment_id, start_time=start_time, tags=tags, run_name=name)
         return MlflowTracker(self.client, run.info.run_id)
 
     def resume_run(self, run_id: str) -> MlflowTracker:
