@@ -124,9 +124,10 @@ def curve_sentence(data: AblationData) -> str | None:
 
     A model is reused while the training code is unchanged, and its final evaluations are redone by the current
     evaluation code, but its in-training evaluations cannot be (only the last checkpoint is kept): they keep the
-    code of their time (harness.curve_code_version; "unknown" for runs tracked before it was recorded).
+    code of their time (harness.curve_code_version; "unknown" for runs tracked before it was recorded). So does
+    a run that evaluated only at its end: its one point, drawn and used for the threshold, is not replaced.
     """
-    if not periodic(data):
+    if data.curves.empty:
         return None
     finals = data.evals.groupby("run_id")["code_version"].agg(lambda v: set(v.dropna()))
     runs = data.runs[data.runs["run_id"].isin(set(data.curves["run_id"])) & data.runs["curve_code"].notna()]

@@ -129,7 +129,10 @@ def test_settings_rebuild_from_logged_params(params, label):
     assert s.label == label and SamplerSetting.from_params(s.model_dump()).key == s.key
 
 
-def test_a_reused_model_keeps_the_curve_its_own_code_scored_and_the_report_says_so(tmp_path, monkeypatch):
+# eval_every 0: only the final evaluation, whose values on the training run (its one-point curve, the threshold
+# table) are not replaced when it is redone.
+@pytest.mark.parametrize("eval_every", [1, 0], ids=["periodic", "final only"])
+def test_a_reused_model_keeps_the_curve_its_own_code_scored_and_the_report_says_so(tmp_path, monkeypatch, eval_every):
     from analysis.caveats import curve_sentence
     from analysis.load import load_experiment
     from harness.config.schema import CURVE_CODE
@@ -137,7 +140,7 @@ def test_a_reused_model_keeps_the_curve_its_own_code_scored_and_the_report_says_
     store = MlflowStore(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
     evaluate = {"sampler": ["ddim"], "steps": [2]}
     path = write_spec(
-        tmp_path, "curves", {**SMOKE, "train.eval_every": 1}, question="Curves?", axes={}, evaluate=evaluate
+        tmp_path, "curves", {**SMOKE, "train.eval_every": eval_every}, question="Curves?", axes={}, evaluate=evaluate
     )
     monkeypatch.setattr(runner, "code_version", lambda: CodeVersion("train-aaaaa1", "eval-aaaaaa1"))
     _run(path, store)
